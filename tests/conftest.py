@@ -1,0 +1,1 @@
+"""Shared fixtures: a session-wide folder of generated zoo models (made once, reused)."""
