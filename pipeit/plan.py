@@ -1,0 +1,207 @@
+"""The plan: which layers each pipeline stage runs, and which workers serve it.
+
+A plan is the plain, versioned JSON file between ``pipeit plan`` and
+``pipeit run``/``bench``/``serve``. It records the model's SHA-256 and the
+platform it was made for, so a command that reads it can refuse a plan
+whose model changed or whose platform differs.
+
+Document (version 1)::
+
+    {"version": 1, "model": "mobilenet_v1.tflite", "model_sha256": "...",
+     "platform": {...Platform.to_json()...}, "strategy": "pipeit",
+     "stages": [{"layers": [0, 14],
+                 "workers": [{"cluster": "big", "cpus": [4, 5], "threads": 2,
+                              "predicted_ms": 8.1}],
+                 "predicted_fps": 123.4}],
+     "predicted": {"fps": 123.4, "latency_ms": 15.2},
+     "limits": {"latency_ms": null, "memory_mb": null}}
+
+``layers`` are half-open ranges ``[start, end)`` of layer indices as
+``pipeit inspect`` numbers them; consecutive stages are contiguous and
+cover every layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+from cores.model import Platform
+from pipeit.errors import PlanError
+
+__all__ = ["PLAN_VERSION", "WorkerSpec", "StageSpec", "Plan", "load_plan", "file_sha256"]
+
+PLAN_VERSION = 1
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """Hex SHA-256 of a file (the model identity plans and caches are keyed by)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """``threads`` threads on ``cpus`` (all of one cluster) serving one stage."""
+
+    cluster: str
+    cpus: Tuple[int, ...]
+    threads: int
+    predicted_ms: float
+
+    def to_json(self) -> dict:
+        return {
+            "cluster": self.cluster,
+            "cpus": list(self.cpus),
+            "threads": self.threads,
+            "predicted_ms": self.predicted_ms,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "WorkerSpec":
+        return cls(
+            cluster=str(doc["cluster"]),
+            cpus=tuple(int(c) for c in doc["cpus"]),
+            threads=int(doc["threads"]),
+            predicted_ms=float(doc["predicted_ms"]),
+        )
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A contiguous layer range ``[start, end)`` and the workers that serve it."""
+
+    layers: Tuple[int, int]
+    workers: Tuple[WorkerSpec, ...]
+    predicted_fps: float
+
+    def to_json(self) -> dict:
+        return {
+            "layers": list(self.layers),
+            "workers": [w.to_json() for w in self.workers],
+            "predicted_fps": self.predicted_fps,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "StageSpec":
+        start, end = (int(v) for v in doc["layers"])
+        return cls(
+            layers=(start, end),
+            workers=tuple(WorkerSpec.from_json(w) for w in doc["workers"]),
+            predicted_fps=float(doc["predicted_fps"]),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A whole pipeline for one model on one platform."""
+
+    model: str
+    model_sha256: str
+    platform: Platform
+    strategy: str
+    stages: Tuple[StageSpec, ...]
+    predicted_fps: float
+    predicted_latency_ms: float
+    latency_limit_ms: Optional[float] = None
+    memory_limit_mb: Optional[float] = None
+    version: int = PLAN_VERSION
+    notes: Tuple[str, ...] = field(default=())
+
+    @property
+    def cuts(self) -> Tuple[int, ...]:
+        """Layer indices where a new stage starts (the ``--at`` of ``pipeit split``)."""
+        return tuple(stage.layers[0] for stage in self.stages[1:])
+
+    @property
+    def num_layers(self) -> int:
+        return self.stages[-1].layers[1] if self.stages else 0
+
+    def to_json(self) -> dict:
+        return {
+            "version": self.version,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "platform": self.platform.to_json(),
+            "strategy": self.strategy,
+            "stages": [s.to_json() for s in self.stages],
+            "predicted": {"fps": self.predicted_fps, "latency_ms": self.predicted_latency_ms},
+            "limits": {"latency_ms": self.latency_limit_ms, "memory_mb": self.memory_limit_mb},
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = "plan") -> "Plan":
+        if not isinstance(doc, dict):
+            raise PlanError(f"{where}: not a plan (expected a JSON object)")
+        version = doc.get("version")
+        if version != PLAN_VERSION:
+            raise PlanError(
+                f"{where}: plan version {version!r} is not supported (this pipeit reads {PLAN_VERSION})"
+            )
+        try:
+            limits = doc.get("limits") or {}
+            plan = cls(
+                model=str(doc["model"]),
+                model_sha256=str(doc["model_sha256"]),
+                platform=Platform.from_json(doc["platform"]),
+                strategy=str(doc["strategy"]),
+                stages=tuple(StageSpec.from_json(s) for s in doc["stages"]),
+                predicted_fps=float(doc["predicted"]["fps"]),
+                predicted_latency_ms=float(doc["predicted"]["latency_ms"]),
+                latency_limit_ms=limits.get("latency_ms"),
+                memory_limit_mb=limits.get("memory_mb"),
+                notes=tuple(str(n) for n in doc.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise PlanError(f"{where}: malformed plan: {err!r}") from err
+        plan.validate(where)
+        return plan
+
+    def validate(self, where: str = "plan") -> None:
+        """Check the stages are contiguous, non-empty and use existing, disjoint CPUs."""
+        if not self.stages:
+            raise PlanError(f"{where}: plan has no stages")
+        expected = 0
+        used = set()
+        for i, stage in enumerate(self.stages):
+            start, end = stage.layers
+            if start != expected or end <= start:
+                raise PlanError(f"{where}: stage {i} covers layers [{start}, {end}), expected to start at {expected}")
+            expected = end
+            if not stage.workers:
+                raise PlanError(f"{where}: stage {i} has no workers")
+            for worker in stage.workers:
+                cluster = self.platform.cluster(worker.cluster)
+                missing = set(worker.cpus) - set(cluster.cpus)
+                if missing and cluster.kind == "cpu":
+                    raise PlanError(
+                        f"{where}: stage {i} worker uses CPUs {sorted(missing)} not in cluster {cluster.name!r}"
+                    )
+                if cluster.kind == "cpu":
+                    if used & set(worker.cpus):
+                        raise PlanError(f"{where}: CPUs {sorted(used & set(worker.cpus))} are given to two workers")
+                    used |= set(worker.cpus)
+                if worker.threads < 1:
+                    raise PlanError(f"{where}: stage {i} worker has {worker.threads} threads")
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def load_plan(path: Union[str, Path]) -> Plan:
+    """Read and validate a plan file; any problem is a one-line :class:`PlanError`."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such plan file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PlanError(f"{path}: not a readable plan JSON file ({err})") from err
+    return Plan.from_json(doc, where=str(path))
