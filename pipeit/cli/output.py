@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Optional, Sequence, TextIO
 
 
-def emit_json(document: Any, stream: TextIO = sys.stdout) -> None:
+def emit_json(document: Any, stream: Optional[TextIO] = None) -> None:
     """Print one JSON document (the ``--json`` contract: nothing else on stdout)."""
+    # resolved at call time: a default of sys.stdout would pin the stream seen at import
+    stream = sys.stdout if stream is None else stream
     json.dump(document, stream, indent=2, sort_keys=False, default=_default)
     stream.write("\n")
 

@@ -1,0 +1,61 @@
+"""``pipeit zoo``: write a reference architecture as a real .tflite file, or list them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeit.cli.output import emit_json, format_table
+from pipeit.errors import InputError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "zoo",
+        help="reference CNNs (alexnet, googlenet, mobilenet_v1/v2, resnet50, squeezenet) as .tflite",
+        description="Write a reference architecture with seeded random weights as a .tflite file "
+                    "(input 1x224x224x3, values in [-1, 1]), or list the architectures.",
+    )
+    parser.add_argument("name", nargs="?", help="architecture name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the architectures")
+    parser.add_argument("-o", "--output", type=Path, help="where to write the .tflite file")
+    parser.add_argument("--int8", action="store_true", help="full int8 quantisation (int8 in and out)")
+    parser.add_argument("--fp16-weights", action="store_true",
+                        help="store conv/FC weights as float16 behind DEQUANTIZE ops")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeit import zoo  # lazy: keeps `pipeit --help` fast
+
+    if args.list:
+        rows = [(name, zoo.describe(name)) for name in zoo.list_models()]
+        if args.json:
+            emit_json({"models": [{"name": n, "description": d} for n, d in rows]})
+        else:
+            print(format_table(["name", "description"], rows))
+        return 0
+    if not args.name:
+        raise InputError("name a zoo model (or use --list)")
+    if args.output is None:
+        raise InputError("give the output file with -o FILE")
+    zoo.describe(args.name)  # unknown names fail before any work
+    if args.output.is_dir():
+        raise InputError(f"{args.output} is a directory; give a file name")
+    data = zoo.build(args.name, int8=args.int8, seed=args.seed, fp16_weights=args.fp16_weights)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_bytes(data)
+    except OSError as err:
+        raise InputError(f"cannot write {args.output}: {err.strerror or err}") from err
+    variant = "int8" if args.int8 else ("fp16-weights" if args.fp16_weights else "float32")
+    if args.json:
+        emit_json({"name": args.name, "path": str(args.output), "bytes": len(data),
+                   "variant": variant, "seed": args.seed})
+    else:
+        print(f"wrote {args.output} ({args.name}, {variant}, seed {args.seed}, {len(data)} bytes)")
+    return 0
