@@ -9,11 +9,13 @@ number of its cores.
 
 from cores.errors import CoresError, EmulationError, PinningError, PlatformError
 from cores.model import Cluster, CoreSetup, Platform
+from cores.platform import load_platform
 
 __all__ = [
     "Cluster",
     "CoreSetup",
     "Platform",
+    "load_platform",
     "CoresError",
     "PlatformError",
     "PinningError",

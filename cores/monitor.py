@@ -1,0 +1,149 @@
+"""Cheap readings of the machine's state: current frequency and governor per cluster,
+thermal zones, online CPUs.
+
+A :class:`Monitor` resolves every file path once (which cpufreq policy
+serves which cluster, which thermal zones exist), so a :meth:`Monitor.snapshot`
+is a handful of small reads (tens of microseconds): cheap enough for the
+daemon's loop and for stamping every profile row. Missing or unreadable
+files give ``None``; a reading never raises.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from cores.model import Platform
+from cores.sysfs import PathLike, SysRoot
+
+__all__ = ["ClusterReading", "ThermalReading", "Snapshot", "Monitor", "snapshot"]
+
+CPU_DIR = "/sys/devices/system/cpu"
+THERMAL_DIR = "/sys/class/thermal"
+
+
+@dataclass(frozen=True)
+class ClusterReading:
+    name: str
+    cur_freq_khz: Optional[int]
+    governor: Optional[str]
+    max_freq_khz: Optional[int]  # the policy's current scaling_max_freq (a cap, if one is set)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "cur_freq_khz": self.cur_freq_khz,
+                "governor": self.governor, "scaling_max_freq_khz": self.max_freq_khz}
+
+
+@dataclass(frozen=True)
+class ThermalReading:
+    zone: str
+    type: Optional[str]
+    temp_c: Optional[float]
+
+    def to_json(self) -> dict:
+        return {"zone": self.zone, "type": self.type, "temp_c": self.temp_c}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One reading of everything, stamped with ``time.monotonic()``."""
+
+    monotonic_s: float
+    online: Optional[Tuple[int, ...]]
+    clusters: Tuple[ClusterReading, ...]
+    thermal: Tuple[ThermalReading, ...]
+
+    @property
+    def max_temp_c(self) -> Optional[float]:
+        temps = [t.temp_c for t in self.thermal if t.temp_c is not None]
+        return max(temps) if temps else None
+
+    def cluster(self, name: str) -> Optional[ClusterReading]:
+        for reading in self.clusters:
+            if reading.name == name:
+                return reading
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "monotonic_s": self.monotonic_s,
+            "online": None if self.online is None else list(self.online),
+            "clusters": [c.to_json() for c in self.clusters],
+            "thermal": [t.to_json() for t in self.thermal],
+            "max_temp_c": self.max_temp_c,
+        }
+
+
+def _policy_dirs(root: SysRoot) -> Dict[int, str]:
+    out: Dict[int, str] = {}
+    base = f"{CPU_DIR}/cpufreq"
+    for name in root.listdir(base):
+        if name.startswith("policy"):
+            for cpu in root.cpu_list(f"{base}/{name}/related_cpus", ()) or ():
+                out[cpu] = f"{base}/{name}"
+    return out
+
+
+class Monitor:
+    """Readings for one platform's clusters; paths resolved once at construction."""
+
+    def __init__(self, platform: Optional[Platform] = None, sysfs_root: Optional[PathLike] = None) -> None:
+        self._root = SysRoot(sysfs_root)
+        if platform is None:
+            from cores.topology import detect_platform
+
+            try:
+                platform = detect_platform(sysfs_root)
+            except Exception:  # monitoring must not fail where detection does
+                platform = None
+        policies = _policy_dirs(self._root)
+        self._clusters: Tuple[Tuple[str, Optional[str]], ...] = ()
+        if platform is not None:
+            entries = []
+            for cluster in platform.cpu_clusters:
+                folder = None
+                for cpu in cluster.cpus:
+                    if cpu in policies:
+                        folder = policies[cpu]
+                        break
+                    own = f"{CPU_DIR}/cpu{cpu}/cpufreq"
+                    if self._root.exists(f"{own}/scaling_cur_freq"):
+                        folder = own
+                        break
+                entries.append((cluster.name, folder))
+            self._clusters = tuple(entries)
+        zones = [z for z in self._root.listdir(THERMAL_DIR) if z.startswith("thermal_zone")]
+        zones.sort(key=lambda z: int(z[len("thermal_zone"):]) if z[len("thermal_zone"):].isdigit() else 0)
+        # A zone's type does not change; read it once.
+        self._zones = tuple((z, self._root.text(f"{THERMAL_DIR}/{z}/type")) for z in zones)
+
+    def snapshot(self) -> Snapshot:
+        """Read frequencies, governors, temperatures and online CPUs now."""
+        root = self._root
+        clusters = []
+        for name, folder in self._clusters:
+            if folder is None:
+                clusters.append(ClusterReading(name, None, None, None))
+                continue
+            clusters.append(ClusterReading(
+                name,
+                root.integer(f"{folder}/scaling_cur_freq"),
+                root.text(f"{folder}/scaling_governor"),
+                root.integer(f"{folder}/scaling_max_freq"),
+            ))
+        thermal = []
+        for zone, kind in self._zones:
+            milli = root.integer(f"{THERMAL_DIR}/{zone}/temp")
+            thermal.append(ThermalReading(zone, kind, None if milli is None else milli / 1000.0))
+        return Snapshot(
+            monotonic_s=time.monotonic(),
+            online=root.cpu_list(f"{CPU_DIR}/online"),
+            clusters=tuple(clusters),
+            thermal=tuple(thermal),
+        )
+
+
+def snapshot(platform: Optional[Platform] = None, sysfs_root: Optional[PathLike] = None) -> Snapshot:
+    """One-off reading (builds a :class:`Monitor`; keep one for repeated readings)."""
+    return Monitor(platform, sysfs_root).snapshot()

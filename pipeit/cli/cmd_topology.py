@@ -1,0 +1,70 @@
+"""``pipeit topology``: the clusters of this machine, a board, an emulated platform or a file."""
+
+from __future__ import annotations
+
+import argparse
+
+from cores.platform import load_platform
+from cores.sysfs import format_cpu_list
+from cores.topology import detect_topology
+from pipeit.cli.output import emit_json, format_table
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "topology",
+        help="show clusters, core types, CPUs and frequencies",
+        description="Show the platform's clusters (detected, a known board, emulated, or a file).",
+    )
+    parser.add_argument("--platform", default="auto", metavar="SPEC",
+                        help="auto | board:NAME | emulate:big=0@1.0,little=1@0.4 | FILE.json (default auto)")
+    parser.add_argument("--sysfs", default=None, metavar="ROOT",
+                        help="read ROOT/sys and ROOT/proc instead of this machine's (for fixtures)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run)
+
+
+def _document(args: argparse.Namespace) -> dict:
+    platform = load_platform(args.platform, sysfs_root=args.sysfs)
+    topo = detect_topology(args.sysfs) if args.platform == "auto" else None
+    clusters = []
+    for cluster in platform.clusters:
+        entry = cluster.to_json()
+        if topo is not None:
+            entry["threads_per_core"] = topo.threads_per_core(cluster)
+        clusters.append(entry)
+    doc = {"source": platform.source, "clusters": clusters, "fastest": platform.fastest.name}
+    if topo is not None:
+        doc["arch"] = topo.arch
+        doc["offline"] = list(topo.offline)
+        doc["smt"] = topo.smt
+    return doc
+
+
+def run(args: argparse.Namespace) -> int:
+    doc = _document(args)
+    if args.json:
+        emit_json(doc)
+        return 0
+    rows = []
+    for c in doc["clusters"]:
+        freq = "-" if c["max_freq_khz"] is None else f"{c['max_freq_khz'] / 1000:.0f}"
+        rows.append([
+            c["name"] + (" *" if c["name"] == doc["fastest"] else ""),
+            c["core_type"],
+            format_cpu_list(c["cpus"]),
+            freq,
+            "-" if c["capacity"] is None else c["capacity"],
+            f"{c['speed']:g}",
+        ])
+    print(f"platform: {doc['source']}")
+    print(format_table(["cluster", "core type", "cpus", "max MHz", "capacity", "speed"], rows))
+    notes = ["* fastest cluster"]
+    if doc.get("offline"):
+        notes.append(f"offline CPUs: {format_cpu_list(doc['offline'])}")
+    if doc.get("smt"):
+        notes.append("SMT: sibling threads share a core")
+    print("; ".join(notes))
+    return 0
