@@ -1,0 +1,64 @@
+"""``pipeit inspect MODEL``: the layers, their descriptors, and the cut points between them."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeit.cli.output import emit_json, format_table
+from pipeit.graph import LayerGraph, load_graph
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="list a model's layers, descriptors and cut points",
+        description="Read a .tflite model and list its layers (constant-only ops folded into "
+        "their consumer), each layer's output shape, MACs and weight bytes, and the tensors "
+        "crossing every cut point.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="a .tflite file")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "-"
+
+
+def render(graph: LayerGraph) -> str:
+    """The human-readable report: layer table, totals, I/O tensors."""
+    rows = []
+    for layer in graph.layers:
+        d = layer.descriptor
+        rows.append([
+            layer.index,
+            d.op,
+            _shape(d.output_shape),
+            d.macs,
+            d.weight_bytes,
+            graph.cuts[layer.index - 1].bytes if layer.index > 0 else "-",
+        ])
+    table = format_table(["layer", "op", "output", "MACs", "weight B", "cut B before"], rows)
+    ins = ", ".join(f"{t.name} {_shape(t.shape)} {t.dtype}" for t in graph.inputs)
+    outs = ", ".join(f"{t.name} {_shape(t.shape)} {t.dtype}" for t in graph.outputs)
+    lines = [
+        table,
+        "",
+        f"layers: {len(graph.layers)}   total MACs: {graph.total_macs:,}   "
+        f"weight bytes: {graph.total_weight_bytes:,}",
+        f"inputs: {ins}",
+        f"outputs: {outs}",
+        f"sha256: {graph.sha256}",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    graph = load_graph(args.model)
+    if args.json:
+        emit_json(graph.to_json())
+    else:
+        print(render(graph))
+    return 0
