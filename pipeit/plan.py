@@ -178,13 +178,15 @@ class Plan:
             if not stage.workers:
                 raise PlanError(f"{where}: stage {i} has no workers")
             for worker in stage.workers:
-                cluster = self.platform.cluster(worker.cluster)
-                missing = set(worker.cpus) - set(cluster.cpus)
-                if missing and cluster.kind == "cpu":
+                # "big+little": one worker over several CPU clusters (the all-cores strategy)
+                clusters = [self.platform.cluster(name) for name in worker.cluster.split("+")]
+                on_cpus = all(c.kind == "cpu" for c in clusters)
+                missing = set(worker.cpus) - {cpu for c in clusters for cpu in c.cpus}
+                if missing and on_cpus:
                     raise PlanError(
-                        f"{where}: stage {i} worker uses CPUs {sorted(missing)} not in cluster {cluster.name!r}"
+                        f"{where}: stage {i} worker uses CPUs {sorted(missing)} not in cluster {worker.cluster!r}"
                     )
-                if cluster.kind == "cpu":
+                if on_cpus:
                     if used & set(worker.cpus):
                         raise PlanError(f"{where}: CPUs {sorted(used & set(worker.cpus))} are given to two workers")
                     used |= set(worker.cpus)

@@ -1,0 +1,86 @@
+"""Dense stage-cost matrices the exact search works on (built once per search).
+
+For ``n`` layers every matrix is ``(n + 1) x (n + 1)``: entry ``[a, b]`` is
+about the stage ``[a, b)`` and only ``a < b`` is meaningful. Costs are the
+same as :class:`pipeit.dse.cost.CostModel`'s, computed from prefix sums so
+that one numpy operation evaluates every stage at once. The search compares
+rates with a relative tolerance (:data:`TOL`) because prefix sums and the
+cost model's ``fsum`` may differ in the last bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+
+from cores.model import CoreSetup
+from pipeit.dse.cost import CostModel
+
+__all__ = ["TOL", "Group", "GroupTables", "StageTables"]
+
+#: relative tolerance under which two throughputs count as equal (ties are broken by latency)
+TOL = 1e-9
+
+#: a group of workers serving one stage: ((setup, count), ...) sorted by setup
+Group = Tuple[Tuple[CoreSetup, int], ...]
+
+
+@dataclass(frozen=True)
+class GroupTables:
+    """Stage matrices for one group: ``rate`` (fps; -1 where a >= b, 0 where a worker cannot run
+    a layer), ``tmax`` (slowest worker's ms; inf where invalid) and ``mem`` (bytes held)."""
+
+    rate: np.ndarray
+    tmax: np.ndarray
+    mem: np.ndarray
+    workers: int
+
+
+class StageTables:
+    """Per-setup worker-time matrices and a cache of per-group tables."""
+
+    def __init__(self, cost: CostModel) -> None:
+        self.cost = cost
+        n = cost.num_layers
+        self.n = n
+        cal = cost.times.calibration
+        hops = np.asarray(cost.hops, dtype=float)
+        idx = np.arange(n + 1)
+        self.valid = idx[:, None] < idx[None, :]
+        edge = 0.5 * hops[:, None] + 0.5 * hops[None, :] + cal.stage_ms
+        self.time: Dict[CoreSetup, np.ndarray] = {}
+        for setup, row in cost.times.times.items():
+            values = np.asarray(row, dtype=float)
+            bad = np.isinf(values)
+            prefix = np.concatenate(([0.0], np.cumsum(np.where(bad, 0.0, values))))
+            bad_prefix = np.concatenate(([0], np.cumsum(bad)))
+            t = cal.scale * (prefix[None, :] - prefix[:, None]) + edge
+            t[(bad_prefix[None, :] - bad_prefix[:, None]) > 0] = np.inf
+            t[~self.valid] = np.inf
+            self.time[setup] = t
+        wprefix = np.concatenate(([0.0], np.cumsum(np.asarray(cost.times.weight_bytes, dtype=float))))
+        weights = wprefix[None, :] - wprefix[:, None] + cost.worker_bytes
+        weights[~self.valid] = np.inf
+        self.weights = weights
+        self._groups: Dict[Group, GroupTables] = {}
+
+    def group(self, group: Group) -> GroupTables:
+        cached = self._groups.get(group)
+        if cached is not None:
+            return cached
+        rate = np.zeros((self.n + 1, self.n + 1))
+        tmax = np.zeros((self.n + 1, self.n + 1))
+        workers = 0
+        with np.errstate(divide="ignore"):
+            for setup, count in group:
+                t = self.time[setup]
+                rate += count * (1000.0 / t)
+                np.maximum(tmax, t, out=tmax)
+                workers += count
+        rate[np.isinf(tmax)] = 0.0
+        rate[~self.valid] = -1.0
+        tables = GroupTables(rate=rate, tmax=tmax, mem=workers * self.weights, workers=workers)
+        self._groups[group] = tables
+        return tables

@@ -1,0 +1,297 @@
+"""The planner's input: how long each layer takes on each core setup, and what crosses each cut.
+
+A :class:`LayerTimes` is everything the design-space exploration needs to
+know about a model and a platform, and nothing more: it can be built from a
+predictor, from a profile table, or written by hand in a test. Keeping the
+DSE behind this one record means the search never imports the runtime or a
+predictor, and planning for a board can happen on a laptop.
+
+Conventions
+-----------
+* ``times[setup][i]`` -- milliseconds of layer ``i`` on ``setup`` inside a
+  whole model (calibrated), so a stage ``[a, b)`` costs
+  ``calibration.scale * sum(times[setup][a:b]) + calibration.stage_ms``.
+  ``math.inf`` marks a layer the setup cannot run (a GPU without the kernel):
+  no stage containing it is ever put on that setup.
+* ``cut_bytes[i]`` for ``i = 0..n`` -- bytes crossing the cut before layer
+  ``i``: ``cut_bytes[0]`` is the model input, ``cut_bytes[n]`` the model
+  output, the others include residual tensors that skip over the cut.
+* ``weight_bytes[i]`` -- constant bytes layer ``i`` holds (a worker serving a
+  stage keeps its stage's weights).
+
+:func:`layer_times_for` is the one seam through which the CLI asks the
+predictor or profile code for these times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+from cores.model import CoreSetup, Platform
+from pipeit.errors import PipeitError, PlanError
+
+__all__ = [
+    "LAYER_TIMES_VERSION",
+    "Calibration",
+    "LayerTimes",
+    "cut_bytes_of",
+    "layer_times_for",
+]
+
+LAYER_TIMES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Stage time = ``scale * sum(layer ms) + stage_ms``.
+
+    The predictor already calibrates per layer, so the default is the
+    identity; ``stage_ms`` is the fixed cost of one interpreter ``invoke``
+    (a profile can measure it), which makes many tiny stages cost what they
+    do on a real board.
+    """
+
+    scale: float = 1.0
+    stage_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise PlanError(f"layer times: calibration scale must be > 0, got {self.scale!r}")
+        if not (math.isfinite(self.stage_ms) and self.stage_ms >= 0):
+            raise PlanError(f"layer times: calibration stage_ms must be >= 0, got {self.stage_ms!r}")
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "stage_ms": self.stage_ms}
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Per-layer ms for every core setup, bytes crossing each cut, weight bytes per layer."""
+
+    num_layers: int
+    times: Mapping[CoreSetup, Tuple[float, ...]] = field(hash=False)
+    cut_bytes: Tuple[int, ...]
+    weight_bytes: Tuple[int, ...]
+    calibration: Calibration = Calibration()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        n = self.num_layers
+        if not isinstance(n, int) or n < 1:
+            raise PlanError(f"layer times: need at least one layer, got num_layers={n!r}")
+        if not self.times:
+            raise PlanError("layer times: no core setups")
+        clean: Dict[CoreSetup, Tuple[float, ...]] = {}
+        for setup, row in self.times.items():
+            if not isinstance(setup, CoreSetup):
+                raise PlanError(f"layer times: key {setup!r} is not a CoreSetup")
+            values = tuple(float(v) for v in row)
+            if len(values) != n:
+                raise PlanError(f"layer times: setup {setup} has {len(values)} times for {n} layers")
+            for i, v in enumerate(values):
+                if math.isnan(v) or v < 0:
+                    raise PlanError(f"layer times: layer {i} on {setup} has time {v!r} (need >= 0 or inf)")
+            clean[setup] = values
+        object.__setattr__(self, "times", clean)
+        if len(self.cut_bytes) != n + 1:
+            raise PlanError(f"layer times: need {n + 1} cut sizes (cuts 0..{n}), got {len(self.cut_bytes)}")
+        if len(self.weight_bytes) != n:
+            raise PlanError(f"layer times: need {n} weight sizes, got {len(self.weight_bytes)}")
+        for name in ("cut_bytes", "weight_bytes"):
+            values = tuple(int(v) for v in getattr(self, name))
+            if any(v < 0 for v in values):
+                raise PlanError(f"layer times: negative entry in {name}")
+            object.__setattr__(self, name, values)
+
+    # ---- views -------------------------------------------------------------------------
+    @property
+    def setups(self) -> Tuple[CoreSetup, ...]:
+        return tuple(sorted(self.times))
+
+    def stage_compute_ms(self, setup: CoreSetup, start: int, end: int) -> float:
+        """Calibrated compute time of layers ``[start, end)`` on one worker of ``setup``."""
+        row = self.times[setup]
+        return self.calibration.scale * math.fsum(row[start:end]) + self.calibration.stage_ms
+
+    def check_platform(self, platform: Platform) -> None:
+        """Refuse a table that names a cluster the platform lacks, or more cores than it has."""
+        for setup in self.times:
+            if "+" in setup.cluster:
+                continue  # a cross-cluster pseudo setup (all-cores), checked by its maker
+            try:
+                platform.check_setup(setup)
+            except PipeitError:
+                raise
+            except Exception as err:  # cores' PlatformError: restate as a planning problem
+                raise PlanError(f"layer times do not fit platform {platform.source!r}: {err}") from err
+
+    def with_setup(self, setup: CoreSetup, row: Sequence[float]) -> "LayerTimes":
+        """A copy with one more (or a replaced) setup row -- how all-cores adds its pseudo setup."""
+        times = dict(self.times)
+        times[setup] = tuple(row)
+        return LayerTimes(self.num_layers, times, self.cut_bytes, self.weight_bytes, self.calibration, self.source)
+
+    # ---- JSON --------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        """JSON document; ``inf`` (a setup that cannot run a layer) is written as ``null``."""
+        return {
+            "version": LAYER_TIMES_VERSION,
+            "num_layers": self.num_layers,
+            "times": {
+                str(s): [None if math.isinf(v) else v for v in self.times[s]] for s in self.setups
+            },
+            "cut_bytes": list(self.cut_bytes),
+            "weight_bytes": list(self.weight_bytes),
+            "calibration": self.calibration.to_json(),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, doc: object, where: str = "layer times") -> "LayerTimes":
+        if not isinstance(doc, dict):
+            raise PlanError(f"{where}: expected a JSON object")
+        if doc.get("version") != LAYER_TIMES_VERSION:
+            raise PlanError(f"{where}: layer-times version {doc.get('version')!r} is not {LAYER_TIMES_VERSION}")
+        try:
+            times = {
+                CoreSetup.parse(k): tuple(math.inf if v is None else float(v) for v in row)
+                for k, row in dict(doc["times"]).items()
+            }
+            cal = doc.get("calibration") or {}
+            return cls(
+                num_layers=int(doc["num_layers"]),
+                times=times,
+                cut_bytes=tuple(int(v) for v in doc["cut_bytes"]),
+                weight_bytes=tuple(int(v) for v in doc["weight_bytes"]),
+                calibration=Calibration(float(cal.get("scale", 1.0)), float(cal.get("stage_ms", 0.0))),
+                source=str(doc.get("source", "")),
+            )
+        except PlanError:
+            raise
+        except Exception as err:  # a malformed file a user handed us
+            raise PlanError(f"{where}: malformed layer times ({type(err).__name__}: {err})") from err
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "LayerTimes":
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PlanError(f"{path}: no such layer-times file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PlanError(f"{path}: unreadable layer-times file ({err})") from err
+        return cls.from_json(doc, str(path))
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def from_graph(
+        cls,
+        graph,
+        setups: Iterable[CoreSetup],
+        time_of: Callable[[int, CoreSetup], float],
+        calibration: Optional[Calibration] = None,
+        source: str = "",
+    ) -> "LayerTimes":
+        """Build from a :class:`pipeit.graph.LayerGraph` and ``time_of(layer_index, setup) -> ms``.
+
+        ``time_of`` is where a predictor or a profile plugs in; it may return
+        ``math.inf`` for a layer the setup cannot run.
+        """
+        n = len(graph.layers)
+        times = {s: tuple(float(time_of(i, s)) for i in range(n)) for s in setups}
+        return cls(
+            num_layers=n,
+            times=times,
+            cut_bytes=cut_bytes_of(graph),
+            weight_bytes=tuple(int(layer.descriptor.weight_bytes) for layer in graph.layers),
+            calibration=calibration or Calibration(),
+            source=source,
+        )
+
+
+def cut_bytes_of(graph) -> Tuple[int, ...]:
+    """``n + 1`` byte counts: model input, each interior cut of ``graph.cuts``, model output."""
+    n = len(graph.layers)
+    interior: Dict[int, int] = {int(c.before): int(c.bytes) for c in graph.cuts}
+    missing = [i for i in range(1, n) if i not in interior]
+    if missing:
+        raise PlanError(f"model graph has no cut point before layer(s) {missing[:5]}")
+    first = sum(t.nbytes for t in graph.inputs)
+    last = sum(t.nbytes for t in graph.outputs)
+    return (first,) + tuple(interior[i] for i in range(1, n)) + (last,)
+
+
+def layer_times_for(
+    graph,
+    platform: Platform,
+    predictor=None,
+    profile=None,
+) -> LayerTimes:
+    """Per-layer times of ``graph`` on every setup of ``platform``: THE seam to predictors/profiles.
+
+    ``predictor`` is a fitted :class:`predictors.Predictor` (or a path to its
+    JSON file); ``profile`` is a :class:`pipeit.profile_table.ProfileTable`
+    (or a path to a profile CSV) whose layer rows are looked up by
+    descriptor key. Exactly one of them must be given.
+    """
+    if (predictor is None) == (profile is None):
+        raise PlanError("give exactly one source of layer times: a predictor or a profile")
+    setups = platform.setups()
+    if predictor is not None:
+        if isinstance(predictor, (str, Path)):
+            from predictors import load_predictor
+
+            predictor = load_predictor(predictor)
+        known = set(getattr(predictor, "setups_", ()) or ())
+        usable = [s for s in setups if not known or s in known]
+        if not usable:
+            raise PlanError(
+                f"the predictor knows none of this platform's setups ({', '.join(map(str, setups))}); "
+                "fit it on a profile of this platform"
+            )
+        from predictors import predict_graph
+
+        times = {s: tuple(predict_graph(predictor, graph, s, calibrated=True)) for s in usable}
+        source = f"predictor:{getattr(predictor, 'name', type(predictor).__name__)}"
+    else:
+        times = _times_from_profile(graph, setups, profile)
+        source = "profile"
+    return LayerTimes(
+        num_layers=len(graph.layers),
+        times=times,
+        cut_bytes=cut_bytes_of(graph),
+        weight_bytes=tuple(int(layer.descriptor.weight_bytes) for layer in graph.layers),
+        source=source,
+    )
+
+
+def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[CoreSetup, Tuple[float, ...]]:
+    """Median ms per (descriptor key, setup) from a profile's layer rows; a setup missing any layer is dropped."""
+    if isinstance(profile, (str, Path)):
+        from pipeit.profile_table import read_profile
+
+        profile = read_profile(profile, force=True)
+    measured: Dict[Tuple[str, CoreSetup], float] = {}
+    for row in profile.layer_rows():
+        if row.ok:
+            measured[(row.key, row.setup)] = row.median_ms
+    keys = [layer.descriptor.key_string() for layer in graph.layers]
+    times: Dict[CoreSetup, Tuple[float, ...]] = {}
+    for setup in setups:
+        row = [measured.get((k, setup)) for k in keys]
+        if all(v is not None for v in row):
+            times[setup] = tuple(float(v) for v in row)  # type: ignore[arg-type]
+    if not times:
+        missing = sorted({k for k in keys for s in setups if (k, s) not in measured})
+        raise PlanError(
+            f"the profile has no complete set of layer times for any setup of this platform "
+            f"({len(missing)} layer kinds unmeasured); profile this model on this platform first"
+        )
+    return times

@@ -1,0 +1,142 @@
+"""What it costs to pass a cut's tensors from one pipeline stage to the next.
+
+The planner charges every stage boundary one *hop*: the sending worker
+copies the crossing tensors into a shared-memory ring slot and the receiving
+worker copies them out. The cost is affine in the bytes crossing::
+
+    hop_ms(nbytes) = fixed_ms + ms_per_byte * nbytes
+
+The fixed part is the ring's bookkeeping (slot claim, wake-up); the linear
+part is two memcpys. The defaults are the least-squares line through what
+the project measured on its development host (PAPERS.md: one shared-memory
+hop, copy in and out included: 34 us at 4 KB, 114 us at 800 KB, 431 us at
+4 MB). A board measures its own with the executor's transfer benchmark and
+passes the table here (:func:`load_hop_model`), because memory bandwidth
+differs tenfold between a Cortex-A7 and a desktop.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence, Tuple, Union
+
+from pipeit.errors import PlanError
+
+__all__ = ["HopModel", "DEFAULT_POINTS", "DEFAULT_HOP", "fit_hop_model", "load_hop_model"]
+
+#: (bytes, ms) of one shared-memory hop measured on the development host (PAPERS.md)
+DEFAULT_POINTS: Tuple[Tuple[int, float], ...] = (
+    (4 * 1024, 0.034),
+    (800 * 1024, 0.114),
+    (4 * 1024 * 1024, 0.431),
+)
+
+
+@dataclass(frozen=True)
+class HopModel:
+    """``hop_ms(n) = fixed_ms + ms_per_byte * n``; ``source`` says where the figures came from."""
+
+    fixed_ms: float
+    ms_per_byte: float
+    source: str = "default"
+
+    def __post_init__(self) -> None:
+        for name in ("fixed_ms", "ms_per_byte"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PlanError(f"hop model: {name} must be a finite number >= 0, got {value!r}")
+
+    def hop_ms(self, nbytes: int) -> float:
+        """Milliseconds to move ``nbytes`` from one stage to the next (copy in and out)."""
+        if nbytes < 0:
+            raise PlanError(f"hop model: negative byte count {nbytes}")
+        return self.fixed_ms + self.ms_per_byte * nbytes
+
+    def to_json(self) -> dict:
+        return {"fixed_ms": self.fixed_ms, "ms_per_byte": self.ms_per_byte, "source": self.source}
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = "hop model") -> "HopModel":
+        if not isinstance(doc, dict):
+            raise PlanError(f"{where}: expected a JSON object")
+        if "points" in doc:
+            return fit_hop_model(_points(doc["points"], where), source=str(doc.get("source", where)))
+        try:
+            return cls(float(doc["fixed_ms"]), float(doc["ms_per_byte"]), str(doc.get("source", where)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise PlanError(f"{where}: needs fixed_ms and ms_per_byte, or points ({err})") from err
+
+
+def fit_hop_model(points: Iterable[Tuple[float, float]], source: str = "measured") -> HopModel:
+    """Least-squares line through measured ``(bytes, ms)`` points, clipped to non-negative terms.
+
+    One point gives a line through the origin's fixed cost of zero; two or
+    more give the ordinary fit. Negative intercepts (a noisy small-size
+    measurement) are clipped to 0 and the slope refitted through the origin,
+    so the model never predicts a free hop.
+    """
+    pts = [(float(b), float(ms)) for b, ms in points]
+    if not pts:
+        raise PlanError(f"{source}: no (bytes, ms) points to fit a hop model to")
+    for b, ms in pts:
+        if not (math.isfinite(b) and math.isfinite(ms)) or b < 0 or ms < 0:
+            raise PlanError(f"{source}: bad hop measurement ({b!r} bytes, {ms!r} ms)")
+    n = len(pts)
+    mean_b = sum(b for b, _ in pts) / n
+    mean_ms = sum(ms for _, ms in pts) / n
+    var = sum((b - mean_b) ** 2 for b, _ in pts)
+    if n == 1 or var == 0.0:
+        return HopModel(mean_ms, 0.0, source)
+    slope = sum((b - mean_b) * (ms - mean_ms) for b, ms in pts) / var
+    fixed = mean_ms - slope * mean_b
+    if slope < 0:
+        return HopModel(mean_ms, 0.0, source)
+    if fixed < 0:
+        slope = sum(b * ms for b, ms in pts) / sum(b * b for b, _ in pts)
+        fixed = 0.0
+    return HopModel(fixed, slope, source)
+
+
+def _points(raw: object, where: str) -> Sequence[Tuple[float, float]]:
+    out = []
+    try:
+        for item in raw:  # type: ignore[union-attr]
+            if isinstance(item, dict):
+                out.append((float(item["bytes"]), float(item["ms"])))
+            else:
+                b, ms = item
+                out.append((float(b), float(ms)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise PlanError(f"{where}: points must be [bytes, ms] pairs or {{bytes, ms}} objects ({err})") from err
+    return out
+
+
+def load_hop_model(path: Union[str, Path]) -> HopModel:
+    """A hop model from a file: JSON (``fixed_ms``/``ms_per_byte`` or ``points``) or CSV ``bytes,ms``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such transfer table") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PlanError(f"{path}: unreadable transfer table ({err})") from err
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PlanError(f"{path}: not valid JSON ({err})") from err
+        model = HopModel.from_json(doc, str(path))
+        return HopModel(model.fixed_ms, model.ms_per_byte, str(path))
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"bytes", "ms"} <= set(rows[0]):
+        raise PlanError(f"{path}: a transfer CSV needs a header with 'bytes' and 'ms' columns")
+    return fit_hop_model(_points(rows, str(path)), source=str(path))
+
+
+#: the line through :data:`DEFAULT_POINTS`
+DEFAULT_HOP = fit_hop_model(DEFAULT_POINTS, source="default (PAPERS.md, development host)")

@@ -1,0 +1,81 @@
+"""``pipeit plan`` end to end on a real zoo model: plan file, limits, errors (exit 2), plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cores.platform import load_platform
+from pipeit.graph import load_graph
+from pipeit.layer_times import LayerTimes
+from pipeit.plan import file_sha256, load_plan
+
+SPEC = "emulate:big=0@1.0,little=1@0.4"
+
+
+@pytest.fixture(scope="module")
+def model_and_times(zoo_models, tmp_path_factory):
+    model = zoo_models("squeezenet")
+    graph = load_graph(model)
+    platform = load_platform(SPEC)
+    times = LayerTimes.from_graph(
+        graph, platform.setups(),
+        lambda i, s: graph.layers[i].descriptor.macs / (3e8 * platform.cluster(s.cluster).speed) + 0.02,
+    )
+    path = tmp_path_factory.mktemp("plan") / "times.json"
+    times.save(path)
+    return model, path
+
+
+def pipeit(*args):
+    return subprocess.run([sys.executable, "-m", "pipeit", *map(str, args)], capture_output=True, text=True)
+
+
+def test_plan_writes_a_valid_plan(model_and_times, tmp_path):
+    model, times = model_and_times
+    out = tmp_path / "plan.json"
+    done = pipeit("plan", model, "--platform", SPEC, "--times", times, "-o", out, "--json", "--pareto")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    plan = load_plan(out)
+    assert doc["predicted"]["fps"] == pytest.approx(plan.predicted_fps)
+    assert plan.model_sha256 == file_sha256(model)
+    assert plan.strategy == "pipeit" and plan.stages[-1].layers[1] == len(load_graph(model).layers)
+    front = doc["pareto"]
+    assert front[0]["fps"] == pytest.approx(plan.predicted_fps)
+    assert all(a["latency_ms"] > b["latency_ms"] for a, b in zip(front, front[1:]))
+
+
+def test_latency_limit_and_plot(model_and_times, tmp_path):
+    model, times = model_and_times
+    out = tmp_path / "plan.json"
+    png = tmp_path / "timeline.png"
+    free = pipeit("plan", model, "--platform", SPEC, "--times", times, "-o", out, "--json")
+    limit = json.loads(free.stdout)["predicted"]["latency_ms"] * 0.7
+    done = pipeit("plan", model, "--platform", SPEC, "--times", times, "-o", out,
+                  "--latency-ms", limit, "--plot", png)
+    assert done.returncode == 0, done.stderr
+    assert load_plan(out).predicted_latency_ms <= limit
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--latency-ms", "0.001"], "lowest latency achievable is"),
+    (["--strategy", "best"], "choose one of pipeit, pipe-it, all-cores, fastest-cluster, replicas"),
+    (["--memory-mb", "0.01"], "weights alone need"),
+    (["--latency-ms", "-4"], "must be a positive number"),
+])
+def test_bad_input_is_one_line_and_exit_2(model_and_times, tmp_path, extra, message):
+    model, times = model_and_times
+    done = pipeit("plan", model, "--platform", SPEC, "--times", times, "-o", tmp_path / "p.json", *extra)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_times_for_another_model_is_refused(model_and_times, zoo_models, tmp_path):
+    _, times = model_and_times
+    done = pipeit("plan", zoo_models("mobilenet_v1"), "--platform", SPEC, "--times", times, "-o", tmp_path / "p.json")
+    assert done.returncode == 2 and "layers" in done.stderr

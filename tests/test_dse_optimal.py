@@ -1,0 +1,116 @@
+"""The exact search equals a brute force over every stage partition and worker assignment."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cores.model import Cluster, CoreSetup, Platform
+from pipeit.dse import CostModel, Limits, optimal_plan, pareto_front
+from pipeit.errors import PlanError
+from pipeit.layer_times import Calibration, LayerTimes
+from pipeit.transfer import HopModel
+from tests.dse_brute import best_of, brute_force, pareto
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 7))
+    sizes = draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))
+    if sum(sizes) > 5:  # keep the brute force fast: 3+3 has 1154 orderings of groups
+        sizes = [sizes[0], 2]
+    clusters = []
+    cpu = 0
+    for i, size in enumerate(sizes):
+        clusters.append(Cluster(f"c{i}", "cortex", tuple(range(cpu, cpu + size))))
+        cpu += size
+    platform = Platform(tuple(clusters), source="hypothesis")
+    integer = draw(st.booleans())  # small integers provoke exact ties
+    value = st.integers(1, 6).map(float) if integer else st.floats(0.05, 40.0)
+    times = {}
+    for setup in platform.setups():
+        if draw(st.integers(0, 9)) == 0 and setup.cores > 1:
+            continue  # a setup the table lacks
+        row = [draw(value) for _ in range(n)]
+        if draw(st.integers(0, 14)) == 0:
+            row[draw(st.integers(0, n - 1))] = math.inf  # a layer this setup cannot run
+        times[setup] = tuple(row)
+    if not times:
+        times[platform.setups()[0]] = tuple(draw(value) for _ in range(n))
+    cuts = tuple(draw(st.integers(0, 2_000_000)) for _ in range(n + 1))
+    weights = tuple(draw(st.integers(0, 3_000_000)) for _ in range(n))
+    calibration = Calibration(draw(st.sampled_from([1.0, 1.07])), draw(st.sampled_from([0.0, 0.3])))
+    table = LayerTimes(n, times, cuts, weights, calibration)
+    hop = HopModel(draw(st.sampled_from([0.0, 0.035, 0.4])), draw(st.sampled_from([0.0, 9.45e-8, 1e-6])))
+    latency = draw(st.one_of(st.none(), st.floats(0.5, 120.0)))
+    memory = draw(st.one_of(st.none(), st.floats(0.5, 20.0)))
+    return table, platform, hop, latency, memory
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-7, abs_tol=1e-9)
+
+
+class TestOptimalEqualsBruteForce:
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(problems())
+    def test_same_throughput_and_latency(self, problem):
+        table, platform, hop, latency, memory = problem
+        expected = best_of(brute_force(table, platform, hop, latency, memory))
+        cost = CostModel(table, hop)
+        if expected is None:
+            with pytest.raises(PlanError):
+                optimal_plan(cost, platform, Limits(latency, memory))
+            return
+        found = optimal_plan(cost, platform, Limits(latency, memory))
+        assert _close(found.fps, expected[0]), (found.describe(), expected)
+        assert _close(found.latency_ms, expected[1]), (found.describe(), expected)
+        if latency is not None:
+            assert found.latency_ms <= latency * (1 + 1e-9)
+        if memory is not None:
+            assert found.memory_bytes <= memory * 1024 * 1024
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(problems())
+    def test_pareto_front_matches(self, problem):
+        table, platform, hop, _, memory = problem
+        plans = brute_force(table, platform, hop, None, memory)
+        expected = pareto(plans)
+        front = pareto_front(table, platform, memory_mb=memory, hop=hop)
+        got = [(c.fps, c.latency_ms) for c in front]
+        assert len(got) == len(expected), (got, expected)
+        for (f1, l1), (f2, l2) in zip(got, expected):
+            assert _close(f1, f2) and _close(l1, l2), (got, expected)
+
+
+class TestSearchDetails:
+    def test_impossible_latency_names_the_best_achievable(self):
+        platform = Platform((Cluster("big", "a", (0,)), Cluster("little", "b", (1,))))
+        table = LayerTimes(2, {CoreSetup("big", 1): (4.0, 6.0), CoreSetup("little", 1): (10.0, 15.0)},
+                           (0, 0, 0), (0, 0))
+        cost = CostModel(table, HopModel(0.0, 0.0))
+        with pytest.raises(PlanError, match=r"lowest latency achievable is 10\.000 ms"):
+            optimal_plan(cost, platform, Limits(latency_ms=9.0))
+
+    def test_memory_below_weights_is_refused(self):
+        platform = Platform((Cluster("big", "a", (0, 1)),))
+        table = LayerTimes(1, {CoreSetup("big", 1): (1.0,), CoreSetup("big", 2): (0.6,)}, (0, 0), (3 * 1024 * 1024,))
+        with pytest.raises(PlanError, match="weights alone need 3.00 MB"):
+            optimal_plan(CostModel(table), platform, Limits(memory_mb=2.0))
+
+    def test_memory_limit_trades_replicas_for_a_pipeline(self):
+        # two equal cores: replicas give 200 fps but hold the weights twice; a pipeline holds them once
+        platform = Platform((Cluster("big", "a", (0, 1)),))
+        one = CoreSetup("big", 1)
+        table = LayerTimes(2, {one: (6.0, 4.0)}, (0, 0, 0), (1024 * 1024, 1024 * 1024))
+        cost = CostModel(table, HopModel(0.0, 0.0))
+        free = optimal_plan(cost, platform, Limits())
+        assert len(free.stages) == 1 and free.fps == pytest.approx(200.0)
+        assert free.memory_bytes == 4 * 1024 * 1024
+        tight = optimal_plan(cost, platform, Limits(memory_mb=2.5))
+        assert [(s.start, s.end) for s in tight.stages] == [(0, 1), (1, 2)]
+        assert tight.fps == pytest.approx(1000.0 / 6.0)
+        assert tight.memory_bytes == 2 * 1024 * 1024
