@@ -1,0 +1,94 @@
+"""``pipeit profile MODEL... --platform SPEC -o PROFILE.csv``: time layers on every core setup."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeit.cli.output import emit_json
+from pipeit.errors import ProfileError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "profile",
+        help="time each distinct layer (and stages, whole models) on each core setup",
+        description="Time every distinct layer of the models as a single-layer sub-model in a "
+        "worker pinned to each core setup (num_threads = core count), plus a few stages and the "
+        "whole model for calibration. Rows are appended to the CSV as measured; re-running "
+        "skips rows already there. --sweep N adds N generated layers sampled over the "
+        "descriptor space, adaptively.",
+    )
+    parser.add_argument("models", metavar="MODEL", nargs="*", help=".tflite files")
+    parser.add_argument("--platform", default="auto", help="platform spec (default: auto)")
+    parser.add_argument("-o", "--output", required=True, metavar="PROFILE.csv")
+    parser.add_argument("--setup", action="append", metavar="CLUSTER:K",
+                        help="only this core setup (repeatable; default: every setup)")
+    parser.add_argument("--sweep", type=int, default=0, metavar="N",
+                        help="also measure N generated single layers")
+    parser.add_argument("--stages", type=int, default=3,
+                        help="multi-layer stages timed per model for calibration (default 3)")
+    parser.add_argument("--repeats", type=int, default=60, help="most timed runs per measurement")
+    parser.add_argument("--min-repeats", type=int, default=9, help="fewest timed runs per measurement")
+    parser.add_argument("--seed", type=int, default=0, help="seed of inputs and of the sweep")
+    parser.add_argument("--force", action="store_true",
+                        help="append to a profile from another platform/runtime")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cores.platform import load_platform
+    from pipeit.profile_table import ProfileWriter, read_profile
+    from pipeit.profiler import (
+        TimingSpec, WorkerPool, existing_rows, model_jobs, platform_fingerprint_for,
+        resolve_setups, run_jobs,
+    )
+
+    if not args.models and args.sweep <= 0:
+        raise ProfileError("nothing to profile: give MODEL files and/or --sweep N")
+    if args.sweep < 0:
+        raise ProfileError("--sweep N needs N >= 0")
+    if args.repeats < 1 or args.min_repeats < 1:
+        raise ProfileError("--repeats and --min-repeats must be >= 1")
+    spec = TimingSpec(min_repeats=min(args.min_repeats, args.repeats), max_repeats=args.repeats,
+                      seed=args.seed)
+    platform = load_platform(args.platform)
+    setups = resolve_setups(platform, args.setup)
+    fingerprint = platform_fingerprint_for(platform)
+    out = Path(args.output)
+    done = existing_rows(out, fingerprint, args.force)
+    jobs = []
+    for path in args.models:
+        jobs.extend(model_jobs(path, stages=args.stages))
+    progress = not args.no_progress
+    with WorkerPool(platform, setups) as pool, ProfileWriter(out) as writer:
+        rows = run_jobs(jobs, pool, setups, writer, fingerprint, spec, done, progress)
+        if args.sweep:
+            from pipeit.profiling.sweep import run_sweep
+
+            base = read_profile(out, fingerprint=fingerprint, force=args.force).layer_rows()
+            rows += run_sweep(args.sweep, pool, setups, writer, fingerprint, spec, done, base,
+                              seed=args.seed, progress=progress)
+    failed = [r for r in rows if not r.ok]
+    summary = {
+        "output": str(out),
+        "fingerprint": fingerprint,
+        "setups": [str(s) for s in setups],
+        "measured": len(rows),
+        "failed": len(failed),
+        "skipped_existing": len(jobs) * len(setups) - sum(1 for r in rows if r.model != "sweep"),
+    }
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"{len(rows)} measurements ({len(failed)} failed) on {', '.join(summary['setups'])} "
+              f"-> {out}")
+        for r in failed[:5]:
+            print(f"  not measured: {r.model} {r.kind}[{r.start}:{r.end}] on {r.setup}: {r.status}",
+                  file=sys.stderr)
+    return 0

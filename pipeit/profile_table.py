@@ -1,0 +1,297 @@
+"""The profile table: every measurement the profiler made, as a plain CSV.
+
+One row per (measurement kind, model, layer range, descriptor key, core setup).
+The table is the only input predictors are fitted from, so a layer row
+carries its full descriptor (compact JSON) and a stage/model row carries the
+descriptor keys of the layers it covers (in order); those keys resolve
+through the layer rows. Every row records the platform fingerprint it was
+measured on: a table mixing platforms, or from another platform than the one
+asked for, is refused unless the caller forces it.
+
+Columns (header line required, order fixed)::
+
+    kind,model,start,end,setup,key,op,median_ms,spread,repeats,status,fingerprint,descriptor
+
+``kind`` is ``layer`` (one layer timed alone), ``stage`` (a contiguous range
+of layers) or ``model`` (the whole model). ``start``/``end`` are a half-open
+layer range. ``spread`` is the inter-quartile range divided by the median.
+``status`` is ``ok`` or ``failed: <why>`` -- a failed measurement is data,
+not an exception that aborts a long profiling run; readers skip it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
+
+from cores.model import CoreSetup
+from pipeit.descriptor import LayerDescriptor
+from pipeit.errors import ProfileError
+
+__all__ = [
+    "COLUMNS",
+    "KINDS",
+    "ProfileRow",
+    "ProfileTable",
+    "read_profile",
+    "ProfileWriter",
+    "row_identity",
+]
+
+COLUMNS = (
+    "kind", "model", "start", "end", "setup", "key", "op", "median_ms", "spread",
+    "repeats", "status", "fingerprint", "descriptor",
+)
+KINDS = ("layer", "stage", "model")
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """One measurement. ``descriptor`` is set on layer rows, ``layer_keys`` on stage/model rows."""
+
+    kind: str
+    model: str
+    start: int
+    end: int
+    setup: CoreSetup
+    key: str
+    median_ms: float
+    spread: float
+    repeats: int
+    fingerprint: str
+    status: str = "ok"
+    descriptor: Optional[LayerDescriptor] = None
+    layer_keys: Tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and math.isfinite(self.median_ms) and self.median_ms > 0
+
+    @property
+    def op(self) -> str:
+        return self.descriptor.op if self.descriptor is not None else ""
+
+    def identity(self) -> tuple:
+        """What makes two rows the same measurement (used to resume a run)."""
+        return row_identity(self.kind, self.model, self.start, self.end, self.key, self.setup)
+
+    def to_csv(self) -> List[str]:
+        if self.kind == "layer":
+            assert self.descriptor is not None  # built by the profiler, never user input
+            payload = self.descriptor.to_json()
+        else:
+            payload = list(self.layer_keys)
+        return [
+            self.kind, self.model, str(self.start), str(self.end), str(self.setup), self.key,
+            self.op, _fmt(self.median_ms), _fmt(self.spread), str(self.repeats), self.status,
+            self.fingerprint, json.dumps(payload, separators=(",", ":")),
+        ]
+
+
+def row_identity(kind: str, model: str, start: int, end: int, key: str, setup: CoreSetup) -> tuple:
+    """Identity of a measurement. Layer rows are deduplicated by descriptor key and setup only:
+    a layer shared by two models is measured once."""
+    if kind == "layer":
+        return ("layer", key, str(setup))
+    return (kind, model, int(start), int(end), str(setup))
+
+
+def _fmt(value: float) -> str:
+    return "nan" if not math.isfinite(value) else f"{value:.6g}"
+
+
+class ProfileTable:
+    """Rows read from one or more profile CSVs, with the lookups predictors need."""
+
+    def __init__(self, rows: Sequence[ProfileRow], fingerprint: str = "") -> None:
+        self.rows: Tuple[ProfileRow, ...] = tuple(rows)
+        self.fingerprint = fingerprint
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[ProfileRow]:
+        return iter(self.rows)
+
+    def layer_rows(self) -> List[ProfileRow]:
+        return [r for r in self.rows if r.kind == "layer" and r.ok]
+
+    def multi_rows(self) -> List[ProfileRow]:
+        """Stage and whole-model rows (the calibration data)."""
+        return [r for r in self.rows if r.kind != "layer" and r.ok]
+
+    def catalog(self) -> Dict[str, LayerDescriptor]:
+        """Descriptor key -> descriptor, from every layer row (failed ones included)."""
+        return {r.key: r.descriptor for r in self.rows if r.descriptor is not None}
+
+    def models(self) -> List[str]:
+        """Names of models with a whole-model row, in first-seen order."""
+        seen: Dict[str, None] = {}
+        for r in self.rows:
+            if r.kind == "model":
+                seen.setdefault(r.model, None)
+        return list(seen)
+
+    def setups(self) -> List[CoreSetup]:
+        return sorted({r.setup for r in self.rows})
+
+    def identities(self) -> Set[tuple]:
+        return {r.identity() for r in self.rows}
+
+
+def _parse_row(cells: List[str], where: str) -> ProfileRow:
+    if len(cells) != len(COLUMNS):
+        raise ProfileError(f"{where}: expected {len(COLUMNS)} columns, found {len(cells)}")
+    doc = dict(zip(COLUMNS, cells))
+    kind = doc["kind"]
+    if kind not in KINDS:
+        raise ProfileError(f"{where}: unknown measurement kind {kind!r} (one of {', '.join(KINDS)})")
+    try:
+        start, end = int(doc["start"]), int(doc["end"])
+        median_ms = float(doc["median_ms"])
+        spread = float(doc["spread"])
+        repeats = int(doc["repeats"])
+        payload = json.loads(doc["descriptor"])
+    except (ValueError, json.JSONDecodeError) as err:
+        raise ProfileError(f"{where}: malformed value: {err}") from err
+    try:
+        setup = CoreSetup.parse(doc["setup"])
+    except Exception as err:  # PlatformError from cores: a bad cell in a file
+        raise ProfileError(f"{where}: {err}") from err
+    descriptor = None
+    layer_keys: Tuple[str, ...] = ()
+    if kind == "layer":
+        if not isinstance(payload, dict):
+            raise ProfileError(f"{where}: a layer row needs a descriptor object")
+        try:
+            descriptor = LayerDescriptor.from_json(payload)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProfileError(f"{where}: malformed descriptor: {err}") from err
+    else:
+        if not isinstance(payload, list) or not all(isinstance(k, str) for k in payload):
+            raise ProfileError(f"{where}: a {kind} row needs a list of layer keys")
+        layer_keys = tuple(payload)
+    return ProfileRow(
+        kind=kind, model=doc["model"], start=start, end=end, setup=setup, key=doc["key"],
+        median_ms=median_ms, spread=spread, repeats=repeats, fingerprint=doc["fingerprint"],
+        status=doc["status"], descriptor=descriptor, layer_keys=layer_keys,
+    )
+
+
+def _read_one(path: Path) -> List[ProfileRow]:
+    if not path.is_file():
+        raise ProfileError(f"{path}: no such profile file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ProfileError(f"{path}: cannot read profile: {err}") from err
+    return parse_profile_text(text, str(path))
+
+
+def parse_profile_text(text: str, name: str = "<profile>") -> List[ProfileRow]:
+    """Parse CSV text (kept apart from file reading so tests can work on strings)."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ProfileError(f"{name}: empty profile (no header line)") from None
+    except csv.Error as err:
+        raise ProfileError(f"{name}: not a CSV file: {err}") from err
+    if tuple(header) != COLUMNS:
+        raise ProfileError(
+            f"{name}: not a pipeit profile (header must be {','.join(COLUMNS)})"
+        )
+    rows = []
+    try:
+        for line_no, cells in enumerate(reader, start=2):
+            if not cells:
+                continue
+            rows.append(_parse_row(cells, f"{name}:{line_no}"))
+    except csv.Error as err:
+        raise ProfileError(f"{name}: malformed CSV: {err}") from err
+    return rows
+
+
+def read_profile(
+    paths: Union[PathLike, Sequence[PathLike]],
+    fingerprint: Optional[str] = None,
+    force: bool = False,
+) -> ProfileTable:
+    """Read and validate one or more profile CSVs into one table.
+
+    All rows must share one platform fingerprint, and match ``fingerprint``
+    when it is given (the platform the caller is about to predict for):
+    times from another board or runtime would silently mislead the planner.
+    ``force=True`` accepts a mismatch (the table's fingerprint is then the
+    first one seen).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ProfileError("no profile files given")
+    rows: List[ProfileRow] = []
+    for p in paths:
+        rows.extend(_read_one(Path(p)))
+    if not rows:
+        raise ProfileError(f"{', '.join(map(str, paths))}: the profile has no rows")
+    prints = sorted({r.fingerprint for r in rows})
+    if len(prints) > 1 and not force:
+        raise ProfileError(
+            f"profile rows come from {len(prints)} different platforms/runtimes "
+            f"(fingerprints {', '.join(p[:12] for p in prints)}); use --force to mix them"
+        )
+    table_print = rows[0].fingerprint
+    if fingerprint is not None and fingerprint not in prints and not force:
+        raise ProfileError(
+            f"profile was measured on another platform or runtime (fingerprint "
+            f"{table_print[:12]}, this platform {fingerprint[:12]}); use --force to use it anyway"
+        )
+    return ProfileTable(rows, fingerprint=fingerprint if fingerprint in prints else table_print)
+
+
+class ProfileWriter:
+    """Appends rows to a profile CSV, creating it (with its header) if needed.
+
+    Each row is flushed as soon as it is written, so an interrupted run loses
+    at most the measurement in flight and re-running resumes.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._handle)
+        if new:
+            self._writer.writerow(COLUMNS)
+            self._flush()
+
+    def write(self, row: ProfileRow) -> None:
+        self._writer.writerow(row.to_csv())
+        self._flush()
+
+    def write_all(self, rows: Iterable[ProfileRow]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def _flush(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "ProfileWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,502 @@
+"""The profiler: time layers, stages and whole models on every core setup.
+
+For each core setup (cluster x core count) one persistent worker process is
+started (spawn context), pinned -- every thread -- to that many cores of the
+cluster, and, on an emulated platform, attached to the cluster's CPU-quota
+cgroup. The parent sends it model bytes; the worker builds an interpreter
+with ``num_threads`` = core count, fills the inputs once with seeded random
+data, warms up, then times ``invoke()`` alone with ``perf_counter_ns`` until
+the median is stable. Worker start-up and interpreter construction stay out
+of the timings.
+
+Jobs are sent setup after setup for the same layer (never two workers at
+once), so slow drift of the host affects every setup alike. Each row is
+appended to the CSV as soon as it is measured: an interrupted run resumes
+where it stopped (layer rows are keyed by descriptor and setup, so a layer
+shared by two models is measured once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from cores.model import CoreSetup, Platform
+from pipeit.descriptor import LayerDescriptor
+from pipeit.errors import ProfileError
+from pipeit.profile_table import ProfileRow, ProfileWriter, read_profile, row_identity
+
+__all__ = [
+    "TimingSpec",
+    "Timing",
+    "time_model",
+    "SetupWorker",
+    "WorkerPool",
+    "Job",
+    "model_jobs",
+    "run_jobs",
+    "profile_models",
+    "platform_fingerprint_for",
+    "setup_cpus",
+]
+
+
+@dataclass(frozen=True)
+class TimingSpec:
+    """How long to measure: warm-up, then batches until the median settles.
+
+    Stop when the median of all samples moved by less than ``rel_tol`` over
+    the last batch (and at least ``min_repeats`` were taken), or at
+    ``max_repeats`` / ``max_seconds``.
+    """
+
+    warmup: int = 3
+    min_repeats: int = 9
+    max_repeats: int = 200
+    batch: int = 5
+    rel_tol: float = 0.02
+    max_seconds: float = 3.0
+    #: a run counts as clean when process CPU time >= min_util * threads * wall time
+    min_util: float = 0.85
+    #: fewest clean runs for an ``ok`` timing
+    min_clean: int = 5
+    seed: int = 0
+    #: a measurement whose spread (IQR/median) exceeds this is retried ...
+    max_spread: float = 0.10
+    #: ... up to this many attempts in all; the attempt with the lowest spread is kept
+    attempts: int = 3
+    #: before measuring, wait up to this long for the setup's CPUs to be idle (other users' load)
+    quiet_wait_s: float = 0.3
+    #: a CPU busier than this (percent, over 50 ms) counts as in use by someone else
+    busy_pct: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.min_repeats < 1 or self.max_repeats < self.min_repeats or self.batch < 1:
+            raise ProfileError(
+                f"bad timing spec: need 1 <= min_repeats <= max_repeats and batch >= 1 ({self})"
+            )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Result of one measurement; ``status`` is ``ok`` or ``failed: why`` (failures are data)."""
+
+    median_ms: float
+    spread: float
+    repeats: int
+    status: str = "ok"
+
+
+def _fill_inputs(interpreter, seed: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for detail in interpreter.get_input_details():
+        shape = tuple(int(s) for s in detail["shape"])
+        dtype = np.dtype(detail["dtype"])
+        if dtype.kind == "f":
+            data = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            lo, hi = max(int(info.min), -128), min(int(info.max), 127)
+            data = rng.integers(lo, hi + 1, size=shape).astype(dtype)
+        else:
+            data = np.zeros(shape, dtype=dtype)
+        interpreter.set_tensor(detail["index"], data)
+
+
+def time_model(
+    model_bytes: bytes, num_threads: int, spec: TimingSpec = TimingSpec(), exclusive: bool = True
+) -> Timing:
+    """Time ``invoke()`` of a model in *this* process (the caller pins it first).
+
+    Contention filter (``exclusive=True``): around every run the process CPU
+    time is read as well as the wall time. A run during which all
+    ``num_threads`` threads had their cores (``cpu >= min_util * k * wall``;
+    XNNPACK's pool threads spin while they wait, so an uncontended run keeps
+    every thread busy) is *clean*; a run in which another process took a core
+    is not. The median is taken over clean runs only -- on a shared host the
+    plain median can be twice the true time with a tight spread, which no
+    spread test catches. With too few clean runs the timing is marked
+    ``noisy`` (not ``ok``; readers skip it, a re-run retries it). An emulated
+    (throttled) cluster is descheduled on purpose: pass ``exclusive=False``.
+    """
+    import numpy as np
+
+    from pipeit.runtime import make_interpreter
+
+    interpreter = make_interpreter(model_bytes, num_threads=num_threads)
+    _fill_inputs(interpreter, spec.seed)
+    for _ in range(spec.warmup):
+        interpreter.invoke()
+    walls: List[int] = []
+    clean: List[int] = []
+    need = num_threads * spec.min_util
+    start = time.monotonic()
+    previous = None
+    while True:
+        for _ in range(spec.batch):
+            c0 = time.process_time_ns()
+            t0 = time.perf_counter_ns()
+            interpreter.invoke()
+            t1 = time.perf_counter_ns()
+            c1 = time.process_time_ns()
+            wall = t1 - t0
+            walls.append(wall)
+            if not exclusive or (c1 - c0) >= need * wall:
+                clean.append(wall)
+        n = len(walls)
+        median = float(np.median(clean)) if clean else None
+        settled = median is not None and previous is not None and abs(median - previous) <= spec.rel_tol * median
+        if n >= spec.max_repeats or time.monotonic() - start > spec.max_seconds:
+            break
+        if len(clean) >= spec.min_repeats and settled:
+            break
+        previous = median
+    status = "ok"
+    used = clean
+    if len(clean) < min(spec.min_clean, spec.min_repeats):
+        status = f"noisy: {len(clean)} of {n} runs had the cores to themselves"
+        used = walls
+    median = float(np.median(used))
+    q1, q3 = np.percentile(used, [25, 75])
+    return Timing(median / 1e6, float((q3 - q1) / median) if median > 0 else 0.0, len(used), status)
+
+
+# ---- the pinned worker --------------------------------------------------------------------
+
+def _pin(cpus: Sequence[int]) -> None:
+    """Pin this process and every thread it already has (cores.pinning when available)."""
+    try:
+        from cores.pinning import pin_all_threads
+    except ImportError:  # the cores engineer's module not there yet: same effect, inline
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(tid), set(cpus))
+        return
+    pin_all_threads(tuple(cpus))
+
+
+def _worker_main(conn, cpus: Tuple[int, ...], threads: int, exclusive: bool = True) -> None:
+    """Worker loop: pin, then answer ("time", bytes, spec) requests until ("stop",)."""
+    try:
+        _pin(cpus)
+    except Exception as err:  # report, do not hang the parent
+        conn.send(("error", f"cannot pin to CPUs {list(cpus)}: {err}"))
+        return
+    # The runtime announces its delegate on stderr for every interpreter; in a
+    # worker that builds hundreds of them this drowns the progress bar. Errors
+    # travel back through the pipe, so the worker's stderr can go.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg[0] == "stop":
+            return
+        _, data, spec = msg
+        try:
+            timing = time_model(data, threads, spec, exclusive)
+            conn.send(("ok", timing))
+        except Exception as err:  # a layer the runtime refuses is a failed row, not a crash
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            conn.send(("ok", Timing(float("nan"), float("nan"), 0, f"failed: {text[:200]}")))
+
+
+def setup_cpus(platform: Platform, setup: CoreSetup) -> Tuple[int, ...]:
+    """The CPUs a setup runs on: the first ``cores`` CPUs of its cluster."""
+    platform.check_setup(setup)
+    return tuple(platform.cluster(setup.cluster).cpus[: setup.cores])
+
+
+class SetupWorker:
+    """One persistent worker process pinned to one core setup."""
+
+    def __init__(self, platform: Platform, setup: CoreSetup) -> None:
+        self.setup = setup
+        self.cpus = setup_cpus(platform, setup)
+        # A throttled (emulated) cluster is descheduled by design: no contention filter there.
+        exclusive = platform.cluster(setup.cluster).speed >= 1.0
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, self.cpus, setup.cores, exclusive), daemon=True,
+            name=f"pipeit-profile-{setup}",
+        )
+        self.process.start()
+        child.close()
+        if not self._conn.poll(60):
+            self.close()
+            raise ProfileError(f"profiling worker for {setup} did not start")
+        kind, value = self._conn.recv()
+        if kind != "ready":
+            self.close()
+            raise ProfileError(f"profiling worker for {setup}: {value}")
+        self.pid = int(value)
+
+    def measure(self, model_bytes: bytes, spec: TimingSpec) -> Timing:
+        try:
+            self._conn.send(("time", model_bytes, spec))
+            kind, value = self._conn.recv()
+        except (EOFError, OSError) as err:
+            raise ProfileError(f"profiling worker for {self.setup} died: {err}") from err
+        return value
+
+    def close(self) -> None:
+        try:
+            self._conn.send(("stop",))
+        except (OSError, ValueError):
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        self._conn.close()
+
+
+def _better(a: Timing, b: Timing) -> bool:
+    if (a.status == "ok") != (b.status == "ok"):
+        return a.status == "ok"
+    return a.spread < b.spread
+
+
+def wait_for_quiet(cpus: Sequence[int], max_wait_s: float, busy_pct: float) -> bool:
+    """Block until ``cpus`` are idle (others' load below ``busy_pct``) or ``max_wait_s`` passed."""
+    if max_wait_s <= 0:
+        return True
+    import psutil
+
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        load = psutil.cpu_percent(interval=0.05, percpu=True)
+        if all(load[c] < busy_pct for c in cpus if c < len(load)):
+            return True
+        if time.monotonic() > deadline:
+            return False
+
+
+class WorkerPool:
+    """A worker per setup; on an emulated platform each worker joins its cluster's throttle."""
+
+    def __init__(self, platform: Platform, setups: Sequence[CoreSetup]) -> None:
+        self.platform = platform
+        self.workers: Dict[CoreSetup, SetupWorker] = {}
+        self._throttles = None
+        if any(platform.cluster(s.cluster).speed < 1.0 for s in setups):
+            try:
+                from cores.emulation import Throttles
+            except ImportError as err:
+                raise ProfileError("this platform is emulated but cores.emulation is not available") from err
+            self._throttles = Throttles(platform)
+            self._throttles.__enter__()
+        try:
+            for setup in setups:
+                worker = SetupWorker(platform, setup)
+                self.workers[setup] = worker
+                if self._throttles is not None and platform.cluster(setup.cluster).speed < 1.0:
+                    self._throttles.attach(setup.cluster, worker.pid)
+        except BaseException:
+            self.close()
+            raise
+
+    def measure(self, setup: CoreSetup, model_bytes: bytes, spec: TimingSpec) -> Timing:
+        """Measure on ``setup``, waiting for quiet CPUs and retrying noisy attempts.
+
+        On a shared host another user's burst inflates a median; a burst shows
+        as a wide spread, so a noisy attempt is repeated and the tightest kept.
+        """
+        worker = self.workers[setup]
+        best: Optional[Timing] = None
+        for _ in range(max(spec.attempts, 1)):
+            wait_for_quiet(worker.cpus, spec.quiet_wait_s, spec.busy_pct)
+            timing = worker.measure(model_bytes, spec)
+            if timing.status.startswith("failed"):
+                return timing
+            if best is None or _better(timing, best):
+                best = timing
+            if timing.status == "ok" and timing.spread <= spec.max_spread:
+                break
+        return best
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        self.workers.clear()
+        if self._throttles is not None:
+            self._throttles.__exit__(None, None, None)
+            self._throttles = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- jobs -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """One thing to time on every setup: a layer, a stage or a whole model."""
+
+    kind: str
+    model: str
+    start: int
+    end: int
+    key: str
+    descriptor: Optional[LayerDescriptor]
+    layer_keys: Tuple[str, ...]
+    model_bytes: bytes
+
+
+def platform_fingerprint_for(platform: Platform) -> str:
+    """The fingerprint every row carries: platform and runtime (cores.fingerprint when present)."""
+    from pipeit.runtime import runtime_info
+
+    info = runtime_info()
+    try:
+        from cores.fingerprint import platform_fingerprint
+    except ImportError:
+        doc = {"platform": platform.to_json(), "runtime": str(info)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return platform_fingerprint(platform, info)
+
+
+def _stage_ranges(n_layers: int, stages: int) -> List[Tuple[int, int]]:
+    """``stages`` contiguous, roughly equal ranges (only when there are enough layers)."""
+    if stages < 2 or n_layers < 2 * stages:
+        return []
+    bounds = [round(i * n_layers / stages) for i in range(stages + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(stages)]
+
+
+def model_jobs(path: Union[str, Path], stages: int = 3, name: Optional[str] = None) -> List[Job]:
+    """Jobs for one model: each distinct layer, a few stages, the whole model."""
+    from pipeit.graph import load_graph
+    from pipeit.modelfile import read_model, read_model_bytes
+    from pipeit.split import extract_layers
+
+    path = Path(path)
+    name = name or path.stem
+    data = read_model_bytes(path)
+    graph = load_graph(data)
+    model = read_model(data)
+    keys = [layer.descriptor.key_string() for layer in graph.layers]
+    jobs: List[Job] = []
+    seen = set()
+    for layer in graph.layers:
+        key = keys[layer.index]
+        if key in seen:
+            continue
+        seen.add(key)
+        sub = extract_layers(model, layer.index, layer.index + 1)
+        jobs.append(Job("layer", name, layer.index, layer.index + 1, key, layer.descriptor, (),
+                        sub.model_bytes))
+    for start, end in _stage_ranges(len(graph.layers), stages):
+        sub = extract_layers(model, start, end)
+        jobs.append(Job("stage", name, start, end, "", None, tuple(keys[start:end]), sub.model_bytes))
+    jobs.append(Job("model", name, 0, len(graph.layers), "", None, tuple(keys), data))
+    return jobs
+
+
+def _row(job: Job, setup: CoreSetup, timing: Timing, fingerprint: str) -> ProfileRow:
+    return ProfileRow(
+        kind=job.kind, model=job.model, start=job.start, end=job.end, setup=setup, key=job.key,
+        median_ms=timing.median_ms, spread=timing.spread, repeats=timing.repeats,
+        fingerprint=fingerprint, status=timing.status, descriptor=job.descriptor,
+        layer_keys=job.layer_keys,
+    )
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    pool: WorkerPool,
+    setups: Sequence[CoreSetup],
+    writer: Optional[ProfileWriter],
+    fingerprint: str,
+    spec: TimingSpec,
+    done: Optional[set] = None,
+    progress: bool = True,
+) -> List[ProfileRow]:
+    """Measure every (job, setup) not in ``done``; rows are written as they come."""
+    from tqdm import tqdm
+
+    done = set() if done is None else done
+    todo = [
+        (job, setup) for job in jobs for setup in setups
+        if row_identity(job.kind, job.model, job.start, job.end, job.key, setup) not in done
+    ]
+    rows = []
+    bar = tqdm(total=len(todo), file=sys.stderr, disable=not progress, unit="meas",
+               desc="profiling", dynamic_ncols=True)
+    try:
+        for job, setup in todo:
+            ident = row_identity(job.kind, job.model, job.start, job.end, job.key, setup)
+            if ident in done:  # a duplicate inside this batch
+                bar.update(1)
+                continue
+            bar.set_postfix_str(f"{job.model}:{job.kind}[{job.start}:{job.end}] {setup}", refresh=False)
+            timing = pool.measure(setup, job.model_bytes, spec)
+            row = _row(job, setup, timing, fingerprint)
+            if writer is not None:
+                writer.write(row)
+            done.add(ident)
+            rows.append(row)
+            bar.update(1)
+    finally:
+        bar.close()
+    return rows
+
+
+def resolve_setups(platform: Platform, chosen: Optional[Iterable[Union[str, CoreSetup]]]) -> List[CoreSetup]:
+    """The setups to profile: ``chosen`` (validated against the platform) or all CPU setups."""
+    if not chosen:
+        return [s for s in platform.setups() if platform.cluster(s.cluster).kind == "cpu"]
+    out = []
+    for item in chosen:
+        setup = item if isinstance(item, CoreSetup) else CoreSetup.parse(str(item))
+        platform.check_setup(setup)
+        if setup not in out:
+            out.append(setup)
+    return out
+
+
+def existing_rows(out: Path, fingerprint: str, force: bool) -> set:
+    """Identities of the good rows already in ``out`` (for resuming; failed and noisy
+    rows are measured again); refuses another platform's file."""
+    if not out.exists() or out.stat().st_size == 0:
+        return set()
+    table = read_profile(out, fingerprint=fingerprint, force=force)
+    return {r.identity() for r in table.rows if r.ok}
+
+
+def profile_models(
+    models: Sequence[Union[str, Path]],
+    platform: Platform,
+    out: Union[str, Path],
+    setups: Optional[Sequence[Union[str, CoreSetup]]] = None,
+    spec: TimingSpec = TimingSpec(),
+    stages: int = 3,
+    force: bool = False,
+    progress: bool = True,
+) -> List[ProfileRow]:
+    """Profile ``models`` on ``platform``; append to ``out``; return the new rows."""
+    out = Path(out)
+    chosen = resolve_setups(platform, setups)
+    fingerprint = platform_fingerprint_for(platform)
+    done = existing_rows(out, fingerprint, force)
+    jobs: List[Job] = []
+    for path in models:
+        jobs.extend(model_jobs(path, stages=stages))
+    with WorkerPool(platform, chosen) as pool, ProfileWriter(out) as writer:
+        return run_jobs(jobs, pool, chosen, writer, fingerprint, spec, done, progress)

@@ -1,0 +1,1 @@
+"""Profiling helpers beyond :mod:`pipeit.profiler`: the generated-layer sweep."""

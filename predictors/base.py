@@ -1,0 +1,262 @@
+"""The one predictor interface, its JSON file format and the whole-model calibration.
+
+Every predictor is fitted from profile rows and then answers ``predict(descriptor,
+setup) -> ms``. Conventions follow scikit-learn: ``__init__`` only stores
+parameters, ``fit`` validates its input and sets the learned state (names
+ending in ``_``), ``predict`` refuses to run on an unfitted predictor.
+
+Whole-model calibration
+-----------------------
+A layer timed alone runs with its weights and activations hot in cache; inside
+a whole model the previous layers have evicted them, and the runtime adds a
+little per-layer work. Summed single-layer times therefore under-predict a
+whole model (5-10 % on the development host). A predictor whose
+``calibrated`` flag is set fits, per core setup, from the stage and
+whole-model rows::
+
+    model_ms = scale * sum(layer_ms) + ms_per_mb * sum(layer_MB) + per_layer_ms * n_layers
+
+with non-negative coefficients, and applies it *per layer*
+(:meth:`Predictor.calibrate`), so per-layer times of any contiguous stage
+add up to the stage's calibrated time. ``layer_MB`` is the layer's weight and
+activation bytes (the traffic that misses cache in the whole model).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from cores.model import CoreSetup
+from pipeit.descriptor import LayerDescriptor
+from pipeit.errors import PredictorError
+from pipeit.profile_table import ProfileRow, ProfileTable
+from predictors.features import layer_bytes
+from predictors.fitting import relative_nnls
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Predictor",
+    "Calibration",
+    "as_setup",
+    "MIN_MS",
+]
+
+FORMAT = "pipeit-predictor"
+VERSION = 1
+#: no layer is predicted faster than this (a model that extrapolates below it is wrong)
+MIN_MS = 1e-3
+
+
+def as_setup(setup: Union[CoreSetup, str]) -> CoreSetup:
+    if isinstance(setup, CoreSetup):
+        return setup
+    if isinstance(setup, str):
+        try:
+            return CoreSetup.parse(setup)
+        except Exception as err:
+            raise PredictorError(str(err)) from err
+    raise PredictorError(f"a core setup must be CoreSetup or 'CLUSTER:K', got {type(setup).__name__}")
+
+
+class Calibration:
+    """Per-setup coefficients (scale, ms per MB, ms per layer) of the whole-model correction."""
+
+    IDENTITY = (1.0, 0.0, 0.0)
+
+    @staticmethod
+    def apply(coef: Sequence[float], ms: float, d: LayerDescriptor) -> float:
+        act, weights = layer_bytes(d)
+        return coef[0] * ms + coef[1] * (act + weights) / 1e6 + coef[2]
+
+    @staticmethod
+    def fit(samples: Sequence[Tuple[float, float, int, float]]) -> Tuple[float, float, float]:
+        """``samples``: (sum of predicted layer ms, sum of layer MB, layer count, measured ms)."""
+        if not samples:
+            return Calibration.IDENTITY
+        x = np.array([[s[0], s[1], s[2]] for s in samples], dtype=float)
+        y = np.array([s[3] for s in samples], dtype=float)
+        if len(samples) < 4:
+            # Too few rows for three coefficients: a plain ratio is all they support.
+            ratio = float(np.median(y / np.maximum(x[:, 0], 1e-9)))
+            return (ratio, 0.0, 0.0)
+        coef = relative_nnls(x, y)
+        if coef[0] <= 0:
+            ratio = float(np.median(y / np.maximum(x[:, 0], 1e-9)))
+            return (ratio, 0.0, 0.0)
+        return (float(coef[0]), float(coef[1]), float(coef[2]))
+
+
+class Predictor:
+    """Base class: validation, calibration, JSON persistence. Subclasses implement
+    ``_fit_layers(rows)``, ``_predict_layer(descriptor, setup)``, ``_state()``, ``_load_state(doc)``."""
+
+    #: registry name (``--kind``)
+    name: ClassVar[str] = ""
+    #: whether whole-model predictions include the fitted calibration
+    calibrated: ClassVar[bool] = False
+
+    # ---- parameters ---------------------------------------------------------------
+    def get_params(self) -> Dict[str, object]:
+        return {}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    # ---- fitting --------------------------------------------------------------------
+    def fit(
+        self,
+        rows: Union[ProfileTable, Iterable[ProfileRow]],
+        catalog: Optional[Mapping[str, LayerDescriptor]] = None,
+    ) -> "Predictor":
+        """Fit from profile rows: layer rows for the layer model, stage/model rows for calibration.
+
+        ``catalog`` maps descriptor keys to descriptors for stage/model rows
+        whose layers are not among ``rows`` (leave-one-out evaluation keeps
+        the catalogue of the full table: a descriptor is known from the model
+        file, it is not a measurement).
+        """
+        rows = list(rows)
+        bad = [r for r in rows if not isinstance(r, ProfileRow)]
+        if bad:
+            raise PredictorError(
+                f"{type(self).__name__}.fit expects profile rows, got {type(bad[0]).__name__}"
+            )
+        layer_rows = [r for r in rows if r.kind == "layer" and r.ok and r.descriptor is not None]
+        if not layer_rows:
+            raise PredictorError(f"{type(self).__name__}.fit: no successful layer measurements to fit")
+        prints = {r.fingerprint for r in layer_rows}
+        self.fingerprint_ = sorted(prints)[0] if len(prints) == 1 else "mixed"
+        self.setups_ = tuple(sorted({r.setup for r in layer_rows}))
+        self._fit_layers(layer_rows)
+        self.calibration_ = {}
+        if self.calibrated:
+            cat: Dict[str, LayerDescriptor] = {r.key: r.descriptor for r in rows if r.descriptor is not None}
+            if catalog:
+                cat.update(catalog)
+            self._fit_calibration([r for r in rows if r.kind != "layer" and r.ok], cat)
+        return self
+
+    def _fit_calibration(self, multi: List[ProfileRow], cat: Mapping[str, LayerDescriptor]) -> None:
+        per_setup: Dict[CoreSetup, list] = {}
+        for row in multi:
+            if row.setup not in self.setups_ or not row.layer_keys:
+                continue
+            descs = [cat.get(k) for k in row.layer_keys]
+            if any(d is None for d in descs):
+                continue  # a layer never described: this row cannot calibrate
+            total = sum(self._predict_raw(d, row.setup) for d in descs)
+            mb = sum(sum(layer_bytes(d)) for d in descs) / 1e6
+            per_setup.setdefault(row.setup, []).append((total, mb, len(descs), row.median_ms))
+        for setup in self.setups_:
+            self.calibration_[str(setup)] = Calibration.fit(per_setup.get(setup, []))
+
+    # ---- prediction ------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "setups_"):
+            raise PredictorError(
+                f"this {type(self).__name__} is not fitted yet: call fit() or load a fitted file"
+            )
+
+    def _check(self, descriptor: LayerDescriptor, setup: Union[CoreSetup, str]) -> CoreSetup:
+        self._check_fitted()
+        if not isinstance(descriptor, LayerDescriptor):
+            raise PredictorError(
+                f"predict expects a LayerDescriptor, got {type(descriptor).__name__}"
+            )
+        setup = as_setup(setup)
+        if setup not in self.setups_:
+            known = ", ".join(str(s) for s in self.setups_)
+            raise PredictorError(
+                f"the predictor has no data for setup {setup} (profiled setups: {known})"
+            )
+        return setup
+
+    def _predict_raw(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
+        value = float(self._predict_layer(descriptor, setup))
+        if not math.isfinite(value):
+            raise PredictorError(f"{self.name}: non-finite prediction for {descriptor.op} on {setup}")
+        return max(value, MIN_MS)
+
+    def predict(self, descriptor: LayerDescriptor, setup: Union[CoreSetup, str]) -> float:
+        """Milliseconds of ``descriptor`` timed alone on ``setup`` (no calibration)."""
+        setup = self._check(descriptor, setup)
+        return self._predict_raw(descriptor, setup)
+
+    def calibrate(self, descriptor: LayerDescriptor, setup: Union[CoreSetup, str], ms: float) -> float:
+        """The layer's share of the whole-model time, from its stand-alone time ``ms``."""
+        self._check_fitted()
+        coef = self.calibration_.get(str(as_setup(setup)), Calibration.IDENTITY)
+        return Calibration.apply(coef, ms, descriptor)
+
+    def predict_layers(
+        self,
+        descriptors: Sequence[LayerDescriptor],
+        setup: Union[CoreSetup, str],
+        calibrated: bool = True,
+    ) -> List[float]:
+        """Per-layer ms for a sequence of layers (inside a model when ``calibrated``)."""
+        setup = as_setup(setup)
+        out = []
+        for d in descriptors:
+            ms = self.predict(d, setup)
+            out.append(self.calibrate(d, setup, ms) if calibrated else ms)
+        return out
+
+    def predict_total(self, descriptors: Sequence[LayerDescriptor], setup: Union[CoreSetup, str]) -> float:
+        """Whole-model (or whole-stage) ms: calibrated per-layer times summed."""
+        return float(sum(self.predict_layers(descriptors, setup, calibrated=True)))
+
+    # ---- persistence -------------------------------------------------------------------
+    def _fitted_state(self) -> dict:
+        raise NotImplementedError
+
+    def _load_fitted_state(self, doc: dict) -> None:
+        raise NotImplementedError
+
+    def _fit_layers(self, rows: List[ProfileRow]) -> None:
+        raise NotImplementedError
+
+    def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
+        raise NotImplementedError
+
+    def to_json(self) -> dict:
+        self._check_fitted()
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self.name,
+            "params": self.get_params(),
+            "fingerprint": self.fingerprint_,
+            "setups": [str(s) for s in self.setups_],
+            "calibration": {k: list(v) for k, v in self.calibration_.items()},
+            "state": self._fitted_state(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Predictor":
+        try:
+            obj = cls(**doc.get("params", {}))
+            obj.fingerprint_ = str(doc["fingerprint"])
+            obj.setups_ = tuple(CoreSetup.parse(s) for s in doc["setups"])
+            obj.calibration_ = {
+                str(k): tuple(float(x) for x in v) for k, v in doc.get("calibration", {}).items()
+            }
+            if any(len(v) != 3 for v in obj.calibration_.values()):
+                raise ValueError("calibration entries need 3 coefficients")
+            obj._load_fitted_state(doc["state"])
+        except PredictorError:
+            raise
+        except Exception as err:  # any malformed field of a file a user gave us
+            raise PredictorError(f"malformed {cls.name} predictor state: {type(err).__name__}: {err}") from err
+        return obj
+
+    def save(self, path: Union[str, Path]) -> None:
+        text = json.dumps(self.to_json(), indent=1, sort_keys=True)
+        Path(path).write_text(text + "\n", encoding="utf-8")

@@ -1,0 +1,74 @@
+"""Per-(group, setup) linear fits with a fallback: the skeleton all three predictors share.
+
+A predictor maps a layer to a *group* (an op class or a kernel family) and a
+feature vector; one linear model is fitted per group and core setup. A group
+with too few rows for its features falls back to the ``*`` model of that
+setup (fitted on every layer with the generic features), so a layer type
+seen rarely or never (a held-out model's only LRN) still gets an estimate
+instead of being silently skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from cores.model import CoreSetup
+from pipeit.descriptor import LayerDescriptor
+from pipeit.profile_table import ProfileRow
+
+__all__ = ["FALLBACK", "fit_grouped", "predict_grouped", "relative_errors"]
+
+FALLBACK = "*"
+
+Featurize = Callable[[LayerDescriptor, CoreSetup], Tuple[str, Sequence[float]]]
+Generic = Callable[[LayerDescriptor, CoreSetup], Sequence[float]]
+Solver = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def fit_grouped(
+    rows: Sequence[ProfileRow],
+    featurize: Featurize,
+    generic: Generic,
+    solver: Solver,
+    min_extra_rows: int = 2,
+) -> Dict[str, List[float]]:
+    """Fit ``{"group|setup": coef}``; the generic model is stored as ``"*|setup"``."""
+    buckets: Dict[Tuple[str, CoreSetup], Tuple[list, list]] = {}
+    generic_buckets: Dict[CoreSetup, Tuple[list, list]] = {}
+    for row in rows:
+        group, vec = featurize(row.descriptor, row.setup)
+        xs, ys = buckets.setdefault((group, row.setup), ([], []))
+        xs.append(list(vec))
+        ys.append(row.median_ms)
+        gx, gy = generic_buckets.setdefault(row.setup, ([], []))
+        gx.append(list(generic(row.descriptor, row.setup)))
+        gy.append(row.median_ms)
+    coefs: Dict[str, List[float]] = {}
+    for setup, (gx, gy) in generic_buckets.items():
+        coefs[f"{FALLBACK}|{setup}"] = [float(c) for c in solver(np.array(gx), np.array(gy))]
+    for (group, setup), (xs, ys) in buckets.items():
+        if len(ys) >= len(xs[0]) + min_extra_rows:
+            coefs[f"{group}|{setup}"] = [float(c) for c in solver(np.array(xs), np.array(ys))]
+    return coefs
+
+
+def predict_grouped(
+    coefs: Dict[str, List[float]],
+    featurize: Featurize,
+    generic: Generic,
+    d: LayerDescriptor,
+    setup: CoreSetup,
+) -> float:
+    group, vec = featurize(d, setup)
+    coef = coefs.get(f"{group}|{setup}")
+    if coef is not None and len(coef) == len(vec):
+        return float(np.dot(coef, vec))
+    return float(np.dot(coefs[f"{FALLBACK}|{setup}"], generic(d, setup)))
+
+
+def relative_errors(coefs, featurize, generic, rows: Sequence[ProfileRow]) -> np.ndarray:
+    pred = np.array([predict_grouped(coefs, featurize, generic, r.descriptor, r.setup) for r in rows])
+    meas = np.array([r.median_ms for r in rows])
+    return (np.maximum(pred, 1e-3) - meas) / meas

@@ -1,0 +1,243 @@
+"""Profiler and profile table: real models timed by the real runtime in real pinned workers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cores.model import CoreSetup
+from cores.platform import load_platform
+from pipeit.cli import main
+from pipeit.errors import ProfileError
+from pipeit.profile_table import COLUMNS, ProfileRow, ProfileWriter, parse_profile_text, read_profile
+from pipeit.profiler import (
+    SetupWorker, TimingSpec, WorkerPool, model_jobs, platform_fingerprint_for, profile_models,
+    time_model,
+)
+from pipeit.tflite_builder import ModelBuilder
+
+# min_util=0: every run counts as clean, so a busy shared host cannot turn the rows 'noisy'
+QUICK = TimingSpec(warmup=1, min_repeats=3, max_repeats=5, batch=3, max_seconds=0.5, attempts=1,
+                   quiet_wait_s=0.0, min_util=0.0)
+
+
+def tiny_model(seed: int = 0, width: int = 8) -> bytes:
+    """conv -> depthwise -> conv (same shape twice, to check deduplication) -> add."""
+    b = ModelBuilder(seed=seed)
+    x = b.input("input", (1, 16, 16, 4))
+    y = b.conv2d(x, width, kernel=3, activation="RELU")
+    z = b.depthwise_conv2d(y, 3)
+    u = b.conv2d(z, width, kernel=1)
+    v = b.conv2d(u, width, kernel=1)
+    b.output(b.add(v, y))
+    return b.to_bytes()
+
+
+@pytest.fixture(scope="module")
+def platform():
+    return load_platform("auto")
+
+
+@pytest.fixture(scope="module")
+def one_core(platform):
+    return CoreSetup(platform.fastest.name, 1)
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory, platform, one_core):
+    """Two tiny models profiled on one setup, once for the module (the real pipeline)."""
+    root = tmp_path_factory.mktemp("prof")
+    paths = []
+    for i, width in enumerate((8, 12)):
+        p = root / f"tiny{i}.tflite"
+        p.write_bytes(tiny_model(i, width))
+        paths.append(p)
+    out = root / "profile.csv"
+    rows = profile_models(paths, platform, out, setups=[one_core], spec=QUICK, stages=2,
+                          progress=False)
+    return root, paths, out, rows
+
+
+# ---- profile table -------------------------------------------------------------------------
+
+class TestProfileTable:
+    def test_rows_round_trip_through_csv(self, profiled):
+        _, _, out, rows = profiled
+        table = read_profile(out)
+        assert [r.to_csv() for r in table.rows] == [r.to_csv() for r in rows]
+        layer = table.layer_rows()[0]
+        assert layer.descriptor is not None and layer.key == layer.descriptor.key_string()
+
+    def test_header_is_required(self):
+        with pytest.raises(ProfileError, match="not a pipeit profile"):
+            parse_profile_text("a,b,c\n1,2,3\n")
+        with pytest.raises(ProfileError, match="empty profile"):
+            parse_profile_text("")
+
+    def test_malformed_rows_name_their_line(self, profiled):
+        _, _, out, _ = profiled
+        lines = out.read_text().splitlines()
+        broken = lines[1].replace(",ok,", ",ok,").split(",")
+        broken[7] = "fast"  # median_ms
+        with pytest.raises(ProfileError, match=r":2: malformed value"):
+            parse_profile_text("\n".join([lines[0], ",".join(broken)] + lines[2:]))
+        with pytest.raises(ProfileError, match=":2: expected 13 columns"):
+            parse_profile_text(lines[0] + "\nlayer,x\n")
+        with pytest.raises(ProfileError, match="unknown measurement kind"):
+            parse_profile_text(lines[0] + "\n" + lines[1].replace("layer,", "blob,", 1))
+
+    def test_other_platform_refused_unless_forced(self, profiled, tmp_path):
+        _, _, out, _ = profiled
+        with pytest.raises(ProfileError, match="another platform or runtime"):
+            read_profile(out, fingerprint="0" * 16)
+        assert len(read_profile(out, fingerprint="0" * 16, force=True)) > 0
+
+    def test_mixed_fingerprints_refused_unless_forced(self, profiled, tmp_path):
+        _, _, out, rows = profiled
+        other = tmp_path / "other.csv"
+        with ProfileWriter(other) as w:
+            w.write(ProfileRow(**{**rows[0].__dict__, "fingerprint": "deadbeef"}))
+        with pytest.raises(ProfileError, match="2 different platforms"):
+            read_profile([out, other])
+        assert len(read_profile([out, other], force=True)) == len(rows) + 1
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(ProfileError, match="no such profile"):
+            read_profile(tmp_path / "nope.csv")
+
+
+# ---- timing and workers ----------------------------------------------------------------------
+
+def test_time_model_times_a_real_model():
+    t = time_model(tiny_model(), 1, QUICK)
+    assert t.status == "ok" and t.median_ms > 0 and math.isfinite(t.spread)
+    assert QUICK.min_repeats <= t.repeats <= QUICK.max_repeats + QUICK.batch
+
+
+def test_contention_filter_marks_runs_without_their_cores_noisy():
+    # No run can use twice the CPU time of its wall time on one thread: all runs are
+    # 'contended', so the timing is flagged and skipped by readers.
+    spec = TimingSpec(warmup=1, min_repeats=3, max_repeats=6, batch=3, min_util=2.0)
+    t = time_model(tiny_model(), 1, spec)
+    assert t.status.startswith("noisy: 0 of 6 runs")
+    row = ProfileRow("layer", "m", 0, 1, CoreSetup("cpu", 1), "k", t.median_ms, t.spread, t.repeats,
+                     "fp", t.status)
+    assert not row.ok
+    # Without the filter (a throttled, emulated cluster) the same runs are fine.
+    assert time_model(tiny_model(), 1, spec, exclusive=False).status == "ok"
+
+
+def test_worker_is_pinned_every_thread(platform, one_core):
+    from cores.pinning import thread_affinities
+
+    worker = SetupWorker(platform, one_core)
+    try:
+        timing = worker.measure(tiny_model(), QUICK)  # the runtime has started its threads now
+        assert timing.status == "ok"
+        cpus = platform.cluster(one_core.cluster).cpus[:1]
+        affinities = thread_affinities(worker.pid)
+        assert affinities and all(v == tuple(cpus) for v in affinities.values())
+    finally:
+        worker.close()
+    assert not worker.process.is_alive()
+
+
+def test_a_model_the_runtime_refuses_is_a_failed_row(platform, one_core):
+    with WorkerPool(platform, [one_core]) as pool:
+        timing = pool.measure(one_core, b"TFL3 this is not a model", QUICK)
+        assert timing.status.startswith("failed:")
+        assert pool.measure(one_core, tiny_model(), QUICK).status == "ok"  # the worker lived on
+
+
+# ---- a real profiling run ---------------------------------------------------------------------
+
+class TestProfileRun:
+    def test_rows_cover_distinct_layers_stages_and_models(self, profiled, one_core):
+        _, paths, _, rows = profiled
+        jobs0 = model_jobs(paths[0], stages=2)
+        n_layers = 5
+        layer_jobs = [j for j in jobs0 if j.kind == "layer"]
+        assert len(layer_jobs) == 4  # the two identical 1x1 convs are measured once
+        assert {r.kind for r in rows} == {"layer", "stage", "model"}
+        assert all(r.setup == one_core and r.ok for r in rows)
+        models = [r for r in rows if r.kind == "model"]
+        assert sorted(r.model for r in models) == ["tiny0", "tiny1"]
+        assert all(len(r.layer_keys) == n_layers and (r.start, r.end) == (0, n_layers) for r in models)
+        assert len({r.fingerprint for r in rows}) == 1
+
+    def test_stage_and_model_keys_resolve_to_layer_rows(self, profiled):
+        _, _, out, _ = profiled
+        table = read_profile(out)
+        catalog = table.catalog()
+        for row in table.multi_rows():
+            assert all(k in catalog for k in row.layer_keys)
+
+    def test_rerun_resumes_without_new_rows(self, profiled, platform, one_core):
+        _, paths, out, rows = profiled
+        before = out.read_text()
+        again = profile_models(paths, platform, out, setups=[one_core], spec=QUICK, stages=2,
+                               progress=False)
+        assert again == [] and out.read_text() == before
+
+    def test_setup_the_platform_lacks_is_refused(self, profiled, platform):
+        from cores.errors import PlatformError
+
+        _, paths, out, _ = profiled
+        with pytest.raises(PlatformError):
+            profile_models(paths, platform, out, setups=["nosuch:1"], spec=QUICK, progress=False)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+class TestCommandLine:
+    def test_fit_predict_eval(self, profiled, one_core, tmp_path, capsys):
+        root, paths, out, _ = profiled
+        pred = tmp_path / "p.json"
+        assert main(["fit", str(out), "-o", str(pred), "--kind", "mech"]) == 0
+        capsys.readouterr()
+        assert main(["predict", str(paths[0]), "--predictor", str(pred), "--setup", str(one_core),
+                     "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert [l["index"] for l in doc["layers"]] == list(range(5))
+        assert doc["total_ms"] == pytest.approx(sum(l["ms"] for l in doc["layers"]))
+        assert main(["eval", str(out), "--json", "--min-ms", "0"]) == 0
+        ev = json.loads(capsys.readouterr().out)
+        assert set(ev["predictors"]) == {"flops", "pipe-it", "mech"}
+        assert {m["model"] for m in ev["models"]} == {"tiny0", "tiny1"}
+
+    def test_bad_inputs_exit_2_with_one_line(self, profiled, one_core, tmp_path, capsys):
+        root, paths, out, _ = profiled
+        pred = tmp_path / "p.json"
+        assert main(["fit", str(out), "-o", str(pred)]) == 0
+        capsys.readouterr()
+        cases = [
+            ["predict", str(paths[0]), "--predictor", str(pred), "--setup", "nosuch:1"],
+            ["predict", str(paths[0]), "--predictor", str(pred), "--setup", f"{one_core.cluster}:99"],
+            ["predict", str(paths[0]), "--predictor", str(out), "--setup", str(one_core)],
+            ["fit", str(root / "missing.csv"), "-o", str(tmp_path / "x.json")],
+            ["profile", str(paths[0]), "-o", str(out), "--setup", "nosuch:1", "--no-progress"],
+            ["eval", str(out), "--holdout", "resnet"],
+        ]
+        for argv in cases:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith("pipeit: error: ") and err.count("\n") == 1, err
+        doc = json.loads(pred.read_text())
+        doc["fingerprint"] = "someotherboard"
+        pred.write_text(json.dumps(doc))
+        argv = ["predict", str(paths[0]), "--predictor", str(pred), "--setup", str(one_core)]
+        assert main(argv) == 2
+        assert "another platform" in capsys.readouterr().err
+        assert main(argv + ["--force"]) == 0
+
+    def test_profile_file_from_another_platform_refused(self, profiled, one_core, tmp_path, capsys):
+        _, paths, out, _ = profiled
+        foreign = tmp_path / "foreign.csv"
+        foreign.write_text(out.read_text().replace(read_profile(out).fingerprint, "f" * 16))
+        argv = ["profile", str(paths[0]), "-o", str(foreign), "--setup", str(one_core), "--no-progress",
+                "--repeats", "3", "--min-repeats", "3"]
+        assert main(argv) == 2
+        assert "another platform" in capsys.readouterr().err
