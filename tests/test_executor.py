@@ -1,0 +1,286 @@
+"""The pipelined executor on real zoo models, real spawned processes, real pinning and shared memory.
+
+Every output is compared bit for bit with the whole model run by one
+interpreter: pipelines must not change a single bit. CPUs 0 and 1 are this
+host's two cores; a 2-stage plan puts one stage on each.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import pytest
+
+from cores.model import Cluster, Platform
+from pipeit.errors import ExecutorError, InputError, PlanError
+from pipeit.executor import Pipeline
+from pipeit.graph import load_graph
+from pipeit.plan import Plan, StageSpec, WorkerSpec, file_sha256
+from pipeit.runtime import make_interpreter
+
+CPUS = tuple(sorted(os.sched_getaffinity(0)))
+TWO = (CPUS[0], CPUS[-1])
+pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+
+BIG_LITTLE = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],))), source="test")
+ONE_CLUSTER = Platform((Cluster("cpu", "host", TWO),), source="test")
+
+
+def make_plan(model: Path, stages: Sequence[Tuple[Tuple[int, int], Sequence[Tuple[str, Tuple[int, ...]]]]],
+              platform: Platform = BIG_LITTLE) -> Plan:
+    specs = tuple(
+        StageSpec(tuple(layers), tuple(WorkerSpec(c, tuple(cpus), len(cpus), 1.0) for c, cpus in workers), 100.0)
+        for layers, workers in stages
+    )
+    # Not validated: a 3-stage plan on a 2-CPU host gives one CPU to two stages, which
+    # plan validation refuses but the executor runs fine (the stages then share the core).
+    return Plan(model.name, file_sha256(model), platform, "test", specs, 100.0, 10.0)
+
+
+def frames_for(model: Path, count: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
+    detail = make_interpreter(model).get_input_details()[0]
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(detail["dtype"])
+    out = []
+    for _ in range(count):
+        if dtype.kind == "f":
+            value = rng.uniform(-1, 1, size=detail["shape"]).astype(dtype)
+        else:
+            value = rng.integers(-128, 128, size=detail["shape"]).astype(dtype)
+        out.append({detail["name"]: value})
+    return out
+
+
+def reference(model: Path, frames: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
+    interpreter = make_interpreter(model)
+    ins = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+    outs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
+    results = []
+    for frame in frames:
+        for name, value in frame.items():
+            interpreter.set_tensor(ins[name], value)
+        interpreter.invoke()
+        results.append({n: interpreter.get_tensor(i) for n, i in outs.items()})
+    return results
+
+
+def assert_identical(got: List[Dict[str, np.ndarray]], want: List[Dict[str, np.ndarray]]) -> None:
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert set(g) == set(w), f"frame {i}: output names differ"
+        for name in w:
+            assert g[name].dtype == w[name].dtype and g[name].shape == w[name].shape
+            assert np.array_equal(g[name], w[name]), f"frame {i}: output {name!r} differs"
+
+
+def residual_cuts(model: Path) -> Tuple[int, int]:
+    """Cuts (c1, c2) such that a tensor made before c1 is read after c2: stage [c1, c2) must forward it."""
+    graph = load_graph(model)
+    cuts = {c.before: {t.name for t in c.tensors} for c in graph.cuts}
+    for c1 in sorted(cuts):
+        for c2 in range(c1 + 1, c1 + 3):
+            if c2 in cuts and cuts[c1] & cuts[c2]:
+                return c1, c2
+    raise AssertionError("no residual crosses two cuts in this model")
+
+
+@pytest.fixture(scope="module")
+def v2(zoo_models) -> Path:
+    return zoo_models("mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def v2_frames(v2) -> Tuple[List[Dict[str, np.ndarray]], List[Dict[str, np.ndarray]]]:
+    frames = frames_for(v2, 6)
+    return frames, reference(v2, frames)
+
+
+class TestPipelineOutputs:
+    def test_three_stages_with_a_forwarded_residual_are_bit_identical_and_ordered(self, v2, v2_frames):
+        from cores.pinning import thread_affinities
+
+        frames, want = v2_frames
+        n = len(load_graph(v2).layers)
+        c1, c2 = residual_cuts(v2)
+        plan = make_plan(v2, [((0, c1), [("big", (TWO[0],))]), ((c1, c2), [("little", (TWO[1],))]),
+                              ((c2, n), [("big", (TWO[0],))])])
+        order = [i % len(frames) for i in range(15)]
+        with Pipeline(plan, v2) as pipe:
+            assert pipe.routes[1].forwards, "the middle stage should forward the residual"
+            got = list(pipe.map(frames[i] for i in order))
+            # pinned before anything heavy was imported, and every thread stays on its CPUs
+            assert all(not heavy for heavy in pipe.heavy_before_pin().values())
+            for (stage, _), pid in pipe.worker_pids().items():
+                expected = (TWO[0],) if stage != 1 else (TWO[1],)
+                affinities = thread_affinities(pid)
+                assert affinities and set(affinities.values()) == {expected}
+            stats = pipe.stats()
+        assert_identical(got, [want[i] for i in order])
+        assert stats.frames == 15 and stats.fps > 0
+        assert [s.frames for s in stats.stages] == [15, 15, 15]
+        assert all(s.measured_ms and s.measured_ms > 0 for s in stats.stages)
+        assert stats.latency_p50_ms <= stats.latency_p99_ms
+
+    def test_int8_two_stages_are_bit_identical(self, zoo_models):
+        model = zoo_models("mobilenet_v2", int8=True)
+        frames = frames_for(model, 4, seed=1)
+        n = len(load_graph(model).layers)
+        plan = make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
+        with Pipeline(plan, model) as pipe:
+            got = list(pipe.map(frames + frames, inflight=2))
+            with pytest.raises(ExecutorError, match="inflight"):
+                list(pipe.map(frames, inflight=0))
+        assert_identical(got, reference(model, frames + frames))
+
+    def test_two_workers_on_one_stage_share_frames_and_keep_order(self, v2, v2_frames):
+        frames, want = v2_frames
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, n), [("cpu", (TWO[0],)), ("cpu", (TWO[1],))])], ONE_CLUSTER)
+        order = [i % len(frames) for i in range(24)]
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        stale = Path(tempfile.gettempdir()) / f"pipeit-stages-{dead.pid}-test"
+        stale.mkdir(exist_ok=True)
+        mine = f"{tempfile.gettempdir()}/pipeit-stages-{os.getpid()}-*"
+        with Pipeline(plan, v2) as pipe:
+            assert not stale.exists()  # left by a killed run: removed on start
+            assert len(glob.glob(mine)) == 1
+            futures = [pipe.submit(frames[i]) for i in order]
+            got = [f.result(60) for f in futures]
+            stats = pipe.stats()
+        assert glob.glob(mine) == []
+        assert_identical(got, [want[i] for i in order])
+        assert sum(stats.stages[0].worker_frames) == 24
+        assert all(count > 0 for count in stats.stages[0].worker_frames), stats.stages[0].worker_frames
+
+
+class TestFaults:
+    def test_kill_9_of_a_stage_worker_mid_stream_loses_no_frame(self, v2, v2_frames):
+        frames, want = v2_frames
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, 10), [("big", (TWO[0],))]), ((10, n), [("little", (TWO[1],))])])
+        order = [i % len(frames) for i in range(30)]
+        with Pipeline(plan, v2) as pipe:
+            victim = pipe.worker_pids()[(1, 0)]
+            futures = [pipe.submit(frames[i]) for i in order[:8]]
+            _kill_while_busy(pipe, (1, 0))
+            futures += [pipe.submit(frames[i]) for i in order[8:]]
+            got = [f.result(120) for f in futures]
+            stats = pipe.stats()
+            assert pipe.worker_pids()[(1, 0)] != victim
+        assert_identical(got, [want[i] for i in order])
+        assert stats.stages[1].restarts == 1 and stats.stages[0].restarts == 0
+        assert stats.stages[1].redispatched == 1  # the frame it held went to its successor
+
+    def test_a_worker_that_keeps_dying_stops_the_pipeline_with_a_clear_error(self, v2, v2_frames):
+        frames, _ = v2_frames
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, 10), [("big", (TWO[0],))]), ((10, n), [("little", (TWO[1],))])])
+        with Pipeline(plan, v2, max_restarts=1) as pipe:
+            futures = [pipe.submit(frames[0]) for _ in range(3)]
+            futures[-1].result(60)
+            victim = pipe.worker_pids()[(1, 0)]
+            os.kill(victim, signal.SIGKILL)
+            futures = [pipe.submit(frames[0]) for _ in range(3)]
+            deadline = time.monotonic() + 60
+            while pipe.worker_pids().get((1, 0), victim) == victim and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(pipe.worker_pids()[(1, 0)], signal.SIGKILL)
+            with pytest.raises(ExecutorError, match=r"stage 1 worker 0 .* died 2 times.* not done: 3-5"):
+                futures[-1].result(60)
+            with pytest.raises(ExecutorError):
+                pipe.submit(frames[0])
+            pids = list(pipe.worker_pids().values())
+        for pid in pids:  # closing still ends every worker
+            assert not _alive(pid)
+
+
+def _kill_while_busy(pipe: Pipeline, key: Tuple[int, int]) -> None:
+    """SIGKILL a worker that certainly holds a frame: stop it, let pending replies land, check, kill."""
+    pid = pipe.worker_pids()[key]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.1)  # a reply sent before the stop reaches the dispatcher meanwhile
+        if pipe.worker_states()[key] == "busy":
+            os.kill(pid, signal.SIGKILL)
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError("the worker never held a frame")
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class TestRefusals:
+    def test_wrong_shape_or_dtype_is_an_input_error(self, v2, v2_frames):
+        frames, _ = v2_frames
+        (name, value), = frames[0].items()
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, n), [("big", (TWO[0],))])])
+        with Pipeline(plan, v2) as pipe:
+            with pytest.raises(InputError, match="takes"):
+                pipe.submit({name: value[:, :100]})
+            with pytest.raises(InputError, match="float32"):
+                pipe.submit({name: value.astype(np.float64)})
+            with pytest.raises(InputError, match="do not match"):
+                pipe.submit({"nope": value})
+            assert_identical([pipe.run(frames[0], 60)], reference(v2, frames[:1]))  # still usable
+
+    def test_a_model_whose_hash_differs_from_the_plan_is_refused(self, v2, tmp_path):
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, n), [("big", (TWO[0],))])])
+        other = tmp_path / v2.name
+        data = bytearray(v2.read_bytes())
+        data[-1] ^= 0xFF
+        other.write_bytes(bytes(data))
+        with pytest.raises(PlanError, match="sha256"):
+            Pipeline(plan, other).start()
+
+    def test_cpus_this_host_lacks_are_refused_before_anything_starts(self, v2):
+        n = len(load_graph(v2).layers)
+        far = Platform((Cluster("big", "host", (4096,)),), source="test")
+        plan = make_plan(v2, [((0, n), [("big", (4096,))])], far)
+        with pytest.raises(ExecutorError, match="4096"):
+            Pipeline(plan, v2).start()
+
+
+class TestEmulatedPlatform:
+    def test_workers_on_a_slowed_cluster_run_in_its_cgroup_which_is_removed_after(self, v2, v2_frames):
+        from cores.emulation import find_cgroup_root
+        from cores.errors import EmulationError
+
+        try:
+            find_cgroup_root()
+        except EmulationError as err:
+            pytest.skip(f"cgroups cannot be written here: {err}")
+        frames, want = v2_frames
+        slow = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],), speed=0.5)),
+                        source="emulate:test")
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])], slow)
+        with Pipeline(plan, v2) as pipe:
+            group = pipe.throttles.cgroup_path("little")
+            assert group and os.path.isdir(group)
+            pids = pipe.worker_pids()
+            assert os.path.basename(group) in Path(f"/proc/{pids[(1, 0)]}/cgroup").read_text()
+            assert os.path.basename(group) not in Path(f"/proc/{pids[(0, 0)]}/cgroup").read_text()
+            got = list(pipe.map(frames))
+        assert_identical(got, want)
+        assert not os.path.exists(group)

@@ -1,0 +1,158 @@
+"""``pipeit run`` as a user runs it: a subprocess, a plan file, exit codes, signals, cleanup."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeit.graph import load_graph
+from tests.test_executor import TWO, make_plan
+
+pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+
+
+def pipeit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeit", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def planned(zoo_models, tmp_path_factory):
+    """A 2-stage plan for mobilenet_v2 saved beside a copy of its model (as `pipeit plan` leaves them)."""
+    folder = tmp_path_factory.mktemp("run")
+    model = folder / "mobilenet_v2.tflite"
+    model.write_bytes(zoo_models("mobilenet_v2").read_bytes())
+    n = len(load_graph(model).layers)
+    plan = make_plan(model, [((0, n // 3), [("big", (TWO[0],))]), ((n // 3, n), [("little", (TWO[1],))])])
+    plan.validate()
+    plan_path = folder / "plan.json"
+    plan.save(plan_path)
+    return plan_path, model
+
+
+def _cgroups_writable() -> bool:
+    from cores.emulation import find_cgroup_root
+    from cores.errors import EmulationError
+
+    try:
+        find_cgroup_root()
+    except EmulationError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def planned_emulated(planned):
+    """The same plan on an emulated platform whose second cluster runs at half speed (a cgroup)."""
+    from cores.model import Cluster, Platform
+    from pipeit.plan import load_plan
+
+    if not _cgroups_writable():
+        pytest.skip("cgroups cannot be written here")
+    plan_path, model = planned
+    slow = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],), speed=0.5)),
+                    source="emulate:test")
+    plan = dataclasses.replace(load_plan(plan_path), platform=slow)
+    path = plan_path.parent / "plan_emulated.json"
+    plan.save(path)
+    return path, model
+
+
+def test_run_check_json_reports_identical_outputs(planned):
+    plan_path, _ = planned
+    result = pipeit("run", str(plan_path), "--frames", "12", "--warmup", "2", "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["frames"] == 12 and doc["fps"] > 0
+    assert doc["outputs_match"] is True
+    assert set(doc["latency_ms"]) == {"p50", "p95", "p99"}
+    assert len(doc["stages"]) == 2
+    for stage in doc["stages"]:
+        assert {"measured_ms", "predicted_ms", "busy"} <= set(stage)
+        assert stage["measured_ms"] > 0 and 0 < stage["busy"] <= 1
+
+
+def test_run_reads_frames_from_npy_and_prints_a_table(planned, tmp_path):
+    plan_path, model = planned
+    frames = np.random.default_rng(3).uniform(-1, 1, size=(3, 1, 224, 224, 3)).astype(np.float32)
+    np.save(tmp_path / "frames.npy", frames)
+    result = pipeit("run", str(plan_path), "--model", str(model), "--input", str(tmp_path / "frames.npy"),
+                    "--frames", "6", "--warmup", "0", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "outputs match the whole model" in result.stdout
+    assert "measured ms" in result.stdout
+
+
+@pytest.mark.parametrize("array", [np.zeros((1, 224, 224, 1), np.float32), np.zeros((1, 224, 224, 3), np.float64)])
+def test_bad_input_shape_or_dtype_exits_2(planned, tmp_path, array):
+    plan_path, _ = planned
+    np.save(tmp_path / "bad.npy", array)
+    result = pipeit("run", str(plan_path), "--input", str(tmp_path / "bad.npy"), "--frames", "2")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("INFO:")]  # runtime's log lines
+    assert len(ours) == 1 and "the model takes" in ours[0]
+
+
+def test_model_with_another_hash_exits_2(planned, tmp_path):
+    plan_path, model = planned
+    other = tmp_path / "changed.tflite"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0x01
+    other.write_bytes(bytes(data))
+    result = pipeit("run", str(plan_path), "--model", str(other), "--frames", "2")
+    assert result.returncode == 2
+    assert "sha256" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_model_exits_2(planned, tmp_path):
+    plan_path, _ = planned
+    moved = tmp_path / "plan.json"
+    moved.write_text(plan_path.read_text())
+    result = pipeit("run", str(moved), "--frames", "2")
+    assert result.returncode == 2 and "--model" in result.stderr
+
+
+@pytest.mark.parametrize("signum,emulated", [(signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGTERM, False)])
+def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
+    plan_path, _ = request.getfixturevalue("planned_emulated" if emulated else "planned")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeit", "run", str(plan_path), "--frames", "1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        workers = []
+        # streaming has begun once both workers exist and have done real work
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+            if len(workers) == 2 and all(sum(c.cpu_times()[:2]) > 0.2 for c in workers):
+                break
+            time.sleep(0.1)
+        assert len(workers) == 2, "workers never started"
+        segments = glob.glob(f"/dev/shm/pipeit_{proc.pid}_*")
+        assert len(segments) == 3  # edge 0, the cut, the outputs
+        groups = glob.glob(f"/sys/fs/cgroup/**/pipeit-{proc.pid}-*", recursive=True)
+        assert bool(groups) == emulated
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    for worker in workers:
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    assert glob.glob(f"/dev/shm/pipeit_{proc.pid}_*") == []
+    assert glob.glob(f"/sys/fs/cgroup/**/pipeit-{proc.pid}-*", recursive=True) == []
