@@ -1,0 +1,72 @@
+"""``pipeit infer --socket S --input x.npy [-o out.npz]``: one frame through a running daemon."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeit.cli.output import emit_json
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "infer", help="run one frame through a running `pipeit serve` daemon",
+        description="Send the array in a .npy file (or the named arrays of a .npz) to the daemon and "
+        "print or save the outputs.",
+    )
+    parser.add_argument("--socket", required=True, metavar="S", help="the daemon's socket")
+    parser.add_argument("--input", required=True, metavar="x.npy",
+                        help=".npy (the model's one input) or .npz (one array per input name)")
+    parser.add_argument("-o", "--output", metavar="out.npz", help="save the outputs here")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run)
+
+
+def _load(path: Path):
+    import numpy as np
+
+    from pipeit.errors import InputError
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such input file") from None
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy/.npz file ({err})") from err
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        return {name: data[name] for name in data.files}
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pipeit.client import Client
+    from pipeit.errors import InputError
+
+    inputs = _load(Path(args.input))
+    with Client(args.socket, timeout=args.timeout) as client:
+        outputs = client.infer(inputs)
+    if args.output:
+        try:
+            np.savez(args.output, **outputs)
+        except OSError as err:
+            raise InputError(f"{args.output}: cannot write ({err.strerror or err})") from err
+    summary = {
+        name: {"shape": list(a.shape), "dtype": a.dtype.name,
+               "argmax": int(np.argmax(a)) if a.size else None,
+               "max": float(np.max(a)) if a.size else None}
+        for name, a in outputs.items()
+    }
+    if args.json:
+        emit_json({"outputs": summary, "saved": args.output})
+        return 0
+    for name, info in summary.items():
+        print(f"{name}: shape {tuple(info['shape'])} {info['dtype']}, argmax {info['argmax']}, max {info['max']}")
+    if args.output:
+        print(f"saved -> {args.output}")
+    return 0

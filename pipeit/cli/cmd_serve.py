@@ -1,0 +1,73 @@
+"""``pipeit serve --model M --platform SPEC [--plan P | --predictor P | --profile P] --socket PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="the on-device daemon: serve a model's pipeline on a Unix socket",
+        description="Plan (or load a plan), start the pipeline and keep it warm; answer infer, status "
+        "and replan requests from many clients on a Unix socket; re-plan when measured stage times "
+        "drift or the platform changes. With no --plan/--predictor/--profile/--times the model is "
+        "profiled on first start and the result cached in $PIPEIT_STATE_DIR (~/.local/state/pipeit). "
+        "SIGTERM drains and stops; SIGHUP reloads the model and plan.",
+    )
+    parser.add_argument("--model", required=True, metavar="MODEL", help="the .tflite model to serve")
+    parser.add_argument("--platform", default="auto", help="platform spec (default: auto)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--plan", metavar="PLAN.json", help="serve this plan")
+    source.add_argument("--predictor", metavar="P.json", help="plan with this fitted predictor")
+    source.add_argument("--profile", metavar="PROFILE.csv", help="plan from this profile")
+    source.add_argument("--times", metavar="TIMES.json", help="plan from a saved layer-times table")
+    parser.add_argument("--strategy", default="pipeit", help="DSE strategy (default: pipeit)")
+    parser.add_argument("--latency-ms", type=float, metavar="L", help="latency limit per frame")
+    parser.add_argument("--memory-mb", type=float, metavar="M", help="limit on weights held by all workers")
+    parser.add_argument("--socket", required=True, metavar="PATH",
+                        help="Unix socket path (its directory must not be world-writable)")
+    parser.add_argument("--group", metavar="G", help="group owning the socket (mode 0660)")
+    parser.add_argument("--per-client", type=int, default=4, metavar="N",
+                        help="requests one client may have in flight (default 4)")
+    parser.add_argument("--window-s", type=float, default=2.0, metavar="S",
+                        help="measurement window of the re-planner (default 2 s)")
+    parser.add_argument("--sustain", type=int, default=3, metavar="K",
+                        help="windows a drift must last before re-planning (default 3)")
+    parser.add_argument("--drift", type=float, default=0.15, metavar="F",
+                        help="relative drift of a stage's time that counts (default 0.15)")
+    parser.add_argument("--no-replan", action="store_true", help="measure and report, never re-plan")
+    parser.add_argument("--slots", type=int, default=4, metavar="N", help="ring slots per pipeline edge")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cores.platform import load_platform
+    from pipeit.daemon.server import Server, ServerConfig
+    from pipeit.daemon.state import PlanSource
+    from pipeit.errors import InputError
+
+    if args.per_client < 1 or args.slots < 1 or args.sustain < 1:
+        raise InputError("--per-client, --slots and --sustain must be >= 1")
+    if not args.window_s > 0 or not 0 < args.drift < 10:
+        raise InputError("--window-s must be > 0 and --drift in (0, 10)")
+    logger = logging.getLogger("pipeit")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s pipeit[%(process)d] %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(args.log_level.upper())
+    platform = load_platform(args.platform)
+    source = PlanSource(plan=args.plan, predictor=args.predictor, profile=args.profile, times=args.times,
+                        strategy=args.strategy, latency_ms=args.latency_ms, memory_mb=args.memory_mb)
+    config = ServerConfig(socket_path=args.socket, group=args.group, per_client=args.per_client,
+                          window_s=args.window_s, sustain=args.sustain, threshold=args.drift,
+                          replan=not args.no_replan, slots=args.slots)
+    server = Server(config, args.model, platform, source)
+    server.start()
+    return server.serve_forever()

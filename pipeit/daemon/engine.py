@@ -1,0 +1,220 @@
+"""The daemon's pipeline holder: one warm pipeline at a time, swapped without losing a frame.
+
+:meth:`Engine.submit` hands a frame to the current pipeline and counts it
+against that pipeline. :meth:`Engine.switch` starts the next pipeline while
+the current one keeps serving, then swaps them between two submissions
+(under a lock the submitter also takes), waits for the old one to finish
+every frame it was given, and only then closes it. A frame is therefore
+given to exactly one pipeline and answered exactly once.
+
+On an emulated platform the engine owns the cgroup throttles for its whole
+life, and every pipeline's workers join them: a quota changed from outside
+(the tests' stand-in for a board that heats up) then survives a switch, as
+a real board's slowdown would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+from cores.model import Platform
+from pipeit.errors import ExecutorError
+from pipeit.plan import Plan
+
+__all__ = ["Engine", "Generation"]
+
+_log = logging.getLogger("pipeit.daemon")
+
+
+class _Borrowed:
+    """Lends the engine's :class:`cores.emulation.Throttles` to a pipeline without letting it close them."""
+
+    def __init__(self, throttles: Any):
+        self._throttles = throttles
+
+    def attach(self, cluster: str, pid: int) -> None:
+        self._throttles.attach(cluster, pid)
+
+    def __exit__(self, *exc: Any) -> None:
+        pass  # the engine closes the throttles, once, at the very end
+
+
+@dataclass
+class Generation:
+    """One pipeline the engine started: its number, plan and frames still inside it."""
+
+    number: int
+    plan: Plan
+    pipeline: Any
+    started: float
+    inflight: int = 0
+    submitted: int = 0
+
+
+class Engine:
+    """Owns the running :class:`pipeit.executor.Pipeline` (and the emulation throttles)."""
+
+    def __init__(self, model_path: Union[str, Path], platform: Platform, *, slots: int = 4,
+                 max_restarts: int = 3, drain_timeout_s: float = 60.0):
+        self.model_path = Path(model_path)
+        self.platform = platform
+        self.slots = int(slots)
+        self.max_restarts = int(max_restarts)
+        self.drain_timeout_s = float(drain_timeout_s)
+        self._lock = threading.Condition()
+        self._current: Optional[Generation] = None
+        self._retired: Dict[int, Generation] = {}
+        self._numbers = 0
+        self._throttles: Any = None
+        self._switching = threading.Lock()
+        self._closed = False
+
+    # ---- life cycle ------------------------------------------------------------------
+    def start(self, plan: Plan) -> Generation:
+        """Enter the throttles (emulated platforms) and start the first pipeline."""
+        if any(c.speed < 1.0 for c in self.platform.cpu_clusters):
+            from cores.emulation import Throttles
+
+            throttles = Throttles(self.platform)
+            throttles.__enter__()
+            self._throttles = throttles
+        try:
+            generation = self._launch(plan)
+        except BaseException:
+            self.close()
+            raise
+        with self._lock:
+            self._current = generation
+        return generation
+
+    def _launch(self, plan: Plan) -> Generation:
+        from pipeit.executor.pipeline import Pipeline
+
+        pipeline = Pipeline(plan, self.model_path, slots=self.slots, max_restarts=self.max_restarts,
+                            throttle=False)
+        if self._throttles is not None:
+            # Pipeline has no public way to take throttles it does not own; it attaches every
+            # worker it spawns (restarts too) to ``_throttles`` and calls its __exit__ on close.
+            pipeline._throttles = _Borrowed(self._throttles)
+        pipeline.start()
+        self._numbers += 1
+        return Generation(self._numbers, plan, pipeline, time.monotonic())
+
+    def close(self) -> None:
+        """Close every pipeline (their in-flight frames fail) and remove the throttles."""
+        with self._lock:
+            self._closed = True
+            generations = ([self._current] if self._current else []) + list(self._retired.values())
+            self._current = None
+            self._retired.clear()
+        for generation in generations:
+            generation.pipeline.close()
+        if self._throttles is not None:
+            throttles, self._throttles = self._throttles, None
+            throttles.close()
+
+    @property
+    def throttles(self) -> Any:
+        """The emulation throttles (None on real hardware): status shows their cgroups."""
+        return self._throttles
+
+    # ---- frames ----------------------------------------------------------------------
+    @property
+    def current(self) -> Optional[Generation]:
+        return self._current
+
+    @property
+    def inputs(self) -> Tuple[Any, ...]:
+        generation = self._current
+        if generation is None:
+            raise ExecutorError("the daemon has no pipeline running")
+        return tuple(generation.pipeline.inputs)
+
+    def submit(self, inputs: Dict[str, Any]) -> Future:
+        """Give one frame to the current pipeline (blocks while its first ring is full)."""
+        with self._lock:
+            generation = self._current
+            if generation is None:
+                raise ExecutorError("the daemon has no pipeline running")
+            generation.inflight += 1
+            generation.submitted += 1
+        try:
+            future = generation.pipeline.submit(inputs)
+        except BaseException:
+            self._done(generation)
+            raise
+        future.add_done_callback(lambda _f, g=generation: self._done(g))
+        return future
+
+    def _done(self, generation: Generation) -> None:
+        with self._lock:
+            generation.inflight -= 1
+            self._lock.notify_all()
+
+    def inflight(self) -> int:
+        with self._lock:
+            gens = ([self._current] if self._current else []) + list(self._retired.values())
+            return sum(g.inflight for g in gens)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no pipeline holds a frame; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                gens = ([self._current] if self._current else []) + list(self._retired.values())
+                if all(g.inflight == 0 for g in gens):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 0.1))
+
+    # ---- switching -------------------------------------------------------------------
+    def switch(self, plan: Plan) -> Tuple[Generation, Generation]:
+        """Start a pipeline for ``plan``, swap it in, drain and close the old one; ``(old, new)``.
+
+        Only one switch runs at a time. If the new pipeline cannot start,
+        the old one keeps serving and the error propagates.
+        """
+        with self._switching:
+            if self._closed:
+                raise ExecutorError("the daemon is shutting down")
+            new = self._launch(plan)
+            with self._lock:
+                old = self._current
+                refused = self._closed or old is None
+                if not refused:
+                    self._current = new
+                    self._retired[old.number] = old
+            if refused:
+                new.pipeline.close()
+                raise ExecutorError("the daemon is shutting down")
+            _log.info("pipeline %d now serves; draining pipeline %d (%d frame(s) in flight)",
+                      new.number, old.number, old.inflight)
+            deadline = time.monotonic() + self.drain_timeout_s
+            with self._lock:
+                while old.inflight > 0 and time.monotonic() < deadline and old.pipeline.failed is None:
+                    self._lock.wait(0.1)
+                left = old.inflight
+                self._retired.pop(old.number, None)
+            if left:
+                _log.warning("pipeline %d still held %d frame(s) after %.0f s; they fail", old.number, left,
+                             self.drain_timeout_s)
+            old.pipeline.close()
+            return old, new
+
+    def restart_if_failed(self) -> Optional[str]:
+        """A pipeline that gave up (a worker died too often) is replaced by a fresh one; the reason, or None."""
+        generation = self._current
+        if generation is None or generation.pipeline.failed is None:
+            return None
+        reason = f"pipeline {generation.number} failed: {generation.pipeline.failed}"
+        _log.error("%s; starting a fresh one", reason)
+        self.switch(generation.plan)
+        return reason

@@ -1,0 +1,384 @@
+"""The daemon's wire format: a fixed prefix, a small JSON header, raw tensor bytes.
+
+Every message, in both directions, is::
+
+    prefix  16 bytes  magic b"PIT1" | header length (u32, big-endian) | body length (u64, big-endian)
+    header  JSON object, UTF-8, at most MAX_HEADER_BYTES
+    body    the tensors' raw bytes, one after the other in header order (C order, little-endian)
+
+The header names the request id, the operation and each tensor's name,
+dtype and shape; the body length must equal the sum of those tensors'
+sizes. Nothing is pickled and nothing in a header is evaluated: a header is
+checked field by field against a fixed schema, and sizes are bounded
+*before* any memory is allocated (the server passes the exact byte count
+its model takes). See ``docs/PROTOCOL.md`` for the full specification.
+
+The decoder is split so that tests work on bytes: :func:`decode_prefix`,
+:func:`decode_header`, :func:`decode_tensors`; :func:`read_message` glues
+them onto a socket, reading tensors straight into numpy buffers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeit.errors import PipeitError
+
+__all__ = [
+    "MAGIC",
+    "PREFIX",
+    "PREFIX_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_TENSORS",
+    "MAX_RANK",
+    "DTYPES",
+    "OPS",
+    "ERROR_CODES",
+    "ProtocolError",
+    "TensorSpec",
+    "Header",
+    "Message",
+    "tensor_specs",
+    "encode",
+    "encode_request",
+    "encode_reply",
+    "encode_error",
+    "decode_prefix",
+    "decode_header",
+    "decode_tensors",
+    "decode_message",
+    "read_message",
+    "recv_exactly",
+    "send_message",
+]
+
+MAGIC = b"PIT1"
+PREFIX = struct.Struct(">4sIQ")
+PREFIX_BYTES = PREFIX.size  # 16
+#: a header is a few hundred bytes; 64 KiB leaves room for many tensor names, not for abuse
+MAX_HEADER_BYTES = 64 * 1024
+MAX_TENSORS = 64
+MAX_RANK = 8
+MAX_NAME = 256
+MAX_ID = 2**53 - 1  # exact in every JSON implementation
+#: dtype names on the wire -> numpy dtype (always little-endian)
+DTYPES: Dict[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+}
+#: requests a client may send
+OPS = ("infer", "status", "replan")
+#: the ``error.code`` values a reply may carry
+ERROR_CODES = (
+    "malformed",      # prefix/header not as specified; connection closed
+    "too_large",      # header or body over the limit; connection closed
+    "truncated",      # the peer closed mid-message (never sent: the socket is gone)
+    "bad_request",    # well framed, but the op or its tensors do not fit this model
+    "busy",           # the client already has its maximum of requests in flight
+    "unavailable",    # the daemon is draining or its pipeline failed
+    "internal",       # a bug in the daemon (the request may be retried)
+)
+_HEADER_KEYS = {"id", "op", "tensors", "ok", "error", "info"}
+
+
+class ProtocolError(PipeitError):
+    """A message that breaks the wire format; ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, message: str, code: str = "malformed", request_id: Optional[int] = None):
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype name and shape of one tensor in a message body."""
+
+    name: str
+    dtype: str
+    shape: Tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(math.prod(self.shape)) * DTYPES[self.dtype].itemsize
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Header:
+    """A decoded, schema-checked header.
+
+    Requests carry ``op`` (one of :data:`OPS`) and, for ``infer``, tensors.
+    Replies carry ``ok``; a failed one carries ``error = {"code", "message"}``;
+    ``info`` holds an op's JSON result (status document, re-plan event).
+    """
+
+    id: Optional[int]
+    op: Optional[str] = None
+    tensors: Tuple[TensorSpec, ...] = ()
+    ok: Optional[bool] = None
+    error: Optional[Dict[str, str]] = None
+    info: Optional[Dict[str, Any]] = None
+
+    @property
+    def body_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def to_json(self) -> dict:
+        doc: Dict[str, Any] = {"id": self.id}
+        if self.op is not None:
+            doc["op"] = self.op
+        if self.tensors:
+            doc["tensors"] = [t.to_json() for t in self.tensors]
+        if self.ok is not None:
+            doc["ok"] = self.ok
+        if self.error is not None:
+            doc["error"] = dict(self.error)
+        if self.info is not None:
+            doc["info"] = self.info
+        return doc
+
+
+@dataclass(frozen=True)
+class Message:
+    """A header and its tensors (name -> array, in header order)."""
+
+    header: Header
+    tensors: Dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def tensor_specs(tensors: Mapping[str, np.ndarray]) -> Tuple[TensorSpec, ...]:
+    """Specs for arrays about to be sent; refuses dtypes the wire does not carry."""
+    specs = []
+    for name, array in tensors.items():
+        dtype = np.asarray(array).dtype
+        if dtype.name not in DTYPES:
+            raise ProtocolError(f"tensor {name!r}: dtype {dtype} cannot be sent (use one of {', '.join(DTYPES)})",
+                                "bad_request")
+        specs.append(TensorSpec(str(name), dtype.name, tuple(int(d) for d in np.shape(array))))
+    return tuple(specs)
+
+
+def _wire_views(tensors: Mapping[str, np.ndarray]) -> List[memoryview]:
+    views = []
+    for array in tensors.values():
+        array = np.asarray(array)
+        wire = DTYPES[array.dtype.name]
+        if array.dtype != wire or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array, dtype=wire)
+        views.append(memoryview(array).cast("B") if array.size else memoryview(b""))
+    return views
+
+
+def encode(header: Header, tensors: Optional[Mapping[str, np.ndarray]] = None) -> List[Any]:
+    """The message as buffers to send in order (prefix+header, then each tensor, no copies)."""
+    views = _wire_views(tensors) if tensors else []
+    head = json.dumps(header.to_json(), separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(head) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}", "too_large")
+    body = sum(v.nbytes for v in views)
+    if body != header.body_bytes:
+        raise ProtocolError(f"tensors hold {body} bytes, the header describes {header.body_bytes}", "bad_request")
+    return [PREFIX.pack(MAGIC, len(head), body) + head, *views]
+
+
+def encode_request(request_id: int, op: str, tensors: Optional[Mapping[str, np.ndarray]] = None) -> List[Any]:
+    """A request: ``op`` with (for ``infer``) the input tensors."""
+    if op not in OPS:
+        raise ProtocolError(f"unknown operation {op!r}; one of {', '.join(OPS)}", "bad_request")
+    specs = tensor_specs(tensors) if tensors else ()
+    return encode(Header(id=int(request_id), op=op, tensors=specs), tensors)
+
+
+def encode_reply(request_id: Optional[int], op: Optional[str], tensors: Optional[Mapping[str, np.ndarray]] = None,
+                 info: Optional[Dict[str, Any]] = None) -> List[Any]:
+    """A successful reply: output tensors and/or a JSON ``info`` document."""
+    specs = tensor_specs(tensors) if tensors else ()
+    return encode(Header(id=request_id, op=op, tensors=specs, ok=True, info=info), tensors)
+
+
+def encode_error(request_id: Optional[int], code: str, message: str, op: Optional[str] = None) -> List[Any]:
+    """A failed reply; ``message`` is cut to one line of at most 500 characters."""
+    if code not in ERROR_CODES:
+        code = "internal"
+    line = " ".join(str(message).split())[:500]
+    return encode(Header(id=request_id, op=op, ok=False, error={"code": code, "message": line}))
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def decode_prefix(data: bytes, max_body: int) -> Tuple[int, int]:
+    """``(header_bytes, body_bytes)`` from the 16-byte prefix, both checked against limits."""
+    if len(data) != PREFIX_BYTES:
+        raise ProtocolError(f"message prefix is {len(data)} bytes, expected {PREFIX_BYTES}", "truncated")
+    magic, head_len, body_len = PREFIX.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r}): not a pipeit message", "malformed")
+    if head_len == 0 or head_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header length {head_len} is outside 1..{MAX_HEADER_BYTES}", "too_large"
+                            if head_len else "malformed")
+    if body_len > max_body:
+        raise ProtocolError(f"body of {body_len} bytes exceeds the limit of {max_body}", "too_large")
+    return head_len, body_len
+
+
+def _int(value: Any, what: str, low: int, high: int, request_id: Optional[int]) -> int:
+    # bool is an int in Python; JSON true is not a number
+    if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
+        raise ProtocolError(f"{what} must be an integer in {low}..{high}, got {value!r}", "malformed", request_id)
+    return value
+
+
+def _tensor_spec(doc: Any, request_id: Optional[int]) -> TensorSpec:
+    if not isinstance(doc, dict) or set(doc) != {"name", "dtype", "shape"}:
+        raise ProtocolError("each tensor must be an object with exactly name, dtype, shape", "malformed", request_id)
+    name, dtype, shape = doc["name"], doc["dtype"], doc["shape"]
+    if not isinstance(name, str) or not (0 < len(name) <= MAX_NAME):
+        raise ProtocolError(f"tensor name must be a string of 1..{MAX_NAME} characters", "malformed", request_id)
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError(f"tensor {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}", "malformed",
+                            request_id)
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {MAX_RANK} sizes", "malformed",
+                            request_id)
+    dims = tuple(_int(d, f"tensor {name!r} dimension", 0, 2**31 - 1, request_id) for d in shape)
+    return TensorSpec(name, dtype, dims)
+
+
+def decode_header(data: bytes, body_bytes: int) -> Header:
+    """Parse and check a header against the schema and the prefix's body length."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ProtocolError(f"header is not UTF-8 JSON ({type(err).__name__})", "malformed") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("header must be a JSON object", "malformed")
+    request_id = doc.get("id")
+    if request_id is not None:
+        request_id = _int(request_id, "id", 0, MAX_ID, None)
+    unknown = set(doc) - _HEADER_KEYS
+    if unknown:
+        raise ProtocolError(f"unknown header field(s) {sorted(unknown)[:5]}", "malformed", request_id)
+    op = doc.get("op")
+    if op is not None and not isinstance(op, str):
+        raise ProtocolError("op must be a string", "malformed", request_id)
+    raw_tensors = doc.get("tensors", [])
+    if not isinstance(raw_tensors, list) or len(raw_tensors) > MAX_TENSORS:
+        raise ProtocolError(f"tensors must be a list of at most {MAX_TENSORS}", "malformed", request_id)
+    tensors = tuple(_tensor_spec(t, request_id) for t in raw_tensors)
+    if len({t.name for t in tensors}) != len(tensors):
+        raise ProtocolError("tensor names repeat", "malformed", request_id)
+    ok = doc.get("ok")
+    if ok is not None and not isinstance(ok, bool):
+        raise ProtocolError("ok must be true or false", "malformed", request_id)
+    error = doc.get("error")
+    if error is not None:
+        if (not isinstance(error, dict) or set(error) != {"code", "message"}
+                or not all(isinstance(v, str) for v in error.values())):
+            raise ProtocolError("error must be an object with string code and message", "malformed", request_id)
+    info = doc.get("info")
+    if info is not None and not isinstance(info, dict):
+        raise ProtocolError("info must be a JSON object", "malformed", request_id)
+    header = Header(id=request_id, op=op, tensors=tensors, ok=ok, error=error, info=info)
+    if header.body_bytes != body_bytes:
+        raise ProtocolError(
+            f"the tensors described take {header.body_bytes} bytes, the prefix announces {body_bytes}",
+            "malformed", request_id,
+        )
+    return header
+
+
+def decode_tensors(header: Header, body: Any) -> Dict[str, np.ndarray]:
+    """Arrays viewing ``body`` (bytes or a writable buffer) as the header describes."""
+    view = memoryview(body).cast("B")
+    if view.nbytes != header.body_bytes:
+        raise ProtocolError(f"body is {view.nbytes} bytes, the header describes {header.body_bytes}", "truncated",
+                            header.id)
+    out = {}
+    offset = 0
+    for spec in header.tensors:
+        n = spec.nbytes
+        out[spec.name] = np.frombuffer(view[offset:offset + n], dtype=DTYPES[spec.dtype]).reshape(spec.shape)
+        offset += n
+    return out
+
+
+def decode_message(data: bytes, max_body: int) -> Message:
+    """One whole message from bytes (tests and fuzzing); trailing bytes are an error."""
+    head_len, body_len = decode_prefix(bytes(data[:PREFIX_BYTES]), max_body)
+    end = PREFIX_BYTES + head_len + body_len
+    if len(data) < end:
+        raise ProtocolError(f"message is {len(data)} bytes, its prefix announces {end}", "truncated")
+    if len(data) > end:
+        raise ProtocolError(f"{len(data) - end} bytes after the message", "malformed")
+    header = decode_header(bytes(data[PREFIX_BYTES:PREFIX_BYTES + head_len]), body_len)
+    return Message(header, decode_tensors(header, bytes(data[PREFIX_BYTES + head_len:end])))
+
+
+# ---------------------------------------------------------------------------- sockets
+
+
+def recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock``; :class:`ProtocolError` ("truncated") if the peer closes first."""
+    got = 0
+    total = view.nbytes
+    while got < total:
+        n = sock.recv_into(view[got:], total - got)
+        if n == 0:
+            raise ProtocolError(f"connection closed after {got} of {total} bytes", "truncated")
+        got += n
+
+
+def read_message(sock: socket.socket, max_body: int) -> Optional[Message]:
+    """The next message, tensors read straight into fresh arrays; None on a clean close.
+
+    A clean close is one between messages. Everything else that goes wrong
+    is a :class:`ProtocolError` whose ``code`` says what to answer.
+    """
+    prefix = bytearray(PREFIX_BYTES)
+    first = sock.recv_into(prefix, PREFIX_BYTES)
+    if first == 0:
+        return None
+    if first < PREFIX_BYTES:
+        recv_exactly(sock, memoryview(prefix)[first:])
+    head_len, body_len = decode_prefix(bytes(prefix), max_body)
+    head = bytearray(head_len)
+    recv_exactly(sock, memoryview(head))
+    header = decode_header(bytes(head), body_len)
+    tensors: Dict[str, np.ndarray] = {}
+    for spec in header.tensors:
+        array = np.empty(spec.shape, dtype=DTYPES[spec.dtype])
+        if array.nbytes:
+            try:
+                recv_exactly(sock, memoryview(array).cast("B"))
+            except ProtocolError as err:
+                err.request_id = header.id
+                raise
+        tensors[spec.name] = array
+    return Message(header, tensors)
+
+
+def send_message(sock: socket.socket, buffers: Sequence[Any]) -> None:
+    """Send the buffers of :func:`encode` (one ``sendmsg`` where it takes them all)."""
+    pending = [memoryview(b).cast("B") for b in buffers if len(memoryview(b).cast("B"))]
+    while pending:
+        sent = sock.sendmsg(pending)
+        while pending and sent >= pending[0].nbytes:
+            sent -= pending[0].nbytes
+            pending.pop(0)
+        if sent:
+            pending[0] = pending[0][sent:]
+

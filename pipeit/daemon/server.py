@@ -1,0 +1,714 @@
+"""The on-device daemon: many clients on one Unix socket, one warm pipeline behind them.
+
+Threads, and why each exists:
+
+* the **main thread** accepts connections and handles signals (a self-pipe
+  wakes it: SIGTERM/SIGINT drain and stop, SIGHUP reloads);
+* per connection, a **reader** (reads and checks requests; blocks while its
+  client has ``per_client`` requests in flight, so a greedy client throttles
+  only itself) and a **writer** (sends replies; a client that stops reading
+  stalls only its own writer, never the pipeline);
+* one **scheduler** takes queued frames round-robin across clients and
+  submits them to the engine: every client gets its turn at the pipeline's
+  first ring, whatever the others send;
+* one **monitor** closes a measurement window every ``window_s`` seconds,
+  feeds the drift detector, re-plans and switches pipelines when told to.
+
+Replies are routed by request id: each future's callback queues its reply
+on the writer of the connection that asked.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from cores.model import Platform
+from pipeit.daemon import protocol as wire
+from pipeit.daemon.engine import Engine
+from pipeit.daemon.replan import (
+    DriftDetector, StageReading, Window, fit_times, plan_layout, scaled_times, shrink_platform,
+)
+from pipeit.daemon.sockets import bind_socket, check_socket_dir, remove_socket
+from pipeit.daemon.state import PlanSource, Planned, make_plan, obtain_plan
+from pipeit.errors import PipeitError
+from pipeit.executor.stats import percentile
+from pipeit.plan import file_sha256
+
+__all__ = ["ServerConfig", "ReplanEvent", "Server"]
+
+_log = logging.getLogger("pipeit.daemon")
+_LATENCY_KEEP = 4096
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the daemon serves (the ``pipeit serve`` options)."""
+
+    socket_path: str
+    group: Optional[str] = None
+    per_client: int = 4
+    max_clients: int = 64
+    window_s: float = 2.0
+    sustain: int = 3
+    threshold: float = 0.15
+    replan: bool = True
+    cooldown_windows: int = 2
+    drain_timeout_s: float = 60.0
+    slots: int = 4
+
+
+@dataclass(frozen=True)
+class ReplanEvent:
+    """One re-plan: when, why, what happened, and the frame rate around it."""
+
+    at: float  # seconds since the daemon started
+    kind: str  # switch | recalibrate | reload | restart | skipped | failed
+    reason: str
+    generation_before: int
+    generation_after: int
+    fps_before: Optional[float]
+    fps_after: Optional[float] = None
+    layout_before: Tuple = ()
+    layout_after: Tuple = ()
+
+    def to_json(self) -> dict:
+        return {
+            "at_s": round(self.at, 3), "kind": self.kind, "reason": self.reason,
+            "generation_before": self.generation_before, "generation_after": self.generation_after,
+            "fps_before": self.fps_before, "fps_after": self.fps_after,
+            "stages_before": [[list(r), [list(w[1]) + [w[0]] for w in ws]] for r, ws in self.layout_before],
+            "stages_after": [[list(r), [list(w[1]) + [w[0]] for w in ws]] for r, ws in self.layout_after],
+        }
+
+
+@dataclass
+class _Request:
+    conn: "_Connection"
+    request_id: int
+    tensors: Dict[str, Any]
+    t_received: float
+
+
+class _Connection:
+    """One client: its socket, its reply queue, its in-flight allowance."""
+
+    def __init__(self, server: "Server", sock: socket.socket, number: int):
+        self.server = server
+        self.sock = sock
+        self.number = number
+        self.allowance = threading.Semaphore(server.config.per_client)
+        self.replies: Deque[Any] = collections.deque()
+        self.reply_ready = threading.Condition()
+        self.closed = False
+        self.reader = threading.Thread(target=self._read_loop, name=f"pipeit-client{number}-read", daemon=True)
+        self.writer = threading.Thread(target=self._write_loop, name=f"pipeit-client{number}-write", daemon=True)
+
+    def start(self) -> None:
+        self.reader.start()
+        self.writer.start()
+
+    # ---- replies ---------------------------------------------------------------------
+    def reply(self, item: Any) -> None:
+        """Queue ``(buffers, request or None)`` or ``"close"`` for the writer."""
+        with self.reply_ready:
+            self.replies.append(item)
+            self.reply_ready.notify()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self.reply_ready:
+                while not self.replies:
+                    self.reply_ready.wait()
+                item = self.replies.popleft()
+            if item == "close":
+                break
+            buffers, request = item
+            try:
+                if not self.closed:
+                    wire.send_message(self.sock, buffers)
+                    if request is not None:
+                        self.server._record_latency(request.t_received)
+            except OSError:
+                self.closed = True  # the client went away; its remaining replies are dropped
+        self._shut()
+
+    def _shut(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.server._forget(self)
+
+    # ---- requests --------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        server = self.server
+        try:
+            while not self.closed:
+                try:
+                    message = wire.read_message(self.sock, server.max_body())
+                except wire.ProtocolError as err:
+                    server.count("rejected")
+                    _log.info("client %d: %s (%s); closing its connection", self.number, err, err.code)
+                    if err.code != "truncated":
+                        self.reply((wire.encode_error(err.request_id, err.code, str(err)), None))
+                    break
+                except OSError:
+                    break
+                if message is None:
+                    self._await_replies()  # a client may half-close and still read its answers
+                    break
+                if not self._handle(message):
+                    break
+        finally:
+            self.reply("close")
+
+    def _await_replies(self) -> None:
+        limit = self.server.config.per_client
+        deadline = time.monotonic() + self.server.config.drain_timeout_s
+        taken = 0
+        while taken < limit and self.allowance.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
+        for _ in range(taken):
+            self.allowance.release()
+
+    def _handle(self, message: wire.Message) -> bool:
+        """Act on one request; False closes the connection."""
+        server = self.server
+        header = message.header
+        rid = header.id
+        if rid is None or header.op not in wire.OPS:
+            server.count("rejected")
+            what = "has no id" if rid is None else f"asks for unknown operation {header.op!r}"
+            self.reply((wire.encode_error(rid, "bad_request", f"request {what}; ops: {', '.join(wire.OPS)}"),
+                        None))
+            return rid is not None
+        if header.op == "status":
+            self.reply((wire.encode_reply(rid, "status", info=server.status()), None))
+            return True
+        if header.op == "replan":
+            threading.Thread(target=server._replan_request, args=(self, rid), daemon=True,
+                             name="pipeit-replan-request").start()
+            return True
+        problem = server.check_inputs(message.tensors)
+        if problem:
+            server.count("rejected")
+            self.reply((wire.encode_error(rid, "bad_request", problem, "infer"), None))
+            return True
+        if server.draining:
+            self.reply((wire.encode_error(rid, "unavailable", "the daemon is shutting down", "infer"), None))
+            return True
+        self.allowance.acquire()
+        if self.closed:
+            self.allowance.release()
+            return False
+        server._enqueue(_Request(self, rid, message.tensors, time.perf_counter()))
+        return True
+
+
+class Server:
+    """Serves one model on one platform over a Unix socket (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig, model_path: str, platform: Platform, source: PlanSource):
+        self.config = config
+        self.model_path = Path(model_path)
+        self.platform = platform
+        self.source = source
+        self.engine = Engine(self.model_path, platform, slots=config.slots, drain_timeout_s=config.drain_timeout_s)
+        self.draining = False
+        self.counters: Dict[str, int] = collections.Counter()
+        self.events: List[ReplanEvent] = []
+        self._t0 = time.monotonic()
+        self._planned: Optional[Planned] = None
+        self._factors: Dict[str, float] = {}
+        self._expected: Tuple[Optional[float], ...] = ()
+        self._lock = threading.Lock()
+        self._connections: Dict[int, _Connection] = {}
+        self._next_conn = 0
+        self._queues: Dict[int, Deque[_Request]] = {}
+        self._turns: Deque[int] = collections.deque()
+        self._sched_cv = threading.Condition()
+        self._latencies: Deque[float] = collections.deque(maxlen=_LATENCY_KEEP)
+        self._done_times: Deque[float] = collections.deque(maxlen=100_000)
+        self._window_stats: Any = None
+        self._window_fps: Optional[float] = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self._pending_signals: Deque[int] = collections.deque()
+        self._listener: Optional[socket.socket] = None
+        self._monitor = None
+        self._detector = DriftDetector(config.threshold, config.sustain)
+        self._cooldown = 0
+        self._replan_lock = threading.Lock()
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self.counters[key] += 1
+
+    # ---- start and stop ----------------------------------------------------------------
+    def start(self) -> None:
+        """Plan, start the pipeline, bind the socket (in that order: a client never waits on a cold start)."""
+        check_socket_dir(self.config.socket_path)  # refuse a bad socket place before minutes of planning
+        planned = obtain_plan(self.model_path, self.platform, self.source)
+        self._planned = planned
+        _log.info("plan from %s: %d stage(s), %s, predicted %.1f fps", planned.source, len(planned.plan.stages),
+                  planned.plan.strategy, planned.plan.predicted_fps)
+        generation = self.engine.start(planned.plan)
+        self._set_expected(planned.plan)
+        try:
+            from cores.monitor import Monitor
+
+            self._monitor = Monitor(self.platform)
+        except Exception as err:  # noqa: BLE001 -- readings are optional, serving is not
+            _log.warning("no platform monitor (%s)", err)
+        snap = self._snapshot()
+        if snap is not None:
+            self._detector.rebase(snap.online, [(c.name, c.max_freq_khz) for c in snap.clusters])
+        try:
+            self._listener = bind_socket(self.config.socket_path, self.config.group)
+        except BaseException:
+            self.engine.close()
+            raise
+        _log.info("serving %s (pipeline %d) on %s", self.model_path.name, generation.number,
+                  self.config.socket_path)
+        for target, name in ((self._schedule_loop, "pipeit-scheduler"), (self._monitor_loop, "pipeit-monitor")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def serve_forever(self, install_signals: bool = True) -> int:
+        """Accept clients until SIGTERM/SIGINT (or :meth:`request_stop`); then drain and clean up."""
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        previous = {}
+        if install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        selector = selectors.DefaultSelector()
+        assert self._listener is not None, "start() first"
+        self._listener.setblocking(False)
+        selector.register(self._listener, selectors.EVENT_READ, "accept")
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stop.is_set():
+                for key, _ in selector.select(timeout=1.0):
+                    if key.data == "accept":
+                        self._accept()
+                    else:
+                        try:
+                            while os.read(self._wake_r, 64):
+                                pass
+                        except BlockingIOError:
+                            pass
+                while self._pending_signals:
+                    signum = self._pending_signals.popleft()
+                    if signum == signal.SIGHUP:
+                        threading.Thread(target=self._reload, name="pipeit-reload", daemon=True).start()
+                    else:
+                        _log.info("signal %d: draining and stopping", signum)
+                        self._stop.set()
+        finally:
+            selector.close()
+            self.shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._pending_signals.append(signum)
+        try:
+            os.write(self._wake_w, b"s")
+        except OSError:
+            pass
+
+    def request_stop(self) -> None:
+        self._pending_signals.append(signal.SIGTERM)
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"s")
+            except OSError:
+                pass
+
+    def shutdown(self) -> None:
+        """Stop accepting, answer every frame already accepted, then remove everything we made."""
+        self.draining = True
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            remove_socket(self.config.socket_path)
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while time.monotonic() < deadline:
+            with self._sched_cv:
+                queued = sum(len(q) for q in self._queues.values())
+            if queued == 0 and self.engine.inflight() == 0:
+                break
+            time.sleep(0.02)
+        with self._lock:
+            connections = list(self._connections.values())
+        for conn in connections:  # writers flush what is queued, then close
+            conn.reply("close")
+        for conn in connections:
+            conn.writer.join(5.0)
+        self._stop.set()
+        with self._sched_cv:
+            self._sched_cv.notify_all()
+        # A re-plan or reload under way may be starting a pipeline: let it finish (the engine then
+        # refuses it and closes it) so that no worker or segment outlives the daemon.
+        got = self._replan_lock.acquire(timeout=self.config.drain_timeout_s)
+        try:
+            self.engine.close()
+        finally:
+            if got:
+                self._replan_lock.release()
+        _log.info("stopped: %d request(s) served, %d rejected", self.counters["served"], self.counters["rejected"])
+
+    # ---- connections -------------------------------------------------------------------
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()  # type: ignore[union-attr]
+        except (BlockingIOError, OSError):
+            return
+        sock.setblocking(True)
+        with self._lock:
+            if len(self._connections) >= self.config.max_clients or self.draining:
+                busy = True
+            else:
+                busy = False
+                self._next_conn += 1
+                conn = _Connection(self, sock, self._next_conn)
+                self._connections[conn.number] = conn
+        if busy:
+            try:
+                wire.send_message(sock, wire.encode_error(None, "unavailable", "too many clients, or shutting down"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        self.count("connections")
+        conn.start()
+
+    def _forget(self, conn: _Connection) -> None:
+        with self._lock:
+            self._connections.pop(conn.number, None)
+        with self._sched_cv:
+            queue = self._queues.pop(conn.number, None)
+        for _ in queue or ():
+            conn.allowance.release()  # nobody will read these replies
+
+    # ---- requests ----------------------------------------------------------------------
+    def max_body(self) -> int:
+        return sum(int(_nbytes(t)) for t in self.engine.inputs)
+
+    def check_inputs(self, tensors: Dict[str, Any]) -> Optional[str]:
+        """None if ``tensors`` are exactly the model's inputs, else what is wrong (one line)."""
+        expected = {t.name: t for t in self.engine.inputs}
+        if set(tensors) != set(expected):
+            return f"inputs {sorted(tensors)} do not match the model's {sorted(expected)}"
+        for name, info in expected.items():
+            array = tensors[name]
+            if tuple(array.shape) != tuple(info.shape) or array.dtype.name != str(info.dtype):
+                return (f"input {name!r} is {tuple(array.shape)} {array.dtype.name}, "
+                        f"the model takes {tuple(info.shape)} {info.dtype}")
+        return None
+
+    def _enqueue(self, request: _Request) -> None:
+        with self._sched_cv:
+            number = request.conn.number
+            queue = self._queues.setdefault(number, collections.deque())
+            if not queue:
+                self._turns.append(number)
+            queue.append(request)
+            self._sched_cv.notify()
+
+    def _schedule_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._sched_cv:
+                while not self._turns and not self._stop.is_set():
+                    self._sched_cv.wait(0.5)
+                if self._stop.is_set():
+                    return
+                number = self._turns.popleft()
+                queue = self._queues.get(number)
+                if not queue:
+                    continue
+                request = queue.popleft()
+                if queue:
+                    self._turns.append(number)  # round robin: back of the line
+            self._submit(request)
+
+    def _submit(self, request: _Request) -> None:
+        try:
+            future = self.engine.submit(request.tensors)
+        except PipeitError as err:
+            self._finish(request, None, err)
+            reason = self.engine.restart_if_failed()
+            if reason:
+                self._add_event("restart", reason, None)
+            return
+        future.add_done_callback(lambda f, r=request: self._finish(r, f, None))
+
+    def _finish(self, request: _Request, future: Optional[Future], error: Optional[BaseException]) -> None:
+        conn = request.conn
+        conn.allowance.release()
+        if error is None and future is not None:
+            error = future.exception()
+        if error is None:
+            self.count("served")
+            self._done_times.append(time.monotonic())
+            conn.reply((wire.encode_reply(request.request_id, "infer", future.result()), request))
+        else:
+            self.count("failed")
+            code = "bad_request" if type(error).__name__ == "InputError" else "unavailable"
+            conn.reply((wire.encode_error(request.request_id, code, str(error), "infer"), None))
+
+    def _record_latency(self, t_received: float) -> None:
+        self._latencies.append((time.perf_counter() - t_received) * 1000.0)
+
+    # ---- status ------------------------------------------------------------------------
+    def _snapshot(self) -> Any:
+        if self._monitor is None:
+            return None
+        try:
+            return self._monitor.snapshot()
+        except Exception:  # noqa: BLE001 -- a reading never stops serving
+            return None
+
+    def status(self) -> dict:
+        """The document ``pipeit status`` prints (see docs/PROTOCOL.md)."""
+        generation = self.engine.current
+        stats = self._window_stats
+        latencies = list(self._latencies)
+        snap = self._snapshot()
+        stages = []
+        if generation is not None:
+            pipeline = generation.pipeline
+            ready = getattr(pipeline, "_ready", None)  # frames waiting for each stage
+            for k, spec in enumerate(generation.plan.stages):
+                row = stats.stages[k] if stats is not None and k < len(stats.stages) else None
+                depth = len(ready[k]) if isinstance(ready, list) and k < len(ready) else None
+                stages.append({
+                    "index": k, "layers": list(spec.layers),
+                    "workers": [f"{w.cluster}:{w.threads}@{','.join(map(str, w.cpus))}" for w in spec.workers],
+                    "measured_ms": row.measured_ms if row else None,
+                    "expected_ms": self._expected[k] if k < len(self._expected) else None,
+                    "busy": row.busy if row else None,
+                    "queue_depth": depth,
+                    "restarts": row.restarts if row else 0,
+                })
+        clusters = []
+        for cluster in self.platform.cpu_clusters:
+            reading = snap.cluster(cluster.name) if snap is not None else None
+            clusters.append({
+                "name": cluster.name, "cpus": list(cluster.cpus), "speed": cluster.speed,
+                "cur_freq_khz": reading.cur_freq_khz if reading else None,
+                "scaling_max_freq_khz": reading.max_freq_khz if reading else None,
+                "governor": reading.governor if reading else None,
+                "temp_c": _cluster_temp(snap, cluster) if snap is not None else None,
+                "factor": self._factors.get(cluster.name, 1.0),
+            })
+        now = time.monotonic()
+        recent = [t for t in list(self._done_times) if now - t <= self.config.window_s]
+        throttles = self.engine.throttles
+        emulation = None
+        if throttles is not None:
+            emulation = {name: {"cgroup": throttles.cgroup_path(name), **cal.to_json()}
+                         for name, cal in throttles.calibrations.items()}
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(now - self._t0, 3),
+            "model": str(self.model_path),
+            "model_sha256": generation.plan.model_sha256 if generation else None,
+            "socket": str(self.config.socket_path),
+            "platform": self.platform.source,
+            "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": str(t.dtype)}
+                       for t in (generation.pipeline.inputs if generation else ())],
+            "draining": self.draining,
+            "generation": generation.number if generation else None,
+            "plan": generation.plan.to_json() if generation else None,
+            "plan_source": self._planned.source if self._planned else None,
+            "requests": {"served": self.counters["served"], "failed": self.counters["failed"],
+                         "rejected": self.counters["rejected"], "inflight": self.engine.inflight(),
+                         "clients": len(self._connections), "connections": self.counters["connections"]},
+            "fps": len(recent) / self.config.window_s if recent else 0.0,
+            "pipeline_fps": self._window_fps,
+            "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                           "p99": percentile(latencies, 99), "samples": len(latencies)},
+            "stages": stages,
+            "clusters": clusters,
+            "max_temp_c": snap.max_temp_c if snap is not None else None,
+            "online": list(snap.online) if snap is not None and snap.online is not None else None,
+            "replans": len([e for e in self.events if e.kind in ("switch", "reload", "restart")]),
+            "events": [e.to_json() for e in self.events[-50:]],
+            "emulation": emulation,
+        }
+
+    # ---- re-planning ---------------------------------------------------------------------
+    def _set_expected(self, plan: Any) -> None:
+        expected = []
+        for stage in plan.stages:
+            values = [w.predicted_ms for w in stage.workers if w.predicted_ms and w.predicted_ms > 0]
+            expected.append(sum(values) / len(values) if values else None)
+        self._expected = tuple(expected)
+
+    def _add_event(self, kind: str, reason: str, fps_before: Optional[float], before: int = 0, after: int = 0,
+                   layout_before: Tuple = (), layout_after: Tuple = ()) -> ReplanEvent:
+        event = ReplanEvent(time.monotonic() - self._t0, kind, reason, before, after, fps_before, None,
+                            layout_before, layout_after)
+        with self._lock:
+            self.events.append(event)
+        return event
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(self.config.window_s):
+            try:
+                self._close_window()
+            except Exception as err:  # noqa: BLE001 -- the monitor must outlive one bad window
+                _log.exception("monitor window failed: %s", err)
+
+    def _close_window(self) -> None:
+        generation = self.engine.current
+        if generation is None or self.draining:
+            return
+        stats = generation.pipeline.stats()
+        generation.pipeline.reset_stats()
+        self._window_stats = stats
+        self._window_fps = stats.fps if stats.frames else None
+        self._fill_fps_after(generation.number, stats)
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            return
+        snap = self._snapshot()
+        readings = []
+        for k, spec in enumerate(generation.plan.stages):
+            row = stats.stages[k] if k < len(stats.stages) else None
+            clusters = tuple(sorted({n for w in spec.workers for n in w.cluster.split("+")}))
+            readings.append(StageReading(k, clusters, row.measured_ms if row else None,
+                                         self._expected[k] if k < len(self._expected) else None,
+                                         row.frames if row else 0))
+        window = Window(
+            stages=tuple(readings),
+            online=snap.online if snap is not None else None,
+            freq_caps_khz=tuple((c.name, c.max_freq_khz) for c in snap.clusters) if snap is not None else (),
+            max_temp_c=snap.max_temp_c if snap is not None else None,
+        )
+        decision = self._detector.observe(window)
+        if decision.replan and self.config.replan:
+            self.replan(decision.reason, dict(decision.factors), snap.online if snap is not None else None)
+
+    def _fill_fps_after(self, number: int, stats: Any) -> None:
+        with self._lock:
+            for i, event in enumerate(self.events):
+                if event.fps_after is None and event.generation_after == number and event.kind != "skipped" \
+                        and stats.frames:
+                    self.events[i] = ReplanEvent(**{**event.__dict__, "fps_after": stats.fps})
+                    _log.info("after %s (%s): %.1f fps (was %s)", event.kind, event.reason, stats.fps,
+                              "n/a" if event.fps_before is None else f"{event.fps_before:.1f}")
+
+    def replan(self, reason: str, factors: Dict[str, float], online: Optional[Tuple[int, ...]] = None) -> ReplanEvent:
+        """Re-plan with times scaled by ``factors``; switch pipelines if the plan changes."""
+        with self._replan_lock:
+            generation = self.engine.current
+            before = generation.number if generation else 0
+            fps_before = self._window_fps
+            planned = self._planned
+            if generation is None or planned is None:
+                return self._add_event("skipped", reason + " (no pipeline)", fps_before, before, before)
+            if planned.times is None:
+                _log.warning("%s; cannot re-plan: no layer times (start with --predictor, --profile or --times)",
+                             reason)
+                self._detector.rebase()
+                self._cooldown = self.config.cooldown_windows
+                return self._add_event("skipped", reason + "; no layer times to re-plan from", fps_before,
+                                       before, before)
+            for name, factor in factors.items():
+                self._factors[name] = self._factors.get(name, 1.0) * factor
+            try:
+                platform = shrink_platform(self.platform, online)
+                times = fit_times(scaled_times(planned.times, self._factors), platform)
+                plan = make_plan(times, platform, self.model_path, generation.plan.model_sha256, self.source)
+            except PipeitError as err:
+                _log.error("%s; re-planning failed: %s", reason, err)
+                self._cooldown = self.config.cooldown_windows
+                return self._add_event("failed", f"{reason}; re-planning failed: {err}", fps_before, before, before)
+            old_layout, new_layout = plan_layout(generation.plan), plan_layout(plan)
+            self._detector.rebase()
+            self._cooldown = self.config.cooldown_windows
+            if old_layout == new_layout:
+                self._set_expected(plan)
+                _log.info("%s; the plan stays the same, expectations re-based", reason)
+                return self._add_event("recalibrate", reason, fps_before, before, before, old_layout, new_layout)
+            try:
+                _old, new = self.engine.switch(plan)
+            except PipeitError as err:
+                _log.error("%s; the new pipeline did not start (%s); the old one keeps serving", reason, err)
+                return self._add_event("failed", f"{reason}; switch failed: {err}", fps_before, before, before)
+            self._set_expected(plan)
+            self._detector.rebase()
+            _log.info("switched pipeline %d -> %d: %s; fps before %s; stages %s -> %s", before, new.number, reason,
+                      "n/a" if fps_before is None else f"{fps_before:.1f}", _describe(old_layout),
+                      _describe(new_layout))
+            return self._add_event("switch", reason, fps_before, before, new.number, old_layout, new_layout)
+
+    def _replan_request(self, conn: _Connection, rid: int) -> None:
+        try:
+            event = self.replan("requested by a client", {})
+            conn.reply((wire.encode_reply(rid, "replan", info=event.to_json()), None))
+        except Exception as err:  # noqa: BLE001 -- answer, whatever happened
+            conn.reply((wire.encode_error(rid, "internal", f"re-plan failed: {err}", "replan"), None))
+
+    def _reload(self) -> None:
+        """SIGHUP: read the model and plan source again and switch to what they give."""
+        with self._replan_lock:
+            generation = self.engine.current
+            fps_before = self._window_fps
+            before = generation.number if generation else 0
+            try:
+                planned = obtain_plan(self.model_path, self.platform, self.source)
+                _old, new = self.engine.switch(planned.plan)
+            except PipeitError as err:
+                _log.error("reload failed, the old pipeline keeps serving: %s", err)
+                self._add_event("failed", f"reload failed: {err}", fps_before, before, before)
+                return
+            self._planned = planned
+            self._factors.clear()
+            self._set_expected(planned.plan)
+            self._detector.rebase()
+            self._cooldown = self.config.cooldown_windows
+            _log.info("reloaded %s (sha256 %s...) from %s: pipeline %d -> %d", self.model_path.name,
+                      file_sha256(self.model_path)[:12], planned.source, before, new.number)
+            self._add_event("reload", f"SIGHUP: reloaded from {planned.source}", fps_before, before, new.number,
+                            plan_layout(generation.plan) if generation else (), plan_layout(planned.plan))
+
+
+def _nbytes(info: Any) -> int:
+    import numpy as np
+
+    count = 1
+    for d in info.shape:
+        count *= int(d)
+    return count * np.dtype(info.dtype).itemsize
+
+
+def _cluster_temp(snap: Any, cluster: Any) -> Optional[float]:
+    """A thermal zone named after the cluster (``bigcore0-thermal``...), else the hottest zone."""
+    names = {cluster.name.lower(), str(cluster.core_type or "").lower()}
+    own = [t.temp_c for t in snap.thermal
+           if t.temp_c is not None and t.type and any(n and n in t.type.lower() for n in names)]
+    return max(own) if own else snap.max_temp_c
+
+
+def _describe(layout: Tuple) -> str:
+    return " | ".join(f"[{r[0]},{r[1]})@" + "+".join(f"{w[0]}:{w[2]}" for w in ws) for r, ws in layout)

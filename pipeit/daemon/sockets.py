@@ -1,0 +1,124 @@
+"""The daemon's listening socket: created 0660 with a chosen group, in a directory others cannot write.
+
+A Unix socket's permissions are its only access control. If the directory
+holding it were world-writable, anyone could replace the socket with their
+own between two starts and catch the frames clients send, so such a
+directory is refused outright (``/tmp`` included; use ``/run/pipeit`` as the
+systemd unit does, or a folder of your own).
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Optional, Union
+
+from pipeit.errors import PipeitError
+
+__all__ = ["SocketError", "SOCKET_MODE", "check_socket_dir", "bind_socket", "remove_socket"]
+
+SOCKET_MODE = 0o660
+#: the kernel's limit on sun_path (108 bytes with the terminating NUL)
+MAX_PATH = 107
+
+
+class SocketError(PipeitError):
+    """A socket path that cannot be used safely, or that another daemon holds."""
+
+
+def check_socket_dir(path: Union[str, Path]) -> Path:
+    """Refuse a socket whose directory is missing, not a directory, or world-writable."""
+    path = Path(path)
+    if len(os.fsencode(str(path.absolute()))) > MAX_PATH:
+        raise SocketError(f"socket path {path} is longer than {MAX_PATH} bytes (a Unix-socket limit)")
+    folder = path.absolute().parent
+    try:
+        info = folder.stat()
+    except FileNotFoundError:
+        raise SocketError(f"socket directory {folder} does not exist") from None
+    except OSError as err:
+        raise SocketError(f"cannot inspect socket directory {folder}: {err.strerror or err}") from err
+    if not stat.S_ISDIR(info.st_mode):
+        raise SocketError(f"{folder} is not a directory")
+    if info.st_mode & stat.S_IWOTH:
+        raise SocketError(
+            f"socket directory {folder} is world-writable (mode {stat.S_IMODE(info.st_mode):o}); "
+            "use a directory only the daemon's user and group can write, e.g. /run/pipeit"
+        )
+    return folder
+
+
+def _gid(group: Optional[Union[str, int]]) -> int:
+    if group is None:
+        return -1
+    if isinstance(group, int) or str(group).isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(str(group)).gr_gid
+    except KeyError:
+        raise SocketError(f"no such group {group!r}") from None
+
+
+def _is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None, backlog: int = 64) -> socket.socket:
+    """A listening socket at ``path``, mode 0660, group ``group`` (name or id; None: ours).
+
+    A stale socket file (no one listening) is replaced; a live one or any
+    other kind of file is refused.
+    """
+    path = Path(path)
+    check_socket_dir(path)
+    gid = _gid(group)
+    if path.exists() or path.is_symlink():
+        mode = path.lstat().st_mode
+        if not stat.S_ISSOCK(mode):
+            raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
+        if _is_live(path):
+            raise SocketError(f"{path}: another daemon is listening there")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The umask makes the socket 0660 from the moment it exists (no window with wider access).
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    except OSError as err:
+        sock.close()
+        raise SocketError(f"cannot bind {path}: {err.strerror or err}") from err
+    finally:
+        os.umask(old_umask)
+    try:
+        os.chmod(path, SOCKET_MODE)
+        if gid >= 0:
+            os.chown(path, -1, gid)
+    except OSError as err:
+        sock.close()
+        remove_socket(path)
+        what = "set group of" if err.errno == errno.EPERM else "set mode of"
+        raise SocketError(f"cannot {what} {path}: {err.strerror or err}") from err
+    sock.listen(backlog)
+    return sock
+
+
+def remove_socket(path: Union[str, Path]) -> None:
+    """Unlink the socket file if it is still a socket (never anything else)."""
+    path = Path(path)
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,159 @@
+"""Where the daemon keeps what it learned, and how it gets a plan at start.
+
+The state directory is ``$PIPEIT_STATE_DIR``, else ``~/.local/state/pipeit``
+(the XDG state location: it survives reboots, unlike a cache). Inside, one
+folder per platform fingerprint and model hash::
+
+    <state>/<fingerprint>/<model sha256[:16]>/profile.csv   per-layer times measured here
+    <state>/<fingerprint>/<model sha256[:16]>/times.json    the layer-times table planned from
+    <state>/<fingerprint>/<model sha256[:16]>/plan.json     the last plan made
+
+so a second start on the same board with the same model plans in
+milliseconds, and a new runtime version or a different board (another
+fingerprint) profiles again instead of trusting stale numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from cores.model import Platform
+from pipeit.errors import PipeitError, PlanError
+from pipeit.layer_times import LayerTimes
+from pipeit.plan import Plan, file_sha256, load_plan
+
+__all__ = ["ENV_STATE_DIR", "state_dir", "cache_folder", "PlanSource", "Planned", "obtain_plan", "make_plan"]
+
+ENV_STATE_DIR = "PIPEIT_STATE_DIR"
+_log = logging.getLogger("pipeit.daemon")
+
+
+def state_dir() -> Path:
+    """``$PIPEIT_STATE_DIR`` or ``~/.local/state/pipeit`` (not created here)."""
+    given = os.environ.get(ENV_STATE_DIR)
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "pipeit"
+
+
+def cache_folder(platform: Platform, model_sha256: str, root: Optional[Path] = None) -> Path:
+    """The folder for this platform fingerprint and model (see the module docstring)."""
+    from pipeit.profiler import platform_fingerprint_for
+
+    return (root or state_dir()) / platform_fingerprint_for(platform) / model_sha256[:16]
+
+
+@dataclass(frozen=True)
+class PlanSource:
+    """How the user asked the daemon to plan: exactly one of these, or none (profile here)."""
+
+    plan: Optional[str] = None
+    predictor: Optional[str] = None
+    profile: Optional[str] = None
+    times: Optional[str] = None
+    strategy: str = "pipeit"
+    latency_ms: Optional[float] = None
+    memory_mb: Optional[float] = None
+    profile_repeats: int = 30
+
+    def describe(self) -> str:
+        for name in ("plan", "predictor", "profile", "times"):
+            value = getattr(self, name)
+            if value:
+                return f"{name} {value}"
+        return "profile on first start (state directory)"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A plan, and the per-layer times it came from (None when a plan file was given without any)."""
+
+    plan: Plan
+    times: Optional[LayerTimes]
+    source: str
+
+
+def make_plan(times: LayerTimes, platform: Platform, model: Union[str, Path], model_sha256: str,
+              source: PlanSource) -> Plan:
+    """Run the DSE on ``times``."""
+    from pipeit.dse import plan_pipeline
+
+    return plan_pipeline(times, platform, strategy=source.strategy, latency_ms=source.latency_ms,
+                         memory_mb=source.memory_mb, model=str(model), model_sha256=model_sha256)
+
+
+def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) -> tuple:
+    from pipeit.graph import load_graph
+    from pipeit.layer_times import layer_times_for
+
+    if source.times:
+        times = LayerTimes.load(source.times)
+        return times, f"times {source.times}"
+    graph = load_graph(str(model))
+    if source.predictor:
+        return layer_times_for(graph, platform, predictor=source.predictor), f"predictor {source.predictor}"
+    if source.profile:
+        return layer_times_for(graph, platform, profile=source.profile), f"profile {source.profile}"
+    folder = cache_folder(platform, sha)
+    cached = folder / "times.json"
+    if cached.is_file():
+        try:
+            return LayerTimes.load(cached), f"cached times {cached}"
+        except PipeitError as err:
+            _log.warning("ignoring unreadable cached times (%s); profiling again", err)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PlanError(f"cannot create the state directory {folder}: {err.strerror or err} "
+                        f"(set ${ENV_STATE_DIR})") from err
+    from pipeit.profiler import TimingSpec, profile_models
+
+    csv = folder / "profile.csv"
+    _log.info("no plan, predictor or profile given: profiling %s on %s into %s", model.name, platform.source, csv)
+    spec = TimingSpec(max_repeats=max(source.profile_repeats, 9), max_seconds=1.0)
+    profile_models([model], platform, csv, spec=spec, stages=0, progress=False)
+    times = layer_times_for(graph, platform, profile=str(csv))
+    times.save(cached)
+    return times, f"profiled here, cached in {folder}"
+
+
+def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource) -> Planned:
+    """The plan to serve: the given file, or one made by the DSE from given, cached or fresh times.
+
+    With a plan file, layer times for later re-plans come from the state
+    directory if it holds some for this platform and model (None otherwise).
+    """
+    model = Path(model)
+    if not model.is_file():
+        raise PlanError(f"{model}: no such model file")
+    sha = file_sha256(model)
+    if source.plan:
+        plan = load_plan(source.plan)
+        if plan.model_sha256 != sha:
+            raise PlanError(f"{source.plan} was made for another model (sha256 {plan.model_sha256[:12]}..., "
+                            f"{model} is {sha[:12]}...); re-plan for this model")
+        for stage in plan.stages:
+            for worker in stage.workers:
+                for name in worker.cluster.split("+"):
+                    platform.cluster(name)  # a cluster this platform lacks: PlatformError, one line
+        cached = cache_folder(platform, sha) / "times.json"
+        times = None
+        if cached.is_file():
+            try:
+                times = LayerTimes.load(cached)
+            except PipeitError:
+                times = None
+        return Planned(plan, times, f"plan {source.plan}")
+    times, how = _times_for(model, platform, source, sha)
+    plan = make_plan(times, platform, model, sha, source)
+    if not (source.predictor or source.profile or source.times):
+        try:
+            plan.save(cache_folder(platform, sha) / "plan.json")
+        except OSError:
+            pass  # the cache is a convenience
+    return Planned(plan, times, how)

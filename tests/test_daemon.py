@@ -1,0 +1,220 @@
+"""A real `pipeit serve` daemon on a tiny real model: many clients, garbage, errors, signals, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeit.client import Client, DaemonError
+from pipeit.daemon import protocol as wire
+from tests.daemon_helpers import ROOT, Daemon, build_model, leftovers, reference, write_times
+
+PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("daemon")
+    os.chmod(folder, 0o750)
+    model = build_model(folder / "tiny.tflite")
+    times = write_times(model, PLATFORM, folder / "times.json")
+    return folder, model, times
+
+
+@pytest.fixture(scope="module")
+def daemon(files):
+    folder, model, times = files
+    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--window-s", "1",
+                "--per-client", "3"], folder / "d.sock", env={"PIPEIT_STATE_DIR": str(folder / "state")})
+    with d:
+        yield d
+    assert d.proc.returncode == 0, d.log()
+    assert leftovers(d.proc.pid) == []
+
+
+def _frames(n, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, 32, 32, 16)).astype(np.float32) for _ in range(n)]
+
+
+def test_socket_is_0660(daemon):
+    mode = stat.S_IMODE(os.stat(daemon.socket_path).st_mode)
+    assert mode == 0o660
+
+
+def test_many_clients_and_one_sending_garbage(daemon, files):
+    _, model, _ = files
+    frames = _frames(6, seed=1)
+    refs = [reference(model, f) for f in frames]
+    errors, counts = [], []
+
+    def client(k):
+        try:
+            with Client(daemon.socket_path) as c:
+                order = [(k + i) % len(frames) for i in range(40)]
+                outs = list(c.infer_many(({"image": frames[j]} for j in order), window=3))
+                counts.append(len(outs))
+                for j, out in zip(order, outs):
+                    if not np.array_equal(out["fc"], refs[j]):
+                        errors.append(f"client {k}: wrong output for frame {j}")
+        except Exception as err:  # noqa: BLE001 -- collected for the assertion below
+            errors.append(f"client {k}: {err!r}")
+
+    def garbage():
+        for payload in (b"\x00" * 64, b"GET / HTTP/1.0\r\n\r\n", wire.PREFIX.pack(wire.MAGIC, 10**6, 0),
+                        wire.PREFIX.pack(wire.MAGIC, 20, 10**12) + b"{}"):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(daemon.socket_path))
+            s.sendall(payload)
+            s.settimeout(10)
+            try:
+                reply = s.recv(4096)
+            except OSError:
+                reply = b""
+            s.close()
+            assert reply == b"" or reply.startswith(wire.MAGIC)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)] + [threading.Thread(target=garbage)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert counts == [40] * 4
+    with Client(daemon.socket_path) as c:
+        status = c.status()
+    assert status["requests"]["rejected"] >= 4
+    assert status["requests"]["failed"] == 0
+    assert status["requests"]["served"] >= 160
+
+
+def test_garbage_gets_an_error_reply_then_close(daemon):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket_path))
+    s.sendall(b"NOPE" + b"\x00" * 12)
+    s.settimeout(10)
+    message = wire.read_message(s, 1 << 20)
+    assert message.header.ok is False and message.header.error["code"] == "malformed"
+    assert wire.read_message(s, 1 << 20) is None  # closed by the daemon
+    s.close()
+
+
+def test_wrong_shape_is_refused_and_the_connection_stays_usable(daemon, files):
+    _, model, _ = files
+    with Client(daemon.socket_path) as c:
+        with pytest.raises(DaemonError, match="the model takes"):
+            c.infer({"image": np.zeros((1, 16, 16, 16), np.float32)})
+        with pytest.raises(DaemonError, match="do not match"):
+            c.infer({"other": np.zeros((1, 32, 32, 16), np.float32)})
+        frame = _frames(1, seed=2)[0]
+        np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+
+
+def test_status_document(daemon):
+    with Client(daemon.socket_path) as c:
+        c.infer(_frames(1, 3)[0])
+        doc = c.status()
+    assert doc["pid"] == daemon.proc.pid
+    assert doc["plan"]["stages"] and doc["stages"][0]["queue_depth"] is not None
+    assert {c["name"] for c in doc["clusters"]} == {"big", "little"}
+    assert set(doc["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert doc["inputs"] == [{"name": "image", "shape": [1, 32, 32, 16], "dtype": "float32"}]
+
+
+def test_cli_infer_and_status(daemon, files, tmp_path):
+    folder, model, _ = files
+    frame = _frames(1, seed=4)[0]
+    np.save(tmp_path / "x.npy", frame)
+    run = [sys.executable, "-m", "pipeit"]
+    done = subprocess.run(run + ["infer", "--socket", str(daemon.socket_path), "--input", str(tmp_path / "x.npy"),
+                                 "-o", str(tmp_path / "out.npz")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_array_equal(out["fc"], reference(model, frame))
+    done = subprocess.run(run + ["status", "--socket", str(daemon.socket_path), "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and '"fps"' in done.stdout
+    bad = subprocess.run(run + ["infer", "--socket", str(tmp_path / "none.sock"), "--input",
+                                str(tmp_path / "x.npy")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no daemon socket" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_killed_worker_is_restarted_without_failing_requests(daemon, files):
+    _, model, _ = files
+    frames = _frames(3, seed=5)
+    refs = [reference(model, f) for f in frames]
+    workers = [p for p in psutil.Process(daemon.proc.pid).children() if "multiprocessing" in " ".join(p.cmdline())]
+    assert workers
+    with Client(daemon.socket_path) as c:
+        outs = []
+        for i in range(60):
+            if i == 10:
+                workers[0].kill()
+            outs.append(c.infer(frames[i % 3])["fc"])
+        doc = c.status()
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out, refs[i % 3])
+    assert doc["requests"]["failed"] == 0
+
+
+def test_sighup_reloads_and_keeps_serving(daemon, files):
+    _, model, _ = files
+    frame = _frames(1, seed=6)[0]
+    with Client(daemon.socket_path) as c:
+        before = c.status()["generation"]
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        expected = reference(model, frame)
+
+        def reloads():
+            return [e for e in c.status()["events"] if e["kind"] == "reload"]
+
+        while not reloads() and time.monotonic() < deadline:
+            np.testing.assert_array_equal(c.infer(frame)["fc"], expected)  # served all along
+        event = reloads()[0]
+        assert event["generation_before"] >= before and event["generation_after"] > event["generation_before"]
+        assert c.status()["requests"]["failed"] == 0
+        np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+
+
+def test_sigterm_drains_in_flight_requests_and_leaves_nothing(files, tmp_path):
+    folder, model, times = files
+    d = Daemon(["--model", str(model), "--platform", "emulate:big=0@1.0,little=1@0.5", "--times", str(times),
+                "--per-client", "8"], tmp_path / "t.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state")})
+    d.wait_ready()
+    children = psutil.Process(d.proc.pid).children(recursive=True)
+    frame = _frames(1, seed=7)[0]
+    ref = reference(model, frame)
+    with Client(d.socket_path) as c:
+        ids = [c.send("infer", {"image": frame}) for _ in range(8)]
+        time.sleep(0.05)
+        d.proc.send_signal(signal.SIGTERM)
+        for rid in ids:  # every request accepted before the signal is answered
+            np.testing.assert_array_equal(c.receive(rid).tensors["fc"], ref)
+    assert d.stop() == 0, d.log()
+    assert not d.socket_path.exists()
+    assert leftovers(d.proc.pid) == []
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_world_writable_socket_directory_is_refused(files, tmp_path):
+    _, model, times = files
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--platform", PLATFORM,
+                           "--times", str(times), "--socket", str(open_dir / "s.sock")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "world-writable" in done.stderr and "Traceback" not in done.stderr
