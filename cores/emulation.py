@@ -440,6 +440,27 @@ class Throttles:
             return
         _write(os.path.join(folder, "cgroup.procs"), str(int(pid)))
 
+    def attach_thread(self, cluster: str, tid: int) -> None:
+        """Move one thread ``tid`` into ``cluster``'s cgroup, leaving its siblings where they are.
+
+        One interpreter whose threads span a fast and a slowed cluster (the
+        all-cores strategy) is emulated by throttling only the threads pinned
+        to the slowed cluster's CPUs: the layer then waits for its slowest
+        thread, as it does on a real big.LITTLE board. cgroup v1 places
+        threads through ``tasks``; v2 only inside threaded subtrees, which this
+        module does not make, so there it refuses clearly.
+        """
+        folder = self.cgroup_path(cluster)
+        if folder is None:
+            if cluster in self.slowed:
+                raise EmulationError("Throttles is not entered: use it in a with block")
+            return
+        if self._root is None or self._root.version != 1:
+            raise EmulationError(
+                "per-thread throttling (one interpreter over a fast and a slowed cluster) needs cgroup v1"
+            )
+        _write(os.path.join(folder, "tasks"), str(int(tid)))
+
     def report(self) -> dict:
         """Declared factor, period, quota and calibrated factor per slowed cluster."""
         return {name: cal.to_json() for name, cal in self.calibrations.items()}
