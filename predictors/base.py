@@ -7,19 +7,27 @@ ending in ``_``), ``predict`` refuses to run on an unfitted predictor.
 
 Whole-model calibration
 -----------------------
-A layer timed alone runs with its weights and activations hot in cache; inside
-a whole model the previous layers have evicted them, and the runtime adds a
-little per-layer work. Summed single-layer times therefore under-predict a
-whole model (5-10 % on the development host). A predictor whose
-``calibrated`` flag is set fits, per core setup, from the stage and
-whole-model rows::
+A layer timed alone is invoked again and again, so everything it touches is
+warm in cache. Inside a whole model (which the runtime hands to XNNPACK as
+one subgraph, without fusing anything across operators) a layer's *input*
+is still warm -- the previous layer just wrote it -- but its *weights* were
+evicted by the rest of the model since the last frame, and the whole model
+runs a little slower than its layers did alone (clock, TLB and prefetcher
+state). Summed single-layer times under-predict a whole model by 3-6 % on
+the development host. A predictor whose ``calibrated`` flag is set fits,
+per core setup, from the stage and whole-model rows::
 
-    model_ms = scale * sum(layer_ms) + ms_per_mb * sum(layer_MB) + per_layer_ms * n_layers
+    model_ms = scale * sum(layer_ms) + ms_per_weight_mb * sum(layer weight MB) + per_layer_ms * n
 
-with non-negative coefficients, and applies it *per layer*
-(:meth:`Predictor.calibrate`), so per-layer times of any contiguous stage
-add up to the stage's calibrated time. ``layer_MB`` is the layer's weight and
-activation bytes (the traffic that misses cache in the whole model).
+``scale`` and ``ms_per_weight_mb`` (cold weights re-streamed each frame) are
+non-negative, fitted by relative NNLS made robust to outlier rows (Huber
+weights: a stage measured while another process ran must not drag the
+fit). ``per_layer_ms`` is kept at 0: the per-invoke overhead that summed
+single layers count ``n`` times instead of once is below a microsecond
+(the fastest single layers take 1-2 us in all), and a free per-layer term
+over-fits the few, noisy multi-layer rows. The correction is applied *per
+layer* (:meth:`Predictor.calibrate`), so per-layer times of any contiguous
+stage add up to the stage's calibrated time.
 """
 
 from __future__ import annotations
@@ -35,8 +43,7 @@ from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PredictorError
 from pipeit.profile_table import ProfileRow, ProfileTable
-from predictors.features import layer_bytes
-from predictors.fitting import relative_nnls
+from predictors.fitting import robust_relative_nnls
 
 __all__ = [
     "FORMAT",
@@ -65,31 +72,30 @@ def as_setup(setup: Union[CoreSetup, str]) -> CoreSetup:
 
 
 class Calibration:
-    """Per-setup coefficients (scale, ms per MB, ms per layer) of the whole-model correction."""
+    """Per-setup coefficients (scale, ms per weight MB, ms per layer) of the whole-model correction."""
 
     IDENTITY = (1.0, 0.0, 0.0)
 
     @staticmethod
     def apply(coef: Sequence[float], ms: float, d: LayerDescriptor) -> float:
-        act, weights = layer_bytes(d)
-        return coef[0] * ms + coef[1] * (act + weights) / 1e6 + coef[2]
+        return coef[0] * ms + coef[1] * d.weight_bytes / 1e6 + coef[2]
 
     @staticmethod
     def fit(samples: Sequence[Tuple[float, float, int, float]]) -> Tuple[float, float, float]:
-        """``samples``: (sum of predicted layer ms, sum of layer MB, layer count, measured ms)."""
+        """``samples``: (sum of predicted layer ms, sum of layer weight MB, layer count, measured ms)."""
         if not samples:
             return Calibration.IDENTITY
-        x = np.array([[s[0], s[1], s[2]] for s in samples], dtype=float)
+        x = np.array([[s[0], s[1]] for s in samples], dtype=float)
         y = np.array([s[3] for s in samples], dtype=float)
+        ratio = float(np.median(y / np.maximum(x[:, 0], 1e-9)))
         if len(samples) < 4:
-            # Too few rows for three coefficients: a plain ratio is all they support.
-            ratio = float(np.median(y / np.maximum(x[:, 0], 1e-9)))
+            # Too few rows for two coefficients: a plain ratio is all they support.
             return (ratio, 0.0, 0.0)
-        coef = relative_nnls(x, y)
+        # A row over n layers averages n layers' errors: its ratio is worth n single ones.
+        coef = robust_relative_nnls(x, y, np.array([float(s[2]) for s in samples]))
         if coef[0] <= 0:
-            ratio = float(np.median(y / np.maximum(x[:, 0], 1e-9)))
             return (ratio, 0.0, 0.0)
-        return (float(coef[0]), float(coef[1]), float(coef[2]))
+        return (float(coef[0]), float(coef[1]), 0.0)
 
 
 class Predictor:
@@ -152,7 +158,7 @@ class Predictor:
             if any(d is None for d in descs):
                 continue  # a layer never described: this row cannot calibrate
             total = sum(self._predict_raw(d, row.setup) for d in descs)
-            mb = sum(sum(layer_bytes(d)) for d in descs) / 1e6
+            mb = sum(d.weight_bytes for d in descs) / 1e6
             per_setup.setdefault(row.setup, []).append((total, mb, len(descs), row.median_ms))
         for setup in self.setups_:
             self.calibration_[str(setup)] = Calibration.fit(per_setup.get(setup, []))

@@ -4,7 +4,8 @@ The kernel family mirrors how XNNPACK (TFLite's CPU delegate) dispatches a
 layer: a 1x1 stride-1 convolution is a plain GEMM over the pixels, any other
 convolution an indirect GEMM (IGEMM) over an indirection buffer, a depthwise
 convolution its own ``dwconv`` micro-kernel, a fully-connected layer a GEMM
-with one row, pools and element-wise ops are memory-bound loops. Quantised
+with one row, pools and element-wise ops are memory-bound loops, a
+concatenation one strided copy per input. Quantised
 (int8/uint8) layers run different micro-kernels, so the dtype is part of the
 family.
 """
@@ -27,7 +28,7 @@ __all__ = [
     "ceil_div",
 ]
 
-FAMILIES = ("gemm", "igemm", "dwconv", "fc", "pool", "eltwise", "other")
+FAMILIES = ("gemm", "igemm", "dwconv", "fc", "pool", "eltwise", "concat", "other")
 
 _ELTWISE = {
     "ADD", "MUL", "SUB", "DIV", "MAXIMUM", "MINIMUM", "RELU", "RELU6", "LOGISTIC", "TANH",
@@ -61,6 +62,8 @@ def family_of(d: LayerDescriptor, with_dtype: bool = True) -> str:
         fam = "pool"
     elif op in _ELTWISE:
         fam = "eltwise"
+    elif op == "CONCATENATION":
+        fam = "concat"
     else:
         fam = "other"
     if with_dtype and _quantised(d):

@@ -8,9 +8,11 @@ All fits minimise *relative* error, ``sum(((X w - y) / y)^2)``: a layer of
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
-__all__ = ["nnls", "relative_nnls", "relative_lstsq"]
+__all__ = ["nnls", "relative_nnls", "robust_relative_nnls", "relative_lstsq"]
 
 
 def nnls(a: np.ndarray, b: np.ndarray, max_iter: int = 0) -> np.ndarray:
@@ -61,10 +63,48 @@ def _weights(y: np.ndarray) -> np.ndarray:
     return 1.0 / np.maximum(np.asarray(y, dtype=float), 1e-6)
 
 
-def relative_nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """NNLS on relative error: each row divided by its own target."""
-    wgt = _weights(y)[:, None]
-    return nnls(np.asarray(x, float) * wgt, np.ones(len(y)))
+def relative_nnls(x: np.ndarray, y: np.ndarray, w: Optional[np.ndarray] = None) -> np.ndarray:
+    """NNLS on relative error: each row divided by its own target.
+
+    ``w`` (optional, >= 0) weights each row's squared relative error: a
+    generated sweep layer can inform a fit without counting as much as a
+    layer of a real model.
+    """
+    wgt = _weights(y)
+    target = np.ones(len(y))
+    if w is not None:
+        root = np.sqrt(np.maximum(np.asarray(w, dtype=float), 0.0))
+        wgt = wgt * root
+        target = root
+    return nnls(np.asarray(x, float) * wgt[:, None], target)
+
+
+def robust_relative_nnls(
+    x: np.ndarray, y: np.ndarray, w: Optional[np.ndarray] = None, iters: int = 20, k: float = 1.345
+) -> np.ndarray:
+    """Relative NNLS made robust to a few bad rows (Huber weights, iteratively re-weighted).
+
+    Why: multi-layer rows on a shared host are occasionally hit by another
+    process for their whole (short) measurement; one such row must not drag
+    a two-coefficient calibration. Residuals beyond ``k`` robust standard
+    deviations (1.4826 MAD, at least 1 %) get weight ``k*sigma/|r|``, on
+    top of the prior row weights ``w``.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    prior = np.ones(len(y)) if w is None else np.maximum(np.asarray(w, dtype=float), 0.0)
+    w = np.ones(len(y))
+    coef = relative_nnls(x, y, prior)
+    for _ in range(iters):
+        r = x @ coef / np.maximum(y, 1e-12) - 1.0
+        sigma = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 0.01)
+        u = np.abs(r) / (k * sigma)
+        new = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+        if np.allclose(new, w, atol=1e-6):
+            break
+        w = new
+        coef = relative_nnls(x, y, prior * w)
+    return coef
 
 
 def relative_lstsq(x: np.ndarray, y: np.ndarray, ridge: float = 1e-9) -> np.ndarray:

@@ -10,7 +10,7 @@ instead of being silently skipped.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,24 +33,38 @@ def fit_grouped(
     generic: Generic,
     solver: Solver,
     min_extra_rows: int = 2,
+    weight: Optional[Callable[[ProfileRow], float]] = None,
 ) -> Dict[str, List[float]]:
-    """Fit ``{"group|setup": coef}``; the generic model is stored as ``"*|setup"``."""
-    buckets: Dict[Tuple[str, CoreSetup], Tuple[list, list]] = {}
-    generic_buckets: Dict[CoreSetup, Tuple[list, list]] = {}
+    """Fit ``{"group|setup": coef}``; the generic model is stored as ``"*|setup"``.
+
+    ``weight`` (optional) gives each row's weight; the solver is then called
+    as ``solver(X, y, w)``.
+    """
+    buckets: Dict[Tuple[str, CoreSetup], Tuple[list, list, list]] = {}
+    generic_buckets: Dict[CoreSetup, Tuple[list, list, list]] = {}
     for row in rows:
         group, vec = featurize(row.descriptor, row.setup)
-        xs, ys = buckets.setdefault((group, row.setup), ([], []))
+        w = 1.0 if weight is None else float(weight(row))
+        xs, ys, ws = buckets.setdefault((group, row.setup), ([], [], []))
         xs.append(list(vec))
         ys.append(row.median_ms)
-        gx, gy = generic_buckets.setdefault(row.setup, ([], []))
+        ws.append(w)
+        gx, gy, gw = generic_buckets.setdefault(row.setup, ([], [], []))
         gx.append(list(generic(row.descriptor, row.setup)))
         gy.append(row.median_ms)
+        gw.append(w)
+
+    def solve(xs, ys, ws):
+        if weight is None:
+            return solver(np.array(xs), np.array(ys))
+        return solver(np.array(xs), np.array(ys), np.array(ws))
+
     coefs: Dict[str, List[float]] = {}
-    for setup, (gx, gy) in generic_buckets.items():
-        coefs[f"{FALLBACK}|{setup}"] = [float(c) for c in solver(np.array(gx), np.array(gy))]
-    for (group, setup), (xs, ys) in buckets.items():
+    for setup, (gx, gy, gw) in generic_buckets.items():
+        coefs[f"{FALLBACK}|{setup}"] = [float(c) for c in solve(gx, gy, gw)]
+    for (group, setup), (xs, ys, ws) in buckets.items():
         if len(ys) >= len(xs[0]) + min_extra_rows:
-            coefs[f"{group}|{setup}"] = [float(c) for c in solver(np.array(xs), np.array(ys))]
+            coefs[f"{group}|{setup}"] = [float(c) for c in solve(xs, ys, ws)]
     return coefs
 
 

@@ -9,10 +9,15 @@ them:
   stride-1 conv -> GEMM, other conv -> indirect GEMM, depthwise -> dwconv,
   FC -> GEMM with one row, pools, element-wise, other. Each family and
   dtype gets its own coefficients.
-* **GEMM tiles**: output channels are padded up to the tile width NR, output
+* **GEMM tiles**: output channels are padded up to the tile width NR (or a
+  narrower kernel's NS when the layer has at most NS channels), output
   pixels are processed MR rows at a time; the work is
   ``ceil(M/MR)*MR * ceil(N/NR)*NR * K`` padded MACs, not ``M*N*K``.
-* **dwconv channel tile** CT: channels padded to CT, times kernel taps.
+* **dwconv channel tile** CT: channels padded to CT, times kernel taps; a
+  pixel whose weights and input window overflow L1 re-reads them from L2.
+* **memory-bound ops** (pools, element-wise, concatenation): bytes moved
+  (a fused activation is one more pass over the output), window work for
+  pools, and the working set beyond L2.
 * **thread chunking**: the tiles are dealt to ``k`` threads, so a thread does
   ``ceil(tiles/k)`` of them (GEMM tiles; dwconv and pools split output
   rows): two threads on 3 tiles take as long as on 4.
@@ -21,11 +26,15 @@ them:
   term and a bytes term (plus a per-tile term for tap loops and a fixed
   per-invoke cost), each with a non-negative coefficient fitted by NNLS on
   relative error, per family and core setup.
-* **calibration** for whole models (see :mod:`predictors.base`).
+* **calibration** for whole models (see :mod:`predictors.base`): summed
+  single layers times a scale, plus the cold weights re-streamed each frame.
+* **row weights**: generated sweep layers count ``sweep_weight`` of a model
+  layer, and layers under ``NOISE_FLOOR_MS`` ramp down.
 
 MR, NR and CT are not read from the CPU: the fit tries each candidate tile
 size and keeps the one whose model explains the measurements best (on this
-AVX-512 host XNNPACK's f32 GEMM is 7x16 -- the fit should find NR=16).
+development host the IGEMM steps are NR=32 with a 16-wide kernel for <= 16
+channels, and the fit finds exactly that).
 """
 
 from __future__ import annotations
@@ -43,19 +52,54 @@ from predictors.features import ceil_div, family_of, gemm_shape, layer_bytes, ou
 from predictors.fitting import relative_nnls
 from predictors.grouped import fit_grouped, predict_grouped, relative_errors
 
-__all__ = ["MechPredictor", "mech_features"]
+__all__ = ["MechPredictor", "mech_features", "column_tiles", "moved_bytes", "SWEEP_MODEL", "CACHE_MB", "L1_BYTES", "NOISE_FLOOR_MS"]
 
-_DEFAULT_TILES = {"mr": 7, "nr": 16, "ct": 16}
+_DEFAULT_TILES = {"mr": 7, "nr": 16, "ns": 0, "ct": 16}
 
+#: the profile's ``model`` name of generated sweep layers (``pipeit profile --sweep``)
+SWEEP_MODEL = "sweep"
 
 #: bytes a core keeps close (its L2); traffic beyond it streams from L3/DRAM at a higher cost
 CACHE_MB = 1.0
+#: below this a single-layer time is dominated by timer/invoke overhead (fit weight ramps down)
+NOISE_FLOOR_MS = 0.02
+#: a core's L1 data cache; a dwconv pixel whose weights and input window exceed it re-reads them from L2
+L1_BYTES = 32 * 1024
+
+_NO_ACTIVATION = ("", "NONE", None)
+_POOL_KERNEL = {"MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "MEAN": "mean"}
+
+
+def column_tiles(n: int, nr: int, ns: int) -> Tuple[int, int]:
+    """(kernel width, column tiles) for ``n`` output channels.
+
+    XNNPACK picks its wide ``nr`` micro-kernel, but a layer with at most
+    ``ns`` columns runs a narrower ``ns``-wide one (``ns`` = 0: no narrow
+    kernel). Measured on the development host (3x3 conv, 56x56, 64 in):
+    1..16 channels cost one 16-wide tile, 17..32 one 32-wide tile, and above
+    that the steps are 32 channels apart -- nr=32, ns=16.
+    """
+    n = max(int(n), 1)
+    if ns and n <= ns:
+        return ns, ceil_div(n, ns)
+    return nr, ceil_div(n, nr)
+
+
+def moved_bytes(d: LayerDescriptor) -> int:
+    """Bytes an element-wise op moves: inputs read, output written, and for a fused
+    activation one more read and write of the output (the delegate clamps in a
+    second pass: ADD+RELU measured ~1.5x ADD alone on the same tensors)."""
+    act, _ = layer_bytes(d)
+    if d.activation not in _NO_ACTIVATION:
+        act += 2 * sum(t.nbytes for t in d.outputs)
+    return int(act)
 
 
 def mech_features(
-    d: LayerDescriptor, setup: CoreSetup, mr: int, nr: int, ct: int
+    d: LayerDescriptor, setup: CoreSetup, mr: int, nr: int, ct: int, ns: int = 0
 ) -> Tuple[str, Tuple[float, ...]]:
-    """(family, features) of a layer on ``setup`` for tile sizes ``mr``x``nr`` and channel tile ``ct``."""
+    """(family, features) of a layer on ``setup`` for tile sizes ``mr``x``nr`` (narrow
+    kernel ``ns``) and dwconv channel tile ``ct``."""
     fam = family_of(d)
     base = fam.split("/")[0]
     k = max(int(setup.cores), 1)
@@ -64,14 +108,20 @@ def mech_features(
     spill = max(0.0, mb - CACHE_MB * k)  # the working set that does not fit the cores' caches
     if base in ("gemm", "igemm"):
         g = gemm_shape(d)
-        tiles = ceil_div(g.m, mr) * ceil_div(g.n, nr)
+        width, ntiles = column_tiles(g.n, nr, ns)
+        tiles = ceil_div(g.m, mr) * ntiles
         per_thread = ceil_div(tiles, k)
-        work = per_thread * mr * nr * g.k / 1e6           # padded MACs on the busiest thread
+        work = per_thread * mr * width * g.k / 1e6        # padded MACs on the busiest thread
         taps = per_thread * g.taps / 1e3                  # tap-loop overhead (indirection)
-        return fam, (1.0, work, taps, mb / k, mb)
+        # Packed weights stream once, in order, and the prefetcher hides them behind the
+        # arithmetic; activations gathered through the indirection buffer do not: only
+        # the activation working set beyond the caches costs extra.
+        act_spill = max(0.0, act / 1e6 - CACHE_MB * k)
+        return fam, (1.0, work, taps, mb / k, act_spill)
     if base == "fc":
         g = gemm_shape(d)
-        cols = ceil_div(ceil_div(g.n, nr), k) * nr      # NR-wide column chunks per thread
+        width, ntiles = column_tiles(g.n, nr, ns)
+        cols = ceil_div(ntiles, k) * width                # NR-wide column chunks per thread
         work = cols * g.k * max(g.m, 1) / 1e6
         wpt = cols * g.k * 4 / 1e6 if d.dtype == "float32" else cols * g.k / 1e6
         return fam, (1.0, work, wpt, act / 1e6)
@@ -80,17 +130,38 @@ def mech_features(
         out = d.output_shape
         width = int(out[2]) if len(out) == 4 else 1
         rows = ceil_div(g.rows, k)                       # output rows per thread
+        pixels = rows * width
         chan = ceil_div(max(d.out_channels, 1), ct) * ct
-        work = rows * width * chan * g.taps / 1e6
-        return fam, (1.0, work, rows * width * ceil_div(d.out_channels, ct) / 1e3, mb / k, spill)
+        work = pixels * chan * g.taps / 1e6
+        passes = pixels * ceil_div(d.out_channels, ct) / 1e3   # channel-tile passes per pixel
+        indirect = pixels * g.taps / 1e3                 # one input pointer per tap per pixel
+        # Every output pixel walks all channels' weights (taps + bias) and its input window;
+        # with many channels that no longer fits L1 and the excess comes from L2 per pixel.
+        elem = 4 if d.dtype == "float32" else 1
+        per_pixel = chan * (2 * g.taps + 1) * elem
+        l1_excess = pixels * max(0, per_pixel - L1_BYTES) / 1e6
+        return fam, (1.0, work, passes, indirect, l1_excess, mb / k, spill)
     if base == "pool":
         kernel = d.kernel or (1, 1)
         taps = kernel[0] * kernel[1]
         if d.op == "MEAN" and len(d.input_shape) == 4:
             taps = d.input_shape[1] * d.input_shape[2]
-        work = output_pixels(d) * max(d.out_channels, 1) * taps / k / 1e6
-        return fam, (1.0, work, mb / k, spill)
-    return fam, (1.0, mb / k, mb, spill)
+        pixels = output_pixels(d) / k
+        work = pixels * max(d.out_channels, 1) * taps / 1e6
+        # max pooling, average pooling and a global mean are three different kernels
+        group = _POOL_KERNEL.get(d.op, "pool") + fam[len(base):]
+        # The window loads *are* the work (read through the indirection buffer, overlapping
+        # windows hit cache), so no separate bytes term: only the part of the working set
+        # beyond the caches costs extra. A bytes term would learn "stride-2 pools read 4x
+        # their output" and halve every stride-1 pool.
+        return group, (1.0, work, pixels * taps / 1e3, spill)
+    if base == "eltwise":
+        moved = moved_bytes(d) / 1e6
+        return fam, (1.0, moved / k, max(0.0, moved - CACHE_MB * k))
+    if base == "concat":
+        copies = len(d.inputs) * output_pixels(d) / k   # one strided row copy per input per pixel
+        return fam, (1.0, mb / k, copies / 1e3, spill)
+    return fam, (1.0, mb / k, spill)
 
 
 def _generic(d: LayerDescriptor, setup: CoreSetup) -> Sequence[float]:
@@ -106,6 +177,15 @@ class MechPredictor(Predictor):
     ----------
     mr_choices, nr_choices, ct_choices:
         Candidate GEMM row tile, GEMM column tile and dwconv channel tile.
+        A narrower kernel width ``ns`` (0 or a smaller ``nr`` choice) is
+        searched along with ``nr``.
+    sweep_weight:
+        Weight of a generated sweep layer (profile model ``"sweep"``)
+        relative to a layer of a real model. Sweep layers cover shapes the
+        zoo lacks (odd channels, 5x5 depthwise, huge tensors); at full weight
+        their sheer number pulls the fit away from the model-like layers it
+        must get right, at a fraction they still decide the fit wherever
+        the zoo has no data.
     """
 
     name = "mech"
@@ -116,55 +196,76 @@ class MechPredictor(Predictor):
         mr_choices: Sequence[int] = (4, 5, 6, 7, 8),
         nr_choices: Sequence[int] = (8, 16, 32),
         ct_choices: Sequence[int] = (8, 16, 32),
+        sweep_weight: float = 0.1,
     ) -> None:
         self.mr_choices = tuple(mr_choices)
         self.nr_choices = tuple(nr_choices)
         self.ct_choices = tuple(ct_choices)
+        self.sweep_weight = sweep_weight
 
     def get_params(self) -> Dict[str, object]:
         return {
             "mr_choices": list(self.mr_choices),
             "nr_choices": list(self.nr_choices),
             "ct_choices": list(self.ct_choices),
+            "sweep_weight": self.sweep_weight,
         }
 
     # the featurizer depends on the tiles learned for each family
     def _featurize(self, tiles: Dict[str, Dict[str, int]]):
         def featurize(d: LayerDescriptor, setup: CoreSetup):
             t = tiles.get(family_of(d), _DEFAULT_TILES)
-            return mech_features(d, setup, t["mr"], t["nr"], t["ct"])
+            return mech_features(d, setup, t["mr"], t["nr"], t["ct"], t.get("ns", 0))
         return featurize
+
+    def _row_weight(self, row: ProfileRow) -> float:
+        w = float(self.sweep_weight) if row.model == SWEEP_MODEL else 1.0
+        # A layer of a few microseconds is mostly timer and invoke overhead: its relative
+        # error says little about the mechanisms, so it counts less.
+        w *= min(1.0, row.median_ms / NOISE_FLOOR_MS)
+        return w
+
+    def _grid(self, base: str) -> List[Dict[str, int]]:
+        if base in ("gemm", "igemm", "fc"):
+            mrs = self.mr_choices if base != "fc" else (1,)
+            return [
+                {"mr": m, "nr": n, "ns": ns, "ct": 16}
+                for m in mrs for n in self.nr_choices
+                for ns in (0,) + tuple(c for c in self.nr_choices if c < n)
+            ]
+        if base == "dwconv":
+            return [{"mr": 1, "nr": 16, "ns": 0, "ct": c} for c in self.ct_choices]
+        return [dict(_DEFAULT_TILES)]
 
     def _fit_layers(self, rows: List[ProfileRow]) -> None:
         for name in ("mr_choices", "nr_choices", "ct_choices"):
             values = getattr(self, name)
             if not values or any(int(v) < 1 for v in values):
                 raise PredictorError(f"MechPredictor: {name} must be positive integers, got {values!r}")
+        try:
+            sweep_weight = float(self.sweep_weight)
+        except (TypeError, ValueError):
+            sweep_weight = -1.0
+        if not (0.0 < sweep_weight <= 1.0):
+            raise PredictorError(f"MechPredictor: sweep_weight must be in (0, 1], got {self.sweep_weight!r}")
         by_family: Dict[str, List[ProfileRow]] = {}
         for r in rows:
             by_family.setdefault(family_of(r.descriptor), []).append(r)
         tiles: Dict[str, Dict[str, int]] = {}
         for fam, fam_rows in sorted(by_family.items()):
-            base = fam.split("/")[0]
-            if base in ("gemm", "igemm"):
-                grid = [{"mr": m, "nr": n, "ct": 16} for m in self.mr_choices for n in self.nr_choices]
-            elif base == "fc":
-                grid = [{"mr": 1, "nr": n, "ct": 16} for n in self.nr_choices]
-            elif base == "dwconv":
-                grid = [{"mr": 1, "nr": 16, "ct": c} for c in self.ct_choices]
-            else:
-                grid = [dict(_DEFAULT_TILES)]
+            grid = self._grid(fam.split("/")[0])
+            wts = np.array([self._row_weight(r) for r in fam_rows])
             best, best_err = grid[0], np.inf
             for cand in grid:
                 feat = self._featurize({fam: cand})
-                coefs = fit_grouped(fam_rows, feat, _generic, relative_nnls, 2)
-                err = float(np.mean(relative_errors(coefs, feat, _generic, fam_rows) ** 2))
-                if err < best_err - 1e-12:
+                coefs = fit_grouped(fam_rows, feat, _generic, relative_nnls, 2, self._row_weight)
+                err = float(np.sum(wts * relative_errors(coefs, feat, _generic, fam_rows) ** 2))
+                if err < best_err * (1 - 1e-9) - 1e-12:
                     best, best_err = cand, err
             tiles[fam] = {k: int(v) for k, v in best.items()}
         self.tiles_ = tiles
         self.coef_: Dict[str, List[float]] = fit_grouped(
-            rows, self._featurize(tiles), _generic, relative_nnls, 2
+            rows, self._featurize(tiles), _generic, relative_nnls, 2, self._row_weight
         )
 
     def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
@@ -174,8 +275,12 @@ class MechPredictor(Predictor):
         return {"tiles": self.tiles_, "coef": self.coef_}
 
     def _load_fitted_state(self, doc: dict) -> None:
-        self.tiles_ = {str(f): {k: int(v) for k, v in t.items()} for f, t in doc["tiles"].items()}
-        for fam, t in self.tiles_.items():
-            if set(t) != {"mr", "nr", "ct"} or min(t.values()) < 1:
+        tiles = {}
+        for fam, t in doc["tiles"].items():
+            t = {k: int(v) for k, v in t.items()}
+            t.setdefault("ns", 0)  # files written before the narrow kernel was modelled
+            if set(t) != {"mr", "nr", "ns", "ct"} or min(t["mr"], t["nr"], t["ct"]) < 1 or t["ns"] < 0:
                 raise ValueError(f"bad tile record for {fam}: {t}")
+            tiles[str(fam)] = t
+        self.tiles_ = tiles
         self.coef_ = {str(k): [float(x) for x in v] for k, v in doc["coef"].items()}

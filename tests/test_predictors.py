@@ -257,3 +257,133 @@ def test_predict_graph_uses_graph_layers(train_rows):
 def test_unknown_kind_refused():
     with pytest.raises(PredictorError, match="unknown predictor kind 'magic'"):
         make_predictor("magic")
+
+
+# ---- mechanisms added for the zoo profile (narrow kernel, cold weights, fused clamp...) -----
+
+from predictors.base import Calibration  # noqa: E402
+from predictors.fitting import robust_relative_nnls  # noqa: E402
+from predictors.mech import L1_BYTES, MechPredictor, column_tiles, mech_features, moved_bytes  # noqa: E402
+
+
+def maxpool(size: int, c: int, stride: int) -> LayerDescriptor:
+    out = math.ceil(size / stride)
+    ins = (TensorInfo("x", (1, size, size, c), "float32"),)
+    outs = (TensorInfo("y", (1, out, out, c), "float32"),)
+    return LayerDescriptor(
+        "MAX_POOL_2D", ins, outs, kernel=(3, 3), stride=(stride, stride), padding="SAME",
+        activation_bytes=4 * (size * size * c + out * out * c),
+    )
+
+
+def test_column_tiles_narrow_kernel_then_wide_steps():
+    # nr=32 with a 16-wide kernel for <= 16 columns: the steps measured on the dev host
+    assert [column_tiles(n, 32, 16) for n in (8, 16, 17, 32, 33, 64, 65)] == [
+        (16, 1), (16, 1), (32, 1), (32, 1), (32, 2), (32, 2), (32, 3)]
+    assert column_tiles(17, 16, 0) == (16, 2)
+
+
+def test_mech_finds_a_narrow_kernel_when_the_hardware_has_one():
+    def wide_law(d, setup):
+        m = d.output_shape[1] * d.output_shape[2]
+        width, cols = column_tiles(d.out_channels, 32, 16)
+        kk = d.kernel[0] * d.kernel[1] * d.in_channels
+        return 0.01 + math.ceil(m / 7) * cols * 7 * width * kk * 2e-8
+
+    rng = np.random.default_rng(4)
+    descs = [conv(int(rng.choice([14, 28, 56])), int(rng.integers(8, 128)), int(rng.integers(4, 140)), 3)
+             for _ in range(60)]
+    rows = [ProfileRow("layer", "m", i, i + 1, S1, d.key_string(), wide_law(d, S1), 0.01, 10, "fp0",
+                       descriptor=d) for i, d in enumerate(descs)]
+    mech = make_predictor("mech").fit(rows)
+    assert (mech.tiles_["igemm"]["nr"], mech.tiles_["igemm"]["ns"]) == (32, 16)
+    for cout in (12, 24, 40, 100):
+        d = conv(28, 64, cout)
+        assert mech.predict(d, S1) == pytest.approx(wide_law(d, S1), rel=0.02)
+
+
+def test_fused_activation_costs_an_extra_pass_over_the_output():
+    plain, relu = add(28, 64), LayerDescriptor(**{**add(28, 64).__dict__, "activation": "RELU"})
+    out_bytes = 4 * 28 * 28 * 64
+    assert moved_bytes(relu) - moved_bytes(plain) == 2 * out_bytes
+    assert mech_features(relu, S1, 7, 16, 16)[1][1] > mech_features(plain, S1, 7, 16, 16)[1][1]
+
+
+def test_dwconv_l1_excess_only_for_many_channels():
+    few = mech_features(dwconv(14, 128), S1, 1, 16, 16)[1]
+    many = mech_features(dwconv(14, 1024), S1, 1, 16, 16)[1]
+    assert few[4] == 0.0  # 128 channels x 19 floats fit L1
+    assert 1024 * 19 * 4 > L1_BYTES and many[4] > 0.0
+
+
+def test_stride1_pool_learned_from_stride2_pools():
+    """A pool's cost is its window work; a bytes term would make stride-1 pools (input = output)
+    look half as expensive as stride-2 ones (input = 4x output) of the same work."""
+    def pool_law(d):
+        out = d.output_shape
+        return 0.002 + out[1] * out[2] * out[3] * 9 * 4e-8
+
+    descs = [maxpool(int(s), int(c), 2) for s, c in zip([112, 56, 28, 56, 28, 14, 112, 28, 14, 56],
+                                                        [64, 128, 256, 96, 192, 512, 32, 480, 832, 64])]
+    descs += training_descs()[:30]
+    rows = []
+    for i, d in enumerate(descs):
+        ms = pool_law(d) if d.op == "MAX_POOL_2D" else law(d, S1)
+        rows.append(ProfileRow("layer", "m", i, i + 1, S1, d.key_string(), ms, 0.01, 10, "fp0", descriptor=d))
+    mech = make_predictor("mech").fit(rows)
+    for d in (maxpool(28, 192, 1), maxpool(14, 480, 1), maxpool(7, 832, 1)):
+        assert mech.predict(d, S1) == pytest.approx(pool_law(d), rel=0.1)
+
+
+def test_sweep_rows_count_less_than_model_rows(train_rows):
+    descs = training_descs(seed=21)[:40]
+    # the sweep measured the same kind of layers 40 % slower (say, another day, a hot host)
+    sweep = [ProfileRow("layer", "sweep", 0, 1, r.setup, r.key, r.median_ms * 1.4, 0.01, 10, "fp0",
+                        descriptor=r.descriptor) for r in make_rows(descs)]
+    probe = [conv(28, 48, 40), dwconv(28, 96), add(14, 64)]
+
+    def mape(p):
+        return float(np.mean([abs(p.predict(d, S1) / law(d, S1) - 1) for d in probe]))
+
+    light = MechPredictor(sweep_weight=0.1).fit(train_rows + sweep)
+    full = MechPredictor(sweep_weight=1.0).fit(train_rows + sweep)
+    assert mape(light) < 0.5 * mape(full)
+    for bad in (0, 1.5, "x"):
+        with pytest.raises(PredictorError, match="sweep_weight"):
+            MechPredictor(sweep_weight=bad).fit(train_rows)
+
+
+def test_robust_fit_ignores_one_disturbed_row():
+    rng = np.random.default_rng(2)
+    x = rng.random((12, 2)) + 0.5
+    y = x @ np.array([1.05, 0.2])
+    y[3] *= 1.4  # one stage measured while another process ran
+    coef = robust_relative_nnls(x, y)
+    assert coef == pytest.approx([1.05, 0.2], rel=0.02)
+
+
+def test_calibration_is_scale_plus_cold_weights():
+    d = conv(14, 64, 128)
+    assert Calibration.apply((1.04, 0.01, 0.0), 2.0, d) == pytest.approx(
+        1.04 * 2.0 + 0.01 * d.weight_bytes / 1e6)
+    # whole-model rows 4 % over their layers plus 0.01 ms per weight MB, one row disturbed
+    samples = [(s, w, n, 1.04 * s + 0.01 * w) for s, w, n in
+               [(10, 5, 20), (30, 40, 60), (5, 1, 10), (20, 80, 50), (8, 3, 30), (50, 100, 70),
+                (12, 30, 25), (40, 10, 80), (25, 60, 40), (6, 20, 15)]]
+    samples[1] = samples[1][:3] + (samples[1][3] * 1.2,)
+    scale, per_mb, per_layer = Calibration.fit(samples)
+    assert scale == pytest.approx(1.04, rel=0.01)
+    assert per_mb == pytest.approx(0.01, rel=0.2)
+    assert per_layer == 0.0
+
+
+def test_old_tile_records_without_narrow_kernel_load(train_rows):
+    doc = make_predictor("mech").fit(train_rows).to_json()
+    for t in doc["state"]["tiles"].values():
+        t.pop("ns")
+    p = predictor_from_json(doc)
+    assert all(t["ns"] == 0 for t in p.tiles_.values())
+    with pytest.raises(PredictorError, match="malformed"):
+        bad = json.loads(json.dumps(doc))
+        next(iter(bad["state"]["tiles"].values()))["ns"] = -1
+        predictor_from_json(bad)
