@@ -279,15 +279,27 @@ def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[Cor
 
         profile = read_profile(profile, force=True)
     measured: Dict[Tuple[str, CoreSetup], float] = {}
-    for row in profile.layer_rows():
-        if row.ok:
+    # A row marked noisy (the cores were shared while it was timed) is still a
+    # better estimate than none: used only where no clean row exists.
+    for row in profile.rows:
+        usable = row.kind == "layer" and math.isfinite(row.median_ms) and row.median_ms > 0
+        if usable and (row.ok or (row.status.startswith("noisy") and (row.key, row.setup) not in measured)):
             measured[(row.key, row.setup)] = row.median_ms
     keys = [layer.descriptor.key_string() for layer in graph.layers]
+    whole: Dict[CoreSetup, float] = {}
+    for row in profile.multi_rows():
+        if row.kind == "model" and list(row.layer_keys) == keys:
+            whole[row.setup] = row.median_ms
     times: Dict[CoreSetup, Tuple[float, ...]] = {}
     for setup in setups:
         row = [measured.get((k, setup)) for k in keys]
         if all(v is not None for v in row):
-            times[setup] = tuple(float(v) for v in row)  # type: ignore[arg-type]
+            # Layers timed alone miss what a whole invoke pays (cold inputs, weights
+            # evicted between frames): where this very model was timed whole on the
+            # setup, each layer takes its share of the difference.
+            summed = sum(float(v) for v in row)  # type: ignore[arg-type]
+            scale = whole[setup] / summed if setup in whole and summed > 0 else 1.0
+            times[setup] = tuple(float(v) * scale for v in row)  # type: ignore[arg-type]
     if not times:
         missing = sorted({k for k in keys for s in setups if (k, s) not in measured})
         raise PlanError(

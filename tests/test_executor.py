@@ -284,3 +284,36 @@ class TestEmulatedPlatform:
             got = list(pipe.map(frames))
         assert_identical(got, want)
         assert not os.path.exists(group)
+
+    def test_an_interpreter_over_both_clusters_has_only_its_slow_cpu_threads_throttled(self, v2, v2_frames):
+        """All-cores on an emulated board: threads are spread one per CPU, and only those
+        on the slowed cluster's CPU join its cgroup, so the layer waits for its slow thread."""
+        from cores.emulation import find_cgroup_root
+        from cores.errors import EmulationError
+
+        try:
+            root = find_cgroup_root()
+        except EmulationError as err:
+            pytest.skip(f"cgroups cannot be written here: {err}")
+        if root.version != 1:
+            pytest.skip("per-thread throttling needs cgroup v1")
+        frames, want = v2_frames
+        slow = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],), speed=0.5)),
+                        source="emulate:test")
+        n = len(load_graph(v2).layers)
+        spec = StageSpec((0, n), (WorkerSpec("big+little", TWO, 2, 1.0),), 100.0)
+        plan = Plan(v2.name, file_sha256(v2), slow, "all-cores", (spec,), 100.0, 10.0)
+        with Pipeline(plan, v2) as pipe:
+            group = os.path.basename(pipe.throttles.cgroup_path("little"))
+            pid = pipe.worker_pids()[(0, 0)]
+            placed = {}
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                status = (task / "status").read_text()
+                allowed = next(l.split(":")[1].strip() for l in status.splitlines() if l.startswith("Cpus_allowed_list"))
+                placed[int(task.name)] = (allowed, group in (task / "cgroup").read_text())
+            got = list(pipe.map(frames))
+        on_little = [throttled for allowed, throttled in placed.values() if allowed == str(TWO[1])]
+        on_big = [throttled for allowed, throttled in placed.values() if allowed == str(TWO[0])]
+        assert on_little and all(on_little), placed
+        assert on_big and not any(on_big), placed
+        assert_identical(got, want)

@@ -220,7 +220,8 @@ class Pipeline:
         self._free[0].clear()  # edge 0's free slots live in _free0 (shared with submit)
         self._ready = [[] for _ in parts]
         if self._throttles is None and self._throttle and any(
-            self._slowed_cluster(w.cluster) for s in plan.stages for w in s.workers
+            self._slowed_cluster(w.cluster) or self._spans_slowed_cluster(w.cluster)
+            for s in plan.stages for w in s.workers
         ):
             from cores.emulation import Throttles
 
@@ -243,6 +244,7 @@ class Pipeline:
                     ring_in=RingRef(self._rings[k].name, edges[k], self._rings[k].slots),
                     ring_out=RingRef(self._rings[k + 1].name, edges[k + 1], self._rings[k + 1].slots),
                     backend=self.backend,
+                    spread_threads=self._spans_slowed_cluster(wspec.cluster),
                 )
                 row.append(_Worker(config, wspec.cluster))
             self._workers.append(row)
@@ -276,8 +278,8 @@ class Pipeline:
         """The emulated slow cluster whose cgroup a worker on ``name`` joins, if any.
 
         A worker spanning clusters (``"big+little"``, the all-cores strategy) is
-        one process; a cgroup quota would throttle all its threads, so it is left
-        unthrottled, and the emulation overstates it.
+        one process whose threads are spread one per CPU; only the threads on a
+        slowed cluster's CPUs join its cgroup (:meth:`_throttle_threads`).
         """
         names = name.split("+")
         if len(names) != 1:
@@ -285,6 +287,23 @@ class Pipeline:
                 self.plan.platform.cluster(part)  # unknown names still raise
             return None
         return name if self.plan.platform.cluster(name).speed < 1.0 else None
+
+    def _spans_slowed_cluster(self, name: str) -> bool:
+        names = name.split("+")
+        return len(names) > 1 and any(self.plan.platform.cluster(n).speed < 1.0 for n in names)
+
+    def _throttle_threads(self, w: _Worker, placements: Sequence[Tuple[int, int]]) -> None:
+        """Put each spread thread that sits on a slowed cluster's CPU into that cluster's cgroup."""
+        if self._throttles is None or not placements:
+            return
+        owner = {}
+        for name in w.cluster.split("+"):
+            cluster = self.plan.platform.cluster(name)
+            if cluster.speed < 1.0:
+                owner.update({cpu: cluster.name for cpu in cluster.cpus})
+        for tid, cpu in placements:
+            if cpu in owner:
+                self._throttles.attach_thread(owner[cpu], int(tid))
 
     def _all_workers(self) -> List[_Worker]:
         return [w for row in self._workers for w in row]
@@ -326,6 +345,7 @@ class Pipeline:
                         message = None
                     if message and message[0] == "ready":
                         w.state, w.heavy_before_pin = "idle", tuple(message[2])
+                        self._throttle_threads(w, message[3])
                         del pending[id(w)]
                         continue
                     if message and message[0] == "error":
@@ -646,6 +666,7 @@ class Pipeline:
         kind = message[0]
         if kind == "ready":
             w.state, w.heavy_before_pin = "idle", tuple(message[2])
+            self._throttle_threads(w, message[3])
             return
         if kind == "error":
             self._fail(ExecutorError(f"{w.label} failed on frame {message[1]}: {message[2]}"))

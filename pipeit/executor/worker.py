@@ -7,7 +7,8 @@ library and pure-Python records at top level.
 
 Protocol over the worker's own Pipe (small tuples, never tensors):
 
-- worker -> main: ``("ready", pid, heavy_modules_before_pin)`` once, then
+- worker -> main: ``("ready", pid, heavy_modules_before_pin, placements)`` once
+  (``placements``: ``(tid, cpu)`` pairs when threads were spread one per CPU), then
   ``("done", frame, service_ms)`` per frame, or ``("error", frame_or_None, text)``.
 - main -> worker: ``(frame, in_slot, out_slot)`` per frame; ``None`` to stop.
 """
@@ -51,6 +52,37 @@ class WorkerConfig:
     ring_in: RingRef
     ring_out: RingRef
     backend: Optional[str] = None
+    #: pin each thread to one CPU (round robin) instead of all to the set: an
+    #: interpreter spanning an emulated fast and slowed cluster needs it, so that
+    #: only the threads on the slowed CPUs are throttled
+    spread_threads: bool = False
+
+
+def spread_threads(cpus: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
+    """Pin every thread of this process to one CPU of ``cpus``, the calling thread to the first.
+
+    The runtime's pool threads exist once the interpreter is built; they are
+    dealt round robin over the CPUs, so ``num_threads == len(cpus)`` gives one
+    thread per CPU, as on a board where the scheduler keeps them apart.
+    Returns the ``(tid, cpu)`` placements.
+    """
+    own = threading_native_id()
+    others = sorted(int(t) for t in os.listdir("/proc/self/task") if int(t) != own)
+    placements = []
+    for i, tid in enumerate([own] + others):
+        cpu = cpus[i % len(cpus)]
+        try:
+            os.sched_setaffinity(tid, {cpu})
+        except ProcessLookupError:
+            continue  # the thread ended between listing and pinning
+        placements.append((tid, cpu))
+    return tuple(placements)
+
+
+def threading_native_id() -> int:
+    import threading
+
+    return threading.get_native_id()
 
 
 def pin_process(cpus: Tuple[int, ...]) -> None:
@@ -110,7 +142,8 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
         conn.send(("error", None, _one_line(err)))
         conn.close()
         sys.exit(1)
-    conn.send(("ready", os.getpid(), heavy))
+    placements = spread_threads(config.cpus) if config.spread_threads else ()
+    conn.send(("ready", os.getpid(), heavy, placements))
 
     set_tensor = interpreter.set_tensor
     tensor = interpreter.tensor

@@ -1,0 +1,378 @@
+"""The throughput benchmark: every strategy planned and streamed, interleaved, in one run.
+
+``pipeit bench`` answers one question for a model on a board: how many
+frames per second does each way of running it give, at what latency, and
+how close is that to what the cores could give? It
+
+1. gets per-layer times for every core setup (a given predictor or
+   profile, else it profiles the model now, cached per platform and model),
+2. plans each strategy (``all-cores``, ``fastest-cluster``, ``replicas``,
+   ``pipe-it``, ``pipeit``) with the DSE,
+3. measures the *ideal*: the sum over cores of each core's measured
+   single-thread whole-model throughput (measured, not declared: emulated
+   factors and turbo make declared speeds wrong),
+4. starts every strategy's pipeline and streams ``frames`` frames through
+   each in turn, ``rounds`` times, interleaved so that host noise hits all
+   strategies alike; the median round counts.
+
+Frames are submitted with a window of as many frames in flight as the plan
+has workers: enough to keep every worker busy, few enough that latency is
+the frame's path through the stages rather than time spent queueing behind
+frames the benchmark itself pushed in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from cores.model import CoreSetup, Platform
+from pipeit.errors import PipeitError, PlanError
+from pipeit.plan import Plan, file_sha256
+
+__all__ = [
+    "STRATEGIES",
+    "StrategyResult",
+    "BenchReport",
+    "obtain_layer_times",
+    "measure_ideal",
+    "run_bench",
+    "default_cache_dir",
+]
+
+STRATEGIES = ("all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit")
+
+
+def default_cache_dir() -> Path:
+    """Where profiles made by ``bench``/``serve`` are kept (``$PIPEIT_CACHE_DIR`` or XDG cache)."""
+    env = os.environ.get("PIPEIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pipeit"
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """One strategy's plan and what streaming through it measured (median round)."""
+
+    name: str
+    plan: Plan
+    fps: float
+    fps_rounds: Tuple[float, ...]
+    latency_p50_ms: float
+    latency_p99_ms: float
+    meets_limit: Optional[bool]
+    rss_bytes: int
+    efficiency: float
+    predicted_fps: float
+    predicted_latency_ms: float
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "fps": self.fps,
+            "fps_rounds": list(self.fps_rounds),
+            "latency_ms": {"p50": self.latency_p50_ms, "p99": self.latency_p99_ms},
+            "meets_limit": self.meets_limit,
+            "rss_bytes": self.rss_bytes,
+            "efficiency": self.efficiency,
+            "predicted_fps": self.predicted_fps,
+            "predicted_latency_ms": self.predicted_latency_ms,
+            "stages": [
+                {
+                    "layers": list(s.layers),
+                    "workers": [f"{w.cluster}:{len(w.cpus)}@{','.join(map(str, w.cpus))}" for w in s.workers],
+                }
+                for s in self.plan.stages
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    model: str
+    platform: str
+    ideal_fps: float
+    single_thread_ms: Tuple[Tuple[str, float], ...]
+    latency_limit_ms: Optional[float]
+    frames: int
+    rounds: int
+    times_source: str
+    strategies: Tuple[StrategyResult, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "platform": self.platform,
+            "ideal_fps": self.ideal_fps,
+            "single_thread_ms": dict(self.single_thread_ms),
+            "latency_limit_ms": self.latency_limit_ms,
+            "frames": self.frames,
+            "rounds": self.rounds,
+            "times_source": self.times_source,
+            "strategies": [s.to_json() for s in self.strategies],
+        }
+
+    def best_other(self, name: str = "pipeit") -> Optional[StrategyResult]:
+        others = [s for s in self.strategies if s.name != name]
+        return max(others, key=lambda s: s.fps) if others else None
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def obtain_layer_times(
+    graph,
+    platform: Platform,
+    model_path: Path,
+    profile: Optional[Path] = None,
+    predictor: Optional[Path] = None,
+    cache_dir: Optional[Path] = None,
+    progress: bool = True,
+):
+    """Per-layer times for every CPU setup: from the predictor, the profile, or a fresh cached profile."""
+    from pipeit.layer_times import layer_times_for
+
+    if predictor is not None:
+        return layer_times_for(graph, platform, predictor=predictor)
+    if profile is None:
+        from pipeit.profiler import platform_fingerprint_for, profile_models
+
+        folder = (cache_dir or default_cache_dir()) / "profiles"
+        folder.mkdir(parents=True, exist_ok=True)
+        fingerprint = platform_fingerprint_for(platform)
+        profile = folder / f"{fingerprint}-{graph.sha256[:16]}.csv"
+        _say(progress, f"profiling {model_path.name} on {platform.source} (cached in {profile})")
+        profile_models([model_path], platform, profile, progress=progress)
+    return layer_times_for(graph, platform, profile=profile)
+
+
+def measure_ideal(
+    model_path: Path, platform: Platform, progress: bool = True
+) -> Tuple[float, Dict[str, float]]:
+    """Sum over cores of single-thread whole-model throughput, each cluster measured on one of its cores."""
+    from pipeit.profiler import TimingSpec, WorkerPool
+
+    setups = [CoreSetup(c.name, 1) for c in platform.cpu_clusters]
+    model_bytes = Path(model_path).read_bytes()
+    single: Dict[str, float] = {}
+    with WorkerPool(platform, setups) as pool:
+        for setup in setups:
+            timing = pool.measure(setup, model_bytes, TimingSpec(max_seconds=4.0))
+            if timing.status != "ok" and not timing.median_ms:
+                raise PipeitError(f"could not time {model_path.name} on {setup}: {timing.status}")
+            single[setup.cluster] = timing.median_ms
+    ideal = sum(platform.cluster(name).size * 1000.0 / ms for name, ms in single.items())
+    _say(progress, "single-thread ms: " + ", ".join(f"{k} {v:.2f}" for k, v in single.items())
+         + f" -> ideal {ideal:.1f} fps")
+    return ideal, single
+
+
+def _stream(pipeline, frames: Sequence, window: int) -> Tuple[float, List[float]]:
+    """Stream ``frames`` keeping ``window`` in flight; return (fps, per-frame latencies in ms)."""
+    pending: deque = deque()
+    latencies: List[float] = []
+    t0 = time.perf_counter()
+    for frame in frames:
+        if len(pending) >= window:
+            submitted, fut = pending.popleft()
+            fut.result()
+            latencies.append((time.perf_counter() - submitted) * 1000.0)
+        pending.append((time.perf_counter(), pipeline.submit(frame)))
+    while pending:
+        submitted, fut = pending.popleft()
+        fut.result()
+        latencies.append((time.perf_counter() - submitted) * 1000.0)
+    wall = time.perf_counter() - t0
+    return len(frames) / wall, latencies
+
+
+def frames_in_flight(plan: Plan) -> int:
+    """How many frames to keep in flight so that every worker stays busy.
+
+    Outputs come back in order, so a frame on a slow worker holds back the
+    frames a faster worker of the same stage finished after it: while the
+    slowest worker of a stage serves one frame, a worker ``r`` times faster
+    serves ``r``. Each worker therefore counts ``ceil(slowest / own)`` frames
+    (one per worker in a plain pipeline, whose frames stay in order).
+    """
+    total = 0
+    for stage in plan.stages:
+        times = [w.predicted_ms for w in stage.workers if w.predicted_ms and w.predicted_ms > 0]
+        slowest = max(times) if times else 0.0
+        for worker in stage.workers:
+            own = worker.predicted_ms if worker.predicted_ms and worker.predicted_ms > 0 else slowest
+            total += max(1, math.ceil(slowest / own - 1e-9)) if own else 1
+    return max(1, total)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _rss_bytes(pipeline) -> int:
+    import psutil
+
+    total = 0
+    for pid in pipeline.worker_pids().values():
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def make_frames(model_path: Path, count: int, seed: int = 0) -> List[Dict[str, "object"]]:
+    """Seeded random frames matching the model's inputs (a few distinct ones, reused)."""
+    import numpy as np
+
+    from pipeit.executor.pipeline import model_io
+
+    inputs, _ = model_io(model_path)
+    rng = np.random.default_rng(seed)
+    distinct = []
+    for _ in range(min(count, 8)):
+        frame = {}
+        for info in inputs:
+            if info.dtype.startswith("int") or info.dtype.startswith("uint"):
+                lo, hi = (-128, 127) if info.dtype == "int8" else (0, 255)
+                frame[info.name] = rng.integers(lo, hi + 1, size=info.shape).astype(info.dtype)
+            else:
+                frame[info.name] = rng.uniform(-1.0, 1.0, size=info.shape).astype(info.dtype)
+        distinct.append(frame)
+    return [distinct[i % len(distinct)] for i in range(count)]
+
+
+def run_bench(
+    model_path: Path,
+    platform: Platform,
+    frames: int = 200,
+    rounds: int = 3,
+    latency_ms: Optional[float] = None,
+    latency_factor: Optional[float] = None,
+    memory_mb: Optional[float] = None,
+    profile: Optional[Path] = None,
+    predictor: Optional[Path] = None,
+    strategies: Sequence[str] = STRATEGIES,
+    cache_dir: Optional[Path] = None,
+    progress: bool = True,
+) -> BenchReport:
+    """Plan, start and stream every strategy; see the module docstring for the method.
+
+    ``latency_factor`` sets the limit to that multiple of the fastest
+    cluster's measured single-thread frame time (the issue's "twice the big
+    core's single-frame latency"), when ``latency_ms`` is not given.
+    """
+    from pipeit.dse import plan_pipeline
+    from pipeit.executor import Pipeline
+    from pipeit.graph import load_graph
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise PlanError(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
+    if frames < 1 or rounds < 1:
+        raise PipeitError("--frames and --rounds must be >= 1")
+    model_path = Path(model_path)
+    graph = load_graph(model_path)
+    sha = file_sha256(model_path)
+    times = obtain_layer_times(graph, platform, model_path, profile, predictor, cache_dir, progress)
+    ideal, single = measure_ideal(model_path, platform, progress)
+    if latency_ms is None and latency_factor is not None:
+        latency_ms = latency_factor * single[platform.fastest.name]
+        _say(progress, f"latency limit {latency_ms:.2f} ms ({latency_factor} x {platform.fastest.name}'s single-frame time)")
+
+    plans: Dict[str, Plan] = {}
+    for name in strategies:
+        limit = latency_ms if name == "pipeit" else None
+        plans[name] = plan_pipeline(
+            times, platform, strategy=name, latency_ms=limit, memory_mb=memory_mb,
+            model=model_path.name, model_sha256=sha,
+        )
+        _say(progress, f"{name}: " + " | ".join(
+            f"[{s.layers[0]},{s.layers[1]}) " + "+".join(f"{w.cluster}:{len(w.cpus)}" for w in s.workers)
+            for s in plans[name].stages
+        ) + f"  predicted {plans[name].predicted_fps:.1f} fps")
+
+    stream = make_frames(model_path, frames)
+    warm = make_frames(model_path, max(8, frames // 10))
+    fps_runs: Dict[str, List[float]] = {n: [] for n in plans}
+    lat_runs: Dict[str, List[List[float]]] = {n: [] for n in plans}
+    rss: Dict[str, int] = {}
+    pipelines = {}
+    try:
+        for name, plan in plans.items():
+            slots = max(4, frames_in_flight(plan) + 1)
+            pipelines[name] = Pipeline(plan, model_path, slots=slots).start()
+        for name, pipe in pipelines.items():
+            _stream(pipe, warm, frames_in_flight(plans[name]))
+            rss[name] = _rss_bytes(pipe)
+        for r in range(rounds):
+            order = list(pipelines) if r % 2 == 0 else list(reversed(list(pipelines)))
+            for name in order:
+                fps, lat = _stream(pipelines[name], stream, frames_in_flight(plans[name]))
+                fps_runs[name].append(fps)
+                lat_runs[name].append(lat)
+            _say(progress, f"round {r + 1}/{rounds}: " + ", ".join(
+                f"{n} {fps_runs[n][-1]:.1f}" for n in plans) + " fps")
+        for name, pipe in pipelines.items():
+            rss[name] = max(rss.get(name, 0), _rss_bytes(pipe))
+    finally:
+        for pipe in pipelines.values():
+            pipe.close()
+
+    results = []
+    for name, plan in plans.items():
+        runs = fps_runs[name]
+        median_fps = statistics.median(runs)
+        # the latencies of the round whose fps is the median one
+        pick = sorted(range(len(runs)), key=lambda i: runs[i])[len(runs) // 2]
+        lat = lat_runs[name][pick]
+        p99 = _percentile(lat, 99)
+        results.append(StrategyResult(
+            name=name, plan=plan, fps=median_fps, fps_rounds=tuple(runs),
+            latency_p50_ms=_percentile(lat, 50), latency_p99_ms=p99,
+            meets_limit=None if latency_ms is None else p99 <= latency_ms,
+            rss_bytes=rss.get(name, 0), efficiency=median_fps / ideal if ideal else 0.0,
+            predicted_fps=plan.predicted_fps, predicted_latency_ms=plan.predicted_latency_ms,
+        ))
+    return BenchReport(
+        model=model_path.name, platform=platform.source, ideal_fps=ideal,
+        single_thread_ms=tuple(sorted(single.items())), latency_limit_ms=latency_ms,
+        frames=frames, rounds=rounds, times_source=getattr(times, "source", "profile"),
+        strategies=tuple(results),
+    )
+
+
+def format_report(report: BenchReport) -> str:
+    """The table people read: one row per strategy, plus the ideal and the limit."""
+    from pipeit.cli.output import format_table
+
+    rows = []
+    for s in report.strategies:
+        rows.append([
+            s.name, f"{s.fps:.1f}", f"{s.predicted_fps:.1f}", f"{s.latency_p50_ms:.1f}",
+            f"{s.latency_p99_ms:.1f}", "-" if s.meets_limit is None else ("yes" if s.meets_limit else "no"),
+            f"{s.rss_bytes / 2**20:.0f}", f"{s.efficiency:.2f}",
+            " | ".join("+".join(f"{w.cluster}:{len(w.cpus)}" for w in st.workers) for st in s.plan.stages),
+        ])
+    head = (f"model {report.model} on {report.platform}: ideal {report.ideal_fps:.1f} fps "
+            f"(single-thread ms: " + ", ".join(f"{k} {v:.2f}" for k, v in report.single_thread_ms) + ")")
+    if report.latency_limit_ms is not None:
+        head += f"; latency limit {report.latency_limit_ms:.1f} ms (p99)"
+    table = format_table(
+        ["strategy", "fps", "pred fps", "p50 ms", "p99 ms", "meets", "RSS MiB", "eff", "stages (workers)"], rows)
+    return head + f"\n{report.frames} frames x {report.rounds} interleaved rounds, median round\n" + table

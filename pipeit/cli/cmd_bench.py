@@ -1,0 +1,99 @@
+"""``pipeit bench MODEL --platform SPEC``: every strategy planned and streamed side by side."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeit.cli.output import emit_json
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    from pipeit.bench import STRATEGIES
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="compare all strategies on this machine in one interleaved run",
+        description="Profile what is needed (or use a profile/predictor), plan every strategy "
+        f"({', '.join(STRATEGIES)}), stream frames through each in interleaved rounds, and report "
+        "fps, latency percentiles, memory and efficiency against the ideal (sum over cores of "
+        "single-thread throughput).",
+    )
+    parser.add_argument("model", metavar="MODEL", help="a .tflite file")
+    parser.add_argument("--platform", default="auto", help="platform spec (default: auto)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--profile", metavar="PROFILE.csv", help="per-layer times measured before")
+    source.add_argument("--predictor", metavar="P.json", help="a fitted predictor")
+    parser.add_argument("--frames", type=int, default=200, metavar="N", help="frames per round (default 200)")
+    parser.add_argument("--rounds", type=int, default=3, metavar="R", help="interleaved rounds (default 3)")
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument("--latency-ms", type=float, metavar="L", help="latency limit (p99) for pipeit's plan")
+    limit.add_argument("--latency-x", type=float, metavar="F",
+                       help="latency limit as F x the fastest cluster's single-thread frame time")
+    parser.add_argument("--memory-mb", type=float, metavar="M", help="limit on weights held by all workers")
+    parser.add_argument("--strategies", metavar="A,B", help="a subset of strategies (default: all)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where fresh profiles are kept")
+    parser.add_argument("--plot", metavar="FILE.png", help="fps and latency per strategy (needs matplotlib)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cores.platform import load_platform
+    from pipeit.bench import STRATEGIES, format_report, run_bench
+    from pipeit.errors import ModelError
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise ModelError(f"{model}: no such model file")
+    strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES
+    platform = load_platform(args.platform)
+    report = run_bench(
+        model, platform, frames=args.frames, rounds=args.rounds, latency_ms=args.latency_ms,
+        latency_factor=args.latency_x, memory_mb=args.memory_mb,
+        profile=Path(args.profile) if args.profile else None,
+        predictor=Path(args.predictor) if args.predictor else None,
+        strategies=strategies, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        progress=not (args.quiet or args.json),
+    )
+    if args.plot:
+        _plot(report, args.plot)
+    if args.json:
+        emit_json(report.to_json())
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _plot(report, path: str) -> None:
+    from pipeit.errors import PipeitError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise PipeitError("--plot needs matplotlib (pip install 'pipeit[plot]')") from err
+    names = [s.name for s in report.strategies]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.bar(names, [s.fps for s in report.strategies], color="tab:blue", label="measured")
+    ax1.scatter(names, [s.predicted_fps for s in report.strategies], color="tab:orange", zorder=3, label="predicted")
+    ax1.axhline(report.ideal_fps, color="grey", linestyle="--", label="ideal")
+    ax1.set_ylabel("frames/s")
+    ax1.legend()
+    ax1.tick_params(axis="x", rotation=30)
+    for s in report.strategies:
+        ax2.scatter(s.latency_p99_ms, s.fps, label=s.name)
+    if report.latency_limit_ms:
+        ax2.axvline(report.latency_limit_ms, color="red", linestyle=":", label="limit")
+    ax2.set_xlabel("p99 latency (ms)")
+    ax2.set_ylabel("frames/s")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"{report.model} on {report.platform}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,64 @@
+"""`pipeit bench`: every strategy planned from a fresh profile and streamed, in one run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.daemon_helpers import build_model
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "pipeit", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("bench") / "tiny.tflite", layers=6, size=48, channels=24)
+
+
+def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
+    result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "24", "--rounds", "2",
+                     "--cache-dir", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model"] == "tiny.tflite"
+    assert doc["ideal_fps"] > 0
+    names = [s["name"] for s in doc["strategies"]]
+    assert names == ["all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit"]
+    for s in doc["strategies"]:
+        assert s["fps"] > 0 and len(s["fps_rounds"]) == 2
+        assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"]
+        assert s["rss_bytes"] > 10 * 2**20  # the workers' interpreters, at least
+        assert s["efficiency"] == pytest.approx(s["fps"] / doc["ideal_fps"])
+        assert s["predicted_fps"] > 0
+        assert s["meets_limit"] is None
+    # the profile was cached where asked, so a second run would not profile again
+    assert list(tmp_path.glob("profiles/*.csv"))
+
+
+def test_bench_with_a_latency_limit_judges_each_strategy(tiny, tmp_path):
+    result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
+                     "--cache-dir", str(tmp_path), "--latency-x", "3", "--strategies", "fastest-cluster,pipeit",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["latency_limit_ms"] > 0
+    for s in doc["strategies"]:
+        assert s["meets_limit"] == (s["latency_ms"]["p99"] <= doc["latency_limit_ms"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.tflite"], "no such model file"),
+    (["MODEL", "--strategies", "fastest,pipeit"], "unknown strategy"),
+    (["MODEL", "--frames", "0"], "must be >= 1"),
+    (["MODEL", "--platform", "emulate:big=0@1.0,little=0@0.4"], "CPU"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
+    args = [str(tiny) if a == "MODEL" else a for a in args]
+    result = run_cli("bench", *args, "--cache-dir", str(tmp_path), timeout=120)
+    assert result.returncode == 2
+    lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("INFO:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
