@@ -101,6 +101,25 @@ def pin_process(cpus: Tuple[int, ...]) -> None:
             pass  # the thread ended between listing and pinning
 
 
+def _quietly(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``func`` with file descriptor 2 muted.
+
+    The runtime announces its delegate on stderr for every interpreter it
+    builds ("INFO: Created TensorFlow Lite XNNPACK delegate"); with a worker
+    per stage that drowns a user's terminal. Failures still reach the main
+    process as exceptions sent over the pipe.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        return func(*args, **kwargs)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -118,7 +137,8 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
         from pipeit.executor.ring import ShmRing
         from pipeit.runtime import make_interpreter
 
-        interpreter = make_interpreter(config.model_path, num_threads=config.threads, backend=config.backend)
+        interpreter = _quietly(make_interpreter, config.model_path, num_threads=config.threads,
+                               backend=config.backend)
         ring_in = ShmRing(config.ring_in.layout, config.ring_in.slots, config.ring_in.name, create=False)
         ring_out = ShmRing(config.ring_out.layout, config.ring_out.slots, config.ring_out.name, create=False)
         by_name_in = {d["name"]: d for d in interpreter.get_input_details()}
