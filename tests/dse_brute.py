@@ -45,9 +45,22 @@ def _ordered_groupings(workers: Counter) -> Iterator[Tuple[Tuple[CoreSetup, ...]
             yield (group,) + tail
 
 
+def _jitter(platform: Platform, setup: CoreSetup) -> float:
+    """(1 - f) * P of an emulated cluster of speed f < 1 (P = its quota period), else 0."""
+    cluster = platform.cluster(setup.cluster)
+    if cluster.kind != "cpu" or cluster.speed >= 1:
+        return 0.0
+    period_ms = max(10.0, (int(1000 / cluster.speed) + 1) / 1000.0)  # as cores.emulation picks it
+    return (1.0 - cluster.speed) * period_ms
+
+
 def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
                 latency_ms: Optional[float] = None, memory_mb: Optional[float] = None):
-    """All admitted plans as (fps, latency, memory, description); best first by (fps, -latency)."""
+    """All admitted plans as (fps, latency, memory, description).
+
+    Latency = max(path, queue): path = sum over stages of max over workers of
+    (time + jitter); queue = workers * 1000 / fps + the largest jitter.
+    """
     n = times.num_layers
     hops = [hop.hop_ms(b) for b in times.cut_bytes]
     cal = times.calibration
@@ -64,16 +77,19 @@ def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
             for inner in itertools.combinations(range(1, n), s - 1):
                 cuts = (0,) + inner + (n,)
                 fps = math.inf
-                latency = 0.0
+                path = 0.0
                 memory = 0.0
                 for group, a, b in zip(groups, cuts[:-1], cuts[1:]):
                     ts = [worker_ms(w, a, b) for w in group]
                     rate = 0.0 if any(math.isinf(t) for t in ts) else sum(1000.0 / t for t in ts)
                     fps = min(fps, rate)
-                    latency += max(ts)
+                    path += max(t + _jitter(platform, w) for t, w in zip(ts, group))
                     memory += len(group) * sum(times.weight_bytes[a:b])
                 if fps <= 0:
                     continue
+                everyone = [w for group in groups for w in group]
+                queue = len(everyone) * 1000.0 / fps + max(_jitter(platform, w) for w in everyone)
+                latency = max(path, queue)
                 if latency_ms is not None and latency > latency_ms:
                     continue
                 if memory_mb is not None and memory > memory_mb * MB:

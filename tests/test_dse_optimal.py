@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cores.model import Cluster, CoreSetup, Platform
-from pipeit.dse import CostModel, Limits, optimal_plan, pareto_front
+from pipeit.dse import CostModel, Limits, optimal_plan, pareto_front, throttle_jitter_ms
 from pipeit.errors import PlanError
 from pipeit.layer_times import Calibration, LayerTimes
 from pipeit.transfer import HopModel
@@ -25,7 +25,8 @@ def problems(draw):
     clusters = []
     cpu = 0
     for i, size in enumerate(sizes):
-        clusters.append(Cluster(f"c{i}", "cortex", tuple(range(cpu, cpu + size))))
+        speed = draw(st.sampled_from([1.0, 1.0, 0.4, 0.05]))  # < 1: emulated, throttle jitter
+        clusters.append(Cluster(f"c{i}", "cortex", tuple(range(cpu, cpu + size)), speed=speed))
         cpu += size
     platform = Platform(tuple(clusters), source="hypothesis")
     integer = draw(st.booleans())  # small integers provoke exact ties
@@ -60,7 +61,7 @@ class TestOptimalEqualsBruteForce:
     def test_same_throughput_and_latency(self, problem):
         table, platform, hop, latency, memory = problem
         expected = best_of(brute_force(table, platform, hop, latency, memory))
-        cost = CostModel(table, hop)
+        cost = CostModel(table, hop, jitter=throttle_jitter_ms(platform))
         if expected is None:
             with pytest.raises(PlanError):
                 optimal_plan(cost, platform, Limits(latency, memory))

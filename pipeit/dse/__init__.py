@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from cores.model import Platform
 from pipeit.dse import all_cores, fastest_cluster, pipe_it, pipeit, replicas
-from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan
+from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan, throttle_jitter_ms
 from pipeit.dse.optimal import SearchStats, min_latency_ms, optimal_plan
 from pipeit.dse.planfile import to_plan
 from pipeit.dse.tables import TOL
@@ -38,6 +38,7 @@ __all__ = [
     "StagePlan",
     "Candidate",
     "CostModel",
+    "throttle_jitter_ms",
     "SearchStats",
     "best_candidate",
     "plan_pipeline",
@@ -79,7 +80,7 @@ def best_candidate(
     entry = _strategy(strategy)
     limits = Limits(latency_ms, memory_mb)
     times.check_platform(platform)
-    return entry(CostModel(times, hop, worker_bytes), platform, limits)
+    return entry(CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform)), platform, limits)
 
 
 def plan_pipeline(
@@ -121,7 +122,7 @@ def pareto_front(
     ``max_points`` caps the walk on huge frontiers.
     """
     times.check_platform(platform)
-    cost = CostModel(times, hop, worker_bytes)
+    cost = CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform))
     front: List[Candidate] = []
     limit: Optional[float] = None
     floor = min_latency_ms(cost, platform)

@@ -18,8 +18,13 @@ Model (docs/DSE.md explains the choices):
 * a stage's rate = sum over its workers of ``1000 / time`` (frames are dealt
   to whichever worker is free; output order is restored);
 * throughput = min over stages of the stage rate;
-* latency = sum over stages of the *slowest* worker's time (a frame may land
-  on the slowest worker of every stage);
+* latency (the p99 a frame stream sees, docs/DSE.md "Latency") = the larger of
+  the *path* -- sum over stages of the slowest worker's time plus that
+  worker's throttle jitter -- and the *queue* -- ``W * 1000 / throughput + J``
+  with ``W`` the plan's workers (frames kept in flight) and ``J`` the largest
+  throttle jitter of any worker. A worker on an emulated cluster of speed
+  ``f < 1`` (a CPU bandwidth quota of ``f`` per period ``P``) can stall up to
+  ``(1 - f) * P`` beyond its sustained time; that is its jitter (0 elsewhere);
 * memory = sum over workers of the weight bytes of its stage's layers plus
   ``worker_bytes`` (a per-worker constant, 0 by default).
 """
@@ -28,14 +33,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-from cores.model import CoreSetup
+from cores.emulation import choose_period_us
+from cores.model import CoreSetup, Platform
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.transfer import DEFAULT_HOP, HopModel
 
-__all__ = ["MB", "Limits", "StagePlan", "Candidate", "CostModel"]
+__all__ = ["MB", "Limits", "StagePlan", "Candidate", "CostModel", "throttle_jitter_ms", "queue_latency_ms"]
 
 #: bytes in the ``--memory-mb`` unit (MiB, as ``free -m`` counts)
 MB = 1024 * 1024
@@ -107,23 +113,72 @@ class Candidate:
         )
 
 
-class CostModel:
-    """Evaluates candidates from a :class:`LayerTimes` and a :class:`HopModel`."""
+def throttle_jitter_ms(platform: Platform) -> Dict[str, float]:
+    """Per cluster, the most a frame can stall on it beyond its sustained time (ms).
 
-    def __init__(self, times: LayerTimes, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0) -> None:
+    An emulated cluster of speed ``f < 1`` runs under a CPU bandwidth quota
+    of ``f * P`` per period ``P`` (``cores.emulation.choose_period_us``): a
+    job of ``c`` ms of CPU work that starts just as the quota runs out waits
+    ``(1 - f) * P``, then gets ``f * P`` per period. With ``c = m f P + r``
+    (``0 < r <= f P``) it ends after ``(1 - f) P + m P + r`` against the
+    sustained ``c / f = m P + r / f``: the excess is ``(1 - f)(P - r / f)``,
+    at most ``(1 - f) * P``. Real clusters (speed 1) and GPUs: 0.
+    """
+    out: Dict[str, float] = {}
+    for cluster in platform.clusters:
+        f = cluster.speed
+        if cluster.kind == "cpu" and 0 < f < 1:
+            out[cluster.name] = (1.0 - f) * choose_period_us(f) / 1000.0
+        else:
+            out[cluster.name] = 0.0
+    return out
+
+
+def queue_latency_ms(workers: int, fps: float, jitter_ms: float) -> float:
+    """Latency of a frame stream that keeps ``workers`` frames in flight (Little's law), plus jitter.
+
+    The benchmark (and any client that keeps every worker busy) submits a
+    frame when the oldest one returns, so ``workers`` frames are in the
+    pipeline at all times and each spends ``workers / throughput`` in it on
+    average; an unbalanced pipeline's frames wait before its slowest stage.
+    Over those ``workers`` back-to-back frames a throttled worker loses at
+    most one stall, hence ``+ jitter_ms`` (the largest jitter in the plan).
+    """
+    if fps <= 0 or workers <= 0:
+        return math.inf
+    return workers * 1000.0 / fps + jitter_ms
+
+
+class CostModel:
+    """Evaluates candidates from a :class:`LayerTimes`, a :class:`HopModel` and the clusters' jitter.
+
+    ``jitter`` maps cluster names to their throttle jitter in ms
+    (:func:`throttle_jitter_ms`); a cluster it does not name has none.
+    """
+
+    def __init__(self, times: LayerTimes, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0,
+                 jitter: Optional[Mapping[str, float]] = None) -> None:
         if worker_bytes < 0:
             raise PlanError(f"per-worker memory must be >= 0, got {worker_bytes}")
         self.times = times
         self.hop = hop
         self.worker_bytes = int(worker_bytes)
+        self.jitter: Dict[str, float] = {k: float(v) for k, v in (jitter or {}).items()}
+        for name, value in self.jitter.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise PlanError(f"throttle jitter of cluster {name!r} must be a finite number >= 0, got {value!r}")
         self.hops: Tuple[float, ...] = tuple(hop.hop_ms(b) for b in times.cut_bytes)
+
+    def jitter_ms(self, setup: CoreSetup) -> float:
+        """The setup's throttle jitter: the largest of its clusters' (``big+little`` waits for both)."""
+        return max(self.jitter.get(name, 0.0) for name in setup.cluster.split("+"))
 
     @property
     def num_layers(self) -> int:
         return self.times.num_layers
 
     def with_times(self, times: LayerTimes) -> "CostModel":
-        return CostModel(times, self.hop, self.worker_bytes)
+        return CostModel(times, self.hop, self.worker_bytes, self.jitter)
 
     def worker_ms(self, setup: CoreSetup, start: int, end: int) -> float:
         """One worker's time per frame for stage ``[start, end)``, half hops at both ends included."""
@@ -150,19 +205,22 @@ class CostModel:
             raise PlanError(f"stages cover {expected} of {self.num_layers} layers")
         stage_fps = []
         worker_ms = []
-        latency = 0.0
+        path = 0.0
         memory = 0.0
         for s in stages:
             times = tuple(self.worker_ms(w, s.start, s.end) for w in s.workers)
             worker_ms.append(times)
             rate = 0.0 if any(math.isinf(t) for t in times) else math.fsum(1000.0 / t if t > 0 else math.inf for t in times)
             stage_fps.append(rate)
-            latency += max(times)
+            path += max(t + self.jitter_ms(w) for t, w in zip(times, s.workers))
             memory += len(s.workers) * (self.stage_weight_bytes(s.start, s.end) + self.worker_bytes)
+        fps = min(stage_fps)
+        workers = sum(len(s.workers) for s in stages)
+        jitter = max(self.jitter_ms(w) for s in stages for w in s.workers)
         return Candidate(
             stages=stages,
-            fps=min(stage_fps),
-            latency_ms=latency,
+            fps=fps,
+            latency_ms=max(path, queue_latency_ms(workers, fps, jitter)),
             memory_bytes=memory,
             stage_fps=tuple(stage_fps),
             worker_ms=tuple(worker_ms),

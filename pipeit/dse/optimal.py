@@ -42,11 +42,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cores.model import CoreSetup, Platform
-from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan
+from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan, queue_latency_ms
 from pipeit.dse.tables import TOL, Group, GroupTables, StageTables
 from pipeit.errors import PlanError
 
-__all__ = ["SearchStats", "optimal_plan", "min_latency_ms", "cluster_budgets"]
+__all__ = ["SearchStats", "optimal_plan", "min_latency_ms", "lowest_latency_ms", "cluster_budgets"]
 
 _TINY = np.nextafter(0.0, 1.0)
 
@@ -110,6 +110,7 @@ class _Search:
         self._tmax_at: Dict[Group, Tuple[float, np.ndarray]] = {}
         self._stage_ms = cost.times.calibration.stage_ms
         self._prefix = {}
+        self._hf_terms: Dict[Tuple[CoreSetup, int], np.ndarray] = {}
         for setup, row in cost.times.times.items():
             values = np.asarray(row, dtype=float)
             bad = np.isinf(values)
@@ -163,7 +164,8 @@ class _Search:
         bad = np.isinf(per_layer)
         work = np.concatenate((np.cumsum(np.where(bad, 0.0, per_layer)[::-1])[::-1], [0.0]))
         bad_suffix = np.concatenate((np.cumsum(bad[::-1])[::-1], [0]))
-        lat = self.scale * work + self.cost.times.calibration.stage_ms + 0.5 * self.hops + 0.5 * self.hops[n]
+        least_jitter = min(self.cost.jitter_ms(s) for s in usable)
+        lat = self.scale * work + self.cost.times.calibration.stage_ms + 0.5 * self.hops + 0.5 * self.hops[n] + least_jitter
         lat[bad_suffix > 0] = math.inf
         lat[n] = math.inf
         self._rest[budget] = (ub, lat)
@@ -269,9 +271,9 @@ class _Search:
             return
         cuts = (candidate.stages[0].start,) + tuple(st.end for st in candidate.stages)
         mats = [self.tables.group(g) for g in groups]
-        lat = sum(float(m.tmax[a, b]) for m, a, b in zip(mats, cuts[:-1], cuts[1:]))
         mem = sum(float(m.mem[a, b]) for m, a, b in zip(mats, cuts[:-1], cuts[1:]))
         fps = self._rate_of(mats, cuts)
+        lat = self._latency(mats, cuts, fps)
         if fps > 0 and lat <= self.L and mem <= self.M and self._better(fps, lat):
             self.best = (fps, lat, tuple(groups), cuts)
 
@@ -284,7 +286,7 @@ class _Search:
         mem0 = np.full(n + 1, math.inf)
         mem0[0] = 0.0
         budget = tuple(b[1] for b in self.budgets)
-        self._expand((), budget, rate0, lat0, mem0)
+        self._expand((), budget, rate0, lat0, mem0, 0, 0.0)
 
     def _reach(self, group: Group, start: int, theta: float) -> int:
         """Last end ``b`` a stage of ``group`` from ``start`` can reach at rate >= ``theta``.
@@ -293,14 +295,25 @@ class _Search:
         decreasing in ``b``; ends are non-decreasing in the start, so the
         last reachable start bounds every row's window.
         """
+        return start + int(np.count_nonzero(self._hopfree(group, start) >= theta))
+
+    def _hopfree(self, group: Group, start: int) -> np.ndarray:
+        """Hop-free rate of ``group`` on ``[start, b)`` for ``b = start+1 .. n``.
+
+        An upper bound of the stage rate from any start ``a <= start`` (a
+        longer stage is no faster, hops only add time).
+        """
         rate = np.zeros(self.n - start)
-        with np.errstate(divide="ignore"):
-            for setup, count in group:
+        for setup, count in group:
+            term = self._hf_terms.get((setup, start))
+            if term is None:
                 prefix, bad = self._prefix[setup]
-                term = count * 1000.0 / (self.scale * (prefix[start + 1:] - prefix[start]) + self._stage_ms)
+                with np.errstate(divide="ignore"):
+                    term = 1000.0 / (self.scale * (prefix[start + 1:] - prefix[start]) + self._stage_ms)
                 term[bad[start + 1:] > bad[start]] = 0.0  # cannot run a layer: contributes nothing
-                rate += term
-        return start + int(np.count_nonzero(rate >= theta))
+                self._hf_terms[(setup, start)] = term
+            rate += count * term
+        return rate
 
     def _fast_tmax(self, group: Group, theta: float) -> np.ndarray:
         """The group's slowest-worker times where its rate reaches ``theta`` (inf elsewhere), cached per theta."""
@@ -316,7 +329,14 @@ class _Search:
         """Least stage rate a plan needs to still matter: the incumbent's, less the tie tolerance."""
         return _TINY if self.best is None else self.best[0] * (1 - TOL)
 
-    def _expand(self, prefix: Tuple[Group, ...], budget, rate, lat, mem) -> None:
+    def _queue_floor(self, workers: int, jitter: float) -> float:
+        """Least throughput at which ``workers`` frames in flight meet the latency limit (queue term)."""
+        if self.L == math.inf:
+            return 0.0
+        room = self.L - jitter
+        return math.inf if room <= 0 else workers * 1000.0 / room
+
+    def _expand(self, prefix: Tuple[Group, ...], budget, rate, lat, mem, workers: int, jitter: float) -> None:
         n = self.n
         theta = self._theta()
         rows = np.flatnonzero(rate[:n] >= theta)
@@ -325,6 +345,7 @@ class _Search:
         c0 = int(rows[0]) + 1
         last = int(rows[-1])
         head_rate = rate[rows, None]
+        head_top = float(rate[rows].max())
         head_lat = lat[rows, None]
         head_mem = mem[rows, None]
         children = []
@@ -332,8 +353,14 @@ class _Search:
             self.stats.nodes += 1
             # only stages fast enough to matter (rate >= theta) may extend a prefix: any plan that
             # can still beat or tie the incumbent has every stage that fast, and theta only grows
-            c1 = self._reach(group, last, theta) + 1
+            hopfree = self._hopfree(group, last)
+            c1 = last + int(np.count_nonzero(hopfree >= theta)) + 1
             if c1 <= c0:
+                self.stats.pruned += 1
+                continue
+            w = workers + g_workers(group)
+            j = max(jitter, self._group_jitter(group))
+            if self._cheap_hopeless(head_top, hopfree, c0, c1, last, left, w, j):
                 self.stats.pruned += 1
                 continue
             g = self.tables.group(group)
@@ -347,38 +374,75 @@ class _Search:
                 new_mem[c0:c1] = (head_mem + masked).min(axis=0)
             else:
                 new_mem = mem
-            bound, lat_lb = self._bound(left, new_rate, new_lat, new_mem)
+            bound, lat_lb = self._bound(left, new_rate, new_lat, new_mem, w, j)
             if self._hopeless(bound, lat_lb):
                 self.stats.pruned += 1
                 continue
-            children.append((bound, -lat_lb, group, left, new_rate, new_lat, new_mem))
+            children.append((bound, -lat_lb, group, left, new_rate, new_lat, new_mem, w, j))
         children.sort(key=lambda c: (c[0], c[1]), reverse=True)
-        for bound, neg_lat, group, left, new_rate, new_lat, new_mem in children:
+        for bound, neg_lat, group, left, new_rate, new_lat, new_mem, w, j in children:
             if self._hopeless(bound, -neg_lat):  # the incumbent may have improved meanwhile
                 self.stats.pruned += 1
                 continue
             seq = prefix + (group,)
             if new_rate[self.n] > 0:
-                self._leaf(seq, new_rate[self.n], new_lat[self.n], new_mem[self.n])
+                self._leaf(seq, new_rate[self.n], new_lat[self.n], new_mem[self.n], w, j)
             if any(left):
-                self._expand(seq, left, new_rate, new_lat, new_mem)
+                self._expand(seq, left, new_rate, new_lat, new_mem, w, j)
 
-    def _bound(self, left, rate, lat, mem) -> Tuple[float, float]:
+    def _group_jitter(self, group: Group) -> float:
+        return max(self.cost.jitter_ms(setup) for setup, _ in group)
+
+    def _cheap_hopeless(self, head_top: float, hopfree: np.ndarray, c0: int, c1: int, last: int,
+                        left, workers: int, jitter: float) -> bool:
+        """An O(n) test, before the O(n^2) step, that no completion of the child can win.
+
+        A child's rate at end ``b`` is at most the prefix's best rate, at most
+        the group's hop-free rate from the last usable start (for ``b`` past
+        it), and, if it goes on, at most the leftover cores' bound; it must
+        reach theta and the queue floor (docs/DSE.md, "Bounds").
+        """
+        n = self.n
+        cap = np.full(c1 - c0, head_top)
+        lo = max(c0, last + 1)
+        cap[lo - c0:] = np.minimum(cap[lo - c0:], hopfree[lo - last - 1:c1 - last - 1])
+        ub, _ = self._rest_bounds(left)
+        need_go_on = max(self._theta(), self._queue_floor(workers + 1, jitter))
+        ends = np.arange(c0, c1)
+        go_on = (ends < n) & (np.minimum(cap, ub[c0:c1]) >= need_go_on)
+        if go_on.any():
+            return False
+        if c1 == n + 1:
+            need_stop = max(self._theta(), self._queue_floor(workers, jitter))
+            return not cap[-1] >= need_stop
+        return True
+
+    def _bound(self, left, rate, lat, mem, workers: int, jitter: float) -> Tuple[float, float]:
+        """(throughput upper bound, latency lower bound) over every completion of a node.
+
+        ``workers``/``jitter``: the prefix's worker count and largest jitter. A
+        completion that goes on adds at least one worker, and its queue term
+        ``W * 1000 / fps + J`` must fit the limit: its throughput must reach
+        :meth:`_queue_floor` -- a bound that cuts deep under tight limits.
+        """
         n = self.n
         ub, lat_rest = self._rest_bounds(left)
-        cont = (rate[:n] > 0) & (lat[:n] + lat_rest[:n] <= self.L)
+        path = lat[:n] + lat_rest[:n]
+        cont = (rate[:n] > 0) & (path <= self.L)
         if self.M < math.inf:
             cont &= mem[:n] + self.mem_rest[:n] <= self.M
         bound = -math.inf
         lat_lb = math.inf
         reach = np.minimum(rate[:n], ub[:n])
-        cont &= reach >= self._theta()
+        cont &= reach >= max(self._theta(), self._queue_floor(workers + 1, jitter))
         if cont.any():
             bound = float(reach[cont].max())
-            lat_lb = float((lat[:n] + lat_rest[:n])[cont].min())
-        if rate[n] > 0 and lat[n] <= self.L and mem[n] <= self.M:
+            with np.errstate(divide="ignore"):
+                queue = (workers + 1) * 1000.0 / reach[cont] + jitter
+            lat_lb = float(np.maximum(path[cont], queue).min())
+        if rate[n] > 0 and lat[n] <= self.L and mem[n] <= self.M and rate[n] >= self._queue_floor(workers, jitter):
             bound = max(bound, float(rate[n]))
-            lat_lb = min(lat_lb, float(lat[n]))
+            lat_lb = min(lat_lb, max(float(lat[n]), queue_latency_ms(workers, float(rate[n]), jitter)))
         return bound, lat_lb
 
     def _hopeless(self, bound: float, lat_lb: float) -> bool:
@@ -392,9 +456,13 @@ class _Search:
         return bound <= best_fps * (1 + TOL) and lat_lb >= best_lat
 
     # ---- exact partition for one sequence ---------------------------------------------
-    def _leaf(self, seq: Tuple[Group, ...], top_rate: float, least_lat: float, least_mem: float) -> None:
+    def _leaf(self, seq: Tuple[Group, ...], top_rate: float, least_lat: float, least_mem: float,
+              workers: int, jitter: float) -> None:
         self.stats.leaves += 1
         if least_lat > self.L or least_mem > self.M:
+            return
+        queue_floor = self._queue_floor(workers, jitter)
+        if top_rate < queue_floor:  # even the fastest partition keeps frames queued too long
             return
         if self.best is not None and top_rate < self.best[0] * (1 - TOL):
             return
@@ -407,7 +475,7 @@ class _Search:
             found = self._feasible(mats, seq, top_rate)
             if found is None:
                 floor = _TINY if self.best is None else self.best[0] * (1 - TOL)
-                low = self._feasible(mats, seq, floor)
+                low = self._feasible(mats, seq, max(floor, queue_floor))
                 if low is None:
                     return
                 r_ok = self._rate_of(mats, low[1])
@@ -422,10 +490,15 @@ class _Search:
                         values = values[values > r_ok]
                 top_rate = r_ok
             found = self._feasible(mats, seq, top_rate * (1 - TOL))
+            if found is not None and self._latency(mats, found[1], self._rate_of(mats, found[1])) > self.L:
+                found = self._feasible(mats, seq, top_rate)  # the TOL relaxation cost the queue term its margin
         if found is None:  # cannot happen: the rate just proved feasible is relaxed by TOL
             return
-        lat, cuts = found
+        cuts = found[1]
         fps = self._rate_of(mats, cuts)
+        lat = self._latency(mats, cuts, fps)
+        if lat > self.L:
+            return
         if self._better(fps, lat):
             self.best = (fps, lat, seq, cuts)
 
@@ -436,6 +509,14 @@ class _Search:
         if fps > best_fps * (1 + TOL):
             return True
         return fps >= best_fps * (1 - TOL) and lat < best_lat * (1 - 1e-12)
+
+    @staticmethod
+    def _latency(mats: Sequence[GroupTables], cuts: Tuple[int, ...], fps: float) -> float:
+        """The cost model's latency of a partition: max(path, queue) (see :mod:`pipeit.dse.cost`)."""
+        path = sum(float(m.tmax[a, b]) for m, a, b in zip(mats, cuts[:-1], cuts[1:]))
+        workers = sum(m.workers for m in mats)
+        jitter = max(m.jitter for m in mats)
+        return max(path, queue_latency_ms(workers, fps, jitter))
 
     @staticmethod
     def _rate_of(mats: Sequence[GroupTables], cuts: Tuple[int, ...]) -> float:
@@ -529,6 +610,11 @@ class _Search:
         return self.cost.evaluate(stages)
 
 
+def g_workers(group: Group) -> int:
+    """How many workers a group has."""
+    return sum(count for _, count in group)
+
+
 def _knapsack(capacity: int, items: Sequence[Tuple[int, float]]) -> float:
     """Max total value of items (weight, value), each usable any number of times, weight <= capacity."""
     best = [0.0] * (capacity + 1)
@@ -541,8 +627,10 @@ def _knapsack(capacity: int, items: Sequence[Tuple[int, float]]) -> float:
 
 
 def min_latency_ms(cost: CostModel, platform: Platform) -> float:
-    """The least latency any plan achieves (single-worker stages; more workers only add a max).
+    """A lower bound on any plan's latency: the least *path* (single-worker stages, jitter included).
 
+    More workers in a stage only add a max to the path; the queue term can
+    only add (see :func:`lowest_latency_ms` for the achievable figure).
     Dynamic programming over (position, cores left): ``V[B][b]`` is the least
     time to run layers ``[b, n)`` with the cores in ``B``.
     """
@@ -561,12 +649,50 @@ def min_latency_ms(cost: CostModel, platform: Platform) -> float:
                 if k > budget[i]:
                     continue
                 rest = solve(budget[:i] + (budget[i] - k,) + budget[i + 1:])
-                value = np.minimum(value, (tables.time[CoreSetup(name, k)] + rest[None, :]).min(axis=1))
+                setup = CoreSetup(name, k)
+                value = np.minimum(value, (tables.time[setup] + cost.jitter_ms(setup) + rest[None, :]).min(axis=1))
         value[n] = 0.0
         memo[budget] = value
         return value
 
     return float(solve(tuple(b[1] for b in budgets))[0])
+
+
+def lowest_latency_ms(cost: CostModel, platform: Platform, memory_mb: Optional[float] = None,
+                      rel: float = 1e-3) -> float:
+    """The lowest latency a plan achieves (within ``rel``), for messages: inf if none runs.
+
+    :func:`min_latency_ms` bounds the path from below; with the queue term
+    a plan may need more, so the bound is tried as a limit and, when no plan
+    meets it, the answer is bisected between it and the best one-worker plan.
+    """
+    low = min_latency_ms(cost, platform)
+    if not math.isfinite(low):
+        return low
+
+    def meets(limit: float) -> Optional[float]:
+        search = _Search(cost, platform, Limits(limit, memory_mb))
+        search.run()
+        found = search.candidate()
+        return None if found is None else found.latency_ms
+
+    hit = meets(low * (1 + 1e-9))
+    if hit is not None:
+        return hit
+    high = min((cost.evaluate((StagePlan(0, cost.num_layers, (CoreSetup(name, top),)),)).latency_ms
+                for name, top, ks in cluster_budgets(cost, platform) if top in ks), default=math.inf)
+    if not math.isfinite(high) or meets(high * (1 + 1e-9)) is None:
+        return high
+    for _ in range(40):
+        if high <= low * (1 + rel):
+            break
+        mid = 0.5 * (low + high)
+        got = meets(mid)
+        if got is None:
+            low = mid
+        else:
+            high = got
+    return high
 
 
 def optimal_plan(
@@ -600,7 +726,7 @@ def optimal_plan(
         )
     found = search.candidate()
     if found is None:
-        best_latency = min_latency_ms(cost, platform)
+        best_latency = lowest_latency_ms(cost, platform, limits.memory_mb)
         if limits.latency_ms is not None and best_latency > limits.latency_ms:
             raise PlanError(
                 f"no plan meets the {limits.latency_ms:g} ms latency limit: "

@@ -30,12 +30,15 @@ Group = Tuple[Tuple[CoreSetup, int], ...]
 @dataclass(frozen=True)
 class GroupTables:
     """Stage matrices for one group: ``rate`` (fps; -1 where a >= b, 0 where a worker cannot run
-    a layer), ``tmax`` (slowest worker's ms; inf where invalid) and ``mem`` (bytes held)."""
+    a layer), ``tmax`` (the stage's share of the latency path: the largest worker time plus that
+    worker's throttle jitter, ms; inf where invalid) and ``mem`` (bytes held). ``jitter`` is the
+    group's largest throttle jitter (for the queue term of the latency)."""
 
     rate: np.ndarray
     tmax: np.ndarray
     mem: np.ndarray
     workers: int
+    jitter: float = 0.0
 
 
 class StageTables:
@@ -73,14 +76,17 @@ class StageTables:
         rate = np.zeros((self.n + 1, self.n + 1))
         tmax = np.zeros((self.n + 1, self.n + 1))
         workers = 0
+        jitter = 0.0
         with np.errstate(divide="ignore"):
             for setup, count in group:
                 t = self.time[setup]
                 rate += count * (1000.0 / t)
-                np.maximum(tmax, t, out=tmax)
+                j = self.cost.jitter_ms(setup)
+                np.maximum(tmax, t + j if j else t, out=tmax)
                 workers += count
+                jitter = max(jitter, j)
         rate[np.isinf(tmax)] = 0.0
         rate[~self.valid] = -1.0
-        tables = GroupTables(rate=rate, tmax=tmax, mem=workers * self.weights, workers=workers)
+        tables = GroupTables(rate=rate, tmax=tmax, mem=workers * self.weights, workers=workers, jitter=jitter)
         self._groups[group] = tables
         return tables

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Run `pipeit bench` over the zoo on one platform and print the Markdown table for docs/BENCHMARKS.md.
+
+    .venv/bin/python tools/bench_zoo.py --platform auto [--models a,b] [--frames 100] [--rounds 5]
+    .venv/bin/python tools/bench_zoo.py --platform emulate:big=0@1.0,little=1@0.4 --latency-x 2
+
+Each model is one `pipeit bench` invocation (its strategies interleaved in
+rounds; medians); the ratios in a row therefore come from one run. The
+issue's targets are checked per row and summarised:
+
+- every platform: pipeit fps >= 0.97 x the best other strategy;
+- auto (equal cores): efficiency >= 0.90;
+- emulated big.LITTLE: pipeit >= 1.15 x all-cores;
+- with a latency limit: pipeit meets it at p99, and its fps >= 1.1 x the best of
+  all-cores, fastest-cluster and replicas that meet it, and >= pipe-it's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ("squeezenet", "mobilenet_v1", "mobilenet_v2", "googlenet", "alexnet", "resnet50")
+#: frames per round, scaled down for the slow models so a run stays within minutes
+FRAMES = {"resnet50": 0.3, "alexnet": 0.5, "googlenet": 0.6}
+
+
+def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optional[float], cache: Path) -> dict:
+    args = [sys.executable, "-m", "pipeit", "bench", str(model), "--platform", platform, "--frames", str(frames),
+            "--rounds", str(rounds), "--cache-dir", str(cache), "--json"]
+    if latency_x:
+        args += ["--latency-x", str(latency_x)]
+    result = subprocess.run(args, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"bench failed on {model.name} (status {result.returncode})")
+    return json.loads(result.stdout)
+
+
+def checks(doc: dict, platform: str) -> Dict[str, bool]:
+    by = {s["name"]: s for s in doc["strategies"]}
+    ours = by["pipeit"]
+    others = [s for n, s in by.items() if n != "pipeit"]
+    out = {"pipeit >= 0.97 x best other": ours["fps"] >= 0.97 * max(s["fps"] for s in others)}
+    if doc["latency_limit_ms"] is not None:
+        plain = [by[n] for n in ("all-cores", "fastest-cluster", "replicas") if n in by and by[n]["meets_limit"]]
+        best_plain = max((s["fps"] for s in plain), default=0.0)
+        out["pipeit meets limit at p99"] = bool(ours["meets_limit"])
+        out["pipeit >= 1.1 x best plain meeting it"] = ours["fps"] >= 1.1 * best_plain
+        out["pipeit >= pipe-it"] = ours["fps"] >= by["pipe-it"]["fps"]
+    elif platform.startswith("emulate:"):
+        out["pipeit >= 1.15 x all-cores"] = ours["fps"] >= 1.15 * by["all-cores"]["fps"]
+    else:
+        out["efficiency >= 0.90"] = ours["efficiency"] >= 0.90
+    out["measured within 10 % of predicted"] = abs(ours["fps"] / ours["predicted_fps"] - 1) <= 0.10
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--platform", default="auto")
+    parser.add_argument("--models", default=",".join(ZOO))
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency-x", type=float)
+    parser.add_argument("--workdir", default=str(ROOT / "build" / "bench"))
+    parser.add_argument("--json", metavar="FILE", help="also write every bench document here")
+    args = parser.parse_args()
+
+    work = Path(args.workdir)
+    (work / "zoo").mkdir(parents=True, exist_ok=True)
+    docs: List[dict] = []
+    for name in args.models.split(","):
+        model = work / "zoo" / f"{name}.tflite"
+        if not model.exists():
+            subprocess.run([sys.executable, "-m", "pipeit", "zoo", name, "-o", str(model)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        frames = max(20, int(args.frames * FRAMES.get(name, 1.0)))
+        print(f"[bench_zoo] {name}: {frames} frames x {args.rounds} rounds on {args.platform}", file=sys.stderr)
+        docs.append(bench(model, args.platform, frames, args.rounds, args.latency_x, work / "cache"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(docs, indent=1))
+
+    names = ["all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit"]
+    limit = docs[0]["latency_limit_ms"] is not None
+    head = "| model | ideal fps | " + " | ".join(names) + " | pipeit / best other | pipeit eff | pipeit pred fps |"
+    if limit:
+        head = head.replace(" | pipeit / best other", " | limit ms | p99 ms (pipeit) | pipeit / best other")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    failures: Dict[str, List[str]] = {}
+    for doc in docs:
+        by = {s["name"]: s for s in doc["strategies"]}
+        cells = []
+        for n in names:
+            s = by[n]
+            mark = "" if s["meets_limit"] is None else (" ✓" if s["meets_limit"] else " ✗")
+            cells.append(f"{s['fps']:.1f}{mark}")
+        best_other = max(by[n]["fps"] for n in names if n != "pipeit")
+        extra = ""
+        if limit:
+            extra = f" {doc['latency_limit_ms']:.1f} | {by['pipeit']['latency_ms']['p99']:.1f} |"
+        print(f"| {doc['model'].removesuffix('.tflite')} | {doc['ideal_fps']:.1f} | " + " | ".join(cells)
+              + f" |{extra} {by['pipeit']['fps'] / best_other:.2f} | {by['pipeit']['efficiency']:.2f} | "
+              f"{by['pipeit']['predicted_fps']:.1f} |")
+        for check, ok in checks(doc, args.platform).items():
+            if not ok:
+                failures.setdefault(check, []).append(doc["model"].removesuffix(".tflite"))
+    print()
+    for check in checks(docs[0], args.platform):
+        missed = failures.get(check, [])
+        print(f"- {check}: {'all models' if not missed else 'missed on ' + ', '.join(missed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
