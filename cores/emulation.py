@@ -5,9 +5,11 @@ is limited (v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``, v2 ``cpu.max``);
 work pinned to that cluster runs inside it. Short periods throttle evenly
 but the kernel hands bandwidth out in slices, so a quota of ``f x period``
 throttles *harder* than declared (measured on a 2-core x86 host: 0.4 at
-2.5 ms gave 0.26-0.31, at 10 ms 0.37-0.39). So the period is 10 ms (5 ms
-for a factor >= 0.5 would be no better measured; the quota floor is 1 ms, so
-factors below 0.1 get a longer period) and the quota is *calibrated*: a
+2.5 ms gave 0.26-0.31, 5 ms 0.36-0.37, 10 ms 0.37-0.39). The period also
+sets how long a throttled worker can stall a single frame: up to (1 - f) x
+period, which a latency limit must absorb (6 ms of a 23 ms budget at 10 ms).
+So the period is 5 ms (the quota floor is 1 ms, so factors below 0.2 get a
+longer period) and the quota is *calibrated*: a
 pinned busy loop alternates between the base cgroup and the throttled one,
 the achieved ratio is measured, and the quota is corrected until it lands
 within a few percent of ``f``. Results are cached per (factor, period,
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 MIN_QUOTA_US = 1000
-DEFAULT_PERIOD_US = 10000
+DEFAULT_PERIOD_US = 5000
 _PREFIX = "pipeit-"
 
 
@@ -115,7 +117,7 @@ def find_cgroup_root() -> CgroupRoot:
 
 
 def choose_period_us(factor: float) -> int:
-    """10 ms, or longer where the 1 ms minimum quota would not fit ``factor``."""
+    """5 ms, or longer where the 1 ms minimum quota would not fit ``factor``."""
     need = int(MIN_QUOTA_US / factor) + 1 if factor > 0 else DEFAULT_PERIOD_US
     return max(DEFAULT_PERIOD_US, need)
 

@@ -50,7 +50,7 @@ def _jitter(platform: Platform, setup: CoreSetup) -> float:
     cluster = platform.cluster(setup.cluster)
     if cluster.kind != "cpu" or cluster.speed >= 1:
         return 0.0
-    period_ms = max(10.0, (int(1000 / cluster.speed) + 1) / 1000.0)  # as cores.emulation picks it
+    period_ms = max(5.0, (int(1000 / cluster.speed) + 1) / 1000.0)  # as cores.emulation picks it
     return (1.0 - cluster.speed) * period_ms
 
 
