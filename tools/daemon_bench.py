@@ -1,31 +1,48 @@
-"""Daemon figures: many concurrent clients plus a garbage sender, checked outputs, fps against
-`Pipeline` in-process with the same plan, and the socket round trip's added latency.
+"""Daemon figures, measured in one run, interleaved: the socket's added latency over the in-process API,
+and many concurrent clients (plus a garbage sender) against `Pipeline` with the same plan and depth.
 
-    .venv/bin/python tools/daemon_bench.py --model mobilenet_v1 --platform emulate:big=0@1.0,little=1@1.0 \
-        --clients 8 --requests 500 --json
+    .venv/bin/python tools/daemon_bench.py --model mobilenet_v1 --platform emulate:big=0@1.0,little=1@1.0 \\
+        --clients 8 --requests 500
 
-``--model`` is a zoo name or a .tflite path. The daemon runs as a real subprocess
-(``python -m pipeit serve``) on a plan made here with ``--strategy``.
+(a) Added latency: one request at a time, the same plan, the same frames, in
+    alternating blocks (in-process, socket, socket, in-process, ...) so that
+    host noise hits both sides alike; added = socket p50 - in-process p50.
+(b) Throughput: ``--clients`` client threads each send ``--requests`` frames
+    with ``--window`` in flight (so clients x window frames in flight), while
+    one more client sends garbage; the in-process side runs the same frames
+    through ``Pipeline.map(inflight=clients x window)``: the same depth. The
+    two alternate in ``--rounds`` rounds. Every output is compared with the
+    whole model's output for its input; lost or duplicated replies are counted.
+
+Both pipelines (the daemon's and the in-process one) run the same plan file
+and stay up for the whole run; only one of them has work at any time.
+``--model`` is a zoo name or a .tflite path. Prints a Markdown summary (or
+``--json``); exits 1 when a check fails (wrong, lost or duplicated replies).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import shlex
 import socket
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.daemon_helpers import Daemon  # noqa: E402  (the same launcher the tests use)
+
+ADDED_TARGET_MS = 0.3
+RATIO_TARGET = 0.95
 
 
 def _model(name: str, folder: Path) -> Path:
@@ -50,7 +67,12 @@ def _plan(model: Path, platform_spec: str, strategy: str, folder: Path) -> Path:
     return path
 
 
+def _pct(values: List[float], q: float) -> Optional[float]:
+    return float(np.percentile(values, q)) if values else None
+
+
 def _garbage(sock_path: Path, stop: threading.Event, counter: list) -> None:
+    """Connect, send random bytes, read whatever comes back, repeat: the daemon must shrug it off."""
     rng = np.random.default_rng(1)
     while not stop.is_set():
         s = socket.socket(socket.AF_UNIX)
@@ -73,17 +95,23 @@ def main() -> int:
     parser.add_argument("--platform", default="emulate:big=0@1.0,little=1@1.0")
     parser.add_argument("--strategy", default="pipeit")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=500, help="requests per client")
     parser.add_argument("--window", type=int, default=2, help="frames each client keeps in flight")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating throughput rounds per side")
+    parser.add_argument("--latency-frames", type=int, default=400, help="one-at-a-time frames per side")
+    parser.add_argument("--blocks", type=int, default=8, help="alternating latency blocks per side")
     parser.add_argument("--check-every", type=int, default=1, help="compare every k-th output with the reference")
-    parser.add_argument("--latency-frames", type=int, default=300)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if min(args.clients, args.requests, args.window, args.rounds, args.latency_frames, args.blocks,
+           args.check_every) < 1:
+        parser.error("counts must be >= 1")
+    command = " ".join([".venv/bin/python tools/daemon_bench.py"] + [shlex.quote(a) for a in sys.argv[1:]])
 
     from pipeit.client import Client
     from pipeit.executor.pipeline import Pipeline
     from pipeit.plan import load_plan
-    from pipeit.runtime import make_interpreter
+    from pipeit.runtime import make_interpreter, runtime_info
 
     folder = Path(tempfile.mkdtemp(prefix="pipeit-bench-"))
     os.chmod(folder, 0o700)
@@ -100,84 +128,207 @@ def main() -> int:
         interp.set_tensor(detail["index"], f)
         interp.invoke()
         refs.append(interp.get_tensor(out_index).copy())
+    del interp
     name = detail["name"]
-    total = args.clients * args.requests
-    doc = {"model": str(model), "platform": args.platform, "plan": plan.strategy,
-           "stages": [list(s.layers) for s in plan.stages], "clients": args.clients, "requests": args.requests}
+    depth = args.clients * args.window
+    per_round = max(1, args.requests // args.rounds)
+    doc: Dict = {"command": command, "model": str(model), "input": [list(map(int, detail["shape"])),
+                 np.dtype(detail["dtype"]).name], "platform": args.platform, "strategy": plan.strategy,
+                 "stages": [[list(s.layers), [f"{w.cluster}:{w.threads}" for w in s.workers]] for s in plan.stages],
+                 "runtime": runtime_info(), "clients": args.clients, "requests_per_client": per_round * args.rounds,
+                 "inflight": depth}
+    wrong: List = []
+    errors: List[str] = []
+    duplicates = [0]
+    garbage = [0]
 
-    # 1. in-process reference: the same plan through Pipeline.map
-    with Pipeline(plan, model) as p:
-        list(p.map({name: frames[i % 16]} for i in range(20)))
-        t = time.perf_counter()
-        list(p.map({name: frames[i % 16]} for i in range(total)))
-        doc["inprocess_fps"] = total / (time.perf_counter() - t)
-        lat = []
-        for i in range(args.latency_frames):
-            t = time.perf_counter()
-            p.run({name: frames[i % 16]})
-            lat.append((time.perf_counter() - t) * 1000)
-        doc["inprocess_p50_ms"] = statistics.median(lat)
-
-    # 2. the daemon
     d = Daemon(["--model", str(model), "--platform", args.platform, "--plan", str(plan_path), "--no-replan",
-                "--per-client", str(max(args.window, 1))], folder / "bench.sock")
-    with d:
+                "--per-client", str(args.window)], folder / "bench.sock")
+    with d, Pipeline(plan, model) as pipe:
+        # warm both
+        list(pipe.map(({name: frames[i % 16]} for i in range(20)), inflight=depth))
         with Client(d.socket_path) as c:
             for i in range(20):
                 c.infer({name: frames[i % 16]})
-            lat = []
-            for i in range(args.latency_frames):
-                t = time.perf_counter()
-                c.infer({name: frames[i % 16]})
-                lat.append((time.perf_counter() - t) * 1000)
-        doc["socket_p50_ms"] = statistics.median(lat)
-        doc["added_p50_ms"] = doc["socket_p50_ms"] - doc["inprocess_p50_ms"]
-        results = {}
-        wrong, errors = [], []
-        stop = threading.Event()
-        garbage = [0]
 
-        def client(k):
+        # (a) one request at a time, alternating blocks: A B B A A B B A ...
+        lat_in: List[float] = []
+        lat_sock: List[float] = []
+        per_block = max(1, args.latency_frames // args.blocks)
+        with Client(d.socket_path) as c:
+            for b in range(args.blocks):
+                order = ("in", "sock") if b % 2 == 0 else ("sock", "in")
+                for side in order:
+                    for i in range(per_block):
+                        frame = {name: frames[(b * per_block + i) % 16]}
+                        t = time.perf_counter()
+                        if side == "in":
+                            pipe.run(frame)
+                            lat_in.append((time.perf_counter() - t) * 1000)
+                        else:
+                            c.infer(frame)
+                            lat_sock.append((time.perf_counter() - t) * 1000)
+        doc["latency"] = {
+            "frames_per_side": len(lat_in), "blocks": args.blocks,
+            "inprocess_p50_ms": _pct(lat_in, 50), "socket_p50_ms": _pct(lat_sock, 50),
+            "inprocess_p99_ms": _pct(lat_in, 99), "socket_p99_ms": _pct(lat_sock, 99),
+            "added_p50_ms": _pct(lat_sock, 50) - _pct(lat_in, 50),
+        }
+
+        # (b) concurrent clients vs Pipeline.map at the same depth, alternating rounds
+        with Client(d.socket_path) as admin:
+            served_before = admin.status()["requests"]["served"]
+        in_frames = in_wall = 0.0
+        in_lat: List[float] = []
+        d_frames = 0
+        d_wall = 0.0
+        d_lat: List[float] = []
+        sent = [0]
+        lock = threading.Lock()
+
+        def client(k: int, round_no: int) -> None:
             try:
                 with Client(d.socket_path) as c:
-                    got = []
-                    order = [(k * 7 + i) % 16 for i in range(args.requests)]
-                    for i, out in enumerate(c.infer_many(({name: frames[j]} for j in order), window=args.window)):
-                        got.append((time.perf_counter(), out))
-                        if i % args.check_every == 0 and not np.array_equal(next(iter(out.values())), refs[order[i]]):
-                            wrong.append((k, i))
-                    results[k] = got
+                    pending: Dict[int, tuple] = {}
+                    order = [(k * 7 + round_no * 3 + i) % 16 for i in range(per_round)]
+                    it = iter(range(per_round))
+                    done = 0
+                    queue: List[int] = []
+                    for i in it:
+                        rid = c.send("infer", {name: frames[order[i]]})
+                        pending[rid] = (i, time.perf_counter())
+                        queue.append(rid)
+                        with lock:
+                            sent[0] += 1
+                        if len(queue) >= args.window:
+                            done += _take(c, queue.pop(0), pending, order)
+                    while queue:
+                        done += _take(c, queue.pop(0), pending, order)
+                    # a duplicate reply would sit in the client's early-reply store: drain with a status
+                    c.status()
+                    with lock:
+                        duplicates[0] += len(c._early)  # noqa: SLF001 -- the only place a duplicate can show
             except Exception as err:  # noqa: BLE001
-                errors.append(repr(err))
+                errors.append(f"client {k}: {err!r}")
 
-        g = threading.Thread(target=_garbage, args=(d.socket_path, stop, garbage))
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-        t0 = time.perf_counter()
-        g.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        stop.set()
-        g.join()
-        with Client(d.socket_path) as c:
-            status = c.status()
-    answered = sum(len(v) for v in results.values())
-    doc.update({
-        "daemon_fps": answered / wall, "answered": answered, "expected": total,
-        "wrong_outputs": len(wrong), "client_errors": errors, "garbage_connections": garbage[0],
-        "served_by_daemon": status["requests"]["served"] , "rejected_by_daemon": status["requests"]["rejected"],
-        "daemon_latency_ms": status["latency_ms"],
-    })
-    doc["fps_ratio"] = doc["daemon_fps"] / doc["inprocess_fps"]
+        def _take(c, rid, pending, order) -> int:
+            message = c.receive(rid)
+            i, t0 = pending.pop(rid)
+            lat = (time.perf_counter() - t0) * 1000
+            out = next(iter(message.tensors.values()))
+            with lock:
+                d_lat.append(lat)
+                if i % args.check_every == 0 and not np.array_equal(out, refs[order[i]]):
+                    wrong.append(("daemon", rid))
+            return 1
+
+        for r in range(args.rounds):
+            for side in (("in", "daemon") if r % 2 == 0 else ("daemon", "in")):
+                if side == "in":
+                    # The same loop shape as a client: submit (blocking while the first ring is full),
+                    # keep ``depth`` in flight, take results in order; outputs are compared after the
+                    # clock stops, as the daemon's are compared in the client threads, not the daemon.
+                    order = [(r * 5 + i) % 16 for i in range(per_round * args.clients)]
+                    window: collections.deque = collections.deque()
+                    outs = []
+                    t = time.perf_counter()
+                    for j in order:
+                        if len(window) >= depth:
+                            future, t0 = window.popleft()
+                            outs.append(future.result())
+                            in_lat.append((time.perf_counter() - t0) * 1000)
+                        t0 = time.perf_counter()
+                        window.append((pipe.submit({name: frames[j]}), t0))
+                    while window:
+                        future, t0 = window.popleft()
+                        outs.append(future.result())
+                        in_lat.append((time.perf_counter() - t0) * 1000)
+                    in_wall += time.perf_counter() - t
+                    in_frames += len(order)
+                    for i, out in enumerate(outs):
+                        if i % args.check_every == 0 and not np.array_equal(next(iter(out.values())), refs[order[i]]):
+                            wrong.append(("inprocess", r, i))
+                else:
+                    stop = threading.Event()
+                    g = threading.Thread(target=_garbage, args=(d.socket_path, stop, garbage))
+                    threads = [threading.Thread(target=client, args=(k, r)) for k in range(args.clients)]
+                    before = len(d_lat)
+                    t = time.perf_counter()
+                    g.start()
+                    for th in threads:
+                        th.start()
+                    for th in threads:
+                        th.join()
+                    d_wall += time.perf_counter() - t
+                    stop.set()
+                    g.join()
+                    d_frames += len(d_lat) - before
+        with Client(d.socket_path) as admin:
+            status = admin.status()
+    total = per_round * args.rounds * args.clients
+    doc["throughput"] = {
+        "requests": total, "answered": d_frames, "sent": sent[0],
+        "lost": sent[0] - d_frames, "duplicated": duplicates[0],
+        "served_by_daemon": status["requests"]["served"] - served_before,
+        "rejected_by_daemon": status["requests"]["rejected"], "failed_by_daemon": status["requests"]["failed"],
+        "garbage_connections": garbage[0], "wrong_outputs": len(wrong), "client_errors": errors[:5],
+        "daemon_fps": d_frames / d_wall if d_wall else None,
+        "inprocess_fps": in_frames / in_wall if in_wall else None,
+        "daemon_p50_ms": _pct(d_lat, 50), "daemon_p99_ms": _pct(d_lat, 99),
+        "inprocess_p50_ms": _pct(in_lat, 50), "inprocess_p99_ms": _pct(in_lat, 99),
+    }
+    tp = doc["throughput"]
+    tp["fps_ratio"] = tp["daemon_fps"] / tp["inprocess_fps"] if tp["daemon_fps"] and tp["inprocess_fps"] else None
+    ok = (tp["answered"] == total and tp["lost"] == 0 and tp["duplicated"] == 0 and not wrong and not errors
+          and tp["served_by_daemon"] == total)
+    doc["checks_ok"] = ok
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        for k, v in doc.items():
-            print(f"{k}: {v}")
-    ok = answered == total and not wrong and not errors
+        print(_markdown(doc))
     return 0 if ok else 1
+
+
+def _markdown(doc: Dict) -> str:
+    lat, tp = doc["latency"], doc["throughput"]
+
+    def ms(v: Optional[float]) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    added_ok = lat["added_p50_ms"] <= ADDED_TARGET_MS
+    ratio_ok = tp["fps_ratio"] is not None and tp["fps_ratio"] >= RATIO_TARGET
+    stages = " | ".join(f"[{a},{b})@{'+'.join(w)}" for (a, b), w in doc["stages"])
+    lines = [
+        "### Daemon: socket overhead and concurrent clients",
+        "",
+        f"`{doc['command']}`",
+        "",
+        f"Model `{Path(doc['model']).name}` (input {doc['input'][0]} {doc['input'][1]}), platform "
+        f"`{doc['platform']}`, plan `{doc['strategy']}`: {stages}; runtime {doc['runtime']}.",
+        "",
+        "| measure | in-process `Pipeline` | daemon (Unix socket) | result | target |",
+        "| --- | --- | --- | --- | --- |",
+        f"| one request at a time, p50 ms ({lat['frames_per_side']} frames/side, {lat['blocks']} alternating blocks) "
+        f"| {ms(lat['inprocess_p50_ms'])} | {ms(lat['socket_p50_ms'])} | added {ms(lat['added_p50_ms'])} ms "
+        f"| <= {ADDED_TARGET_MS} ms {'(met)' if added_ok else '(MISSED)'} |",
+        f"| one request at a time, p99 ms | {ms(lat['inprocess_p99_ms'])} | {ms(lat['socket_p99_ms'])} | | |",
+        f"| {doc['clients']} clients x {doc['requests_per_client']} requests, {doc['inflight']} in flight: fps "
+        f"| {tp['inprocess_fps']:.1f} | {tp['daemon_fps']:.1f} | ratio {tp['fps_ratio']:.3f} "
+        f"| >= {RATIO_TARGET} {'(met)' if ratio_ok else '(MISSED)'} |",
+        f"| same, latency p50 / p99 ms | {ms(tp['inprocess_p50_ms'])} / {ms(tp['inprocess_p99_ms'])} "
+        f"| {ms(tp['daemon_p50_ms'])} / {ms(tp['daemon_p99_ms'])} | | |",
+        f"| replies: answered / lost / duplicated / wrong | | {tp['answered']} / {tp['lost']} / {tp['duplicated']} / "
+        f"{tp['wrong_outputs']} | {'ok' if doc['checks_ok'] else 'FAILED'} | all answered, 0 / 0 / 0 |",
+        f"| garbage connections during the run | | {tp['garbage_connections']} "
+        f"(daemon rejected {tp['rejected_by_daemon']}) | | served on |",
+        "",
+        "Latency under load is measured alike on both sides: from just before a frame is handed over "
+        "(`Pipeline.submit`, or the client's send) to its result being taken, in order, with the same "
+        "frames in flight; outputs are compared with the whole model's after the clock stops.",
+    ]
+    if tp["client_errors"]:
+        lines.append(f"Client errors: {tp['client_errors']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ def register(subparsers) -> None:
                         help="windows a drift must last before re-planning (default 3)")
     parser.add_argument("--drift", type=float, default=0.15, metavar="F",
                         help="relative drift of a stage's time that counts (default 0.15)")
+    parser.add_argument("--cooldown", type=int, default=4, metavar="K",
+                        help="windows after a switch before another switch may happen (default 4)")
+    parser.add_argument("--switch-margin", type=float, default=0.05, metavar="F",
+                        help="switch only when the new plan predicts this much more fps than the current "
+                        "plan measures (default 0.05)")
     parser.add_argument("--no-replan", action="store_true", help="measure and report, never re-plan")
     parser.add_argument("--slots", type=int, default=4, metavar="N", help="ring slots per pipeline edge")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -56,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--per-client, --slots and --sustain must be >= 1")
     if not args.window_s > 0 or not 0 < args.drift < 10:
         raise InputError("--window-s must be > 0 and --drift in (0, 10)")
+    if args.cooldown < 0 or not 0 <= args.switch_margin < 10:
+        raise InputError("--cooldown must be >= 0 and --switch-margin in [0, 10)")
     logger = logging.getLogger("pipeit")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -67,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                         strategy=args.strategy, latency_ms=args.latency_ms, memory_mb=args.memory_mb)
     config = ServerConfig(socket_path=args.socket, group=args.group, per_client=args.per_client,
                           window_s=args.window_s, sustain=args.sustain, threshold=args.drift,
-                          replan=not args.no_replan, slots=args.slots)
+                          replan=not args.no_replan, slots=args.slots, cooldown_windows=args.cooldown,
+                          switch_margin=args.switch_margin)
     server = Server(config, args.model, platform, source)
     server.start()
     return server.serve_forever()

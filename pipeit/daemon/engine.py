@@ -32,19 +32,6 @@ __all__ = ["Engine", "Generation"]
 _log = logging.getLogger("pipeit.daemon")
 
 
-class _Borrowed:
-    """Lends the engine's :class:`cores.emulation.Throttles` to a pipeline without letting it close them."""
-
-    def __init__(self, throttles: Any):
-        self._throttles = throttles
-
-    def attach(self, cluster: str, pid: int) -> None:
-        self._throttles.attach(cluster, pid)
-
-    def __exit__(self, *exc: Any) -> None:
-        pass  # the engine closes the throttles, once, at the very end
-
-
 @dataclass
 class Generation:
     """One pipeline the engine started: its number, plan and frames still inside it."""
@@ -96,12 +83,10 @@ class Engine:
     def _launch(self, plan: Plan) -> Generation:
         from pipeit.executor.pipeline import Pipeline
 
+        # Given throttles are shared, not owned: the pipeline attaches every worker it spawns (restarts
+        # and spread threads too) and leaves them in place on close; the engine closes them, once, at the end.
         pipeline = Pipeline(plan, self.model_path, slots=self.slots, max_restarts=self.max_restarts,
-                            throttle=False)
-        if self._throttles is not None:
-            # Pipeline has no public way to take throttles it does not own; it attaches every
-            # worker it spawns (restarts too) to ``_throttles`` and calls its __exit__ on close.
-            pipeline._throttles = _Borrowed(self._throttles)
+                            throttle=False, throttles=self._throttles)
         pipeline.start()
         self._numbers += 1
         return Generation(self._numbers, plan, pipeline, time.monotonic())

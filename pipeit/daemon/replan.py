@@ -5,10 +5,12 @@ at a time (each stage's median service time against the time the plan
 expects, plus a platform reading). It answers with a :class:`Decision`:
 nothing, or re-plan, with a reason a person can read in the log.
 
-* **Drift**: a stage whose measured time differs from the expected one by
-  more than ``threshold`` (15 %) in ``sustain`` consecutive windows (one
-  slow window is noise on a shared board; several are a thermal throttle
-  or a co-runner).
+* **Drift**: a worker (or, where no per-worker times are given, a stage)
+  whose measured median time differs from the expected one by more than
+  ``threshold`` (15 %) in ``sustain`` consecutive windows (one slow window
+  is noise on a shared board; several are a thermal throttle or a
+  co-runner). Per worker, because a stage's median over all its frames
+  hides one slow replica among fast ones.
 * **Platform change**: CPUs going offline or online, or a cluster's
   frequency cap (``scaling_max_freq``) moving by more than 5 %: re-plan at
   once, the old plan may not even be runnable.
@@ -32,10 +34,14 @@ from pipeit.plan import Plan
 
 __all__ = [
     "DRIFT_THRESHOLD",
+    "WorkerReading",
     "StageReading",
     "Window",
     "Decision",
     "DriftDetector",
+    "SwitchPolicy",
+    "SWITCH_MARGIN",
+    "measured_capacity_fps",
     "cluster_factors",
     "scaled_times",
     "shrink_platform",
@@ -45,19 +51,47 @@ __all__ = [
 
 DRIFT_THRESHOLD = 0.15
 FREQ_CHANGE = 0.05
+#: a new plan must predict this much more than the current plan measures before the daemon switches
+SWITCH_MARGIN = 0.05
 #: a factor observed in one step is clamped to this range (a stalled window is not a 100x slowdown)
 FACTOR_RANGE = (0.2, 5.0)
 
 
 @dataclass(frozen=True)
+class WorkerReading:
+    """One worker of a stage over one window: its own median ms, the ms the plan expects of it, frames."""
+
+    worker: int
+    cluster: str
+    measured_ms: Optional[float]
+    expected_ms: Optional[float]
+    frames: int
+
+    @property
+    def clusters(self) -> Tuple[str, ...]:
+        return tuple(self.cluster.split("+"))
+
+    @property
+    def ratio(self) -> Optional[float]:
+        if not self.measured_ms or not self.expected_ms or self.expected_ms <= 0:
+            return None
+        return self.measured_ms / self.expected_ms
+
+
+@dataclass(frozen=True)
 class StageReading:
-    """One stage over one window: median measured ms, the ms the plan expects, frames seen."""
+    """One stage over one window: median measured ms, the ms the plan expects, frames seen.
+
+    ``workers`` (optional) are the per-worker readings; when given, drift is
+    judged per worker and the stage-wide median is only reported.
+    """
 
     index: int
     clusters: Tuple[str, ...]
     measured_ms: Optional[float]
     expected_ms: Optional[float]
     frames: int
+    workers: Tuple[WorkerReading, ...] = ()
 
     @property
     def ratio(self) -> Optional[float]:
@@ -103,8 +137,8 @@ class DriftDetector:
         self.threshold = float(threshold)
         self.sustain = int(sustain)
         self.min_frames = int(min_frames)
-        self._streak: Dict[int, int] = {}
-        self._ratios: Dict[int, list] = {}
+        self._streak: Dict[Tuple[int, Optional[int]], int] = {}  # (stage, worker or None) -> windows
+        self._ratios: Dict[Tuple[int, Optional[int]], list] = {}
         self._online: Optional[Tuple[int, ...]] = None
         self._caps: Dict[str, int] = {}
 
@@ -124,25 +158,28 @@ class DriftDetector:
         if changed is not None:
             reason, factors = changed
             return Decision(True, reason, factors, platform_changed=True)
-        drifting = []
+        drifting = []  # (key, label, clusters, expected_ms)
         for stage in window.stages:
-            ratio = stage.ratio
-            if ratio is None or stage.frames < self.min_frames:
-                continue  # no evidence either way: keep the streak as it is
-            if abs(ratio - 1.0) > self.threshold:
-                self._streak[stage.index] = self._streak.get(stage.index, 0) + 1
-                self._ratios.setdefault(stage.index, []).append(ratio)
-            else:
-                self._streak[stage.index] = 0
-                self._ratios[stage.index] = []
-            if self._streak[stage.index] >= self.sustain:
-                drifting.append(stage)
+            units = [((stage.index, w.worker), f"stage {stage.index} worker {w.worker}", w.clusters, w)
+                     for w in stage.workers] or [((stage.index, None), f"stage {stage.index}", stage.clusters, stage)]
+            for key, label, clusters, reading in units:
+                ratio = reading.ratio
+                if ratio is None or reading.frames < self.min_frames:
+                    continue  # no evidence either way: keep the streak as it is
+                if abs(ratio - 1.0) > self.threshold:
+                    self._streak[key] = self._streak.get(key, 0) + 1
+                    self._ratios.setdefault(key, []).append(ratio)
+                else:
+                    self._streak[key] = 0
+                    self._ratios[key] = []
+                if self._streak[key] >= self.sustain:
+                    drifting.append((key, label, clusters, reading.expected_ms))
         if not drifting:
             return Decision(False)
-        ratios = {s.index: _median(self._ratios[s.index][-self.sustain:]) for s in drifting}
-        factors = cluster_factors([(s.clusters, ratios[s.index]) for s in drifting])
-        parts = [f"stage {s.index} at {ratios[s.index]:.2f}x its expected {s.expected_ms:.2f} ms "
-                 f"on {'+'.join(s.clusters)}" for s in drifting]
+        ratios = {key: _median(self._ratios[key][-self.sustain:]) for key, _l, _c, _e in drifting}
+        factors = cluster_factors([(clusters, ratios[key]) for key, _l, clusters, _e in drifting])
+        parts = [f"{label} at {ratios[key]:.2f}x its expected {expected:.2f} ms on {'+'.join(clusters)}"
+                 for key, label, clusters, expected in drifting]
         reason = (f"drift over {self.threshold:.0%} for {self.sustain} windows: " + "; ".join(parts))
         if window.max_temp_c is not None:
             reason += f" (max temperature {window.max_temp_c:.1f} C)"
@@ -185,8 +222,8 @@ def _median(values: Sequence[float]) -> float:
 def cluster_factors(observations: Sequence[Tuple[Sequence[str], float]]) -> Tuple[Tuple[str, float], ...]:
     """Per-cluster factor from ``(clusters, ratio)`` observations (median per cluster, clamped).
 
-    A stage served by workers on two clusters blames both: the executor
-    measures a stage, not a worker.
+    A per-worker observation blames its worker's cluster only; a stage-wide
+    one (no per-worker times) blames every cluster the stage runs on.
     """
     per: Dict[str, list] = {}
     for clusters, ratio in observations:
@@ -196,6 +233,74 @@ def cluster_factors(observations: Sequence[Tuple[Sequence[str], float]]) -> Tupl
             per.setdefault(name, []).append(ratio)
     low, high = FACTOR_RANGE
     return tuple(sorted((name, min(high, max(low, _median(r)))) for name, r in per.items()))
+
+
+def measured_capacity_fps(stages: Sequence[StageReading]) -> Optional[float]:
+    """Frames/s the running plan sustains by what was measured: its slowest stage's service rate.
+
+    A stage's rate is the sum over its workers of ``1000 / worker ms`` (its
+    replicas share the frames). This, not the frames answered, is the
+    "measured fps" a new plan must beat: under light load the answered rate
+    is the clients' demand, and every plan would look better than that.
+    None when a stage measured nothing.
+    """
+    rates = []
+    for stage in stages:
+        worker_ms = [w.measured_ms for w in stage.workers]
+        if worker_ms and all(ms and ms > 0 for ms in worker_ms):
+            rates.append(sum(1000.0 / float(ms) for ms in worker_ms))
+        elif stage.measured_ms and stage.measured_ms > 0:
+            rates.append(1000.0 * max(1, len(stage.workers)) / stage.measured_ms)
+        else:
+            return None
+    return min(rates) if rates else None
+
+
+class SwitchPolicy:
+    """Hysteresis between "the plan would change" and "switch pipelines" (see the module docstring).
+
+    ``cooldown`` counts windows after a switch during which no other switch
+    is allowed; :meth:`tick` is called once per closed window and
+    :meth:`switched` after every switch.
+    """
+
+    def __init__(self, cooldown: int = 4, margin: float = SWITCH_MARGIN):
+        if cooldown < 0:
+            raise PlanError(f"cooldown must be >= 0 windows, got {cooldown}")
+        if not (0 <= margin < 10):
+            raise PlanError(f"switch margin must be in [0, 10), got {margin}")
+        self.cooldown = int(cooldown)
+        self.margin = float(margin)
+        self._left = 0
+
+    @property
+    def cooling(self) -> int:
+        """Windows still to close before another switch may happen."""
+        return self._left
+
+    def tick(self) -> None:
+        if self._left > 0:
+            self._left -= 1
+
+    def switched(self) -> None:
+        self._left = self.cooldown
+
+    def allow(self, predicted_fps: Optional[float], measured_fps: Optional[float]) -> Tuple[bool, str]:
+        """``(switch?, why)`` for a new plan predicting ``predicted_fps`` against the running plan's measured fps.
+
+        With no measurement (an idle daemon, a platform change that broke
+        the old plan) the margin cannot be judged and the switch is allowed.
+        """
+        if self._left > 0:
+            return False, f"within {self.cooldown} windows of the last switch ({self._left} to go)"
+        if measured_fps is None or measured_fps <= 0 or predicted_fps is None:
+            return True, "no measured fps to compare with"
+        need = measured_fps * (1.0 + self.margin)
+        if predicted_fps < need:
+            return False, (f"the new plan predicts {predicted_fps:.1f} fps, the current one measures "
+                           f"{measured_fps:.1f} fps (a switch needs {need:.1f}, +{self.margin:.0%})")
+        return True, (f"the new plan predicts {predicted_fps:.1f} fps against {measured_fps:.1f} measured "
+                      f"(+{predicted_fps / measured_fps - 1.0:.0%})")
 
 
 def scaled_times(times: LayerTimes, factors: Mapping[str, float]) -> LayerTimes:

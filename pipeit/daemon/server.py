@@ -37,7 +37,8 @@ from cores.model import Platform
 from pipeit.daemon import protocol as wire
 from pipeit.daemon.engine import Engine
 from pipeit.daemon.replan import (
-    DriftDetector, StageReading, Window, fit_times, plan_layout, scaled_times, shrink_platform,
+    DriftDetector, StageReading, SwitchPolicy, Window, WorkerReading, fit_times, measured_capacity_fps, plan_layout,
+    scaled_times, shrink_platform,
 )
 from pipeit.daemon.sockets import bind_socket, check_socket_dir, remove_socket
 from pipeit.daemon.state import PlanSource, Planned, make_plan, obtain_plan
@@ -63,7 +64,12 @@ class ServerConfig:
     sustain: int = 3
     threshold: float = 0.15
     replan: bool = True
-    cooldown_windows: int = 2
+    #: windows not judged after any re-plan (a new pipeline's first frames are warm-up, not drift)
+    settle_windows: int = 2
+    #: windows after a switch during which no other switch happens (hysteresis, see SwitchPolicy)
+    cooldown_windows: int = 4
+    #: a new plan must predict this much more fps than the current plan measures
+    switch_margin: float = 0.05
     drain_timeout_s: float = 60.0
     slots: int = 4
 
@@ -81,12 +87,15 @@ class ReplanEvent:
     fps_after: Optional[float] = None
     layout_before: Tuple = ()
     layout_after: Tuple = ()
+    measured_fps_before: Optional[float] = None  # what the old plan's service times sustain
+    predicted_fps_after: Optional[float] = None  # what the plan in use afterwards predicts
 
     def to_json(self) -> dict:
         return {
             "at_s": round(self.at, 3), "kind": self.kind, "reason": self.reason,
             "generation_before": self.generation_before, "generation_after": self.generation_after,
             "fps_before": self.fps_before, "fps_after": self.fps_after,
+            "measured_fps_before": self.measured_fps_before, "predicted_fps_after": self.predicted_fps_after,
             "stages_before": [[list(r), [list(w[1]) + [w[0]] for w in ws]] for r, ws in self.layout_before],
             "stages_after": [[list(r), [list(w[1]) + [w[0]] for w in ws]] for r, ws in self.layout_after],
         }
@@ -234,6 +243,8 @@ class Server:
         self._planned: Optional[Planned] = None
         self._factors: Dict[str, float] = {}
         self._expected: Tuple[Optional[float], ...] = ()
+        self._expected_workers: Tuple[Tuple[Optional[float], ...], ...] = ()
+        self._last_readings: Tuple[StageReading, ...] = ()
         self._lock = threading.Lock()
         self._connections: Dict[int, _Connection] = {}
         self._next_conn = 0
@@ -250,7 +261,8 @@ class Server:
         self._listener: Optional[socket.socket] = None
         self._monitor = None
         self._detector = DriftDetector(config.threshold, config.sustain)
-        self._cooldown = 0
+        self._cooldown = 0  # settle windows left (not judged)
+        self._policy = SwitchPolicy(config.cooldown_windows, config.switch_margin)
         self._replan_lock = threading.Lock()
 
     def count(self, key: str) -> None:
@@ -494,16 +506,18 @@ class Server:
         snap = self._snapshot()
         stages = []
         if generation is not None:
-            pipeline = generation.pipeline
-            ready = getattr(pipeline, "_ready", None)  # frames waiting for each stage
+            depths = generation.pipeline.queue_depths()  # frames waiting for each stage
             for k, spec in enumerate(generation.plan.stages):
                 row = stats.stages[k] if stats is not None and k < len(stats.stages) else None
-                depth = len(ready[k]) if isinstance(ready, list) and k < len(ready) else None
+                depth = depths[k] if k < len(depths) else None
                 stages.append({
                     "index": k, "layers": list(spec.layers),
                     "workers": [f"{w.cluster}:{w.threads}@{','.join(map(str, w.cpus))}" for w in spec.workers],
                     "measured_ms": row.measured_ms if row else None,
+                    "worker_ms": list(row.worker_ms) if row else None,
                     "expected_ms": self._expected[k] if k < len(self._expected) else None,
+                    "worker_expected_ms": (list(self._expected_workers[k]) if k < len(self._expected_workers)
+                                           else None),
                     "busy": row.busy if row else None,
                     "queue_depth": depth,
                     "restarts": row.restarts if row else 0,
@@ -551,22 +565,41 @@ class Server:
             "max_temp_c": snap.max_temp_c if snap is not None else None,
             "online": list(snap.online) if snap is not None and snap.online is not None else None,
             "replans": len([e for e in self.events if e.kind in ("switch", "reload", "restart")]),
+            "switch_cooldown_windows": self._policy.cooling,
             "events": [e.to_json() for e in self.events[-50:]],
             "emulation": emulation,
         }
 
     # ---- re-planning ---------------------------------------------------------------------
     def _set_expected(self, plan: Any) -> None:
+        """Expect each worker to take what the plan predicts for it (a stage: its workers' mean)."""
+        self._set_expected_ms(tuple(
+            tuple(w.predicted_ms if w.predicted_ms and w.predicted_ms > 0 else None for w in stage.workers)
+            for stage in plan.stages))
+
+    def _set_expected_ms(self, per_worker: Tuple[Tuple[Optional[float], ...], ...]) -> None:
         expected = []
-        for stage in plan.stages:
-            values = [w.predicted_ms for w in stage.workers if w.predicted_ms and w.predicted_ms > 0]
+        for row in per_worker:
+            values = [v for v in row if v]
             expected.append(sum(values) / len(values) if values else None)
+        self._expected_workers = per_worker
         self._expected = tuple(expected)
 
+    def _expect_measured(self) -> None:
+        """Take the last window's per-worker times as the new normal (a re-plan that kept the plan)."""
+        readings = self._last_readings
+        if len(readings) != len(self._expected_workers):
+            return
+        self._set_expected_ms(tuple(
+            tuple((w.measured_ms or old) for w, old in zip(r.workers, olds)) if len(r.workers) == len(olds)
+            else olds
+            for r, olds in zip(readings, self._expected_workers)))
+
     def _add_event(self, kind: str, reason: str, fps_before: Optional[float], before: int = 0, after: int = 0,
-                   layout_before: Tuple = (), layout_after: Tuple = ()) -> ReplanEvent:
+                   layout_before: Tuple = (), layout_after: Tuple = (), measured_fps: Optional[float] = None,
+                   predicted_fps: Optional[float] = None) -> ReplanEvent:
         event = ReplanEvent(time.monotonic() - self._t0, kind, reason, before, after, fps_before, None,
-                            layout_before, layout_after)
+                            layout_before, layout_after, measured_fps, predicted_fps)
         with self._lock:
             self.events.append(event)
         return event
@@ -587,6 +620,7 @@ class Server:
         self._window_stats = stats
         self._window_fps = stats.fps if stats.frames else None
         self._fill_fps_after(generation.number, stats)
+        self._policy.tick()
         if self._cooldown > 0:
             self._cooldown -= 1
             return
@@ -595,9 +629,17 @@ class Server:
         for k, spec in enumerate(generation.plan.stages):
             row = stats.stages[k] if k < len(stats.stages) else None
             clusters = tuple(sorted({n for w in spec.workers for n in w.cluster.split("+")}))
+            wanted = self._expected_workers[k] if k < len(self._expected_workers) else ()
+            workers = tuple(
+                WorkerReading(j, w.cluster,
+                              row.worker_ms[j] if row and j < len(row.worker_ms) else None,
+                              wanted[j] if j < len(wanted) else None,
+                              row.worker_frames[j] if row and j < len(row.worker_frames) else 0)
+                for j, w in enumerate(spec.workers))
             readings.append(StageReading(k, clusters, row.measured_ms if row else None,
                                          self._expected[k] if k < len(self._expected) else None,
-                                         row.frames if row else 0))
+                                         row.frames if row else 0, workers))
+        self._last_readings = tuple(readings)
         window = Window(
             stages=tuple(readings),
             online=snap.online if snap is not None else None,
@@ -605,8 +647,15 @@ class Server:
             max_temp_c=snap.max_temp_c if snap is not None else None,
         )
         decision = self._detector.observe(window)
-        if decision.replan and self.config.replan:
-            self.replan(decision.reason, dict(decision.factors), snap.online if snap is not None else None)
+        if not (decision.replan and self.config.replan):
+            return
+        if self._policy.cooling and not decision.platform_changed:
+            # Too soon after a switch: keep the drift streak (it fires again once the cooldown is
+            # over, if the drift lasts) and keep the scaling factors untouched until then.
+            _log.debug("%s; not acting: %d window(s) of switch cooldown left", decision.reason, self._policy.cooling)
+            return
+        self.replan(decision.reason, dict(decision.factors), snap.online if snap is not None else None,
+                    force=decision.platform_changed)
 
     def _fill_fps_after(self, number: int, stats: Any) -> None:
         with self._lock:
@@ -617,8 +666,17 @@ class Server:
                     _log.info("after %s (%s): %.1f fps (was %s)", event.kind, event.reason, stats.fps,
                               "n/a" if event.fps_before is None else f"{event.fps_before:.1f}")
 
-    def replan(self, reason: str, factors: Dict[str, float], online: Optional[Tuple[int, ...]] = None) -> ReplanEvent:
-        """Re-plan with times scaled by ``factors``; switch pipelines if the plan changes."""
+    def replan(self, reason: str, factors: Dict[str, float], online: Optional[Tuple[int, ...]] = None,
+               force: bool = False) -> ReplanEvent:
+        """Re-plan with times scaled by ``factors``; switch pipelines if the plan changes enough.
+
+        Unless ``force`` (a platform change: the old plan may not even run),
+        a different plan replaces the running one only when the switch
+        policy allows it: out of the cooldown after the last switch, and
+        predicting ``switch_margin`` more fps than the running plan measures.
+        A refused switch keeps the plan and takes the measured times as the
+        new expectation, so the same drift does not fire again next window.
+        """
         with self._replan_lock:
             generation = self.engine.current
             before = generation.number if generation else 0
@@ -630,7 +688,7 @@ class Server:
                 _log.warning("%s; cannot re-plan: no layer times (start with --predictor, --profile or --times)",
                              reason)
                 self._detector.rebase()
-                self._cooldown = self.config.cooldown_windows
+                self._cooldown = self.config.settle_windows
                 return self._add_event("skipped", reason + "; no layer times to re-plan from", fps_before,
                                        before, before)
             for name, factor in factors.items():
@@ -641,15 +699,24 @@ class Server:
                 plan = make_plan(times, platform, self.model_path, generation.plan.model_sha256, self.source)
             except PipeitError as err:
                 _log.error("%s; re-planning failed: %s", reason, err)
-                self._cooldown = self.config.cooldown_windows
+                self._cooldown = self.config.settle_windows
                 return self._add_event("failed", f"{reason}; re-planning failed: {err}", fps_before, before, before)
             old_layout, new_layout = plan_layout(generation.plan), plan_layout(plan)
+            measured = measured_capacity_fps(self._last_readings)
             self._detector.rebase()
-            self._cooldown = self.config.cooldown_windows
+            self._cooldown = self.config.settle_windows
             if old_layout == new_layout:
                 self._set_expected(plan)
                 _log.info("%s; the plan stays the same, expectations re-based", reason)
-                return self._add_event("recalibrate", reason, fps_before, before, before, old_layout, new_layout)
+                return self._add_event("recalibrate", reason, fps_before, before, before, old_layout, new_layout,
+                                       measured, plan.predicted_fps)
+            allowed, why = (True, "forced by a platform change") if force else \
+                self._policy.allow(plan.predicted_fps, measured)
+            if not allowed:
+                self._expect_measured()
+                _log.info("%s; a new plan was found but not switched to: %s", reason, why)
+                return self._add_event("skipped", f"{reason}; kept the plan: {why}", fps_before, before, before,
+                                       old_layout, old_layout, measured, generation.plan.predicted_fps)
             try:
                 _old, new = self.engine.switch(plan)
             except PipeitError as err:
@@ -657,10 +724,13 @@ class Server:
                 return self._add_event("failed", f"{reason}; switch failed: {err}", fps_before, before, before)
             self._set_expected(plan)
             self._detector.rebase()
-            _log.info("switched pipeline %d -> %d: %s; fps before %s; stages %s -> %s", before, new.number, reason,
-                      "n/a" if fps_before is None else f"{fps_before:.1f}", _describe(old_layout),
+            self._policy.switched()
+            self._cooldown = self.config.settle_windows
+            _log.info("switched pipeline %d -> %d: %s; %s; fps before %s; stages %s -> %s", before, new.number,
+                      reason, why, "n/a" if fps_before is None else f"{fps_before:.1f}", _describe(old_layout),
                       _describe(new_layout))
-            return self._add_event("switch", reason, fps_before, before, new.number, old_layout, new_layout)
+            return self._add_event("switch", f"{reason}; {why}", fps_before, before, new.number, old_layout,
+                                   new_layout, measured, plan.predicted_fps)
 
     def _replan_request(self, conn: _Connection, rid: int) -> None:
         try:
@@ -686,7 +756,8 @@ class Server:
             self._factors.clear()
             self._set_expected(planned.plan)
             self._detector.rebase()
-            self._cooldown = self.config.cooldown_windows
+            self._policy.switched()
+            self._cooldown = self.config.settle_windows
             _log.info("reloaded %s (sha256 %s...) from %s: pipeline %d -> %d", self.model_path.name,
                       file_sha256(self.model_path)[:12], planned.source, before, new.number)
             self._add_event("reload", f"SIGHUP: reloaded from {planned.source}", fps_before, before, new.number,

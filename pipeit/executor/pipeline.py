@@ -516,6 +516,18 @@ class Pipeline:
         """Heavy modules each worker found already imported when it pinned (should be none)."""
         return {(w.config.stage, w.config.worker): w.heavy_before_pin for w in self._all_workers()}
 
+    def queue_depths(self) -> Tuple[int, ...]:
+        """Frames waiting for each stage (ready, not yet given to a worker): a snapshot per stage.
+
+        Read without the dispatcher's cooperation: a length read is atomic in
+        CPython, so the worst case is a value one frame stale.
+        """
+        ready = self._ready
+        depths = [len(ready[k]) if k < len(ready) else 0 for k in range(len(self.plan.stages))]
+        if depths:
+            depths[0] += len(self._incoming)  # submitted, not yet seen by the dispatcher
+        return tuple(depths)
+
     @property
     def throttles(self) -> Any:
         """The ``cores.emulation.Throttles`` in use (None on a platform with no slowed cluster)."""
@@ -536,6 +548,7 @@ class Pipeline:
             self._redispatched: List[int] = [0 for _ in self.plan.stages]
             self._busy: List[float] = [0.0 for _ in self.plan.stages]
             self._worker_frames: List[List[int]] = [[0] * len(s.workers) for s in self.plan.stages]
+            self._worker_service: List[List[List[float]]] = [[[] for _ in s.workers] for s in self.plan.stages]
             self._t_reset = time.perf_counter()
 
     def stats(self) -> PipelineStats:
@@ -561,6 +574,7 @@ class Pipeline:
                         worker_frames=tuple(self._worker_frames[k]),
                         handoff_ms=percentile(self._handoff[k], 50),
                         redispatched=self._redispatched[k],
+                        worker_ms=tuple(percentile(v, 50) for v in self._worker_service[k]),
                     )
                 )
             return PipelineStats(
@@ -682,6 +696,7 @@ class Pipeline:
             self._service[k].append(float(service_ms))
             self._handoff[k].append((now - w.busy_since) * 1000.0 - float(service_ms))
             self._worker_frames[k][w.config.worker] += 1
+            self._worker_service[k][w.config.worker].append(float(service_ms))
             self._busy[k] += now - max(w.busy_since, self._t_reset)
         w.state, w.job = "idle", None
         self._release(k, frame.slot)

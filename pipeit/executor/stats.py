@@ -40,6 +40,9 @@ class StageStats:
     worker_frames: Tuple[int, ...] = ()
     handoff_ms: Optional[float] = None
     redispatched: int = 0
+    #: median service ms of each worker (None for a worker that served nothing): one slow replica
+    #: inside a replicated stage shows here, while ``measured_ms`` (all frames) hides it
+    worker_ms: Tuple[Optional[float], ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -54,6 +57,7 @@ class StageStats:
             "worker_frames": list(self.worker_frames),
             "handoff_ms": self.handoff_ms,
             "redispatched": self.redispatched,
+            "worker_ms": list(self.worker_ms),
         }
 
 

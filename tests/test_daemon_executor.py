@@ -1,0 +1,100 @@
+"""What the daemon reads from the executor through public API: per-stage queue depths, per-worker
+service times, and throttles shared with (not owned by) a pipeline. Real processes, real models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from cores.model import Cluster, Platform
+from pipeit.executor import Pipeline
+from pipeit.graph import load_graph
+from pipeit.plan import Plan, StageSpec, WorkerSpec, file_sha256
+from tests.daemon_helpers import build_model, reference
+
+CPUS = tuple(sorted(os.sched_getaffinity(0)))
+pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
+BIG, LITTLE = CPUS[0], CPUS[-1]
+
+
+def _plan(model, platform: Platform, stages) -> Plan:
+    specs = tuple(StageSpec(layers, tuple(WorkerSpec(c, (cpu,), 1, 1.0) for c, cpu in workers), 100.0)
+                  for layers, workers in stages)
+    return Plan(model.name, file_sha256(model), platform, "test", specs, 100.0, 10.0)
+
+
+def _cgroups_writable() -> bool:
+    try:
+        from cores.emulation import find_cgroup_root
+
+        find_cgroup_root()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("exec") / "m.tflite", layers=4, size=32, channels=16)
+
+
+def test_queue_depths_count_frames_waiting_for_each_stage(model):
+    n = len(load_graph(str(model)).layers)
+    platform = Platform((Cluster("big", "host", (BIG,)), Cluster("little", "host", (LITTLE,))), source="test")
+    plan = _plan(model, platform, [((0, 2), [("big", BIG)]), ((2, n), [("little", LITTLE)])])
+    frame = np.random.default_rng(3).standard_normal((1, 32, 32, 16)).astype(np.float32)
+    with Pipeline(plan, model, slots=6) as pipe:
+        assert pipe.queue_depths() == (0, 0)
+        pid = pipe.worker_pids()[(0, 0)]
+        os.kill(pid, signal.SIGSTOP)  # stage 0 holds its first frame; the rest wait in its queue
+        try:
+            futures = [pipe.submit(frame) for _ in range(4)]
+            deadline = time.monotonic() + 10
+            while pipe.queue_depths() != (3, 0) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pipe.queue_depths() == (3, 0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        want = reference(model, frame)
+        for f in futures:
+            np.testing.assert_array_equal(f.result(30)["fc"], want)
+        assert pipe.queue_depths() == (0, 0)
+
+
+@pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
+def test_worker_ms_shows_the_slow_replica_and_shared_throttles_survive_the_pipeline(tmp_path):
+    from cores.emulation import Throttles
+
+    # ~6 ms a frame: several 10 ms quota periods of a quarter-speed core, so the throttle shows in a median
+    model = build_model(tmp_path / "big.tflite", layers=6, size=64, channels=32)
+    n = len(load_graph(str(model)).layers)
+    platform = Platform((Cluster("big", "host", (BIG,)), Cluster("little", "host", (LITTLE,), speed=0.25)),
+                        source="test")
+    plan = _plan(model, platform, [((0, n), [("big", BIG), ("little", LITTLE)])])
+    frame = np.random.default_rng(4).standard_normal((1, 64, 64, 32)).astype(np.float32)
+    with Throttles(platform) as throttles:
+        folder = throttles.cgroup_path("little")
+        with Pipeline(plan, model, throttle=False, throttles=throttles) as pipe:
+            little_pid = pipe.worker_pids()[(0, 1)]
+            procs = os.path.join(folder, "cgroup.procs")
+            with open(procs) as f:
+                assert str(little_pid) in f.read().split()  # the given throttles took the little worker
+            list(pipe.map(frame for _ in range(6)))
+            pipe.reset_stats()
+            outs = list(pipe.map(frame for _ in range(40)))
+            stats = pipe.stats().stages[0]
+        assert os.path.isdir(folder)  # a shared cgroup outlives the pipeline: its owner removes it
+    assert not os.path.isdir(folder)
+    want = reference(model, frame)
+    for out in outs:
+        np.testing.assert_array_equal(out["fc"], want)
+    big_ms, little_ms = stats.worker_ms
+    assert len(stats.worker_ms) == 2 and stats.worker_frames[0] > 0 and stats.worker_frames[1] > 0
+    # a quarter-speed replica: its own median shows it, whatever the stage-wide median says
+    assert little_ms > 1.5 * big_ms, stats
+    assert min(stats.worker_ms) <= stats.measured_ms <= max(stats.worker_ms)
+    assert stats.to_json()["worker_ms"] == [big_ms, little_ms]
