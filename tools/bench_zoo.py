@@ -30,9 +30,12 @@ ZOO = ("squeezenet", "mobilenet_v1", "mobilenet_v2", "googlenet", "alexnet", "re
 FRAMES = {"resnet50": 0.3, "alexnet": 0.5, "googlenet": 0.6}
 
 
-def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optional[float], cache: Path) -> dict:
+def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optional[float], cache: Path,
+          profile: Optional[str] = None) -> dict:
     args = [sys.executable, "-m", "pipeit", "bench", str(model), "--platform", platform, "--frames", str(frames),
             "--rounds", str(rounds), "--cache-dir", str(cache), "--json"]
+    if profile:
+        args += ["--profile", profile]
     if latency_x:
         args += ["--latency-x", str(latency_x)]
     result = subprocess.run(args, stdout=subprocess.PIPE, text=True)
@@ -67,6 +70,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency-x", type=float)
+    parser.add_argument("--profile", help="a profile of the zoo on this platform (else each bench profiles its model)")
     parser.add_argument("--workdir", default=str(ROOT / "build" / "bench"))
     parser.add_argument("--json", metavar="FILE", help="also write every bench document here")
     args = parser.parse_args()
@@ -81,7 +85,7 @@ def main() -> int:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         frames = max(20, int(args.frames * FRAMES.get(name, 1.0)))
         print(f"[bench_zoo] {name}: {frames} frames x {args.rounds} rounds on {args.platform}", file=sys.stderr)
-        docs.append(bench(model, args.platform, frames, args.rounds, args.latency_x, work / "cache"))
+        docs.append(bench(model, args.platform, frames, args.rounds, args.latency_x, work / "cache", args.profile))
     if args.json:
         Path(args.json).write_text(json.dumps(docs, indent=1))
 

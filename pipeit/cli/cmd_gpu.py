@@ -1,0 +1,163 @@
+"""``pipeit gpu``: OpenCL devices, kernel tuning, and a correctness check against TFLite.
+
+    pipeit gpu --list [--json]
+    pipeit gpu tune MODEL [--trials N] [--strategy random|model] [-o TUNING.json]
+    pipeit gpu check MODEL [--layers I,J] [--tuning FILE] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from pipeit.cli.output import emit_json, format_table
+from pipeit.errors import InputError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gpu",
+        help="OpenCL GPU stage: list devices, tune kernels, check them against TFLite",
+        description="OpenCL devices (--list), per-device kernel tuning (tune) and a per-layer "
+                    "correctness check against TFLite (check). The device is chosen with --device "
+                    "or $PIPEIT_OPENCL_DEVICE (an index or a name substring).",
+    )
+    parser.add_argument("--list", action="store_true", help="list OpenCL platforms and devices")
+    parser.add_argument("--device", help="OpenCL device: index or name substring")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    sub = parser.add_subparsers(dest="gpu_command", metavar="ACTION")
+
+    tune = sub.add_parser("tune", help="tune each distinct layer's kernels on the device")
+    tune.add_argument("model", type=Path, help="a float32 .tflite model")
+    tune.add_argument("--trials", type=int, default=32, help="configs measured per layer (default 32)")
+    tune.add_argument("--strategy", default="model", choices=("random", "model"),
+                      help="random search, or cost-model guided (default)")
+    tune.add_argument("-o", "--output", type=Path, default=Path("tuning.json"),
+                      help="tuning file to update (default tuning.json; reused if it exists)")
+    tune.add_argument("--precision", default="fp32", choices=("fp32", "fp16-storage", "fp16"))
+    tune.add_argument("--layers", help="only these layer indices (comma list)")
+    tune.add_argument("--retune", action="store_true", help="tune layers the file already has")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--device", dest="device_sub", help=argparse.SUPPRESS)
+    tune.add_argument("--json", dest="json_sub", action="store_true", help="print one JSON document")
+
+    check = sub.add_parser("check", help="compare each distinct layer with its TFLite sub-model")
+    check.add_argument("model", type=Path, help="a float32 .tflite model")
+    check.add_argument("--layers", help="only these layer indices (comma list)")
+    check.add_argument("--tuning", type=Path, help="use the configs of this tuning file")
+    check.add_argument("--precision", default="fp32", choices=("fp32", "fp16-storage", "fp16"))
+    check.add_argument("--tolerance", type=float, default=1e-4, help="relative error allowed")
+    check.add_argument("--device", dest="device_sub", help=argparse.SUPPRESS)
+    check.add_argument("--json", dest="json_sub", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run)
+
+
+def _layers(text):
+    if not text:
+        return None
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise InputError(f"--layers {text!r} is not a comma list of layer indices") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    device = getattr(args, "device_sub", None) or args.device
+    as_json = bool(args.json or getattr(args, "json_sub", False))
+    if args.list:
+        return _list(as_json)
+    if args.gpu_command == "tune":
+        return _tune(args, device, as_json)
+    if args.gpu_command == "check":
+        return _check(args, device, as_json)
+    raise InputError("say what to do: pipeit gpu --list | tune MODEL | check MODEL")
+
+
+def _list(as_json: bool) -> int:
+    from pipeit.gpu.device import list_devices
+
+    devices = list_devices()
+    if as_json:
+        emit_json({"devices": [d.to_json() for d in devices]})
+        return 0
+    rows = [(d.index, d.platform[:28], d.name[:40], d.device_type, d.compute_units,
+             "yes" if d.fp16 else "no", d.local_mem_bytes // 1024, d.global_mem_bytes // (1 << 20))
+            for d in devices]
+    print(format_table(["index", "platform", "device", "type", "units", "fp16", "local KiB",
+                        "global MiB"], rows))
+    return 0
+
+
+def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
+    from tqdm import tqdm
+
+    from pipeit.gpu.autotune import tune_model
+    from pipeit.gpu.device import make_context
+    from pipeit.gpu.tuner import TuningFile
+    from pipeit.modelfile import read_model
+
+    if args.trials < 1:
+        raise InputError(f"--trials must be >= 1, got {args.trials}")
+    model = read_model(args.model)
+    tuning = TuningFile.load(args.output) if args.output.exists() else TuningFile()
+    ctx = make_context(device)
+    layers = _layers(args.layers)
+    with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False) as bar:
+        results = tune_model(model, ctx, tuning, trials=args.trials, strategy=args.strategy,
+                             precision=args.precision, seed=args.seed, retune=args.retune,
+                             layers=layers, progress=bar.update)
+    tuning.save(args.output)
+    if as_json:
+        emit_json({"device": ctx.info.to_json(), "fingerprint": ctx.info.fingerprint(),
+                   "tuning_file": str(args.output), "strategy": args.strategy,
+                   "layers": [{**dataclasses.asdict(r), "speedup": r.speedup} for r in results]})
+        return 0
+    rows = [(r.layer, r.op, "-" if r.untuned_ms is None else r.untuned_ms,
+             "-" if r.best_ms is None else r.best_ms,
+             "-" if r.speedup is None else f"{r.speedup:.2f}x", r.trials, r.failed,
+             r.skipped or ",".join(f"{k}={v}" for k, v in sorted(r.config.items())))
+            for r in results]
+    print(format_table(["layer", "op", "untuned ms", "tuned ms", "speedup", "trials", "failed",
+                        "config / note"], rows))
+    print(f"wrote {args.output} ({ctx.info.name}, fingerprint {ctx.info.fingerprint()})")
+    return 0
+
+
+def _check(args: argparse.Namespace, device, as_json: bool) -> int:
+    from pipeit.gpu.check import check_model, distinct_layers
+    from pipeit.gpu.device import make_context
+    from pipeit.gpu.tuner import TuningFile
+    from pipeit.graph import graph_from_model
+    from pipeit.modelfile import read_model
+
+    model = read_model(args.model)
+    ctx = make_context(device)
+    layers = _layers(args.layers) or distinct_layers(model)
+    graph = graph_from_model(model, sha256="")
+    for i in layers:
+        if not 0 <= i < len(graph.layers):
+            raise InputError(f"layer {i} is outside 0..{len(graph.layers) - 1}")
+    configs = {}
+    if args.tuning is not None:
+        tuning = TuningFile.load(args.tuning)
+        for i in layers:
+            found = tuning.config_for(ctx.info, graph.layers[i].descriptor, args.precision)
+            if found is not None:
+                configs[i] = found
+    results = check_model(model, ctx, layers, args.precision, configs)
+    bad = [r for r in results if r.error is not None and not r.ok(args.tolerance)]
+    if as_json:
+        emit_json({"device": ctx.info.name, "tolerance": args.tolerance,
+                   "layers": [{"layer": r.layer, "op": r.op, "config": dict(r.config),
+                               "error": r.error, "unsupported": r.reason or None} for r in results],
+                   "failed": [r.layer for r in bad]})
+    else:
+        rows = [(r.layer, r.op, "-" if r.error is None else f"{r.error:.2e}",
+                 "unsupported" if r.error is None else ("ok" if r.ok(args.tolerance) else "FAIL"),
+                 r.reason or ",".join(f"{k}={v}" for k, v in r.config))
+                for r in results]
+        print(format_table(["layer", "op", "rel error", "verdict", "config / reason"], rows))
+    return 1 if bad else 0

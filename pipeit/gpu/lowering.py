@@ -1,0 +1,305 @@
+"""From a TFLite layer to what a GPU kernel needs: kind, geometry, constants -- or why not.
+
+:func:`lower_layer` reads one :class:`pipeit.graph.Layer` of a parsed model
+and returns a :class:`LayerSpec`: the kernel family (``conv``, ``gemm`` for
+FULLY_CONNECTED, ``depthwise``, ``pool``, ...), its shape constants, the
+fused activation, and its constant operands as float32 arrays (weights
+stored as float16 behind a folded ``DEQUANTIZE`` are converted here). A
+layer the GPU path does not run raises :class:`Unsupported` with the reason;
+:func:`support_table` gives every layer's verdict, so the DSE can give such
+layers an infinite GPU time and keep them on a CPU cluster.
+
+Unsupported on purpose: anything not float32 (int8/uint8 activations or
+weights: quantised kernels are a CPU job here), ops without a template,
+MEAN over axes other than H and W, non-zero PADV2 constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ai_edge_litert import schema_py_generated as schema
+from pipeit.errors import PipeitError
+from pipeit.graph import Layer, LayerGraph
+from pipeit.modelfile import dtype_name, ints, op_name
+
+__all__ = [
+    "Unsupported",
+    "LayerSpec",
+    "lower_layer",
+    "support_table",
+    "SUPPORTED_OPS",
+    "same_padding",
+]
+
+_BINARY = ("ADD", "MUL", "SUB", "MAXIMUM", "MINIMUM", "PRELU")
+_UNARY = ("RELU", "RELU6", "RELU_N1_TO_1", "TANH", "LOGISTIC", "HARD_SWISH")
+SUPPORTED_OPS = frozenset(
+    ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
+     "MEAN", "CONCATENATION", "PAD", "RESHAPE", "SQUEEZE", "SOFTMAX") + _BINARY + _UNARY
+)
+_ACTS = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64,
+          "int8": np.int8, "uint8": np.uint8}
+
+
+class Unsupported(PipeitError):
+    """This layer has no GPU kernel here (it runs on a CPU cluster)."""
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSpec:
+    """One layer, ready for a kernel template.
+
+    ``inputs``/``outputs`` are model tensor indices of activations (a
+    constant operand of a binary op is in ``consts`` instead, under
+    ``"b"``); ``geometry`` holds the template's shape constants;
+    ``in_shapes``/``out_shape`` are the activation shapes.
+    """
+
+    layer: int
+    op: str
+    kind: str
+    inputs: Tuple[int, ...]
+    outputs: Tuple[int, ...]
+    in_shapes: Tuple[Tuple[int, ...], ...]
+    out_shape: Tuple[int, ...]
+    activation: str = "NONE"
+    geometry: Dict[str, int] = field(default_factory=dict)
+    attrs: Dict[str, object] = field(default_factory=dict)
+    consts: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def out_size(self) -> int:
+        return int(np.prod(self.out_shape)) if self.out_shape else 1
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int, padding: str) -> Tuple[int, int]:
+    """(output size, padding before) as TFLite computes them for SAME/VALID."""
+    eff = (kernel - 1) * dilation + 1
+    if padding == "SAME":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + eff - size, 0)
+        return out, total // 2
+    out = -(-(size - eff + 1) // stride)
+    return out, 0
+
+
+class _Model:
+    """Read-only helpers over one parsed model (tensor shapes, constants, producers)."""
+
+    def __init__(self, model: "schema.ModelT") -> None:
+        self.model = model
+        self.sub = model.subgraphs[0]
+        self.producer: Dict[int, int] = {}
+        for k, op in enumerate(self.sub.operators):
+            for t in ints(op.outputs):
+                self.producer[t] = k
+
+    def shape(self, t: int) -> Tuple[int, ...]:
+        return tuple(ints(self.sub.tensors[t].shape))
+
+    def dtype(self, t: int) -> str:
+        return dtype_name(self.sub.tensors[t].type)
+
+    def const(self, t: int) -> Optional[np.ndarray]:
+        """The value of a constant tensor, following a DEQUANTIZE of fp16 weights; else None."""
+        if t < 0:
+            return None
+        tensor = self.sub.tensors[t]
+        buf = int(tensor.buffer)
+        data = self.model.buffers[buf].data if buf else None
+        if data is not None and len(data) > 0:
+            kind = self.dtype(t)
+            if kind not in _NUMPY:
+                raise Unsupported(f"constant of type {kind}")
+            raw = np.asarray(data, dtype=np.uint8).tobytes()
+            return np.frombuffer(raw, dtype=_NUMPY[kind]).reshape(self.shape(t)).copy()
+        k = self.producer.get(t)
+        if k is not None:
+            op = self.sub.operators[k]
+            if op_name(self.model.operatorCodes[int(op.opcodeIndex)]) == "DEQUANTIZE":
+                src = ints(op.inputs)[0]
+                value = self.const(src)
+                if value is not None and value.dtype == np.float16:
+                    return value.astype(np.float32)
+                if value is not None:
+                    raise Unsupported(f"weights dequantised from {value.dtype} (quantised weights)")
+        return None
+
+
+def _activation(options) -> str:
+    value = int(getattr(options, "fusedActivationFunction", 0) or 0) if options is not None else 0
+    name = _ACTS.get(value, str(value))
+    if name not in ("NONE", "RELU", "RELU6", "RELU_N1_TO_1", "TANH"):
+        raise Unsupported(f"fused activation {name}")
+    return name
+
+
+def _pad4(shape: Sequence[int]) -> Tuple[int, ...]:
+    if len(shape) > 4:
+        raise Unsupported(f"rank-{len(shape)} tensor (kernels handle rank <= 4)")
+    return (1,) * (4 - len(shape)) + tuple(int(d) for d in shape)
+
+
+def _broadcast_strides(shape: Sequence[int], out: Sequence[int]) -> Tuple[int, ...]:
+    s = _pad4(shape)
+    o = _pad4(out)
+    strides = [0, 0, 0, 0]
+    step = 1
+    for k in range(3, -1, -1):
+        if s[k] == o[k]:
+            strides[k] = step
+        elif s[k] != 1:
+            raise Unsupported(f"shapes {tuple(shape)} and {tuple(out)} do not broadcast")
+        step *= s[k]
+    return tuple(strides)
+
+
+def lower_layer(model: "schema.ModelT", layer: Layer, helper: Optional[_Model] = None) -> LayerSpec:
+    """The :class:`LayerSpec` of ``layer``, or :class:`Unsupported` with the reason."""
+    m = helper or _Model(model)
+    op = m.sub.operators[layer.op_index]
+    name = op_name(model.operatorCodes[int(op.opcodeIndex)])
+    if name not in SUPPORTED_OPS:
+        raise Unsupported(f"{name} has no GPU kernel")
+    ins = ints(op.inputs)
+    outs = ints(op.outputs)
+    for t in outs:
+        if m.dtype(t) != "float32":
+            raise Unsupported(f"{name} produces {m.dtype(t)} (only float32 layers run on the GPU)")
+    act_inputs = [t for t in ins if t >= 0 and m.const(t) is None]
+    for t in act_inputs:
+        if m.dtype(t) != "float32":
+            raise Unsupported(f"{name} reads {m.dtype(t)} (only float32 layers run on the GPU)")
+    options = op.builtinOptions
+    out_shape = m.shape(outs[0])
+    base = dict(layer=layer.index, op=name, inputs=tuple(act_inputs), outputs=tuple(outs[:1]),
+                in_shapes=tuple(m.shape(t) for t in act_inputs), out_shape=out_shape)
+    if len(outs) != 1:
+        raise Unsupported(f"{name} with {len(outs)} outputs")
+
+    if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        return _lower_conv(m, name, ins, options, base)
+    if name == "FULLY_CONNECTED":
+        w = m.const(ins[1])
+        if w is None or w.ndim != 2 or w.dtype != np.float32:
+            raise Unsupported("FULLY_CONNECTED without constant float weights")
+        units, depth = w.shape
+        total = int(np.prod(m.shape(ins[0])))
+        if total % depth:
+            raise Unsupported("FULLY_CONNECTED input size is not a multiple of its depth")
+        bias = m.const(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+        bias = np.zeros(units, np.float32) if bias is None else bias.astype(np.float32).reshape(-1)
+        geometry = {"M": total // depth, "N": int(units), "K": int(depth)}
+        return LayerSpec(kind="gemm", activation=_activation(options), geometry=geometry,
+                         consts={"b": np.ascontiguousarray(w.T), "bias": bias}, **base)
+    if name in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
+        n, h, w_, c = _pad4(m.shape(ins[0]))
+        kh, kw = int(options.filterHeight), int(options.filterWidth)
+        sh, sw = int(options.strideH), int(options.strideW)
+        padding = "SAME" if int(options.padding) == schema.Padding.SAME else "VALID"
+        oh, pt = same_padding(h, kh, sh, 1, padding)
+        ow, pl = same_padding(w_, kw, sw, 1, padding)
+        geometry = dict(N=n, H=h, W=w_, C=c, OH=oh, OW=ow, KH=kh, KW=kw, SH=sh, SW=sw, PT=pt, PL=pl)
+        return LayerSpec(kind="pool", activation=_activation(options), geometry=geometry,
+                         attrs={"pool": "max" if name == "MAX_POOL_2D" else "avg"}, **base)
+    if name == "MEAN":
+        axes = m.const(ins[1])
+        shape = m.shape(ins[0])
+        if axes is None or len(shape) != 4:
+            raise Unsupported("MEAN needs constant axes and a rank-4 input")
+        normalised = sorted({int(a) % 4 for a in np.asarray(axes).reshape(-1)})
+        if normalised != [1, 2]:
+            raise Unsupported(f"MEAN over axes {normalised} (only H and W run on the GPU)")
+        n, h, w_, c = shape
+        return LayerSpec(kind="mean", geometry=dict(N=n, H=h, W=w_, C=c), **base)
+    if name in _BINARY:
+        a_t, b_t = ins[0], ins[1]
+        a_c, b_c = m.const(a_t), m.const(b_t)
+        if a_c is not None:
+            raise Unsupported(f"{name} with a constant first operand")
+        consts = {}
+        if b_c is not None:
+            if b_c.dtype != np.float32:
+                raise Unsupported(f"{name} with a {b_c.dtype} constant")
+            consts["b"] = b_c
+        b_shape = m.shape(b_t)
+        act = _activation(options) if name != "PRELU" else "NONE"
+        attrs = {"a_strides": _broadcast_strides(m.shape(a_t), out_shape),
+                 "b_strides": _broadcast_strides(b_shape, out_shape),
+                 "out4": _pad4(out_shape), "const_b": b_c is not None}
+        return LayerSpec(kind="binary", activation=act, attrs=attrs, consts=consts, **base)
+    if name in _UNARY:
+        return LayerSpec(kind="unary", **base)
+    if name == "CONCATENATION":
+        axis = int(options.axis) % len(out_shape)
+        if _activation(options) != "NONE":
+            raise Unsupported("CONCATENATION with a fused activation")
+        if len(act_inputs) != len([t for t in ins if t >= 0]):
+            raise Unsupported("CONCATENATION of a constant")
+        return LayerSpec(kind="concat", attrs={"axis": axis}, **base)
+    if name == "PAD":
+        pads = m.const(ins[1])
+        if pads is None:
+            raise Unsupported("PAD with run-time paddings")
+        pads = np.asarray(pads).reshape(-1, 2)
+        in4 = _pad4(m.shape(ins[0]))
+        before = (0,) * (4 - pads.shape[0]) + tuple(int(p) for p in pads[:, 0])
+        return LayerSpec(kind="pad", attrs={"in4": in4, "out4": _pad4(out_shape), "before": before},
+                         **base)
+    if name in ("RESHAPE", "SQUEEZE"):
+        return LayerSpec(kind="reshape", **{**base, "inputs": tuple(act_inputs[:1]),
+                                            "in_shapes": base["in_shapes"][:1]})
+    if name == "SOFTMAX":
+        depth = out_shape[-1] if out_shape else 1
+        beta = float(getattr(options, "beta", 1.0) or 1.0)
+        return LayerSpec(kind="softmax", attrs={"rows": int(np.prod(out_shape)) // depth,
+                                                "depth": int(depth), "beta": beta}, **base)
+    raise Unsupported(f"{name} has no GPU kernel")  # pragma: no cover - SUPPORTED_OPS guards
+
+
+def _lower_conv(m: _Model, name: str, ins: List[int], options, base: dict) -> LayerSpec:
+    w = m.const(ins[1])
+    if w is None or w.dtype != np.float32 or w.ndim != 4:
+        raise Unsupported(f"{name} without constant float weights")
+    bias = m.const(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+    n, h, w_, cin = m.shape(ins[0])
+    kh, kw = int(w.shape[1]), int(w.shape[2])
+    sh, sw = int(options.strideH), int(options.strideW)
+    dh, dw = int(options.dilationHFactor or 1), int(options.dilationWFactor or 1)
+    padding = "SAME" if int(options.padding) == schema.Padding.SAME else "VALID"
+    oh, pt = same_padding(h, kh, sh, dh, padding)
+    ow, pl = same_padding(w_, kw, sw, dw, padding)
+    if (n, oh, ow) != tuple(base["out_shape"][:3]):
+        raise Unsupported(f"{name} output shape {base['out_shape']} disagrees with its geometry")
+    if name == "CONV_2D":
+        cout, cin_g = int(w.shape[0]), int(w.shape[3])
+        groups = cin // cin_g
+    else:
+        cout, groups = int(w.shape[3]), cin
+    bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32).reshape(-1)
+    geometry = dict(N=n, H=h, W=w_, CIN=cin, OH=oh, OW=ow, COUT=cout, KH=kh, KW=kw, SH=sh, SW=sw,
+                    DH=dh, DW=dw, PT=pt, PL=pl, GROUPS=groups)
+    if name == "DEPTHWISE_CONV_2D":
+        geometry["DM"] = cout // cin
+        return LayerSpec(kind="depthwise", activation=_activation(options), geometry=geometry,
+                         consts={"w": w.reshape(kh, kw, cout), "bias": bias}, **base)
+    return LayerSpec(kind="conv", activation=_activation(options), geometry=geometry,
+                     consts={"w": w, "bias": bias}, **base)
+
+
+def support_table(model: "schema.ModelT", graph: LayerGraph) -> List[Optional[str]]:
+    """Per layer: ``None`` when the GPU runs it, else the reason it does not."""
+    helper = _Model(model)
+    result: List[Optional[str]] = []
+    for layer in graph.layers:
+        try:
+            lower_layer(model, layer, helper)
+            result.append(None)
+        except Unsupported as err:
+            result.append(str(err))
+    return result

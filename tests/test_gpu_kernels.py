@@ -1,0 +1,118 @@
+"""Every GPU kernel template, each algorithm and precision, against TFLite on one-layer models.
+
+Real .tflite models (built in code) run by the real runtime are the
+reference; the GPU side runs on the OpenCL device pyopencl finds (pocl's CPU
+device in CI).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyopencl")
+
+from pipeit.gpu.check import check_layer, relative_error  # noqa: E402
+from pipeit.gpu.device import make_context  # noqa: E402
+from pipeit.modelfile import read_model  # noqa: E402
+from pipeit.tflite_builder import single_layer_model  # noqa: E402
+
+TOL = 1e-4
+TILES = {"TM": 16, "TN": 16, "TK": 8, "WM": 2, "WN": 4}
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return make_context()
+
+
+def _check(ctx, config=None, precision="fp32", **layer):
+    model = read_model(single_layer_model(**layer))
+    return check_layer(model, 0, ctx, config, precision)
+
+
+CONV_CASES = [
+    # (layer kwargs, configs to try)
+    (dict(op="conv", input_shape=(1, 9, 8, 8), out_channels=12, activation="RELU6"),
+     [{"algo": "direct", "CO": 1, "VEC": 1, "WG": 0}, {"algo": "direct", "CO": 4, "VEC": 4, "WG": 32},
+      {"algo": "im2col", **TILES, "LOCAL": 1}, {"algo": "im2col", **TILES, "LOCAL": 0},
+      {"algo": "winograd", **TILES, "LOCAL": 1}]),
+    (dict(op="conv", input_shape=(1, 9, 7, 4), out_channels=6, padding="VALID"),
+     [{"algo": "winograd", **TILES, "LOCAL": 0}, {"algo": "direct", "CO": 2, "VEC": 4, "WG": 0}]),
+    (dict(op="conv", input_shape=(1, 7, 7, 6), out_channels=10, kernel=1, activation="RELU"),
+     [{"algo": "gemm", **TILES, "LOCAL": 1}, {"algo": "gemm", "TM": 8, "TN": 8, "TK": 4, "WM": 8,
+                                               "WN": 2, "LOCAL": 0}]),
+    (dict(op="conv", input_shape=(1, 11, 11, 3), out_channels=8, kernel=5, stride=2),
+     [{"algo": "direct", "CO": 8, "VEC": 1, "WG": 64}, {"algo": "im2col", **TILES, "LOCAL": 1}]),
+    (dict(op="conv", input_shape=(1, 8, 8, 8), out_channels=8, kernel=3, groups=2),
+     [{"algo": "direct", "CO": 2, "VEC": 4, "WG": 0}]),
+    (dict(op="conv", input_shape=(1, 10, 10, 4), out_channels=4, kernel=3, dilation=2),
+     [{"algo": "direct", "CO": 4, "VEC": 4, "WG": 0}, {"algo": "im2col", **TILES, "LOCAL": 1}]),
+]
+
+
+@pytest.mark.parametrize("layer,configs", CONV_CASES)
+def test_conv_algorithms_match_tflite(ctx, layer, configs):
+    for config in configs:
+        result = check_layer(read_model(single_layer_model(**layer)), 0, ctx, config)
+        assert result.error is not None and result.error <= TOL, (config, result)
+        assert dict(result.config) == config
+
+
+OTHER_CASES = [
+    dict(op="depthwise", input_shape=(1, 10, 10, 8), stride=2, activation="RELU"),
+    dict(op="depthwise", input_shape=(1, 9, 9, 3), depth_multiplier=2, padding="VALID"),
+    dict(op="fc", input_shape=(3, 20), out_channels=7, activation="RELU6"),
+    dict(op="max_pool", input_shape=(1, 9, 9, 5), kernel=3, stride=2, padding="SAME"),
+    dict(op="avg_pool", input_shape=(1, 9, 9, 5), kernel=3, stride=2, padding="SAME"),
+    dict(op="avg_pool", input_shape=(1, 8, 8, 4), kernel=2, stride=2, padding="VALID"),
+    dict(op="add", input_shape=(1, 6, 5, 4), activation="RELU"),
+    dict(op="mul", input_shape=(1, 6, 5, 4)),
+    dict(op="concat", input_shape=(1, 6, 5, 4)),
+    dict(op="mean", input_shape=(1, 6, 5, 4)),
+    dict(op="pad", input_shape=(1, 6, 5, 4), kernel=3),
+    dict(op="softmax", input_shape=(2, 10)),
+    dict(op="reshape", input_shape=(1, 3, 3, 4)),
+    dict(op="hard_swish", input_shape=(1, 6, 5, 4)),
+    dict(op="logistic", input_shape=(1, 6, 5, 4)),
+]
+
+
+@pytest.mark.parametrize("layer", OTHER_CASES, ids=lambda d: d["op"])
+def test_other_kernels_match_tflite(ctx, layer):
+    result = _check(ctx, **layer)
+    assert result.error is not None and result.error <= TOL, result
+
+
+def test_depthwise_vector_variant(ctx):
+    result = _check(ctx, {"VEC": 4, "WG": 64}, op="depthwise", input_shape=(1, 10, 10, 8))
+    assert result.error <= TOL
+
+
+def test_fp16_storage_is_close_but_not_exact(ctx):
+    """Half storage rounds activations and weights: near fp32, measurably not equal to it."""
+    layer = dict(op="conv", input_shape=(1, 8, 8, 8), out_channels=8)
+    half = _check(ctx, {"algo": "direct", "CO": 2, "VEC": 4, "WG": 0}, "fp16-storage", **layer)
+    assert half.error is not None and 1e-6 < half.error < 5e-3
+
+
+def test_half_arithmetic_refused_without_cl_khr_fp16(ctx):
+    from pipeit.gpu.device import GpuError
+
+    if ctx.info.fp16:
+        result = _check(ctx, None, "fp16", op="conv", input_shape=(1, 8, 8, 8), out_channels=8)
+        assert result.error < 5e-2
+    else:
+        with pytest.raises(GpuError, match="cl_khr_fp16"):
+            _check(ctx, None, "fp16", op="conv", input_shape=(1, 8, 8, 8), out_channels=8)
+
+
+def test_int8_layer_is_unsupported(ctx):
+    result = _check(ctx, op="conv", input_shape=(1, 8, 8, 8), out_channels=8, int8=True)
+    assert result.error is None and "int8" in result.reason
+
+
+def test_relative_error_definition():
+    want = np.array([0.0, 2.0, -4.0])
+    assert relative_error(want + np.array([0, 0, 0.004]), want) == pytest.approx(1e-3)
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
