@@ -63,7 +63,10 @@ class TimingSpec:
     batch: int = 5
     rel_tol: float = 0.02
     max_seconds: float = 3.0
-    #: a run counts as clean when process CPU time >= min_util * threads * wall time
+    #: a run counts as clean when its threads waited for a CPU (schedstat run delay)
+    #: for at most this share of its wall time ...
+    max_wait_share: float = 0.05
+    #: ... or, where schedstat is missing, when process CPU time >= min_util * threads * wall
     min_util: float = 0.85
     #: fewest clean runs for an ``ok`` timing
     min_clean: int = 5
@@ -121,15 +124,16 @@ def time_model(
 ) -> Timing:
     """Time ``invoke()`` of a model in *this* process (the caller pins it first).
 
-    Contention filter (``exclusive=True``): around every run the process CPU
-    time is read as well as the wall time. A run during which all
-    ``num_threads`` threads had their cores (``cpu >= min_util * k * wall``;
-    XNNPACK's pool threads spin while they wait, so an uncontended run keeps
-    every thread busy) is *clean*; a run in which another process took a core
-    is not. The median is taken over clean runs only -- on a shared host the
-    plain median can be twice the true time with a tight spread, which no
-    spread test catches. With too few clean runs the timing is marked
-    ``noisy`` (not ``ok``; readers skip it, a re-run retries it). An emulated
+    Contention filter (``exclusive=True``): around every run the scheduler's
+    run-queue delay of all our threads is read (:func:`_run_delay_ns`). A run
+    whose threads waited for a CPU for at most ``max_wait_share`` of its wall
+    time had its cores and is *clean*; a run in which another process took a
+    core is not. (Where schedstat is missing, process CPU time stands in:
+    ``cpu >= min_util * k * wall``, which holds only while pool threads spin.)
+    The median is taken over clean runs only -- on a shared host the plain
+    median can be twice the true time with a tight spread, which no spread
+    test catches. With too few clean runs the timing is marked ``noisy`` (not
+    ``ok``; readers skip it, a re-run retries it). An emulated
     (throttled) cluster is descheduled on purpose: pass ``exclusive=False``.
     """
     import numpy as np
@@ -145,18 +149,27 @@ def time_model(
     walls: List[int] = []
     clean: List[int] = []
     need = num_threads * spec.min_util
+    waited = _run_delay_ns() is not None
     start = time.monotonic()
     previous = None
     while True:
         for _ in range(spec.batch):
+            d0 = _run_delay_ns() if waited else 0
             c0 = time.process_time_ns()
             t0 = time.perf_counter_ns()
             interpreter.invoke()
             t1 = time.perf_counter_ns()
             c1 = time.process_time_ns()
+            d1 = _run_delay_ns() if waited else 0
             wall = t1 - t0
             walls.append(wall)
-            if not exclusive or (c1 - c0) >= need * wall:
+            if not exclusive:
+                clean.append(wall)
+            elif waited:
+                # the scheduler's own account: time our threads sat runnable but not running
+                if (d1 or 0) - (d0 or 0) <= spec.max_wait_share * wall:
+                    clean.append(wall)
+            elif (c1 - c0) >= need * wall:
                 clean.append(wall)
         n = len(walls)
         median = float(np.median(clean)) if clean else None
@@ -174,6 +187,31 @@ def time_model(
     median = float(np.median(used))
     q1, q3 = np.percentile(used, [25, 75])
     return Timing(median / 1e6, float((q3 - q1) / median) if median > 0 else 0.0, len(used), status)
+
+
+def _run_delay_ns() -> Optional[int]:
+    """Nanoseconds this process's threads have spent runnable but waiting for a CPU.
+
+    Summed over ``/proc/self/task/*/schedstat`` (second field). Another
+    process on one of our cores shows up here directly, whatever the threads
+    do while idle -- XNNPACK's pool threads sleep rather than spin on small
+    layers, so CPU time alone cannot tell a 2-thread run that had its cores
+    from one that shared them. None where schedstat is not available.
+    """
+    total = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as handle:
+                total += int(handle.read().split()[1])
+        except FileNotFoundError:
+            continue  # the thread ended between listing and reading
+        except (OSError, IndexError, ValueError):
+            return None
+    return total
 
 
 def _time_sustained(interpreter, spec: TimingSpec) -> Timing:

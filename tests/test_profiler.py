@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import time
+
 import pytest
 
 from cores.model import CoreSetup
@@ -117,16 +119,40 @@ def test_time_model_times_a_real_model():
     assert QUICK.min_repeats <= t.repeats <= QUICK.max_repeats + QUICK.batch
 
 
-def test_contention_filter_marks_runs_without_their_cores_noisy():
-    # No run can use twice the CPU time of its wall time on one thread: all runs are
-    # 'contended', so the timing is flagged and skipped by readers.
-    spec = TimingSpec(warmup=1, min_repeats=3, max_repeats=6, batch=3, min_util=2.0)
-    t = time_model(tiny_model(), 1, spec)
-    assert t.status.startswith("noisy: 0 of 6 runs")
-    row = ProfileRow("layer", "m", 0, 1, CoreSetup("cpu", 1), "k", t.median_ms, t.spread, t.repeats,
-                     "fp", t.status)
+def test_contention_filter_marks_runs_without_their_cores_noisy(platform, one_core):
+    """A real competitor on the measured core makes every run wait for its CPU: flagged, not used.
+
+    The layer runs for several ms, longer than a scheduler slice, so no run
+    escapes the competitor (a 10 us model often fits between its slices, and
+    such runs are rightly kept).
+    """
+    import subprocess
+    import sys
+
+    from pipeit.tflite_builder import single_layer_model
+
+    layer = single_layer_model("conv", (1, 96, 96, 64), out_channels=64, kernel=3)
+
+    cpu = platform.cluster(one_core.cluster).cpus[0]
+    spec = TimingSpec(warmup=1, min_repeats=5, max_repeats=20, batch=5, attempts=1, quiet_wait_s=0.0)
+    worker = SetupWorker(platform, one_core)
+    try:
+        quiet = worker.measure(layer, spec)
+        assert quiet.status == "ok" and quiet.median_ms > 2.0, quiet
+        hog = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {%d})\nwhile True: pass" % cpu])
+        try:
+            time.sleep(0.3)
+            contended = worker.measure(layer, spec)
+        finally:
+            hog.kill()
+            hog.wait()
+    finally:
+        worker.close()
+    assert contended.status.startswith("noisy:"), contended
+    row = ProfileRow("layer", "m", 0, 1, one_core, "k", contended.median_ms, contended.spread, contended.repeats,
+                     "fp", contended.status)
     assert not row.ok
-    # Without the filter (a throttled, emulated cluster) the same runs are fine.
+    # Without the filter (a throttled, emulated cluster is descheduled on purpose) runs are used.
     assert time_model(tiny_model(), 1, spec, exclusive=False).status == "ok"
 
 
