@@ -23,11 +23,15 @@ per core setup, from the stage and whole-model rows::
 non-negative, fitted by relative NNLS made robust to outlier rows (Huber
 weights: a stage measured while another process ran must not drag the
 fit). ``per_layer_ms`` is kept at 0: the per-invoke overhead that summed
-single layers count ``n`` times instead of once is below a microsecond
+single layers count ``n`` times instead of once is below a microsecond on one core
 (the fastest single layers take 1-2 us in all), and a free per-layer term
 over-fits the few, noisy multi-layer rows. The correction is applied *per
 layer* (:meth:`Predictor.calibrate`), so per-layer times of any contiguous
 stage add up to the stage's calibrated time.
+
+On ``k`` > 1 cores ``per_layer_ms`` is fitted, and it is *negative*: every
+single layer timed alone paid the thread pool's wake-up, a whole model pays
+it about once (see :meth:`Calibration.fit`).
 """
 
 from __future__ import annotations
@@ -76,26 +80,42 @@ class Calibration:
 
     IDENTITY = (1.0, 0.0, 0.0)
 
-    @staticmethod
-    def apply(coef: Sequence[float], ms: float, d: LayerDescriptor) -> float:
-        return coef[0] * ms + coef[1] * d.weight_bytes / 1e6 + coef[2]
+    #: a calibrated layer keeps at least this share of its stand-alone time (the wake-up
+    #: term is an average over layers; it must not make a tiny layer free or negative)
+    FLOOR = 0.25
 
     @staticmethod
-    def fit(samples: Sequence[Tuple[float, float, int, float]]) -> Tuple[float, float, float]:
-        """``samples``: (sum of predicted layer ms, sum of layer weight MB, layer count, measured ms)."""
+    def apply(coef: Sequence[float], ms: float, d: LayerDescriptor) -> float:
+        value = coef[0] * ms + coef[1] * d.weight_bytes / 1e6 + coef[2]
+        return max(value, Calibration.FLOOR * ms) if coef[2] < 0 else value
+
+    @staticmethod
+    def fit(samples: Sequence[Tuple[float, float, int, float]], cores: int = 1) -> Tuple[float, float, float]:
+        """``samples``: (sum of predicted layer ms, sum of layer weight MB, layer count, measured ms).
+
+        On ``cores`` > 1 a third, *subtracted* per-layer term is fitted: a layer
+        timed alone pays the thread pool's wake-up on every invoke (the workers
+        went to sleep between invokes), inside a model the workers are already
+        awake from the previous operator. On the quiet 2-core profile summed
+        single layers over-predict whole models by 5-40 %, in proportion to the
+        layer count, not to the time. On one core there is no pool to wake and
+        the term stays 0.
+        """
         if not samples:
             return Calibration.IDENTITY
-        x = np.array([[s[0], s[1]] for s in samples], dtype=float)
+        wake = int(cores) > 1
+        cols = [[s[0], s[1]] + ([-float(s[2])] if wake else []) for s in samples]
+        x = np.array(cols, dtype=float)
         y = np.array([s[3] for s in samples], dtype=float)
         ratio = float(np.median(y / np.maximum(x[:, 0], 1e-9)))
-        if len(samples) < 4:
-            # Too few rows for two coefficients: a plain ratio is all they support.
+        if len(samples) < x.shape[1] + 2:
+            # Too few rows for the coefficients: a plain ratio is all they support.
             return (ratio, 0.0, 0.0)
         # A row over n layers averages n layers' errors: its ratio is worth n single ones.
         coef = robust_relative_nnls(x, y, np.array([float(s[2]) for s in samples]))
         if coef[0] <= 0:
             return (ratio, 0.0, 0.0)
-        return (float(coef[0]), float(coef[1]), 0.0)
+        return (float(coef[0]), float(coef[1]), -float(coef[2]) if wake else 0.0)
 
 
 class Predictor:
@@ -161,7 +181,7 @@ class Predictor:
             mb = sum(d.weight_bytes for d in descs) / 1e6
             per_setup.setdefault(row.setup, []).append((total, mb, len(descs), row.median_ms))
         for setup in self.setups_:
-            self.calibration_[str(setup)] = Calibration.fit(per_setup.get(setup, []))
+            self.calibration_[str(setup)] = Calibration.fit(per_setup.get(setup, []), setup.cores)
 
     # ---- prediction ------------------------------------------------------------------
     def _check_fitted(self) -> None:

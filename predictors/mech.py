@@ -49,7 +49,7 @@ from pipeit.errors import PredictorError
 from pipeit.profile_table import ProfileRow
 from predictors.base import Predictor
 from predictors.features import ceil_div, family_of, gemm_shape, layer_bytes, output_pixels
-from predictors.fitting import relative_nnls
+from predictors.fitting import relative_nnls, robust_relative_nnls
 from predictors.grouped import fit_grouped, predict_grouped, relative_errors
 
 __all__ = ["MechPredictor", "mech_features", "column_tiles", "moved_bytes", "SWEEP_MODEL", "CACHE_MB", "L1_BYTES", "NOISE_FLOOR_MS"]
@@ -140,7 +140,7 @@ def mech_features(
         elem = 4 if d.dtype == "float32" else 1
         per_pixel = chan * (2 * g.taps + 1) * elem
         l1_excess = pixels * max(0, per_pixel - L1_BYTES) / 1e6
-        return fam, (1.0, work, passes, indirect, l1_excess, mb / k, spill)
+        return fam, (1.0, work, l1_excess)
     if base == "pool":
         kernel = d.kernel or (1, 1)
         taps = kernel[0] * kernel[1]
@@ -157,7 +157,7 @@ def mech_features(
         return group, (1.0, work, pixels * taps / 1e3, spill)
     if base == "eltwise":
         moved = moved_bytes(d) / 1e6
-        return fam, (1.0, moved / k, max(0.0, moved - CACHE_MB * k))
+        return fam, (1.0, moved / k)
     if base == "concat":
         copies = len(d.inputs) * output_pixels(d) / k   # one strided row copy per input per pixel
         return fam, (1.0, mb / k, copies / 1e3, spill)
@@ -258,14 +258,14 @@ class MechPredictor(Predictor):
             best, best_err = grid[0], np.inf
             for cand in grid:
                 feat = self._featurize({fam: cand})
-                coefs = fit_grouped(fam_rows, feat, _generic, relative_nnls, 2, self._row_weight)
+                coefs = fit_grouped(fam_rows, feat, _generic, robust_relative_nnls, 2, self._row_weight)
                 err = float(np.sum(wts * relative_errors(coefs, feat, _generic, fam_rows) ** 2))
                 if err < best_err * (1 - 1e-9) - 1e-12:
                     best, best_err = cand, err
             tiles[fam] = {k: int(v) for k, v in best.items()}
         self.tiles_ = tiles
         self.coef_: Dict[str, List[float]] = fit_grouped(
-            rows, self._featurize(tiles), _generic, relative_nnls, 2, self._row_weight
+            rows, self._featurize(tiles), _generic, robust_relative_nnls, 2, self._row_weight
         )
 
     def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
