@@ -74,10 +74,13 @@ class StrategyResult:
     efficiency: float
     predicted_fps: float
     predicted_latency_ms: float
+    #: another strategy whose plan is the same pipeline: run once, reported for both
+    same_plan_as: Optional[str] = None
 
     def to_json(self) -> dict:
         return {
             "name": self.name,
+            "same_plan_as": self.same_plan_as,
             "fps": self.fps,
             "fps_rounds": list(self.fps_rounds),
             "latency_ms": {"p50": self.latency_p50_ms, "p99": self.latency_p99_ms},
@@ -216,6 +219,20 @@ def frames_in_flight(plan: Plan) -> int:
     return max(1, total)
 
 
+def plan_shape(plan: Plan) -> tuple:
+    """What a pipeline *is*: each stage's layers and its workers' CPUs and threads.
+
+    Two strategies that arrive at the same shape (on a homogeneous host the
+    DSE's best plan is often plain replicas) would be the same processes on
+    the same cores; the bench runs such a pipeline once and reports it under
+    both names, rather than report run-to-run noise as a difference.
+    """
+    return tuple(
+        (stage.layers, tuple(sorted((w.cluster, tuple(w.cpus), w.threads) for w in stage.workers)))
+        for stage in plan.stages
+    )
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     pos = (len(ordered) - 1) * q / 100.0
@@ -307,14 +324,23 @@ def run_bench(
             for s in plans[name].stages
         ) + f"  predicted {plans[name].predicted_fps:.1f} fps")
 
+    shapes: Dict[tuple, str] = {}
+    same_as: Dict[str, str] = {}
+    for name, plan in plans.items():
+        first = shapes.setdefault(plan_shape(plan), name)
+        if first != name:
+            same_as[name] = first
+            _say(progress, f"{name}: the same pipeline as {first}; measured once for both")
+    measured = {name: plan for name, plan in plans.items() if name not in same_as}
+
     stream = make_frames(model_path, frames)
     warm = make_frames(model_path, max(8, frames // 10))
-    fps_runs: Dict[str, List[float]] = {n: [] for n in plans}
-    lat_runs: Dict[str, List[List[float]]] = {n: [] for n in plans}
+    fps_runs: Dict[str, List[float]] = {n: [] for n in measured}
+    lat_runs: Dict[str, List[List[float]]] = {n: [] for n in measured}
     rss: Dict[str, int] = {}
     pipelines = {}
     try:
-        for name, plan in plans.items():
+        for name, plan in measured.items():
             slots = max(4, frames_in_flight(plan) + 1)
             pipelines[name] = Pipeline(plan, model_path, slots=slots).start()
         for name, pipe in pipelines.items():
@@ -327,7 +353,7 @@ def run_bench(
                 fps_runs[name].append(fps)
                 lat_runs[name].append(lat)
             _say(progress, f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {fps_runs[n][-1]:.1f}" for n in plans) + " fps")
+                f"{n} {fps_runs[n][-1]:.1f}" for n in measured) + " fps")
         for name, pipe in pipelines.items():
             rss[name] = max(rss.get(name, 0), _rss_bytes(pipe))
     finally:
@@ -336,18 +362,20 @@ def run_bench(
 
     results = []
     for name, plan in plans.items():
-        runs = fps_runs[name]
+        source = same_as.get(name, name)
+        runs = fps_runs[source]
         median_fps = statistics.median(runs)
         # the latencies of the round whose fps is the median one
         pick = sorted(range(len(runs)), key=lambda i: runs[i])[len(runs) // 2]
-        lat = lat_runs[name][pick]
+        lat = lat_runs[source][pick]
         p99 = _percentile(lat, 99)
         results.append(StrategyResult(
             name=name, plan=plan, fps=median_fps, fps_rounds=tuple(runs),
             latency_p50_ms=_percentile(lat, 50), latency_p99_ms=p99,
             meets_limit=None if latency_ms is None else p99 <= latency_ms,
-            rss_bytes=rss.get(name, 0), efficiency=median_fps / ideal if ideal else 0.0,
+            rss_bytes=rss.get(source, 0), efficiency=median_fps / ideal if ideal else 0.0,
             predicted_fps=plan.predicted_fps, predicted_latency_ms=plan.predicted_latency_ms,
+            same_plan_as=same_as.get(name),
         ))
     return BenchReport(
         model=model_path.name, platform=platform.source, ideal_fps=ideal,
@@ -367,7 +395,8 @@ def format_report(report: BenchReport) -> str:
             s.name, f"{s.fps:.1f}", f"{s.predicted_fps:.1f}", f"{s.latency_p50_ms:.1f}",
             f"{s.latency_p99_ms:.1f}", "-" if s.meets_limit is None else ("yes" if s.meets_limit else "no"),
             f"{s.rss_bytes / 2**20:.0f}", f"{s.efficiency:.2f}",
-            " | ".join("+".join(f"{w.cluster}:{len(w.cpus)}" for w in st.workers) for st in s.plan.stages),
+            " | ".join("+".join(f"{w.cluster}:{len(w.cpus)}" for w in st.workers) for st in s.plan.stages)
+            + (f"  (= {s.same_plan_as}, measured once)" if s.same_plan_as else ""),
         ])
     head = (f"model {report.model} on {report.platform}: ideal {report.ideal_fps:.1f} fps "
             f"(single-thread ms: " + ", ".join(f"{k} {v:.2f}" for k, v in report.single_thread_ms) + ")")

@@ -34,6 +34,16 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
         assert s["efficiency"] == pytest.approx(s["fps"] / doc["ideal_fps"])
         assert s["predicted_fps"] > 0
         assert s["meets_limit"] is None
+    # a strategy whose plan is another's pipeline is measured once and reported for both
+    by_name = {s["name"]: s for s in doc["strategies"]}
+    for s in doc["strategies"]:
+        twin = s["same_plan_as"]
+        if twin is not None:
+            assert by_name[twin]["same_plan_as"] is None
+            assert s["fps_rounds"] == by_name[twin]["fps_rounds"]
+            assert s["stages"] == by_name[twin]["stages"]
+    # on one cluster, all-cores and fastest-cluster are the same pipeline (all cores of it)
+    assert by_name["fastest-cluster"]["same_plan_as"] == "all-cores"
     # the profile was cached where asked, so a second run would not profile again
     assert list(tmp_path.glob("profiles/*.csv"))
 

@@ -44,6 +44,13 @@ def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optio
     return json.loads(result.stdout)
 
 
+def _shape(result: dict) -> str:
+    """pipeit's stages as ``[a,b) w+w | ...``, and which strategy had the same pipeline."""
+    stages = " \\| ".join(f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(w.split("@")[0] for w in s["workers"])
+                           for s in result["stages"])
+    return stages + (f" (= {result['same_plan_as']})" if result.get("same_plan_as") else "")
+
+
 def checks(doc: dict, platform: str) -> Dict[str, bool]:
     by = {s["name"]: s for s in doc["strategies"]}
     ours = by["pipeit"]
@@ -91,7 +98,8 @@ def main() -> int:
 
     names = ["all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit"]
     limit = docs[0]["latency_limit_ms"] is not None
-    head = "| model | ideal fps | " + " | ".join(names) + " | pipeit / best other | pipeit eff | pipeit pred fps |"
+    head = ("| model | ideal fps | " + " | ".join(names)
+            + " | pipeit / best other | pipeit eff | pipeit pred fps | pipeit's plan |")
     if limit:
         head = head.replace(" | pipeit / best other", " | limit ms | p99 ms (pipeit) | pipeit / best other")
     print(head)
@@ -110,7 +118,7 @@ def main() -> int:
             extra = f" {doc['latency_limit_ms']:.1f} | {by['pipeit']['latency_ms']['p99']:.1f} |"
         print(f"| {doc['model'].removesuffix('.tflite')} | {doc['ideal_fps']:.1f} | " + " | ".join(cells)
               + f" |{extra} {by['pipeit']['fps'] / best_other:.2f} | {by['pipeit']['efficiency']:.2f} | "
-              f"{by['pipeit']['predicted_fps']:.1f} |")
+              f"{by['pipeit']['predicted_fps']:.1f} | {_shape(by['pipeit'])} |")
         for check, ok in checks(doc, args.platform).items():
             if not ok:
                 failures.setdefault(check, []).append(doc["model"].removesuffix(".tflite"))
