@@ -219,6 +219,24 @@ def frames_in_flight(plan: Plan) -> int:
     return max(1, total)
 
 
+def coordinator_cpus(platform: Platform) -> Tuple[int, ...]:
+    """Where the process that feeds frames and runs the dispatcher belongs: the slowest cluster.
+
+    It wakes for every frame at every stage; left to the scheduler it lands on
+    the big cores and takes time from the stage that sets the frame rate. On a
+    heterogeneous board the LITTLE cores are worth least (on an emulated one
+    the throttled CPU also has idle time outside its quota). On a homogeneous
+    machine there is no better place than everywhere: nothing is pinned.
+    """
+    cpu = platform.cpu_clusters
+    if len(cpu) < 2:
+        return ()
+    slowest = min(cpu, key=lambda c: (c.speed, c.capacity or 0, c.max_freq_khz or 0))
+    if slowest.speed >= 1.0 and slowest.capacity == platform.fastest.capacity:
+        return ()
+    return tuple(slowest.cpus)
+
+
 def plan_shape(plan: Plan) -> tuple:
     """What a pipeline *is*: each stage's layers and its workers' CPUs and threads.
 
@@ -339,10 +357,18 @@ def run_bench(
     lat_runs: Dict[str, List[List[float]]] = {n: [] for n in measured}
     rss: Dict[str, int] = {}
     pipelines = {}
+    host: Tuple[int, ...] = ()
+    feeder = os.sched_getaffinity(0)
     try:
+        host = coordinator_cpus(platform)
         for name, plan in measured.items():
             slots = max(4, frames_in_flight(plan) + 1)
             pipelines[name] = Pipeline(plan, model_path, slots=slots).start()
+            if host:
+                pipelines[name].pin_dispatcher(host)
+        if host:
+            os.sched_setaffinity(0, set(host))
+            _say(progress, f"dispatchers and the frame feed pinned to CPUs {list(host)} (the slowest cluster)")
         for name, pipe in pipelines.items():
             _stream(pipe, warm, frames_in_flight(plans[name]))
             rss[name] = _rss_bytes(pipe)
@@ -359,6 +385,8 @@ def run_bench(
     finally:
         for pipe in pipelines.values():
             pipe.close()
+        if host:
+            os.sched_setaffinity(0, feeder)
 
     results = []
     for name, plan in plans.items():

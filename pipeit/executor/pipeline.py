@@ -516,6 +516,16 @@ class Pipeline:
         """Heavy modules each worker found already imported when it pinned (should be none)."""
         return {(w.config.stage, w.config.worker): w.heavy_before_pin for w in self._all_workers()}
 
+    def pin_dispatcher(self, cpus: Sequence[int]) -> None:
+        """Pin the dispatcher thread (per-frame bookkeeping, restarts) to ``cpus``.
+
+        Workers pin themselves, so this does not narrow what they may use; a
+        caller that feeds frames from its own thread pins that thread likewise.
+        """
+        if self._thread is None or self._thread.native_id is None:
+            raise ExecutorError("the pipeline is not started")
+        os.sched_setaffinity(self._thread.native_id, set(int(c) for c in cpus))
+
     def queue_depths(self) -> Tuple[int, ...]:
         """Frames waiting for each stage (ready, not yet given to a worker): a snapshot per stage.
 
