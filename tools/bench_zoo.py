@@ -8,7 +8,7 @@ Each model is one `pipeit bench` invocation (its strategies interleaved in
 rounds; medians); the ratios in a row therefore come from one run. The
 issue's targets are checked per row and summarised:
 
-- every platform: pipeit fps >= 0.97 x the best other strategy;
+- without a limit: pipeit fps >= 0.97 x the best other strategy;
 - auto (equal cores): efficiency >= 0.90;
 - emulated big.LITTLE: pipeit >= 1.15 x all-cores;
 - with a latency limit: pipeit meets it at p99, and its fps >= 1.1 x the best of
@@ -55,7 +55,9 @@ def checks(doc: dict, platform: str) -> Dict[str, bool]:
     by = {s["name"]: s for s in doc["strategies"]}
     ours = by["pipeit"]
     others = [s for n, s in by.items() if n != "pipeit"]
-    out = {"pipeit >= 0.97 x best other": ours["fps"] >= 0.97 * max(s["fps"] for s in others)}
+    out = {}
+    if doc["latency_limit_ms"] is None:
+        out["pipeit >= 0.97 x best other"] = ours["fps"] >= 0.97 * max(s["fps"] for s in others)
     if doc["latency_limit_ms"] is not None:
         plain = [by[n] for n in ("all-cores", "fastest-cluster", "replicas") if n in by and by[n]["meets_limit"]]
         best_plain = max((s["fps"] for s in plain), default=0.0)
@@ -101,7 +103,7 @@ def main() -> int:
     head = ("| model | ideal fps | " + " | ".join(names)
             + " | pipeit / best other | pipeit eff | pipeit pred fps | pipeit's plan |")
     if limit:
-        head = head.replace(" | pipeit / best other", " | limit ms | p99 ms (pipeit) | pipeit / best other")
+        head = head.replace(" | pipeit / best other", " | limit ms | p99 ms (pipeit) | pipeit / best plain meeting it")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     failures: Dict[str, List[str]] = {}
@@ -112,7 +114,11 @@ def main() -> int:
             s = by[n]
             mark = "" if s["meets_limit"] is None else (" ✓" if s["meets_limit"] else " ✗")
             cells.append(f"{s['fps']:.1f}{mark}")
-        best_other = max(by[n]["fps"] for n in names if n != "pipeit")
+        if limit:  # against the plain strategies that meet the limit, as the target is stated
+            best_other = max((by[n]["fps"] for n in ("all-cores", "fastest-cluster", "replicas")
+                              if by[n]["meets_limit"]), default=float("nan"))
+        else:
+            best_other = max(by[n]["fps"] for n in names if n != "pipeit")
         extra = ""
         if limit:
             extra = f" {doc['latency_limit_ms']:.1f} | {by['pipeit']['latency_ms']['p99']:.1f} |"
