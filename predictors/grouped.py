@@ -17,8 +17,9 @@ import numpy as np
 from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.profile_table import ProfileRow
+from predictors.base import Predictor
 
-__all__ = ["FALLBACK", "fit_grouped", "predict_grouped", "relative_errors"]
+__all__ = ["FALLBACK", "fit_grouped", "predict_grouped", "relative_errors", "GroupedLinearPredictor"]
 
 FALLBACK = "*"
 
@@ -86,3 +87,36 @@ def relative_errors(coefs, featurize, generic, rows: Sequence[ProfileRow]) -> np
     pred = np.array([predict_grouped(coefs, featurize, generic, r.descriptor, r.setup) for r in rows])
     meas = np.array([r.median_ms for r in rows])
     return (np.maximum(pred, 1e-3) - meas) / meas
+
+
+class GroupedLinearPredictor(Predictor):
+    """A baseline that is one linear model per (group, setup): subclasses say which.
+
+    ``featurize``/``generic`` give the group and features of a layer (see
+    :func:`fit_grouped`), ``solver`` fits one model and ``min_extra_rows`` is
+    how many rows beyond the feature count a group needs before it gets its
+    own model instead of the generic one. The flops and pipe-it baselines
+    differ only in these.
+    """
+
+    calibrated = False
+    featurize: Featurize
+    generic: Generic
+    solver: Solver
+    min_extra_rows: int = 2
+
+    def _fit_layers(self, rows: List[ProfileRow]) -> None:
+        cls = type(self)
+        self.coef_: Dict[str, List[float]] = fit_grouped(
+            rows, cls.featurize, cls.generic, cls.solver, cls.min_extra_rows
+        )
+
+    def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
+        cls = type(self)
+        return predict_grouped(self.coef_, cls.featurize, cls.generic, descriptor, setup)
+
+    def _fitted_state(self) -> dict:
+        return {"coef": self.coef_}
+
+    def _load_fitted_state(self, doc: dict) -> None:
+        self.coef_ = {str(k): [float(x) for x in v] for k, v in doc["coef"].items()}

@@ -22,16 +22,14 @@ descriptions are reachable, so these are *our assumptions*:
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import math
 
 from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
-from pipeit.profile_table import ProfileRow
-from predictors.base import Predictor
 from predictors.fitting import relative_lstsq
-from predictors.grouped import fit_grouped, predict_grouped
+from predictors.grouped import GroupedLinearPredictor
 
 __all__ = ["PipeItPredictor"]
 
@@ -56,20 +54,11 @@ def _generic(d: LayerDescriptor, setup: CoreSetup) -> Sequence[float]:
     return (1.0, d.macs / 1e6, _volume(d.output_shape) / 1e6)
 
 
-class PipeItPredictor(Predictor):
+class PipeItPredictor(GroupedLinearPredictor):
     """Per (layer class, setup) linear regression on convolution descriptors."""
 
     name = "pipe-it"
-    calibrated = False
-
-    def _fit_layers(self, rows: List[ProfileRow]) -> None:
-        self.coef_: Dict[str, List[float]] = fit_grouped(rows, _features, _generic, relative_lstsq, 2)
-
-    def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
-        return predict_grouped(self.coef_, _features, _generic, descriptor, setup)
-
-    def _fitted_state(self) -> dict:
-        return {"coef": self.coef_}
-
-    def _load_fitted_state(self, doc: dict) -> None:
-        self.coef_ = {str(k): [float(x) for x in v] for k, v in doc["coef"].items()}
+    featurize = staticmethod(_features)
+    generic = staticmethod(_generic)
+    solver = staticmethod(relative_lstsq)
+    min_extra_rows = 2
