@@ -219,24 +219,6 @@ def frames_in_flight(plan: Plan) -> int:
     return max(1, total)
 
 
-def coordinator_cpus(platform: Platform) -> Tuple[int, ...]:
-    """Where the process that feeds frames and runs the dispatcher belongs: the slowest cluster.
-
-    It wakes for every frame at every stage; left to the scheduler it lands on
-    the big cores and takes time from the stage that sets the frame rate. On a
-    heterogeneous board the LITTLE cores are worth least (on an emulated one
-    the throttled CPU also has idle time outside its quota). On a homogeneous
-    machine there is no better place than everywhere: nothing is pinned.
-    """
-    cpu = platform.cpu_clusters
-    if len(cpu) < 2:
-        return ()
-    slowest = min(cpu, key=lambda c: (c.speed, c.capacity or 0, c.max_freq_khz or 0))
-    if slowest.speed >= 1.0 and slowest.capacity == platform.fastest.capacity:
-        return ()
-    return tuple(slowest.cpus)
-
-
 def plan_shape(plan: Plan) -> tuple:
     """What a pipeline *is*: each stage's layers and its workers' CPUs and threads.
 
@@ -314,6 +296,7 @@ def run_bench(
     """
     from pipeit.dse import plan_pipeline
     from pipeit.executor import Pipeline
+    from pipeit.executor.pipeline import coordinator_cpus
     from pipeit.graph import load_graph
 
     unknown = [s for s in strategies if s not in STRATEGIES]

@@ -72,3 +72,29 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("INFO:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+class TestCoordinatorPlacement:
+    """The process that feeds frames and dispatches them goes to the slowest cluster."""
+
+    def test_big_little_board_uses_the_little_cluster(self):
+        from cores.platform import load_platform
+        from pipeit.executor.pipeline import coordinator_cpus
+
+        platform = load_platform("board:odroid-xu4")
+        little = min(platform.cpu_clusters, key=lambda c: c.capacity)
+        assert coordinator_cpus(platform) == tuple(little.cpus)
+
+    def test_emulated_board_uses_the_slowed_cluster(self):
+        from cores.model import Cluster, Platform
+        from pipeit.executor.pipeline import coordinator_cpus
+
+        platform = Platform((Cluster("big", "x", (0,)), Cluster("little", "x", (1,), speed=0.4)), source="emulate:t")
+        assert coordinator_cpus(platform) == (1,)
+
+    def test_equal_cores_are_left_alone(self):
+        from cores.platform import load_platform
+        from pipeit.executor.pipeline import coordinator_cpus
+
+        assert coordinator_cpus(load_platform("auto")) == ()
+        assert coordinator_cpus(load_platform("board:rpi4")) == ()

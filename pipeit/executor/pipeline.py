@@ -43,7 +43,7 @@ from pipeit.executor.stats import PipelineStats, StageStats, percentile
 from pipeit.executor.worker import RingRef, WorkerConfig, worker_main
 from pipeit.plan import Plan, file_sha256
 
-__all__ = ["Pipeline", "StagePart", "model_io", "DEFAULT_SLOTS"]
+__all__ = ["Pipeline", "StagePart", "model_io", "coordinator_cpus", "DEFAULT_SLOTS"]
 
 #: slots per edge unless the caller says otherwise (8 gave 0..+16 % over 4 on a throttled platform)
 DEFAULT_SLOTS = 4
@@ -106,6 +106,24 @@ class _Worker:
     def label(self) -> str:
         cpus = ",".join(str(c) for c in self.config.cpus)
         return f"stage {self.config.stage} worker {self.config.worker} (cluster {self.cluster}, CPUs {cpus})"
+
+
+def coordinator_cpus(platform: Any) -> Tuple[int, ...]:
+    """Where the process that feeds frames and runs the dispatcher belongs: the slowest cluster.
+
+    It wakes for every frame at every stage; left to the scheduler it lands on
+    the big cores and takes time from the stage that sets the frame rate. On a
+    heterogeneous board the LITTLE cores are worth least (on an emulated one
+    the throttled CPU also has idle time outside its quota). On a homogeneous
+    machine there is no better place than everywhere: nothing is pinned.
+    """
+    cpu = platform.cpu_clusters
+    if len(cpu) < 2:
+        return ()
+    slowest = min(cpu, key=lambda c: (c.speed, c.capacity or 0, c.max_freq_khz or 0))
+    if slowest.speed >= 1.0 and slowest.capacity == platform.fastest.capacity:
+        return ()
+    return tuple(slowest.cpus)
 
 
 class Pipeline:
