@@ -57,6 +57,13 @@ SWITCH_MARGIN = 0.05
 FACTOR_RANGE = (0.2, 5.0)
 
 
+def drift_ratio(measured_ms: Optional[float], expected_ms: Optional[float]) -> Optional[float]:
+    """Measured over expected time, or None where either is missing (nothing to judge yet)."""
+    if not measured_ms or not expected_ms or expected_ms <= 0:
+        return None
+    return measured_ms / expected_ms
+
+
 @dataclass(frozen=True)
 class WorkerReading:
     """One worker of a stage over one window: its own median ms, the ms the plan expects of it, frames."""
@@ -73,9 +80,7 @@ class WorkerReading:
 
     @property
     def ratio(self) -> Optional[float]:
-        if not self.measured_ms or not self.expected_ms or self.expected_ms <= 0:
-            return None
-        return self.measured_ms / self.expected_ms
+        return drift_ratio(self.measured_ms, self.expected_ms)
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,7 @@ class StageReading:
 
     @property
     def ratio(self) -> Optional[float]:
-        if not self.measured_ms or not self.expected_ms or self.expected_ms <= 0:
-            return None
-        return self.measured_ms / self.expected_ms
+        return drift_ratio(self.measured_ms, self.expected_ms)
 
 
 @dataclass(frozen=True)
