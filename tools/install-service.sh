@@ -48,15 +48,8 @@ if [ "$DRY" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-run() {
-    if [ "$DRY" -eq 1 ]; then
-        printf 'would run:'
-        printf ' %q' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
+# shellcheck source=board-lib.sh
+. "$(dirname "$0")/board-lib.sh"
 
 write() {  # write FILE: stdin -> FILE
     if [ "$DRY" -eq 1 ]; then

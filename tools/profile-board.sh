@@ -48,15 +48,8 @@ fi
 STATE="${PIPEIT_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/pipeit}/board"
 WORK="$STATE/zoo"
 
-run() {
-    if [ "$DRY" -eq 1 ]; then
-        printf 'would run:'
-        printf ' %q' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
+# shellcheck source=board-lib.sh
+. "$(dirname "$0")/board-lib.sh"
 
 for model in "${MODELS[@]+"${MODELS[@]}"}"; do
     [ -f "$model" ] || { echo "profile-board.sh: $model: no such model file" >&2; exit 2; }

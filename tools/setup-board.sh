@@ -36,15 +36,8 @@ while [ "$#" -gt 0 ]; do
     esac
 done
 
-run() {
-    if [ "$DRY" -eq 1 ]; then
-        printf 'would run:'
-        printf ' %q' "$@"
-        printf '\n'
-    else
-        "$@"
-    fi
-}
+# shellcheck source=board-lib.sh
+. "$(dirname "$0")/board-lib.sh"
 
 command -v python3 >/dev/null 2>&1 || { echo "setup-board.sh: python3 not found (apt-get install python3 python3-venv)" >&2; exit 1; }
 python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
