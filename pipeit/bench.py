@@ -255,22 +255,11 @@ def _rss_bytes(pipeline) -> int:
 
 def make_frames(model_path: Path, count: int, seed: int = 0) -> List[Dict[str, "object"]]:
     """Seeded random frames matching the model's inputs (a few distinct ones, reused)."""
-    import numpy as np
-
     from pipeit.executor.pipeline import model_io
+    from pipeit.frames import random_frames
 
     inputs, _ = model_io(model_path)
-    rng = np.random.default_rng(seed)
-    distinct = []
-    for _ in range(min(count, 8)):
-        frame = {}
-        for info in inputs:
-            if info.dtype.startswith("int") or info.dtype.startswith("uint"):
-                lo, hi = (-128, 127) if info.dtype == "int8" else (0, 255)
-                frame[info.name] = rng.integers(lo, hi + 1, size=info.shape).astype(info.dtype)
-            else:
-                frame[info.name] = rng.uniform(-1.0, 1.0, size=info.shape).astype(info.dtype)
-        distinct.append(frame)
+    distinct = random_frames(inputs, min(count, 8), seed)
     return [distinct[i % len(distinct)] for i in range(count)]
 
 

@@ -58,21 +58,9 @@ def load_frames(source: str, inputs: tuple, seed: int = 0) -> List[Dict[str, Any
     import numpy as np
 
     if source == "random":
-        rng = np.random.default_rng(seed)
-        frames = []
-        for _ in range(4):
-            frame = {}
-            for info in inputs:
-                dtype = np.dtype(info.dtype)
-                if dtype.kind == "f":
-                    frame[info.name] = rng.uniform(-1.0, 1.0, size=info.shape).astype(dtype)
-                elif dtype.kind in "iu":
-                    limits = np.iinfo(dtype)
-                    frame[info.name] = rng.integers(limits.min, int(limits.max) + 1, size=info.shape, dtype=dtype)
-                else:
-                    frame[info.name] = rng.integers(0, 2, size=info.shape).astype(dtype)
-            frames.append(frame)
-        return frames
+        from pipeit.frames import random_frames
+
+        return random_frames(inputs, 4, seed)
     if len(inputs) != 1:
         raise InputError(f"this model has {len(inputs)} inputs; --input FILE/DIR supports single-input models (use random)")
     info = inputs[0]
