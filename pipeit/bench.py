@@ -233,14 +233,6 @@ def plan_shape(plan: Plan) -> tuple:
     )
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def _rss_bytes(pipeline) -> int:
     import psutil
 
@@ -286,6 +278,7 @@ def run_bench(
     from pipeit.dse import plan_pipeline
     from pipeit.executor import Pipeline
     from pipeit.executor.pipeline import coordinator_cpus
+    from pipeit.executor.stats import percentile
     from pipeit.graph import load_graph
 
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -368,10 +361,10 @@ def run_bench(
         # the latencies of the round whose fps is the median one
         pick = sorted(range(len(runs)), key=lambda i: runs[i])[len(runs) // 2]
         lat = lat_runs[source][pick]
-        p99 = _percentile(lat, 99)
+        p99 = percentile(lat, 99)
         results.append(StrategyResult(
             name=name, plan=plan, fps=median_fps, fps_rounds=tuple(runs),
-            latency_p50_ms=_percentile(lat, 50), latency_p99_ms=p99,
+            latency_p50_ms=percentile(lat, 50), latency_p99_ms=p99,
             meets_limit=None if latency_ms is None else p99 <= latency_ms,
             rss_bytes=rss.get(source, 0), efficiency=median_fps / ideal if ideal else 0.0,
             predicted_fps=plan.predicted_fps, predicted_latency_ms=plan.predicted_latency_ms,
