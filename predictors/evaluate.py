@@ -19,7 +19,7 @@ import numpy as np
 
 from cores.model import CoreSetup
 from pipeit.errors import ProfileError
-from pipeit.profile_table import ProfileRow, ProfileTable
+from pipeit.profile_table import ProfileTable
 from predictors.base import Predictor
 
 __all__ = ["LayerResult", "ModelResult", "Metrics", "evaluate", "metrics", "leave_one_out"]

@@ -49,7 +49,7 @@ from pipeit.errors import PredictorError
 from pipeit.profile_table import ProfileRow
 from predictors.base import Predictor
 from predictors.features import ceil_div, family_of, gemm_shape, layer_bytes, output_pixels
-from predictors.fitting import relative_nnls, robust_relative_nnls
+from predictors.fitting import robust_relative_nnls
 from predictors.grouped import fit_grouped, predict_grouped, relative_errors
 
 __all__ = ["MechPredictor", "mech_features", "column_tiles", "moved_bytes", "SWEEP_MODEL", "CACHE_MB", "L1_BYTES", "NOISE_FLOOR_MS"]
@@ -133,8 +133,6 @@ def mech_features(
         pixels = rows * width
         chan = ceil_div(max(d.out_channels, 1), ct) * ct
         work = pixels * chan * g.taps / 1e6
-        passes = pixels * ceil_div(d.out_channels, ct) / 1e3   # channel-tile passes per pixel
-        indirect = pixels * g.taps / 1e3                 # one input pointer per tap per pixel
         # Every output pixel walks all channels' weights (taps + bias) and its input window;
         # with many channels that no longer fits L1 and the excess comes from L2 per pixel.
         elem = 4 if d.dtype == "float32" else 1

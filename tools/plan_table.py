@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -31,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from cores.model import Cluster, CoreSetup, Platform  # noqa: E402
 from cores.platform import load_platform  # noqa: E402
-from pipeit.dse import STRATEGIES, best_candidate  # noqa: E402
+from pipeit.dse import best_candidate  # noqa: E402
 from pipeit.errors import PipeitError  # noqa: E402
 from pipeit.graph import load_graph  # noqa: E402
-from pipeit.layer_times import LayerTimes, cut_bytes_of, layer_times_for  # noqa: E402
+from pipeit.layer_times import LayerTimes, layer_times_for  # noqa: E402
 
 BOARDS = ("odroid-xu4", "rk3588", "odroid-n2plus")
 ORDER = ("all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit")

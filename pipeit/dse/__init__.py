@@ -25,7 +25,6 @@ from pipeit.dse import all_cores, fastest_cluster, pipe_it, pipeit, replicas
 from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan, throttle_jitter_ms
 from pipeit.dse.optimal import SearchStats, min_latency_ms, optimal_plan
 from pipeit.dse.planfile import to_plan
-from pipeit.dse.tables import TOL
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.plan import Plan

@@ -9,9 +9,9 @@ weights grow along the model, as in a CNN.
 from __future__ import annotations
 
 import random
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
-from cores.model import Cluster, CoreSetup, Platform
+from cores.model import Cluster, Platform
 from pipeit.layer_times import LayerTimes
 
 __all__ = ["synthetic_platform", "synthetic_times"]
