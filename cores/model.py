@@ -21,7 +21,9 @@ class Cluster:
     ``speed`` is 1.0 on real hardware; an emulated cluster declares a factor
     in (0, 1] and its work is throttled by a CPU bandwidth quota.
     ``kind`` is ``"cpu"`` or ``"gpu"`` (an OpenCL device the DSE places like
-    a cluster; its ``cpus`` are the host core that drives it).
+    a cluster; its ``cpus`` are the host core that drives it, and ``device``
+    selects the OpenCL device, as ``PIPEIT_OPENCL_DEVICE`` would: an index or
+    a name substring).
     """
 
     name: str
@@ -31,6 +33,7 @@ class Cluster:
     capacity: Optional[int] = None
     speed: float = 1.0
     kind: str = "cpu"
+    device: Optional[str] = None
 
     @property
     def size(self) -> int:
@@ -45,6 +48,7 @@ class Cluster:
             "capacity": self.capacity,
             "speed": self.speed,
             "kind": self.kind,
+            "device": self.device,
         }
 
     @classmethod
@@ -58,6 +62,7 @@ class Cluster:
                 capacity=None if doc.get("capacity") is None else int(doc["capacity"]),
                 speed=float(doc.get("speed", 1.0)),
                 kind=str(doc.get("kind", "cpu")),
+                device=None if doc.get("device") is None else str(doc["device"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise PlatformError(f"malformed cluster record {doc!r}: {err}") from err
