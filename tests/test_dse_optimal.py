@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cores.model import Cluster, CoreSetup, Platform
 from pipeit.dse import CostModel, Limits, optimal_plan, pareto_front, throttle_jitter_ms
+from pipeit.dse.optimal import cluster_budgets, interchangeable_clusters
 from pipeit.errors import PlanError
 from pipeit.layer_times import Calibration, LayerTimes
 from pipeit.transfer import HopModel
@@ -17,15 +18,24 @@ from tests.dse_brute import best_of, brute_force, pareto
 
 
 @st.composite
-def problems(draw):
+def problems(draw, mirrored: bool = False):
+    """A random layer table and platform; ``mirrored``: clusters that no plan can tell apart
+    (same size, speed and times, as RK3588's two A76 pairs) next to one other cluster."""
     n = draw(st.integers(1, 7))
-    sizes = draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))
-    if sum(sizes) > 5:  # keep the brute force fast: 3+3 has 1154 orderings of groups
-        sizes = [sizes[0], 2]
+    if mirrored:
+        twin = draw(st.integers(1, 2))
+        count = draw(st.integers(2, 3)) if twin == 1 else 2
+        sizes = [twin] * count + draw(st.lists(st.integers(1, 2), max_size=1 if count == 2 else 0))
+    else:
+        sizes = draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))
+        if sum(sizes) > 5:  # keep the brute force fast: 3+3 has 1154 orderings of groups
+            sizes = [sizes[0], 2]
     clusters = []
     cpu = 0
+    twin_speed = draw(st.sampled_from([1.0, 1.0, 0.4, 0.05]))  # < 1: emulated, throttle jitter
     for i, size in enumerate(sizes):
-        speed = draw(st.sampled_from([1.0, 1.0, 0.4, 0.05]))  # < 1: emulated, throttle jitter
+        twin = mirrored and size == sizes[0] and i < sizes.count(sizes[0])
+        speed = twin_speed if twin else draw(st.sampled_from([1.0, 1.0, 0.4, 0.05]))
         clusters.append(Cluster(f"c{i}", "cortex", tuple(range(cpu, cpu + size)), speed=speed))
         cpu += size
     platform = Platform(tuple(clusters), source="hypothesis")
@@ -33,6 +43,10 @@ def problems(draw):
     value = st.integers(1, 6).map(float) if integer else st.floats(0.05, 40.0)
     times = {}
     for setup in platform.setups():
+        if mirrored and setup.cluster != "c0" and clusters[int(setup.cluster[1:])].speed == twin_speed \
+                and CoreSetup("c0", setup.cores) in times and clusters[int(setup.cluster[1:])].size == sizes[0]:
+            times[setup] = times[CoreSetup("c0", setup.cores)]  # a twin of c0: the same times
+            continue
         if draw(st.integers(0, 9)) == 0 and setup.cores > 1:
             continue  # a setup the table lacks
         row = [draw(value) for _ in range(n)]
@@ -59,20 +73,18 @@ class TestOptimalEqualsBruteForce:
     @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(problems())
     def test_same_throughput_and_latency(self, problem):
-        table, platform, hop, latency, memory = problem
-        expected = best_of(brute_force(table, platform, hop, latency, memory))
+        _check_against_brute_force(problem)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(problems(mirrored=True))
+    def test_interchangeable_clusters_are_searched_once_without_loss(self, problem):
+        table, platform, hop, _, _ = problem
         cost = CostModel(table, hop, jitter=throttle_jitter_ms(platform))
-        if expected is None:
-            with pytest.raises(PlanError):
-                optimal_plan(cost, platform, Limits(latency, memory))
-            return
-        found = optimal_plan(cost, platform, Limits(latency, memory))
-        assert _close(found.fps, expected[0]), (found.describe(), expected)
-        assert _close(found.latency_ms, expected[1]), (found.describe(), expected)
-        if latency is not None:
-            assert found.latency_ms <= latency * (1 + 1e-9)
-        if memory is not None:
-            assert found.memory_bytes <= memory * 1024 * 1024
+        budgets = cluster_budgets(cost, platform)
+        # the strategy makes c0's twins share its times wherever c0 has them
+        if all(CoreSetup("c0", k) in table.times for k in range(1, platform.clusters[0].size + 1)):
+            assert interchangeable_clusters(cost, budgets), budgets
+        _check_against_brute_force(problem)
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(problems())
@@ -85,6 +97,24 @@ class TestOptimalEqualsBruteForce:
         assert len(got) == len(expected), (got, expected)
         for (f1, l1), (f2, l2) in zip(got, expected):
             assert _close(f1, f2) and _close(l1, l2), (got, expected)
+
+
+def _check_against_brute_force(problem) -> None:
+    """The exact search finds the brute force's best throughput and, among equals, its latency."""
+    table, platform, hop, latency, memory = problem
+    expected = best_of(brute_force(table, platform, hop, latency, memory))
+    cost = CostModel(table, hop, jitter=throttle_jitter_ms(platform))
+    if expected is None:
+        with pytest.raises(PlanError):
+            optimal_plan(cost, platform, Limits(latency, memory))
+        return
+    found = optimal_plan(cost, platform, Limits(latency, memory))
+    assert _close(found.fps, expected[0]), (found.describe(), expected)
+    assert _close(found.latency_ms, expected[1]), (found.describe(), expected)
+    if latency is not None:
+        assert found.latency_ms <= latency * (1 + 1e-9)
+    if memory is not None:
+        assert found.memory_bytes <= memory * 1024 * 1024
 
 
 class TestSearchDetails:

@@ -25,7 +25,8 @@ from pipeit.errors import PlanError  # noqa: E402
 
 BOARDS = {
     "4+4 big.LITTLE": {"big": (4, 1.0), "little": (4, 0.4)},
-    "RK3588 4+2+2": {"a76_0": (2, 1.0), "a76_1": (2, 1.0), "a55": (4, 0.35)},
+    # the two A76 pairs are one core type, so they get the same layer times (as from any predictor)
+    "RK3588 4+2+2": {"a76_0": (2, 1.0, "a76"), "a76_1": (2, 1.0, "a76"), "a55": (4, 0.35, "a55")},
 }
 
 

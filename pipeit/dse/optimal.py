@@ -29,7 +29,9 @@ Algorithm (docs/DSE.md has the argument for exactness):
 
 Symmetry: a group is a multiset, so interchangeable workers (equal
 cluster and core count) are never permuted; stage order is part of the
-space, so ordered sequences of groups are enumerated.
+space, so ordered sequences of groups are enumerated. Clusters no plan can
+tell apart (same size, times and jitter: RK3588's two A76 pairs) are
+enumerated in one order only (:func:`interchangeable_clusters`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,34 @@ def cluster_budgets(cost: CostModel, platform: Platform) -> Tuple[Tuple[str, int
     return tuple(out)
 
 
+def interchangeable_clusters(cost: CostModel, budgets) -> Tuple[Tuple[int, int], ...]:
+    """Pairs ``(i, k)`` of budget positions whose clusters no plan can tell apart.
+
+    Two clusters are interchangeable when they have the same number of cores
+    and, for every core count, the same per-layer times and throttle jitter
+    (RK3588's two Cortex-A76 pairs). Swapping them maps every plan onto one
+    of equal throughput, latency and memory, so the search keeps only plans
+    whose stage-by-stage use of ``i`` is lexicographically at least that of
+    ``k``: at the first stage that uses them differently, ``i`` gets the
+    larger worker sizes. Pairs are consecutive members of each class, which
+    orders a class of three or more.
+    """
+    times = cost.times.times
+    classes: List[List[int]] = []
+    for index, (name, size, ks) in enumerate(budgets):
+        signature = (size, ks, tuple((times[CoreSetup(name, k)], cost.jitter_ms(CoreSetup(name, k))) for k in ks))
+        for members in classes:
+            first_name, first_size, first_ks = budgets[members[0]]
+            first = (first_size, first_ks,
+                     tuple((times[CoreSetup(first_name, k)], cost.jitter_ms(CoreSetup(first_name, k))) for k in first_ks))
+            if first == signature:
+                members.append(index)
+                break
+        else:
+            classes.append([index])
+    return tuple((a, b) for members in classes for a, b in zip(members, members[1:]))
+
+
 def _partitions(total: int, parts: Tuple[int, ...]) -> List[Tuple[int, ...]]:
     """Multisets (non-increasing tuples) of ``parts`` summing to at most ``total``."""
     out: List[Tuple[int, ...]] = []
@@ -104,7 +134,8 @@ class _Search:
         self.M = math.inf if limits.memory_mb is None else float(limits.memory_mb) * MB
         self.stats = SearchStats()
         self.best: Optional[Tuple[float, float, Tuple[Group, ...], Tuple[int, ...]]] = None
-        self._group_options: Dict[Tuple[int, ...], List[Tuple[Group, Tuple[int, ...]]]] = {}
+        self._group_options: Dict[Tuple[int, ...], List[Tuple[Group, Tuple[int, ...], Tuple[Tuple[int, ...], ...]]]] = {}
+        self.mirrors = interchangeable_clusters(cost, self.budgets)
         self._rest: Dict[Tuple[int, ...], Tuple[np.ndarray, np.ndarray]] = {}
         self._prepare_bounds()
         self._tmax_at: Dict[Group, Tuple[float, np.ndarray]] = {}
@@ -234,7 +265,8 @@ class _Search:
         return best
 
     # ---- enumeration -------------------------------------------------------------------
-    def _groups_for(self, budget: Tuple[int, ...]) -> List[Tuple[Group, Tuple[int, ...]]]:
+    def _groups_for(self, budget: Tuple[int, ...]) -> List[Tuple[Group, Tuple[int, ...], Tuple[Tuple[int, ...], ...]]]:
+        """``(group, cores left, worker sizes per cluster)`` for every group the budget allows."""
         cached = self._group_options.get(budget)
         if cached is not None:
             return cached
@@ -249,7 +281,7 @@ class _Search:
                     counts[CoreSetup(name, k)] = counts.get(CoreSetup(name, k), 0) + 1
             group: Group = tuple(sorted(counts.items()))
             left = tuple(b - sum(parts) for b, parts in zip(budget, combo))
-            options.append((group, left))
+            options.append((group, left, combo))
         self._group_options[budget] = options
         return options
 
@@ -286,7 +318,7 @@ class _Search:
         mem0 = np.full(n + 1, math.inf)
         mem0[0] = 0.0
         budget = tuple(b[1] for b in self.budgets)
-        self._expand((), budget, rate0, lat0, mem0, 0, 0.0)
+        self._expand((), budget, rate0, lat0, mem0, 0, 0.0, self.mirrors)
 
     def _reach(self, group: Group, start: int, theta: float) -> int:
         """Last end ``b`` a stage of ``group`` from ``start`` can reach at rate >= ``theta``.
@@ -336,7 +368,14 @@ class _Search:
         room = self.L - jitter
         return math.inf if room <= 0 else workers * 1000.0 / room
 
-    def _expand(self, prefix: Tuple[Group, ...], budget, rate, lat, mem, workers: int, jitter: float) -> None:
+    def _expand(self, prefix: Tuple[Group, ...], budget, rate, lat, mem, workers: int, jitter: float,
+                tied: Tuple[Tuple[int, int], ...] = ()) -> None:
+        """Extend ``prefix`` by every group the leftover ``budget`` allows, best bound first.
+
+        ``tied``: pairs of interchangeable clusters that every group of the
+        prefix used alike; a child may not use the second more than the
+        first (see :func:`interchangeable_clusters`).
+        """
         n = self.n
         theta = self._theta()
         rows = np.flatnonzero(rate[:n] >= theta)
@@ -344,12 +383,19 @@ class _Search:
             return
         c0 = int(rows[0]) + 1
         last = int(rows[-1])
-        head_rate = rate[rows, None]
+        # the band of starts rows[0]..last as slices (views, no copies of the stage matrices);
+        # starts inside the band that are too slow get rate -1 and latency/memory inf, so they
+        # take part in no maximum or minimum below
+        band = slice(c0 - 1, last + 1)
+        usable = rate[band] >= theta
+        head_rate = np.where(usable, rate[band], -1.0)[:, None]
         head_top = float(rate[rows].max())
-        head_lat = lat[rows, None]
-        head_mem = mem[rows, None]
+        head_lat = np.where(usable, lat[band], math.inf)[:, None]
+        head_mem = np.where(usable, mem[band], math.inf)[:, None]
         children = []
-        for group, left in self._groups_for(budget):
+        for group, left, sizes in self._groups_for(budget):
+            if tied and any(sizes[i] < sizes[k] for i, k in tied):
+                continue  # the mirror image of a group that is enumerated
             self.stats.nodes += 1
             # only stages fast enough to matter (rate >= theta) may extend a prefix: any plan that
             # can still beat or tie the incumbent has every stage that fast, and theta only grows
@@ -365,11 +411,11 @@ class _Search:
                 continue
             g = self.tables.group(group)
             new_rate = np.full(n + 1, -1.0)
-            new_rate[c0:c1] = np.minimum(head_rate, g.rate[rows, c0:c1]).max(axis=0)
+            new_rate[c0:c1] = np.minimum(head_rate, g.rate[band, c0:c1]).max(axis=0)
             new_lat = np.full(n + 1, math.inf)
-            new_lat[c0:c1] = (head_lat + self._fast_tmax(group, theta)[rows, c0:c1]).min(axis=0)
+            new_lat[c0:c1] = (head_lat + self._fast_tmax(group, theta)[band, c0:c1]).min(axis=0)
             if self.M < math.inf:
-                masked = np.where(g.rate[rows, c0:c1] >= theta, g.mem[rows, c0:c1], math.inf)
+                masked = np.where(g.rate[band, c0:c1] >= theta, g.mem[band, c0:c1], math.inf)
                 new_mem = np.full(n + 1, math.inf)
                 new_mem[c0:c1] = (head_mem + masked).min(axis=0)
             else:
@@ -378,9 +424,10 @@ class _Search:
             if self._hopeless(bound, lat_lb):
                 self.stats.pruned += 1
                 continue
-            children.append((bound, -lat_lb, group, left, new_rate, new_lat, new_mem, w, j))
+            still_tied = tuple((i, k) for i, k in tied if sizes[i] == sizes[k])
+            children.append((bound, -lat_lb, group, left, new_rate, new_lat, new_mem, w, j, still_tied))
         children.sort(key=lambda c: (c[0], c[1]), reverse=True)
-        for bound, neg_lat, group, left, new_rate, new_lat, new_mem, w, j in children:
+        for bound, neg_lat, group, left, new_rate, new_lat, new_mem, w, j, still_tied in children:
             if self._hopeless(bound, -neg_lat):  # the incumbent may have improved meanwhile
                 self.stats.pruned += 1
                 continue
@@ -388,7 +435,7 @@ class _Search:
             if new_rate[self.n] > 0:
                 self._leaf(seq, new_rate[self.n], new_lat[self.n], new_mem[self.n], w, j)
             if any(left):
-                self._expand(seq, left, new_rate, new_lat, new_mem, w, j)
+                self._expand(seq, left, new_rate, new_lat, new_mem, w, j, still_tied)
 
     def _group_jitter(self, group: Group) -> float:
         return max(self.cost.jitter_ms(setup) for setup, _ in group)

@@ -17,12 +17,20 @@ from pipeit.layer_times import LayerTimes
 __all__ = ["synthetic_platform", "synthetic_times"]
 
 
-def synthetic_platform(sizes: Dict[str, Tuple[int, float]], source: str = "synthetic") -> Platform:
-    """``{"big": (4, 1.0), "little": (4, 0.4)}`` -> a Platform with consecutive CPU ids and those speeds."""
+def synthetic_platform(sizes: Dict[str, tuple], source: str = "synthetic") -> Platform:
+    """``{"big": (4, 1.0), "little": (4, 0.4)}`` -> a Platform with consecutive CPU ids and those speeds.
+
+    A value may name a core type as third item (``(2, 1.0, "a76")``): clusters
+    of one core type get the same per-layer affinity from :func:`synthetic_times`,
+    as RK3588's two Cortex-A76 pairs have the same layer times. Without it,
+    the cluster's name is its core type.
+    """
     clusters = []
     cpu = 0
-    for name, (size, speed) in sizes.items():
-        clusters.append(Cluster(name, name, tuple(range(cpu, cpu + size)), speed=speed))
+    for name, spec in sizes.items():
+        size, speed = spec[0], spec[1]
+        core_type = spec[2] if len(spec) > 2 else name
+        clusters.append(Cluster(name, core_type, tuple(range(cpu, cpu + size)), speed=speed))
         cpu += size
     return Platform(tuple(clusters), source=source)
 
@@ -41,15 +49,16 @@ def synthetic_times(
     scale = total_ms / sum(work)
     work = [w * scale for w in work]
     parallel = [rng.uniform(0.6, 0.98) for _ in range(num_layers)]
-    affinity: Dict[str, list] = {
-        c.name: [1.0 + rng.uniform(-affinity_spread, affinity_spread) for _ in range(num_layers)]
-        for c in platform.clusters
-    }
+    affinity: Dict[str, list] = {}
+    for cluster in platform.clusters:
+        if cluster.core_type not in affinity:
+            affinity[cluster.core_type] = [1.0 + rng.uniform(-affinity_spread, affinity_spread)
+                                           for _ in range(num_layers)]
     times = {}
     for setup in platform.setups():
-        speed = platform.cluster(setup.cluster).speed
+        cluster = platform.cluster(setup.cluster)
         times[setup] = tuple(
-            w / speed * affinity[setup.cluster][i] * ((1 - p) + p / setup.cores)
+            w / cluster.speed * affinity[cluster.core_type][i] * ((1 - p) + p / setup.cores)
             for i, (w, p) in enumerate(zip(work, parallel))
         )
     cut = [int(600_000 * (0.02 ** (i / num_layers)) * rng.uniform(0.7, 1.3)) + 4000 for i in range(num_layers + 1)]
