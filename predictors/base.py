@@ -85,8 +85,11 @@ class Calibration:
     FLOOR = 0.25
 
     @staticmethod
-    def apply(coef: Sequence[float], ms: float, d: LayerDescriptor) -> float:
-        value = coef[0] * ms + coef[1] * d.weight_bytes / 1e6 + coef[2]
+    def apply(coef: Sequence[float], ms: float, d: LayerDescriptor, cold_bytes: Optional[int] = None) -> float:
+        """``cold_bytes``: the weight bytes a model re-streams that the stand-alone time did not
+        already pay for (default: all of ``d``'s weights)."""
+        cold = d.weight_bytes if cold_bytes is None else cold_bytes
+        value = coef[0] * ms + coef[1] * cold / 1e6 + coef[2]
         return max(value, Calibration.FLOOR * ms) if coef[2] < 0 else value
 
     @staticmethod
@@ -178,10 +181,19 @@ class Predictor:
             if any(d is None for d in descs):
                 continue  # a layer never described: this row cannot calibrate
             total = sum(self._predict_raw(d, row.setup) for d in descs)
-            mb = sum(d.weight_bytes for d in descs) / 1e6
+            mb = sum(self._cold_weight_bytes(d) for d in descs) / 1e6
             per_setup.setdefault(row.setup, []).append((total, mb, len(descs), row.median_ms))
         for setup in self.setups_:
             self.calibration_[str(setup)] = Calibration.fit(per_setup.get(setup, []), setup.cores)
+
+    def _cold_weight_bytes(self, descriptor: LayerDescriptor) -> int:
+        """Weight bytes a whole model re-streams that the layer's stand-alone time did not pay.
+
+        By default all of them (a layer timed alone keeps its weights in cache);
+        a predictor whose stand-alone time already streams a layer's weights
+        from memory (weights beyond the last-level cache) returns 0 for it.
+        """
+        return int(descriptor.weight_bytes)
 
     # ---- prediction ------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -219,7 +231,7 @@ class Predictor:
         """The layer's share of the whole-model time, from its stand-alone time ``ms``."""
         self._check_fitted()
         coef = self.calibration_.get(str(as_setup(setup)), Calibration.IDENTITY)
-        return Calibration.apply(coef, ms, descriptor)
+        return Calibration.apply(coef, ms, descriptor, self._cold_weight_bytes(descriptor))
 
     def predict_layers(
         self,

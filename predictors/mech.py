@@ -47,10 +47,10 @@ from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PredictorError
 from pipeit.profile_table import ProfileRow
-from predictors.base import Predictor
+from predictors.base import Calibration, Predictor
 from predictors.features import ceil_div, family_of, gemm_shape, layer_bytes, output_pixels
 from predictors.fitting import robust_relative_nnls
-from predictors.grouped import fit_grouped, predict_grouped, relative_errors
+from predictors.grouped import FALLBACK, fit_grouped, predict_grouped, relative_errors
 
 __all__ = ["MechPredictor", "mech_features", "column_tiles", "moved_bytes", "SWEEP_MODEL", "CACHE_MB", "L1_BYTES", "NOISE_FLOOR_MS"]
 
@@ -67,6 +67,8 @@ NOISE_FLOOR_MS = 0.02
 L1_BYTES = 32 * 1024
 
 _NO_ACTIVATION = ("", "NONE", None)
+#: families whose k-core time keeps the one-core traffic coefficient (memory-bound loops)
+_SHARED_TRAFFIC = ("eltwise", "concat", "pool")
 _POOL_KERNEL = {"MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "MEAN": "mean"}
 
 
@@ -184,6 +186,12 @@ class MechPredictor(Predictor):
         their sheer number pulls the fit away from the model-like layers it
         must get right, at a fraction they still decide the fit wherever
         the zoo has no data.
+    llc_mb:
+        The last-level cache of the profiled cluster, in MB (32 on the
+        development host's L3; a board without L3 has its L2 here). A layer
+        whose weights and activations exceed it streams its weights from
+        DRAM even when timed alone (AlexNet's FC6: 151 MB), see
+        :meth:`MechPredictor._fit_calibration`.
     """
 
     name = "mech"
@@ -195,11 +203,13 @@ class MechPredictor(Predictor):
         nr_choices: Sequence[int] = (8, 16, 32),
         ct_choices: Sequence[int] = (8, 16, 32),
         sweep_weight: float = 0.1,
+        llc_mb: float = 32.0,
     ) -> None:
         self.mr_choices = tuple(mr_choices)
         self.nr_choices = tuple(nr_choices)
         self.ct_choices = tuple(ct_choices)
         self.sweep_weight = sweep_weight
+        self.llc_mb = llc_mb
 
     def get_params(self) -> Dict[str, object]:
         return {
@@ -207,6 +217,7 @@ class MechPredictor(Predictor):
             "nr_choices": list(self.nr_choices),
             "ct_choices": list(self.ct_choices),
             "sweep_weight": self.sweep_weight,
+            "llc_mb": self.llc_mb,
         }
 
     # the featurizer depends on the tiles learned for each family
@@ -235,7 +246,7 @@ class MechPredictor(Predictor):
             return [{"mr": 1, "nr": 16, "ns": 0, "ct": c} for c in self.ct_choices]
         return [dict(_DEFAULT_TILES)]
 
-    def _fit_layers(self, rows: List[ProfileRow]) -> None:
+    def _validate_params(self) -> None:
         for name in ("mr_choices", "nr_choices", "ct_choices"):
             values = getattr(self, name)
             if not values or any(int(v) < 1 for v in values):
@@ -246,6 +257,25 @@ class MechPredictor(Predictor):
             sweep_weight = -1.0
         if not (0.0 < sweep_weight <= 1.0):
             raise PredictorError(f"MechPredictor: sweep_weight must be in (0, 1], got {self.sweep_weight!r}")
+        try:
+            llc = float(self.llc_mb)
+        except (TypeError, ValueError):
+            llc = -1.0
+        if not llc > 0:
+            raise PredictorError(f"MechPredictor: llc_mb must be a positive size in MB, got {self.llc_mb!r}")
+
+    def beyond_llc(self, d: LayerDescriptor) -> bool:
+        """Whether ``d``'s weights exceed the last-level cache, so that even timed alone they
+        come from DRAM on every invoke. Weights only: activations are read once per invoke
+        either way, and their spill beyond the caches is a feature of the in-cache model."""
+        return d.weight_bytes / 1e6 > float(self.llc_mb)
+
+    def _fit_layers(self, rows: List[ProfileRow]) -> None:
+        self._validate_params()
+        # Layers beyond the LLC are DRAM-bound: their time is the in-cache model plus the
+        # DRAM term fitted with the calibration; they would only distort the in-cache fit.
+        big = [r for r in rows if self.beyond_llc(r.descriptor)]
+        rows = [r for r in rows if not self.beyond_llc(r.descriptor)] or rows
         by_family: Dict[str, List[ProfileRow]] = {}
         for r in rows:
             by_family.setdefault(family_of(r.descriptor), []).append(r)
@@ -262,15 +292,119 @@ class MechPredictor(Predictor):
                     best, best_err = cand, err
             tiles[fam] = {k: int(v) for k, v in best.items()}
         self.tiles_ = tiles
+        featurize = self._featurize(tiles)
+        # k > 1 cores of a cluster whose one-core setup was profiled: derived from it.
+        setups = {r.setup for r in rows}
+        self.derived_: Dict[str, str] = {
+            str(s): str(CoreSetup(s.cluster, 1)) for s in setups
+            if s.cores > 1 and CoreSetup(s.cluster, 1) in setups
+        }
+        base_rows = [r for r in rows if str(r.setup) not in self.derived_ or not _shared(r.descriptor)]
         self.coef_: Dict[str, List[float]] = fit_grouped(
-            rows, self._featurize(tiles), _generic, robust_relative_nnls, 2, self._row_weight
+            base_rows, featurize, _generic, robust_relative_nnls, 2, self._row_weight
         )
+        for setup, base in self.derived_.items():
+            self._fit_derived(setup, base, [r for r in rows if str(r.setup) == setup and _shared(r.descriptor)],
+                              featurize)
+        # DRAM cost per weight MB of layers beyond the LLC, where the profile has such layers
+        # (a sweep's huge FCs, AlexNet when it is trained on); other setups take the
+        # calibration's cold-weight rate (see _fit_calibration).
+        self.dram_ = {}
+        for setup in sorted({r.setup for r in big}, key=str):
+            self.dram_[str(setup)] = self._fit_dram([r for r in big if r.setup == setup])
+
+    # ---- k cores from one core ------------------------------------------------------------
+    def _one_core_work(self, d: LayerDescriptor, setup: CoreSetup, base: str, featurize) -> Tuple[str, float]:
+        """(group, ms) of ``d``'s work on ``setup`` priced at the one-core coefficients of ``base``.
+
+        The features already deal the work to the threads (``ceil(tiles/k)`` GEMM tiles,
+        ``ceil(rows/k)`` dwconv rows, bytes/k); the one-core coefficients price them. The
+        one-core intercept (a fixed per-invoke cost) is left out: on k cores it is
+        replaced by the setup's own fixed cost, which includes waking the pool.
+        """
+        group, vec = featurize(d, setup)
+        coef = self.coef_.get(f"{group}|{base}")
+        if coef is not None and len(coef) == len(vec):
+            return group, float(np.dot(coef[1:], vec[1:]))
+        gen = self.coef_[f"{FALLBACK}|{base}"]
+        return group, float(np.dot(gen[1:], _generic(d, setup)[1:]))
+
+    def _fit_derived(self, setup: str, base: str, rows: List[ProfileRow], featurize) -> None:
+        """Per family on a k-core setup: ``ms = sync + eff * one-core-priced work``.
+
+        Two constants per family instead of a free model: ``sync`` is the fixed
+        cost of the op on k cores (waking the pool's threads, the barrier at
+        the end), ``eff`` how well the chunked work scales (1 = perfectly;
+        above 1 where threads share a bandwidth). Memory-bound families
+        (element-wise, concatenation, pools) keep the one-core bytes
+        coefficient (``eff`` = 1): their few k-core rows fit only ``sync``.
+        """
+        groups: Dict[str, Tuple[list, list, list]] = {}
+        for r in rows:
+            group, work = self._one_core_work(r.descriptor, r.setup, base, featurize)
+            xs, ys, ws = groups.setdefault(group, ([], [], []))
+            xs.append(work)
+            ys.append(r.median_ms)
+            ws.append(self._row_weight(r))
+        for group, (xs, ys, ws) in groups.items():
+            y = np.array(ys)
+            self.coef_[f"{group}|{setup}"] = [_robust_offset(y - np.array(xs), y, np.array(ws)), 1.0]
+
+    # ---- DRAM-bound layers and calibration ------------------------------------------------
+    def _in_cache_ms(self, d: LayerDescriptor, setup: CoreSetup) -> float:
+        key = str(setup)
+        featurize = self._featurize(self.tiles_)
+        base = self.derived_.get(key)
+        if base is not None and _shared(d):
+            group, work = self._one_core_work(d, setup, base, featurize)
+            coef = self.coef_.get(f"{group}|{key}")
+            if coef is not None:
+                return coef[0] + coef[1] * work
+        return predict_grouped(self.coef_, featurize, _generic, d, setup)
+
+    def _fit_dram(self, rows: List[ProfileRow]) -> float:
+        """ms per weight MB that layers beyond the LLC pay over their in-cache time (median)."""
+        extra = [
+            (r.median_ms - self._in_cache_ms(r.descriptor, r.setup)) / (r.descriptor.weight_bytes / 1e6)
+            for r in rows
+        ]
+        return max(float(np.median(extra)), 0.0)
+
+    def _fit_calibration(self, multi, cat) -> None:
+        """Calibration, then the DRAM rate of layers beyond the LLC, then calibration again.
+
+        A layer timed alone keeps its weights in cache -- unless they exceed
+        the last-level cache: then every invoke streams them from DRAM. Where
+        the training rows have such layers (a sweep's huge FCs), the rate per
+        weight MB was fitted from them (:meth:`_fit_dram`). Otherwise the
+        whole-model rows' cold-weight rate (the calibration's
+        ``ms_per_weight_mb``, weights re-streamed per frame inside a model)
+        stands in: the same physics, but a lower bound -- inside a model
+        compute-bound convs hide part of the streaming, a lone GEMV hides
+        none (AlexNet held out: FC6 still -30 % on this host). Such a layer's
+        weights are not added again inside a model (:meth:`_cold_weight_bytes`),
+        and the calibration is refitted with that accounting.
+        """
+        learned = dict(self.dram_)
+        for setup in self.setups_:
+            self.dram_.setdefault(str(setup), 0.0)
+        super()._fit_calibration(multi, cat)
+        for setup in self.setups_:
+            if str(setup) not in learned:
+                self.dram_[str(setup)] = float(self.calibration_.get(str(setup), Calibration.IDENTITY)[1])
+        super()._fit_calibration(multi, cat)
+
+    def _cold_weight_bytes(self, descriptor: LayerDescriptor) -> int:
+        return 0 if self.beyond_llc(descriptor) else int(descriptor.weight_bytes)
 
     def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
-        return predict_grouped(self.coef_, self._featurize(self.tiles_), _generic, descriptor, setup)
+        ms = self._in_cache_ms(descriptor, setup)
+        if self.beyond_llc(descriptor):
+            ms += self.dram_.get(str(setup), 0.0) * descriptor.weight_bytes / 1e6
+        return ms
 
     def _fitted_state(self) -> dict:
-        return {"tiles": self.tiles_, "coef": self.coef_}
+        return {"tiles": self.tiles_, "coef": self.coef_, "derived": self.derived_, "dram": self.dram_}
 
     def _load_fitted_state(self, doc: dict) -> None:
         tiles = {}
@@ -282,3 +416,35 @@ class MechPredictor(Predictor):
             tiles[str(fam)] = t
         self.tiles_ = tiles
         self.coef_ = {str(k): [float(x) for x in v] for k, v in doc["coef"].items()}
+        # files written before k-core setups were derived from one core / before the DRAM term
+        self.derived_ = {str(k): str(v) for k, v in doc.get("derived", {}).items()}
+        for setup, base in self.derived_.items():
+            if f"{FALLBACK}|{setup}" not in self.coef_ or f"{FALLBACK}|{base}" not in self.coef_:
+                raise ValueError(f"derived setup {setup} lacks its fallback model or its base {base}")
+        self.dram_ = {str(k): float(v) for k, v in doc.get("dram", {}).items()}
+        if any(not (v >= 0.0) for v in self.dram_.values()):
+            raise ValueError("DRAM ms per MB must be non-negative")
+
+
+def _shared(d: LayerDescriptor) -> bool:
+    """Whether ``d`` is a memory-bound loop whose k-core time keeps the one-core traffic fit."""
+    return family_of(d).split("/")[0] in _SHARED_TRAFFIC
+
+
+def _robust_offset(residual: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    """The non-negative constant ``c`` minimising weighted relative error of ``residual - c``
+    (Huber-robust): the fixed k-core cost of a family whose work term is fixed."""
+    # y = c + work  <=>  y - work = c, each row's error relative to its y
+    target = residual
+    wgt = w / np.maximum(y, 1e-6) ** 2
+    c = float(np.sum(wgt * target) / max(np.sum(wgt), 1e-12))
+    for _ in range(20):
+        r = (c - target) / np.maximum(y, 1e-6)
+        sigma = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 0.01)
+        u = np.abs(r) / (1.345 * sigma)
+        hub = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+        new = float(np.sum(wgt * hub * target) / max(np.sum(wgt * hub), 1e-12))
+        if abs(new - c) < 1e-9:
+            break
+        c = new
+    return max(c, 0.0)
