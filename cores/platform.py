@@ -4,14 +4,25 @@ Specs: ``auto`` (detect this machine, or the tree under ``sysfs_root``),
 ``board:NAME`` (a known board file), ``emulate:big=0@1.0,little=1@0.4``
 (clusters carved out of this host's CPUs, each slowed by a speed factor in
 (0, 1]), or a path to a platform JSON file (``Platform.to_json`` layout).
+
+The GPU (docs/GPU.md, "The GPU as a cluster"): ``emulate:...,gpu=SEL`` adds a
+cluster ``gpu`` of kind ``"gpu"`` for the OpenCL device ``SEL`` (an index as
+``pipeit gpu --list`` numbers them, or a name substring; any device type,
+pocl's CPU device included). Its ``cpus`` are the one host CPU whose process
+drives the device: the slowest CPU cluster's first CPU, or ``gpu=SEL@cpuN``.
+``auto`` adds the first OpenCL device of type GPU when there is one and never
+fails for want of OpenCL: the reason there is no GPU cluster is kept in
+``Platform.extra`` as ``("gpu", why)`` for commands that print the topology.
+An explicit ``gpu=`` on a host without OpenCL is a :class:`PlatformError`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from cores.boards import load_board
 from cores.errors import PlatformError
@@ -19,10 +30,92 @@ from cores.model import Cluster, Platform
 from cores.sysfs import PathLike, parse_cpu_list
 from cores.topology import detect_topology
 
-__all__ = ["EmulatedCluster", "parse_emulate_spec", "emulated_platform", "load_platform"]
+__all__ = [
+    "EmulatedCluster",
+    "GpuRequest",
+    "GPU_CLUSTER",
+    "parse_emulate_spec",
+    "split_gpu_request",
+    "gpu_cluster",
+    "emulated_platform",
+    "detected_platform",
+    "load_platform",
+]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 EmulatedCluster = Tuple[str, Tuple[int, ...], float]
+
+#: the name of the GPU cluster a spec adds (``gpu=`` in an emulate spec, or ``auto``)
+GPU_CLUSTER = "gpu"
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    """``gpu=SELECTOR[@cpuN]`` of an emulate spec: which OpenCL device, and which host CPU drives it."""
+
+    selector: str
+    host_cpu: Optional[int] = None
+
+
+def split_gpu_request(text: str) -> Tuple[str, Optional[GpuRequest]]:
+    """Take the ``gpu=SEL[@cpuN]`` piece out of an emulate spec: ``(the CPU part, request or None)``."""
+    kept: List[str] = []
+    request: Optional[GpuRequest] = None
+    in_gpu = False
+    for part in re.split(r"([;,])", text):
+        if part in (",", ";"):
+            kept.append(part)
+            continue
+        name, sep, rest = part.partition("=")
+        if sep and name.strip() == GPU_CLUSTER:
+            if request is not None:
+                raise PlatformError("emulate spec: gpu= appears twice (one GPU cluster per platform)")
+            request = _gpu_request(rest.strip())
+            in_gpu = True
+            if kept:
+                kept.pop()  # the separator before the gpu piece
+            continue
+        if in_gpu and not sep and part.strip():
+            raise PlatformError(f"emulate spec: gpu= takes one device, not a list (stray {part.strip()!r})")
+        if sep:
+            in_gpu = False
+        if in_gpu:
+            if kept:
+                kept.pop()
+            continue
+        kept.append(part)
+    cpu_text = "".join(kept).strip(" ,;")
+    return cpu_text, request
+
+
+def _gpu_request(value: str) -> GpuRequest:
+    selector, at, host = value.rpartition("@cpu") if "@cpu" in value else (value, "", "")
+    selector = selector.strip()
+    if not selector:
+        raise PlatformError("emulate spec: gpu= needs an OpenCL device index or name (gpu=0, gpu=Mali, gpu=0@cpu1)")
+    if not at:
+        return GpuRequest(selector)
+    host = host.strip()
+    if not host.isdigit():
+        raise PlatformError(f"emulate spec: gpu host CPU {host!r} is not a CPU number (gpu=0@cpu1)")
+    return GpuRequest(selector, int(host))
+
+
+def _slowest_first_cpu(clusters: Sequence[Cluster]) -> int:
+    """The first CPU of the slowest CPU cluster: the GPU's host work should not take a big core."""
+    def rank(c: Cluster) -> tuple:
+        return (c.speed, c.capacity if c.capacity is not None else 0,
+                c.max_freq_khz if c.max_freq_khz is not None else 0, -c.size)
+
+    slowest = min((c for c in clusters if c.kind == "cpu"), key=rank)
+    return min(slowest.cpus)
+
+
+def gpu_cluster(device_name: str, selector: str, clusters: Sequence[Cluster],
+                host_cpu: Optional[int] = None) -> Cluster:
+    """The ``gpu`` cluster: one worker (size 1), host CPU as given or the slowest cluster's first."""
+    cpu = _slowest_first_cpu(clusters) if host_cpu is None else int(host_cpu)
+    return Cluster(name=GPU_CLUSTER, core_type=device_name, cpus=(cpu,), kind="gpu", device=str(selector))
 
 
 def parse_emulate_spec(text: str) -> List[EmulatedCluster]:
@@ -80,8 +173,9 @@ def parse_emulate_spec(text: str) -> List[EmulatedCluster]:
 
 
 def emulated_platform(text: str, sysfs_root: Optional[PathLike] = None) -> Platform:
-    """Clusters carved out of this host's online CPUs, slowed by their factors."""
-    wanted = parse_emulate_spec(text)
+    """Clusters carved out of this host's online CPUs, slowed by their factors (and a ``gpu=``)."""
+    cpu_text, request = split_gpu_request(text)
+    wanted = parse_emulate_spec(cpu_text)
     host = detect_topology(sysfs_root)
     records = {r.cpu: r for r in host.cpus}
     clusters = []
@@ -106,7 +200,33 @@ def emulated_platform(text: str, sysfs_root: Optional[PathLike] = None) -> Platf
                 speed=factor,
             )
         )
+    if request is not None:
+        if request.host_cpu is not None and request.host_cpu not in records:
+            have = ",".join(str(c) for c in sorted(records))
+            raise PlatformError(f"emulate spec: gpu host CPU {request.host_cpu} is not online here (online: {have})")
+        from cores.opencl import find_device
+
+        device = find_device(request.selector)
+        clusters.append(gpu_cluster(device.name, request.selector, clusters, request.host_cpu))
     return Platform(clusters=tuple(clusters), source=f"emulate:{text}")
+
+
+def detected_platform(sysfs_root: Optional[PathLike] = None) -> Platform:
+    """``auto``: this machine's CPU clusters, plus its first OpenCL GPU when there is one.
+
+    A fixture tree (``sysfs_root``) describes another machine, so OpenCL is
+    not probed there. Without a GPU the reason goes in ``extra`` as ``gpu``.
+    """
+    platform = detect_topology(sysfs_root).platform
+    if sysfs_root is not None:
+        return platform
+    from cores.opencl import first_gpu
+
+    device, why = first_gpu()
+    if device is None:
+        return Platform(clusters=platform.clusters, source=platform.source, extra=platform.extra + (("gpu", why),))
+    gpu = gpu_cluster(device.name, str(device.index), platform.clusters)
+    return Platform(clusters=platform.clusters + (gpu,), source=platform.source, extra=platform.extra)
 
 
 def _from_file(path: Path) -> Platform:
@@ -124,7 +244,7 @@ def load_platform(spec: str = "auto", sysfs_root: Optional[PathLike] = None) -> 
     """Turn a ``--platform`` spec into a :class:`Platform` (see the module docstring)."""
     spec = (spec or "auto").strip()
     if spec == "auto":
-        return detect_topology(sysfs_root).platform
+        return detected_platform(sysfs_root)
     if spec.startswith("board:"):
         return load_board(spec[len("board:"):].strip())
     if spec.startswith("emulate:"):

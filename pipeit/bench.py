@@ -19,6 +19,12 @@ Frames are submitted with a window of as many frames in flight as the plan
 has workers: enough to keep every worker busy, few enough that latency is
 the frame's path through the stages rather than time spent queueing behind
 frames the benchmark itself pushed in.
+
+Each strategy is also scored for a task (``--task``, default
+``interactive``; :mod:`pipeit.satisfaction`): its median round's p99
+latency against the task's deadline, its accuracy against the tolerance,
+and its energy per frame from the board's power model
+(:mod:`cores.power`) and the round's per-worker busy times.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PipeitError, PlanError
 from pipeit.plan import Plan, file_sha256
+from pipeit.satisfaction import Accuracy, Satisfaction, Task
 
 __all__ = [
     "STRATEGIES",
@@ -76,6 +83,8 @@ class StrategyResult:
     predicted_latency_ms: float
     #: another strategy whose plan is the same pipeline: run once, reported for both
     same_plan_as: Optional[str] = None
+    #: the task's score of this strategy and its parts (energy from the median round)
+    satisfaction: Optional[Satisfaction] = None
 
     def to_json(self) -> dict:
         return {
@@ -96,6 +105,7 @@ class StrategyResult:
                 }
                 for s in self.plan.stages
             ],
+            **({"satisfaction": self.satisfaction.to_json()} if self.satisfaction is not None else {}),
         }
 
 
@@ -110,8 +120,17 @@ class BenchReport:
     rounds: int
     times_source: str
     strategies: Tuple[StrategyResult, ...]
+    #: the task the satisfaction scores are for, whether it was the default, and the power model used
+    task: Optional[Task] = None
+    task_is_default: bool = False
+    power: Optional[dict] = None
 
     def to_json(self) -> dict:
+        extra = {}
+        if self.task is not None:
+            extra["task"] = {**self.task.to_json(), "default": self.task_is_default}
+        if self.power is not None:
+            extra["power"] = self.power
         return {
             "model": self.model,
             "platform": self.platform,
@@ -122,6 +141,7 @@ class BenchReport:
             "rounds": self.rounds,
             "times_source": self.times_source,
             "strategies": [s.to_json() for s in self.strategies],
+            **extra,
         }
 
     def best_other(self, name: str = "pipeit") -> Optional[StrategyResult]:
@@ -147,7 +167,7 @@ def obtain_layer_times(
     from pipeit.layer_times import layer_times_for
 
     if predictor is not None:
-        return layer_times_for(graph, platform, predictor=predictor)
+        return layer_times_for(graph, platform, predictor=predictor, model=model_path)
     if profile is None:
         from pipeit.profiler import platform_fingerprint_for, profile_models
 
@@ -157,7 +177,7 @@ def obtain_layer_times(
         profile = folder / f"{fingerprint}-{graph.sha256[:16]}.csv"
         _say(progress, f"profiling {model_path.name} on {platform.source} (cached in {profile})")
         profile_models([model_path], platform, profile, progress=progress)
-    return layer_times_for(graph, platform, profile=profile)
+    return layer_times_for(graph, platform, profile=profile, model=model_path)
 
 
 def measure_ideal(
@@ -268,19 +288,32 @@ def run_bench(
     strategies: Sequence[str] = STRATEGIES,
     cache_dir: Optional[Path] = None,
     progress: bool = True,
+    task: Optional[Task] = None,
+    gpu_accuracy: Optional[Accuracy] = None,
+    power_file: Optional[Path] = None,
 ) -> BenchReport:
     """Plan, start and stream every strategy; see the module docstring for the method.
 
     ``latency_factor`` sets the limit to that multiple of the fastest
     cluster's measured single-thread frame time (the issue's "twice the big
     core's single-frame latency"), when ``latency_ms`` is not given.
+    ``task`` (default: :data:`pipeit.satisfaction.DEFAULT_TASK`'s defaults)
+    is what each strategy's satisfaction is scored for; ``gpu_accuracy`` is
+    the accuracy-table entry of a plan's GPU stage, where one has it;
+    ``power_file`` a power file (``cores/power`` layout) to use instead of
+    the board's own or the placeholder.
     """
+    from cores.power import load_power_file, power_for_platform
     from pipeit.dse import plan_pipeline
     from pipeit.executor import Pipeline
     from pipeit.executor.pipeline import coordinator_cpus
     from pipeit.executor.stats import percentile
     from pipeit.graph import load_graph
+    from pipeit.satisfaction import energy_per_frame_mj, make_task, plan_accuracy, score_runs
 
+    task_is_default = task is None
+    task = task if task is not None else make_task()
+    power = power_for_platform(platform, table=load_power_file(power_file) if power_file is not None else None)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise PlanError(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
@@ -320,6 +353,7 @@ def run_bench(
     warm = make_frames(model_path, max(8, frames // 10))
     fps_runs: Dict[str, List[float]] = {n: [] for n in measured}
     lat_runs: Dict[str, List[List[float]]] = {n: [] for n in measured}
+    stat_runs: Dict[str, list] = {n: [] for n in measured}
     rss: Dict[str, int] = {}
     pipelines = {}
     host: Tuple[int, ...] = ()
@@ -340,9 +374,11 @@ def run_bench(
         for r in range(rounds):
             order = list(pipelines) if r % 2 == 0 else list(reversed(list(pipelines)))
             for name in order:
+                pipelines[name].reset_stats()
                 fps, lat = _stream(pipelines[name], stream, frames_in_flight(plans[name]))
                 fps_runs[name].append(fps)
                 lat_runs[name].append(lat)
+                stat_runs[name].append(pipelines[name].stats())
             _say(progress, f"round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {fps_runs[n][-1]:.1f}" for n in measured) + " fps")
         for name, pipe in pipelines.items():
@@ -353,13 +389,25 @@ def run_bench(
         if host:
             os.sched_setaffinity(0, feeder)
 
+    picks: Dict[str, int] = {}
+    runs_for_score = {}
+    for name, plan in plans.items():
+        source = same_as.get(name, name)
+        runs = fps_runs[source]
+        # the round whose fps is the median one gives the latencies and the energy
+        picks[name] = sorted(range(len(runs)), key=lambda i: runs[i])[len(runs) // 2]
+        mj, watts = energy_per_frame_mj(plan, power, stat_runs[source][picks[name]],
+                                        wall_s=frames / runs[picks[name]], frames=frames)
+        runs_for_score[name] = (percentile(lat_runs[source][picks[name]], 99), mj, watts,
+                                plan_accuracy(plan, gpu_accuracy))
+    scores = score_runs(task, runs_for_score)
+
     results = []
     for name, plan in plans.items():
         source = same_as.get(name, name)
         runs = fps_runs[source]
         median_fps = statistics.median(runs)
-        # the latencies of the round whose fps is the median one
-        pick = sorted(range(len(runs)), key=lambda i: runs[i])[len(runs) // 2]
+        pick = picks[name]
         lat = lat_runs[source][pick]
         p99 = percentile(lat, 99)
         results.append(StrategyResult(
@@ -368,13 +416,13 @@ def run_bench(
             meets_limit=None if latency_ms is None else p99 <= latency_ms,
             rss_bytes=rss.get(source, 0), efficiency=median_fps / ideal if ideal else 0.0,
             predicted_fps=plan.predicted_fps, predicted_latency_ms=plan.predicted_latency_ms,
-            same_plan_as=same_as.get(name),
+            same_plan_as=same_as.get(name), satisfaction=scores[name],
         ))
     return BenchReport(
         model=model_path.name, platform=platform.source, ideal_fps=ideal,
         single_thread_ms=tuple(sorted(single.items())), latency_limit_ms=latency_ms,
         frames=frames, rounds=rounds, times_source=getattr(times, "source", "profile"),
-        strategies=tuple(results),
+        strategies=tuple(results), task=task, task_is_default=task_is_default, power=power.to_json(),
     )
 
 
@@ -388,6 +436,8 @@ def format_report(report: BenchReport) -> str:
             s.name, f"{s.fps:.1f}", f"{s.predicted_fps:.1f}", f"{s.latency_p50_ms:.1f}",
             f"{s.latency_p99_ms:.1f}", "-" if s.meets_limit is None else ("yes" if s.meets_limit else "no"),
             f"{s.rss_bytes / 2**20:.0f}", f"{s.efficiency:.2f}",
+            "-" if s.satisfaction is None else f"{s.satisfaction.energy_mj:.1f}",
+            "-" if s.satisfaction is None else f"{s.satisfaction.score:.2f}",
             " | ".join("+".join(f"{w.cluster}:{len(w.cpus)}" for w in st.workers) for st in s.plan.stages)
             + (f"  (= {s.same_plan_as}, measured once)" if s.same_plan_as else ""),
         ])
@@ -396,5 +446,15 @@ def format_report(report: BenchReport) -> str:
     if report.latency_limit_ms is not None:
         head += f"; latency limit {report.latency_limit_ms:.1f} ms (p99)"
     table = format_table(
-        ["strategy", "fps", "pred fps", "p50 ms", "p99 ms", "meets", "RSS MiB", "eff", "stages (workers)"], rows)
-    return head + f"\n{report.frames} frames x {report.rounds} interleaved rounds, median round\n" + table
+        ["strategy", "fps", "pred fps", "p50 ms", "p99 ms", "meets", "RSS MiB", "eff", "mJ/frame", "satisf",
+         "stages (workers)"], rows)
+    text = head + f"\n{report.frames} frames x {report.rounds} interleaved rounds, median round\n" + table
+    if report.task is not None:
+        text += "\nsatisfaction for " + report.task.describe() + (
+            " (the default task; choose one with --task)" if report.task_is_default else "")
+        if report.power is not None:
+            text += "\nenergy: " + ("board power file " + report.power["board"] if report.power.get("board")
+                                    else "no power file for this platform") + (
+                "; placeholder figures, see docs/SATISFACTION.md" if report.power.get("placeholder")
+                else "; estimates, see docs/SATISFACTION.md")
+    return text

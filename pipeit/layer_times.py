@@ -18,6 +18,15 @@ Conventions
   output, the others include residual tensors that skip over the cut.
 * ``weight_bytes[i]`` -- constant bytes layer ``i`` holds (a worker serving a
   stage keeps its stage's weights).
+* ``device_copy[cluster]`` -- for a GPU cluster, the host<->device copy model
+  (one direction, :class:`~pipeit.transfer.HopModel`) measured with its layer
+  times; the cost model charges it on the cut at each end of a GPU stage.
+  Absent, the DSE uses :data:`pipeit.gpu.measure.DEFAULT_DEVICE_COPY`.
+
+GPU setups (``gpu:1``) never take a predictor's times (predictors are fitted
+on CPU interpreters) nor a per-setup calibration derived from CPU whole-model
+runs: their rows are the tuned kernels' device times, from the profile's
+``gpu:1`` rows or measured on the fly (:mod:`pipeit.gpu.measure`).
 
 :func:`layer_times_for` is the one seam through which the CLI asks the
 predictor or profile code for these times.
@@ -33,6 +42,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple,
 
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PipeitError, PlanError
+from pipeit.transfer import HopModel
 
 __all__ = [
     "LAYER_TIMES_VERSION",
@@ -78,8 +88,14 @@ class LayerTimes:
     weight_bytes: Tuple[int, ...]
     calibration: Calibration = Calibration()
     source: str = ""
+    device_copy: Mapping[str, HopModel] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
+        copies = dict(self.device_copy or {})
+        for name, model in copies.items():
+            if not isinstance(model, HopModel):
+                raise PlanError(f"layer times: device copy of {name!r} is not a HopModel")
+        object.__setattr__(self, "device_copy", copies)
         n = self.num_layers
         if not isinstance(n, int) or n < 1:
             raise PlanError(f"layer times: need at least one layer, got num_layers={n!r}")
@@ -133,7 +149,8 @@ class LayerTimes:
         """A copy with one more (or a replaced) setup row -- how all-cores adds its pseudo setup."""
         times = dict(self.times)
         times[setup] = tuple(row)
-        return LayerTimes(self.num_layers, times, self.cut_bytes, self.weight_bytes, self.calibration, self.source)
+        return LayerTimes(self.num_layers, times, self.cut_bytes, self.weight_bytes, self.calibration, self.source,
+                          self.device_copy)
 
     # ---- JSON --------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -148,6 +165,7 @@ class LayerTimes:
             "weight_bytes": list(self.weight_bytes),
             "calibration": self.calibration.to_json(),
             "source": self.source,
+            "device_copy": {name: model.to_json() for name, model in sorted(self.device_copy.items())},
         }
 
     @classmethod
@@ -169,6 +187,8 @@ class LayerTimes:
                 weight_bytes=tuple(int(v) for v in doc["weight_bytes"]),
                 calibration=Calibration(float(cal.get("scale", 1.0)), float(cal.get("stage_ms", 0.0))),
                 source=str(doc.get("source", "")),
+                device_copy={str(k): HopModel.from_json(v, f"{where}: device_copy {k}")
+                             for k, v in dict(doc.get("device_copy") or {}).items()},
             )
         except PlanError:
             raise
@@ -233,27 +253,40 @@ def layer_times_for(
     platform: Platform,
     predictor=None,
     profile=None,
+    model=None,
+    tuning=None,
+    gpu_times=None,
 ) -> LayerTimes:
     """Per-layer times of ``graph`` on every setup of ``platform``: THE seam to predictors/profiles.
 
     ``predictor`` is a fitted :class:`predictors.Predictor` (or a path to its
     JSON file); ``profile`` is a :class:`pipeit.profile_table.ProfileTable`
     (or a path to a profile CSV) whose layer rows are looked up by
-    descriptor key. Exactly one of them must be given.
+    descriptor key. Exactly one of them must be given; they supply the CPU
+    setups.
+
+    A GPU cluster's ``gpu:1`` row comes from the profile's ``gpu:1`` layer
+    rows when the profile has any for this model (a failed or missing layer
+    is ``inf``: the GPU has no kernel for it), else from ``gpu_times``
+    (``{cluster name: GpuTimes}``, already measured), else it is measured now
+    on the device from ``model`` (the ``.tflite`` path or bytes) with the
+    tuning file ``tuning`` (:func:`pipeit.gpu.measure.find_tuning`).
     """
     if (predictor is None) == (profile is None):
         raise PlanError("give exactly one source of layer times: a predictor or a profile")
     setups = platform.setups()
+    cpu_setups = [s for s in setups if platform.cluster(s.cluster).kind == "cpu"]
+    gpu_setups = [s for s in setups if platform.cluster(s.cluster).kind == "gpu"]
     if predictor is not None:
         if isinstance(predictor, (str, Path)):
             from predictors import load_predictor
 
             predictor = load_predictor(predictor)
         known = set(getattr(predictor, "setups_", ()) or ())
-        usable = [s for s in setups if not known or s in known]
+        usable = [s for s in cpu_setups if not known or s in known]
         if not usable:
             raise PlanError(
-                f"the predictor knows none of this platform's setups ({', '.join(map(str, setups))}); "
+                f"the predictor knows none of this platform's setups ({', '.join(map(str, cpu_setups))}); "
                 "fit it on a profile of this platform"
             )
         from predictors import predict_graph
@@ -261,23 +294,73 @@ def layer_times_for(
         times = {s: tuple(predict_graph(predictor, graph, s, calibrated=True)) for s in usable}
         source = f"predictor:{getattr(predictor, 'name', type(predictor).__name__)}"
     else:
-        times = _times_from_profile(graph, setups, profile)
+        if isinstance(profile, (str, Path)):
+            from pipeit.profile_table import read_profile
+
+            profile = read_profile(profile, force=True)
+        times = _times_from_profile(graph, cpu_setups, profile)
         source = "profile"
+    copies: Dict[str, HopModel] = {}
+    for setup in gpu_setups:
+        row = _gpu_row_from_profile(graph, setup, profile) if profile is not None else None
+        if row is None:
+            measured = _gpu_times(setup.cluster, platform, model, tuning, gpu_times)
+            if len(measured.times) != len(graph.layers):
+                raise PlanError(f"GPU times for {setup} cover {len(measured.times)} layers, "
+                                f"the model has {len(graph.layers)}")
+            row = tuple(measured.times)
+            copies[setup.cluster] = measured.copy
+            source += f"+{setup}:measured"
+        else:
+            source += f"+{setup}:profile"
+        times[setup] = row
     return LayerTimes(
         num_layers=len(graph.layers),
         times=times,
         cut_bytes=cut_bytes_of(graph),
         weight_bytes=tuple(int(layer.descriptor.weight_bytes) for layer in graph.layers),
         source=source,
+        device_copy=copies,
     )
+
+
+def _gpu_times(cluster: str, platform: Platform, model, tuning, known):
+    """The GPU cluster's measured times: given in ``known``, else measured now from ``model``."""
+    if known and cluster in known:
+        return known[cluster]
+    if model is None:
+        raise PlanError(
+            f"GPU cluster {cluster!r}: the profile has no {cluster}:1 rows for this model and no model "
+            "file was given to measure them (pipeit profile MODEL --platform ... times them)"
+        )
+    from pipeit.gpu.measure import find_tuning, measure_gpu_times
+
+    return measure_gpu_times(model, platform.cluster(cluster), find_tuning(tuning))
+
+
+def _gpu_row_from_profile(graph, setup: CoreSetup, profile) -> Optional[Tuple[float, ...]]:
+    """The GPU setup's row from the profile's layer rows, or None when it has none for this model.
+
+    No calibration: the profile's whole-model rows are CPU interpreter runs.
+    A layer measured as failed (the GPU has no kernel) or not measured is inf.
+    """
+    keys = [layer.descriptor.key_string() for layer in graph.layers]
+    wanted = set(keys)
+    measured: Dict[str, float] = {}
+    seen = False
+    for row in profile.rows:
+        if row.kind != "layer" or row.setup != setup or row.key not in wanted:
+            continue
+        seen = True
+        if row.status == "ok" and math.isfinite(row.median_ms) and row.median_ms >= 0:
+            measured[row.key] = row.median_ms
+    if not seen:
+        return None
+    return tuple(measured.get(k, math.inf) for k in keys)
 
 
 def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[CoreSetup, Tuple[float, ...]]:
     """Median ms per (descriptor key, setup) from a profile's layer rows; a setup missing any layer is dropped."""
-    if isinstance(profile, (str, Path)):
-        from pipeit.profile_table import read_profile
-
-        profile = read_profile(profile, force=True)
     measured: Dict[Tuple[str, CoreSetup], float] = {}
     # A row marked noisy (the cores were shared while it was timed) is still a
     # better estimate than none: used only where no clean row exists.

@@ -10,7 +10,13 @@ the median is stable. Worker start-up and interpreter construction stay out
 of the timings.
 
 Jobs are sent setup after setup for the same layer (never two workers at
-once), so slow drift of the host affects every setup alike. Each row is
+once), so slow drift of the host affects every setup alike.
+
+A GPU cluster's setup (``gpu:1``) is not an interpreter: :func:`profile_gpu`
+times its layers with the tuned OpenCL kernels (:mod:`pipeit.gpu.measure`,
+in a process pinned to the cluster's host CPU) and writes one layer row per
+distinct layer; a layer the GPU has no kernel for is a failed row
+(:data:`NO_GPU_KERNEL`), which the planner reads as infinity. Each row is
 appended to the CSV as soon as it is measured: an interrupted run resumes
 where it stopped (layer rows are keyed by descriptor and setup, so a layer
 shared by two models is measured once).
@@ -45,7 +51,13 @@ __all__ = [
     "profile_models",
     "platform_fingerprint_for",
     "setup_cpus",
+    "NO_GPU_KERNEL",
+    "gpu_setups",
+    "profile_gpu",
 ]
+
+#: status of a GPU layer row whose layer the GPU backend does not run
+NO_GPU_KERNEL = "failed: no GPU kernel for this layer"
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,12 @@ class TimingSpec:
     #: a run counts as clean when its threads waited for a CPU (schedstat run delay)
     #: for at most this share of its wall time ...
     max_wait_share: float = 0.05
+    #: ... plus this much per run for each extra thread: waking an idle pool thread is itself a
+    #: short run-queue wait (charged to whichever run the thread next runs in), and without the
+    #: allowance only runs whose pool threads slept through the whole run count as clean --
+    #: the one-core time, which biased k-core rows towards no speed-up. Another process taking
+    #: a core stalls a thread for a scheduler slice (milliseconds), far above it.
+    wake_allowance_ms: float = 0.2
     #: ... or, where schedstat is missing, when process CPU time >= min_util * threads * wall
     min_util: float = 0.85
     #: fewest clean runs for an ``ok`` timing
@@ -127,8 +145,9 @@ def time_model(
     Contention filter (``exclusive=True``): around every run the scheduler's
     run-queue delay of all our threads is read (:func:`_run_delay_ns`). A run
     whose threads waited for a CPU for at most ``max_wait_share`` of its wall
-    time had its cores and is *clean*; a run in which another process took a
-    core is not. (Where schedstat is missing, process CPU time stands in:
+    time (plus ``wake_allowance_ms`` per extra thread: the wake-up of an idle
+    pool thread) had its cores and is *clean*; a run in which another process
+    took a core is not. (Where schedstat is missing, process CPU time stands in:
     ``cpu >= min_util * k * wall``, which holds only while pool threads spin.)
     The median is taken over clean runs only -- on a shared host the plain
     median can be twice the true time with a tight spread, which no spread
@@ -149,6 +168,7 @@ def time_model(
     walls: List[int] = []
     clean: List[int] = []
     need = num_threads * spec.min_util
+    wake_ns = (num_threads - 1) * spec.wake_allowance_ms * 1e6
     waited = _run_delay_ns() is not None
     start = time.monotonic()
     previous = None
@@ -167,7 +187,7 @@ def time_model(
                 clean.append(wall)
             elif waited:
                 # the scheduler's own account: time our threads sat runnable but not running
-                if (d1 or 0) - (d0 or 0) <= spec.max_wait_share * wall:
+                if (d1 or 0) - (d0 or 0) <= spec.max_wait_share * wall + wake_ns:
                     clean.append(wall)
             elif (c1 - c0) >= need * wall:
                 clean.append(wall)
@@ -539,25 +559,103 @@ def run_jobs(
 
 
 def resolve_setups(platform: Platform, chosen: Optional[Iterable[Union[str, CoreSetup]]]) -> List[CoreSetup]:
-    """The setups to profile: ``chosen`` (validated against the platform) or all CPU setups."""
+    """The CPU setups to profile: ``chosen`` (validated against the platform) or all CPU setups.
+
+    GPU setups among ``chosen`` are validated but left out: :func:`gpu_setups` gives them.
+    """
     if not chosen:
         return [s for s in platform.setups() if platform.cluster(s.cluster).kind == "cpu"]
     out = []
     for item in chosen:
         setup = item if isinstance(item, CoreSetup) else CoreSetup.parse(str(item))
         platform.check_setup(setup)
-        if setup not in out:
+        if setup not in out and platform.cluster(setup.cluster).kind == "cpu":
             out.append(setup)
     return out
 
 
+def gpu_setups(platform: Platform, chosen: Optional[Iterable[Union[str, CoreSetup]]]) -> List[CoreSetup]:
+    """The GPU setups to profile: those in ``chosen``, or every GPU cluster's ``gpu:1`` when none chosen."""
+    if not chosen:
+        return [s for s in platform.setups() if platform.cluster(s.cluster).kind == "gpu"]
+    out = []
+    for item in chosen:
+        setup = item if isinstance(item, CoreSetup) else CoreSetup.parse(str(item))
+        platform.check_setup(setup)
+        if setup not in out and platform.cluster(setup.cluster).kind == "gpu":
+            out.append(setup)
+    return out
+
+
+def profile_gpu(
+    models: Sequence[Union[str, Path]],
+    platform: Platform,
+    setups: Sequence[CoreSetup],
+    writer: Optional[ProfileWriter],
+    fingerprint: str,
+    done: Optional[set] = None,
+    tuning: Optional[Union[str, Path]] = None,
+    progress: bool = True,
+) -> List[ProfileRow]:
+    """One layer row per distinct layer of each model on each GPU setup (see the module docstring).
+
+    ``done`` holds identities already in the file (ok rows, and GPU rows
+    already marked :data:`NO_GPU_KERNEL`, which a re-run would only repeat);
+    a model whose layers are all done is not measured again. ``tuning`` is
+    the tuning file (:func:`pipeit.gpu.measure.find_tuning` picks the state
+    directory's when None).
+    """
+    from pipeit.gpu.measure import find_tuning, measure_gpu_times
+    from pipeit.graph import load_graph
+    from pipeit.modelfile import read_model_bytes
+
+    done = set() if done is None else done
+    rows: List[ProfileRow] = []
+    if not setups:
+        return rows
+    table = find_tuning(tuning)
+    for path in models:
+        path = Path(path)
+        data = read_model_bytes(path)
+        graph = load_graph(data)
+        firsts = {}
+        for layer in graph.layers:
+            firsts.setdefault(layer.descriptor.key_string(), layer)
+        for setup in setups:
+            todo = [(k, layer) for k, layer in firsts.items()
+                    if row_identity("layer", path.stem, layer.index, layer.index + 1, k, setup) not in done]
+            if not todo:
+                continue
+            cluster = platform.cluster(setup.cluster)
+            if progress:
+                print(f"[profile] timing {len(todo)} layers of {path.name} on {setup} ({cluster.core_type})",
+                      file=sys.stderr, flush=True)
+            measured = measure_gpu_times(data, cluster, table)
+            for key, layer in todo:
+                ms = measured.times[layer.index]
+                ok = ms == ms and ms != float("inf")
+                # a layer that runs no kernel (RESHAPE aliases its input) costs 0 on the
+                # device; a 0 ms row would read as "not measured", so it is written as 1 us
+                ms = max(ms, 1e-3) if ok else ms
+                timing = Timing(ms if ok else float("nan"), 0.0 if ok else float("nan"), 3 if ok else 0,
+                                "ok" if ok else NO_GPU_KERNEL)
+                job = Job("layer", path.stem, layer.index, layer.index + 1, key, layer.descriptor, (), b"")
+                row = _row(job, setup, timing, fingerprint)
+                if writer is not None:
+                    writer.write(row)
+                done.add(row.identity())
+                rows.append(row)
+    return rows
+
+
 def existing_rows(out: Path, fingerprint: str, force: bool) -> set:
     """Identities of the good rows already in ``out`` (for resuming; failed and noisy
-    rows are measured again); refuses another platform's file."""
+    rows are measured again, except GPU rows marked :data:`NO_GPU_KERNEL`: the GPU
+    will not grow a kernel on a re-run); refuses another platform's file."""
     if not out.exists() or out.stat().st_size == 0:
         return set()
     table = read_profile(out, fingerprint=fingerprint, force=force)
-    return {r.identity() for r in table.rows if r.ok}
+    return {r.identity() for r in table.rows if r.ok or r.status == NO_GPU_KERNEL}
 
 
 def profile_models(
@@ -569,14 +667,18 @@ def profile_models(
     stages: int = 3,
     force: bool = False,
     progress: bool = True,
+    tuning: Optional[Union[str, Path]] = None,
 ) -> List[ProfileRow]:
-    """Profile ``models`` on ``platform``; append to ``out``; return the new rows."""
+    """Profile ``models`` on ``platform`` (GPU setups included); append to ``out``; return the new rows."""
     out = Path(out)
     chosen = resolve_setups(platform, setups)
+    on_gpu = gpu_setups(platform, setups)
     fingerprint = platform_fingerprint_for(platform)
     done = existing_rows(out, fingerprint, force)
     jobs: List[Job] = []
     for path in models:
         jobs.extend(model_jobs(path, stages=stages))
     with WorkerPool(platform, chosen) as pool, ProfileWriter(out) as writer:
-        return run_jobs(jobs, pool, chosen, writer, fingerprint, spec, done, progress)
+        rows = run_jobs(jobs, pool, chosen, writer, fingerprint, spec, done, progress)
+        rows += profile_gpu(models, platform, on_gpu, writer, fingerprint, done, tuning, progress)
+        return rows

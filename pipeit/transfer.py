@@ -140,3 +140,68 @@ def load_hop_model(path: Union[str, Path]) -> HopModel:
 
 #: the line through :data:`DEFAULT_POINTS`
 DEFAULT_HOP = fit_hop_model(DEFAULT_POINTS, source="default (PAPERS.md, development host)")
+
+
+@dataclass(frozen=True)
+class ExecutorOverhead:
+    """What the executor itself costs per frame, beyond the layers and the copies of a hop.
+
+    ``dispatch_ms``: wall time a worker loses per frame to the hand-off through
+    the coordinating process (its reply read, the next job written); every
+    worker pays it once per frame, so the cost model adds it to each worker's
+    time (as two halves on the hops at its ends). ``coordinator_ms``: CPU time
+    the coordinating process (feeder, dispatcher, collector) spends per frame.
+    On a host with no spare core that CPU is taken from the workers on the
+    CPUs the coordinator runs on (:func:`coordinator_rate`).
+    """
+
+    dispatch_ms: float
+    coordinator_ms: float
+    source: str = "default"
+
+    def __post_init__(self) -> None:
+        for name in ("dispatch_ms", "coordinator_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PlanError(f"executor overhead: {name} must be a finite number >= 0, got {value!r}")
+
+    def to_json(self) -> dict:
+        return {"dispatch_ms": self.dispatch_ms, "coordinator_ms": self.coordinator_ms, "source": self.source}
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = "executor overhead") -> "ExecutorOverhead":
+        try:
+            return cls(float(doc["dispatch_ms"]), float(doc["coordinator_ms"]), str(doc.get("source", where)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise PlanError(f"{where}: needs dispatch_ms and coordinator_ms ({err})") from err
+
+
+#: measured on the development host (2 cores, busy, 2026-11-21), executor with struct records and
+#: two jobs per worker: coordinator 0.41-0.43 ms CPU per MobileNetV2 frame (psutil thread times,
+#: replicas, 400 frames; 0.47-0.50 ms before), median hand-off 0.25-0.29 ms (``StageStats.handoff_ms``)
+DEFAULT_OVERHEAD = ExecutorOverhead(0.25, 0.42, "default (development host, tools/executor_load.py)")
+
+
+def coordinator_rate(
+    stages: Sequence[Tuple[float, float]], coordinator_ms: float, cores: int, spare: float = 0.0
+) -> Tuple[float, float]:
+    """Throughput once the coordinator's CPU is taken from the workers that share its CPUs.
+
+    ``stages``: per stage ``(a, b)``, its rate from workers off the
+    coordinator's CPUs and from workers on them. The coordinator needs
+    ``R * coordinator_ms / 1000`` of a core at ``R`` frames/s; what ``spare``
+    (idle core-units there, e.g. a throttled CPU's time outside its quota)
+    does not cover slows the ``cores`` CPUs it runs on by the factor
+    ``s = 1 - steal / cores``. ``R = min_k (a_k + s b_k)`` has the closed form
+    ``min_k (a_k + b_k (1 + spare / cores)) / (1 + b_k c / (1000 cores))``.
+    Returns ``(R, s)``.
+    """
+    if not stages:
+        raise PlanError("coordinator_rate: no stages")
+    plain = min(a + b for a, b in stages)
+    if coordinator_ms <= 0 or cores <= 0 or plain <= 0 or plain * coordinator_ms / 1000.0 <= spare:
+        return plain, 1.0
+    c = coordinator_ms / 1000.0 / cores
+    rate = min((a + b * (1.0 + spare / cores)) / (1.0 + b * c) for a, b in stages)
+    steal = max(0.0, rate * coordinator_ms / 1000.0 - spare)
+    return rate, max(0.0, 1.0 - steal / cores)

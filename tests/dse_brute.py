@@ -55,18 +55,24 @@ def _jitter(platform: Platform, setup: CoreSetup) -> float:
 
 
 def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
-                latency_ms: Optional[float] = None, memory_mb: Optional[float] = None):
+                latency_ms: Optional[float] = None, memory_mb: Optional[float] = None,
+                device_copy: Optional[HopModel] = None):
     """All admitted plans as (fps, latency, memory, description).
 
     Latency = max(path, queue): path = sum over stages of max over workers of
     (time + jitter); queue = workers * 1000 / fps + the largest jitter.
+    A worker on a GPU cluster also pays ``device_copy`` (one direction) on the
+    bytes of the cut at each end of its stage (when given).
     """
     n = times.num_layers
     hops = [hop.hop_ms(b) for b in times.cut_bytes]
     cal = times.calibration
 
     def worker_ms(setup, a, b):
-        return cal.scale * math.fsum(times.times[setup][a:b]) + cal.stage_ms + hops[a] / 2 + hops[b] / 2
+        t = cal.scale * math.fsum(times.times[setup][a:b]) + cal.stage_ms + hops[a] / 2 + hops[b] / 2
+        if device_copy is not None and platform.cluster(setup.cluster).kind == "gpu":
+            t += device_copy.hop_ms(times.cut_bytes[a]) + device_copy.hop_ms(times.cut_bytes[b])
+        return t
 
     plans = []
     for workers in _worker_sets(platform, times):

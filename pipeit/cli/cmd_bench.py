@@ -35,6 +35,17 @@ def register(subparsers) -> None:
     parser.add_argument("--memory-mb", type=float, metavar="M", help="limit on weights held by all workers")
     parser.add_argument("--strategies", metavar="A,B", help="a subset of strategies (default: all)")
     parser.add_argument("--cache-dir", metavar="DIR", help="where fresh profiles are kept")
+    task = parser.add_argument_group(
+        "satisfaction", "score each strategy for a task: p99 latency against a deadline, accuracy against a "
+        "tolerance, energy per frame from the board's power model (docs/SATISFACTION.md)")
+    task.add_argument("--task", choices=("realtime", "interactive", "background"),
+                      help="the task's defaults (default: interactive)")
+    task.add_argument("--deadline-ms", type=float, metavar="D", help="override the task's deadline (p99 ms)")
+    task.add_argument("--tolerance", metavar="REL[,TOP1]",
+                      help="override the task's accuracy tolerance: max relative error[, min top-1 agreement]")
+    task.add_argument("--energy-weight", type=float, metavar="W", help="override the task's energy weight in [0, 1]")
+    task.add_argument("--power", metavar="POWER.json",
+                      help="a power file (cores/power/*.json layout) instead of the board's own or the placeholder")
     parser.add_argument("--plot", metavar="FILE.png", help="fps and latency per strategy (needs matplotlib)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -50,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if not model.is_file():
         raise ModelError(f"{model}: no such model file")
     strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES
+    task = _task(args)
     platform = load_platform(args.platform)
     report = run_bench(
         model, platform, frames=args.frames, rounds=args.rounds, latency_ms=args.latency_ms,
@@ -57,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         profile=Path(args.profile) if args.profile else None,
         predictor=Path(args.predictor) if args.predictor else None,
         strategies=strategies, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        progress=not (args.quiet or args.json),
+        progress=not (args.quiet or args.json), task=task,
+        power_file=Path(args.power) if args.power else None,
     )
     if args.plot:
         _plot(report, args.plot)
@@ -66,6 +79,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 0
+
+
+def _task(args: argparse.Namespace):
+    """The task to score for: None (the default task, stated in the report) unless an option was given."""
+    from pipeit.satisfaction import make_task, parse_tolerance
+
+    given = (args.task, args.deadline_ms, args.tolerance, args.energy_weight)
+    if all(v is None for v in given):
+        return None
+    rel, top1 = parse_tolerance(args.tolerance) if args.tolerance is not None else (None, None)
+    return make_task(args.task, deadline_ms=args.deadline_ms, tolerance=rel, min_top1=top1,
+                     energy_weight=args.energy_weight)
 
 
 def _plot(report, path: str) -> None:

@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     parser.add_argument("--latency-ms", type=float, metavar="L", help="latency limit per frame")
     parser.add_argument("--memory-mb", type=float, metavar="M", help="limit on weights held by all workers (MiB)")
     parser.add_argument("--transfer", metavar="TABLE", help="measured hop costs (JSON or CSV bytes,ms)")
+    parser.add_argument("--tuning", metavar="FILE",
+                        help="GPU tuning file for a GPU cluster's layer times when the profile lacks them "
+                        "(default: $PIPEIT_STATE_DIR/tuning.json if present)")
     parser.add_argument("--pareto", action="store_true", help="also print the throughput/latency frontier")
     parser.add_argument("--plot", metavar="FILE.png", help="draw a timeline of a few frames (needs matplotlib)")
     parser.add_argument("--save-times", metavar="TIMES.json", help="write the layer-times table used")
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         if times.num_layers != len(graph.layers):
             raise PlanError(f"{args.times} has {times.num_layers} layers, {args.model} has {len(graph.layers)}")
     else:
-        times = layer_times_for(graph, platform, predictor=args.predictor, profile=args.profile)
+        times = layer_times_for(graph, platform, predictor=args.predictor, profile=args.profile,
+                                model=args.model, tuning=args.tuning)
     if args.save_times:
         times.save(args.save_times)
     hop = load_hop_model(args.transfer) if args.transfer else DEFAULT_HOP

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("--repeats", type=int, default=60, help="most timed runs per measurement")
     parser.add_argument("--min-repeats", type=int, default=9, help="fewest timed runs per measurement")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and of the sweep")
+    parser.add_argument("--tuning", metavar="FILE",
+                        help="GPU tuning file for gpu:1 rows (default: $PIPEIT_STATE_DIR/tuning.json if present)")
     parser.add_argument("--force", action="store_true",
                         help="append to a profile from another platform/runtime")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -45,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform
     from pipeit.profile_table import ProfileWriter, read_profile
     from pipeit.profiler import (
-        TimingSpec, WorkerPool, existing_rows, model_jobs, platform_fingerprint_for,
-        resolve_setups, run_jobs,
+        TimingSpec, WorkerPool, existing_rows, gpu_setups, model_jobs, platform_fingerprint_for,
+        profile_gpu, resolve_setups, run_jobs,
     )
 
     if not args.models and args.sweep <= 0:
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed)
     platform = load_platform(args.platform)
     setups = resolve_setups(platform, args.setup)
+    on_gpu = gpu_setups(platform, args.setup)
     fingerprint = platform_fingerprint_for(platform)
     out = Path(args.output)
     done = existing_rows(out, fingerprint, args.force)
@@ -68,25 +71,32 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     with WorkerPool(platform, setups) as pool, ProfileWriter(out) as writer:
         rows = run_jobs(jobs, pool, setups, writer, fingerprint, spec, done, progress)
+        rows += profile_gpu(args.models, platform, on_gpu, writer, fingerprint, done, args.tuning, progress)
         if args.sweep:
             from pipeit.profiling.sweep import run_sweep
 
             base = read_profile(out, fingerprint=fingerprint, force=args.force).layer_rows()
             rows += run_sweep(args.sweep, pool, setups, writer, fingerprint, spec, done, base,
                               seed=args.seed, progress=progress)
-    failed = [r for r in rows if not r.ok]
+    from pipeit.profiler import NO_GPU_KERNEL
+
+    failed = [r for r in rows if not r.ok and r.status != NO_GPU_KERNEL]
+    no_kernel = sum(1 for r in rows if r.status == NO_GPU_KERNEL)
+    cpu_rows = [r for r in rows if r.setup in setups]
     summary = {
         "output": str(out),
         "fingerprint": fingerprint,
-        "setups": [str(s) for s in setups],
+        "setups": [str(s) for s in list(setups) + list(on_gpu)],
         "measured": len(rows),
         "failed": len(failed),
-        "skipped_existing": len(jobs) * len(setups) - sum(1 for r in rows if r.model != "sweep"),
+        "no_gpu_kernel": no_kernel,
+        "skipped_existing": len(jobs) * len(setups) - sum(1 for r in cpu_rows if r.model != "sweep"),
     }
     if args.json:
         emit_json(summary)
     else:
-        print(f"{len(rows)} measurements ({len(failed)} failed) on {', '.join(summary['setups'])} "
+        extra = f", {no_kernel} layers without a GPU kernel" if no_kernel else ""
+        print(f"{len(rows)} measurements ({len(failed)} failed{extra}) on {', '.join(summary['setups'])} "
               f"-> {out}")
         for r in failed[:5]:
             print(f"  not measured: {r.model} {r.kind}[{r.start}:{r.end}] on {r.setup}: {r.status}",

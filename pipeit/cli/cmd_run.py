@@ -2,8 +2,15 @@
 
 The plan names its model and that model's SHA-256; a model file whose hash
 differs is refused (the plan's stage times would be for another model).
-``--check`` runs every frame through the whole model too and requires
-bit-identical outputs.
+``--check`` runs every frame through the whole model too. CPU stages
+must give bit-identical outputs; a plan with a GPU stage (its float kernels
+sum in another order than TFLite's) passes when every output's relative
+error, ``max|out - ref| / max|ref|``, is within ``--tolerance`` (default
+1e-4, the fp32 kernels' bound). The figure is reported either way.
+
+GPU stages run the fastest table of ``--gpu-tables`` that meets
+``--tolerance`` and calibrate on sampled frames (``pipeit.gpu.calibration``);
+their switches are listed with the stage figures.
 """
 
 from __future__ import annotations
@@ -29,7 +36,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--frames", type=int, default=100, metavar="N", help="frames to stream (default 100)")
     parser.add_argument("--input", default="random", metavar="random|FILE.npy|DIR",
                         help="random frames, one .npy (a frame, or N frames stacked), or a folder of .npy frames")
-    parser.add_argument("--check", action="store_true", help="compare every output with the whole model's (must be identical)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare every output with the whole model's (identical; within --tolerance with a GPU stage)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, metavar="T",
+                        help="relative error a GPU stage may add (the --check bound and the calibration target; default 1e-4)")
+    parser.add_argument("--gpu-tuning", metavar="FILE", help="GPU kernel tuning file (from `pipeit gpu tune`; default: the state directory's, as `pipeit plan`)")
+    parser.add_argument("--gpu-tables", metavar="FILE", help="GPU accuracy tables per layer range (pipeit.gpu.calibration)")
+    parser.add_argument("--no-calibrate", action="store_true", help="GPU stages never check their output at run time")
     parser.add_argument("--warmup", type=int, default=5, metavar="W", help="frames run first and left out of the figures")
     parser.add_argument("--slots", type=int, default=4, help="ring slots per edge (default 4)")
     parser.add_argument("--inflight", type=int, default=None, metavar="K",
@@ -109,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if args.warmup < 0 or args.slots < 1 or (args.inflight is not None and args.inflight < 1):
         raise InputError("--warmup must be >= 0, --slots and --inflight >= 1")
+    if not (args.tolerance >= 0 and args.tolerance < float("inf")):
+        raise InputError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     plan_path = Path(args.plan)
     plan = load_plan(plan_path)
     model_path = resolve_model(plan_path, plan.model, args.model)
@@ -125,11 +140,18 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
     from pipeit.cli.output import emit_json, format_table
     from pipeit.executor.pipeline import Pipeline, coordinator_cpus, model_io
 
-    # Read and check the frames before any worker starts: a bad file costs no process.
+    from pipeit.executor.gpu_worker import check_gpu_devices, gpu_stages
+
+    # Check the GPU stages' devices and files, and read the frames, before any worker starts.
+    gpu_stage_list = list(gpu_stages(plan))
+    gpu = None
+    if gpu_stage_list:
+        check_gpu_devices(plan)
+        gpu = _gpu_options(args, plan)
     frames = load_frames(args.input, model_io(model_path)[0], args.seed)
     host = coordinator_cpus(plan.platform)
     feeder = os.sched_getaffinity(0)
-    with Pipeline(plan, model_path, slots=args.slots) as pipe:
+    with Pipeline(plan, model_path, slots=args.slots, gpu=gpu) as pipe:
         if host:  # as pipeit bench does: the per-frame bookkeeping on the slowest cluster
             pipe.pin_dispatcher(host)
             os.sched_setaffinity(0, set(host))
@@ -143,13 +165,23 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         os.sched_setaffinity(0, feeder)
     match: Optional[bool] = None
     mismatched: List[int] = []
+    worst: Optional[float] = None
+    bound = args.tolerance if gpu_stage_list else 0.0
     if args.check:
         from pipeit.runtime import make_interpreter
 
         reference = _reference_outputs(make_interpreter(model_path, num_threads=1), frames)
+        worst = 0.0
         for n, (i, out) in enumerate(zip(order, outputs)):
             ref = reference[i]
-            if set(ref) != set(out) or not all(np.array_equal(ref[k], out[k]) for k in ref):
+            if set(ref) != set(out):
+                mismatched.append(n)
+                worst = float("inf")
+                continue
+            exact = all(np.array_equal(ref[k], out[k]) for k in ref)
+            error = 0.0 if exact else _relative_error(out, ref)
+            worst = max(worst, error)
+            if not exact and not error <= bound:
                 mismatched.append(n)
         match = not mismatched
     doc = stats.to_json()
@@ -157,6 +189,8 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         "plan": str(plan_path), "model": str(model_path), "strategy": plan.strategy,
         "warmup": args.warmup, "slots": args.slots, "inflight": args.inflight, "outputs_match": match,
         "predicted_fps": plan.predicted_fps,
+        "max_relative_error": worst, "check_tolerance": (bound if args.check else None),
+        "gpu_stages": gpu_stage_list,
     })
     if args.json:
         emit_json(doc)
@@ -169,10 +203,42 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         lat = doc["latency_ms"]
         print(f"{stats.frames} frames, {stats.fps:.1f} fps (plan predicted {plan.predicted_fps:.1f}); "
               f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, p99 {lat['p99']:.2f} ms")
+        for s in stats.stages:
+            for switch in s.switches:
+                print(f"stage {s.index} (GPU) frame {switch.get('pipeline_frame')}: {switch.get('message')}")
         if match is not None:
-            print("outputs match the whole model" if match else
-                  f"outputs DIFFER from the whole model on {len(mismatched)} frame(s), first {mismatched[:5]}")
+            how = f"within relative error {bound:g} (max {worst:.2e})" if gpu_stage_list else "bit for bit"
+            print(f"outputs match the whole model {how}" if match else
+                  f"outputs DIFFER from the whole model on {len(mismatched)} frame(s), first {mismatched[:5]} "
+                  f"(max relative error {worst:.2e}, allowed {bound:g})")
     return 0 if match in (None, True) else 1
+
+
+def _gpu_options(args: argparse.Namespace, plan: Any) -> Any:
+    """The pipeline's GpuOptions from --gpu-tuning, --gpu-tables, --tolerance, --no-calibrate."""
+    from pipeit.executor.gpu_worker import GpuOptions
+
+    tables = {}
+    if args.gpu_tables:
+        from pipeit.gpu.calibration import load_tables
+
+        tables = load_tables(args.gpu_tables, plan.model_sha256)
+    from pipeit.gpu.measure import find_tuning
+
+    tuning = find_tuning(args.gpu_tuning)  # as `pipeit plan`: the given file, else the state dir's
+    if tuning is not None:
+        from pipeit.gpu.tuner import TuningFile
+
+        TuningFile.load(tuning)  # a corrupt file is refused here, whole, before any worker starts
+    return GpuOptions(tuning=str(tuning) if tuning else None, tables=tables, tolerance=args.tolerance,
+                      calibrate=not args.no_calibrate)
+
+
+def _relative_error(out: Dict[str, Any], ref: Dict[str, Any]) -> float:
+    """The worst ``max|out - ref| / max|ref|`` over the outputs (shape mismatch: infinity)."""
+    from pipeit.gpu.calibration import max_relative_error
+
+    return max_relative_error(out, ref)
 
 
 def _reference_outputs(interpreter: Any, frames: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -41,10 +41,12 @@ def register(subparsers) -> None:
     parser.add_argument("--drift", type=float, default=0.15, metavar="F",
                         help="relative drift of a stage's time that counts (default 0.15)")
     parser.add_argument("--cooldown", type=int, default=4, metavar="K",
-                        help="windows after a switch before another switch may happen (default 4)")
+                        help="windows after a switch before another switch may happen; doubled by each "
+                        "switch that did not pay off (default 4)")
     parser.add_argument("--switch-margin", type=float, default=0.05, metavar="F",
                         help="switch only when the new plan predicts this much more fps than the current "
-                        "plan measures (default 0.05)")
+                        "plan, predicted from the same times; raised by switches that gained less "
+                        "(default 0.05)")
     parser.add_argument("--no-replan", action="store_true", help="measure and report, never re-plan")
     parser.add_argument("--slots", type=int, default=4, metavar="N", help="ring slots per pipeline edge")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -46,7 +46,9 @@ def format_status(doc: dict) -> str:
     lines.append(format_table(["cluster", "cpus", "kHz", "governor", "temp C", "factor"], rows))
     events = doc.get("events") or []
     lines.append("")
-    lines.append(f"re-plans: {doc.get('replans', 0)}")
+    margin = doc.get("switch_margin")
+    lines.append(f"re-plans: {doc.get('replans', 0)} (next switch in >= {doc.get('switch_cooldown_windows', 0)} "
+                 f"window(s), needs +{_num(None if margin is None else 100 * margin, '{:.0f}')} %)")
     for e in events[-10:]:
         lines.append(f"  {e['at_s']:.1f} s {e['kind']}: {e['reason']} (fps {_num(e['fps_before'], '{:.1f}')} -> "
                      f"{_num(e['fps_after'], '{:.1f}')})")

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         description="Show the platform's clusters (detected, a known board, emulated, or a file).",
     )
     parser.add_argument("--platform", default="auto", metavar="SPEC",
-                        help="auto | board:NAME | emulate:big=0@1.0,little=1@0.4 | FILE.json (default auto)")
+                        help="auto | board:NAME | emulate:big=0@1.0,little=1@0.4[,gpu=0[@cpuN]] | FILE.json "
+                        "(default auto; auto adds an OpenCL GPU when there is one)")
     parser.add_argument("--sysfs", default=None, metavar="ROOT",
                         help="read ROOT/sys and ROOT/proc instead of this machine's (for fixtures)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -36,6 +37,9 @@ def _document(args: argparse.Namespace) -> dict:
             entry["threads_per_core"] = topo.threads_per_core(cluster)
         clusters.append(entry)
     doc = {"source": platform.source, "clusters": clusters, "fastest": platform.fastest.name}
+    notes = dict(platform.extra)
+    if "gpu" in notes:
+        doc["gpu_note"] = notes["gpu"]
     if topo is not None:
         doc["arch"] = topo.arch
         doc["offline"] = list(topo.offline)
@@ -51,20 +55,25 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for c in doc["clusters"]:
         freq = "-" if c["max_freq_khz"] is None else f"{c['max_freq_khz'] / 1000:.0f}"
+        gpu = c.get("kind") == "gpu"
         rows.append([
             c["name"] + (" *" if c["name"] == doc["fastest"] else ""),
+            c.get("kind", "cpu"),
             c["core_type"],
-            format_cpu_list(c["cpus"]),
+            format_cpu_list(c["cpus"]) + (" (host)" if gpu else ""),
             freq,
             "-" if c["capacity"] is None else c["capacity"],
             f"{c['speed']:g}",
+            f"opencl {c.get('device')}" if gpu else "-",
         ])
     print(f"platform: {doc['source']}")
-    print(format_table(["cluster", "core type", "cpus", "max MHz", "capacity", "speed"], rows))
+    print(format_table(["cluster", "kind", "core type", "cpus", "max MHz", "capacity", "speed", "device"], rows))
     notes = ["* fastest cluster"]
     if doc.get("offline"):
         notes.append(f"offline CPUs: {format_cpu_list(doc['offline'])}")
     if doc.get("smt"):
         notes.append("SMT: sibling threads share a core")
     print("; ".join(notes))
+    if doc.get("gpu_note"):
+        print(doc["gpu_note"])
     return 0

@@ -96,9 +96,9 @@ def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) ->
         return times, f"times {source.times}"
     graph = load_graph(str(model))
     if source.predictor:
-        return layer_times_for(graph, platform, predictor=source.predictor), f"predictor {source.predictor}"
+        return layer_times_for(graph, platform, predictor=source.predictor, model=model), f"predictor {source.predictor}"
     if source.profile:
-        return layer_times_for(graph, platform, profile=source.profile), f"profile {source.profile}"
+        return layer_times_for(graph, platform, profile=source.profile, model=model), f"profile {source.profile}"
     folder = cache_folder(platform, sha)
     cached = folder / "times.json"
     if cached.is_file():
@@ -117,7 +117,7 @@ def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) ->
     _log.info("no plan, predictor or profile given: profiling %s on %s into %s", model.name, platform.source, csv)
     spec = TimingSpec(max_repeats=max(source.profile_repeats, 9), max_seconds=1.0)
     profile_models([model], platform, csv, spec=spec, stages=0, progress=False)
-    times = layer_times_for(graph, platform, profile=str(csv))
+    times = layer_times_for(graph, platform, profile=str(csv), model=model)
     times.save(cached)
     return times, f"profiled here, cached in {folder}"
 

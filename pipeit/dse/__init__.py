@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from cores.model import Platform
 from pipeit.dse import all_cores, fastest_cluster, pipe_it, pipeit, replicas
-from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan, throttle_jitter_ms
+from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan, device_copies, throttle_jitter_ms
 from pipeit.dse.optimal import SearchStats, min_latency_ms, optimal_plan
 from pipeit.dse.planfile import to_plan
 from pipeit.errors import PlanError
@@ -38,6 +38,7 @@ __all__ = [
     "Candidate",
     "CostModel",
     "throttle_jitter_ms",
+    "device_copies",
     "SearchStats",
     "best_candidate",
     "plan_pipeline",
@@ -79,7 +80,8 @@ def best_candidate(
     entry = _strategy(strategy)
     limits = Limits(latency_ms, memory_mb)
     times.check_platform(platform)
-    return entry(CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform)), platform, limits)
+    cost = CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform), device_copies(platform, times))
+    return entry(cost, platform, limits)
 
 
 def plan_pipeline(
@@ -121,7 +123,7 @@ def pareto_front(
     ``max_points`` caps the walk on huge frontiers.
     """
     times.check_platform(platform)
-    cost = CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform))
+    cost = CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform), device_copies(platform, times))
     front: List[Candidate] = []
     limit: Optional[float] = None
     floor = min_latency_ms(cost, platform)

@@ -27,6 +27,11 @@ Model (docs/DSE.md explains the choices):
   ``(1 - f) * P`` beyond its sustained time; that is its jitter (0 elsewhere);
 * memory = sum over workers of the weight bytes of its stage's layers plus
   ``worker_bytes`` (a per-worker constant, 0 by default).
+* a worker on a GPU cluster (``devices`` names it) also pays the host<->device
+  copy of the cut at each end of its stage: ``copy(a) + copy(b)`` with
+  ``copy(i) = devices[cluster].hop_ms(cut_bytes[i])`` (upload of what it
+  receives, download of what it sends), on top of the ring's half hops.
+  The GPU has one setup, ``gpu:1``, and at most one worker.
 """
 
 from __future__ import annotations
@@ -39,12 +44,32 @@ from cores.emulation import choose_period_us
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
-from pipeit.transfer import DEFAULT_HOP, HopModel
+from pipeit.transfer import DEFAULT_HOP, ExecutorOverhead, HopModel, coordinator_rate
 
-__all__ = ["MB", "Limits", "StagePlan", "Candidate", "CostModel", "throttle_jitter_ms", "queue_latency_ms"]
+__all__ = [
+    "MB",
+    "coordinator_placement",
+    "DEFAULT_DEVICE_COPY",
+    "Limits",
+    "StagePlan",
+    "Candidate",
+    "CostModel",
+    "throttle_jitter_ms",
+    "device_copies",
+    "queue_latency_ms",
+]
 
 #: bytes in the ``--memory-mb`` unit (MiB, as ``free -m`` counts)
 MB = 1024 * 1024
+
+#: one direction of a host<->device copy, when none was measured (a profile read on
+#: another machine, a table that lost it): the line ``pipeit.gpu.measure.measure_copy`` fitted on this
+#: project's host, pocl 3.0 CPU device, 2 shared cores, three runs -- fixed 0.025-0.035 ms,
+#: 0.022-0.030 ms per MiB (64 KiB 0.03 ms, 1 MiB 0.05-0.06 ms, 4 MiB 0.12-0.15 ms per
+#: direction; docs/GPU.md). pocl's "device memory" is host RAM, so this is a memcpy plus
+#: the driver call; an integrated GPU (Mali) shares RAM too, a discrete GPU over PCIe pays
+#: several times more per byte -- measure it (pipeit plan measures it with the layers).
+DEFAULT_DEVICE_COPY = HopModel(0.03, 0.025 / (1024 * 1024), "default (pocl on the development host)")
 
 
 @dataclass(frozen=True)
@@ -134,6 +159,33 @@ def throttle_jitter_ms(platform: Platform) -> Dict[str, float]:
     return out
 
 
+def device_copies(platform: Platform, times: LayerTimes) -> Dict[str, HopModel]:
+    """Per GPU cluster, its host<->device copy model: the one measured with its times, else the default."""
+    return {c.name: times.device_copy.get(c.name, DEFAULT_DEVICE_COPY)
+            for c in platform.clusters if c.kind == "gpu"}
+
+
+def coordinator_placement(platform: Platform) -> Tuple[Tuple[str, ...], int, float]:
+    """Where the executor's coordinating process runs: (cluster names, their cores, idle core-units).
+
+    As ``pipeit.executor.pipeline.coordinator_cpus`` pins it: on the slowest CPU
+    cluster of a heterogeneous platform, else anywhere (every CPU cluster). An
+    emulated cluster of speed ``f < 1`` leaves ``(1 - f)`` of each core idle
+    outside its quota; the coordinator uses that first.
+    """
+    cpu = [c for c in platform.clusters if c.kind == "cpu"]
+    if not cpu:
+        return (), 0, 0.0
+    slowest = min(cpu, key=lambda c: (c.speed, c.capacity or 0, c.max_freq_khz or 0))
+    fastest = max(cpu, key=lambda c: (c.speed, c.capacity or 0, c.max_freq_khz or 0))
+    if len(cpu) < 2 or (slowest.speed >= 1.0 and slowest.capacity == fastest.capacity):
+        chosen = cpu
+    else:
+        chosen = [slowest]
+    spare = sum((1.0 - c.speed) * c.size for c in chosen if 0 < c.speed < 1)
+    return tuple(c.name for c in chosen), sum(c.size for c in chosen), spare
+
+
 def queue_latency_ms(workers: int, fps: float, jitter_ms: float) -> float:
     """Latency of a frame stream that keeps ``workers`` frames in flight (Little's law), plus jitter.
 
@@ -154,10 +206,15 @@ class CostModel:
 
     ``jitter`` maps cluster names to their throttle jitter in ms
     (:func:`throttle_jitter_ms`); a cluster it does not name has none.
+    ``devices`` maps GPU cluster names to their copy model
+    (:func:`device_copies`); a cluster it does not name pays no copies.
     """
 
     def __init__(self, times: LayerTimes, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0,
-                 jitter: Optional[Mapping[str, float]] = None) -> None:
+                 jitter: Optional[Mapping[str, float]] = None,
+                 devices: Optional[Mapping[str, HopModel]] = None, *,
+                 overhead: Optional[ExecutorOverhead] = None,
+                 coordinator: Optional[Tuple[Tuple[str, ...], int, float]] = None) -> None:
         if worker_bytes < 0:
             raise PlanError(f"per-worker memory must be >= 0, got {worker_bytes}")
         self.times = times
@@ -167,7 +224,23 @@ class CostModel:
         for name, value in self.jitter.items():
             if not (math.isfinite(value) and value >= 0):
                 raise PlanError(f"throttle jitter of cluster {name!r} must be a finite number >= 0, got {value!r}")
-        self.hops: Tuple[float, ...] = tuple(hop.hop_ms(b) for b in times.cut_bytes)
+        #: the executor's own per-frame cost (None: not modelled); its dispatch_ms rides on the hops
+        #: (two halves per worker), its coordinator_ms is taken from the workers on ``coordinator``
+        #: = (cluster names the coordinating process runs on, their cores, their idle core-units)
+        self.overhead = overhead
+        self.coordinator = coordinator
+        dispatch = overhead.dispatch_ms if overhead is not None else 0.0
+        self.hops: Tuple[float, ...] = tuple(hop.hop_ms(b) + dispatch for b in times.cut_bytes)
+        self.devices: Dict[str, HopModel] = dict(devices or {})
+        #: per device cluster, the copy cost of each cut (n + 1 values, like ``hops``)
+        self.copies: Dict[str, Tuple[float, ...]] = {
+            name: tuple(model.hop_ms(b) for b in times.cut_bytes) for name, model in self.devices.items()
+        }
+
+    def copy_ms(self, setup: CoreSetup, cut: int) -> float:
+        """Host<->device copy a worker of ``setup`` pays at cut ``cut`` (0 for a CPU setup)."""
+        row = self.copies.get(setup.cluster)
+        return 0.0 if row is None else row[cut]
 
     def jitter_ms(self, setup: CoreSetup) -> float:
         """The setup's throttle jitter: the largest of its clusters' (``big+little`` waits for both)."""
@@ -178,17 +251,44 @@ class CostModel:
         return self.times.num_layers
 
     def with_times(self, times: LayerTimes) -> "CostModel":
-        return CostModel(times, self.hop, self.worker_bytes, self.jitter)
+        return CostModel(times, self.hop, self.worker_bytes, self.jitter, self.devices,
+                         overhead=self.overhead, coordinator=self.coordinator)
 
     def worker_ms(self, setup: CoreSetup, start: int, end: int) -> float:
-        """One worker's time per frame for stage ``[start, end)``, half hops at both ends included."""
+        """One worker's time per frame for stage ``[start, end)``, half hops (and device copies) included."""
         if setup not in self.times.times:
             raise PlanError(f"no layer times for setup {setup}")
         return (
             self.times.stage_compute_ms(setup, start, end)
             + 0.5 * self.hops[start]
             + 0.5 * self.hops[end]
+            + self.copy_ms(setup, start)
+            + self.copy_ms(setup, end)
         )
+
+    def _with_coordinator(self, stages, worker_ms):
+        """Stage rates, worker times and path once the coordinator's CPU is taken (transfer.coordinator_rate)."""
+        names, cores, spare = self.coordinator  # type: ignore[misc]
+        on = set(names)
+        parts = []
+        for s, times in zip(stages, worker_ms):
+            a = b = 0.0
+            for t, w in zip(times, s.workers):
+                rate = 1000.0 / t if t > 0 else math.inf
+                if on & set(w.cluster.split("+")):
+                    b += rate
+                else:
+                    a += rate
+            parts.append((a, b))
+        fps, slow = coordinator_rate(parts, self.overhead.coordinator_ms, cores, spare)  # type: ignore[union-attr]
+        slow = max(slow, 1e-9)
+        new_ms = tuple(
+            tuple(t / slow if on & set(w.cluster.split("+")) else t for t, w in zip(times, s.workers))
+            for s, times in zip(stages, worker_ms)
+        )
+        stage_fps = tuple(a + slow * b for a, b in parts)
+        path = sum(max(t + self.jitter_ms(w) for t, w in zip(times, s.workers)) for s, times in zip(stages, new_ms))
+        return fps, stage_fps, new_ms, path
 
     def stage_weight_bytes(self, start: int, end: int) -> int:
         return sum(self.times.weight_bytes[start:end])
@@ -215,6 +315,8 @@ class CostModel:
             path += max(t + self.jitter_ms(w) for t, w in zip(times, s.workers))
             memory += len(s.workers) * (self.stage_weight_bytes(s.start, s.end) + self.worker_bytes)
         fps = min(stage_fps)
+        if self.overhead is not None and self.coordinator is not None and fps > 0 and math.isfinite(fps):
+            fps, stage_fps, worker_ms, path = self._with_coordinator(stages, worker_ms)
         workers = sum(len(s.workers) for s in stages)
         jitter = max(self.jitter_ms(w) for s in stages for w in s.workers)
         return Candidate(

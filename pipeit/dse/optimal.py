@@ -95,11 +95,13 @@ def interchangeable_clusters(cost: CostModel, budgets) -> Tuple[Tuple[int, int],
     times = cost.times.times
     classes: List[List[int]] = []
     for index, (name, size, ks) in enumerate(budgets):
-        signature = (size, ks, tuple((times[CoreSetup(name, k)], cost.jitter_ms(CoreSetup(name, k))) for k in ks))
+        signature = (size, ks, tuple((times[CoreSetup(name, k)], cost.jitter_ms(CoreSetup(name, k))) for k in ks),
+                     cost.copies.get(name))  # a GPU's host<->device copies set it apart
         for members in classes:
             first_name, first_size, first_ks = budgets[members[0]]
             first = (first_size, first_ks,
-                     tuple((times[CoreSetup(first_name, k)], cost.jitter_ms(CoreSetup(first_name, k))) for k in first_ks))
+                     tuple((times[CoreSetup(first_name, k)], cost.jitter_ms(CoreSetup(first_name, k))) for k in first_ks),
+                     cost.copies.get(first_name))
             if first == signature:
                 members.append(index)
                 break

@@ -60,6 +60,10 @@ class StageTables:
             prefix = np.concatenate(([0.0], np.cumsum(np.where(bad, 0.0, values))))
             bad_prefix = np.concatenate(([0], np.cumsum(bad)))
             t = cal.scale * (prefix[None, :] - prefix[:, None]) + edge
+            copies = cost.copies.get(setup.cluster)
+            if copies is not None:  # a GPU worker also moves its input up and its output down
+                c = np.asarray(copies, dtype=float)
+                t = t + c[:, None] + c[None, :]
             t[(bad_prefix[None, :] - bad_prefix[:, None]) > 0] = np.inf
             t[~self.valid] = np.inf
             self.time[setup] = t

@@ -3,10 +3,15 @@
 The main process owns everything shared: one :class:`ShmRing` per edge
 (edge 0 = model inputs, edge S = model outputs, residuals forwarded across
 the edges they skip) and a dispatcher thread. Each worker talks only to the
-dispatcher, over its own Pipe, in small tuples ``(frame, in_slot, out_slot)``.
-No queue or lock is shared between workers, so a worker killed with
-``kill -9`` cannot wedge the others: the dispatcher sees its sentinel, gives
-the frame it held (whose in-slot it kept) to a restarted worker, and goes on.
+dispatcher, over its own socket, in fixed-size struct records
+(:mod:`pipeit.executor.wire`: ``(frame, in_slot, out_slot)`` one way, ``(frame,
+DONE, service_ms)`` the other; no pickling per frame). A worker holds up to
+:data:`WORKER_DEPTH` jobs, so the next frame already waits in its socket when
+it finishes one; :meth:`Pipeline.submit` hands a frame to a stage-0 worker
+itself, so the dispatcher thread wakes only for replies. No queue or lock is
+shared between workers, so a worker killed with ``kill -9`` cannot wedge the
+others: the dispatcher sees its sentinel, gives the frames it held (whose
+in-slots it kept) to a restarted worker, and goes on.
 
 Backpressure is the free slots of each edge: a stage gets a frame only when
 the next edge has a free slot, and :meth:`Pipeline.submit` blocks while
@@ -19,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import heapq
+import math
 import multiprocessing
 import os
 import selectors
@@ -40,6 +46,7 @@ from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
 from pipeit.executor.routes import EdgeLayout, StageRoute, plan_routes
 from pipeit.executor.stats import PipelineStats, StageStats, percentile
+from pipeit.executor.wire import DONE, ERROR, JOB, NOTE, STOP, ReplyParser
 from pipeit.executor.worker import RingRef, WorkerConfig, worker_main
 from pipeit.plan import Plan, file_sha256
 
@@ -47,6 +54,9 @@ __all__ = ["Pipeline", "StagePart", "model_io", "coordinator_cpus", "DEFAULT_SLO
 
 #: slots per edge unless the caller says otherwise (8 gave 0..+16 % over 4 on a throttled platform)
 DEFAULT_SLOTS = 4
+#: jobs a worker may hold at once: the one it serves and the next, already in its socket, so
+#: that it never waits for the dispatcher between frames (docs/PROTOCOL.md "Executor")
+WORKER_DEPTH = 2
 _POLL_S = 0.1  # how often blocked callers look for a failed pipeline
 _STAGE_DIR_PREFIX = "pipeit-stages-"  # + pid: stage sub-model files the workers load (and reload)
 
@@ -96,11 +106,23 @@ class _Worker:
         self.process: Any = None
         self.conn: Any = None
         self.state = "dead"  # starting | idle | busy | dead
-        self.job: Optional[Tuple[_Frame, int]] = None  # (frame, out_slot)
+        #: (frame, out_slot, time sent), oldest first: the first is being served, the rest wait
+        self.jobs: Deque[Tuple[_Frame, int, float]] = collections.deque()
+        self.fd = -1  # the socket's descriptor once the worker is ready (raw records from then on)
+        self.parser = ReplyParser()
+        self.broken = False  # a write to it failed: its sentinel will say why
+        self.last_done = 0.0
+        #: expected service ms (the plan's prediction, then a moving average of what it measures)
+        self.est_ms = 1.0
         self.restarts = 0
         self.last_exit: Optional[int] = None
         self.heavy_before_pin: Tuple[str, ...] = ()
         self.busy_since = 0.0
+
+    @property
+    def job(self) -> Optional[Tuple[_Frame, int]]:
+        """The job it is serving now (frame, out_slot), if any."""
+        return (self.jobs[0][0], self.jobs[0][1]) if self.jobs else None
 
     @property
     def label(self) -> str:
@@ -148,6 +170,7 @@ class Pipeline:
         start_timeout_s: float = 120.0,
         throttle: bool = True,
         throttles: Any = None,
+        gpu: Any = None,
     ):
         self.plan = plan
         self.model_path = Path(model_path)
@@ -163,7 +186,10 @@ class Pipeline:
         self._workers: List[List[_Worker]] = []
         self._free: List[Deque[int]] = []
         self._ready: List[List[Tuple[int, _Frame]]] = []
-        self._incoming: Deque[_Frame] = collections.deque()
+        # Dispatcher state (ready heaps, free slots, workers' jobs) is touched under this lock by the
+        # dispatcher thread and by submit(), which hands a frame to a stage-0 worker itself.
+        self._dispatch_lock = threading.RLock()
+        self._completed: List[Tuple[Future, Dict[str, np.ndarray]]] = []
         self._free0: "collections.deque[int]" = collections.deque()
         self._free0_cv = threading.Condition()
         self._lock = threading.Lock()
@@ -183,6 +209,9 @@ class Pipeline:
         self._tmpdir: Optional[str] = None
         self._selector: Optional[selectors.BaseSelector] = None
         self._stats_lock = threading.Lock()
+        #: a pipeit.executor.gpu_worker.GpuOptions for stages on a GPU cluster (None: defaults)
+        self.gpu = gpu
+        self._switches: List[List[dict]] = [[] for _ in plan.stages]  # GPU calibration notes, since start
         self.reset_stats()
 
     # ---- life cycle ------------------------------------------------------------------
@@ -223,6 +252,7 @@ class Pipeline:
                     raise ExecutorError(
                         f"stage {i} worker wants CPUs {list(worker.cpus)}, this process may use {sorted(allowed)}"
                     )
+        self._check_gpu_clusters()
         parts = self._stage_parts()
         self.inputs, self.outputs = model_io(self.model_path)
         edges, routes = plan_routes([(p.inputs, p.outputs) for p in parts], self.inputs, self.outputs)
@@ -231,7 +261,7 @@ class Pipeline:
         counts = [len(s.workers) for s in plan.stages]
         for k, layout in enumerate(edges):
             around = (counts[k - 1] if k > 0 else 0) + (counts[k] if k < len(counts) else 0)
-            ring = ShmRing(layout, max(self.slots, around + 1))
+            ring = ShmRing(layout, max(self.slots, WORKER_DEPTH * around + 1))
             self._rings.append(ring)
             self._free.append(collections.deque(range(ring.slots)))
         self._free0.extend(self._free[0])
@@ -263,8 +293,11 @@ class Pipeline:
                     ring_out=RingRef(self._rings[k + 1].name, edges[k + 1], self._rings[k + 1].slots),
                     backend=self.backend,
                     spread_threads=self._spans_slowed_cluster(wspec.cluster),
+                    gpu=self._gpu_spec(part, wspec.cluster),
                 )
                 row.append(_Worker(config, wspec.cluster))
+                if wspec.predicted_ms and wspec.predicted_ms > 0:
+                    row[-1].est_ms = float(wspec.predicted_ms)
             self._workers.append(row)
         for worker in self._all_workers():
             self._spawn(worker)
@@ -275,6 +308,48 @@ class Pipeline:
         self.reset_stats()
         self._thread = threading.Thread(target=self._dispatch, name="pipeit-dispatcher", daemon=True)
         self._thread.start()
+
+    # ---- GPU stages (pipeit.executor.gpu_worker) -------------------------------------------
+    def _check_gpu_clusters(self) -> None:
+        """Before anything starts: every GPU cluster a worker sits on has its OpenCL device here."""
+        from pipeit.executor.gpu_worker import check_gpu_devices
+
+        check_gpu_devices(self.plan)
+
+    def _gpu_cluster(self, name: str) -> Any:
+        if "+" in name:
+            return None
+        cluster = self.plan.platform.cluster(name)
+        return cluster if getattr(cluster, "kind", "cpu") == "gpu" else None
+
+    def _gpu_spec(self, part: StagePart, cluster_name: str) -> Any:
+        cluster = self._gpu_cluster(cluster_name)
+        if cluster is None:
+            return None
+        from pipeit.executor.gpu_worker import GpuOptions
+
+        options = self.gpu if self.gpu is not None else GpuOptions()
+        return options.spec_for(str(self.model_path), tuple(part.layers), cluster.device)
+
+    def _on_note(self, w: _Worker, fid: int, notes: Sequence[dict]) -> None:
+        """A GPU worker's calibration switches: kept for stats, logged, and remembered for a restart."""
+        import dataclasses
+        import logging
+
+        k = w.config.stage
+        for note in notes:
+            row = dict(note, stage=k, worker=w.config.worker, pipeline_frame=fid)
+            with self._stats_lock:
+                self._switches[k].append(row)
+            logging.getLogger("pipeit.executor").warning("%s, frame %s: %s", w.label, fid, note.get("message", note))
+            level = note.get("to_level")
+            if w.config.gpu is not None and isinstance(level, int) and level > w.config.gpu.start_level:
+                w.config = dataclasses.replace(w.config, gpu=dataclasses.replace(w.config.gpu, start_level=level))
+
+    def gpu_switches(self) -> Tuple[dict, ...]:
+        """Every GPU calibration switch since start, in order (also in ``stats().stages[k].switches``)."""
+        with self._stats_lock:
+            return tuple(row for rows in self._switches for row in rows)
 
     def _stage_parts(self) -> List[StagePart]:
         raw = self._given_stages
@@ -334,7 +409,9 @@ class Pipeline:
         )
         process.start()
         child.close()
-        worker.process, worker.conn, worker.state, worker.job = process, parent, "starting", None
+        worker.process, worker.conn, worker.state = process, parent, "starting"
+        worker.jobs.clear()
+        worker.fd, worker.parser, worker.broken, worker.last_done = -1, ReplyParser(), False, 0.0
         self._watch(worker)  # a restart, while the dispatcher runs
         slowed = self._slowed_cluster(worker.cluster)
         if self._throttles is not None and slowed:
@@ -362,8 +439,7 @@ class Pipeline:
                     except (EOFError, OSError):
                         message = None
                     if message and message[0] == "ready":
-                        w.state, w.heavy_before_pin = "idle", tuple(message[2])
-                        self._throttle_threads(w, message[3])
+                        self._on_ready(w, message)
                         del pending[id(w)]
                         continue
                     if message and message[0] == "error":
@@ -396,7 +472,7 @@ class Pipeline:
         for w in workers:
             if w.conn is not None:
                 try:
-                    w.conn.send(None)
+                    os.write(w.conn.fileno(), STOP)
                 except (OSError, ValueError):
                     pass
         deadline = time.monotonic() + 2.0
@@ -450,13 +526,18 @@ class Pipeline:
             slot = self._free0.popleft()
         self._rings[0].write(slot, tensors)
         future: Future = Future()
-        with self._lock:
-            fid = self._next_fid
-            self._next_fid += 1
-            frame = _Frame(fid, future, time.perf_counter(), slot)
-            self._inflight[fid] = frame
-        self._incoming.append(frame)
-        self._wake()
+        # Hand the frame to a stage-0 worker from this thread: no wake-up of the dispatcher per frame.
+        with self._dispatch_lock:
+            with self._lock:
+                fid = self._next_fid
+                self._next_fid += 1
+                frame = _Frame(fid, future, time.perf_counter(), slot)
+                self._inflight[fid] = frame
+            if self._error is not None:
+                future.set_exception(self._error)
+                return future
+            heapq.heappush(self._ready[0], (fid, frame))
+            self._feed_stage(0)
         return future
 
     def map(self, frames: Iterable[Any], inflight: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
@@ -552,8 +633,10 @@ class Pipeline:
         """
         ready = self._ready
         depths = [len(ready[k]) if k < len(ready) else 0 for k in range(len(self.plan.stages))]
-        if depths:
-            depths[0] += len(self._incoming)  # submitted, not yet seen by the dispatcher
+        for k, row in enumerate(self._workers):
+            if k < len(depths):
+                # a job queued behind the one a worker serves is waiting too
+                depths[k] += sum(max(0, len(w.jobs) - 1) for w in row)
         return tuple(depths)
 
     @property
@@ -603,6 +686,7 @@ class Pipeline:
                         handoff_ms=percentile(self._handoff[k], 50),
                         redispatched=self._redispatched[k],
                         worker_ms=tuple(percentile(v, 50) for v in self._worker_service[k]),
+                        switches=tuple(self._switches[k]),
                     )
                 )
             return PipelineStats(
@@ -635,31 +719,35 @@ class Pipeline:
             self._selector = None
 
     def _dispatch_events(self) -> None:
-        last = len(self._workers) - 1
         select = self._selector.select
+        lock = self._dispatch_lock
+        stages = range(len(self._workers) - 1, -1, -1)
         while not self._closing and self._error is None:
-            while self._incoming:
-                frame = self._incoming.popleft()
-                heapq.heappush(self._ready[0], (frame.fid, frame))
-            for k in range(last, -1, -1):
-                self._feed_stage(k)
-            exited = []
-            for key, _ in select(timeout=1.0):
-                kind, w = key.data
-                if kind == "wake":
-                    try:
-                        while os.read(self._wake_r, 4096):
+            events = select(timeout=1.0)
+            with lock:
+                exited = []
+                for key, _ in events:
+                    kind, w = key.data
+                    if kind == "wake":
+                        try:
+                            while os.read(self._wake_r, 4096):
+                                pass
+                        except BlockingIOError:
                             pass
-                    except BlockingIOError:
-                        pass
-                elif kind == "conn":
-                    if w.conn is not None:
-                        self._on_message(w)
-                else:
-                    exited.append(w)
-            for w in exited:
-                if w.state != "dead" and not self._closing:
-                    self._on_exit(w)
+                    elif kind == "conn":
+                        if w.conn is not None:
+                            self._on_message(w)
+                    else:
+                        exited.append(w)
+                for w in exited:
+                    if w.state != "dead" and not self._closing:
+                        self._on_exit(w)
+                for k in stages:
+                    self._feed_stage(k)
+                completed, self._completed = self._completed, []
+            # outside the lock: a caller woken by its result may submit at once
+            for future, outputs in completed:
+                future.set_result(outputs)
 
     def _watch(self, w: _Worker) -> None:
         if self._selector is not None:
@@ -677,27 +765,73 @@ class Pipeline:
                     pass  # not registered (or already gone)
 
     def _feed_stage(self, k: int) -> None:
+        """Deal stage ``k``'s waiting frames, lowest id first, each to the worker expected to finish it first.
+
+        A worker may hold :data:`WORKER_DEPTH` jobs; ``(jobs + 1) * est_ms``
+        ranks them, so a free worker is preferred, and a fast one may take a
+        second frame before a slow one takes its first.
+        """
         queue = self._ready[k]
         if not queue:
             return
         free_out = self._free[k + 1]
-        for w in self._workers[k]:
-            if not queue or not free_out:
+        row = self._workers[k]
+        while queue and free_out:
+            best = None
+            best_t = math.inf
+            for w in row:
+                n = len(w.jobs)
+                if n >= WORKER_DEPTH or w.fd < 0 or w.broken:
+                    continue
+                t = (n + 1) * w.est_ms
+                if t < best_t:
+                    best, best_t = w, t
+            if best is None:
                 return
-            if w.state != "idle":
-                continue
             _, frame = heapq.heappop(queue)
             out_slot = free_out.popleft()
             try:
-                w.conn.send((frame.fid, frame.slot, out_slot))
-            except (OSError, ValueError):
+                os.write(best.fd, JOB.pack(frame.fid, frame.slot, out_slot))
+            except OSError:
                 # It died under us; the sentinel will say so. Put things back.
+                best.broken = True
                 free_out.appendleft(out_slot)
                 heapq.heappush(queue, (frame.fid, frame))
                 continue
-            w.state, w.job, w.busy_since = "busy", (frame, out_slot), time.perf_counter()
+            best.jobs.append((frame, out_slot, time.perf_counter()))
+            best.state = "busy"
 
     def _on_message(self, w: _Worker) -> None:
+        if w.fd < 0:  # still starting: the one pickled message
+            self._on_start_message(w)
+            return
+        try:
+            data = os.read(w.fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._unwatch(w, sentinel=False)
+            w.conn.close()
+            w.conn, w.fd = None, -1  # its sentinel will fire; the exit handler takes it from here
+            return
+        now = time.perf_counter()
+        for fid, code, value, payload in w.parser.feed(data):
+            if code == DONE:
+                if not self._on_done(w, fid, value, now):
+                    return
+            elif code == NOTE:
+                import pickle
+
+                self._on_note(w, fid, pickle.loads(payload))
+            elif code == ERROR:
+                text = (payload or b"").decode("utf-8", "replace")
+                self._fail(ExecutorError(f"{w.label} failed on frame {fid}: {text}"))
+                return
+            else:
+                self._fail(ExecutorError(f"{w.label} sent an unknown reply code {code}"))
+                return
+
+    def _on_start_message(self, w: _Worker) -> None:
         try:
             message = w.conn.recv()
         except (EOFError, OSError):
@@ -707,26 +841,37 @@ class Pipeline:
             return
         kind = message[0]
         if kind == "ready":
-            w.state, w.heavy_before_pin = "idle", tuple(message[2])
-            self._throttle_threads(w, message[3])
+            self._on_ready(w, message)
             return
         if kind == "error":
             self._fail(ExecutorError(f"{w.label} failed on frame {message[1]}: {message[2]}"))
             return
-        _, fid, service_ms = message
-        if w.job is None or w.job[0].fid != fid:
+        self._fail(ExecutorError(f"{w.label} sent {kind!r} before it was ready"))
+
+    def _on_ready(self, w: _Worker, message: Any) -> None:
+        w.state, w.heavy_before_pin = "idle", tuple(message[2])
+        w.fd = w.conn.fileno()  # from now on: fixed-size records (pipeit.executor.wire)
+        self._throttle_threads(w, message[3])
+
+    def _on_done(self, w: _Worker, fid: int, service_ms: float, now: float) -> bool:
+        if not w.jobs or w.jobs[0][0].fid != fid:
             self._fail(ExecutorError(f"{w.label} answered frame {fid} it was not given"))
-            return
-        frame, out_slot = w.job
-        now = time.perf_counter()
+            return False
+        frame, out_slot, sent = w.jobs.popleft()
+        # it could start this frame when it had it and had finished the one before
+        began = max(sent, w.last_done)
+        w.last_done = now
+        held = max(now - began, service_ms / 1000.0)
+        w.est_ms += 0.2 * (service_ms - w.est_ms)
         k = w.config.stage
         with self._stats_lock:
-            self._service[k].append(float(service_ms))
-            self._handoff[k].append((now - w.busy_since) * 1000.0 - float(service_ms))
+            self._service[k].append(service_ms)
+            self._handoff[k].append(held * 1000.0 - service_ms)
             self._worker_frames[k][w.config.worker] += 1
-            self._worker_service[k][w.config.worker].append(float(service_ms))
-            self._busy[k] += now - max(w.busy_since, self._t_reset)
-        w.state, w.job = "idle", None
+            self._worker_service[k][w.config.worker].append(service_ms)
+            self._busy[k] += max(0.0, now - max(now - held, self._t_reset))
+        if not w.jobs:
+            w.state = "idle"
         self._release(k, frame.slot)
         frame.slot, frame.stage = out_slot, k + 1
         if k + 1 < len(self._workers):
@@ -736,6 +881,7 @@ class Pipeline:
             self._release(k + 1, out_slot)
             self._results[fid] = (frame, outputs)
             self._deliver()
+        return True
 
     def _release(self, edge: int, slot: int) -> None:
         if edge == 0:
@@ -758,7 +904,7 @@ class Pipeline:
                         self._t_first = frame.t_submit
             with self._lock:
                 self._inflight.pop(frame.fid, None)
-            frame.future.set_result(outputs)
+            self._completed.append((frame.future, outputs))  # resolved once the lock is let go
 
     def _on_exit(self, w: _Worker) -> None:
         w.process.join(0.5)
@@ -767,13 +913,15 @@ class Pipeline:
         if w.conn is not None:
             w.conn.close()
             w.conn = None
-        if w.job is not None:
-            frame, out_slot = w.job
-            w.job = None
+        held = list(w.jobs)
+        w.jobs.clear()
+        w.fd = -1
+        for frame, out_slot, _ in held:  # every frame it held goes to its successor
             self._free[w.config.stage + 1].append(out_slot)
             heapq.heappush(self._ready[w.config.stage], (frame.fid, frame))
+        if held:
             with self._stats_lock:
-                self._redispatched[w.config.stage] += 1
+                self._redispatched[w.config.stage] += len(held)
         w.state = "dead"
         w.restarts += 1
         if w.restarts > self.max_restarts:

@@ -43,6 +43,8 @@ class StageStats:
     #: median service ms of each worker (None for a worker that served nothing): one slow replica
     #: inside a replicated stage shows here, while ``measured_ms`` (all frames) hides it
     worker_ms: Tuple[Optional[float], ...] = ()
+    #: a GPU stage's calibration switches since the pipeline started (dicts: frame, from/to table, reason)
+    switches: Tuple[dict, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -58,6 +60,7 @@ class StageStats:
             "handoff_ms": self.handoff_ms,
             "redispatched": self.redispatched,
             "worker_ms": list(self.worker_ms),
+            "switches": [dict(s) for s in self.switches],
         }
 
 

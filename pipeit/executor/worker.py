@@ -7,10 +7,18 @@ library and pure-Python records at top level.
 
 Protocol over the worker's own Pipe (small tuples, never tensors):
 
-- worker -> main: ``("ready", pid, heavy_modules_before_pin, placements)`` once
-  (``placements``: ``(tid, cpu)`` pairs when threads were spread one per CPU), then
-  ``("done", frame, service_ms)`` per frame, or ``("error", frame_or_None, text)``.
-- main -> worker: ``(frame, in_slot, out_slot)`` per frame; ``None`` to stop.
+- worker -> main, pickled, once: ``("ready", pid, heavy_modules_before_pin, placements)``
+  (``placements``: ``(tid, cpu)`` pairs when threads were spread one per CPU), or
+  ``("error", None, text)`` when it cannot start.
+- then fixed-size records only (:mod:`pipeit.executor.wire`): main -> worker a job
+  ``(frame, in_slot, out_slot)`` (frame -1: stop; up to two queued); worker -> main
+  ``DONE`` with the service ms per frame, ``ERROR`` with a one-line text, or ``NOTE``
+  before that frame's ``DONE`` when the runner has something to report (a GPU
+  stage's calibration switch: a pickled tuple of dicts).
+
+The serving loop knows nothing of what computes a stage: it calls a *runner*
+(:class:`TfliteRunner` for a CPU worker, ``pipeit.executor.gpu_worker.GpuRunner``
+for a worker on a cluster of kind ``"gpu"``), chosen by :func:`make_runner`.
 """
 
 from __future__ import annotations
@@ -20,11 +28,11 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from pipeit.executor.routes import EdgeLayout, StageRoute
 
-__all__ = ["WorkerConfig", "RingRef", "worker_main", "pin_process", "HEAVY_MODULES"]
+__all__ = ["WorkerConfig", "RingRef", "TfliteRunner", "make_runner", "worker_main", "pin_process", "HEAVY_MODULES"]
 
 #: modules that start thread pools or are big: they must not be loaded before pinning
 HEAVY_MODULES = ("numpy", "ai_edge_litert", "tflite_runtime")
@@ -56,6 +64,10 @@ class WorkerConfig:
     #: interpreter spanning an emulated fast and slowed cluster needs it, so that
     #: only the threads on the slowed CPUs are throttled
     spread_threads: bool = False
+    #: set for a worker on a cluster of kind "gpu" (a ``pipeit.executor.gpu_worker.GpuWorkerSpec``):
+    #: the worker then runs its layer range on an OpenCL device; ``model_path`` stays the stage's
+    #: TFLite sub-model (the CPU reference its calibration compares with)
+    gpu: Any = None
 
 
 def spread_threads(cpus: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
@@ -125,6 +137,72 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+class TfliteRunner:
+    """A CPU stage: the stage's TFLite sub-model in one interpreter.
+
+    ``run`` returns views of the interpreter's own output buffers (no copy):
+    the serving loop copies them into the out-ring at once and drops them, as
+    the interpreter refuses to invoke while such a view is alive.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from pipeit.runtime import make_interpreter
+
+        self.interpreter = _quietly(make_interpreter, config.model_path, num_threads=config.threads,
+                                    backend=config.backend)
+        self.input_details = {d["name"]: d for d in self.interpreter.get_input_details()}
+        self.output_details = {d["name"]: d for d in self.interpreter.get_output_details()}
+        self._feeds = tuple((name, d["index"]) for name, d in self.input_details.items())
+        self._fetches = tuple((name, d["index"]) for name, d in self.output_details.items())
+
+    def io(self) -> Tuple[Dict[str, Tuple[Tuple[int, ...], str]], Tuple[str, ...]]:
+        """(input name -> (shape, dtype name), output names): what the loop checks against the rings."""
+        import numpy as np
+
+        inputs = {name: (tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name)
+                  for name, d in self.input_details.items()}
+        return inputs, tuple(self.output_details)
+
+    def run(self, inputs: Mapping[str, Any]) -> Dict[str, Any]:
+        set_tensor = self.interpreter.set_tensor
+        for name, index in self._feeds:
+            set_tensor(index, inputs[name])
+        self.interpreter.invoke()
+        tensor = self.interpreter.tensor
+        return {name: tensor(index)() for name, index in self._fetches}
+
+    def take_notes(self) -> Tuple[dict, ...]:
+        """Nothing to report: a TFLite stage is exact."""
+        return ()
+
+
+def make_runner(config: WorkerConfig) -> Any:
+    """The runner for this worker's cluster kind (call after pinning: it loads the runtime)."""
+    if config.gpu is not None:
+        from pipeit.executor.gpu_worker import GpuRunner
+
+        return GpuRunner(config)
+    return TfliteRunner(config)
+
+
+def _check_io(runner: Any, config: WorkerConfig) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The route's input and output names, once checked against what the runner takes and gives."""
+    import numpy as np
+
+    takes, gives = runner.io()
+    for name in config.route.inputs:
+        if name not in takes:
+            raise RuntimeError(f"stage has no input {name!r} (inputs: {sorted(takes)})")
+        shape, dtype = takes[name]
+        info = config.ring_in.layout.info(name)
+        if tuple(shape) != tuple(info.shape) or np.dtype(dtype) != np.dtype(info.dtype):
+            raise RuntimeError(f"stage input {name!r} is {tuple(shape)} {np.dtype(dtype)}, ring has {info.shape} {info.dtype}")
+    for name in config.route.outputs:
+        if name not in gives:
+            raise RuntimeError(f"stage has no output {name!r} (outputs: {sorted(gives)})")
+    return tuple(config.route.inputs), tuple(config.route.outputs)
+
+
 def worker_main(config: WorkerConfig, conn: Any) -> None:
     """Pin, then load, then serve frames until told to stop or the main process goes away."""
     # Ctrl-C reaches the whole process group; the main process decides when workers stop.
@@ -135,29 +213,11 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
         import numpy as np
 
         from pipeit.executor.ring import ShmRing
-        from pipeit.runtime import make_interpreter
 
-        interpreter = _quietly(make_interpreter, config.model_path, num_threads=config.threads,
-                               backend=config.backend)
+        runner = make_runner(config)
         ring_in = ShmRing(config.ring_in.layout, config.ring_in.slots, config.ring_in.name, create=False)
         ring_out = ShmRing(config.ring_out.layout, config.ring_out.slots, config.ring_out.name, create=False)
-        by_name_in = {d["name"]: d for d in interpreter.get_input_details()}
-        by_name_out = {d["name"]: d for d in interpreter.get_output_details()}
-        feeds = []
-        for name in config.route.inputs:
-            detail = by_name_in.get(name)
-            if detail is None:
-                raise RuntimeError(f"stage sub-model has no input {name!r} (inputs: {sorted(by_name_in)})")
-            info = config.ring_in.layout.info(name)
-            if tuple(int(d) for d in detail["shape"]) != tuple(info.shape) or np.dtype(detail["dtype"]) != np.dtype(info.dtype):
-                raise RuntimeError(f"stage input {name!r} is {tuple(detail['shape'])} {np.dtype(detail['dtype'])}, ring has {info.shape} {info.dtype}")
-            feeds.append((name, detail["index"]))
-        fetches = []
-        for name in config.route.outputs:
-            detail = by_name_out.get(name)
-            if detail is None:
-                raise RuntimeError(f"stage sub-model has no output {name!r} (outputs: {sorted(by_name_out)})")
-            fetches.append((name, detail["index"]))
+        in_names, out_names = _check_io(runner, config)
     except Exception as err:  # reported to the main process, which names the stage
         conn.send(("error", None, _one_line(err)))
         conn.close()
@@ -165,36 +225,59 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
     placements = spread_threads(config.cpus) if config.spread_threads else ()
     conn.send(("ready", os.getpid(), heavy, placements))
 
-    set_tensor = interpreter.set_tensor
-    tensor = interpreter.tensor
-    invoke = interpreter.invoke
+    run = runner.run
+    take_notes = runner.take_notes
     copyto = np.copyto
     forwards = config.route.forwards
     clock = time.perf_counter
+    # From here on the socket carries fixed-size records (pipeit.executor.wire), read and
+    # written with one syscall each; the dispatcher keeps up to two jobs queued here, so the
+    # next frame is usually waiting in the socket when this one is done.
+    import pickle
+
+    from pipeit.executor.wire import DONE, ERROR, NOTE, REPLY, JobParser, reply_bytes
+
+    fd = conn.fileno()
+    parser = JobParser()
+    jobs: list = []
+    pack_done = REPLY.pack
+    write = os.write
+    read = os.read
     try:
         while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break  # the main process is gone: nothing left to serve
-            if message is None:
+            if not jobs:
+                try:
+                    data = read(fd, 65536)
+                except OSError:
+                    break  # the main process is gone: nothing left to serve
+                if not data:
+                    break
+                jobs = parser.feed(data)
+                jobs.reverse()  # pop() from the end takes them in order
+                continue
+            frame, in_slot, out_slot = jobs.pop()
+            if frame < 0:
                 break
-            frame, in_slot, out_slot = message
             start = clock()
             try:
                 src = ring_in.views(in_slot)
                 dst = ring_out.views(out_slot)
-                for name, index in feeds:
-                    set_tensor(index, src[name])
-                invoke()
-                for name, index in fetches:
-                    copyto(dst[name], tensor(index)())
+                results = run({name: src[name] for name in in_names})
+                for name in out_names:
+                    copyto(dst[name], results[name])
+                results = None  # TFLite refuses to invoke while views of its buffers live
                 for name in forwards:
                     copyto(dst[name], src[name])
+                notes = take_notes()
             except Exception as err:
-                conn.send(("error", frame, _one_line(err)))
+                write(fd, reply_bytes(frame, ERROR, payload=_one_line(err).encode("utf-8", "replace")))
                 break
-            conn.send(("done", frame, (clock() - start) * 1000.0))
+            try:
+                if notes:
+                    write(fd, reply_bytes(frame, NOTE, payload=pickle.dumps(tuple(notes))))
+                write(fd, pack_done(frame, DONE, (clock() - start) * 1000.0))
+            except OSError:
+                break
     finally:
         ring_in.close()
         ring_out.close()

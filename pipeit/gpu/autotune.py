@@ -18,7 +18,7 @@ from pipeit.gpu import kernels as K
 from pipeit.gpu.device import GpuContext
 from pipeit.gpu.lowering import Unsupported, _Model, lower_layer
 from pipeit.gpu.space import default_config, heuristic_config, search_space
-from pipeit.gpu.tuner import Measurer, TuningFile, best_trial, make_strategy, tune
+from pipeit.gpu.tuner import Measurer, TuningFile, best_trial, make_strategy, transfer_prior, tune
 from pipeit.graph import graph_from_model
 from pipeit.modelfile import ModelSource, read_model
 
@@ -82,7 +82,10 @@ def tune_model(source: Union[ModelSource, "schema.ModelT"], ctx: GpuContext, tun
         if len(space) <= 1:
             done = [untuned]
         else:
-            search = make_strategy(strategy, space, trials, batch_size, seed)
+            # the model search starts from a cost model trained on this device's other tuned layers
+            prior = None if strategy != "model" else transfer_prior(tuning.priors(
+                ctx.info, precision, exclude=layer.descriptor.key_string(), kind=spec.kind), seed)
+            search = make_strategy(strategy, space, trials, batch_size, seed, spec=spec, prior=prior)
             done = tune(search, measurer, progress) + [untuned]
         best = best_trial(done)
         failed = sum(1 for t in done if not t.ok)
@@ -91,7 +94,7 @@ def tune_model(source: Union[ModelSource, "schema.ModelT"], ctx: GpuContext, tun
                                        "every trial failed"))
             continue
         tuning.record(ctx.info, layer.descriptor, precision, best.config_dict, best.ms, strategy,
-                      len(done), untuned.ms if untuned.ok else None)
+                      len(done), untuned.ms if untuned.ok else None, spec=spec, history=done)
         results.append(LayerTuning(layer.index, op, best.ms, untuned.ms if untuned.ok else None,
                                    len(done), failed, best.config_dict))
     return results

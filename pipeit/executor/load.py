@@ -1,0 +1,137 @@
+"""Where a pipeline's CPU time goes: the coordinating process versus its workers.
+
+Wall-clock frame rates on a shared host swing with whatever else runs; CPU
+time does not. So the executor's own cost is judged here by CPU time: the
+process that feeds frames, runs the dispatcher and collects outputs (the
+*coordinator*) is charged ``user + system`` seconds per frame, and each worker
+its share of the wall time it was on a CPU (``busy``). A worker below 1.0
+waited -- for the coordinator, for a slot, or for a CPU someone else held.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, Optional, Sequence, Tuple
+
+__all__ = ["ExecutorLoad", "measure_load"]
+
+
+@dataclass(frozen=True)
+class ExecutorLoad:
+    """CPU accounting of one stream of ``frames`` frames through a started pipeline."""
+
+    frames: int
+    wall_s: float
+    #: the coordinating process (this one): CPU ms per frame, user + system
+    coordinator_ms_per_frame: float
+    #: voluntary + involuntary context switches of the coordinator per frame
+    coordinator_switches_per_frame: float
+    #: ``(stage, worker) -> CPU seconds / wall seconds`` (1.0 = never waited)
+    worker_busy: Tuple[Tuple[Tuple[int, int], float], ...]
+    #: ``(stage, worker) -> CPU ms per frame it served``
+    worker_ms_per_frame: Tuple[Tuple[Tuple[int, int], float], ...]
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "frames": self.frames,
+            "wall_s": self.wall_s,
+            "fps": self.fps,
+            "coordinator_ms_per_frame": self.coordinator_ms_per_frame,
+            "coordinator_switches_per_frame": self.coordinator_switches_per_frame,
+            "worker_busy": {f"{s}.{w}": v for (s, w), v in self.worker_busy},
+            "worker_ms_per_frame": {f"{s}.{w}": v for (s, w), v in self.worker_ms_per_frame},
+        }
+
+
+def _cpu_s(proc: Any) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorLoad:
+    """Stream ``frames`` keeping ``window`` in flight (as ``pipeit bench`` does) and account CPU time.
+
+    The coordinator is this process (feeder, dispatcher, collector: every
+    thread of it); workers are read by pid before and after. A worker that
+    was restarted meanwhile is left out (its counters started over).
+    """
+    import psutil
+
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    me = psutil.Process()
+    workers: Dict[Tuple[int, int], Any] = {}
+    for key, pid in pipeline.worker_pids().items():
+        try:
+            workers[key] = psutil.Process(pid)
+        except psutil.Error:
+            continue
+    before_workers = {}
+    for key, proc in workers.items():
+        try:
+            before_workers[key] = _cpu_s(proc)
+        except psutil.Error:
+            pass
+    served_before = _served(pipeline)
+    switches = me.num_ctx_switches()
+    cpu0 = _cpu_s(me)
+    t0 = time.perf_counter()
+    pending: Deque[Any] = deque()
+    for frame in frames:
+        if len(pending) >= window:
+            pending.popleft().result()
+        pending.append(pipeline.submit(frame))
+    while pending:
+        pending.popleft().result()
+    wall = time.perf_counter() - t0
+    cpu1 = _cpu_s(me)
+    switches1 = me.num_ctx_switches()
+    served_after = _served(pipeline)
+    busy = []
+    per_frame = []
+    for key, proc in workers.items():
+        if key not in before_workers:
+            continue
+        try:
+            used = _cpu_s(proc) - before_workers[key]
+        except psutil.Error:
+            continue
+        busy.append((key, used / wall if wall > 0 else 0.0))
+        served = served_after.get(key, 0) - served_before.get(key, 0)
+        if served > 0:
+            per_frame.append((key, used * 1000.0 / served))
+    count = max(len(frames), 1)
+    return ExecutorLoad(
+        frames=len(frames),
+        wall_s=wall,
+        coordinator_ms_per_frame=(cpu1 - cpu0) * 1000.0 / count,
+        coordinator_switches_per_frame=(
+            (switches1.voluntary - switches.voluntary) + (switches1.involuntary - switches.involuntary)
+        ) / count,
+        worker_busy=tuple(sorted(busy)),
+        worker_ms_per_frame=tuple(sorted(per_frame)),
+    )
+
+
+def _served(pipeline: Any) -> Dict[Tuple[int, int], int]:
+    """Frames each worker has served so far (from the pipeline's stats)."""
+    out: Dict[Tuple[int, int], int] = {}
+    stats = pipeline.stats()
+    for stage in stats.stages:
+        for w, count in enumerate(stage.worker_frames):
+            out[(stage.index, w)] = int(count)
+    return out
+
+
+def summary(load: ExecutorLoad, label: Optional[str] = None) -> str:
+    """One line for people: coordinator ms/frame, switches/frame, each worker's busy share."""
+    busy = " ".join(f"w{s}.{w}={v:.2f}" for (s, w), v in load.worker_busy)
+    head = f"{label}: " if label else ""
+    return (f"{head}{load.frames} frames {load.fps:.1f} fps; coordinator {load.coordinator_ms_per_frame:.3f} ms CPU/frame, "
+            f"{load.coordinator_switches_per_frame:.1f} switches/frame; busy {busy}")
