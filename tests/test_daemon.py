@@ -220,3 +220,87 @@ def test_world_writable_socket_directory_is_refused(files, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "world-writable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_replies_never_wait_on_a_client_and_keep_their_order(files, tmp_path):
+    """The reply callback runs on the executor's dispatcher thread: it sends what the socket takes at
+    once and hands the rest to the connection's writer, so a client that does not read stalls only
+    itself, and its replies still arrive whole and in order once it reads."""
+    from cores.platform import load_platform
+    from pipeit.daemon.server import Server, ServerConfig, _Connection
+    from pipeit.daemon.state import PlanSource
+
+    _folder, model, times = files
+    server = Server(ServerConfig(socket_path=str(tmp_path / "unused.sock")), str(model), load_platform(PLATFORM),
+                    PlanSource(times=str(times)))
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    conn = _Connection(server, a, 1)  # its reader is not started: this test plays the dispatcher
+    big = np.arange(100_000, dtype=np.float32)  # 400 KB a reply: the socket takes a fraction of one
+    done = threading.Event()
+
+    def produce():
+        for i in range(6):
+            conn.reply((wire.encode_reply(i, "infer", {"y": big + i}), None))
+        conn.reply("close")
+        done.set()
+
+    threading.Thread(target=produce, daemon=True).start()
+    assert done.wait(30), "reply() waited for a client that does not read"
+    got = [wire.read_message(b, 1 << 22) for _ in range(6)]
+    assert [m.header.id for m in got] == list(range(6))
+    for i, message in enumerate(got):
+        np.testing.assert_array_equal(message.tensors["y"], big + i)
+    assert wire.read_message(b, 0) is None  # the writer closed after the last reply
+    assert conn.done.wait(10) and conn.writer is not None
+    conn.writer.join(10)
+    assert not conn.writer.is_alive()
+    b.close()
+
+
+def test_a_reply_the_socket_takes_at_once_needs_no_writer_thread(files, tmp_path):
+    from cores.platform import load_platform
+    from pipeit.daemon.server import Server, ServerConfig, _Connection
+    from pipeit.daemon.state import PlanSource
+
+    _folder, model, times = files
+    server = Server(ServerConfig(socket_path=str(tmp_path / "unused.sock")), str(model), load_platform(PLATFORM),
+                    PlanSource(times=str(times)))
+    a, b = socket.socketpair()
+    conn = _Connection(server, a, 2)
+    conn.reply((wire.encode_reply(1, "infer", {"y": np.ones(10, np.float32)}), None))
+    conn.reply("close")
+    assert conn.writer is None and conn.done.is_set()
+    assert wire.read_message(b, 1 << 10).header.id == 1
+    assert wire.read_message(b, 0) is None
+    conn.reply((wire.encode_reply(2, "infer", {"y": np.ones(10, np.float32)}), None))  # late: dropped
+    assert conn.writer is None
+    b.close()
+
+
+def test_reader_threads_are_reused_and_end_when_idle():
+    from pipeit.daemon.server import _ThreadPool
+
+    pool = _ThreadPool("test-pool", idle_s=0.5)
+    seen, done = [], threading.Semaphore(0)
+
+    def task():
+        seen.append(threading.get_ident())
+        done.release()
+
+    def back_to_idle():
+        for _ in range(1000):
+            if pool._idle:
+                return
+            time.sleep(0.01)
+
+    for bad in (False, False, True, False, False):  # one after the other: one thread serves them all
+        pool.run((lambda: 1 / 0) if bad else task)  # a failing task is logged; the thread goes on
+        assert bad or done.acquire(timeout=10)
+        back_to_idle()
+    assert len(seen) == 4 and len(set(seen)) == 1
+    ident = seen[0]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(t.ident == ident for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not any(t.ident == ident for t in threading.enumerate()) and pool._idle == []

@@ -203,3 +203,73 @@ def test_stable_platform_does_not_flap(tmp_path):
     stage = doc["stages"][0]
     assert len(stage["worker_ms"]) == len(stage["workers"]) and stage["queue_depth"] is not None
     assert leftovers(d.proc.pid) == []
+
+
+def test_a_switch_that_measured_worse_is_switched_back_and_banned_without_losing_a_request(tmp_path):
+    """The confirmation step end to end on a real in-process server and real pipelines: a switch is made
+    (big declared 3x slower), its verdict comes out "worse" (the one number set by hand: the answered fps
+    before the switch), and the daemon switches back to the first plan while a client streams frames,
+    forgets the evidence the switch was made on, and refuses the banned plan when the same drift
+    proposes it again."""
+    from cores.platform import load_platform
+    from pipeit.daemon.replan import plan_layout
+    from pipeit.daemon.server import Server, ServerConfig
+    from pipeit.daemon.state import PlanSource
+
+    equal = "emulate:big=0@1.0,little=1@1.0"  # no cgroups needed
+    os.chmod(tmp_path, 0o750)
+    model = build_model(tmp_path / "m.tflite")
+    times = write_times(model, equal, tmp_path / "times.json")
+    config = ServerConfig(socket_path=str(tmp_path / "s.sock"), window_s=3600.0, confirm_windows=1)
+    server = Server(config, str(model), load_platform(equal), PlanSource(times=str(times), strategy="pipe-it"))
+    server.start()
+    serving = threading.Thread(target=server.serve_forever, kwargs={"install_signals": False})
+    serving.start()
+    frames = [np.random.default_rng(k).standard_normal((1, 32, 32, 16)).astype(np.float32) for k in range(3)]
+    refs = [reference(model, f) for f in frames]
+    stop = threading.Event()
+    done, wrong, errors = [0], [], []
+
+    def check_stream():
+        try:
+            with Client(config.socket_path) as c:
+                k = 0
+                while not stop.is_set():
+                    out = c.infer({"image": frames[k % 3]})
+                    if not np.array_equal(out["fc"], refs[k % 3]):
+                        wrong.append(k)
+                    k += 1
+                    done[0] += 1
+        except Exception as err:  # noqa: BLE001
+            errors.append(repr(err))
+
+    client = threading.Thread(target=check_stream)
+    try:
+        client.start()
+        first = plan_layout(server.engine.current.plan)
+        event = server.replan("test: big runs 3x slower", {"big": 3.0})
+        assert event.kind == "switch", event
+        assert plan_layout(server.engine.current.plan) != first
+        check = server._check
+        assert check is not None and check.old_plan is not None
+        check.answered_before = 1e6  # the one fiction: the old pipeline answered far more
+        server._window_fps = 10.0
+        assert server._judge_switch(server.engine.current.number)  # reverted
+        assert plan_layout(server.engine.current.plan) == first
+        assert server.events[-1].kind == "revert" and "banned" in server.events[-1].reason
+        assert server._policy.banned(event.layout_after, (("big", "slower"),))
+        while server._policy.cooling:
+            server._policy.tick()
+        assert server._factors == {}  # the revert undid the evidence too: a real drift is seen again
+        again = server.replan("test: big 3x slower again", {"big": 3.0})  # proposes the banned plan
+        assert again.kind == "skipped" and "banned" in again.reason, again
+        assert plan_layout(server.engine.current.plan) == first
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        client.join(60)
+        server.request_stop()
+        serving.join(60)
+    assert errors == [] and wrong == [] and done[0] > 0
+    assert server.counters["served"] == done[0] and server.counters["failed"] == 0
+    assert leftovers(os.getpid()) == []

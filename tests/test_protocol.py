@@ -212,3 +212,98 @@ def test_read_message_truncated_body_over_a_socket():
 def test_prefix_layout_is_as_documented():
     assert wire.PREFIX_BYTES == 16
     assert struct.unpack(">4sIQ", wire.PREFIX.pack(wire.MAGIC, 1, 2)) == (b"PIT1", 1, 2)
+
+
+class TestInbox:
+    def test_back_to_back_messages_and_a_big_one_read_through_one_inbox(self):
+        """Small messages arrive together (one recv takes several); a big body bypasses the inbox."""
+        a, b = socket.socketpair()
+        wire.tune_socket(a)
+        big = np.arange(300_000, dtype=np.float32)
+        data = b"".join(_join(wire.encode_request(i, "status")) for i in range(3))
+        data += _join(wire.encode_request(3, "infer", {"x": big}))
+        data += _join(wire.encode_reply(4, "status", info={"k": [1, 2]}))
+        sender = threading.Thread(target=lambda: (a.sendall(data), a.close()))
+        sender.start()
+        inbox = wire.Inbox(4096)
+        got = [wire.read_message(b, LIMIT * 2, inbox) for _ in range(5)]
+        sender.join()
+        assert [m.header.id for m in got] == [0, 1, 2, 3, 4]
+        np.testing.assert_array_equal(got[3].tensors["x"], big)
+        assert got[4].header.info == {"k": [1, 2]}
+        assert wire.read_message(b, LIMIT, inbox) is None and inbox.pending == 0
+        b.close()
+
+    def test_a_header_larger_than_the_inbox_and_a_truncated_prefix(self):
+        a, b = socket.socketpair()
+        names = {f"t{i:03d}" + "n" * 200: np.zeros(1, np.uint8) for i in range(40)}  # ~10 KB of header
+        a.sendall(_join(wire.encode_request(1, "infer", names)) + b"PIT1\x00")
+        a.close()
+        inbox = wire.Inbox(1024)
+        assert len(wire.read_message(b, LIMIT, inbox).tensors) == 40
+        with pytest.raises(wire.ProtocolError) as err:
+            wire.read_message(b, LIMIT, inbox)
+        assert err.value.code == "truncated"
+        b.close()
+
+
+def test_send_nowait_sends_what_fits_and_returns_the_rest_in_order():
+    """A peer that does not read: the sender is never blocked, and what is left goes out later intact."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    body = np.arange(200_000, dtype=np.float32)  # far more than the send buffer
+    buffers = wire.encode_reply(8, "infer", {"y": body})
+    rest = wire.send_nowait(a, buffers)
+    assert rest and sum(v.nbytes for v in rest) < sum(memoryview(x).nbytes for x in buffers)
+    reader = threading.Thread(target=lambda: out.append(wire.read_message(b, 1 << 22)))
+    out = []
+    reader.start()
+    wire.send_message(a, rest)
+    reader.join(30)
+    np.testing.assert_array_equal(out[0].tensors["y"], body)
+    assert wire.send_nowait(a, wire.encode_reply(9, "status", info={})) == []
+    assert wire.read_message(b, 0).header.id == 9
+    a.close()
+    b.close()
+
+
+class TestCachedHeaders:
+    def test_encoder_gives_the_same_bytes_as_encode(self):
+        encoder = wire.Encoder("infer", reply=True)
+        for rid, shape in ((0, (1, 10)), (17, (1, 10)), (2**53 - 1, (2, 5)), (3, (2, 5))):
+            tensors = {"y": np.arange(10, dtype=np.float32).reshape(shape), "z": np.ones(3, np.int8)}
+            assert _join(encoder.encode(rid, tensors)) == _join(wire.encode_reply(rid, "infer", tensors))
+        request = wire.Encoder("infer")
+        x = {"x": np.arange(6, dtype=">f4").reshape(2, 3).T}  # big-endian, strided: converted alike
+        assert _join(request.encode(5, x)) == _join(wire.encode_request(5, "infer", x))
+        with pytest.raises(wire.ProtocolError):
+            request.encode(2**53, x)
+
+    @pytest.mark.parametrize("head", [
+        b'{"id":012,"op":"infer"}',        # a leading zero is not JSON: refused as before
+        b'{"id":1e3,"op":"infer"}',
+        b'{"id":-1,"op":"infer"}',
+        b'{"id":+5,"op":"infer"}',
+        b'{"id":99999999999999999,"op":"infer"}',  # over 2^53 - 1
+        b'{"id":5,"op":"infer","op":"x"}',   # a different rest: checked in full
+    ])
+    def test_inbox_cache_never_accepts_what_the_full_decoder_refuses(self, head):
+        inbox = wire.Inbox()
+        assert inbox.decode_header(b'{"id":1,"op":"infer"}', 0).id == 1  # primes the cache
+        try:
+            expected = wire.decode_header(head, 0)
+        except wire.ProtocolError:
+            with pytest.raises(wire.ProtocolError):
+                inbox.decode_header(head, 0)
+        else:
+            assert inbox.decode_header(head, 0) == expected
+
+    def test_inbox_cache_follows_the_id_and_ignores_a_repeated_id_key(self):
+        inbox = wire.Inbox()
+        body = {"x": np.zeros((1, 4), np.float32)}
+        for rid in (1, 2, 30, 0):
+            head = _join(wire.encode_request(rid, "infer", body))[16:-16]
+            assert inbox.decode_header(head, 16) == wire.decode_header(head, 16)
+        tricky = b'{"id":1,"op":"status","id":7}'  # JSON keeps the last "id": never cached
+        assert inbox.decode_header(tricky, 0).id == 7
+        assert inbox.decode_header(b'{"id":2,"op":"status","id":7}', 0).id == 7

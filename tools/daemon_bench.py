@@ -18,6 +18,14 @@ Both pipelines (the daemon's and the in-process one) run the same plan file
 and stay up for the whole run; only one of them has work at any time.
 ``--model`` is a zoo name or a .tflite path. Prints a Markdown summary (or
 ``--json``); exits 1 when a check fails (wrong, lost or duplicated replies).
+
+CPU per request is measured alongside, because on a shared 2-core host the
+wall clock says more about the neighbours than about the daemon: the
+daemon process's CPU (all its threads: readers, scheduler, dispatcher,
+writers; not its workers) and the clients' (this process, during the
+daemon's turns), against this process's CPU during the in-process turns
+(the caller and the pipeline's dispatcher: the same coordinator work
+without the socket). Workers' CPU is in neither.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,6 +76,26 @@ def _plan(model: Path, platform_spec: str, strategy: str, folder: Path) -> Path:
     return path
 
 
+class _Cpu:
+    """CPU seconds (user + system, all threads, no children) of some processes, summed per label."""
+
+    def __init__(self, **procs: psutil.Process):
+        self.procs = procs
+        self.total: Dict[str, float] = collections.defaultdict(float)
+        self._start: Dict[str, float] = {}
+
+    def _now(self, name: str) -> float:
+        t = self.procs[name].cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self._start = {name: self._now(name) for name in self.procs}
+
+    def stop(self, labels: Dict[str, str]) -> None:
+        for name, label in labels.items():
+            self.total[label] += self._now(name) - self._start[name]
+
+
 def _pct(values: List[float], q: float) -> Optional[float]:
     return float(np.percentile(values, q)) if values else None
 
@@ -94,6 +123,7 @@ def main() -> int:
     parser.add_argument("--model", default="mobilenet_v1")
     parser.add_argument("--platform", default="emulate:big=0@1.0,little=1@1.0")
     parser.add_argument("--strategy", default="pipeit")
+    parser.add_argument("--plan", help="a plan file to serve (default: profile here and plan with --strategy)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=500, help="requests per client")
     parser.add_argument("--window", type=int, default=2, help="frames each client keeps in flight")
@@ -116,7 +146,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="pipeit-bench-"))
     os.chmod(folder, 0o700)
     model = _model(args.model, folder)
-    plan_path = _plan(model, args.platform, args.strategy, folder)
+    plan_path = Path(args.plan) if args.plan else _plan(model, args.platform, args.strategy, folder)
     plan = load_plan(plan_path)
     interp = make_interpreter(model, num_threads=1)
     detail = interp.get_input_details()[0]
@@ -145,6 +175,7 @@ def main() -> int:
     d = Daemon(["--model", str(model), "--platform", args.platform, "--plan", str(plan_path), "--no-replan",
                 "--per-client", str(args.window)], folder / "bench.sock")
     with d, Pipeline(plan, model) as pipe:
+        cpu = _Cpu(daemon=psutil.Process(d.proc.pid), here=psutil.Process())
         # warm both
         list(pipe.map(({name: frames[i % 16]} for i in range(20)), inflight=depth))
         with Client(d.socket_path) as c:
@@ -159,6 +190,7 @@ def main() -> int:
             for b in range(args.blocks):
                 order = ("in", "sock") if b % 2 == 0 else ("sock", "in")
                 for side in order:
+                    cpu.start()
                     for i in range(per_block):
                         frame = {name: frames[(b * per_block + i) % 16]}
                         t = time.perf_counter()
@@ -168,11 +200,18 @@ def main() -> int:
                         else:
                             c.infer(frame)
                             lat_sock.append((time.perf_counter() - t) * 1000)
+                    cpu.stop({"here": "lat_inprocess"} if side == "in" else
+                             {"here": "lat_client", "daemon": "lat_daemon"})
         doc["latency"] = {
             "frames_per_side": len(lat_in), "blocks": args.blocks,
             "inprocess_p50_ms": _pct(lat_in, 50), "socket_p50_ms": _pct(lat_sock, 50),
             "inprocess_p99_ms": _pct(lat_in, 99), "socket_p99_ms": _pct(lat_sock, 99),
             "added_p50_ms": _pct(lat_sock, 50) - _pct(lat_in, 50),
+            "cpu_ms_per_request": {
+                "inprocess": 1000 * cpu.total["lat_inprocess"] / len(lat_in),
+                "daemon": 1000 * cpu.total["lat_daemon"] / len(lat_sock),
+                "client": 1000 * cpu.total["lat_client"] / len(lat_sock),
+            },
         }
 
         # (b) concurrent clients vs Pipeline.map at the same depth, alternating rounds
@@ -231,6 +270,7 @@ def main() -> int:
                     order = [(r * 5 + i) % 16 for i in range(per_round * args.clients)]
                     window: collections.deque = collections.deque()
                     outs = []
+                    cpu.start()
                     t = time.perf_counter()
                     for j in order:
                         if len(window) >= depth:
@@ -244,6 +284,7 @@ def main() -> int:
                         outs.append(future.result())
                         in_lat.append((time.perf_counter() - t0) * 1000)
                     in_wall += time.perf_counter() - t
+                    cpu.stop({"here": "tp_inprocess"})
                     in_frames += len(order)
                     for i, out in enumerate(outs):
                         if i % args.check_every == 0 and not np.array_equal(next(iter(out.values())), refs[order[i]]):
@@ -253,6 +294,7 @@ def main() -> int:
                     g = threading.Thread(target=_garbage, args=(d.socket_path, stop, garbage))
                     threads = [threading.Thread(target=client, args=(k, r)) for k in range(args.clients)]
                     before = len(d_lat)
+                    cpu.start()
                     t = time.perf_counter()
                     g.start()
                     for th in threads:
@@ -260,6 +302,7 @@ def main() -> int:
                     for th in threads:
                         th.join()
                     d_wall += time.perf_counter() - t
+                    cpu.stop({"here": "tp_client", "daemon": "tp_daemon"})
                     stop.set()
                     g.join()
                     d_frames += len(d_lat) - before
@@ -278,6 +321,11 @@ def main() -> int:
         "inprocess_p50_ms": _pct(in_lat, 50), "inprocess_p99_ms": _pct(in_lat, 99),
     }
     tp = doc["throughput"]
+    tp["cpu_ms_per_request"] = {
+        "inprocess": 1000 * cpu.total["tp_inprocess"] / in_frames if in_frames else None,
+        "daemon": 1000 * cpu.total["tp_daemon"] / d_frames if d_frames else None,
+        "client": 1000 * cpu.total["tp_client"] / d_frames if d_frames else None,
+    }
     tp["fps_ratio"] = tp["daemon_fps"] / tp["inprocess_fps"] if tp["daemon_fps"] and tp["inprocess_fps"] else None
     ok = (tp["answered"] == total and tp["lost"] == 0 and tp["duplicated"] == 0 and not wrong and not errors
           and tp["served_by_daemon"] == total)
@@ -294,6 +342,12 @@ def _markdown(doc: Dict) -> str:
 
     def ms(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.3f}"
+
+    lcpu, tcpu = lat["cpu_ms_per_request"], tp["cpu_ms_per_request"]
+
+    def added_cpu(c: Dict) -> Optional[float]:
+        parts = (c["daemon"], c["client"], c["inprocess"])
+        return None if None in parts else c["daemon"] + c["client"] - c["inprocess"]
 
     added_ok = lat["added_p50_ms"] <= ADDED_TARGET_MS
     ratio_ok = tp["fps_ratio"] is not None and tp["fps_ratio"] >= RATIO_TARGET
@@ -321,6 +375,11 @@ def _markdown(doc: Dict) -> str:
         f"{tp['wrong_outputs']} | {'ok' if doc['checks_ok'] else 'FAILED'} | all answered, 0 / 0 / 0 |",
         f"| garbage connections during the run | | {tp['garbage_connections']} "
         f"(daemon rejected {tp['rejected_by_daemon']}) | | served on |",
+        f"| CPU ms per request, one at a time (workers excluded) | {ms(lcpu['inprocess'])} "
+        f"| daemon {ms(lcpu['daemon'])} + client {ms(lcpu['client'])} | added {ms(added_cpu(lcpu))} | |",
+        f"| CPU ms per request, {doc['clients']} clients (workers excluded; garbage client included) "
+        f"| {ms(tcpu['inprocess'])} | daemon {ms(tcpu['daemon'])} + clients {ms(tcpu['client'])} "
+        f"| added {ms(added_cpu(tcpu))} | |",
         "",
         "Latency under load is measured alike on both sides: from just before a frame is handed over "
         "(`Pipeline.submit`, or the client's send) to its result being taken, in order, with the same "

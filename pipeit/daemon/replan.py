@@ -7,9 +7,9 @@ nothing, or re-plan, with a reason a person can read in the log.
 
 * **Drift**: a worker (or, where no per-worker times are given, a stage)
   whose measured median time differs from the expected one by more than
-  ``threshold`` (15 %) in ``sustain`` consecutive windows (one slow window
-  is noise on a shared board; several are a thermal throttle or a
-  co-runner). Per worker, because a stage's median over all its frames
+  ``threshold`` (15 %), in the same direction, in ``sustain`` consecutive
+  windows (one slow window is noise on a shared board; several are a
+  thermal throttle or a co-runner; slow, fast, slow is noise too). Per worker, because a stage's median over all its frames
   hides one slow replica among fast ones.
 * **Platform change**: CPUs going offline or online, or a cluster's
   frequency cap (``scaling_max_freq``) moving by more than 5 %: re-plan at
@@ -41,6 +41,8 @@ __all__ = [
     "DriftDetector",
     "SwitchPolicy",
     "SWITCH_MARGIN",
+    "predicted_fps_of",
+    "evidence_of",
     "measured_capacity_fps",
     "cluster_factors",
     "scaled_times",
@@ -170,6 +172,11 @@ class DriftDetector:
                 if ratio is None or reading.frames < self.min_frames:
                     continue  # no evidence either way: keep the streak as it is
                 if abs(ratio - 1.0) > self.threshold:
+                    seen = self._ratios.get(key)
+                    if seen and (seen[-1] > 1.0) != (ratio > 1.0):
+                        # Slower, then faster (or the reverse): scatter around the expectation, which a
+                        # noisy host makes wider than the threshold -- not a drift. Start over from here.
+                        self._streak[key], self._ratios[key] = 0, []
                     self._streak[key] = self._streak.get(key, 0) + 1
                     self._ratios.setdefault(key, []).append(ratio)
                 else:
@@ -260,50 +267,191 @@ def measured_capacity_fps(stages: Sequence[StageReading]) -> Optional[float]:
 
 
 class SwitchPolicy:
-    """Hysteresis between "the plan would change" and "switch pipelines" (see the module docstring).
+    """Hysteresis and back-off between "the plan would change" and "switch pipelines".
 
-    ``cooldown`` counts windows after a switch during which no other switch
-    is allowed; :meth:`tick` is called once per closed window and
-    :meth:`switched` after every switch.
+    A switch costs a pipeline start and a drain, and on a noisy host a
+    re-planner that believes every window flaps between near-equal plans.
+    The policy therefore checks afterwards that a switch paid off, and asks
+    more of the next one each time one did not:
+
+    * **cooldown, doubling**: after a switch no other one for ``cooldown``
+      windows; each switch that did not pay off (:meth:`judge`: reverted, or
+      kept under the margin) doubles that (up to ``max_cooldown``); one that
+      paid off, or ``4 x cooldown`` windows without a switch, halve it back.
+      A daemon whose switches work stays quick to react to the next real
+      change; one that chases noise slows down;
+    * **margin**: a new plan must predict ``margin`` more fps than the plan
+      in use -- both predicted from the same (scaled) times when the caller
+      gives the current plan's prediction, so executor overhead that no plan
+      can remove (it dominates ~1 ms stages) does not make every new plan
+      look better; else against the current plan's measured fps;
+    * **confirmation** (:meth:`judge`): once the new pipeline has settled,
+      its measured capacity is compared with the old one's just before the
+      switch. Clearly worse (by more than the base margin): revert, and the
+      plan is banned for ``ban_windows`` windows. A gain under the margin in
+      force: keep it, but double the margin (up to ``max_margin``) -- the
+      predictions were too optimistic to act on small gains. The margin
+      halves back towards its base with the cooldown.
+
+    :meth:`tick` is called once per closed window, :meth:`switched` after
+    every switch (a revert included).
     """
 
-    def __init__(self, cooldown: int = 4, margin: float = SWITCH_MARGIN):
+    def __init__(self, cooldown: int = 4, margin: float = SWITCH_MARGIN, *, max_cooldown: int = 64,
+                 max_margin: float = 0.5, ban_windows: int = 60):
         if cooldown < 0:
             raise PlanError(f"cooldown must be >= 0 windows, got {cooldown}")
         if not (0 <= margin < 10):
             raise PlanError(f"switch margin must be in [0, 10), got {margin}")
+        if max_cooldown < cooldown or ban_windows < 0 or max_margin < margin:
+            raise PlanError("max_cooldown and max_margin must be at least cooldown and margin; ban_windows >= 0")
         self.cooldown = int(cooldown)
         self.margin = float(margin)
+        self.max_cooldown = int(max_cooldown)
+        self.max_margin = float(max_margin)
+        self.ban_windows = int(ban_windows)
         self._left = 0
+        self._level = 0  # switches that did not pay off, each doubling the cooldown (decays)
+        self._quiet = 0  # windows since the last switch
+        self._margin = float(margin)
+        self._banned: Dict[Tuple, int] = {}  # (layout, evidence) -> windows left
 
     @property
     def cooling(self) -> int:
         """Windows still to close before another switch may happen."""
         return self._left
 
+    @property
+    def current_cooldown(self) -> int:
+        """The cooldown the next switch starts (``cooldown x 2^level``, capped)."""
+        return min(self.max_cooldown, self.cooldown * (2 ** self._level))
+
+    @property
+    def current_margin(self) -> float:
+        """The margin a switch needs now (raised by switches that did not pay off)."""
+        return self._margin
+
+    def banned(self, layout: Tuple, evidence: Tuple = ()) -> int:
+        """Windows ``layout`` stays banned (0: not banned)."""
+        return self._banned.get((layout, tuple(evidence)), 0)
+
     def tick(self) -> None:
         if self._left > 0:
             self._left -= 1
+        self._quiet += 1
+        for layout in list(self._banned):
+            self._banned[layout] -= 1
+            if self._banned[layout] <= 0:
+                del self._banned[layout]
+        relax = 4 * max(1, self.current_cooldown)
+        if self._quiet >= relax and (self._level > 0 or self._margin > self.margin):
+            self._level = max(0, self._level - 1)
+            self._margin = max(self.margin, self._margin / 2.0)
+            self._quiet = 0
 
     def switched(self) -> None:
-        self._left = self.cooldown
+        self._left = self.current_cooldown
+        self._quiet = 0
 
-    def allow(self, predicted_fps: Optional[float], measured_fps: Optional[float]) -> Tuple[bool, str]:
-        """``(switch?, why)`` for a new plan predicting ``predicted_fps`` against the running plan's measured fps.
+    def _escalate(self) -> None:
+        """A switch did not pay off: double the cooldown (from the next switch on) and the margin."""
+        top = 0  # the level at which the cooldown reaches its cap: doubling further would only delay relaxing
+        while self.cooldown and self.cooldown * (2 ** top) < self.max_cooldown:
+            top += 1
+        self._level = min(self._level + 1, top)
+        self._margin = min(self.max_margin, max(self._margin, self.margin, 0.025) * 2.0)
 
-        With no measurement (an idle daemon, a platform change that broke
-        the old plan) the margin cannot be judged and the switch is allowed.
+    def allow(self, predicted_fps: Optional[float], measured_fps: Optional[float],
+              current_predicted_fps: Optional[float] = None, layout: Optional[Tuple] = None,
+              evidence: Tuple = ()) -> Tuple[bool, str]:
+        """``(switch?, why)`` for a new plan predicting ``predicted_fps``.
+
+        ``current_predicted_fps``: the plan in use, predicted from the same
+        times (like for like); without it the new plan is held against the
+        current one's ``measured_fps``. With no figure to compare with (an
+        idle daemon, a platform change that broke the old plan) the margin
+        cannot be judged and the switch is allowed.
         """
         if self._left > 0:
-            return False, f"within {self.cooldown} windows of the last switch ({self._left} to go)"
-        if measured_fps is None or measured_fps <= 0 or predicted_fps is None:
-            return True, "no measured fps to compare with"
-        need = measured_fps * (1.0 + self.margin)
+            return False, f"within the cooldown after the last switch ({self._left} to go)"
+        if layout is not None and self.banned(layout, evidence):
+            return False, (f"that plan was switched to on the same evidence and reverted; banned for "
+                           f"{self.banned(layout, evidence)} more windows")
+        margin = self._margin
+        if current_predicted_fps is not None and current_predicted_fps > 0 and predicted_fps is not None:
+            basis, what = current_predicted_fps, "predicts"
+        elif measured_fps is not None and measured_fps > 0 and predicted_fps is not None:
+            basis, what = measured_fps, "measures"
+        else:
+            return True, "no fps to compare with"
+        need = basis * (1.0 + margin)
         if predicted_fps < need:
-            return False, (f"the new plan predicts {predicted_fps:.1f} fps, the current one measures "
-                           f"{measured_fps:.1f} fps (a switch needs {need:.1f}, +{self.margin:.0%})")
-        return True, (f"the new plan predicts {predicted_fps:.1f} fps against {measured_fps:.1f} measured "
-                      f"(+{predicted_fps / measured_fps - 1.0:.0%})")
+            return False, (f"the new plan predicts {predicted_fps:.1f} fps, the current one {what} "
+                           f"{basis:.1f} fps (a switch needs {need:.1f}, +{margin:.0%})")
+        return True, (f"the new plan predicts {predicted_fps:.1f} fps against {basis:.1f} the current one {what} "
+                      f"(+{predicted_fps / basis - 1.0:.0%}, margin {margin:.0%})")
+
+    def judge(self, layout: Tuple, before_fps: Optional[float], after_fps: Optional[float],
+              answered_before: Optional[float] = None, answered_after: Optional[float] = None,
+              evidence: Tuple = ()) -> Tuple[str, str]:
+        """After a switch has settled: ``("confirmed" | "kept" | "revert", why)``.
+
+        ``before_fps``/``after_fps``: the measured capacity (from service
+        times) of the old plan just before the switch and of the new one
+        since. ``answered_*``: the frames answered per second around it. The
+        clients are the same on both sides, so answered fps that *fell* means
+        the new pipeline cannot keep up, whatever its service times say (a
+        busy coordinator, a core shared with others); answered fps that did
+        not rise says nothing (it may be the clients' demand). "revert" bans
+        ``layout`` (the new plan) for the same ``evidence`` (see
+        :func:`evidence_of`: a later drift of another cluster, or the other
+        way, may well call for that very plan); "kept" raises the margin.
+        """
+        if answered_before and answered_after and answered_before > 0:
+            fell = answered_after / answered_before - 1.0
+            if fell < -self.margin:
+                return self._revert(layout, evidence, f"answered {answered_after:.1f} fps after the switch against "
+                                            f"{answered_before:.1f} before ({fell:+.0%})")
+        if not before_fps or not after_fps or before_fps <= 0:
+            return "confirmed", "nothing measured to judge the switch by"
+        gain = after_fps / before_fps - 1.0
+        measured = f"measured {after_fps:.1f} fps after the switch against {before_fps:.1f} before ({gain:+.0%})"
+        if gain < -self.margin:
+            return self._revert(layout, evidence, measured)
+        if gain < self._margin:
+            old = self._margin
+            self._escalate()
+            return "kept", f"{measured}: under the {old:.0%} margin, which rises to {self._margin:.0%}"
+        self._level = max(0, self._level - 1)
+        return "confirmed", measured
+
+    def _revert(self, layout: Tuple, evidence: Tuple, measured: str) -> Tuple[str, str]:
+        self._banned[(layout, tuple(evidence))] = self.ban_windows
+        self._escalate()
+        return "revert", f"{measured}: worse, switching back; that plan is banned for {self.ban_windows} windows"
+
+
+def evidence_of(factors: Mapping[str, float]) -> Tuple[Tuple[str, str], ...]:
+    """What a re-plan was made on, coarsely: each cluster found slower or faster (sorted)."""
+    return tuple(sorted((name, "slower" if f > 1.0 else "faster") for name, f in factors.items() if f != 1.0))
+
+
+def predicted_fps_of(plan: Plan, times: LayerTimes, platform: Platform) -> Optional[float]:
+    """What ``times`` predict for ``plan``'s stages and workers (None if a worker's setup has no times).
+
+    Evaluated by the DSE's own cost model, so that a running plan and a
+    candidate are compared like for like.
+    """
+    from pipeit.dse import CostModel, StagePlan, device_copies, throttle_jitter_ms
+
+    try:
+        cost = CostModel(times, jitter=throttle_jitter_ms(platform), devices=device_copies(platform, times))
+        stages = [StagePlan(int(s.layers[0]), int(s.layers[1]),
+                            tuple(CoreSetup(w.cluster, int(w.threads)) for w in s.workers)) for s in plan.stages]
+        fps = cost.evaluate(stages).fps
+    except (PlanError, KeyError, ValueError):
+        return None
+    return fps if math.isfinite(fps) and fps > 0 else None
 
 
 def scaled_times(times: LayerTimes, factors: Mapping[str, float]) -> LayerTimes:

@@ -6,16 +6,28 @@ Threads, and why each exists:
   wakes it: SIGTERM/SIGINT drain and stop, SIGHUP reloads);
 * per connection, a **reader** (reads and checks requests; blocks while its
   client has ``per_client`` requests in flight, so a greedy client throttles
-  only itself) and a **writer** (sends replies; a client that stops reading
-  stalls only its own writer, never the pipeline);
+  only itself; reader threads are kept for the next connection when one
+  closes, since starting a thread costs more than a short connection's
+  whole exchange) and, only once a reply has to wait for the client, a
+  **writer** (a client that stops reading stalls only its own writer, never
+  the pipeline; most connections never need one, garbage senders included);
 * one **scheduler** takes queued frames round-robin across clients and
   submits them to the engine: every client gets its turn at the pipeline's
   first ring, whatever the others send;
 * one **monitor** closes a measurement window every ``window_s`` seconds,
   feeds the drift detector, re-plans and switches pipelines when told to.
 
-Replies are routed by request id: each future's callback queues its reply
-on the writer of the connection that asked.
+Replies are routed by request id: each future's callback sends its reply
+on the connection that asked.
+
+Two fast paths keep a lone request from paying two thread hand-offs (each
+a futex wake-up and a GIL hand-over, 30-80 us on a busy 2-core board, and
+CPU the workers need): when no frame is queued and the scheduler is idle,
+the reader submits its frame itself (the round-robin order is unchanged:
+no one else was waiting); and the reply callback sends the reply itself
+with ``MSG_DONTWAIT`` when the connection's writer has nothing queued,
+handing the writer only what the socket would not take at once. The
+callback runs on the executor's dispatcher thread, so it never blocks.
 """
 
 from __future__ import annotations
@@ -33,12 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from cores.model import Platform
 from pipeit.daemon import protocol as wire
 from pipeit.daemon.engine import Engine
 from pipeit.daemon.replan import (
     DriftDetector, StageReading, SwitchPolicy, Window, WorkerReading, fit_times, measured_capacity_fps, plan_layout,
-    scaled_times, shrink_platform,
+    evidence_of, predicted_fps_of, scaled_times, shrink_platform,
 )
 from pipeit.daemon.sockets import bind_socket, check_socket_dir, remove_socket
 from pipeit.daemon.state import PlanSource, Planned, make_plan, obtain_plan
@@ -66,9 +80,11 @@ class ServerConfig:
     replan: bool = True
     #: windows not judged after any re-plan (a new pipeline's first frames are warm-up, not drift)
     settle_windows: int = 2
+    #: windows after the settle windows in which a switch's gain is measured (then confirmed, kept or reverted)
+    confirm_windows: int = 2
     #: windows after a switch during which no other switch happens (hysteresis, see SwitchPolicy)
     cooldown_windows: int = 4
-    #: a new plan must predict this much more fps than the current plan measures
+    #: a new plan must predict this much more fps than the current plan (like for like; see SwitchPolicy)
     switch_margin: float = 0.05
     drain_timeout_s: float = 60.0
     slots: int = 4
@@ -79,7 +95,7 @@ class ReplanEvent:
     """One re-plan: when, why, what happened, and the frame rate around it."""
 
     at: float  # seconds since the daemon started
-    kind: str  # switch | recalibrate | reload | restart | skipped | failed
+    kind: str  # switch | revert | confirm | recalibrate | reload | restart | skipped | failed
     reason: str
     generation_before: int
     generation_after: int
@@ -101,6 +117,74 @@ class ReplanEvent:
         }
 
 
+class _ThreadPool:
+    """Daemon threads that run one task after another, kept idle for ``idle_s`` before they end.
+
+    For connection readers: a garbage sender or a one-shot ``pipeit infer``
+    opens a connection for a single exchange, and a fresh thread for each
+    (a clone, a Python thread state, a start hand-shake) cost more CPU than
+    the exchange. Daemon threads, unlike ``concurrent.futures``' workers,
+    never hold up the process's exit.
+    """
+
+    def __init__(self, name: str, idle_s: float = 30.0):
+        self.name = name
+        self.idle_s = float(idle_s)
+        self._lock = threading.Lock()
+        self._idle: List[Any] = []  # [event, task] slots of waiting threads
+        self._count = 0
+
+    def run(self, task: Any) -> None:
+        with self._lock:
+            if self._idle:
+                slot = self._idle.pop()
+                slot[1] = task
+                slot[0].set()
+                return
+            self._count += 1
+            number = self._count
+        threading.Thread(target=self._loop, args=(task,), name=f"{self.name}-{number}", daemon=True).start()
+
+    def _loop(self, task: Any) -> None:
+        slot = [threading.Event(), None]
+        while True:
+            try:
+                task()
+            except Exception:  # noqa: BLE001 -- a task's bug must not shrink the pool silently
+                _log.exception("%s: a task failed", self.name)
+            with self._lock:
+                slot[0].clear()
+                slot[1] = None
+                self._idle.append(slot)
+            if not slot[0].wait(self.idle_s):
+                with self._lock:
+                    if any(s is slot for s in self._idle):  # nobody took it meanwhile: end
+                        self._idle = [s for s in self._idle if s is not slot]
+                        return
+                slot[0].wait()  # taken just as it timed out: the task is being handed over
+            task = slot[1]
+
+
+@dataclass
+class _PendingCheck:
+    """A switch waiting for its measured verdict (see SwitchPolicy.judge)."""
+
+    generation: int  # the new pipeline's number
+    layout: Tuple  # the new plan's layout (banned if reverted, for the same evidence)
+    evidence: Tuple  # evidence_of() the drift the switch was made on
+    old_plan: Any  # switched back to on a revert
+    before_fps: Optional[float]  # the old plan's measured capacity just before the switch
+    #: the time scale per cluster and the per-worker ms expected before the re-plan that made the switch:
+    #: a revert undoes the switch *and* the evidence it was made on, so a real drift is seen again
+    #: (and re-planned for, without the banned plan) while noise is forgotten
+    old_factors: Dict[str, float]
+    old_expected: Tuple[Tuple[Optional[float], ...], ...]
+    old_predicted: Optional[float]  # its fps predicted from the times the switch was decided on
+    answered_before: Optional[float]  # frames answered per second in the windows before the switch (median)
+    samples: List[float]  # the new plan's measured capacity, one per window
+    answered: List[float]  # and its answered fps
+
+
 @dataclass
 class _Request:
     conn: "_Connection"
@@ -120,26 +204,76 @@ class _Connection:
         self.replies: Deque[Any] = collections.deque()
         self.reply_ready = threading.Condition()
         self.closed = False
-        self.reader = threading.Thread(target=self._read_loop, name=f"pipeit-client{number}-read", daemon=True)
-        self.writer = threading.Thread(target=self._write_loop, name=f"pipeit-client{number}-write", daemon=True)
+        self.inbox = wire.Inbox()
+        self._writing = False  # the writer thread is sending (guarded by reply_ready)
+        self._direct = False  # a caller of reply() is sending itself (guarded by reply_ready)
+        self.writer: Optional[threading.Thread] = None  # started on the first reply that must wait
+        self.done = threading.Event()  # set once the connection is closed and forgotten
 
     def start(self) -> None:
-        self.reader.start()
-        self.writer.start()
+        self.server._readers.run(self._read_loop)
+
+    def _queue(self, item: Any) -> None:
+        """Queue for the writer, starting it if need be (call holding ``reply_ready``)."""
+        self.replies.append(item)
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._write_loop, name=f"pipeit-client{self.number}-write",
+                                           daemon=True)
+            self.writer.start()
+        self.reply_ready.notify()
 
     # ---- replies ---------------------------------------------------------------------
     def reply(self, item: Any) -> None:
-        """Queue ``(buffers, request or None)`` or ``"close"`` for the writer."""
+        """Send ``(buffers, request or None)`` now if the socket takes it, else queue it for the writer.
+
+        ``"close"`` closes the connection after what is queued before it (at
+        once, in the caller's thread, when nothing is). Never blocks on the
+        client: what the socket does not take at once goes to the writer, in
+        order, ahead of anything queued later.
+        """
         with self.reply_ready:
-            self.replies.append(item)
-            self.reply_ready.notify()
+            if self.done.is_set():
+                return  # closed and forgotten: a late reply has no one to go to
+            idle = not self.replies and not self._writing and not self._direct
+            if item == "close":
+                if idle and self.writer is None:
+                    self.done.set()  # no later reply() queues anything: the close happens just below
+                else:
+                    self._queue(item)
+                    return
+            elif idle and not self.closed:
+                self._direct = True
+            else:
+                self._queue(item)
+                return
+        if item == "close":
+            self._shut()
+            return
+        buffers, request = item
+        try:
+            rest = wire.send_nowait(self.sock, buffers)
+        except OSError:
+            rest = None
+            self.closed = True  # the client went away; the writer drops what comes after
+        with self.reply_ready:
+            self._direct = False
+            if rest:
+                self.replies.appendleft((rest, request))
+            if self.replies:
+                if self.writer is None:
+                    self._queue(self.replies.popleft())  # starts the writer; keeps the order
+                else:
+                    self.reply_ready.notify()
+        if rest == [] and request is not None:
+            self.server._record_latency(request.t_received)
 
     def _write_loop(self) -> None:
         while True:
             with self.reply_ready:
-                while not self.replies:
+                while not self.replies or self._direct:
                     self.reply_ready.wait()
                 item = self.replies.popleft()
+                self._writing = item != "close"
             if item == "close":
                 break
             buffers, request = item
@@ -150,6 +284,10 @@ class _Connection:
                         self.server._record_latency(request.t_received)
             except OSError:
                 self.closed = True  # the client went away; its remaining replies are dropped
+            with self.reply_ready:
+                self._writing = False
+        with self.reply_ready:
+            self.done.set()
         self._shut()
 
     def _shut(self) -> None:
@@ -167,7 +305,7 @@ class _Connection:
         try:
             while not self.closed:
                 try:
-                    message = wire.read_message(self.sock, server.max_body())
+                    message = wire.read_message(self.sock, server.max_body(), self.inbox)
                 except wire.ProtocolError as err:
                     server.count("rejected")
                     _log.info("client %d: %s (%s); closing its connection", self.number, err, err.code)
@@ -195,6 +333,7 @@ class _Connection:
 
     def _handle(self, message: wire.Message) -> bool:
         """Act on one request; False closes the connection."""
+        t_read = time.perf_counter()
         server = self.server
         header = message.header
         rid = header.id
@@ -223,7 +362,7 @@ class _Connection:
         if self.closed:
             self.allowance.release()
             return False
-        server._enqueue(_Request(self, rid, message.tensors, time.perf_counter()))
+        server._enqueue(_Request(self, rid, message.tensors, t_read))
         return True
 
 
@@ -251,6 +390,10 @@ class Server:
         self._queues: Dict[int, Deque[_Request]] = {}
         self._turns: Deque[int] = collections.deque()
         self._sched_cv = threading.Condition()
+        self._rules: Any = None  # (generation number, _input_rules()) cache
+        self._replies = wire.Encoder("infer", reply=True)  # reply headers built once per output layout
+        self._readers = _ThreadPool("pipeit-reader")
+        self._submitting = False  # a thread is inside engine.submit (guarded by _sched_cv)
         self._latencies: Deque[float] = collections.deque(maxlen=_LATENCY_KEEP)
         self._done_times: Deque[float] = collections.deque(maxlen=100_000)
         self._window_stats: Any = None
@@ -263,6 +406,8 @@ class Server:
         self._detector = DriftDetector(config.threshold, config.sustain)
         self._cooldown = 0  # settle windows left (not judged)
         self._policy = SwitchPolicy(config.cooldown_windows, config.switch_margin)
+        self._check: Optional[_PendingCheck] = None
+        self._answered: Deque[float] = collections.deque(maxlen=3)  # answered fps of the last windows
         self._replan_lock = threading.Lock()
 
     def count(self, key: str) -> None:
@@ -373,7 +518,7 @@ class Server:
         for conn in connections:  # writers flush what is queued, then close
             conn.reply("close")
         for conn in connections:
-            conn.writer.join(5.0)
+            conn.done.wait(5.0)
         self._stop.set()
         with self._sched_cv:
             self._sched_cv.notify_all()
@@ -394,6 +539,7 @@ class Server:
         except (BlockingIOError, OSError):
             return
         sock.setblocking(True)
+        wire.tune_socket(sock)
         with self._lock:
             if len(self._connections) >= self.config.max_clients or self.draining:
                 busy = True
@@ -421,34 +567,61 @@ class Server:
             conn.allowance.release()  # nobody will read these replies
 
     # ---- requests ----------------------------------------------------------------------
+    def _input_rules(self) -> Tuple[int, Dict[str, Tuple[Tuple[int, ...], str]]]:
+        """``(body bytes, name -> (shape, dtype name))`` of the serving model, worked out once per pipeline."""
+        generation = self.engine.current
+        key = generation.number if generation is not None else None
+        cached = self._rules
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        inputs = self.engine.inputs
+        rules = (sum(int(_nbytes(t)) for t in inputs),
+                 {t.name: (tuple(int(d) for d in t.shape), str(np.dtype(t.dtype))) for t in inputs})
+        self._rules = (key, rules)
+        return rules
+
     def max_body(self) -> int:
-        return sum(int(_nbytes(t)) for t in self.engine.inputs)
+        return self._input_rules()[0]
 
     def check_inputs(self, tensors: Dict[str, Any]) -> Optional[str]:
         """None if ``tensors`` are exactly the model's inputs, else what is wrong (one line)."""
-        expected = {t.name: t for t in self.engine.inputs}
-        if set(tensors) != set(expected):
+        expected = self._input_rules()[1]
+        if tensors.keys() != expected.keys():
             return f"inputs {sorted(tensors)} do not match the model's {sorted(expected)}"
-        for name, info in expected.items():
+        for name, (shape, dtype) in expected.items():
             array = tensors[name]
-            if tuple(array.shape) != tuple(info.shape) or array.dtype.name != str(info.dtype):
+            if array.shape != shape or array.dtype.name != dtype:
                 return (f"input {name!r} is {tuple(array.shape)} {array.dtype.name}, "
-                        f"the model takes {tuple(info.shape)} {info.dtype}")
+                        f"the model takes {shape} {dtype}")
         return None
 
     def _enqueue(self, request: _Request) -> None:
+        """Submit at once when no one waits and no one submits (a lone request); else queue it in turn."""
         with self._sched_cv:
-            number = request.conn.number
-            queue = self._queues.setdefault(number, collections.deque())
-            if not queue:
-                self._turns.append(number)
-            queue.append(request)
-            self._sched_cv.notify()
+            inline = not self._turns and not self._submitting and not self._stop.is_set()
+            if inline:
+                self._submitting = True
+            else:
+                number = request.conn.number
+                queue = self._queues.setdefault(number, collections.deque())
+                if not queue:
+                    self._turns.append(number)
+                queue.append(request)
+                if not self._submitting:
+                    self._sched_cv.notify()
+                return
+        try:
+            self._submit(request)
+        finally:
+            with self._sched_cv:
+                self._submitting = False
+                if self._turns:
+                    self._sched_cv.notify()  # frames queued meanwhile: the scheduler takes them
 
     def _schedule_loop(self) -> None:
         while not self._stop.is_set():
             with self._sched_cv:
-                while not self._turns and not self._stop.is_set():
+                while (not self._turns or self._submitting) and not self._stop.is_set():
                     self._sched_cv.wait(0.5)
                 if self._stop.is_set():
                     return
@@ -459,7 +632,12 @@ class Server:
                 request = queue.popleft()
                 if queue:
                     self._turns.append(number)  # round robin: back of the line
-            self._submit(request)
+                self._submitting = True
+            try:
+                self._submit(request)
+            finally:
+                with self._sched_cv:
+                    self._submitting = False
 
     def _submit(self, request: _Request) -> None:
         try:
@@ -480,7 +658,7 @@ class Server:
         if error is None:
             self.count("served")
             self._done_times.append(time.monotonic())
-            conn.reply((wire.encode_reply(request.request_id, "infer", future.result()), request))
+            conn.reply((self._replies.encode(request.request_id, future.result()), request))
         else:
             self.count("failed")
             code = "bad_request" if type(error).__name__ == "InputError" else "unavailable"
@@ -564,8 +742,9 @@ class Server:
             "clusters": clusters,
             "max_temp_c": snap.max_temp_c if snap is not None else None,
             "online": list(snap.online) if snap is not None and snap.online is not None else None,
-            "replans": len([e for e in self.events if e.kind in ("switch", "reload", "restart")]),
+            "replans": len([e for e in self.events if e.kind in ("switch", "revert", "reload", "restart")]),
             "switch_cooldown_windows": self._policy.cooling,
+            "switch_margin": self._policy.current_margin,
             "events": [e.to_json() for e in self.events[-50:]],
             "emulation": emulation,
         }
@@ -585,15 +764,21 @@ class Server:
         self._expected_workers = per_worker
         self._expected = tuple(expected)
 
-    def _expect_measured(self) -> None:
-        """Take the last window's per-worker times as the new normal (a re-plan that kept the plan)."""
+    def _measured_expectations(self) -> Optional[Tuple[Tuple[Optional[float], ...], ...]]:
+        """The last window's per-worker times where measured, else what was expected (None: no match)."""
         readings = self._last_readings
         if len(readings) != len(self._expected_workers):
-            return
-        self._set_expected_ms(tuple(
+            return None
+        return tuple(
             tuple((w.measured_ms or old) for w, old in zip(r.workers, olds)) if len(r.workers) == len(olds)
             else olds
-            for r, olds in zip(readings, self._expected_workers)))
+            for r, olds in zip(readings, self._expected_workers))
+
+    def _expect_measured(self) -> None:
+        """Take the last window's per-worker times as the new normal (a re-plan that kept the plan)."""
+        measured = self._measured_expectations()
+        if measured is not None:
+            self._set_expected_ms(measured)
 
     def _add_event(self, kind: str, reason: str, fps_before: Optional[float], before: int = 0, after: int = 0,
                    layout_before: Tuple = (), layout_after: Tuple = (), measured_fps: Optional[float] = None,
@@ -619,6 +804,8 @@ class Server:
         generation.pipeline.reset_stats()
         self._window_stats = stats
         self._window_fps = stats.fps if stats.frames else None
+        if self._window_fps:
+            self._answered.append(self._window_fps)
         self._fill_fps_after(generation.number, stats)
         self._policy.tick()
         if self._cooldown > 0:
@@ -640,6 +827,8 @@ class Server:
                                          self._expected[k] if k < len(self._expected) else None,
                                          row.frames if row else 0, workers))
         self._last_readings = tuple(readings)
+        if self._judge_switch(generation.number):
+            return
         window = Window(
             stages=tuple(readings),
             online=snap.online if snap is not None else None,
@@ -656,6 +845,59 @@ class Server:
             return
         self.replan(decision.reason, dict(decision.factors), snap.online if snap is not None else None,
                     force=decision.platform_changed)
+
+    def _judge_switch(self, number: int) -> bool:
+        """Feed the pending switch check one window; True when it reverted the switch (window consumed)."""
+        check = self._check
+        if check is None:
+            return False
+        if check.generation != number:
+            self._check = None  # another switch, reload or restart came in between: nothing to judge
+            return False
+        capacity = measured_capacity_fps(self._last_readings)
+        if capacity is not None:
+            check.samples.append(capacity)
+        if self._window_fps:
+            check.answered.append(self._window_fps)
+        if max(len(check.samples), len(check.answered)) < max(1, self.config.confirm_windows):
+            return False
+        self._check = None
+        after = sorted(check.samples)[len(check.samples) // 2] if check.samples else None
+        answered = sorted(check.answered)[len(check.answered) // 2] if check.answered else None
+        verdict, why = self._policy.judge(check.layout, check.before_fps, after, check.answered_before, answered,
+                                          check.evidence)
+        _log.info("pipeline %d: %s (%s)", number, why, verdict)
+        if verdict != "revert":
+            self._add_event("confirm", f"switch {verdict}: {why}", self._window_fps, number, number,
+                            check.layout, check.layout, after, None)
+            return False
+        self._revert(check, why, after)
+        return True
+
+    def _revert(self, check: _PendingCheck, why: str, after: Optional[float]) -> None:
+        """Switch back to the plan in use before a switch that did not pay off."""
+        with self._replan_lock:
+            generation = self.engine.current
+            if generation is None or generation.number != check.generation or self.draining:
+                return
+            fps_before = self._window_fps
+            try:
+                _old, new = self.engine.switch(check.old_plan)
+            except PipeitError as err:
+                _log.error("could not switch back (%s); the new pipeline keeps serving", err)
+                self._add_event("failed", f"revert failed: {err}", fps_before, generation.number, generation.number)
+                return
+            self._factors = dict(check.old_factors)
+            if len(check.old_expected) == len(check.old_plan.stages):
+                self._set_expected_ms(check.old_expected)
+            else:
+                self._set_expected(check.old_plan)
+            self._detector.rebase()
+            self._policy.switched()
+            self._cooldown = self.config.settle_windows
+            _log.info("switched back: pipeline %d -> %d: %s", generation.number, new.number, why)
+            self._add_event("revert", why, fps_before, generation.number, new.number, check.layout,
+                            plan_layout(check.old_plan), after, check.old_predicted)
 
     def _fill_fps_after(self, number: int, stats: Any) -> None:
         with self._lock:
@@ -691,6 +933,7 @@ class Server:
                 self._cooldown = self.config.settle_windows
                 return self._add_event("skipped", reason + "; no layer times to re-plan from", fps_before,
                                        before, before)
+            old_factors, old_expected = dict(self._factors), self._expected_workers
             for name, factor in factors.items():
                 self._factors[name] = self._factors.get(name, 1.0) * factor
             try:
@@ -710,8 +953,9 @@ class Server:
                 _log.info("%s; the plan stays the same, expectations re-based", reason)
                 return self._add_event("recalibrate", reason, fps_before, before, before, old_layout, new_layout,
                                        measured, plan.predicted_fps)
+            current = None if force else predicted_fps_of(generation.plan, times, platform)
             allowed, why = (True, "forced by a platform change") if force else \
-                self._policy.allow(plan.predicted_fps, measured)
+                self._policy.allow(plan.predicted_fps, measured, current, new_layout, evidence_of(factors))
             if not allowed:
                 self._expect_measured()
                 _log.info("%s; a new plan was found but not switched to: %s", reason, why)
@@ -725,6 +969,11 @@ class Server:
             self._set_expected(plan)
             self._detector.rebase()
             self._policy.switched()
+            answered = sorted(self._answered)[len(self._answered) // 2] if self._answered else None
+            self._check = None if force else _PendingCheck(new.number, new_layout, evidence_of(factors),
+                                                           generation.plan, measured,
+                                                           old_factors, old_expected, current, answered, [], [])
+            self._answered.clear()
             self._cooldown = self.config.settle_windows
             _log.info("switched pipeline %d -> %d: %s; %s; fps before %s; stages %s -> %s", before, new.number,
                       reason, why, "n/a" if fps_before is None else f"{fps_before:.1f}", _describe(old_layout),
@@ -765,8 +1014,6 @@ class Server:
 
 
 def _nbytes(info: Any) -> int:
-    import numpy as np
-
     count = 1
     for d in info.shape:
         count *= int(d)
