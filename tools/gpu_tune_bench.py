@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
-"""Figures for the GPU tuner on this machine's OpenCL device (pocl in CI).
+"""Figures for the GPU tuner: record a large slice of each layer's config space, then replay searches.
 
-For a sample of the zoo's convolution layers (distinct descriptors, at most
-``--per-model`` per model, MACs in a band so one run stays in minutes):
+Two steps, so pocl's timing noise on a busy host cannot decide the
+comparison between the strategies:
 
-1. record: measure the untuned direct kernel and ``--space`` configs drawn
-   at random from the layer's full search space (the heuristic configs
-   included), with OpenCL profiling events;
-2. simulate (Kernel Tuner's "simulation mode"): replay random search and
-   the cost-model search on that recording with the same budget, several
-   seeds; no timing noise enters the comparison;
-3. report per layer: untuned ms, best ms found by the model search within
-   ``--budget`` trials, speedup; and the trials the model search needed to
-   come within 5 % of the best config either strategy found, against the
-   random search's budget.
+``record``  measures, for each sampled zoo conv layer, the untuned direct
+            kernel and ``--space`` configs drawn uniformly (seeded) from the
+            layer's full search space (all of it when the space is smaller),
+            each the median of ``--repeats`` runs timed by OpenCL profiling
+            events. Written layer by layer to a JSON cache (default
+            ``build/gpu_tune_record.json``); a rerun skips layers already there.
+``replay``  replays random search and the cost-model search against the
+            recorded times (simulation mode, :class:`RecordedMeasurer`), same
+            budget, many seeds. The model search of a layer is seeded with a
+            transfer model trained on the *other* layers' recordings only
+            (leave-one-layer-out; ``--no-transfer`` turns it off).
 
-    .venv/bin/python tools/gpu_tune_bench.py [--space 80] [--budget 48] [--seeds 5] [--json OUT]
+The figure, per layer: target = 1.05 x the best time that either strategy
+found in any seed; per strategy and seed, the number of trials until its
+best-so-far reaches the target (``budget + 1`` when it never does). Layer
+ratio = median over seeds of the model search's count / median over seeds
+of random's count; the headline is the median of the layer ratios. Per seed,
+the median over layers of model/random shows the spread.
+
+    .venv/bin/python tools/gpu_tune_bench.py record [--space 250] [--repeats 5] [--out FILE]
+    .venv/bin/python tools/gpu_tune_bench.py replay [--record FILE] [--budget 64] [--seeds 20]
+                                                    [--no-transfer | --prior-trials N | --sequential]
+                                                    [--json OUT]
 """
 
 from __future__ import annotations
@@ -25,37 +36,91 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from pipeit import zoo
-from pipeit.gpu.device import make_context
-from pipeit.gpu.lowering import lower_layer
-from pipeit.gpu.space import default_config, heuristic_config, search_space, config_key
-from pipeit.gpu.tuner import Measurer, ModelSearch, RandomSearch, RecordedMeasurer, Trial, TrialStatus, tune
+from pipeit.gpu.lowering import LayerSpec, lower_layer
+from pipeit.gpu.space import config_key, default_config, heuristic_config, search_space
+from pipeit.gpu import tuner as T
+from pipeit.gpu.tuner import ModelSearch, RandomSearch, RecordedMeasurer, Trial, TrialStatus, tune
 from pipeit.graph import graph_from_model
 from pipeit.modelfile import read_model
 
+#: distinct zoo conv layers of 1-35 MMAC: 1x1, 3x3 (s1 and s2), 5x5, so each recording stays minutes
+DEFAULT_LAYERS = ("mobilenet_v2:12", "googlenet:26", "googlenet:24", "squeezenet:6", "mobilenet_v1:0",
+                  "googlenet:65", "mobilenet_v2:2", "squeezenet:16", "googlenet:9", "squeezenet:4",
+                  "mobilenet_v1:2", "googlenet:2")
+DEFAULT_RECORD = Path("build/gpu_tune_record.json")
 
-def pick_layers(per_model: int, lo: float, hi: float):
-    out = []
-    for name in zoo.list_models():
+
+def load_layer(name: str, index: int, cache: Dict[str, object]) -> Tuple[object, LayerSpec]:
+    """The zoo layer ``name:index`` and its GPU spec (models parsed once per run)."""
+    if name not in cache:
         model = read_model(zoo.build(name))
-        graph = graph_from_model(model, sha256="")
-        seen, taken = set(), 0
-        for layer in graph.layers:
-            d = layer.descriptor
-            if d.op != "CONV_2D" or d.key() in seen or not lo <= d.macs <= hi:
-                continue
-            seen.add(d.key())
-            out.append((name, model, layer))
-            taken += 1
-            if taken >= per_model:
-                break
-    return out
+        cache[name] = (model, graph_from_model(model, sha256=""))
+    model, graph = cache[name]
+    layer = next(l for l in graph.layers if l.index == index)
+    return layer, lower_layer(model, layer)
 
 
-def trials_to_reach(trials, target):
+def _trial_json(t: Trial) -> dict:
+    return {"config": t.config_dict, "status": t.status.value, "ms": t.ms}
+
+
+def _trial(doc: dict) -> Trial:
+    return Trial(tuple(sorted(doc["config"].items())), TrialStatus(doc["status"]), doc["ms"])
+
+
+def record(args: argparse.Namespace) -> int:
+    from pipeit.gpu.device import make_context
+    from pipeit.gpu.tuner import Measurer
+
+    out = Path(args.out)
+    doc = json.loads(out.read_text()) if out.exists() else {"version": 1, "layers": []}
+    done = {(r["model"], r["layer"]) for r in doc["layers"]}
+    ctx = make_context()
+    doc["device"] = ctx.info.name
+    doc["fingerprint"] = ctx.info.fingerprint()
+    models: Dict[str, object] = {}
+    for item in args.layers.split(","):
+        name, index = item.split(":")[0], int(item.split(":")[1])
+        if (name, index) in done:
+            continue
+        t0 = time.time()
+        layer, spec = load_layer(name, index, models)
+        space = search_space(spec, ctx.info.max_work_group_size, ctx.info.local_mem_bytes)
+        rng = np.random.default_rng(1000 + index)
+        picks = sorted(rng.choice(len(space), size=min(args.space, len(space)), replace=False))
+        sample = [space[i] for i in picks]
+        if config_key(heuristic_config(spec)) not in {config_key(c) for c in sample}:
+            sample.append(heuristic_config(spec))
+        measurer = Measurer(ctx, spec, repeats=args.repeats)
+        untuned = measurer.measure(default_config(spec))
+        trials = []
+        for c in sample:
+            trials.append(measurer.measure(c))
+            if len(trials) % 50 == 0:
+                print(f"  {name}:{index} {len(trials)}/{len(sample)} ({time.time() - t0:.0f} s)", flush=True)
+        d = layer.descriptor
+        doc["layers"].append(dict(
+            model=name, layer=index, descriptor=d.key_string(), macs=d.macs,
+            kernel=f"{d.kernel[0]}x{d.kernel[1]}/s{d.stride[0]}", space=len(space),
+            repeats=args.repeats, untuned=_trial_json(untuned), trials=[_trial_json(t) for t in trials]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(doc) + "\n")
+        tmp.replace(out)
+        ok = [t.ms for t in trials if t.ok]
+        print(f"{name}:{index} {len(trials)}/{len(space)} configs, best {min(ok):.3f} ms, "
+              f"untuned {untuned.ms:.3f} ms, {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+def trials_to_reach(trials: Sequence[Trial], target: float) -> Optional[int]:
+    """1-based count of trials until the best-so-far is <= target (None: never)."""
     best = float("inf")
     for k, t in enumerate(trials, 1):
         if t.ok:
@@ -65,90 +130,105 @@ def trials_to_reach(trials, target):
     return None
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--space", type=int, default=80, help="configs recorded per layer")
-    ap.add_argument("--budget", type=int, default=48, help="trials per strategy in simulation")
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--per-model", type=int, default=2)
-    ap.add_argument("--macs", default="5e6,1.2e8", help="MAC band of the layers sampled")
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--record", help="write every recorded trial here (JSON), for replays")
-    ap.add_argument("--replay", help="replay a --record file instead of measuring")
-    ap.add_argument("--model-batch", type=int, default=4, help="batch size of the model search")
-    args = ap.parse_args()
-    lo, hi = (float(v) for v in args.macs.split(","))
-    rows, raw, records = [], [], []
-    if args.replay:
-        with open(args.replay) as fh:
-            saved = json.load(fh)
-        device = saved["device"]
-        work = [(r, None, None) for r in saved["layers"]]
-    else:
-        ctx = make_context()
-        device = ctx.info.name
-        work = [(None, (name, model, layer), ctx) for name, model, layer in pick_layers(args.per_model, lo, hi)]
-    for saved_layer, picked, ctx in work:
+def replay(args: argparse.Namespace) -> int:
+    doc = json.loads(Path(args.record).read_text())
+    models: Dict[str, object] = {}
+    layers = []
+    for r in doc["layers"]:
+        layer, spec = load_layer(r["model"], r["layer"], models)
+        layers.append((r, spec, [_trial(t) for t in r["trials"]], layer.descriptor.key_string()))
+    rows = []
+    per_seed: Dict[str, List[List[float]]] = {"model": [], "random": []}
+    history: List[list] = [[] for _ in range(args.seeds)]
+    for r, spec, recorded, key in layers:
         t0 = time.time()
-        if saved_layer is not None:
-            name, index, macs, kernel = (saved_layer[k] for k in ("model", "layer", "macs", "kernel"))
-            untuned = Trial(tuple(sorted(saved_layer["untuned"]["config"].items())), TrialStatus.OK,
-                            saved_layer["untuned"]["ms"])
-            recorded = [Trial(tuple(sorted(t["config"].items())), TrialStatus(t["status"]), t["ms"])
-                        for t in saved_layer["trials"]]
-            sample = [t.config_dict for t in recorded]
-        else:
-            name, model, layer = picked
-            index, macs = layer.index, layer.descriptor.macs
-            kernel = f"{layer.descriptor.kernel[0]}x{layer.descriptor.kernel[1]}/s{layer.descriptor.stride[0]}"
-            spec = lower_layer(model, layer)
-            space = search_space(spec, ctx.info.max_work_group_size, ctx.info.local_mem_bytes)
-            rng = np.random.default_rng(layer.index)
-            sample = [space[i] for i in rng.choice(len(space), size=min(args.space, len(space)), replace=False)]
-            keys = {config_key(c) for c in sample}
-            if config_key(heuristic_config(spec)) not in keys:
-                sample.append(heuristic_config(spec))
-            measurer = Measurer(ctx, spec, repeats=3)
-            untuned = measurer.measure(default_config(spec))
-            recorded = [measurer.measure(c) for c in sample]
-            records.append(dict(model=name, layer=index, macs=macs, kernel=kernel,
-                                untuned={"config": untuned.config_dict, "ms": untuned.ms},
-                                trials=[{"config": t.config_dict, "status": t.status.value, "ms": t.ms}
-                                        for t in recorded]))
-            if args.record:
-                with open(args.record, "w") as fh:
-                    json.dump({"device": device, "layers": records}, fh)
-        replay = RecordedMeasurer(recorded)
+        prior = None
+        if not args.no_transfer and not args.sequential:
+            # leave this layer out, and any other recording of the same descriptor (same kernels)
+            others = [(s, tr) for _, s, tr, k in layers if k != key]
+            if args.prior_trials:  # as a tuning file would hold: a few dozen trials per layer
+                pick = np.random.default_rng(0)
+                others = [(s, [tr[i] for i in pick.choice(len(tr), min(args.prior_trials, len(tr)),
+                                                          replace=False)]) for s, tr in others]
+            prior = T.TransferModel.fit(others)
+        sample = [t.config_dict for t in recorded]
+        replayer = RecordedMeasurer(recorded)
         runs = {"random": [], "model": []}
         for seed in range(args.seeds):
-            runs["random"].append(tune(RandomSearch(sample, args.budget, 8, seed), replay))
-            runs["model"].append(tune(ModelSearch(sample, args.budget, args.model_batch, seed), replay))
-        best_either = min(t.ms for rs in runs.values() for r in rs for t in r if t.ok)
-        model_best = statistics.median(min(t.ms for t in r if t.ok) for r in runs["model"])
-        need = [trials_to_reach(r, 1.05 * best_either) or args.budget + 1 for r in runs["model"]]
-        need_random = [trials_to_reach(r, 1.05 * best_either) or args.budget + 1 for r in runs["random"]]
-        failed = sum(1 for t in recorded if not t.ok)
-        row = dict(model=name, layer=index, macs=macs, kernel=kernel, untuned_ms=untuned.ms, tuned_ms=model_best, speedup=untuned.ms / model_best,
-                   best_config=dict(min((t for t in recorded if t.ok), key=lambda t: t.ms).config),
-                   model_trials_to_5pct=statistics.median(need),
-                   random_trials_to_5pct=statistics.median(need_random), recorded=len(recorded),
-                   failed=failed, seconds=time.time() - t0)
+            runs["random"].append(tune(RandomSearch(sample, args.budget, 8, seed), replayer))
+            if args.sequential:  # as `pipeit gpu tune`: the prior holds the earlier layers' searches
+                prior = T.transfer_prior([(s, tr) for s, tr, k in history[seed] if k != key], seed)
+            run = tune(ModelSearch(sample, args.budget, args.model_batch, seed, spec=spec, prior=prior),
+                       replayer)
+            runs["model"].append(run)
+            history[seed].append((spec, run, key))
+        best_either = min(t.ms for rs in runs.values() for run in rs for t in run if t.ok)
+        optimum = min(t.ms for t in recorded if t.ok)
+        target = 1.05 * best_either
+        need = {k: [trials_to_reach(run, target) or args.budget + 1 for run in rs] for k, rs in runs.items()}
+        per_seed["model"].append(need["model"])
+        per_seed["random"].append(need["random"])
+        near = sum(1 for t in recorded if t.ok and t.ms <= target)
+        to_opt = {k: statistics.median(trials_to_reach(run, 1.05 * min(t.ms for t in recorded if t.ok))
+                                       or args.budget + 1 for run in rs) for k, rs in runs.items()}
+        model_best = statistics.median(min(t.ms for t in run if t.ok) for run in runs["model"])
+        untuned = r["untuned"]["ms"]
+        row = dict(model=r["model"], layer=r["layer"], kernel=r["kernel"], macs=r["macs"],
+                   recorded=len(recorded), space=r.get("space"), within_5pct=near,
+                   failed=sum(1 for t in recorded if not t.ok),
+                   untuned_ms=untuned, optimum_ms=optimum, best_either_ms=best_either,
+                   tuned_ms=model_best, speedup=untuned / model_best if untuned else None,
+                   best_algo=min((t for t in recorded if t.ok), key=lambda t: t.ms).config_dict.get("algo"),
+                   model_trials=statistics.median(need["model"]),
+                   random_trials=statistics.median(need["random"]),
+                   ratio=statistics.median(need["model"]) / statistics.median(need["random"]),
+                   model_trials_to_optimum=to_opt["model"], random_trials_to_optimum=to_opt["random"],
+                   seconds=round(time.time() - t0, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        raw.append(row)
-    speedups = [r["speedup"] for r in rows]
-    fractions = [r["model_trials_to_5pct"] / args.budget for r in rows]
-    summary = dict(device=device, layers=len(rows), budget=args.budget,
-                   space=statistics.median(r["recorded"] for r in rows),
-                   seeds=args.seeds, median_speedup=statistics.median(speedups),
-                   median_model_trials_to_5pct=statistics.median(r["model_trials_to_5pct"] for r in rows),
-                   median_random_trials_to_5pct=statistics.median(r["random_trials_to_5pct"] for r in rows),
-                   median_fraction_of_random_budget=statistics.median(fractions))
+    seed_ratios = [statistics.median(m / rnd for m, rnd in zip(ms, rs))
+                   for ms, rs in zip(zip(*per_seed["model"]), zip(*per_seed["random"]))]
+    summary = dict(device=doc.get("device"), layers=len(rows), budget=args.budget, seeds=args.seeds,
+                   transfer=not args.no_transfer, prior_trials=args.prior_trials or "all",
+                   sequential=args.sequential,
+                   model_batch=args.model_batch,
+                   recorded_per_layer=statistics.median(r["recorded"] for r in rows),
+                   median_model_trials=statistics.median(r["model_trials"] for r in rows),
+                   median_random_trials=statistics.median(r["random_trials"] for r in rows),
+                   median_ratio=statistics.median(r["ratio"] for r in rows),
+                   median_ratio_to_recorded_optimum=statistics.median(
+                       r["model_trials_to_optimum"] / r["random_trials_to_optimum"] for r in rows),
+                   per_seed_ratio_min=min(seed_ratios), per_seed_ratio_median=statistics.median(seed_ratios),
+                   per_seed_ratio_max=max(seed_ratios),
+                   median_speedup=statistics.median(r["speedup"] for r in rows if r["speedup"]))
     print(json.dumps(summary))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"summary": summary, "layers": raw}, fh, indent=1)
+        Path(args.json).write_text(json.dumps({"summary": summary, "per_seed_ratio": seed_ratios,
+                                               "layers": rows}, indent=1) + "\n")
     return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    rec = sub.add_parser("record", help="measure each layer's configs on this machine's OpenCL device")
+    rec.add_argument("--layers", default=",".join(DEFAULT_LAYERS), help="zoo layers, MODEL:INDEX,...")
+    rec.add_argument("--space", type=int, default=250, help="configs recorded per layer (at most the space)")
+    rec.add_argument("--repeats", type=int, default=5, help="runs per config; the median is kept")
+    rec.add_argument("--out", default=str(DEFAULT_RECORD))
+    rep = sub.add_parser("replay", help="replay random vs model search on a recording")
+    rep.add_argument("--record", default=str(DEFAULT_RECORD))
+    rep.add_argument("--budget", type=int, default=64, help="trials per strategy")
+    rep.add_argument("--seeds", type=int, default=20)
+    rep.add_argument("--model-batch", type=int, default=4, help="batch size of the model search")
+    rep.add_argument("--no-transfer", action="store_true", help="no model pre-trained on other layers")
+    rep.add_argument("--prior-trials", type=int, default=0,
+                     help="train the transfer prior on only this many random trials per other layer")
+    rep.add_argument("--sequential", action="store_true",
+                     help="as the CLI: each layer's prior holds only the earlier layers' model searches")
+    rep.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    return record(args) if args.cmd == "record" else replay(args)
 
 
 if __name__ == "__main__":

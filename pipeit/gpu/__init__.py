@@ -11,6 +11,7 @@ install hint. Modules:
 * :mod:`~pipeit.gpu.program` -- one layer's kernels built and launched;
 * :mod:`~pipeit.gpu.stage` -- :class:`GpuStage`, a contiguous layer range on the device;
 * :mod:`~pipeit.gpu.tuner` -- ask/tell search (random, cost-model guided) and the tuning file.
+* :mod:`~pipeit.gpu.costmodel` -- the search's cost models (boosted trees, a transfer prior).
 """
 
 from __future__ import annotations

@@ -4,12 +4,16 @@ One loop drives every strategy (:func:`tune`): ``next_batch()`` proposes
 configs, a measurer times them, ``update(trials)`` feeds the results back.
 Two strategies:
 
-* :class:`RandomSearch` -- the baseline: configs drawn without replacement;
-* :class:`ModelSearch` -- ML-guided (as TVM's AutoTVM): after a random first
-  batch, a cost model (small gradient-boosted regression trees on features of
-  the parameters, written with numpy) is refit on every trial measured so far
-  and the unmeasured configs it predicts fastest form the next batch, plus a
-  few random ones so a wrong model cannot trap the search.
+* :class:`RandomSearch` -- the baseline: configs drawn uniformly without
+  replacement (kept exactly so, so the comparison stays fair);
+* :class:`ModelSearch` -- ML-guided, as TVM's AutoTVM: a cost model
+  (gradient-boosted trees on features of the config *on this layer*, see
+  :mod:`pipeit.gpu.costmodel`) ranks the unmeasured configs and the best
+  ranked form the next batch; it is refit on every batch. With a transfer
+  prior (a model trained on other layers' trials of the same device, from
+  the tuning file's history) the first batch is already the prior's best
+  guesses and later batches fit the residual, which is what a budget of a
+  few dozen trials needs; without one, a random first batch.
 
 A trial that fails to build or run is data, not an exception: its
 :class:`TrialStatus` says what happened and the search goes on. Trials are
@@ -35,6 +39,8 @@ import numpy as np
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PipeitError
 from pipeit.gpu import kernels as K
+from pipeit.gpu.costmodel import (ALGOS as _ALGOS, NUMERIC_KEYS as _NUMERIC, BoostedTrees, Ridge,
+                                  TransferModel, features, layer_features, onehot_features)
 from pipeit.gpu.device import DeviceInfo, GpuContext, GpuError
 from pipeit.gpu.lowering import LayerSpec
 from pipeit.gpu.space import Config, config_key
@@ -48,10 +54,16 @@ __all__ = [
     "ModelSearch",
     "STRATEGIES",
     "make_strategy",
+    "transfer_prior",
+    "MIN_PRIOR_TRIALS",
     "tune",
     "best_trial",
     "features",
+    "layer_features",
+    "onehot_features",
     "BoostedTrees",
+    "Ridge",
+    "TransferModel",
     "TuningFile",
     "TuningError",
     "TUNING_VERSION",
@@ -152,187 +164,6 @@ class RecordedMeasurer:
         return found
 
 
-# ---- features and the cost model ------------------------------------------------------------
-
-_ALGOS = ("direct", "gemm", "im2col", "winograd")
-_NUMERIC = ("TM", "TN", "TK", "WM", "WN", "CO", "VEC", "WG", "LOCAL")
-
-
-def features(config: Config) -> np.ndarray:
-    """Numbers a cost model can learn from: algorithm one-hot, log2 of each knob, derived sizes."""
-    row = [1.0 if config.get("algo") == a else 0.0 for a in _ALGOS]
-    for key in _NUMERIC:
-        value = config.get(key)
-        if key == "LOCAL":
-            row.append(float(value or 0))
-        else:
-            row.append(math.log2(float(value) + (1.0 if key == "WG" else 0.0)) if value else 0.0)
-    if "TM" in config:
-        tm, tn, tk, wm, wn = (float(config[k]) for k in ("TM", "TN", "TK", "WM", "WN"))
-        row += [math.log2((tm / wm) * (tn / wn)), math.log2(wm * wn), math.log2(tk * (tm + tn))]
-    else:
-        row += [0.0, math.log2(float(config.get("CO", 1)) * float(config.get("VEC", 1))), 0.0]
-    return np.asarray(row, dtype=np.float64)
-
-
-def layer_features(spec: LayerSpec, config: Config) -> np.ndarray:
-    """:func:`features` plus what the config does to this layer: groups launched, tile waste, work.
-
-    These carry the mechanisms (a TN of 64 on a 16-channel output wastes
-    three quarters of every tile; Winograd does 2.25x fewer multiplies) so a
-    model fitted on a few trials generalises to configs it has not seen.
-    """
-    base = features(config)
-    g = spec.geometry
-    algo = config.get("algo")
-    extra = [0.0, 1.0, 1.0, 0.0]
-    if "TM" in config and spec.kind in ("conv", "gemm"):
-        batch = 1
-        if spec.kind == "gemm":
-            m, n, k = g["M"], g["N"], g["K"]
-        elif algo == "winograd":
-            m, n, k, batch = g["N"] * -(-g["OH"] // 2) * -(-g["OW"] // 2), g["COUT"], g["CIN"], 16
-        else:
-            m, n, k = g["N"] * g["OH"] * g["OW"], g["COUT"], g["KH"] * g["KW"] * g["CIN"]
-        tm, tn = int(config["TM"]), int(config["TN"])
-        gm, gn = -(-m // tm), -(-n // tn)
-        extra = [math.log2(gm * gn * batch), gm * tm / m, gn * tn / n, math.log2(float(m) * n * k * batch)]
-    elif algo == "direct" or spec.kind in ("depthwise",):
-        items = max(spec.out_size // int(config.get("CO", 1)) // int(config.get("VEC", 1)), 1)
-        work = g.get("KH", 1) * g.get("KW", 1) * g.get("CIN", 1) // g.get("GROUPS", 1)
-        extra = [math.log2(items), 1.0, 1.0, math.log2(float(spec.out_size) * max(work, 1))]
-    return np.concatenate([base, np.asarray(extra)])
-
-
-class _Tree:
-    """A depth-limited regression tree (greedy squared-error splits)."""
-
-    def __init__(self, depth: int, min_leaf: int) -> None:
-        self.depth, self.min_leaf = depth, min_leaf
-        self.nodes: List[Tuple[int, float, int, int, float]] = []  # feature, threshold, left, right, value
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "_Tree":
-        self.nodes = []
-        self._grow(x, y, 0)
-        return self
-
-    def _grow(self, x: np.ndarray, y: np.ndarray, depth: int) -> int:
-        index = len(self.nodes)
-        self.nodes.append((-1, 0.0, -1, -1, float(y.mean())))
-        if depth >= self.depth or len(y) < 2 * self.min_leaf:
-            return index
-        best = None
-        total_sse = float(((y - y.mean()) ** 2).sum())
-        for f in range(x.shape[1]):
-            order = np.argsort(x[:, f], kind="stable")
-            xs, ys = x[order, f], y[order]
-            csum = np.cumsum(ys)
-            csq = np.cumsum(ys ** 2)
-            n = len(ys)
-            for i in range(self.min_leaf, n - self.min_leaf + 1):
-                if xs[i - 1] == xs[i]:
-                    continue
-                left = csq[i - 1] - csum[i - 1] ** 2 / i
-                right = (csq[-1] - csq[i - 1]) - (csum[-1] - csum[i - 1]) ** 2 / (n - i)
-                gain = total_sse - left - right
-                if best is None or gain > best[0]:
-                    best = (gain, f, 0.5 * (xs[i - 1] + xs[i]))
-        if best is None or best[0] <= 1e-12:
-            return index
-        _, f, threshold = best
-        mask = x[:, f] <= threshold
-        left = self._grow(x[mask], y[mask], depth + 1)
-        right = self._grow(x[~mask], y[~mask], depth + 1)
-        self.nodes[index] = (f, threshold, left, right, self.nodes[index][4])
-        return index
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty(len(x))
-        for r in range(len(x)):
-            node = 0
-            while self.nodes[node][2] >= 0:
-                f, threshold, left, right, _ = self.nodes[node]
-                node = left if x[r, f] <= threshold else right
-            out[r] = self.nodes[node][4]
-        return out
-
-
-class Ridge:
-    """Ridge regression (closed form, intercept unpenalised): the additive cost model."""
-
-    def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = alpha
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "Ridge":
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
-            raise ValueError("Ridge.fit needs a non-empty 2-D x and a y of the same length")
-        self.mean_x_, self.mean_y_ = x.mean(axis=0), float(y.mean())
-        xc = x - self.mean_x_
-        gram = xc.T @ xc + self.alpha * np.eye(x.shape[1])
-        self.coef_ = np.linalg.solve(gram, xc.T @ (y - self.mean_y_))
-        return self
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "coef_"):
-            raise ValueError("Ridge is not fitted")
-        return (np.asarray(x, dtype=np.float64) - self.mean_x_) @ self.coef_ + self.mean_y_
-
-
-def onehot_features(space: Sequence[Config]) -> np.ndarray:
-    """One column per (algorithm, parameter, value) seen in ``space``, plus the algorithm itself.
-
-    An additive model over these columns learns "TN=64 is slow with im2col"
-    from a handful of trials, where trees need many more.
-    """
-    vocab: Dict[Tuple[str, str, object], int] = {}
-    rows = []
-    for config in space:
-        algo = str(config.get("algo", ""))
-        keys = [(algo, "algo", algo)] + [(algo, k, v) for k, v in config.items() if k != "algo"]
-        rows.append([vocab.setdefault(key, len(vocab)) for key in keys])
-    out = np.zeros((len(space), len(vocab)))
-    for r, cols in enumerate(rows):
-        out[r, cols] = 1.0
-    return out
-
-
-class BoostedTrees:
-    """Gradient-boosted regression trees (squared loss): the tuner's cost model.
-
-    ``fit`` stores state in attributes ending in ``_``; ``predict`` before
-    ``fit`` is refused.
-    """
-
-    def __init__(self, n_trees: int = 40, depth: int = 3, learning_rate: float = 0.3,
-                 min_leaf: int = 2) -> None:
-        self.n_trees, self.depth, self.learning_rate, self.min_leaf = n_trees, depth, learning_rate, min_leaf
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "BoostedTrees":
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
-            raise ValueError("BoostedTrees.fit needs a non-empty 2-D x and a y of the same length")
-        self.base_ = float(y.mean())
-        self.trees_: List[_Tree] = []
-        residual = y - self.base_
-        for _ in range(self.n_trees):
-            tree = _Tree(self.depth, self.min_leaf).fit(x, residual)
-            residual = residual - self.learning_rate * tree.predict(x)
-            self.trees_.append(tree)
-        return self
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "trees_"):
-            raise ValueError("BoostedTrees is not fitted")
-        x = np.asarray(x, dtype=np.float64)
-        out = np.full(len(x), self.base_)
-        for tree in self.trees_:
-            out += self.learning_rate * tree.predict(x)
-        return out
-
-
 # ---- strategies -----------------------------------------------------------------------------
 
 class RandomSearch:
@@ -366,15 +197,42 @@ class RandomSearch:
 
 
 class ModelSearch(RandomSearch):
-    """Cost-model-guided search: random first batch, then the model's best guesses (refit each batch)."""
+    """Cost-model-guided search (AutoTVM's loop): propose the configs a model ranks fastest, refit each batch.
+
+    Two sources of ranking, combined:
+
+    * ``prior`` -- a :class:`~pipeit.gpu.costmodel.TransferModel` fitted on
+      *other* layers' trials (needs ``spec``). With it the very first batch is
+      already the prior's best guesses instead of random picks, which is what
+      matters with a budget of a few dozen trials; later batches add a local
+      model fitted on this layer's own trials to the prior's residuals (the
+      prior is the base margin, as in AutoTVM's transfer learning).
+    * without a prior: a random first batch, then a model fitted on this
+      layer's trials alone (boosted trees on :func:`layer_features` when
+      ``spec`` is given, else on :func:`features`; or ridge on one-hot columns).
+
+    ``shrink``: the residual model's say grows with the layer's own trials
+    as n / (n + shrink), so three noisy trials cannot overrule a prior
+    learnt from hundreds (8 was best of 0/8/24 in replays of recorded pocl
+    trials, tools/gpu_tune_bench.py).
+
+    ``explore`` is the share of each model-chosen batch drawn at random from
+    the unmeasured configs, so a wrong model cannot trap the search; by
+    default 0.25 without a prior and 0 with one (the prior has seen other
+    layers' whole spaces, and random picks waste a small budget).
+    """
 
     name = "model"
 
     def __init__(self, space: Sequence[Config], budget: int, batch_size: int = 8, seed: int = 0,
-                 explore: float = 0.25, cost_model: str = "trees",
-                 spec: Optional[LayerSpec] = None, bags: int = 1, kappa: float = 0.0) -> None:
+                 explore: Optional[float] = None, cost_model: str = "trees",
+                 spec: Optional[LayerSpec] = None, bags: int = 1, kappa: float = 0.0,
+                 prior: Optional[TransferModel] = None, shrink: float = 8.0) -> None:
         super().__init__(space, budget, batch_size, seed)
-        self.explore = float(explore)
+        self.shrink = max(float(shrink), 0.0)
+        if prior is not None and spec is None:
+            raise PipeitError("a transfer prior needs the layer's spec")
+        self.explore = (0.0 if prior is not None else 0.25) if explore is None else float(explore)
         self.bags, self.kappa = max(int(bags), 1), float(kappa)
         if cost_model not in ("ridge", "trees"):
             raise PipeitError(f"unknown cost model {cost_model!r}; choose ridge or trees")
@@ -385,6 +243,8 @@ class ModelSearch(RandomSearch):
             self._features = np.stack([layer_features(spec, c) for c in self.space])
         else:
             self._features = np.stack([features(c) for c in self.space])
+        self.prior = prior
+        self._prior = None if prior is None else prior.predict(spec, self.space)
         self._measured: set = set()
         self._index = {config_key(c): i for i, c in enumerate(self.space)}
 
@@ -392,20 +252,21 @@ class ModelSearch(RandomSearch):
         n = min(self.batch_size, self.budget - self._asked)
         if n <= 0:
             return []
-        ok = [t for t in self.trials if t.ok]
         free = [i for i in range(len(self.space)) if i not in self._measured]
-        if len(ok) < 4:
+        rows, y = self._observed()
+        ok = sum(1 for t in self.trials if t.ok)
+        if self._prior is None and ok < 4:
             picks = [i for i in self.order if i not in self._measured][:n]
         else:
-            x, y = [], []
-            worst = max(math.log(t.ms) for t in ok)
-            for t in self.trials:
-                i = self._index.get(config_key(t.config_dict))
-                if i is None:
-                    continue
-                x.append(self._features[i])
-                y.append(math.log(t.ms) if t.ok else worst + 1.0)  # failures look slow
-            scores = self._scores(np.stack(x), np.asarray(y), self._features[free])
+            if self._prior is None:
+                scores = self._scores(self._features[rows], y, self._features[free])
+            elif ok < 4:
+                scores = self._prior[free] + self._jitter(len(free))
+            else:
+                residual = y - self._prior[rows]
+                weight = len(rows) / (len(rows) + self.shrink)  # trust the layer's own trials as they grow
+                scores = (self._prior[free] + weight * self._scores(self._features[rows], residual,
+                                                                    self._features[free]))
             n_explore = int(round(n * self.explore)) if n > 1 else 0
             ranked = [free[j] for j in np.argsort(scores, kind="stable")]
             picks = ranked[:n - n_explore]
@@ -416,14 +277,31 @@ class ModelSearch(RandomSearch):
         self._asked += len(picks)
         return [self.space[int(i)] for i in picks]
 
+    def _observed(self) -> Tuple[List[int], np.ndarray]:
+        """Space indices of this layer's trials and their log-times (failures look slowest + 1)."""
+        ok = [math.log(t.ms) for t in self.trials if t.ok]
+        worst = max(ok) if ok else 0.0
+        rows, y = [], []
+        for t in self.trials:
+            i = self._index.get(config_key(t.config_dict))
+            if i is not None:
+                rows.append(i)
+                y.append(math.log(t.ms) if t.ok else worst + 1.0)
+        y_arr = np.asarray(y)
+        if len(y_arr) and self._prior is not None:
+            y_arr = y_arr - float(np.median(y_arr))  # the prior predicts times relative to the median
+        return rows, y_arr
+
+    def _jitter(self, n: int, spread: float = 1.0) -> np.ndarray:
+        """A tiny random tie-break, so configs a model cannot tell apart are not taken in space order."""
+        return 1e-6 * spread * self.rng.standard_normal(n)
 
     def _scores(self, x: np.ndarray, y: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Lower is more promising: an optimistic bound from a small bagged ensemble.
 
         Each member is fitted on a bootstrap resample; the score is the mean
-        prediction minus one standard deviation across members (configs the
-        models disagree on get a chance), plus a tiny random tie-break so
-        configs in one tree leaf are not taken in enumeration order.
+        prediction minus ``kappa`` standard deviations across members (configs
+        the models disagree on get a chance), plus a tiny random tie-break.
         """
         preds = []
         for _ in range(self.bags):
@@ -432,19 +310,37 @@ class ModelSearch(RandomSearch):
             preds.append(model.fit(x[rows], y[rows]).predict(candidates))
         stack = np.stack(preds)
         spread = float(np.std(y)) if len(y) > 1 else 1.0
-        jitter = 1e-6 * spread * self.rng.standard_normal(len(candidates))
-        return stack.mean(axis=0) - self.kappa * stack.std(axis=0) + jitter
+        return stack.mean(axis=0) - self.kappa * stack.std(axis=0) + self._jitter(len(candidates), spread)
 
 
 STRATEGIES = {"random": RandomSearch, "model": ModelSearch}
 
 
 def make_strategy(name: str, space: Sequence[Config], budget: int, batch_size: int = 8,
-                  seed: int = 0) -> RandomSearch:
-    """A strategy by name (``random`` or ``model``); an unknown name is refused with the choices."""
+                  seed: int = 0, spec: Optional[LayerSpec] = None,
+                  prior: Optional[TransferModel] = None) -> RandomSearch:
+    """A strategy by name (``random`` or ``model``); an unknown name is refused with the choices.
+
+    ``spec`` and ``prior`` reach only the model search: the random baseline
+    stays pure uniform sampling without replacement.
+    """
     if name not in STRATEGIES:
         raise PipeitError(f"unknown tuning strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "model":
+        return ModelSearch(space, budget, batch_size, seed, spec=spec, prior=prior)
     return STRATEGIES[name](space, budget, batch_size, seed)
+
+
+#: fewest successful trials of other layers worth fitting a transfer prior on
+MIN_PRIOR_TRIALS = 16
+
+
+def transfer_prior(layers: Sequence[Tuple[LayerSpec, Sequence[Trial]]], seed: int = 0,
+                   min_trials: int = MIN_PRIOR_TRIALS) -> Optional[TransferModel]:
+    """A :class:`TransferModel` on other layers' trials, or None when they are too few to help."""
+    if sum(1 for _, trials in layers for t in trials if t.ok) < min_trials:
+        return None
+    return TransferModel.fit(layers, seed=seed)
 
 
 def tune(strategy: RandomSearch, measurer: Any,
@@ -476,7 +372,12 @@ class TuningFile:
 
     The JSON document: ``{"version": 1, "devices": {fp: {"name": ...}},
     "entries": [{"device": fp, "descriptor": key, "precision": p,
-    "config": {...}, "ms": x, "untuned_ms": y, "strategy": s, "trials": n}]}``.
+    "config": {...}, "ms": x, "untuned_ms": y, "strategy": s, "trials": n,
+    "history": {"kind": k, "geometry": {...}, "out_shape": [...],
+    "trials": [{"config": {...}, "ms": x or null}, ...]}}]}``. ``history``
+    is optional: the trials measured for that layer, so a later search on
+    another layer of this device can start from a transfer model
+    (:meth:`priors`) instead of from random picks.
     """
 
     def __init__(self) -> None:
@@ -484,14 +385,43 @@ class TuningFile:
         self.entries: Dict[Tuple[str, str, str], dict] = {}
 
     def record(self, device: DeviceInfo, descriptor: LayerDescriptor, precision: str, config: Config,
-               ms: float, strategy: str, trials: int, untuned_ms: Optional[float] = None) -> None:
+               ms: float, strategy: str, trials: int, untuned_ms: Optional[float] = None,
+               spec: Optional[LayerSpec] = None, history: Optional[Sequence[Trial]] = None) -> None:
+        """Keep the best config; with ``spec`` and ``history``, also the trials (for transfer priors)."""
         fp = device.fingerprint()
         self.devices[fp] = {"name": device.name, "platform": device.platform, "driver": device.driver}
         entry = {"device": fp, "descriptor": descriptor.key_string(), "precision": precision,
                  "config": dict(config), "ms": float(ms), "strategy": strategy, "trials": int(trials)}
         if untuned_ms is not None:
             entry["untuned_ms"] = float(untuned_ms)
+        if spec is not None and history:
+            entry["history"] = {
+                "kind": spec.kind, "geometry": {k: int(v) for k, v in spec.geometry.items()},
+                "out_shape": [int(v) for v in spec.out_shape],
+                "trials": [{"config": t.config_dict, "ms": t.ms if t.ok else None} for t in history]}
         self.entries[(fp, descriptor.key_string(), precision)] = entry
+
+    def priors(self, device: DeviceInfo, precision: str = "fp32", exclude: str = "",
+               kind: Optional[str] = None) -> List[Tuple[LayerSpec, List[Trial]]]:
+        """Recorded trials of this device's layers (all but descriptor ``exclude``; only layers of
+        ``kind`` when given): a transfer prior's data.
+
+        The specs carry only what the cost model's features read (kind,
+        geometry, output shape), not the layer's weights.
+        """
+        out = []
+        for (fp, key, prec), entry in sorted(self.entries.items()):
+            hist = entry.get("history")
+            if fp != device.fingerprint() or prec != precision or key == exclude or not hist:
+                continue
+            if kind is not None and hist["kind"] != kind:
+                continue
+            spec = LayerSpec(-1, "", hist["kind"], (), (), (), tuple(hist["out_shape"]),
+                             geometry=dict(hist["geometry"]))
+            trials = [Trial(_frozen(t["config"]), TrialStatus.OK if t["ms"] is not None else
+                            TrialStatus.RUN_ERROR, t["ms"]) for t in hist["trials"]]
+            out.append((spec, trials))
+        return out
 
     def lookup(self, device: DeviceInfo, descriptor: LayerDescriptor, precision: str = "fp32"
                ) -> Optional[dict]:
@@ -539,13 +469,9 @@ class TuningFile:
                 raise TuningError(f"{where}: entry {k} names unknown device {entry['device']!r}")
             if entry["precision"] not in K.PRECISIONS:
                 raise TuningError(f"{where}: entry {k} has unknown precision {entry['precision']!r}")
-            config = entry["config"]
-            for key, value in config.items():
-                if key == "algo":
-                    if value not in _ALGOS:
-                        raise TuningError(f"{where}: entry {k} has unknown algorithm {value!r}")
-                elif key not in _NUMERIC or not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise TuningError(f"{where}: entry {k} has invalid parameter {key}={value!r}")
+            _check_config(entry["config"], f"{where}: entry {k}")
+            if "history" in entry:
+                _check_history(entry["history"], f"{where}: entry {k} history")
             if not math.isfinite(float(entry["ms"])) or entry["ms"] < 0:
                 raise TuningError(f"{where}: entry {k} has an invalid time {entry['ms']!r}")
             out.entries[(entry["device"], entry["descriptor"], entry["precision"])] = dict(entry)
@@ -564,3 +490,39 @@ class TuningFile:
         except ValueError as err:
             raise TuningError(f"{p}: not valid JSON ({err})") from err
         return cls.from_json(doc, str(p))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_config(config: object, where: str) -> None:
+    if not isinstance(config, dict):
+        raise TuningError(f"{where}: config is not an object")
+    for key, value in config.items():
+        if key == "algo":
+            if value not in _ALGOS:
+                raise TuningError(f"{where} has unknown algorithm {value!r}")
+        elif key not in _NUMERIC or not _is_int(value) or value < 0:
+            raise TuningError(f"{where} has invalid parameter {key}={value!r}")
+
+
+def _check_history(hist: object, where: str) -> None:
+    """An entry's recorded trials: kind, integer geometry and output shape, configs with ms or null."""
+    if not isinstance(hist, dict) or not isinstance(hist.get("kind"), str):
+        raise TuningError(f"{where}: needs an object with a 'kind'")
+    geometry, shape, trials = hist.get("geometry"), hist.get("out_shape"), hist.get("trials")
+    if not isinstance(geometry, dict) or not all(_is_int(v) for v in geometry.values()):
+        raise TuningError(f"{where}: 'geometry' must map names to integers")
+    if not isinstance(shape, list) or not all(_is_int(v) and v > 0 for v in shape):
+        raise TuningError(f"{where}: 'out_shape' must be a list of positive integers")
+    if not isinstance(trials, list):
+        raise TuningError(f"{where}: 'trials' must be a list")
+    for j, t in enumerate(trials):
+        if not isinstance(t, dict):
+            raise TuningError(f"{where}: trial {j} is not an object")
+        _check_config(t.get("config"), f"{where}: trial {j}")
+        ms = t.get("ms")
+        if ms is not None and (not isinstance(ms, (int, float)) or isinstance(ms, bool)
+                               or not math.isfinite(ms) or ms <= 0):
+            raise TuningError(f"{where}: trial {j} has an invalid time {ms!r}")
