@@ -78,12 +78,6 @@ class TimingSpec:
     #: a run counts as clean when its threads waited for a CPU (schedstat run delay)
     #: for at most this share of its wall time ...
     max_wait_share: float = 0.05
-    #: ... plus this much per run for each extra thread: waking an idle pool thread is itself a
-    #: short run-queue wait (charged to whichever run the thread next runs in), and without the
-    #: allowance only runs whose pool threads slept through the whole run count as clean --
-    #: the one-core time, which biased k-core rows towards no speed-up. Another process taking
-    #: a core stalls a thread for a scheduler slice (milliseconds), far above it.
-    wake_allowance_ms: float = 0.2
     #: ... or, where schedstat is missing, when process CPU time >= min_util * threads * wall
     min_util: float = 0.85
     #: fewest clean runs for an ``ok`` timing
@@ -145,9 +139,8 @@ def time_model(
     Contention filter (``exclusive=True``): around every run the scheduler's
     run-queue delay of all our threads is read (:func:`_run_delay_ns`). A run
     whose threads waited for a CPU for at most ``max_wait_share`` of its wall
-    time (plus ``wake_allowance_ms`` per extra thread: the wake-up of an idle
-    pool thread) had its cores and is *clean*; a run in which another process
-    took a core is not. (Where schedstat is missing, process CPU time stands in:
+    time had its cores and is *clean*; a run in which another process took a
+    core is not. (Where schedstat is missing, process CPU time stands in:
     ``cpu >= min_util * k * wall``, which holds only while pool threads spin.)
     The median is taken over clean runs only -- on a shared host the plain
     median can be twice the true time with a tight spread, which no spread
@@ -168,7 +161,6 @@ def time_model(
     walls: List[int] = []
     clean: List[int] = []
     need = num_threads * spec.min_util
-    wake_ns = (num_threads - 1) * spec.wake_allowance_ms * 1e6
     waited = _run_delay_ns() is not None
     start = time.monotonic()
     previous = None
@@ -187,7 +179,7 @@ def time_model(
                 clean.append(wall)
             elif waited:
                 # the scheduler's own account: time our threads sat runnable but not running
-                if (d1 or 0) - (d0 or 0) <= spec.max_wait_share * wall + wake_ns:
+                if (d1 or 0) - (d0 or 0) <= spec.max_wait_share * wall:
                     clean.append(wall)
             elif (c1 - c0) >= need * wall:
                 clean.append(wall)
