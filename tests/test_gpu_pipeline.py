@@ -258,6 +258,33 @@ class TestRunCommand:
         result = self.run(str(gpu_plan), "--frames", "2", "--gpu-tuning", str(tuning))
         assert result.returncode == 2 and str(tuning) in result.stderr and "Traceback" not in result.stderr
 
+    def test_accuracy_tuning_writes_the_tables_run_uses(self, gpu_plan, tmp_path):
+        """`pipeit gpu accuracy` judges the head's variants on real activations; `run --gpu-tables` runs them."""
+        from pipeit.gpu.calibration import load_tables
+
+        model = gpu_plan.parent / "mobilenet_v1.tflite"
+        n = len(load_graph(model).layers)
+        tables = tmp_path / "tables.json"
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeit", "gpu", "accuracy", str(model), "--range", f"{n - 4}:{n}",
+             "--tolerances", "1e-6,1e-2", "--frames", "2", "-o", str(tables), "--json"],
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert [level["tolerance"] for level in doc["levels"]] == [1e-6, 1e-2]
+        for level in doc["levels"]:  # each level's choice meets it, or says it fell back to fp32
+            assert level["error"] <= level["tolerance"] or level["storage"] == "fp32", level
+        stages = load_tables(tables, file_sha256(model))
+        assert list(stages) == [(n - 4, n)] and stages[(n - 4, n)]
+        result = self.run(str(gpu_plan), "--frames", "4", "--warmup", "1", "--check", "--tolerance", "1e-2",
+                          "--gpu-tables", str(tables), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["outputs_match"] is True
+        # a range outside the model is one line and exit 2
+        bad = subprocess.run([sys.executable, "-m", "pipeit", "gpu", "accuracy", str(model), "--range", f"0:{n + 5}",
+                              "-o", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "--range" in bad.stderr and "Traceback" not in bad.stderr
+
 
 def _kill_while_busy(pipe: Pipeline, key: Tuple[int, int]) -> None:
     """SIGKILL a worker that certainly holds a frame: stop it, let pending replies land, check, kill."""
@@ -272,3 +299,4 @@ def _kill_while_busy(pipe: Pipeline, key: Tuple[int, int]) -> None:
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.01)
     raise AssertionError("the worker never held a frame")
+

@@ -44,6 +44,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tune.add_argument("--device", dest="device_sub", help=argparse.SUPPRESS)
     tune.add_argument("--json", dest="json_sub", action="store_true", help="print one JSON document")
 
+    acc = sub.add_parser(
+        "accuracy", help="accuracy tuning: the fastest variant of a layer range per tolerance -> a tables file",
+        description="For each tolerance, the fastest per-layer variants (fp16 storage, fp16 arithmetic, Winograd) "
+                    "whose output stays within it against TFLite float32 on calibration frames; written as the "
+                    "tables file `pipeit run --gpu-tables` reads (loosest first, fp32 last).",
+    )
+    acc.add_argument("model", type=Path)
+    acc.add_argument("--range", dest="layer_range", required=True, metavar="START:END",
+                     help="the GPU stage's layers, as in the plan (END exclusive)")
+    acc.add_argument("--tolerances", default="1e-4,1e-3,1e-2", metavar="T,T,...",
+                     help="relative errors, one table each (default 1e-4,1e-3,1e-2)")
+    acc.add_argument("--min-top1", type=float, default=1.0, help="least top-1 agreement (default 1.0)")
+    acc.add_argument("--input", default="random", metavar="random|FILE.npy|DIR",
+                     help="calibration frames: random, one .npy (N frames stacked) or a folder of .npy frames")
+    acc.add_argument("--frames", type=int, default=4, help="calibration frames used (default 4)")
+    acc.add_argument("--seed", type=int, default=0, help="seed for random frames")
+    acc.add_argument("-o", "--output", type=Path, required=True, metavar="TABLES.json")
+    acc.add_argument("--device", dest="device_sub", help=argparse.SUPPRESS)
+    acc.add_argument("--json", dest="json_sub", action="store_true", help="print one JSON document")
+
     check = sub.add_parser("check", help="compare each distinct layer with its TFLite sub-model")
     check.add_argument("model", type=Path, help="a float32 .tflite model")
     check.add_argument("--layers", help="only these layer indices (comma list)")
@@ -73,7 +93,82 @@ def run(args: argparse.Namespace) -> int:
         return _tune(args, device, as_json)
     if args.gpu_command == "check":
         return _check(args, device, as_json)
-    raise InputError("say what to do: pipeit gpu --list | tune MODEL | check MODEL")
+    if args.gpu_command == "accuracy":
+        return _accuracy(args, device, as_json)
+    raise InputError("say what to do: pipeit gpu --list | tune MODEL | accuracy MODEL | check MODEL")
+
+
+def _layer_range(text: str, layers: int):
+    start, sep, end = text.partition(":")
+    try:
+        a, b = int(start), int(end)
+    except ValueError:
+        raise InputError(f"--range {text!r} is not START:END (layer indices)") from None
+    if not sep or not 0 <= a < b <= layers:
+        raise InputError(f"--range {text!r}: need 0 <= START < END <= {layers} (the model's layer count)")
+    return a, b
+
+
+def _tolerances(text: str):
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise InputError(f"--tolerances {text!r} is not a comma list of numbers") from None
+    if not values or any(not v > 0 for v in values):
+        raise InputError(f"--tolerances {text!r}: need one or more relative errors > 0")
+    return sorted(set(values))
+
+
+def _accuracy(args: argparse.Namespace, device, as_json: bool) -> int:
+    """Accuracy tuning of one layer range on calibration frames, written as a tables file.
+
+    The range's inputs are what the CPU layers before it produce from the
+    calibration frames (or the frames themselves), so the variants are judged
+    on the activations the GPU stage will really see.
+    """
+    from pipeit.cli.cmd_run import load_frames
+    from pipeit.gpu.accuracy import accuracy_table
+    from pipeit.gpu.calibration import save_tables, tables_from_accuracy
+    from pipeit.gpu.check import reference_outputs
+    from pipeit.gpu.device import make_context
+    from pipeit.graph import load_graph
+    from pipeit.modelfile import read_model
+    from pipeit.plan import file_sha256
+    from pipeit.split import extract_layers
+
+    graph = load_graph(str(args.model))
+    start, end = _layer_range(args.layer_range, len(graph.layers))
+    tolerances = _tolerances(args.tolerances)
+    if args.frames < 1:
+        raise InputError(f"--frames must be >= 1, got {args.frames}")
+    if not 0.0 <= args.min_top1 <= 1.0:
+        raise InputError(f"--min-top1 must be in [0, 1], got {args.min_top1}")
+    frames = load_frames(args.input, graph.inputs, args.seed)[: args.frames]
+    model = read_model(args.model)
+    calibration = []
+    prefix = extract_layers(model, 0, start).model_bytes if start > 0 else None
+    for frame in frames:
+        inputs = dict(frame)
+        if prefix is not None:
+            inputs.update(reference_outputs(prefix, frame))
+        calibration.append(inputs)
+    ctx = make_context(device)
+    rows = accuracy_table(model, start, end, ctx, calibration, tolerances, args.min_top1)
+    tables = tables_from_accuracy(list(reversed(rows)))  # loosest first: the ladder climbs to fp32
+    save_tables(args.output, {(start, end): tables}, file_sha256(args.model))
+    if as_json:
+        emit_json({"model": str(args.model), "layers": [start, end], "device": ctx.info.to_json(),
+                   "frames": len(calibration), "tables_file": str(args.output),
+                   "levels": [{"tolerance": t, "storage": plan.storage, "fast_layers": list(plan.fast_layers),
+                               "error": plan.error, "top1": plan.top1, "ms": plan.ms, "note": plan.note}
+                              for t, plan in rows]})
+        return 0
+    print(format_table(["tolerance", "storage", "fast layers", "max rel. error", "top-1", "stage ms", "note"],
+                       [(f"{t:g}", plan.storage, ",".join(map(str, plan.fast_layers)) or "-",
+                         f"{plan.error:.2e}", f"{plan.top1:.2f}", f"{plan.ms:.3f}", plan.note or "")
+                        for t, plan in rows]))
+    print(f"wrote {args.output} ({len(tables)} tables for layers [{start},{end}) on {ctx.info.name})")
+    return 0
 
 
 def _list(as_json: bool) -> int:
