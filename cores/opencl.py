@@ -12,11 +12,11 @@ directory only when a context is made).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple, Type
 
 from cores.errors import PlatformError
 
-__all__ = ["OpenClDevice", "OpenClUnavailable", "opencl_devices", "find_device", "first_gpu"]
+__all__ = ["OpenClDevice", "OpenClUnavailable", "opencl_devices", "match_device", "find_device", "first_gpu"]
 
 
 class OpenClUnavailable(PlatformError):
@@ -72,6 +72,27 @@ def opencl_devices() -> Tuple[OpenClDevice, ...]:
     return tuple(out)
 
 
+def match_device(text: str, devices: Sequence, error: Type[Exception]):
+    """The one of ``devices`` that ``text`` names: an index, or a case-insensitive substring of
+    ``name`` + ``platform``; unknown or ambiguous names raise ``error`` with the list.
+
+    Shared by the platform spec (``gpu=``) and :func:`pipeit.gpu.device.select_device`,
+    which list devices in the same order, so an index means the same device to both.
+    """
+    listing = "; ".join(f"{d.index}: {d.name} ({d.platform})" for d in devices)
+    if text.isdigit():
+        k = int(text)
+        if k >= len(devices):
+            raise error(f"OpenCL device {k} does not exist; devices are {listing}")
+        return devices[k]
+    hits = [d for d in devices if text.lower() in f"{d.name} {d.platform}".lower()]
+    if not hits:
+        raise error(f"no OpenCL device matches {text!r}; devices are {listing}")
+    if len(hits) > 1:
+        raise error(f"{text!r} matches several OpenCL devices; give an index: {listing}")
+    return hits[0]
+
+
 def find_device(selector: str, devices: Optional[Tuple[OpenClDevice, ...]] = None) -> OpenClDevice:
     """The device ``selector`` names: an index, or a case-insensitive substring of device/platform name.
 
@@ -80,20 +101,9 @@ def find_device(selector: str, devices: Optional[Tuple[OpenClDevice, ...]] = Non
     """
     devices = opencl_devices() if devices is None else devices
     text = str(selector).strip()
-    listing = "; ".join(f"{d.index}: {d.name} ({d.platform}, {d.device_type})" for d in devices)
     if not text:
         raise PlatformError("gpu= needs an OpenCL device index or name, e.g. gpu=0")
-    if text.isdigit():
-        k = int(text)
-        if k >= len(devices):
-            raise PlatformError(f"OpenCL device {k} does not exist; devices are {listing}")
-        return devices[k]
-    hits = [d for d in devices if text.lower() in f"{d.name} {d.platform}".lower()]
-    if not hits:
-        raise PlatformError(f"no OpenCL device matches {text!r}; devices are {listing}")
-    if len(hits) > 1:
-        raise PlatformError(f"{text!r} matches several OpenCL devices; give an index: {listing}")
-    return hits[0]
+    return match_device(text, devices, PlatformError)
 
 
 def first_gpu() -> Tuple[Optional[OpenClDevice], str]:

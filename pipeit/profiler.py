@@ -550,33 +550,31 @@ def run_jobs(
     return rows
 
 
+def _setups_of_kind(platform: Platform, chosen: Optional[Iterable[Union[str, CoreSetup]]],
+                    kind: str) -> List[CoreSetup]:
+    """Setups of clusters of ``kind``: those in ``chosen`` (every one validated), or all of them."""
+    if not chosen:
+        return [s for s in platform.setups() if platform.cluster(s.cluster).kind == kind]
+    out = []
+    for item in chosen:
+        setup = item if isinstance(item, CoreSetup) else CoreSetup.parse(str(item))
+        platform.check_setup(setup)
+        if setup not in out and platform.cluster(setup.cluster).kind == kind:
+            out.append(setup)
+    return out
+
+
 def resolve_setups(platform: Platform, chosen: Optional[Iterable[Union[str, CoreSetup]]]) -> List[CoreSetup]:
     """The CPU setups to profile: ``chosen`` (validated against the platform) or all CPU setups.
 
     GPU setups among ``chosen`` are validated but left out: :func:`gpu_setups` gives them.
     """
-    if not chosen:
-        return [s for s in platform.setups() if platform.cluster(s.cluster).kind == "cpu"]
-    out = []
-    for item in chosen:
-        setup = item if isinstance(item, CoreSetup) else CoreSetup.parse(str(item))
-        platform.check_setup(setup)
-        if setup not in out and platform.cluster(setup.cluster).kind == "cpu":
-            out.append(setup)
-    return out
+    return _setups_of_kind(platform, chosen, "cpu")
 
 
 def gpu_setups(platform: Platform, chosen: Optional[Iterable[Union[str, CoreSetup]]]) -> List[CoreSetup]:
     """The GPU setups to profile: those in ``chosen``, or every GPU cluster's ``gpu:1`` when none chosen."""
-    if not chosen:
-        return [s for s in platform.setups() if platform.cluster(s.cluster).kind == "gpu"]
-    out = []
-    for item in chosen:
-        setup = item if isinstance(item, CoreSetup) else CoreSetup.parse(str(item))
-        platform.check_setup(setup)
-        if setup not in out and platform.cluster(setup.cluster).kind == "gpu":
-            out.append(setup)
-    return out
+    return _setups_of_kind(platform, chosen, "gpu")
 
 
 def profile_gpu(

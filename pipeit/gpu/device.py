@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from cores.opencl import match_device
 from pipeit.errors import PipeitError
 
 try:  # optional dependency, guarded where used
@@ -189,19 +190,7 @@ def select_device(spec: Optional[str] = None) -> DeviceInfo:
         # a GPU when there is one: a CPU OpenCL device is the fallback, not the choice
         gpus = [d for d in devices if "gpu" in d.device_type]
         return (gpus or devices)[0]
-    text = str(spec).strip()
-    names = "; ".join(f"{d.index}: {d.name} ({d.platform})" for d in devices)
-    if text.isdigit():
-        k = int(text)
-        if k >= len(devices):
-            raise GpuError(f"OpenCL device {k} does not exist; devices are {names}")
-        return devices[k]
-    hits = [d for d in devices if text.lower() in f"{d.name} {d.platform}".lower()]
-    if not hits:
-        raise GpuError(f"no OpenCL device matches {text!r}; devices are {names}")
-    if len(hits) > 1:
-        raise GpuError(f"{text!r} matches several OpenCL devices; give an index: {names}")
-    return hits[0]
+    return match_device(str(spec).strip(), devices, GpuError)
 
 
 def _ensure_pocl_cache_dir() -> str:
