@@ -26,6 +26,7 @@ def test_one_slow_replica_is_seen_per_worker_and_blames_only_its_cluster():
     assert decision.replan
     assert "stage 0 worker 1" in decision.reason and "little" in decision.reason
     assert dict(decision.factors) == {"little": pytest.approx(1.4)}  # big is not blamed
+    assert decision.drifting == ((0, 1),)  # only this worker's expectation may be re-based
 
 
 def test_stage_readings_without_workers_still_drift_per_stage():
@@ -43,6 +44,25 @@ def test_drift_must_be_sustained_and_backed_by_frames():
     assert not detector.observe(_replicated(10.0, 14.0)).replan
     assert not detector.observe(_replicated(10.0, 14.0, frames=2)).replan  # too few frames: no evidence...
     assert detector.observe(_replicated(10.0, 14.0)).replan  # ...but the streak was kept
+
+
+def test_a_worker_slowed_tenfold_counts_with_few_frames_when_busy_all_window():
+    """A worker cut to a tenth of a core serves 3 frames in a 0.5 s window: too few by count, but
+    those frames kept it busy for the whole window, so they are evidence of the slowdown."""
+    def window(frames: int, ms: float) -> Window:
+        workers = (WorkerReading(0, "little", ms, 10.0, frames),)
+        return Window((StageReading(0, ("little",), ms, 10.0, frames, workers),), window_s=0.5)
+
+    detector = DriftDetector(threshold=0.15, sustain=2, min_frames=5)
+    assert detector.is_evidence(WorkerReading(0, "little", 150.0, 10.0, 3), 0.5)  # 450 ms of 500 busy
+    assert not detector.is_evidence(WorkerReading(0, "little", 50.0, 10.0, 3), 0.5)  # idle most of it
+    assert not detector.is_evidence(WorkerReading(0, "little", 150.0, 10.0, 3), None)  # window unknown
+    assert not detector.observe(window(3, 150.0)).replan
+    decision = detector.observe(window(3, 150.0))
+    assert decision.replan and dict(decision.factors) == {"little": pytest.approx(5.0)}  # clamped
+    idle = DriftDetector(threshold=0.15, sustain=2, min_frames=5)
+    assert not idle.observe(window(2, 20.0)).replan
+    assert not idle.observe(window(2, 20.0)).replan  # 40 ms busy of 500: a quiet client, not a drift
 
 
 def test_measured_capacity_sums_replicas_and_takes_the_slowest_stage():

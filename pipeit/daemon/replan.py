@@ -113,23 +113,33 @@ class Window:
     online: Optional[Tuple[int, ...]] = None
     freq_caps_khz: Tuple[Tuple[str, Optional[int]], ...] = ()
     max_temp_c: Optional[float] = None
+    #: the window's length; lets a slow worker that was busy all window count with few frames
+    window_s: Optional[float] = None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """``replan`` with a ``reason``; ``factors`` per cluster to scale times by (observed/expected)."""
+    """``replan`` with a ``reason``; ``factors`` per cluster to scale times by (observed/expected).
+
+    ``drifting`` names the units that drifted, as (stage, worker) pairs
+    (worker None: the whole stage): the ones whose expectation a kept plan
+    re-bases; the others keep theirs, a slowdown of their own may be
+    building up."""
 
     replan: bool
     reason: str = ""
     factors: Tuple[Tuple[str, float], ...] = ()
     platform_changed: bool = False
+    drifting: Tuple[Tuple[int, Optional[int]], ...] = ()
 
 
 class DriftDetector:
     """Sustained-drift and platform-change detection over a stream of windows.
 
     ``min_frames`` frames per stage make a window count (a nearly idle
-    daemon measures nothing reliable and neither triggers nor resets).
+    daemon measures nothing reliable and neither triggers nor resets); so
+    do fewer frames that kept the worker busy for at least half the window
+    (a worker slowed tenfold serves few frames, and that is the evidence).
     Call :meth:`rebase` after a re-plan: the new plan's expectations start
     from a clean history.
     """
@@ -158,6 +168,14 @@ class DriftDetector:
             if cap:
                 self._caps[name] = int(cap)
 
+    def is_evidence(self, reading, window_s: Optional[float]) -> bool:
+        """Whether a worker's (or stage's) reading over one window says anything about its speed."""
+        if reading.measured_ms is None or reading.frames <= 0:
+            return False
+        if reading.frames >= self.min_frames:
+            return True
+        return window_s is not None and reading.frames * reading.measured_ms >= 500.0 * window_s
+
     def observe(self, window: Window) -> Decision:
         changed = self._platform_change(window)
         if changed is not None:
@@ -169,7 +187,7 @@ class DriftDetector:
                      for w in stage.workers] or [((stage.index, None), f"stage {stage.index}", stage.clusters, stage)]
             for key, label, clusters, reading in units:
                 ratio = reading.ratio
-                if ratio is None or reading.frames < self.min_frames:
+                if ratio is None or not self.is_evidence(reading, window.window_s):
                     continue  # no evidence either way: keep the streak as it is
                 if abs(ratio - 1.0) > self.threshold:
                     seen = self._ratios.get(key)
@@ -193,7 +211,7 @@ class DriftDetector:
         reason = (f"drift over {self.threshold:.0%} for {self.sustain} windows: " + "; ".join(parts))
         if window.max_temp_c is not None:
             reason += f" (max temperature {window.max_temp_c:.1f} C)"
-        return Decision(True, reason, factors)
+        return Decision(True, reason, factors, drifting=tuple(key for key, _l, _c, _e in drifting))
 
     def _platform_change(self, window: Window) -> Optional[Tuple[str, Tuple[Tuple[str, float], ...]]]:
         reasons = []

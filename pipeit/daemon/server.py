@@ -43,7 +43,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -764,19 +764,31 @@ class Server:
         self._expected_workers = per_worker
         self._expected = tuple(expected)
 
-    def _measured_expectations(self) -> Optional[Tuple[Tuple[Optional[float], ...], ...]]:
-        """The last window's per-worker times where measured, else what was expected (None: no match)."""
+    def _measured_expectations(self, drifting: Sequence[Tuple[int, Optional[int]]]
+                               ) -> Optional[Tuple[Tuple[Optional[float], ...], ...]]:
+        """The expectations with the last window's times for the ``drifting`` units, where they are evidence.
+
+        Every other worker keeps its old expectation: a worker whose slowdown
+        has just begun (one window, not yet sustained) or that served too few
+        frames must not have that taken as its new normal (None: the readings
+        do not match the plan)."""
         readings = self._last_readings
         if len(readings) != len(self._expected_workers):
             return None
+        window_s = self.config.window_s
+
+        def rebased(stage: int, worker: int) -> bool:
+            return (stage, worker) in drifting or (stage, None) in drifting
+
         return tuple(
-            tuple((w.measured_ms or old) for w, old in zip(r.workers, olds)) if len(r.workers) == len(olds)
+            tuple((w.measured_ms if rebased(r.index, w.worker) and self._detector.is_evidence(w, window_s) else old)
+                  for w, old in zip(r.workers, olds)) if len(r.workers) == len(olds)
             else olds
             for r, olds in zip(readings, self._expected_workers))
 
-    def _expect_measured(self) -> None:
-        """Take the last window's per-worker times as the new normal (a re-plan that kept the plan)."""
-        measured = self._measured_expectations()
+    def _expect_measured(self, drifting: Sequence[Tuple[int, Optional[int]]]) -> None:
+        """Take the drifting units' last times as their new normal (a re-plan that kept the plan)."""
+        measured = self._measured_expectations(drifting)
         if measured is not None:
             self._set_expected_ms(measured)
 
@@ -834,6 +846,7 @@ class Server:
             online=snap.online if snap is not None else None,
             freq_caps_khz=tuple((c.name, c.max_freq_khz) for c in snap.clusters) if snap is not None else (),
             max_temp_c=snap.max_temp_c if snap is not None else None,
+            window_s=self.config.window_s,
         )
         decision = self._detector.observe(window)
         if not (decision.replan and self.config.replan):
@@ -844,7 +857,7 @@ class Server:
             _log.debug("%s; not acting: %d window(s) of switch cooldown left", decision.reason, self._policy.cooling)
             return
         self.replan(decision.reason, dict(decision.factors), snap.online if snap is not None else None,
-                    force=decision.platform_changed)
+                    force=decision.platform_changed, drifting=decision.drifting)
 
     def _judge_switch(self, number: int) -> bool:
         """Feed the pending switch check one window; True when it reverted the switch (window consumed)."""
@@ -909,15 +922,16 @@ class Server:
                               "n/a" if event.fps_before is None else f"{event.fps_before:.1f}")
 
     def replan(self, reason: str, factors: Dict[str, float], online: Optional[Tuple[int, ...]] = None,
-               force: bool = False) -> ReplanEvent:
+               force: bool = False, drifting: Sequence[Tuple[int, Optional[int]]] = ()) -> ReplanEvent:
         """Re-plan with times scaled by ``factors``; switch pipelines if the plan changes enough.
 
         Unless ``force`` (a platform change: the old plan may not even run),
         a different plan replaces the running one only when the switch
         policy allows it: out of the cooldown after the last switch, and
         predicting ``switch_margin`` more fps than the running plan measures.
-        A refused switch keeps the plan and takes the measured times as the
-        new expectation, so the same drift does not fire again next window.
+        A refused switch keeps the plan and takes the ``drifting`` units'
+        measured times as their new expectation, so the same drift does not
+        fire again next window.
         """
         with self._replan_lock:
             generation = self.engine.current
@@ -957,7 +971,7 @@ class Server:
             allowed, why = (True, "forced by a platform change") if force else \
                 self._policy.allow(plan.predicted_fps, measured, current, new_layout, evidence_of(factors))
             if not allowed:
-                self._expect_measured()
+                self._expect_measured(tuple(drifting))
                 _log.info("%s; a new plan was found but not switched to: %s", reason, why)
                 return self._add_event("skipped", f"{reason}; kept the plan: {why}", fps_before, before, before,
                                        old_layout, old_layout, measured, generation.plan.predicted_fps)
