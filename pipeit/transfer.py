@@ -25,9 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Tuple, Union
 
+import numpy as np
+
 from pipeit.errors import PlanError
 
-__all__ = ["HopModel", "DEFAULT_POINTS", "DEFAULT_HOP", "fit_hop_model", "load_hop_model"]
+__all__ = [
+    "HopModel",
+    "DEFAULT_POINTS",
+    "DEFAULT_HOP",
+    "fit_hop_model",
+    "load_hop_model",
+    "ExecutorOverhead",
+    "DEFAULT_OVERHEAD",
+    "coordinator_rate",
+    "coordinator_stage",
+]
 
 #: (bytes, ms) of one shared-memory hop measured on the development host (PAPERS.md)
 DEFAULT_POINTS: Tuple[Tuple[int, float], ...] = (
@@ -176,10 +188,19 @@ class ExecutorOverhead:
             raise PlanError(f"{where}: needs dispatch_ms and coordinator_ms ({err})") from err
 
 
-#: measured on the development host (2 cores, busy, 2026-11-21), executor with struct records and
-#: two jobs per worker: coordinator 0.41-0.43 ms CPU per MobileNetV2 frame (psutil thread times,
-#: replicas, 400 frames; 0.47-0.50 ms before), median hand-off 0.25-0.29 ms (``StageStats.handoff_ms``)
-DEFAULT_OVERHEAD = ExecutorOverhead(0.25, 0.42, "default (development host, tools/executor_load.py)")
+#: The executor's cost per frame, the one place its numbers live; every plan is made with it
+#: (``pipeit.dse.cost_model_for``). Measured on the development host (2 cores, shared, 2026-11-21):
+#:
+#: * coordinator_ms: psutil CPU time of the coordinating process per frame, ``tools/executor_load.py
+#:   --model M --shapes replicas,pipeline,single --frames 300 --rounds 3`` (CPU time, which a busy host
+#:   disturbs far less than wall time; 10 ms clock ticks over 150-300 frames, so +-0.03 ms): MobileNetV2
+#:   replicas 0.33, two-stage pipeline 0.47, one worker 0.33 ms (medians; rounds 0.30-0.57); SqueezeNet
+#:   0.45, 0.60, 0.40 ms. An earlier run (replicas, 400 frames) gave 0.41-0.43 ms. It grows with the
+#:   stages a frame crosses (a job and a reply each); 0.45 ms is the middle of one- and two-stage plans.
+#: * dispatch_ms: median hand-off (``StageStats.handoff_ms``: dispatcher sent -> reply read, beyond the
+#:   worker's own service) 0.25-0.29 ms on MobileNetV2 replicas; 0.1-0.2 ms per stage in the two-stage
+#:   emulated pipelines of the same day.
+DEFAULT_OVERHEAD = ExecutorOverhead(0.25, 0.45, "default (development host, tools/executor_load.py)")
 
 
 def coordinator_rate(
@@ -194,14 +215,58 @@ def coordinator_rate(
     does not cover slows the ``cores`` CPUs it runs on by the factor
     ``s = 1 - steal / cores``. ``R = min_k (a_k + s b_k)`` has the closed form
     ``min_k (a_k + b_k (1 + spare / cores)) / (1 + b_k c / (1000 cores))``.
+    The coordinator is one thread: it never passes more than ``1000 / c``
+    frames/s, whatever the workers could do (which also keeps ``s >= 0``).
     Returns ``(R, s)``.
     """
     if not stages:
         raise PlanError("coordinator_rate: no stages")
     plain = min(a + b for a, b in stages)
-    if coordinator_ms <= 0 or cores <= 0 or plain <= 0 or plain * coordinator_ms / 1000.0 <= spare:
+    if coordinator_ms <= 0 or cores <= 0 or plain <= 0:
         return plain, 1.0
+    if plain * coordinator_ms / 1000.0 <= spare:
+        return min(plain, 1000.0 / coordinator_ms), 1.0
     c = coordinator_ms / 1000.0 / cores
     rate = min((a + b * (1.0 + spare / cores)) / (1.0 + b * c) for a, b in stages)
+    rate = min(rate, 1000.0 / coordinator_ms)
     steal = max(0.0, rate * coordinator_ms / 1000.0 - spare)
     return rate, max(0.0, 1.0 - steal / cores)
+
+
+def coordinator_stage(a, b, coordinator_ms: float, cores: int, spare: float = 0.0):
+    """One stage's rate once the coordinator has taken its CPU, and the speed left to its workers there.
+
+    ``a``/``b``: the stage's rate (frames/s) from workers off / on the
+    coordinator's CPUs (floats or numpy arrays of the same shape). Returns
+    ``(rate, s)``: the largest ``R`` with ``R <= a + s(R) * b``, where
+    ``s(R) = min(1, 1 - (R * c / 1000 - spare) / cores)`` is what the
+    coordinator leaves of each of its CPUs when frames flow at ``R``, and
+    ``s`` at that rate.
+
+    Why per stage: ``s`` only falls as ``R`` grows, so each stage alone caps
+    the plan's rate at its own fixed point, and the plan's rate (the fixed
+    point of all stages together, :func:`coordinator_rate`) is the least of
+    those caps. The throughput is thus still a max-min of per-stage values,
+    which is what the exact search optimises; the closed form is
+    ``(a + b (1 + spare / cores)) / (1 + b c / (1000 cores))`` where that is
+    below ``a + b`` (the coordinator needs more than the idle ``spare``), else
+    ``a + b``. The ``s`` returned is the stage's own (at its cap): at the
+    plan's rate, never above the cap, the coordinator takes no more, so a
+    worker time divided by it is an upper bound that depends on the stage
+    alone (docs/DSE.md). The coordinator is one thread, so no stage passes
+    more than ``1000 / c`` frames/s (a constant cap: the max-min holds).
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    plain = a + b
+    if coordinator_ms <= 0 or cores <= 0:
+        return plain, np.ones_like(plain)
+    per = coordinator_ms / 1000.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        capped = (a + b * (1.0 + spare / cores)) / (1.0 + b * per / cores)
+    free = ~(plain * per > spare)
+    rate = np.where(free, plain, np.minimum(capped, plain))
+    rate = np.where(np.isnan(rate), plain, rate)
+    rate = np.minimum(rate, 1.0 / per)  # one coordinating thread: at most one core's worth of frames
+    slow = np.where(free, 1.0, 1.0 - (rate * per - spare) / cores)
+    return rate, np.clip(slow, 1e-9, 1.0)

@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from cores.model import CoreSetup, Platform
 from pipeit.layer_times import LayerTimes
-from pipeit.transfer import HopModel
+from pipeit.transfer import ExecutorOverhead, HopModel
 
 MB = 1024 * 1024
 
@@ -45,28 +45,78 @@ def _ordered_groupings(workers: Counter) -> Iterator[Tuple[Tuple[CoreSetup, ...]
             yield (group,) + tail
 
 
-def _jitter(platform: Platform, setup: CoreSetup) -> float:
-    """(1 - f) * P of an emulated cluster of speed f < 1 (P = its quota period), else 0."""
+def _jitter(platform: Platform, setup: CoreSetup, tick_ms: float = 4.0) -> float:
+    """(1 - f) * (P + tick / f) of an emulated cluster of speed f < 1 (P = its quota period), else 0."""
     cluster = platform.cluster(setup.cluster)
     if cluster.kind != "cpu" or cluster.speed >= 1:
         return 0.0
     period_ms = max(5.0, (int(1000 / cluster.speed) + 1) / 1000.0)  # as cores.emulation picks it
-    return (1.0 - cluster.speed) * period_ms
+    return (1.0 - cluster.speed) * (period_ms + tick_ms / cluster.speed)
+
+
+def _largest(ok, top: float) -> float:
+    """The largest R in [0, top] with ok(R), for ok true on [0, R*] and false above (bisection)."""
+    if ok(top):
+        return top
+    low, high = 0.0, top
+    for _ in range(80):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if ok(mid) else (low, mid)
+    return low
+
+
+def _coordinator(platform: Platform, overhead: Optional[ExecutorOverhead]):
+    """(names, cores, idle core-units) where the coordinator runs, or None (no overhead modelled).
+
+    The placement rule, restated: the slowest CPU cluster of a platform whose
+    CPU clusters differ, else all of them; an emulated cluster of speed f < 1
+    leaves (1 - f) of each core idle.
+    """
+    if overhead is None:
+        return None
+    cpu = [c for c in platform.clusters if c.kind == "cpu"]
+    if not cpu:
+        return None
+    slowest = min(cpu, key=lambda c: (c.speed, c.capacity or 0, c.max_freq_khz or 0))
+    fastest = max(cpu, key=lambda c: (c.speed, c.capacity or 0, c.max_freq_khz or 0))
+    if len(cpu) > 1 and not (slowest.speed >= 1.0 and slowest.capacity == fastest.capacity):
+        cpu = [slowest]
+    return ({c.name for c in cpu}, sum(c.size for c in cpu),
+            sum((1 - c.speed) * c.size for c in cpu if 0 < c.speed < 1))
 
 
 def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
                 latency_ms: Optional[float] = None, memory_mb: Optional[float] = None,
-                device_copy: Optional[HopModel] = None):
+                device_copy: Optional[HopModel] = None, overhead: Optional[ExecutorOverhead] = None):
     """All admitted plans as (fps, latency, memory, description).
 
     Latency = max(path, queue): path = sum over stages of max over workers of
     (time + jitter); queue = workers * 1000 / fps + the largest jitter.
     A worker on a GPU cluster also pays ``device_copy`` (one direction) on the
     bytes of the cut at each end of its stage (when given).
+
+    ``overhead``: every worker also pays ``dispatch_ms``; the coordinator
+    needs ``R * coordinator_ms / 1000`` of a core at ``R`` frames/s, idle
+    time on its CPUs first, the rest slows the workers on its ``N`` CPUs to
+    ``s(R) = 1 - steal / N``. The plan's rate is found as the definition
+    says -- the largest ``R`` with ``R <= a_k + s(R) b_k`` for every stage
+    (bisection), not from a closed form; a stage's path share uses ``s`` at
+    the stage's own largest such ``R``.
     """
     n = times.num_layers
-    hops = [hop.hop_ms(b) for b in times.cut_bytes]
+    dispatch = overhead.dispatch_ms if overhead is not None else 0.0
+    hops = [hop.hop_ms(b) + dispatch for b in times.cut_bytes]
     cal = times.calibration
+    coordinator = _coordinator(platform, overhead)
+
+    def on(setup) -> bool:
+        return coordinator is not None and bool(coordinator[0] & set(setup.cluster.split("+")))
+
+    def speed(rate: float) -> float:
+        if coordinator is None or overhead.coordinator_ms <= 0 or coordinator[1] <= 0:
+            return 1.0
+        steal = max(0.0, rate * overhead.coordinator_ms / 1000.0 - coordinator[2])
+        return max(1e-9, 1.0 - steal / coordinator[1])
 
     def worker_ms(setup, a, b):
         t = cal.scale * math.fsum(times.times[setup][a:b]) + cal.stage_ms + hops[a] / 2 + hops[b] / 2
@@ -82,17 +132,29 @@ def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
                 continue
             for inner in itertools.combinations(range(1, n), s - 1):
                 cuts = (0,) + inner + (n,)
-                fps = math.inf
                 path = 0.0
                 memory = 0.0
+                parts = []
                 for group, a, b in zip(groups, cuts[:-1], cuts[1:]):
                     ts = [worker_ms(w, a, b) for w in group]
-                    rate = 0.0 if any(math.isinf(t) for t in ts) else sum(1000.0 / t for t in ts)
-                    fps = min(fps, rate)
-                    path += max(t + _jitter(platform, w) for t, w in zip(ts, group))
+                    if any(math.isinf(t) for t in ts):
+                        parts.append((0.0, 0.0))
+                        continue
+                    off = sum(1000.0 / t for t, w in zip(ts, group) if not on(w))
+                    mine = sum(1000.0 / t for t, w in zip(ts, group) if on(w))
+                    parts.append((off, mine))
+                    s = 1.0
+                    if mine and coordinator is not None:
+                        cap = min(off + mine, 1000.0 / overhead.coordinator_ms) if overhead.coordinator_ms > 0 else off + mine
+                        s = speed(_largest(lambda r: r <= off + speed(r) * mine * (1 + 1e-13), cap))
+                    path += max((t / s if on(w) else t) + _jitter(platform, w) for t, w in zip(ts, group))
                     memory += len(group) * sum(times.weight_bytes[a:b])
-                if fps <= 0:
+                if min(off + mine for off, mine in parts) <= 0:
                     continue
+                top = min(off + mine for off, mine in parts)
+                if coordinator is not None and overhead.coordinator_ms > 0:
+                    top = min(top, 1000.0 / overhead.coordinator_ms)  # one coordinating thread
+                fps = _largest(lambda r: all(r <= off + speed(r) * mine * (1 + 1e-13) for off, mine in parts), top)
                 everyone = [w for group in groups for w in group]
                 queue = len(everyone) * 1000.0 / fps + max(_jitter(platform, w) for w in everyone)
                 latency = max(path, queue)
@@ -115,8 +177,12 @@ def best_of(plans, tol: float = 1e-9):
 def pareto(plans) -> List[Tuple[float, float]]:
     """Non-dominated (fps, latency) points, highest fps first."""
     points = sorted({(p[0], p[1]) for p in plans}, key=lambda p: (-p[0], p[1]))
-    front = []
+    front: List[Tuple[float, float]] = []
     for fps, lat in points:
+        if front and fps >= front[-1][0] * (1 - 1e-9):  # a tie in throughput, as the search counts one
+            if lat < front[-1][1] * (1 - 1e-12):
+                front[-1] = (front[-1][0], lat)
+            continue
         if not front or lat < front[-1][1] * (1 - 1e-9):
             front.append((fps, lat))
     return front

@@ -18,8 +18,10 @@ def test_jitter_is_the_quota_gap_of_a_slowed_cluster():
                          Cluster("tiny", "c", (2,), speed=0.05)))
     jitter = throttle_jitter_ms(platform)
     assert jitter["big"] == 0.0
-    assert jitter["little"] == pytest.approx(0.6 * 5.0)  # (1 - f) x the 5 ms period
-    assert jitter["tiny"] == pytest.approx(0.95 * 20.001)  # 1 ms quota floor stretches the period
+    # (1 - f) x (the 5 ms period + a 4 ms tick's overrun repaid at f): 3 + 6 ms
+    assert jitter["little"] == pytest.approx(0.6 * (5.0 + 4.0 / 0.4))
+    assert jitter["tiny"] == pytest.approx(0.95 * (20.001 + 4.0 / 0.05))  # 1 ms quota floor stretches the period
+    assert throttle_jitter_ms(platform, tick_ms=0.0)["little"] == pytest.approx(3.0)  # the ideal quota
 
 
 def test_unbalanced_pipeline_latency_is_frames_in_flight_over_throughput():
@@ -37,7 +39,7 @@ def test_slow_worker_pays_its_stall_on_the_path():
     table = LayerTimes(2, {big: (10.0, 10.0), little: (25.0, 25.0)}, (0, 0, 0), (0, 0))
     cost = CostModel(table, FREE, jitter=throttle_jitter_ms(platform))
     pipe = cost.evaluate((StagePlan(0, 1, (big,)), StagePlan(1, 2, (little,))))
-    assert pipe.latency_ms == pytest.approx(max(10.0 + 25.0 + 3.0, 2 * 25.0 + 3.0))
+    assert pipe.latency_ms == pytest.approx(max(10.0 + 25.0 + 9.0, 2 * 25.0 + 9.0))
     # a limit between the jitter-free and the p99 latency refuses that pipeline
     with pytest.raises(PlanError):
         optimal_plan(cost, platform, Limits(latency_ms=19.0))
@@ -55,4 +57,4 @@ def test_planned_latency_respects_the_limit_with_the_model():
         assert found.latency_ms <= limit
         if any(w.cluster == "little" for s in found.stages for w in s.workers):
             path = sum(max(ts) for ts in found.worker_ms)
-            assert found.latency_ms >= path + 3.0 - 1e-9  # the LITTLE worker's stall is counted
+            assert found.latency_ms >= path + 9.0 - 1e-9  # the LITTLE worker's stall is counted

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cores.model import Cluster, CoreSetup, Platform
-from pipeit.dse import CostModel, Limits, optimal_plan, pareto_front, throttle_jitter_ms
+from pipeit.dse import CostModel, Limits, cost_model_for, optimal_plan, pareto_front, throttle_jitter_ms
 from pipeit.dse.optimal import cluster_budgets, interchangeable_clusters
 from pipeit.errors import PlanError
 from pipeit.layer_times import Calibration, LayerTimes
-from pipeit.transfer import HopModel
+from pipeit.transfer import ExecutorOverhead, HopModel
 from tests.dse_brute import best_of, brute_force, pareto
 
 
@@ -62,7 +62,10 @@ def problems(draw, mirrored: bool = False):
     hop = HopModel(draw(st.sampled_from([0.0, 0.035, 0.4])), draw(st.sampled_from([0.0, 9.45e-8, 1e-6])))
     latency = draw(st.one_of(st.none(), st.floats(0.5, 120.0)))
     memory = draw(st.one_of(st.none(), st.floats(0.5, 20.0)))
-    return table, platform, hop, latency, memory
+    # the executor's own cost: none, the default, or a coordinator dear enough to slow its CPUs a lot
+    overhead = draw(st.sampled_from([None, ExecutorOverhead(0.25, 0.42), ExecutorOverhead(0.1, 5.0),
+                                     ExecutorOverhead(0.0, 30.0)]))
+    return table, platform, hop, latency, memory, overhead
 
 
 def _close(a: float, b: float) -> bool:
@@ -78,21 +81,23 @@ class TestOptimalEqualsBruteForce:
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(problems(mirrored=True))
     def test_interchangeable_clusters_are_searched_once_without_loss(self, problem):
-        table, platform, hop, _, _ = problem
-        cost = CostModel(table, hop, jitter=throttle_jitter_ms(platform))
+        table, platform, hop, _, _, overhead = problem
+        cost = cost_model_for(table, platform, hop, overhead=overhead)
         budgets = cluster_budgets(cost, platform)
-        # the strategy makes c0's twins share its times wherever c0 has them
-        if all(CoreSetup("c0", k) in table.times for k in range(1, platform.clusters[0].size + 1)):
+        # the strategy makes c0's twins share its times wherever c0 has them; the coordinator's
+        # CPU share sets c0 apart from c1 when it runs on one of them only (the first slowest)
+        same_side = cost.on_coordinator(CoreSetup("c0", 1)) == cost.on_coordinator(CoreSetup("c1", 1))
+        if same_side and all(CoreSetup("c0", k) in table.times for k in range(1, platform.clusters[0].size + 1)):
             assert interchangeable_clusters(cost, budgets), budgets
         _check_against_brute_force(problem)
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(problems())
     def test_pareto_front_matches(self, problem):
-        table, platform, hop, _, memory = problem
-        plans = brute_force(table, platform, hop, None, memory)
+        table, platform, hop, _, memory, overhead = problem
+        plans = brute_force(table, platform, hop, None, memory, overhead=overhead)
         expected = pareto(plans)
-        front = pareto_front(table, platform, memory_mb=memory, hop=hop)
+        front = pareto_front(table, platform, memory_mb=memory, hop=hop, overhead=overhead)
         got = [(c.fps, c.latency_ms) for c in front]
         assert len(got) == len(expected), (got, expected)
         for (f1, l1), (f2, l2) in zip(got, expected):
@@ -101,9 +106,9 @@ class TestOptimalEqualsBruteForce:
 
 def _check_against_brute_force(problem) -> None:
     """The exact search finds the brute force's best throughput and, among equals, its latency."""
-    table, platform, hop, latency, memory = problem
-    expected = best_of(brute_force(table, platform, hop, latency, memory))
-    cost = CostModel(table, hop, jitter=throttle_jitter_ms(platform))
+    table, platform, hop, latency, memory, overhead = problem
+    expected = best_of(brute_force(table, platform, hop, latency, memory, overhead=overhead))
+    cost = cost_model_for(table, platform, hop, overhead=overhead)
     if expected is None:
         with pytest.raises(PlanError):
             optimal_plan(cost, platform, Limits(latency, memory))

@@ -25,7 +25,7 @@ from pipeit.dse import best_candidate, plan_pipeline
 from pipeit.dse.cost import DEFAULT_DEVICE_COPY, CostModel, device_copies
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
-from pipeit.transfer import HopModel
+from pipeit.transfer import DEFAULT_OVERHEAD, HopModel
 from tests.dse_brute import best_of, brute_force
 
 pytest.importorskip("pyopencl")
@@ -209,8 +209,8 @@ class TestPlanner:
         platform = load_platform(SPEC)
         cheap = _table([1.0] * 6, cut=1 << 20, copy=HopModel(0.0, 0.0))
         dear = _table([1.0] * 6, cut=1 << 20, copy=HopModel(50.0, 0.0))
-        fast = best_candidate(cheap, platform, hop=FREE)
-        slow = best_candidate(dear, platform, hop=FREE)
+        fast = best_candidate(cheap, platform, hop=FREE, overhead=None)  # layers and copies only
+        slow = best_candidate(dear, platform, hop=FREE, overhead=None)
         assert fast.fps > slow.fps
         for found, extra in ((fast, 0.0), (slow, 100.0)):
             for stage, times in zip(found.stages, found.worker_ms):
@@ -244,7 +244,7 @@ class TestPlanner:
                            tuple(rng.randrange(1, 200_000) for _ in range(n + 1)), tuple([10] * n),
                            device_copy={"gpu": copy})
         found = best_candidate(table, platform, "pipeit", hop=hop)
-        truth = best_of(brute_force(table, platform, hop, device_copy=copy))
+        truth = best_of(brute_force(table, platform, hop, device_copy=copy, overhead=DEFAULT_OVERHEAD))
         assert found.fps == pytest.approx(truth[0], rel=1e-9)
         assert found.latency_ms == pytest.approx(truth[1], rel=1e-9)
 
@@ -266,7 +266,7 @@ class TestPlanner:
         table = LayerTimes(n, {CoreSetup("big", 1): row, CoreSetup("gpu", 1): row}, cuts, (1,) * n,
                            device_copy={"gpu": copy})
         found = best_candidate(table, platform, "pipeit", hop=FREE)
-        truth = best_of(brute_force(table, platform, FREE, device_copy=copy))
+        truth = best_of(brute_force(table, platform, FREE, device_copy=copy, overhead=DEFAULT_OVERHEAD))
         assert found.fps == pytest.approx(truth[0], rel=1e-9)
         assert found.latency_ms == pytest.approx(truth[1], rel=1e-9)
 

@@ -22,13 +22,22 @@ from typing import Callable, Dict, List, Optional
 
 from cores.model import Platform
 from pipeit.dse import all_cores, fastest_cluster, pipe_it, pipeit, replicas
-from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan, device_copies, throttle_jitter_ms
+from pipeit.dse.cost import (
+    MB,
+    Candidate,
+    CostModel,
+    Limits,
+    StagePlan,
+    cost_model_for,
+    device_copies,
+    throttle_jitter_ms,
+)
 from pipeit.dse.optimal import SearchStats, min_latency_ms, optimal_plan
 from pipeit.dse.planfile import to_plan
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.plan import Plan
-from pipeit.transfer import DEFAULT_HOP, HopModel
+from pipeit.transfer import DEFAULT_HOP, DEFAULT_OVERHEAD, ExecutorOverhead, HopModel
 
 __all__ = [
     "STRATEGIES",
@@ -37,6 +46,7 @@ __all__ = [
     "StagePlan",
     "Candidate",
     "CostModel",
+    "cost_model_for",
     "throttle_jitter_ms",
     "device_copies",
     "SearchStats",
@@ -75,13 +85,17 @@ def best_candidate(
     memory_mb: Optional[float] = None,
     hop: HopModel = DEFAULT_HOP,
     worker_bytes: int = 0,
+    overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
 ) -> Candidate:
-    """The evaluated plan candidate ``strategy`` picks for ``times`` on ``platform``."""
+    """The evaluated plan candidate ``strategy`` picks for ``times`` on ``platform``.
+
+    ``overhead``: the executor's own cost per frame, part of the cost the
+    search optimises (``None``: layers and hops only; docs/DSE.md).
+    """
     entry = _strategy(strategy)
     limits = Limits(latency_ms, memory_mb)
     times.check_platform(platform)
-    cost = CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform), device_copies(platform, times))
-    return entry(cost, platform, limits)
+    return entry(cost_model_for(times, platform, hop, worker_bytes, overhead), platform, limits)
 
 
 def plan_pipeline(
@@ -94,13 +108,14 @@ def plan_pipeline(
     model_sha256: str = "",
     hop: HopModel = DEFAULT_HOP,
     worker_bytes: int = 0,
+    overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
 ) -> Plan:
     """A validated :class:`Plan` for ``model`` from ``strategy`` within the limits.
 
     Raises :class:`PlanError` for an unknown strategy (listing the valid
     ones) and for limits nothing meets (naming the best latency achievable).
     """
-    candidate = best_candidate(times, platform, strategy, latency_ms, memory_mb, hop, worker_bytes)
+    candidate = best_candidate(times, platform, strategy, latency_ms, memory_mb, hop, worker_bytes, overhead)
     return to_plan(
         candidate, platform, strategy=strategy, model=model, model_sha256=model_sha256,
         limits=Limits(latency_ms, memory_mb),
@@ -114,6 +129,7 @@ def pareto_front(
     hop: HopModel = DEFAULT_HOP,
     worker_bytes: int = 0,
     max_points: int = 64,
+    overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
 ) -> List[Candidate]:
     """The throughput/latency frontier of the full space, fastest frame rate first.
 
@@ -123,7 +139,7 @@ def pareto_front(
     ``max_points`` caps the walk on huge frontiers.
     """
     times.check_platform(platform)
-    cost = CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform), device_copies(platform, times))
+    cost = cost_model_for(times, platform, hop, worker_bytes, overhead)
     front: List[Candidate] = []
     limit: Optional[float] = None
     floor = min_latency_ms(cost, platform)

@@ -44,7 +44,7 @@ from cores.emulation import choose_period_us
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
-from pipeit.transfer import DEFAULT_HOP, ExecutorOverhead, HopModel, coordinator_rate
+from pipeit.transfer import DEFAULT_HOP, DEFAULT_OVERHEAD, ExecutorOverhead, HopModel, coordinator_stage
 
 __all__ = [
     "MB",
@@ -55,8 +55,10 @@ __all__ = [
     "Candidate",
     "CostModel",
     "throttle_jitter_ms",
+    "SCHED_TICK_MS",
     "device_copies",
     "queue_latency_ms",
+    "cost_model_for",
 ]
 
 #: bytes in the ``--memory-mb`` unit (MiB, as ``free -m`` counts)
@@ -138,7 +140,14 @@ class Candidate:
         )
 
 
-def throttle_jitter_ms(platform: Platform) -> Dict[str, float]:
+#: the scheduler tick of the development host's kernel, in ms (CONFIG_HZ=250). CFS charges a running
+#: task's CPU time against its group's quota at ticks and scheduling events, so a CPU-bound worker in a
+#: quota-throttled cgroup runs up to one tick past its quota and pays the overrun back out of the next
+#: periods' quota (see :func:`throttle_jitter_ms`). A kernel with HZ=1000 has 1 ms.
+SCHED_TICK_MS = 4.0
+
+
+def throttle_jitter_ms(platform: Platform, tick_ms: float = SCHED_TICK_MS) -> Dict[str, float]:
     """Per cluster, the most a frame can stall on it beyond its sustained time (ms).
 
     An emulated cluster of speed ``f < 1`` runs under a CPU bandwidth quota
@@ -147,13 +156,20 @@ def throttle_jitter_ms(platform: Platform) -> Dict[str, float]:
     ``(1 - f) * P``, then gets ``f * P`` per period. With ``c = m f P + r``
     (``0 < r <= f P``) it ends after ``(1 - f) P + m P + r`` against the
     sustained ``c / f = m P + r / f``: the excess is ``(1 - f)(P - r / f)``,
-    at most ``(1 - f) * P``. Real clusters (speed 1) and GPUs: 0.
+    at most ``(1 - f) * P``. That is the ideal quota; the kernel charges
+    quota at scheduler ticks, so the worker may run ``tick_ms`` past its
+    quota and then stall until ``f`` of the following time has repaid it:
+    it falls ``tick_ms * (1 - f) / f`` further behind its sustained pace.
+    Jitter = ``(1 - f) * (P + tick_ms / f)``: 3 + 6 = 9 ms for f = 0.4,
+    P = 5 ms, a 4 ms tick, where the benchmark's p99 ran 7.7-11.5 ms above
+    its mean latency on five of six zoo models (docs/DSE.md, "Latency").
+    Real clusters (speed 1) and GPUs: 0.
     """
     out: Dict[str, float] = {}
     for cluster in platform.clusters:
         f = cluster.speed
         if cluster.kind == "cpu" and 0 < f < 1:
-            out[cluster.name] = (1.0 - f) * choose_period_us(f) / 1000.0
+            out[cluster.name] = (1.0 - f) * (choose_period_us(f) / 1000.0 + tick_ms / f)
         else:
             out[cluster.name] = 0.0
     return out
@@ -208,6 +224,11 @@ class CostModel:
     (:func:`throttle_jitter_ms`); a cluster it does not name has none.
     ``devices`` maps GPU cluster names to their copy model
     (:func:`device_copies`); a cluster it does not name pays no copies.
+    ``overhead``/``coordinator``: the executor's own cost
+    (:class:`~pipeit.transfer.ExecutorOverhead`) and where its coordinating
+    process runs (:func:`coordinator_placement`); both None here, so a bare
+    ``CostModel`` is the layers and hops only. :func:`cost_model_for` -- what
+    every planning entry point uses -- turns them on.
     """
 
     def __init__(self, times: LayerTimes, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0,
@@ -266,29 +287,40 @@ class CostModel:
             + self.copy_ms(setup, end)
         )
 
-    def _with_coordinator(self, stages, worker_ms):
-        """Stage rates, worker times and path once the coordinator's CPU is taken (transfer.coordinator_rate)."""
+    @property
+    def coordinating(self) -> bool:
+        """Whether the coordinator's CPU is taken from workers (an overhead and a placement were given)."""
+        return (self.overhead is not None and self.coordinator is not None
+                and self.overhead.coordinator_ms > 0 and self.coordinator[1] > 0)
+
+    def on_coordinator(self, setup: CoreSetup) -> bool:
+        """Whether a worker of ``setup`` shares its CPUs with the coordinating process."""
+        if self.coordinator is None:
+            return False
+        return bool(set(self.coordinator[0]) & set(setup.cluster.split("+")))
+
+    def stage_rate(self, setups: Sequence[CoreSetup], times: Sequence[float]) -> Tuple[float, Tuple[float, ...]]:
+        """A stage's rate and its workers' times once the coordinator has taken its CPU share.
+
+        ``times``: the workers' own times (:meth:`worker_ms`). Without the
+        coordinator term the rate is the sum of ``1000 / time``. With it,
+        workers on the coordinator's CPUs run at the speed ``s`` the
+        coordinator leaves them at this stage's own rate cap
+        (:func:`pipeit.transfer.coordinator_stage`): the stage's value depends
+        on its own workers only, so the plan's throughput stays the min over
+        stages and the exact search stays exact.
+        """
+        if any(math.isinf(t) for t in times):
+            return 0.0, tuple(times)
+        on = [self.on_coordinator(w) for w in setups]
+        a = math.fsum(1000.0 / t if t > 0 else math.inf for t, o in zip(times, on) if not o)
+        b = math.fsum(1000.0 / t if t > 0 else math.inf for t, o in zip(times, on) if o)
+        if not self.coordinating:
+            return a + b, tuple(times)
         names, cores, spare = self.coordinator  # type: ignore[misc]
-        on = set(names)
-        parts = []
-        for s, times in zip(stages, worker_ms):
-            a = b = 0.0
-            for t, w in zip(times, s.workers):
-                rate = 1000.0 / t if t > 0 else math.inf
-                if on & set(w.cluster.split("+")):
-                    b += rate
-                else:
-                    a += rate
-            parts.append((a, b))
-        fps, slow = coordinator_rate(parts, self.overhead.coordinator_ms, cores, spare)  # type: ignore[union-attr]
-        slow = max(slow, 1e-9)
-        new_ms = tuple(
-            tuple(t / slow if on & set(w.cluster.split("+")) else t for t, w in zip(times, s.workers))
-            for s, times in zip(stages, worker_ms)
-        )
-        stage_fps = tuple(a + slow * b for a, b in parts)
-        path = sum(max(t + self.jitter_ms(w) for t, w in zip(times, s.workers)) for s, times in zip(stages, new_ms))
-        return fps, stage_fps, new_ms, path
+        rate, slow = coordinator_stage(a, b, self.overhead.coordinator_ms, cores, spare)  # type: ignore[union-attr]
+        s = float(slow)
+        return float(rate), tuple(t / s if o else t for t, o in zip(times, on))
 
     def stage_weight_bytes(self, start: int, end: int) -> int:
         return sum(self.times.weight_bytes[start:end])
@@ -308,15 +340,12 @@ class CostModel:
         path = 0.0
         memory = 0.0
         for s in stages:
-            times = tuple(self.worker_ms(w, s.start, s.end) for w in s.workers)
+            rate, times = self.stage_rate(s.workers, tuple(self.worker_ms(w, s.start, s.end) for w in s.workers))
             worker_ms.append(times)
-            rate = 0.0 if any(math.isinf(t) for t in times) else math.fsum(1000.0 / t if t > 0 else math.inf for t in times)
             stage_fps.append(rate)
             path += max(t + self.jitter_ms(w) for t, w in zip(times, s.workers))
             memory += len(s.workers) * (self.stage_weight_bytes(s.start, s.end) + self.worker_bytes)
         fps = min(stage_fps)
-        if self.overhead is not None and self.coordinator is not None and fps > 0 and math.isfinite(fps):
-            fps, stage_fps, worker_ms, path = self._with_coordinator(stages, worker_ms)
         workers = sum(len(s.workers) for s in stages)
         jitter = max(self.jitter_ms(w) for s in stages for w in s.workers)
         return Candidate(
@@ -327,3 +356,15 @@ class CostModel:
             stage_fps=tuple(stage_fps),
             worker_ms=tuple(worker_ms),
         )
+
+
+def cost_model_for(times: LayerTimes, platform: Platform, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0,
+                   overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD) -> CostModel:
+    """The cost model plans are made with: jitter, device copies, and the executor's own cost.
+
+    ``overhead=None`` leaves the executor's cost out (layers and hops only).
+    One place, so that ``pipeit plan``, ``bench``, the Pareto front and the
+    daemon judge plans alike.
+    """
+    return CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform), device_copies(platform, times),
+                     overhead=overhead, coordinator=None if overhead is None else coordinator_placement(platform))

@@ -85,7 +85,8 @@ def interchangeable_clusters(cost: CostModel, budgets) -> Tuple[Tuple[int, int],
 
     Two clusters are interchangeable when they have the same number of cores
     and, for every core count, the same per-layer times and throttle jitter
-    (RK3588's two Cortex-A76 pairs). Swapping them maps every plan onto one
+    (RK3588's two Cortex-A76 pairs), and neither or both share their CPUs with
+    the executor's coordinator. Swapping them maps every plan onto one
     of equal throughput, latency and memory, so the search keeps only plans
     whose stage-by-stage use of ``i`` is lexicographically at least that of
     ``k``: at the first stage that uses them differently, ``i`` gets the
@@ -96,12 +97,13 @@ def interchangeable_clusters(cost: CostModel, budgets) -> Tuple[Tuple[int, int],
     classes: List[List[int]] = []
     for index, (name, size, ks) in enumerate(budgets):
         signature = (size, ks, tuple((times[CoreSetup(name, k)], cost.jitter_ms(CoreSetup(name, k))) for k in ks),
-                     cost.copies.get(name))  # a GPU's host<->device copies set it apart
+                     cost.copies.get(name),  # a GPU's host<->device copies set it apart
+                     cost.on_coordinator(CoreSetup(name, 1)))  # so does the coordinator's CPU share
         for members in classes:
             first_name, first_size, first_ks = budgets[members[0]]
             first = (first_size, first_ks,
                      tuple((times[CoreSetup(first_name, k)], cost.jitter_ms(CoreSetup(first_name, k))) for k in first_ks),
-                     cost.copies.get(first_name))
+                     cost.copies.get(first_name), cost.on_coordinator(CoreSetup(first_name, 1)))
             if first == signature:
                 members.append(index)
                 break

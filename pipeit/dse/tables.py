@@ -17,6 +17,7 @@ import numpy as np
 
 from cores.model import CoreSetup
 from pipeit.dse.cost import CostModel
+from pipeit.transfer import coordinator_stage
 
 __all__ = ["TOL", "Group", "GroupTables", "StageTables"]
 
@@ -30,8 +31,10 @@ Group = Tuple[Tuple[CoreSetup, int], ...]
 @dataclass(frozen=True)
 class GroupTables:
     """Stage matrices for one group: ``rate`` (fps; -1 where a >= b, 0 where a worker cannot run
-    a layer), ``tmax`` (the stage's share of the latency path: the largest worker time plus that
-    worker's throttle jitter, ms; inf where invalid) and ``mem`` (bytes held). ``jitter`` is the
+    a layer; with the executor's coordinator term, what is left once it took its CPU share),
+    ``tmax`` (the stage's share of the latency path: the largest worker time -- slowed by the
+    coordinator where it shares the worker's CPUs -- plus that worker's throttle jitter, ms; inf
+    where invalid) and ``mem`` (bytes held). ``jitter`` is the
     group's largest throttle jitter (for the queue term of the latency)."""
 
     rate: np.ndarray
@@ -77,18 +80,32 @@ class StageTables:
         cached = self._groups.get(group)
         if cached is not None:
             return cached
-        rate = np.zeros((self.n + 1, self.n + 1))
-        tmax = np.zeros((self.n + 1, self.n + 1))
+        off = np.zeros((self.n + 1, self.n + 1))
+        on = np.zeros((self.n + 1, self.n + 1))
         workers = 0
         jitter = 0.0
         with np.errstate(divide="ignore"):
             for setup, count in group:
-                t = self.time[setup]
-                rate += count * (1000.0 / t)
-                j = self.cost.jitter_ms(setup)
-                np.maximum(tmax, t + j if j else t, out=tmax)
-                workers += count
-                jitter = max(jitter, j)
+                if self.cost.on_coordinator(setup):
+                    on += count * (1000.0 / self.time[setup])
+                else:
+                    off += count * (1000.0 / self.time[setup])
+        slow = None
+        if self.cost.coordinating:  # (also caps stages with no worker on its CPUs: it passes every frame)
+            # the coordinator's CPU share, per stage (pipeit.transfer.coordinator_stage): exact for the search
+            names, cores, spare = self.cost.coordinator
+            rate, slow = coordinator_stage(off, on, self.cost.overhead.coordinator_ms, cores, spare)
+        else:
+            rate = off + on
+        tmax = np.zeros((self.n + 1, self.n + 1))
+        for setup, count in group:
+            t = self.time[setup]
+            if slow is not None and self.cost.on_coordinator(setup):
+                t = t / slow
+            j = self.cost.jitter_ms(setup)
+            np.maximum(tmax, t + j if j else t, out=tmax)
+            workers += count
+            jitter = max(jitter, j)
         rate[np.isinf(tmax)] = 0.0
         rate[~self.valid] = -1.0
         tables = GroupTables(rate=rate, tmax=tmax, mem=workers * self.weights, workers=workers, jitter=jitter)
