@@ -10,7 +10,10 @@ how close is that to what the cores could give? It
    ``pipe-it``, ``pipeit``) with the DSE,
 3. measures the *ideal*: the sum over cores of each core's measured
    single-thread whole-model throughput (measured, not declared: emulated
-   factors and turbo make declared speeds wrong),
+   factors and turbo make declared speeds wrong), once through the profiler
+   (``ideal_fps``, the best case: clean runs only, quiet CPUs) and again in
+   every round the way the strategies are measured
+   (``ideal_interleaved_fps``, :func:`measure_ideal_solo`; median round),
 4. starts every strategy's pipeline and streams ``frames`` frames through
    each in turn, ``rounds`` times, interleaved so that host noise hits all
    strategies alike; the median round counts.
@@ -18,7 +21,10 @@ how close is that to what the cores could give? It
 Frames are submitted with a window of as many frames in flight as the plan
 has workers: enough to keep every worker busy, few enough that latency is
 the frame's path through the stages rather than time spent queueing behind
-frames the benchmark itself pushed in.
+frames the benchmark itself pushed in. Without a latency limit the window
+holds one frame more, so the worker that finishes first has its next frame
+queued while its answer travels back (throughput is what is asked for);
+under a limit it does not (every strategy is judged by its latency).
 
 Each strategy is also scored for a task (``--task``, default
 ``interactive``; :mod:`pipeit.satisfaction`): its median round's p99
@@ -50,6 +56,7 @@ __all__ = [
     "BenchReport",
     "obtain_layer_times",
     "measure_ideal",
+    "measure_ideal_solo",
     "run_bench",
     "default_cache_dir",
 ]
@@ -85,6 +92,8 @@ class StrategyResult:
     same_plan_as: Optional[str] = None
     #: the task's score of this strategy and its parts (energy from the median round)
     satisfaction: Optional[Satisfaction] = None
+    #: fps over the ideal measured in the rounds themselves (``BenchReport.ideal_interleaved_fps``)
+    efficiency_interleaved: Optional[float] = None
 
     def to_json(self) -> dict:
         return {
@@ -96,6 +105,7 @@ class StrategyResult:
             "meets_limit": self.meets_limit,
             "rss_bytes": self.rss_bytes,
             "efficiency": self.efficiency,
+            "efficiency_interleaved": self.efficiency_interleaved,
             "predicted_fps": self.predicted_fps,
             "predicted_latency_ms": self.predicted_latency_ms,
             "stages": [
@@ -120,6 +130,9 @@ class BenchReport:
     rounds: int
     times_source: str
     strategies: Tuple[StrategyResult, ...]
+    #: the ideal measured again in every round, like the strategies (see :func:`measure_ideal_solo`):
+    #: the median round's figure (None where it could not be measured)
+    ideal_interleaved_fps: Optional[float] = None
     #: the task the satisfaction scores are for, whether it was the default, and the power model used
     task: Optional[Task] = None
     task_is_default: bool = False
@@ -135,6 +148,7 @@ class BenchReport:
             "model": self.model,
             "platform": self.platform,
             "ideal_fps": self.ideal_fps,
+            "ideal_interleaved_fps": self.ideal_interleaved_fps,
             "single_thread_ms": dict(self.single_thread_ms),
             "latency_limit_ms": self.latency_limit_ms,
             "frames": self.frames,
@@ -199,6 +213,33 @@ def measure_ideal(
     _say(progress, "single-thread ms: " + ", ".join(f"{k} {v:.2f}" for k, v in single.items())
          + f" -> ideal {ideal:.1f} fps")
     return ideal, single
+
+
+def measure_ideal_solo(model_path: Path, platform: Platform, seconds: float, throttles=None) -> Optional[float]:
+    """The ideal measured the way the strategies are: one pass, the whole frame path, every run counted.
+
+    :func:`measure_ideal` times ``invoke`` alone through the profiler, once,
+    before the rounds, keeping only runs no one preempted, after waiting for
+    the CPUs to go quiet: on a shared host that is the best case, while each
+    strategy's round takes whatever the host gives it. This runs one pinned
+    single-thread interpreter on one CPU of each cluster in turn (the others
+    idle, as the definition has it) for ``seconds``, copying the input in and
+    the output out as a worker does (:func:`pipeit.executor.bare.run_bare`),
+    so that it can be repeated inside every round and the median taken.
+    Returns None on an emulated platform when no throttle is at hand.
+    """
+    from pipeit.executor.bare import run_bare
+
+    total = 0.0
+    for cluster in platform.cpu_clusters:
+        attach = None
+        if cluster.speed < 1.0:
+            if throttles is None:
+                return None
+            attach = lambda _cpu, pid, name=cluster.name: throttles.attach(name, pid)  # noqa: E731
+        run = run_bare(model_path, cluster.cpus[:1], seconds, attach=attach)
+        total += cluster.size * run.fps
+    return total
 
 
 def _stream(pipeline, frames: Sequence, window: int) -> Tuple[float, List[float]]:
@@ -348,12 +389,19 @@ def run_bench(
             same_as[name] = first
             _say(progress, f"{name}: the same pipeline as {first}; measured once for both")
     measured = {name: plan for name, plan in plans.items() if name not in same_as}
+    # Without a latency limit the bench asks for throughput: one frame more than the workers hold keeps
+    # the worker that finishes first busy while its answer travels back and the next frame comes in
+    # (otherwise every worker idles a round trip per frame). Under a limit every strategy is judged by
+    # its latency, so none gets a frame queued in front of its own.
+    spare = 1 if latency_ms is None else 0
+    inflight = {name: frames_in_flight(plan) + spare for name, plan in measured.items()}
 
     stream = make_frames(model_path, frames)
     warm = make_frames(model_path, max(8, frames // 10))
     fps_runs: Dict[str, List[float]] = {n: [] for n in measured}
     lat_runs: Dict[str, List[List[float]]] = {n: [] for n in measured}
     stat_runs: Dict[str, list] = {n: [] for n in measured}
+    solo_runs: List[float] = []
     rss: Dict[str, int] = {}
     pipelines = {}
     host: Tuple[int, ...] = ()
@@ -361,7 +409,7 @@ def run_bench(
     try:
         host = coordinator_cpus(platform)
         for name, plan in measured.items():
-            slots = max(4, frames_in_flight(plan) + 1)
+            slots = max(4, inflight[name] + 1)
             pipelines[name] = Pipeline(plan, model_path, slots=slots).start()
             if host:
                 pipelines[name].pin_dispatcher(host)
@@ -369,18 +417,23 @@ def run_bench(
             os.sched_setaffinity(0, set(host))
             _say(progress, f"dispatchers and the frame feed pinned to CPUs {list(host)} (the slowest cluster)")
         for name, pipe in pipelines.items():
-            _stream(pipe, warm, frames_in_flight(plans[name]))
+            _stream(pipe, warm, inflight[name])
             rss[name] = _rss_bytes(pipe)
         for r in range(rounds):
             order = list(pipelines) if r % 2 == 0 else list(reversed(list(pipelines)))
             for name in order:
                 pipelines[name].reset_stats()
-                fps, lat = _stream(pipelines[name], stream, frames_in_flight(plans[name]))
+                fps, lat = _stream(pipelines[name], stream, inflight[name])
                 fps_runs[name].append(fps)
                 lat_runs[name].append(lat)
                 stat_runs[name].append(pipelines[name].stats())
+            throttles = next((p.throttles for p in pipelines.values() if p.throttles is not None), None)
+            solo = measure_ideal_solo(model_path, platform, min(5.0, max(0.5, frames / max(ideal, 1e-9))), throttles)
+            if solo is not None:
+                solo_runs.append(solo)
             _say(progress, f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {fps_runs[n][-1]:.1f}" for n in measured) + " fps")
+                f"{n} {fps_runs[n][-1]:.1f}" for n in measured) + " fps"
+                + (f"; ideal measured alike {solo:.1f} fps" if solo is not None else ""))
         for name, pipe in pipelines.items():
             rss[name] = max(rss.get(name, 0), _rss_bytes(pipe))
     finally:
@@ -401,6 +454,7 @@ def run_bench(
         runs_for_score[name] = (percentile(lat_runs[source][picks[name]], 99), mj, watts,
                                 plan_accuracy(plan, gpu_accuracy))
     scores = score_runs(task, runs_for_score)
+    ideal_alike = statistics.median(solo_runs) if solo_runs else None
 
     results = []
     for name, plan in plans.items():
@@ -417,12 +471,14 @@ def run_bench(
             rss_bytes=rss.get(source, 0), efficiency=median_fps / ideal if ideal else 0.0,
             predicted_fps=plan.predicted_fps, predicted_latency_ms=plan.predicted_latency_ms,
             same_plan_as=same_as.get(name), satisfaction=scores[name],
+            efficiency_interleaved=median_fps / ideal_alike if ideal_alike else None,
         ))
     return BenchReport(
         model=model_path.name, platform=platform.source, ideal_fps=ideal,
         single_thread_ms=tuple(sorted(single.items())), latency_limit_ms=latency_ms,
         frames=frames, rounds=rounds, times_source=getattr(times, "source", "profile"),
         strategies=tuple(results), task=task, task_is_default=task_is_default, power=power.to_json(),
+        ideal_interleaved_fps=ideal_alike,
     )
 
 
@@ -443,6 +499,8 @@ def format_report(report: BenchReport) -> str:
         ])
     head = (f"model {report.model} on {report.platform}: ideal {report.ideal_fps:.1f} fps "
             f"(single-thread ms: " + ", ".join(f"{k} {v:.2f}" for k, v in report.single_thread_ms) + ")")
+    if report.ideal_interleaved_fps is not None:
+        head += f"; measured like the strategies, in every round: {report.ideal_interleaved_fps:.1f} fps"
     if report.latency_limit_ms is not None:
         head += f"; latency limit {report.latency_limit_ms:.1f} ms (p99)"
     table = format_table(

@@ -8,7 +8,16 @@ and prints one line per run (``--json``: one document)::
     python tools/executor_load.py --model mobilenet_v2 --frames 300 --rounds 3
 
 Shapes: ``replicas`` (one stage, a worker per CPU), ``pipeline`` (two stages
-cut at the middle layer, a CPU each), ``single`` (one worker on one CPU).
+cut at the middle layer, a CPU each), ``single`` (one worker on one CPU), and
+two with no executor at all (:mod:`pipeit.executor.bare`): ``bare`` (one
+pinned single-thread interpreter per CPU, all at once, nothing between them)
+and ``solo`` (the same on each CPU in turn, the others idle: the ideal as
+``pipeit bench`` defines it, measured like the rest). Their ratios split the
+efficiency loss: ``bare / solo`` is what running on every core at once costs
+(caches, memory bandwidth; no executor can win it back), ``replicas / bare``
+what the executor costs::
+
+    python tools/executor_load.py --model squeezenet --shapes solo,bare,replicas --rounds 5
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if os.environ.get("PIPEIT_IMPORT_ROOT"):  # compare another checkout's executor (same command)
     sys.path.insert(0, os.environ["PIPEIT_IMPORT_ROOT"])
 
-SHAPES = ("replicas", "pipeline", "single")
+SHAPES = ("replicas", "pipeline", "single", "bare", "solo")
+BARE = ("bare", "solo")
 
 
 def make_plan(model: Path, shape: str):
@@ -56,6 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=int, default=0, help="frames in flight (0: one per worker, as bench)")
+    parser.add_argument("--seconds", type=float, default=0.0,
+                        help="length of a bare/solo run (0: about as long as the replicas run of --frames)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
@@ -64,6 +76,7 @@ def main(argv=None) -> int:
         return 2
     from pipeit import zoo
     from pipeit.executor import Pipeline
+    from pipeit.executor.bare import run_bare
     from pipeit.executor.load import measure_load, summary
     from pipeit.executor.pipeline import model_io
     from pipeit.frames import random_frames
@@ -76,14 +89,30 @@ def main(argv=None) -> int:
     frames = [distinct[i % 8] for i in range(args.frames)]
     pipes = {}
     results = {s: [] for s in shapes}
+    bare_runs = {s: [] for s in shapes if s in BARE}
+    cpus = sorted(os.sched_getaffinity(0))
+    cpus = [cpus[0], cpus[-1]] if len(cpus) > 1 else cpus
+    seconds = args.seconds
     try:
         for shape in shapes:
+            if shape in BARE:
+                continue
             plan = make_plan(model, shape)
             pipes[shape] = Pipeline(plan, model).start()
             workers = sum(len(s.workers) for s in plan.stages)
             measure_load(pipes[shape], frames[:30], args.window or workers)  # warm-up
         for r in range(args.rounds):
             for shape in (shapes if r % 2 == 0 else list(reversed(shapes))):
+                if shape in BARE:
+                    if not seconds:  # as long as a replicas run of --frames, from a short solo run
+                        probe = run_bare(model, cpus[:1], 0.5)
+                        seconds = min(10.0, max(1.0, args.frames / (probe.fps * len(cpus))))
+                    run = _bare_round(model, shape, cpus, seconds)
+                    bare_runs[shape].append(run)
+                    if not args.json:
+                        print(f"{shape} round {r + 1}: {run['fps']:.1f} fps; CPU ms/frame "
+                              + " ".join(f"cpu{c}={v:.3f}" for c, v in run["cpu_ms_per_frame"].items()), flush=True)
+                    continue
                 plan = pipes[shape].plan
                 window = args.window or sum(len(s.workers) for s in plan.stages)
                 load = measure_load(pipes[shape], frames, window)
@@ -96,7 +125,17 @@ def main(argv=None) -> int:
         model.unlink()
         folder.rmdir()
     doc = {}
+    for shape, runs in bare_runs.items():
+        doc[shape] = {
+            "fps_median": statistics.median(r["fps"] for r in runs),
+            "cpu_ms_per_frame_median": {
+                c: statistics.median(r["cpu_ms_per_frame"][c] for r in runs) for c in runs[0]["cpu_ms_per_frame"]
+            },
+            "runs": runs,
+        }
     for shape, loads in results.items():
+        if shape in BARE:
+            continue
         doc[shape] = {
             "coordinator_ms_per_frame_median": statistics.median(l.coordinator_ms_per_frame for l in loads),
             "fps_median": statistics.median(l.fps for l in loads),
@@ -106,15 +145,47 @@ def main(argv=None) -> int:
             },
             "runs": [l.to_json() for l in loads],
         }
+    ratios = _ratios(doc)
     if args.json:
-        json.dump({"model": args.model, "frames": args.frames, "shapes": doc}, sys.stdout, indent=2)
+        json.dump({"model": args.model, "frames": args.frames, "shapes": doc, "ratios": ratios}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for shape, row in doc.items():
+            if shape in BARE:
+                per = " ".join(f"cpu{c}={v:.3f}" for c, v in row["cpu_ms_per_frame_median"].items())
+                print(f"{shape}: median {row['fps_median']:.1f} fps, CPU ms/frame {per}")
+                continue
             busy = " ".join(f"{k}={v:.2f}" for k, v in row["worker_busy_median"].items())
             print(f"{shape}: median coordinator {row['coordinator_ms_per_frame_median']:.3f} ms CPU/frame, "
                   f"{row['fps_median']:.1f} fps, busy {busy}")
+        for name, value in ratios.items():
+            print(f"{name}: {value:.3f}")
     return 0
+
+
+def _bare_round(model: Path, shape: str, cpus, seconds: float) -> dict:
+    """One bare round: all CPUs at once (``bare``), or each alone in turn and summed (``solo``)."""
+    from pipeit.executor.bare import run_bare
+
+    if shape == "bare":
+        run = run_bare(model, cpus, seconds)
+        return {"fps": run.fps, "cpu_ms_per_frame": {str(c): v for c, v in zip(run.cpus, run.cpu_ms_per_frame)}}
+    alone = [run_bare(model, [c], seconds) for c in cpus]
+    return {"fps": sum(r.fps for r in alone),
+            "cpu_ms_per_frame": {str(r.cpus[0]): r.cpu_ms_per_frame[0] for r in alone}}
+
+
+def _ratios(doc: dict) -> dict:
+    """Median-of-rounds ratios that split the loss: contention (bare/solo) and executor (replicas/bare)."""
+    out = {}
+    fps = {shape: row.get("fps_median") for shape, row in doc.items()}
+    if fps.get("solo") and fps.get("bare"):
+        out["bare / solo (cost of every core busy at once)"] = fps["bare"] / fps["solo"]
+    if fps.get("bare") and fps.get("replicas"):
+        out["replicas / bare (cost of the executor)"] = fps["replicas"] / fps["bare"]
+    if fps.get("solo") and fps.get("replicas"):
+        out["replicas / solo (efficiency against the ideal)"] = fps["replicas"] / fps["solo"]
+    return out
 
 
 if __name__ == "__main__":

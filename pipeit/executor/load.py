@@ -5,17 +5,25 @@ time does not. So the executor's own cost is judged here by CPU time: the
 process that feeds frames, runs the dispatcher and collects outputs (the
 *coordinator*) is charged ``user + system`` seconds per frame, and each worker
 its share of the wall time it was on a CPU (``busy``). A worker below 1.0
-waited -- for the coordinator, for a slot, or for a CPU someone else held.
+waited -- for the coordinator, for a slot, or for a CPU someone else held;
+``worker_wait`` tells the last apart (time runnable but not running, from
+``/proc/PID/task/*/schedstat``).
+
+The coordinator is read with the precise clocks (``time.process_time``,
+``getrusage`` for context switches of every thread): psutil's per-process
+times tick at 10 ms, too coarse for tenths of a millisecond per frame.
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional, Sequence, Tuple
 
-__all__ = ["ExecutorLoad", "measure_load"]
+__all__ = ["ExecutorLoad", "measure_load", "summary"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,10 @@ class ExecutorLoad:
     worker_busy: Tuple[Tuple[Tuple[int, int], float], ...]
     #: ``(stage, worker) -> CPU ms per frame it served``
     worker_ms_per_frame: Tuple[Tuple[Tuple[int, int], float], ...]
+    #: the dispatcher thread's share of ``coordinator_ms_per_frame`` (the rest: the caller's thread)
+    dispatcher_ms_per_frame: Optional[float] = None
+    #: ``(stage, worker) -> seconds runnable but not running / wall seconds`` (where schedstat exists)
+    worker_wait: Tuple[Tuple[Tuple[int, int], float], ...] = ()
 
     @property
     def fps(self) -> float:
@@ -46,12 +58,46 @@ class ExecutorLoad:
             "coordinator_switches_per_frame": self.coordinator_switches_per_frame,
             "worker_busy": {f"{s}.{w}": v for (s, w), v in self.worker_busy},
             "worker_ms_per_frame": {f"{s}.{w}": v for (s, w), v in self.worker_ms_per_frame},
+            "dispatcher_ms_per_frame": self.dispatcher_ms_per_frame,
+            "worker_wait": {f"{s}.{w}": v for (s, w), v in self.worker_wait},
         }
 
 
 def _cpu_s(proc: Any) -> float:
     times = proc.cpu_times()
     return float(times.user + times.system)
+
+
+def _switches() -> int:
+    """Voluntary + involuntary context switches of every thread of this process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int(usage.ru_nvcsw + usage.ru_nivcsw)
+
+
+def _thread_cpu_s(thread: Any) -> Optional[float]:
+    """CPU seconds of one thread of this process (None where the platform cannot say)."""
+    ident = getattr(thread, "ident", None)
+    if ident is None or not hasattr(time, "pthread_getcpuclockid"):
+        return None
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_s(pid: int) -> Optional[float]:
+    """Seconds every thread of ``pid`` spent runnable but not running (None without schedstat)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                    total += int(handle.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the thread ended meanwhile, or no schedstat here
+    except OSError:
+        return None
+    return total / 1e9
 
 
 def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorLoad:
@@ -65,7 +111,6 @@ def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorL
 
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    me = psutil.Process()
     workers: Dict[Tuple[int, int], Any] = {}
     for key, pid in pipeline.worker_pids().items():
         try:
@@ -78,9 +123,12 @@ def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorL
             before_workers[key] = _cpu_s(proc)
         except psutil.Error:
             pass
+    waits_before = {key: _wait_s(proc.pid) for key, proc in workers.items()}
     served_before = _served(pipeline)
-    switches = me.num_ctx_switches()
-    cpu0 = _cpu_s(me)
+    dispatcher = getattr(pipeline, "_thread", None)
+    disp0 = _thread_cpu_s(dispatcher)
+    switches = _switches()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     pending: Deque[Any] = deque()
     for frame in frames:
@@ -90,11 +138,13 @@ def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorL
     while pending:
         pending.popleft().result()
     wall = time.perf_counter() - t0
-    cpu1 = _cpu_s(me)
-    switches1 = me.num_ctx_switches()
+    cpu1 = time.process_time()
+    switches1 = _switches()
+    disp1 = _thread_cpu_s(dispatcher)
     served_after = _served(pipeline)
     busy = []
     per_frame = []
+    waits = []
     for key, proc in workers.items():
         if key not in before_workers:
             continue
@@ -106,16 +156,19 @@ def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorL
         served = served_after.get(key, 0) - served_before.get(key, 0)
         if served > 0:
             per_frame.append((key, used * 1000.0 / served))
+        waited = _wait_s(proc.pid)
+        if waited is not None and waits_before.get(key) is not None and wall > 0:
+            waits.append((key, (waited - waits_before[key]) / wall))
     count = max(len(frames), 1)
     return ExecutorLoad(
         frames=len(frames),
         wall_s=wall,
         coordinator_ms_per_frame=(cpu1 - cpu0) * 1000.0 / count,
-        coordinator_switches_per_frame=(
-            (switches1.voluntary - switches.voluntary) + (switches1.involuntary - switches.involuntary)
-        ) / count,
+        coordinator_switches_per_frame=(switches1 - switches) / count,
         worker_busy=tuple(sorted(busy)),
         worker_ms_per_frame=tuple(sorted(per_frame)),
+        dispatcher_ms_per_frame=(disp1 - disp0) * 1000.0 / count if disp0 is not None and disp1 is not None else None,
+        worker_wait=tuple(sorted(waits)),
     )
 
 
@@ -132,6 +185,9 @@ def _served(pipeline: Any) -> Dict[Tuple[int, int], int]:
 def summary(load: ExecutorLoad, label: Optional[str] = None) -> str:
     """One line for people: coordinator ms/frame, switches/frame, each worker's busy share."""
     busy = " ".join(f"w{s}.{w}={v:.2f}" for (s, w), v in load.worker_busy)
+    wait = " ".join(f"w{s}.{w}={v:.2f}" for (s, w), v in load.worker_wait)
     head = f"{label}: " if label else ""
-    return (f"{head}{load.frames} frames {load.fps:.1f} fps; coordinator {load.coordinator_ms_per_frame:.3f} ms CPU/frame, "
-            f"{load.coordinator_switches_per_frame:.1f} switches/frame; busy {busy}")
+    disp = (f" (dispatcher {load.dispatcher_ms_per_frame:.3f})" if load.dispatcher_ms_per_frame is not None else "")
+    return (f"{head}{load.frames} frames {load.fps:.1f} fps; coordinator {load.coordinator_ms_per_frame:.3f} ms "
+            f"CPU/frame{disp}, {load.coordinator_switches_per_frame:.1f} switches/frame; busy {busy}"
+            + (f"; waited for a CPU {wait}" if wait else ""))

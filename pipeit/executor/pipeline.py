@@ -50,7 +50,7 @@ from pipeit.executor.wire import DONE, ERROR, JOB, NOTE, STOP, ReplyParser
 from pipeit.executor.worker import RingRef, WorkerConfig, worker_main
 from pipeit.plan import Plan, file_sha256
 
-__all__ = ["Pipeline", "StagePart", "model_io", "coordinator_cpus", "DEFAULT_SLOTS"]
+__all__ = ["Pipeline", "StagePart", "model_io", "coordinator_cpus", "expected_finish_ms", "DEFAULT_SLOTS"]
 
 #: slots per edge unless the caller says otherwise (8 gave 0..+16 % over 4 on a throttled platform)
 DEFAULT_SLOTS = 4
@@ -130,6 +130,18 @@ class _Worker:
         return f"stage {self.config.stage} worker {self.config.worker} (cluster {self.cluster}, CPUs {cpus})"
 
 
+def expected_finish_ms(now_ms: float, held: int, began_ms: float, est_ms: float) -> float:
+    """When a worker holding ``held`` jobs would finish one more, on the dispatcher's clock (ms).
+
+    The job it serves began at ``began_ms`` (when it had the job and had
+    finished the one before); each job takes ``est_ms``. A worker that is
+    running late (past its estimate) is taken to finish now.
+    """
+    if held <= 0:
+        return now_ms + est_ms
+    return max(now_ms, began_ms + held * est_ms) + est_ms
+
+
 def coordinator_cpus(platform: Any) -> Tuple[int, ...]:
     """Where the process that feeds frames and runs the dispatcher belongs: the slowest cluster.
 
@@ -183,6 +195,7 @@ class Pipeline:
         self._throttle = throttle
         self._ctx = multiprocessing.get_context("spawn")
         self._rings: List[ShmRing] = []
+        self._ring0_views: List[Tuple[np.ndarray, ...]] = []
         self._workers: List[List[_Worker]] = []
         self._free: List[Deque[int]] = []
         self._ready: List[List[Tuple[int, _Frame]]] = []
@@ -266,6 +279,11 @@ class Pipeline:
             self._free.append(collections.deque(range(ring.slots)))
         self._free0.extend(self._free[0])
         self._free[0].clear()  # edge 0's free slots live in _free0 (shared with submit)
+        # What submit() checks and copies per frame, computed once.
+        self._input_specs = tuple((t.name, tuple(int(x) for x in t.shape), np.dtype(t.dtype)) for t in self.inputs)
+        self._input_names = tuple(t.name for t in self.inputs)
+        self._ring0_views = [tuple(self._rings[0].views(slot)[n] for n in self._input_names)
+                             for slot in range(self._rings[0].slots)]
         self._ready = [[] for _ in parts]
         if self._throttles is None and self._throttle and any(
             self._slowed_cluster(w.cluster) or self._spans_slowed_cluster(w.cluster)
@@ -495,6 +513,7 @@ class Pipeline:
             if not frame.future.done():
                 frame.future.set_exception(error)
         self._inflight.clear()
+        self._ring0_views = []  # views of edge 0's segment: dropped so that it can be unmapped
         for ring in self._rings:
             ring.close()
         self._rings = []
@@ -521,12 +540,55 @@ class Pipeline:
                 self._raise_if_failed()
                 if self._closing:
                     raise ExecutorError("the pipeline was closed")
+                # No timeout: a released slot, _fail and close() all notify this condition.
+                self._free0_cv.wait()
+            self._raise_if_failed()
+            slot = self._free0.popleft()
+        copyto = np.copyto
+        for view, name in zip(self._ring0_views[slot], self._input_names):
+            copyto(view, tensors[name], casting="no")  # the one copy the caller's frame costs
+        future: Future = Future()
+        # Hand the frame to a stage-0 worker from this thread: no wake-up of the dispatcher per frame.
+        with self._dispatch_lock:
+            with self._lock:
+                fid = self._next_fid
+                self._next_fid += 1
+                frame = _Frame(fid, future, time.perf_counter(), slot)
+                self._inflight[fid] = frame
+            if self._error is not None:
+                future.set_exception(self._error)
+                return future
+            heapq.heappush(self._ready[0], (fid, frame))
+            self._feed_stage(0)
+        return future
+
+    def submit_into(self, fill: Any) -> Future:
+        """Queue one frame whose inputs ``fill(views)`` writes straight into edge 0's ring slot.
+
+        For a caller whose frames arrive from elsewhere: the daemon reads a
+        socket straight into the slot, sparing a 600 KB copy and a buffer per
+        frame. ``views`` maps each model input's name to an array of the
+        model's shape and dtype that aliases the slot; it is valid only during
+        the call, and ``fill`` must write every element. Blocks while edge 0
+        has no free slot, like :meth:`submit`. If ``fill`` raises, the slot is
+        given back, no frame is queued and the error propagates.
+        """
+        if not self._started or self._closed:
+            raise ExecutorError("the pipeline is not running (use it inside `with Pipeline(...)`)")
+        with self._free0_cv:
+            while not self._free0:
+                self._raise_if_failed()
+                if self._closing:
+                    raise ExecutorError("the pipeline was closed")
                 self._free0_cv.wait(_POLL_S)
             self._raise_if_failed()
             slot = self._free0.popleft()
-        self._rings[0].write(slot, tensors)
+        try:
+            fill(self._rings[0].views(slot))
+        except BaseException:
+            self._release(0, slot)
+            raise
         future: Future = Future()
-        # Hand the frame to a stage-0 worker from this thread: no wake-up of the dispatcher per frame.
         with self._dispatch_lock:
             with self._lock:
                 fid = self._next_fid
@@ -566,6 +628,19 @@ class Pipeline:
         return self.submit(inputs).result(timeout)
 
     def _check_inputs(self, inputs: Any) -> Dict[str, np.ndarray]:
+        if isinstance(inputs, dict):
+            # The common case in a few attribute reads: names, shapes and dtypes exactly as expected.
+            try:
+                if len(inputs) == len(self._input_specs) and all(
+                    type(v := inputs[name]) is np.ndarray and v.shape == shape and v.dtype == dtype
+                    for name, shape, dtype in self._input_specs
+                ):
+                    return inputs
+            except KeyError:
+                pass  # a wrong name: the slow path below says which
+        elif (len(self._input_specs) == 1 and type(inputs) is np.ndarray
+              and inputs.shape == self._input_specs[0][1] and inputs.dtype == self._input_specs[0][2]):
+            return {self._input_specs[0][0]: inputs}
         expected = {t.name: t for t in self.inputs}
         if not isinstance(inputs, dict):
             if len(expected) != 1:
@@ -658,6 +733,7 @@ class Pipeline:
             self._handoff: List[List[float]] = [[] for _ in self.plan.stages]
             self._redispatched: List[int] = [0 for _ in self.plan.stages]
             self._busy: List[float] = [0.0 for _ in self.plan.stages]
+            self._starved: List[float] = [0.0 for _ in self.plan.stages]
             self._worker_frames: List[List[int]] = [[0] * len(s.workers) for s in self.plan.stages]
             self._worker_service: List[List[List[float]]] = [[[] for _ in s.workers] for s in self.plan.stages]
             self._t_reset = time.perf_counter()
@@ -681,6 +757,7 @@ class Pipeline:
                         measured_ms=measured,
                         predicted_ms=(sum(predicted) / len(predicted)) if predicted else None,
                         busy=min(1.0, self._busy[k] / (wall * len(spec.workers))) if frames else 0.0,
+                        starved=min(1.0, max(0.0, self._starved[k]) / (wall * len(spec.workers))) if frames else 0.0,
                         restarts=sum(w.restarts for w in row),
                         worker_frames=tuple(self._worker_frames[k]),
                         handoff_ms=percentile(self._handoff[k], 50),
@@ -723,7 +800,7 @@ class Pipeline:
         lock = self._dispatch_lock
         stages = range(len(self._workers) - 1, -1, -1)
         while not self._closing and self._error is None:
-            events = select(timeout=1.0)
+            events = select()  # one blocking wait: replies, exits and close() (the wake pipe) end it
             with lock:
                 exited = []
                 for key, _ in events:
@@ -767,15 +844,22 @@ class Pipeline:
     def _feed_stage(self, k: int) -> None:
         """Deal stage ``k``'s waiting frames, lowest id first, each to the worker expected to finish it first.
 
-        A worker may hold :data:`WORKER_DEPTH` jobs; ``(jobs + 1) * est_ms``
-        ranks them, so a free worker is preferred, and a fast one may take a
-        second frame before a slow one takes its first.
+        A worker may hold :data:`WORKER_DEPTH` jobs; :func:`expected_finish_ms`
+        ranks them by when each would finish the frame: the end of what it holds
+        (the job it serves began when it had it and had finished the one
+        before) plus one more frame. So a free worker is preferred, a fast one
+        may take a second frame before a slow one takes its first, and a
+        queued frame goes to the worker that frees up first, not to whichever
+        holds as many jobs and comes first in the row: with one frame more in
+        flight than workers, that frame waits at the worker finishing next,
+        which then never waits for the dispatcher between frames.
         """
         queue = self._ready[k]
         if not queue:
             return
         free_out = self._free[k + 1]
         row = self._workers[k]
+        now_ms = time.perf_counter() * 1000.0
         while queue and free_out:
             best = None
             best_t = math.inf
@@ -783,7 +867,7 @@ class Pipeline:
                 n = len(w.jobs)
                 if n >= WORKER_DEPTH or w.fd < 0 or w.broken:
                     continue
-                t = (n + 1) * w.est_ms
+                t = expected_finish_ms(now_ms, n, max(w.jobs[0][2], w.last_done) * 1000.0 if n else now_ms, w.est_ms)
                 if t < best_t:
                     best, best_t = w, t
             if best is None:
@@ -798,7 +882,11 @@ class Pipeline:
                 free_out.appendleft(out_slot)
                 heapq.heappush(queue, (frame.fid, frame))
                 continue
-            best.jobs.append((frame, out_slot, time.perf_counter()))
+            sent = time.perf_counter()
+            if not best.jobs and best.last_done >= self._t_reset:
+                # it sat with nothing to do since its last reply: the feed or the dispatcher kept it waiting
+                self._starved[k] += sent - best.last_done
+            best.jobs.append((frame, out_slot, sent))
             best.state = "busy"
 
     def _on_message(self, w: _Worker) -> None:

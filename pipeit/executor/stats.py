@@ -45,6 +45,9 @@ class StageStats:
     worker_ms: Tuple[Optional[float], ...] = ()
     #: a GPU stage's calibration switches since the pipeline started (dicts: frame, from/to table, reason)
     switches: Tuple[dict, ...] = ()
+    #: share of the wall time its workers sat with no frame between a reply and their next job: the
+    #: round trip through the coordinator (or a feed that ran dry) that a deeper window would hide
+    starved: float = 0.0
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +64,7 @@ class StageStats:
             "redispatched": self.redispatched,
             "worker_ms": list(self.worker_ms),
             "switches": [dict(s) for s in self.switches],
+            "starved": self.starved,
         }
 
 
