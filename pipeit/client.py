@@ -90,20 +90,28 @@ class Client:
             raise DaemonError(f"lost the connection to {self.socket_path}: {err.strerror or err}") from err
         return request_id
 
-    def receive(self, request_id: int) -> wire.Message:
-        """The reply to ``request_id`` (replies to other ids read meanwhile are kept)."""
+    def receive(self, request_id: int, out: Optional[Mapping[str, np.ndarray]] = None) -> wire.Message:
+        """The reply to ``request_id`` (replies to other ids read meanwhile are kept).
+
+        ``out``: arrays to receive the output tensors into (name -> array of
+        the output's shape and dtype, C-contiguous), e.g. kept from the last
+        call: the reply's bytes go from the socket straight into them, and
+        the message's tensors are these arrays. A tensor that does not fit
+        its array (or has none) is received into a fresh array.
+        """
         while request_id not in self._early:
             try:
-                message = wire.read_message(self._conn(), self.max_reply_bytes, self._inbox)
+                header = wire.read_head(self._conn(), self.max_reply_bytes, self._inbox)
+                if header is None:
+                    self.close()
+                    raise DaemonError(f"the daemon at {self.socket_path} closed the connection")
+                message = wire.Message(header, self._body(header, out if header.id == request_id else None))
             except socket.timeout:
                 raise DaemonError(f"no reply from {self.socket_path} in time", "unavailable") from None
             except (OSError, wire.ProtocolError) as err:
                 self.close()
                 raise DaemonError(f"lost the connection to {self.socket_path}: {err}") from err
-            if message is None:
-                self.close()
-                raise DaemonError(f"the daemon at {self.socket_path} closed the connection")
-            rid = message.header.id
+            rid = header.id
             if rid is None:  # a reply to no request: the daemon is refusing this connection
                 self.close()
                 _raise(message)
@@ -113,10 +121,28 @@ class Client:
             _raise(message)
         return message
 
+    def _body(self, header: wire.Header, out: Optional[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        tensors: Dict[str, np.ndarray] = {}
+        for spec in header.tensors:
+            array = out.get(spec.name) if out else None
+            if not (isinstance(array, np.ndarray) and array.shape == spec.shape
+                    and array.dtype == wire.DTYPES[spec.dtype] and array.flags.c_contiguous and array.flags.writeable):
+                array = np.empty(spec.shape, dtype=wire.DTYPES[spec.dtype])
+            if array.nbytes:
+                wire.read_body_into(self._conn(), memoryview(array).cast("B"), self._inbox)
+            tensors[spec.name] = array
+        return tensors
+
     # ---- operations --------------------------------------------------------------------
-    def infer(self, inputs: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-        """Run one frame; ``inputs`` is a dict name -> array (or one array, named by the daemon's model)."""
-        return self.receive(self.send("infer", self._named(inputs))).tensors
+    def infer(self, inputs: Union[np.ndarray, Mapping[str, np.ndarray]],
+              out: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """Run one frame; ``inputs`` is a dict name -> array (or one array, named by the daemon's model).
+
+        The input arrays are sent as they are (no copy in Python: ``sendmsg``
+        takes them whole). ``out`` (see :meth:`receive`) receives the outputs
+        in place, for a caller that keeps its output buffers between frames.
+        """
+        return self.receive(self.send("infer", self._named(inputs)), out).tensors
 
     def infer_many(self, frames: Iterable[Union[np.ndarray, Mapping[str, np.ndarray]]],
                    window: int = 4) -> Iterator[Dict[str, np.ndarray]]:

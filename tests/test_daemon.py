@@ -304,3 +304,100 @@ def test_reader_threads_are_reused_and_end_when_idle():
     while time.monotonic() < deadline and any(t.ident == ident for t in threading.enumerate()):
         time.sleep(0.05)
     assert not any(t.ident == ident for t in threading.enumerate()) and pool._idle == []
+
+
+def _request_bytes(rid, frame):
+    head, *views = wire.encode_request(rid, "infer", {"image": frame})
+    return head, b"".join(bytes(v) for v in views)
+
+
+def test_a_body_that_trickles_in_is_read_into_the_slot_and_answered(daemon, files):
+    """The reader wakes on a request's first bytes; a body still on its way is read straight into the
+    ring slot as it comes (within SLOW_BODY_S), and the answer is the whole model's."""
+    _, model, _ = files
+    frame = _frames(1, seed=11)[0]
+    head, body = _request_bytes(5, frame)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket_path))
+    s.settimeout(30)
+    s.sendall(head + body[:1000])
+    time.sleep(0.2)  # the daemon has read the header and holds a slot for the rest
+    s.sendall(body[1000:])
+    message = wire.read_message(s, 1 << 20)
+    s.close()
+    assert message.header.ok and message.header.id == 5
+    np.testing.assert_array_equal(message.tensors["fc"], reference(model, frame))
+
+
+def test_a_client_that_stalls_mid_body_is_closed_and_others_are_served(daemon, files):
+    """A sender that stops half-way through a body holds one slot for SLOW_BODY_S at most, then its
+    connection is closed; a second stalled sender meanwhile stages its body and holds no slot; the
+    others are served all along."""
+    from pipeit.daemon.server import SLOW_BODY_S
+
+    _, model, _ = files
+    frame = _frames(1, seed=12)[0]
+    want = reference(model, frame)
+    stalled = []
+    for rid in (1, 2):
+        head, body = _request_bytes(rid, frame)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(daemon.socket_path))
+        s.sendall(head + body[: len(body) // 2])
+        stalled.append(s)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    with Client(daemon.socket_path) as c:
+        for _ in range(5):
+            np.testing.assert_array_equal(c.infer({"image": frame})["fc"], want)
+    assert time.monotonic() - t0 < 30
+    # the stalled senders (one reading into a slot, the other into its staging buffer) are cut off
+    # once SLOW_BODY_S has passed: neither holds a slot, nor a drain on SIGTERM, for longer
+    import select
+
+    for s in stalled:
+        assert select.select([s], [], [], SLOW_BODY_S + 10)[0] == [s] and s.recv(4096) == b""
+        s.close()
+    with Client(daemon.socket_path) as c:  # and the daemon serves on
+        np.testing.assert_array_equal(c.infer({"image": frame})["fc"], want)
+
+
+def test_client_receives_into_the_callers_arrays(daemon, files):
+    _, model, _ = files
+    frames = _frames(2, seed=13)
+    out = {"fc": np.empty((1, 10), np.float32)}
+    with Client(daemon.socket_path) as c:
+        for frame in frames:
+            got = c.infer({"image": frame}, out=out)
+            assert got["fc"] is out["fc"]
+            np.testing.assert_array_equal(out["fc"], reference(model, frame))
+        wrong = {"fc": np.empty((1, 9), np.float32)}  # does not fit: a fresh array, the caller's untouched
+        got = c.infer({"image": frames[0]}, out=wrong)
+        assert got["fc"] is not wrong["fc"] and got["fc"].shape == (1, 10)
+
+
+def test_the_gate_hands_turns_over_first_come_first_served():
+    from pipeit.daemon.server import _Gate
+
+    gate, order = _Gate(), []
+    gate.enter()
+    threads = []
+    for k in range(4):
+        def turn(k=k):
+            gate.enter()
+            order.append(k)
+            gate.leave()
+
+        t = threading.Thread(target=turn)
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 10
+        while gate.waiting < k + 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert gate.waiting == k + 1
+    gate.leave()
+    for t in threads:
+        t.join(10)
+    assert order == [0, 1, 2, 3]
+    gate.enter()  # free again: taken at once
+    gate.leave()

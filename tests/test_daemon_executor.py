@@ -65,6 +65,40 @@ def test_queue_depths_count_frames_waiting_for_each_stage(model):
         assert pipe.queue_depths() == (0, 0)
 
 
+def test_submit_into_fills_the_slot_in_place_and_gives_it_back_when_the_fill_fails(model):
+    """The daemon's path: the caller writes a frame straight into edge 0's slot (no array of its own)."""
+    n = len(load_graph(str(model)).layers)
+    platform = Platform((Cluster("big", "host", (BIG,)), Cluster("little", "host", (LITTLE,))), source="test")
+    plan = _plan(model, platform, [((0, 2), [("big", BIG)]), ((2, n), [("little", LITTLE)])])
+    frames = [np.random.default_rng(k).standard_normal((1, 32, 32, 16)).astype(np.float32) for k in range(3)]
+    with Pipeline(plan, model, slots=4) as pipe:
+        slots = len(pipe._free0)  # noqa: SLF001 -- edge 0's free slots: none may leak
+        seen = []
+
+        def fill_with(frame):
+            def fill(views):
+                assert list(views) == ["image"] and views["image"].shape == (1, 32, 32, 16)
+                seen.append(views["image"].__array_interface__["data"][0])
+                views["image"][...] = frame
+            return fill
+
+        def broken(views):
+            views["image"][...] = 0.0
+            raise ConnectionError("the client went away mid-frame")
+
+        for _ in range(slots + 2):  # more failures than slots: each one gave its slot back
+            with pytest.raises(ConnectionError):
+                pipe.submit_into(broken)
+        futures = [pipe.submit_into(fill_with(f)) for f in frames]
+        for frame, future in zip(frames, futures):
+            np.testing.assert_array_equal(future.result(30)["fc"], reference(model, frame))
+        assert len(set(seen)) == len(frames)  # each frame had a slot of its own, written in place
+        deadline = time.monotonic() + 10
+        while len(pipe._free0) != slots and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.01)
+        assert len(pipe._free0) == slots  # noqa: SLF001
+
+
 @pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
 def test_worker_ms_shows_the_slow_replica_and_shared_throttles_survive_the_pipeline(tmp_path):
     from cores.emulation import Throttles

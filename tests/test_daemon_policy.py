@@ -246,3 +246,21 @@ def test_a_ban_holds_for_the_same_evidence_only():
     assert not policy.allow(500.0, 100.0, layout=("B",), evidence=noise)[0]
     assert policy.allow(500.0, 100.0, layout=("B",), evidence=evidence_of({"little": 2.0}))[0]
     assert policy.allow(500.0, 100.0, layout=("B",), evidence=evidence_of({"big": 0.6}))[0]
+
+
+def test_the_factor_of_a_step_slowdown_leaves_out_the_window_that_straddles_it():
+    """A cluster halves its speed mid-window: that window reads 1.5x, the next 2x. The new plan must
+    be made for 2x (a plan made for the average drifts again at once: a second switch for one change)."""
+    def window(little_ms: float) -> Window:
+        workers = (WorkerReading(0, "little", little_ms, 10.0, 20),)
+        return Window((StageReading(0, ("little",), little_ms, 10.0, 20, workers),))
+
+    detector = DriftDetector(threshold=0.15, sustain=2)
+    assert not detector.observe(window(15.0)).replan
+    decision = detector.observe(window(20.0))
+    assert decision.replan and dict(decision.factors) == {"little": pytest.approx(2.0)}
+    three = DriftDetector(threshold=0.15, sustain=3)
+    for ms in (15.0, 20.0):
+        assert not three.observe(window(ms)).replan
+    decision = three.observe(window(22.0))
+    assert dict(decision.factors) == {"little": pytest.approx(2.1)}  # the median of the two after the first

@@ -307,3 +307,54 @@ class TestCachedHeaders:
         tricky = b'{"id":1,"op":"status","id":7}'  # JSON keeps the last "id": never cached
         assert inbox.decode_header(tricky, 0).id == 7
         assert inbox.decode_header(b'{"id":2,"op":"status","id":7}', 0).id == 7
+
+
+class TestHeadThenBody:
+    """The daemon reads a header, decides, then puts the body where it wants it (or skips it)."""
+
+    def test_body_into_a_target_of_ones_choosing_then_the_next_message(self):
+        a, b = socket.socketpair()
+        first = np.arange(3000, dtype=np.float32).reshape(1, 3000)
+        a.sendall(_join(wire.encode_request(1, "infer", {"x": first})) + _join(wire.encode_request(2, "status")))
+        inbox = wire.Inbox(1024)  # smaller than the body: part comes from the inbox, the rest from the socket
+        header = wire.read_head(b, LIMIT, inbox)
+        assert header.id == 1 and header.body_bytes == first.nbytes
+        target = np.full_like(first, -1.0)
+        wire.read_body_into(b, memoryview(target).cast("B"), inbox)
+        np.testing.assert_array_equal(target, first)
+        assert wire.read_head(b, LIMIT, inbox).op == "status"
+        a.close()
+        assert wire.read_head(b, LIMIT, inbox) is None
+        b.close()
+
+    def test_discard_skips_exactly_one_body(self):
+        a, b = socket.socketpair()
+        body = np.ones(5000, np.float32)
+        a.sendall(_join(wire.encode_request(3, "infer", {"x": body})) + _join(wire.encode_request(4, "replan")))
+        inbox = wire.Inbox()
+        header = wire.read_head(b, LIMIT, inbox)
+        wire.discard(b, header.body_bytes, memoryview(bytearray(777)), inbox)
+        assert wire.read_head(b, LIMIT, inbox).id == 4
+        a.close()
+        b.close()
+
+    def test_queued_bytes_counts_what_a_recv_would_return_now(self):
+        a, b = socket.socketpair()
+        assert wire.queued_bytes(b) == 0
+        a.sendall(b"x" * 12345)
+        assert wire.queued_bytes(b) == 12345
+        b.recv(345)
+        assert wire.queued_bytes(b) == 12000
+        a.close()
+        b.close()
+        assert wire.queued_bytes(b) == 0  # a closed socket: unknown, 0
+
+    def test_a_truncated_body_after_the_head_names_its_request(self):
+        a, b = socket.socketpair()
+        a.sendall(_join(wire.encode_request(8, "infer", {"x": np.zeros(1000, np.float32)}))[:-10])
+        a.close()
+        header = wire.read_head(b, LIMIT)
+        with pytest.raises(wire.ProtocolError) as err:
+            wire.read_body_into(b, memoryview(bytearray(header.body_bytes)))
+        assert err.value.code == "truncated"
+        b.close()

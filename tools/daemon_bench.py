@@ -165,7 +165,7 @@ def main() -> int:
     doc: Dict = {"command": command, "model": str(model), "input": [list(map(int, detail["shape"])),
                  np.dtype(detail["dtype"]).name], "platform": args.platform, "strategy": plan.strategy,
                  "stages": [[list(s.layers), [f"{w.cluster}:{w.threads}" for w in s.workers]] for s in plan.stages],
-                 "runtime": runtime_info(), "clients": args.clients, "requests_per_client": per_round * args.rounds,
+                 "runtime": str(runtime_info()), "clients": args.clients, "requests_per_client": per_round * args.rounds,
                  "inflight": depth}
     wrong: List = []
     errors: List[str] = []

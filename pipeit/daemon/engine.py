@@ -54,7 +54,9 @@ class Engine:
         self.slots = int(slots)
         self.max_restarts = int(max_restarts)
         self.drain_timeout_s = float(drain_timeout_s)
-        self._lock = threading.Condition()
+        self._mutex = threading.RLock()
+        self._lock = threading.Condition(self._mutex)
+        self._waiters = 0  # threads in wait_idle() or switch()'s drain (guarded by _lock)
         self._current: Optional[Generation] = None
         self._retired: Dict[int, Generation] = {}
         self._numbers = 0
@@ -137,10 +139,40 @@ class Engine:
         future.add_done_callback(lambda _f, g=generation: self._done(g))
         return future
 
+    def submit_into(self, fill: Any, on_done: Any = None) -> Future:
+        """Like :meth:`submit`, the frame's inputs written by ``fill(views)`` straight into the ring slot.
+
+        See :meth:`pipeit.executor.Pipeline.submit_into`; an error ``fill``
+        raises propagates. ``on_done(future)`` is called once the frame is
+        done, after the engine has counted it out (one callback per frame,
+        not two: each costs a lock and several Python calls on the
+        dispatcher's thread).
+        """
+        with self._mutex:
+            generation = self._current
+            if generation is None:
+                raise ExecutorError("the daemon has no pipeline running")
+            generation.inflight += 1
+            generation.submitted += 1
+        try:
+            future = generation.pipeline.submit_into(fill)
+        except BaseException:
+            self._done(generation)
+            raise
+
+        def done(f: Future, g: Generation = generation) -> None:
+            self._done(g)
+            if on_done is not None:
+                on_done(f)
+
+        future.add_done_callback(done)
+        return future
+
     def _done(self, generation: Generation) -> None:
-        with self._lock:
+        with self._mutex:
             generation.inflight -= 1
-            self._lock.notify_all()
+            if self._waiters:  # only wait_idle() and switch() wait: no notify per frame otherwise
+                self._lock.notify_all()
 
     def inflight(self) -> int:
         with self._lock:
@@ -158,7 +190,11 @@ class Engine:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._lock.wait(min(left, 0.1))
+                self._waiters += 1
+                try:
+                    self._lock.wait(min(left, 0.1))
+                finally:
+                    self._waiters -= 1
 
     # ---- switching -------------------------------------------------------------------
     def switch(self, plan: Plan) -> Tuple[Generation, Generation]:
@@ -185,7 +221,11 @@ class Engine:
             deadline = time.monotonic() + self.drain_timeout_s
             with self._lock:
                 while old.inflight > 0 and time.monotonic() < deadline and old.pipeline.failed is None:
-                    self._lock.wait(0.1)
+                    self._waiters += 1
+                    try:
+                        self._lock.wait(0.1)
+                    finally:
+                        self._waiters -= 1
                 left = old.inflight
                 self._retired.pop(old.number, None)
             if left:

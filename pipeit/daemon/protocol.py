@@ -31,10 +31,12 @@ socket has room, instead of waking a writer thread.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import socket
 import struct
+import termios
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -66,6 +68,10 @@ __all__ = [
     "decode_tensors",
     "decode_message",
     "read_message",
+    "read_head",
+    "read_body_into",
+    "discard",
+    "queued_bytes",
     "recv_exactly",
     "send_message",
     "send_nowait",
@@ -503,14 +509,12 @@ class Inbox:
         return bytes(self.take(n))
 
 
-def read_message(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None) -> Optional[Message]:
-    """The next message, tensors read straight into fresh arrays; None on a clean close.
+def read_head(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None) -> Optional[Header]:
+    """The next message's prefix and header, checked; its body is left to read (None: a clean close).
 
-    A clean close is one between messages. Everything else that goes wrong
-    is a :class:`ProtocolError` whose ``code`` says what to answer. With an
-    ``inbox`` (one per connection) the prefix, header and the body's start
-    come in one ``recv``; without one, exactly the bytes of this message are
-    read (three ``recv`` calls or more).
+    For a reader that puts the body where it wants it (the daemon: straight
+    into the pipeline's ring slot) with :meth:`Inbox.read_into`, or skips it
+    with :func:`discard`. Errors as for :func:`read_message`.
     """
     if inbox is None:
         prefix = bytearray(PREFIX_BYTES)
@@ -522,31 +526,70 @@ def read_message(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = No
         head_len, body_len = decode_prefix(bytes(prefix), max_body)
         head = bytearray(head_len)
         recv_exactly(sock, memoryview(head))
-        header = decode_header(bytes(head), body_len)
-    else:
-        held = inbox._fill(sock, PREFIX_BYTES)  # noqa: SLF001 -- the inbox is this module's helper
-        if held == 0:
-            return None
-        if held < PREFIX_BYTES:
-            inbox.take(held)
-            raise ProtocolError(f"connection closed after {held} of {PREFIX_BYTES} bytes", "truncated")
-        head_len, body_len = decode_prefix(bytes(inbox.take(PREFIX_BYTES)), max_body)
-        header = inbox.decode_header(inbox.read_exactly(sock, head_len), body_len)
+        return decode_header(bytes(head), body_len)
+    held = inbox._fill(sock, PREFIX_BYTES)  # noqa: SLF001 -- the inbox is this module's helper
+    if held == 0:
+        return None
+    if held < PREFIX_BYTES:
+        inbox.take(held)
+        raise ProtocolError(f"connection closed after {held} of {PREFIX_BYTES} bytes", "truncated")
+    head_len, body_len = decode_prefix(bytes(inbox.take(PREFIX_BYTES)), max_body)
+    return inbox.decode_header(inbox.read_exactly(sock, head_len), body_len)
+
+
+def read_message(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None) -> Optional[Message]:
+    """The next message, tensors read straight into fresh arrays; None on a clean close.
+
+    A clean close is one between messages. Everything else that goes wrong
+    is a :class:`ProtocolError` whose ``code`` says what to answer. With an
+    ``inbox`` (one per connection) the prefix, header and the body's start
+    come in one ``recv``; without one, exactly the bytes of this message are
+    read (three ``recv`` calls or more).
+    """
+    header = read_head(sock, max_body, inbox)
+    if header is None:
+        return None
     tensors: Dict[str, np.ndarray] = {}
     for spec in header.tensors:
         array = np.empty(spec.shape, dtype=DTYPES[spec.dtype])
         if array.nbytes:
             try:
-                view = memoryview(array).cast("B")
-                if inbox is None:
-                    recv_exactly(sock, view)
-                else:
-                    inbox.read_into(sock, view)
+                read_body_into(sock, memoryview(array).cast("B"), inbox)
             except ProtocolError as err:
                 err.request_id = header.id
                 raise
         tensors[spec.name] = array
     return Message(header, tensors)
+
+
+def read_body_into(sock: socket.socket, target: memoryview, inbox: Optional[Inbox] = None) -> None:
+    """Fill ``target`` (bytes of the current body): the inbox's held bytes first, then the socket's."""
+    if inbox is None:
+        recv_exactly(sock, target)
+    else:
+        inbox.read_into(sock, target)
+
+
+def discard(sock: socket.socket, nbytes: int, scratch: memoryview, inbox: Optional[Inbox] = None) -> None:
+    """Read and drop ``nbytes`` of the current body (a request refused after its header), through ``scratch``."""
+    while nbytes > 0:
+        n = min(nbytes, scratch.nbytes)
+        read_body_into(sock, scratch[:n], inbox)
+        nbytes -= n
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Bytes the kernel holds for ``sock`` that a ``recv`` would return now (``FIONREAD``; 0 if unknown).
+
+    On a Unix stream socket a sender's message is queued whole when the
+    sender's buffer takes it: the daemon reads a body straight into a ring
+    slot only when it is all there, so a client that stalls mid-body never
+    holds a slot the others need.
+    """
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def tune_socket(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:

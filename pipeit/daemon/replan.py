@@ -204,7 +204,12 @@ class DriftDetector:
                     drifting.append((key, label, clusters, reading.expected_ms))
         if not drifting:
             return Decision(False)
-        ratios = {key: _median(self._ratios[key][-self.sustain:]) for key, _l, _c, _e in drifting}
+        # The factor is what the streak says *now*: the median of its windows but the first, which
+        # straddles the change on a step slowdown (half the window at the old speed). Taking it in
+        # under-estimates the slowdown (1.75x for a 2x step with two windows of half a second), and
+        # the plan made from it drifts again at once: a second switch for one change.
+        ratios = {key: _median(self._ratios[key][-self.sustain:][1:] or self._ratios[key][-1:])
+                  for key, _l, _c, _e in drifting}
         factors = cluster_factors([(clusters, ratios[key]) for key, _l, clusters, _e in drifting])
         parts = [f"{label} at {ratios[key]:.2f}x its expected {expected:.2f} ms on {'+'.join(clusters)}"
                  for key, label, clusters, expected in drifting]
@@ -460,10 +465,10 @@ def predicted_fps_of(plan: Plan, times: LayerTimes, platform: Platform) -> Optio
     Evaluated by the DSE's own cost model, so that a running plan and a
     candidate are compared like for like.
     """
-    from pipeit.dse import CostModel, StagePlan, device_copies, throttle_jitter_ms
+    from pipeit.dse import StagePlan, cost_model_for
 
     try:
-        cost = CostModel(times, jitter=throttle_jitter_ms(platform), devices=device_copies(platform, times))
+        cost = cost_model_for(times, platform)
         stages = [StagePlan(int(s.layers[0]), int(s.layers[1]),
                             tuple(CoreSetup(w.cluster, int(w.threads)) for w in s.workers)) for s in plan.stages]
         fps = cost.evaluate(stages).fps

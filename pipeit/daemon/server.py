@@ -11,30 +11,32 @@ Threads, and why each exists:
   whole exchange) and, only once a reply has to wait for the client, a
   **writer** (a client that stops reading stalls only its own writer, never
   the pipeline; most connections never need one, garbage senders included);
-* one **scheduler** takes queued frames round-robin across clients and
-  submits them to the engine: every client gets its turn at the pipeline's
-  first ring, whatever the others send;
+* no scheduler: a reader with a frame waits for its turn at the pipeline's
+  first ring (:class:`_Gate`, first come first served; a reader holds one
+  frame at a time, so that is round robin across clients), then reads the
+  frame's body from its socket straight into the ring slot and submits it.
+  Until its turn the body waits in the kernel's socket buffer: no copy, no
+  buffer per request, no hand-off to another thread;
 * one **monitor** closes a measurement window every ``window_s`` seconds,
   feeds the drift detector, re-plans and switches pipelines when told to.
 
 Replies are routed by request id: each future's callback sends its reply
-on the connection that asked.
-
-Two fast paths keep a lone request from paying two thread hand-offs (each
-a futex wake-up and a GIL hand-over, 30-80 us on a busy 2-core board, and
-CPU the workers need): when no frame is queued and the scheduler is idle,
-the reader submits its frame itself (the round-robin order is unchanged:
-no one else was waiting); and the reply callback sends the reply itself
-with ``MSG_DONTWAIT`` when the connection's writer has nothing queued,
-handing the writer only what the socket would not take at once. The
-callback runs on the executor's dispatcher thread, so it never blocks.
+on the connection that asked. The callback runs on the executor's
+dispatcher thread and sends the reply itself with ``MSG_DONTWAIT`` when
+the connection's writer has nothing queued, handing the writer only what
+the socket would not take at once, so it never blocks. A lone request
+thus crosses no thread of the daemon but its reader and the dispatcher
+(each hand-off is a futex wake-up and a GIL hand-over, 30-80 us on a busy
+2-core board, and CPU the workers need).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
+import queue
 import selectors
 import signal
 import socket
@@ -64,6 +66,8 @@ __all__ = ["ServerConfig", "ReplanEvent", "Server"]
 
 _log = logging.getLogger("pipeit.daemon")
 _LATENCY_KEEP = 4096
+#: a request's body that is not all in the socket when its slot is free must arrive within this (seconds)
+SLOW_BODY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -189,8 +193,46 @@ class _PendingCheck:
 class _Request:
     conn: "_Connection"
     request_id: int
-    tensors: Dict[str, Any]
     t_received: float
+
+
+class _Gate:
+    """A first-come, first-served turn at the pipeline's first ring, handed from one reader to the next.
+
+    Fairness between clients without a scheduler thread: a reader that has a
+    frame to submit waits here for its turn (its body still in the socket),
+    then waits for a free slot of edge 0 and reads the body straight into it.
+    A reader holds at most one frame at a time, so first come, first served
+    across readers is round robin across clients: a client that floods only
+    queues behind itself. The gate is handed over directly to the longest
+    waiter (one wake-up, no thundering herd, no barging).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy = False
+        self._waiting: Deque[Any] = collections.deque()
+
+    def enter(self) -> None:
+        with self._lock:
+            if not self._busy:
+                self._busy = True
+                return
+            turn = threading.Lock()  # a one-shot event: acquired here, released by the one handing over
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()
+
+    def leave(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()  # still busy: the turn passes straight on
+            else:
+                self._busy = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
 
 class _Connection:
@@ -200,11 +242,26 @@ class _Connection:
         self.server = server
         self.sock = sock
         self.number = number
-        self.allowance = threading.Semaphore(server.config.per_client)
+        # The in-flight allowance: ``per_client`` tokens in a C-level queue (taking one blocks while the
+        # client has that many requests in flight). A threading.Semaphore does the same in a dozen
+        # Python calls a request, on the reader's and the dispatcher's hot path.
+        tokens: "queue.SimpleQueue[bool]" = queue.SimpleQueue()
+        for _ in range(server.config.per_client):
+            tokens.put(True)
+        self._tokens = tokens
+        self.take_allowance = tokens.get
+        self.give_allowance = functools.partial(tokens.put, True)
         self.replies: Deque[Any] = collections.deque()
-        self.reply_ready = threading.Condition()
+        # reply_ready's lock, entered directly on the reply path (the same lock, without the Python-level
+        # Condition.__enter__/__exit__ frames); wait/notify go through reply_ready
+        self._reply_lock = threading.RLock()
+        self.reply_ready = threading.Condition(self._reply_lock)
         self.closed = False
         self.inbox = wire.Inbox()
+        #: a body that did not arrive whole (the client's send buffer is smaller than a frame) is read
+        #: here before its turn, so that a slow sender never holds a ring slot; made on first need
+        self._staging: Optional[memoryview] = None
+        self._checked: Optional[Tuple[Any, Any]] = None  # (input rules, tensor specs) last found to match
         self._writing = False  # the writer thread is sending (guarded by reply_ready)
         self._direct = False  # a caller of reply() is sending itself (guarded by reply_ready)
         self.writer: Optional[threading.Thread] = None  # started on the first reply that must wait
@@ -231,7 +288,7 @@ class _Connection:
         client: what the socket does not take at once goes to the writer, in
         order, ahead of anything queued later.
         """
-        with self.reply_ready:
+        with self._reply_lock:
             if self.done.is_set():
                 return  # closed and forgotten: a late reply has no one to go to
             idle = not self.replies and not self._writing and not self._direct
@@ -255,7 +312,7 @@ class _Connection:
         except OSError:
             rest = None
             self.closed = True  # the client went away; the writer drops what comes after
-        with self.reply_ready:
+        with self._reply_lock:
             self._direct = False
             if rest:
                 self.replies.appendleft((rest, request))
@@ -305,19 +362,24 @@ class _Connection:
         try:
             while not self.closed:
                 try:
-                    message = wire.read_message(self.sock, server.max_body(), self.inbox)
+                    header = wire.read_head(self.sock, server.max_body(), self.inbox)
+                    if header is None:
+                        self._await_replies()  # a client may half-close and still read its answers
+                        break
+                    if not self._handle(header):
+                        break
                 except wire.ProtocolError as err:
-                    server.count("rejected")
-                    _log.info("client %d: %s (%s); closing its connection", self.number, err, err.code)
+                    rejected = server.count("rejected")
+                    # A garbage sender must not flood the log (nor pay for a line each): the first
+                    # few in full, then one line per thousand; each one still at debug level.
+                    level = logging.INFO if rejected <= 10 or rejected % 1000 == 0 else logging.DEBUG
+                    if _log.isEnabledFor(level):
+                        _log.log(level, "client %d: %s (%s); closing its connection (%d rejected so far)",
+                                 self.number, err, err.code, rejected)
                     if err.code != "truncated":
                         self.reply((wire.encode_error(err.request_id, err.code, str(err)), None))
                     break
                 except OSError:
-                    break
-                if message is None:
-                    self._await_replies()  # a client may half-close and still read its answers
-                    break
-                if not self._handle(message):
                     break
         finally:
             self.reply("close")
@@ -326,44 +388,156 @@ class _Connection:
         limit = self.server.config.per_client
         deadline = time.monotonic() + self.server.config.drain_timeout_s
         taken = 0
-        while taken < limit and self.allowance.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            taken += 1
+        try:
+            while taken < limit:
+                self._tokens.get(timeout=max(0.0, deadline - time.monotonic()))
+                taken += 1
+        except queue.Empty:
+            pass
         for _ in range(taken):
-            self.allowance.release()
+            self.give_allowance()
 
-    def _handle(self, message: wire.Message) -> bool:
-        """Act on one request; False closes the connection."""
+    def _handle(self, header: wire.Header) -> bool:
+        """Act on one request whose header is read (its body is still to read); False closes the connection."""
         t_read = time.perf_counter()
         server = self.server
-        header = message.header
         rid = header.id
         if rid is None or header.op not in wire.OPS:
             server.count("rejected")
+            self._skip_body(header)
             what = "has no id" if rid is None else f"asks for unknown operation {header.op!r}"
             self.reply((wire.encode_error(rid, "bad_request", f"request {what}; ops: {', '.join(wire.OPS)}"),
                         None))
             return rid is not None
-        if header.op == "status":
-            self.reply((wire.encode_reply(rid, "status", info=server.status()), None))
+        if header.op != "infer":
+            self._skip_body(header)
+            if header.op == "status":
+                self.reply((wire.encode_reply(rid, "status", info=server.status()), None))
+            else:
+                threading.Thread(target=server._replan_request, args=(self, rid), daemon=True,
+                                 name="pipeit-replan-request").start()
             return True
-        if header.op == "replan":
-            threading.Thread(target=server._replan_request, args=(self, rid), daemon=True,
-                             name="pipeit-replan-request").start()
-            return True
-        problem = server.check_inputs(message.tensors)
-        if problem:
-            server.count("rejected")
-            self.reply((wire.encode_error(rid, "bad_request", problem, "infer"), None))
-            return True
-        if server.draining:
+        # A stream of infer requests repeats one header (the inbox hands back the same tensor specs):
+        # checked once per model and layout, not per frame.
+        rules = server._input_rules()
+        if self._checked is None or self._checked[0] is not rules or self._checked[1] is not header.tensors:
+            problem = server.check_specs(header.tensors)
+            if problem:
+                server.count("rejected")
+                self._skip_body(header)
+                self.reply((wire.encode_error(rid, "bad_request", problem, "infer"), None))
+                return True
+            self._checked = (rules, header.tensors)
+        if not server._admit():
+            self._skip_body(header)
             self.reply((wire.encode_error(rid, "unavailable", "the daemon is shutting down", "infer"), None))
             return True
-        self.allowance.acquire()
-        if self.closed:
-            self.allowance.release()
-            return False
-        server._enqueue(_Request(self, rid, message.tensors, t_read))
+        try:
+            self.take_allowance()
+            if self.closed:
+                self.give_allowance()
+                return False
+            self._submit(header, _Request(self, rid, t_read))
+        finally:
+            server._admitted_done()
         return True
+
+    def _skip_body(self, header: wire.Header) -> None:
+        """Read past the body of a request that is answered without it (the stream stays in step)."""
+        if header.body_bytes:
+            scratch = self._stage(min(header.body_bytes, 1 << 16))
+            self._in_time(header, lambda: wire.discard(self.sock, header.body_bytes, scratch, self.inbox))
+
+    def _in_time(self, header: wire.Header, read: Any) -> None:
+        """``read()`` the rest of a body, which must come within :data:`SLOW_BODY_S` (else "truncated").
+
+        A client that stops mid-body must not hold anything for long: a ring
+        slot, a drain on SIGTERM. An honest one's body is already in the
+        socket or on its way (a local ``sendmsg`` in progress).
+        """
+        self.sock.settimeout(SLOW_BODY_S)
+        try:
+            read()
+        except socket.timeout:
+            raise wire.ProtocolError(f"the request's body did not arrive within {SLOW_BODY_S} s", "truncated",
+                                     header.id) from None
+        finally:
+            self.sock.settimeout(None)
+
+    def _stage(self, nbytes: int) -> memoryview:
+        """The connection's staging buffer, at least ``nbytes`` (allocated once, bounded by the model's inputs)."""
+        if self._staging is None or self._staging.nbytes < nbytes:
+            self._staging = memoryview(bytearray(max(nbytes, self.server.max_body())))
+        return self._staging
+
+    def _submit(self, header: wire.Header, request: _Request) -> None:
+        """Give the frame to the pipeline, its body read from the socket straight into the ring slot.
+
+        The gate is held only while waiting for a free slot of the first
+        ring; it is handed on as soon as the slot is ours, before the body is
+        read, so a body still on its way delays no one's turn. A body not all
+        in the socket yet (the reader woke on the first bytes of a large
+        send, the common case one request at a time) is read into the slot
+        too, within :data:`SLOW_BODY_S` and by one connection at a time: a
+        client that stalls mid-body holds one slot for that long at most,
+        then its connection is closed. Another such body meanwhile is read
+        into its connection's staging buffer first (one copy), before its
+        turn, within the same limit.
+        """
+        sock, inbox, server = self.sock, self.inbox, self.server
+        need = header.body_bytes - inbox.pending
+        trickle = need > 0 and wire.queued_bytes(sock) < need
+        staged: Optional[Dict[str, np.ndarray]] = None
+        if trickle and not server._trickle.acquire(blocking=False):
+            trickle = False
+            buffer = self._stage(header.body_bytes)[:header.body_bytes]
+            try:
+                self._in_time(header, lambda: wire.read_body_into(sock, buffer, inbox))
+            except wire.ProtocolError as err:
+                self.give_allowance()
+                err.request_id = header.id
+                raise
+            staged = wire.decode_tensors(header, buffer)
+        state = [True, False]  # [holding the gate, the body was (being) read]
+
+        def leave() -> None:
+            if state[0]:
+                state[0] = False
+                server._gate.leave()
+
+        def fill(views: Dict[str, np.ndarray]) -> None:
+            leave()  # the slot is ours: the next reader may wait for the next one
+            state[1] = True
+            if staged is not None:
+                for spec in header.tensors:
+                    np.copyto(views[spec.name], staged[spec.name], casting="no")
+                return
+            if trickle:
+                self._in_time(header, lambda: _read_views(sock, inbox, header, views))
+            else:
+                _read_views(sock, inbox, header, views)
+
+        server._gate.enter()
+        try:
+            server.engine.submit_into(fill, lambda f, r=request: server._finish(r, f, None))
+        except wire.ProtocolError as err:  # the client went away mid-body: the slot is back, the frame never was
+            leave()
+            self.give_allowance()
+            err.request_id = header.id
+            raise
+        except PipeitError as err:
+            leave()
+            if not state[1] and staged is None:
+                self._skip_body(header)  # the pipeline failed before the body was read: keep the stream in step
+            server._finish(request, None, err)
+            reason = server.engine.restart_if_failed()
+            if reason:
+                server._add_event("restart", reason, None)
+            return
+        finally:
+            leave()
+            if trickle:
+                server._trickle.release()
 
 
 class Server:
@@ -387,13 +561,12 @@ class Server:
         self._lock = threading.Lock()
         self._connections: Dict[int, _Connection] = {}
         self._next_conn = 0
-        self._queues: Dict[int, Deque[_Request]] = {}
-        self._turns: Deque[int] = collections.deque()
-        self._sched_cv = threading.Condition()
+        self._gate = _Gate()  # turns at the pipeline's first ring, first come first served
+        self._trickle = threading.Lock()  # held by the one reader reading a body still on its way into a slot
+        self._admitted = 0  # infer requests read and accepted, not yet submitted or failed (guarded by _lock)
         self._rules: Any = None  # (generation number, _input_rules()) cache
         self._replies = wire.Encoder("infer", reply=True)  # reply headers built once per output layout
         self._readers = _ThreadPool("pipeit-reader")
-        self._submitting = False  # a thread is inside engine.submit (guarded by _sched_cv)
         self._latencies: Deque[float] = collections.deque(maxlen=_LATENCY_KEEP)
         self._done_times: Deque[float] = collections.deque(maxlen=100_000)
         self._window_stats: Any = None
@@ -410,9 +583,10 @@ class Server:
         self._answered: Deque[float] = collections.deque(maxlen=3)  # answered fps of the last windows
         self._replan_lock = threading.Lock()
 
-    def count(self, key: str) -> None:
+    def count(self, key: str) -> int:
         with self._lock:
             self.counters[key] += 1
+            return self.counters[key]
 
     # ---- start and stop ----------------------------------------------------------------
     def start(self) -> None:
@@ -440,8 +614,7 @@ class Server:
             raise
         _log.info("serving %s (pipeline %d) on %s", self.model_path.name, generation.number,
                   self.config.socket_path)
-        for target, name in ((self._schedule_loop, "pipeit-scheduler"), (self._monitor_loop, "pipeit-monitor")):
-            threading.Thread(target=target, name=name, daemon=True).start()
+        threading.Thread(target=self._monitor_loop, name="pipeit-monitor", daemon=True).start()
 
     def serve_forever(self, install_signals: bool = True) -> int:
         """Accept clients until SIGTERM/SIGINT (or :meth:`request_stop`); then drain and clean up."""
@@ -501,16 +674,17 @@ class Server:
 
     def shutdown(self) -> None:
         """Stop accepting, answer every frame already accepted, then remove everything we made."""
-        self.draining = True
+        with self._lock:
+            self.draining = True  # from here on _admit() refuses: the count below can only fall
         if self._listener is not None:
             self._listener.close()
             self._listener = None
             remove_socket(self.config.socket_path)
         deadline = time.monotonic() + self.config.drain_timeout_s
         while time.monotonic() < deadline:
-            with self._sched_cv:
-                queued = sum(len(q) for q in self._queues.values())
-            if queued == 0 and self.engine.inflight() == 0:
+            with self._lock:
+                admitted = self._admitted
+            if admitted == 0 and self.engine.inflight() == 0:
                 break
             time.sleep(0.02)
         with self._lock:
@@ -520,8 +694,6 @@ class Server:
         for conn in connections:
             conn.done.wait(5.0)
         self._stop.set()
-        with self._sched_cv:
-            self._sched_cv.notify_all()
         # A re-plan or reload under way may be starting a pipeline: let it finish (the engine then
         # refuses it and closes it) so that no worker or segment outlives the daemon.
         got = self._replan_lock.acquire(timeout=self.config.drain_timeout_s)
@@ -561,10 +733,6 @@ class Server:
     def _forget(self, conn: _Connection) -> None:
         with self._lock:
             self._connections.pop(conn.number, None)
-        with self._sched_cv:
-            queue = self._queues.pop(conn.number, None)
-        for _ in queue or ():
-            conn.allowance.release()  # nobody will read these replies
 
     # ---- requests ----------------------------------------------------------------------
     def _input_rules(self) -> Tuple[int, Dict[str, Tuple[Tuple[int, ...], str]]]:
@@ -583,82 +751,47 @@ class Server:
     def max_body(self) -> int:
         return self._input_rules()[0]
 
-    def check_inputs(self, tensors: Dict[str, Any]) -> Optional[str]:
-        """None if ``tensors`` are exactly the model's inputs, else what is wrong (one line)."""
+    def check_specs(self, specs: Sequence[wire.TensorSpec]) -> Optional[str]:
+        """None if a request's tensors (from its header) are exactly the model's inputs, else what is wrong.
+
+        Checked before the body is read, so a refused body is skipped, never stored.
+        """
         expected = self._input_rules()[1]
-        if tensors.keys() != expected.keys():
-            return f"inputs {sorted(tensors)} do not match the model's {sorted(expected)}"
-        for name, (shape, dtype) in expected.items():
-            array = tensors[name]
-            if array.shape != shape or array.dtype.name != dtype:
-                return (f"input {name!r} is {tuple(array.shape)} {array.dtype.name}, "
+        names = [t.name for t in specs]
+        if len(names) != len(expected) or set(names) != expected.keys():
+            return f"inputs {sorted(names)} do not match the model's {sorted(expected)}"
+        for spec in specs:
+            shape, dtype = expected[spec.name]
+            if spec.shape != shape or wire.DTYPES[spec.dtype] != np.dtype(dtype):
+                return (f"input {spec.name!r} is {tuple(spec.shape)} {spec.dtype}, "
                         f"the model takes {shape} {dtype}")
         return None
 
-    def _enqueue(self, request: _Request) -> None:
-        """Submit at once when no one waits and no one submits (a lone request); else queue it in turn."""
-        with self._sched_cv:
-            inline = not self._turns and not self._submitting and not self._stop.is_set()
-            if inline:
-                self._submitting = True
-            else:
-                number = request.conn.number
-                queue = self._queues.setdefault(number, collections.deque())
-                if not queue:
-                    self._turns.append(number)
-                queue.append(request)
-                if not self._submitting:
-                    self._sched_cv.notify()
-                return
-        try:
-            self._submit(request)
-        finally:
-            with self._sched_cv:
-                self._submitting = False
-                if self._turns:
-                    self._sched_cv.notify()  # frames queued meanwhile: the scheduler takes them
+    def _admit(self) -> bool:
+        """Count an ``infer`` request in (False once draining: it is answered ``unavailable``)."""
+        with self._lock:
+            if self.draining:
+                return False
+            self._admitted += 1
+            return True
 
-    def _schedule_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._sched_cv:
-                while (not self._turns or self._submitting) and not self._stop.is_set():
-                    self._sched_cv.wait(0.5)
-                if self._stop.is_set():
-                    return
-                number = self._turns.popleft()
-                queue = self._queues.get(number)
-                if not queue:
-                    continue
-                request = queue.popleft()
-                if queue:
-                    self._turns.append(number)  # round robin: back of the line
-                self._submitting = True
-            try:
-                self._submit(request)
-            finally:
-                with self._sched_cv:
-                    self._submitting = False
-
-    def _submit(self, request: _Request) -> None:
-        try:
-            future = self.engine.submit(request.tensors)
-        except PipeitError as err:
-            self._finish(request, None, err)
-            reason = self.engine.restart_if_failed()
-            if reason:
-                self._add_event("restart", reason, None)
-            return
-        future.add_done_callback(lambda f, r=request: self._finish(r, f, None))
+    def _admitted_done(self) -> None:
+        with self._lock:
+            self._admitted -= 1
 
     def _finish(self, request: _Request, future: Optional[Future], error: Optional[BaseException]) -> None:
         conn = request.conn
-        conn.allowance.release()
+        conn.give_allowance()
+        outputs = None
         if error is None and future is not None:
-            error = future.exception()
+            try:
+                outputs = future.result()  # done: one look at the future, not two (exception(), result())
+            except Exception as err:  # noqa: BLE001 -- the frame's failure, answered below
+                error = err
         if error is None:
             self.count("served")
             self._done_times.append(time.monotonic())
-            conn.reply((self._replies.encode(request.request_id, future.result()), request))
+            conn.reply((self._replies.encode(request.request_id, outputs), request))
         else:
             self.count("failed")
             code = "bad_request" if type(error).__name__ == "InputError" else "unavailable"
@@ -860,7 +993,8 @@ class Server:
                     force=decision.platform_changed, drifting=decision.drifting)
 
     def _judge_switch(self, number: int) -> bool:
-        """Feed the pending switch check one window; True when it reverted the switch (window consumed)."""
+        """Feed the pending switch check one window; True once it judged the switch (the window is consumed:
+        confirmed, the expectations are re-based on it; reverted, another pipeline serves)."""
         check = self._check
         if check is None:
             return False
@@ -881,9 +1015,18 @@ class Server:
                                           check.evidence)
         _log.info("pipeline %d: %s (%s)", number, why, verdict)
         if verdict != "revert":
+            # The pipeline stays: what its workers measure at this load is their normal from now on,
+            # not the prediction that chose the plan. On a cluster whose speed depends on its load (a
+            # CPU-bandwidth quota, as emulated here; an ondemand governor) a stage given fewer layers
+            # runs faster than the scaled times say, and judged against them it "drifts" at once and
+            # pulls the plan back -- a second switch for one change, then a revert.
+            measured = self._measured_expectations([(k, None) for k in range(len(self._expected_workers))])
+            if measured is not None:
+                self._set_expected_ms(measured)
+            self._detector.rebase()
             self._add_event("confirm", f"switch {verdict}: {why}", self._window_fps, number, number,
                             check.layout, check.layout, after, None)
-            return False
+            return True
         self._revert(check, why, after)
         return True
 
@@ -940,6 +1083,8 @@ class Server:
             planned = self._planned
             if generation is None or planned is None:
                 return self._add_event("skipped", reason + " (no pipeline)", fps_before, before, before)
+            if self.draining:  # stopping: a window that closed as SIGTERM came in starts no pipeline
+                return self._add_event("skipped", reason + " (draining)", fps_before, before, before)
             if planned.times is None:
                 _log.warning("%s; cannot re-plan: no layer times (start with --predictor, --profile or --times)",
                              reason)
@@ -1025,6 +1170,14 @@ class Server:
                       file_sha256(self.model_path)[:12], planned.source, before, new.number)
             self._add_event("reload", f"SIGHUP: reloaded from {planned.source}", fps_before, before, new.number,
                             plan_layout(generation.plan) if generation else (), plan_layout(planned.plan))
+
+
+def _read_views(sock: socket.socket, inbox: wire.Inbox, header: wire.Header, views: Dict[str, np.ndarray]) -> None:
+    """Read a body's tensors, in header order, straight into ``views`` (a ring slot's input arrays)."""
+    for spec in header.tensors:
+        view = views[spec.name]
+        if view.nbytes:
+            wire.read_body_into(sock, memoryview(view).cast("B"), inbox)
 
 
 def _nbytes(info: Any) -> int:
