@@ -33,6 +33,8 @@ class LayerResult:
     op: str
     measured_ms: float
     predicted_ms: float
+    #: the layer's descriptor key (for breakdowns by kernel family or shape)
+    key: str = ""
 
     @property
     def rel_error(self) -> float:
@@ -139,7 +141,7 @@ def leave_one_out(
                     measured = layer_time.get((key, mrow.setup))
                     if measured is not None:
                         layer_results.append(
-                            LayerResult(kind, held, str(mrow.setup), d.op, measured, ms)
+                            LayerResult(kind, held, str(mrow.setup), d.op, measured, ms, key)
                         )
                 total = predictor.predict_total(descs, mrow.setup)
                 model_results.append(ModelResult(kind, held, str(mrow.setup), mrow.median_ms, total))

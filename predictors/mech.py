@@ -156,8 +156,14 @@ def mech_features(
         # their output" and halve every stride-1 pool.
         return group, (1.0, work, pixels * taps / 1e3, spill)
     if base == "eltwise":
+        # Bytes moved per thread (each core's own L2 bandwidth), and the bytes that come from
+        # beyond the cores' caches: a working set (inputs + output) past L2 streams from L3,
+        # whose bandwidth the threads share -- not divided by k (resnet50's 56x56x256 ADD:
+        # 1.5x per byte what mobilenet_v2's small ADDs cost on one core, 1.45x faster on two).
         moved = moved_bytes(d) / 1e6
-        return fam, (1.0, moved / k)
+        ws = act / 1e6
+        beyond = moved * max(0.0, 1.0 - CACHE_MB * k / ws) if ws > 0 else 0.0
+        return fam, (1.0, moved / k, beyond)
     if base == "concat":
         copies = len(d.inputs) * output_pixels(d) / k   # one strided row copy per input per pixel
         return fam, (1.0, mb / k, copies / 1e3, spill)
@@ -424,6 +430,13 @@ class MechPredictor(Predictor):
         self.dram_ = {str(k): float(v) for k, v in doc.get("dram", {}).items()}
         if any(not (v >= 0.0) for v in self.dram_.values()):
             raise ValueError("DRAM ms per MB must be non-negative")
+        # element-wise models gained a beyond-the-caches term (3 coefficients); an older file's
+        # 2-coefficient ones would silently fall back to the generic model: refuse, re-fit
+        for key, coef in self.coef_.items():
+            group, _, setup = key.partition("|")
+            if group.split("/")[0] == "eltwise" and setup not in self.derived_ and len(coef) != 3:
+                raise ValueError(f"{key} has {len(coef)} coefficients, this version's element-wise model "
+                                 f"has 3 (a file from an older pipeit: re-fit it with pipeit fit)")
 
 
 def _shared(d: LayerDescriptor) -> bool:

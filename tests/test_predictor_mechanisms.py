@@ -105,10 +105,16 @@ def test_round_trip_keeps_derived_setups_and_dram_rates(tmp_path):
     for d in (add(56, 100), fc(2500, 1100), conv(28, 32, 64)):
         for s in (S1, S2):
             assert again.predict(d, s) == mech.predict(d, s)
-    # a file from before these mechanisms (no derived/dram state) still loads
+    # a file without DRAM state (written before that mechanism) still loads
     old = json.loads(path.read_text())
-    del old["state"]["derived"], old["state"]["dram"]
+    del old["state"]["dram"]
     assert predictor_from_json(old).predict(conv(28, 32, 64), S1) > 0
+    # one from before k-core setups were derived has free 2-term element-wise models on big:2,
+    # which the current 3-term element-wise model cannot use: refused, not silently degraded
+    older = json.loads(json.dumps(old))
+    del older["state"]["derived"]
+    with pytest.raises(PredictorError, match="re-fit"):
+        predictor_from_json(older)
     # a negative DRAM rate is a corrupt file
     old["state"]["dram"] = {str(S1): -1.0}
     with pytest.raises(PredictorError, match="DRAM"):
@@ -121,3 +127,46 @@ def test_bad_llc_size_refused(bad):
     mech.llc_mb = bad
     with pytest.raises(PredictorError, match="llc_mb"):
         mech.fit(make_rows(training_descs()[:30]))
+
+
+def _eltwise_hw(d: LayerDescriptor, setup: CoreSetup) -> float:
+    """Element-wise 'hardware': 0.1 ms per GB per core from L2, and bytes past the cores'
+    caches (1 MB each) cost 0.15 ms per GB more, from an L3 the threads share."""
+    k = setup.cores
+    moved = d.activation_bytes / 1e6
+    beyond = moved * max(0.0, 1.0 - k / moved)
+    return 0.003 + moved / k * 1e-4 + beyond * 1.5e-4
+
+
+def test_eltwise_bytes_beyond_the_caches_cost_more_and_do_not_split_over_threads():
+    """Small ADDs (all in L2) and a few big ones: the fit prices an unseen big ADD on one core
+    and on two (the shared L3 part does not halve), where bytes alone under-priced it."""
+    from predictors.mech import mech_features
+
+    small = [add(s, c) for s, c in ((7, 32), (14, 24), (14, 64), (28, 16), (10, 40))]
+    big = [add(s, c) for s, c in ((56, 64), (40, 256), (112, 32))]
+    rows = []
+    for i, d in enumerate(small + big):
+        for s in (S1, S2):
+            rows.append(ProfileRow("layer", "m", i, i + 1, s, d.key_string(), _eltwise_hw(d, s), 0.01, 10, "fp0",
+                                   descriptor=d))
+    mech = make_predictor("mech").fit(rows)
+    unseen = add(56, 256)  # 9.6 MB of traffic, none of it in the training rows' sizes
+    for s in (S1, S2):
+        assert mech.predict(unseen, s) == pytest.approx(_eltwise_hw(unseen, s), rel=0.05)
+    # the feature itself: nothing beyond the caches for a small tensor, most of a big one's bytes
+    assert mech_features(small[0], S1, 7, 16, 16)[1][2] == 0.0
+    _, (_, per_thread, beyond) = mech_features(unseen, S2, 7, 16, 16)
+    assert per_thread == pytest.approx(9.6336 / 2, rel=1e-3) and beyond == pytest.approx(9.6336 - 2.0, rel=1e-3)
+
+
+def test_a_file_with_the_older_two_term_eltwise_model_is_refused_not_silently_degraded():
+    mech = make_predictor("mech").fit(make_rows(training_descs()))
+    doc = mech.to_json()
+    key = f"eltwise|{S1}"
+    assert len(doc["state"]["coef"][key]) == 3
+    assert predictor_from_json(json.loads(json.dumps(doc))).predict(add(56, 64), S1) == pytest.approx(
+        mech.predict(add(56, 64), S1))
+    doc["state"]["coef"][key] = doc["state"]["coef"][key][:2]
+    with pytest.raises(PredictorError, match="re-fit"):
+        predictor_from_json(doc)

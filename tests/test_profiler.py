@@ -267,3 +267,59 @@ class TestCommandLine:
                 "--repeats", "3", "--min-repeats", "3"]
         assert main(argv) == 2
         assert "another platform" in capsys.readouterr().err
+
+
+# ---- k-thread setups: sustained windows ---------------------------------------------------------
+
+class TestPoolWindows:
+    """k > 1 threads are timed by windows of back-to-back invokes (see profiler._time_pool)."""
+
+    SPEC = TimingSpec(pool_min_run=0.8)
+
+    def test_a_window_is_clean_only_when_every_pool_thread_ran_through_it(self):
+        from pipeit.profiler import pool_window_clean
+
+        wall = 2_000_000
+        # both pool threads on a CPU all window (a third, idle thread does not matter)
+        assert pool_window_clean([1_990_000, 1_700_000, 0], 0, wall, 2, self.SPEC)
+        # the worker never woke (its core was taken): the one-core time, not a 2-core one
+        assert not pool_window_clean([2_000_000, 10_000, 0], 0, wall, 2, self.SPEC)
+        # the two threads shared one core
+        assert not pool_window_clean([1_000_000, 1_000_000], 0, wall, 2, self.SPEC)
+        assert not pool_window_clean([2_000_000], 0, wall, 2, self.SPEC)  # fewer threads than asked
+        # without thread clocks the process CPU time decides
+        assert pool_window_clean(None, 3_400_000, wall, 2, self.SPEC)
+        assert not pool_window_clean(None, 2_100_000, wall, 2, self.SPEC)
+
+    def test_a_competitor_on_one_core_makes_a_two_core_timing_noisy(self, platform):
+        """A hog on the second core: single invokes measured with the old filter came out
+        ``ok`` at the one-core time (the worker never ran); windows see the lost run time.
+
+        Windows of 20 ms: longer than a scheduler slice, so no window escapes the hog.
+        """
+        import subprocess
+        import sys
+
+        from pipeit.tflite_builder import single_layer_model
+
+        cluster = max(platform.cpu_clusters, key=lambda c: len(c.cpus))
+        if len(cluster.cpus) < 2:
+            pytest.skip("needs a cluster with 2 cores")
+        setup = CoreSetup(cluster.name, 2)
+        layer = single_layer_model("conv", (1, 28, 28, 64), out_channels=64, kernel=3)
+        spec = TimingSpec(warmup=2, min_repeats=5, max_repeats=15, batch=5, max_seconds=2.0, attempts=1,
+                          quiet_wait_s=0.0, pool_window_ms=20.0)
+        worker = SetupWorker(platform, setup)
+        try:
+            hog = subprocess.Popen([sys.executable, "-c",
+                                    "import os; os.sched_setaffinity(0, {%d})\nwhile True: pass" % cluster.cpus[1]])
+            try:
+                time.sleep(0.3)
+                contended = worker.measure(layer, spec)
+            finally:
+                hog.kill()
+                hog.wait()
+        finally:
+            worker.close()
+        assert contended.status.startswith("noisy:") and "windows" in contended.status, contended
+        assert contended.repeats >= spec.min_repeats  # invokes, several per window
