@@ -35,12 +35,10 @@ and its energy per frame from the board's power model
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import statistics
 import sys
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -49,6 +47,7 @@ from cores.model import CoreSetup, Platform
 from pipeit.errors import PipeitError, PlanError
 from pipeit.plan import Plan, file_sha256
 from pipeit.satisfaction import Accuracy, Satisfaction, Task
+from pipeit.streaming import frames_in_flight, stream_frames
 
 __all__ = [
     "STRATEGIES",
@@ -137,9 +136,17 @@ class BenchReport:
     task: Optional[Task] = None
     task_is_default: bool = False
     power: Optional[dict] = None
+    #: the measured choice of pipeit's plan among candidates (:mod:`pipeit.trial`), None without one
+    trial: Optional[dict] = None
+    #: what the DSE alone picked for pipeit before the trial (its shape and predicted fps)
+    proposed: Optional[dict] = None
 
     def to_json(self) -> dict:
         extra = {}
+        if self.trial is not None:
+            extra["trial"] = self.trial
+        if self.proposed is not None:
+            extra["proposed"] = self.proposed
         if self.task is not None:
             extra["task"] = {**self.task.to_json(), "default": self.task_is_default}
         if self.power is not None:
@@ -242,44 +249,6 @@ def measure_ideal_solo(model_path: Path, platform: Platform, seconds: float, thr
     return total
 
 
-def _stream(pipeline, frames: Sequence, window: int) -> Tuple[float, List[float]]:
-    """Stream ``frames`` keeping ``window`` in flight; return (fps, per-frame latencies in ms)."""
-    pending: deque = deque()
-    latencies: List[float] = []
-    t0 = time.perf_counter()
-    for frame in frames:
-        if len(pending) >= window:
-            submitted, fut = pending.popleft()
-            fut.result()
-            latencies.append((time.perf_counter() - submitted) * 1000.0)
-        pending.append((time.perf_counter(), pipeline.submit(frame)))
-    while pending:
-        submitted, fut = pending.popleft()
-        fut.result()
-        latencies.append((time.perf_counter() - submitted) * 1000.0)
-    wall = time.perf_counter() - t0
-    return len(frames) / wall, latencies
-
-
-def frames_in_flight(plan: Plan) -> int:
-    """How many frames to keep in flight so that every worker stays busy.
-
-    Outputs come back in order, so a frame on a slow worker holds back the
-    frames a faster worker of the same stage finished after it: while the
-    slowest worker of a stage serves one frame, a worker ``r`` times faster
-    serves ``r``. Each worker therefore counts ``ceil(slowest / own)`` frames
-    (one per worker in a plain pipeline, whose frames stay in order).
-    """
-    total = 0
-    for stage in plan.stages:
-        times = [w.predicted_ms for w in stage.workers if w.predicted_ms and w.predicted_ms > 0]
-        slowest = max(times) if times else 0.0
-        for worker in stage.workers:
-            own = worker.predicted_ms if worker.predicted_ms and worker.predicted_ms > 0 else slowest
-            total += max(1, math.ceil(slowest / own - 1e-9)) if own else 1
-    return max(1, total)
-
-
 def plan_shape(plan: Plan) -> tuple:
     """What a pipeline *is*: each stage's layers and its workers' CPUs and threads.
 
@@ -332,8 +301,13 @@ def run_bench(
     task: Optional[Task] = None,
     gpu_accuracy: Optional[Accuracy] = None,
     power_file: Optional[Path] = None,
+    trial: bool = True,
 ) -> BenchReport:
     """Plan, start and stream every strategy; see the module docstring for the method.
+
+    ``trial``: pipeit's plan is chosen by a short measured trial among the
+    DSE's pick, its throughput/latency front near the limit and the other
+    strategies' plans (:mod:`pipeit.trial`); ``False`` keeps the DSE's pick.
 
     ``latency_factor`` sets the limit to that multiple of the fastest
     cluster's measured single-thread frame time (the issue's "twice the big
@@ -381,6 +355,13 @@ def run_bench(
             for s in plans[name].stages
         ) + f"  predicted {plans[name].predicted_fps:.1f} fps")
 
+    proposed_doc = None
+    trial_doc = None
+    if trial and "pipeit" in plans:
+        proposed_doc = {"stages": describe_plan(plans["pipeit"]), "predicted_fps": plans["pipeit"].predicted_fps}
+        chosen, trial_doc = _trial(plans, times, platform, model_path, sha, frames, latency_ms, memory_mb, progress)
+        plans["pipeit"] = chosen
+
     shapes: Dict[tuple, str] = {}
     same_as: Dict[str, str] = {}
     for name, plan in plans.items():
@@ -417,13 +398,13 @@ def run_bench(
             os.sched_setaffinity(0, set(host))
             _say(progress, f"dispatchers and the frame feed pinned to CPUs {list(host)} (the slowest cluster)")
         for name, pipe in pipelines.items():
-            _stream(pipe, warm, inflight[name])
+            stream_frames(pipe, warm, inflight[name])
             rss[name] = _rss_bytes(pipe)
         for r in range(rounds):
             order = list(pipelines) if r % 2 == 0 else list(reversed(list(pipelines)))
             for name in order:
                 pipelines[name].reset_stats()
-                fps, lat = _stream(pipelines[name], stream, inflight[name])
+                fps, lat = stream_frames(pipelines[name], stream, inflight[name])
                 fps_runs[name].append(fps)
                 lat_runs[name].append(lat)
                 stat_runs[name].append(pipelines[name].stats())
@@ -478,8 +459,66 @@ def run_bench(
         single_thread_ms=tuple(sorted(single.items())), latency_limit_ms=latency_ms,
         frames=frames, rounds=rounds, times_source=getattr(times, "source", "profile"),
         strategies=tuple(results), task=task, task_is_default=task_is_default, power=power.to_json(),
-        ideal_interleaved_fps=ideal_alike,
+        ideal_interleaved_fps=ideal_alike, trial=trial_doc, proposed=proposed_doc,
     )
+
+
+def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, sha: str, frames: int,
+           latency_ms: Optional[float], memory_mb: Optional[float], progress: bool) -> Tuple[Plan, Optional[dict]]:
+    """pipeit's plan after a measured trial among candidates (pipeit.trial); the trial's record for the report."""
+    from pipeit.dse import pareto_front, to_plan
+    from pipeit.dse.cost import Limits
+    from pipeit.executor import Pipeline
+    from pipeit.executor.pipeline import coordinator_cpus
+    from pipeit.trial import choose_by_trial, trial_candidates
+
+    front: List[Plan] = []
+    if latency_ms is not None:
+        front = [to_plan(c, platform, strategy="pipeit", model=model_path.name, model_sha256=sha,
+                         limits=Limits(None, memory_mb))
+                 for c in pareto_front(times, platform, memory_mb=memory_mb)]
+    others = {n: p for n, p in plans.items() if n != "pipeit"}
+    candidates = trial_candidates(plans["pipeit"], others, front, latency_ms)
+    if len(candidates) < 2:
+        return plans["pipeit"], None
+    spare = 1 if latency_ms is None else 0
+    host = coordinator_cpus(platform)
+
+    feeder = os.sched_getaffinity(0)
+
+    def start(plan: Plan) -> Pipeline:
+        # workers are started from the whole affinity (a worker may only be pinned where its parent may
+        # run); the frame feed goes back to the coordinator's CPUs, as in the measured rounds
+        os.sched_setaffinity(0, feeder)
+        try:
+            pipe = Pipeline(plan, model_path, slots=max(4, frames_in_flight(plan) + spare + 1)).start()
+        finally:
+            if host:
+                os.sched_setaffinity(0, set(host))
+        if host:
+            pipe.pin_dispatcher(host)
+        return pipe
+
+    _say(progress, f"trial of {len(candidates)} candidate plans for pipeit: " + ", ".join(c[0] for c in candidates))
+    try:
+        if host:
+            os.sched_setaffinity(0, set(host))
+        result = choose_by_trial(candidates, model_path, make_frames(model_path, max(20, frames // 2)), latency_ms,
+                                 rounds=2, spare_in_flight=spare, start=start,
+                                 progress=(lambda text: _say(progress, text)))
+    finally:
+        if host:
+            os.sched_setaffinity(0, feeder)
+    _say(progress, f"pipeit plays {result.label}: {result.reason}")
+    chosen = dataclasses.replace(result.chosen, strategy="pipeit", latency_limit_ms=latency_ms)
+    return chosen, result.to_json()
+
+
+def describe_plan(plan: Plan) -> str:
+    """A plan's shape in one line: ``[0,26) big:1 | [26,40) little:1``."""
+    from pipeit.trial import describe
+
+    return describe(plan)
 
 
 def format_report(report: BenchReport) -> str:
@@ -507,6 +546,9 @@ def format_report(report: BenchReport) -> str:
         ["strategy", "fps", "pred fps", "p50 ms", "p99 ms", "meets", "RSS MiB", "eff", "mJ/frame", "satisf",
          "stages (workers)"], rows)
     text = head + f"\n{report.frames} frames x {report.rounds} interleaved rounds, median round\n" + table
+    if report.trial is not None:
+        text += (f"\npipeit's plan chosen by a measured trial: {report.trial['chosen']} ({report.trial['reason']})"
+                 + (f"; the DSE alone picked {report.proposed['stages']}" if report.proposed else ""))
     if report.task is not None:
         text += "\nsatisfaction for " + report.task.describe() + (
             " (the default task; choose one with --task)" if report.task_is_default else "")

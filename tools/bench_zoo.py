@@ -31,13 +31,15 @@ FRAMES = {"resnet50": 0.3, "alexnet": 0.5, "googlenet": 0.6}
 
 
 def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optional[float], cache: Path,
-          profile: Optional[str] = None) -> dict:
+          profile: Optional[str] = None, trial: bool = True) -> dict:
     args = [sys.executable, "-m", "pipeit", "bench", str(model), "--platform", platform, "--frames", str(frames),
             "--rounds", str(rounds), "--cache-dir", str(cache), "--json"]
     if profile:
         args += ["--profile", profile]
     if latency_x:
         args += ["--latency-x", str(latency_x)]
+    if not trial:
+        args.append("--no-trial")
     result = subprocess.run(args, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bench failed on {model.name} (status {result.returncode})")
@@ -49,6 +51,15 @@ def _shape(result: dict) -> str:
     stages = " \\| ".join(f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(w.split("@")[0] for w in s["workers"])
                            for s in result["stages"])
     return stages + (f" (= {result['same_plan_as']})" if result.get("same_plan_as") else "")
+
+
+def _trial(doc: dict) -> str:
+    """Which candidate the measured trial gave pipeit, and what the DSE alone had picked."""
+    trial = doc.get("trial")
+    if not trial:
+        return "-"
+    proposed = doc.get("proposed") or {}
+    return f"{trial['chosen']} ({proposed.get('stages', '?')})".replace("|", "\\|")
 
 
 def checks(doc: dict, platform: str) -> Dict[str, bool]:
@@ -82,6 +93,7 @@ def main() -> int:
     parser.add_argument("--profile", help="a profile of the zoo on this platform (else each bench profiles its model)")
     parser.add_argument("--workdir", default=str(ROOT / "build" / "bench"))
     parser.add_argument("--json", metavar="FILE", help="also write every bench document here")
+    parser.add_argument("--no-trial", action="store_true", help="pipeit keeps the DSE's pick (no measured trial)")
     args = parser.parse_args()
 
     work = Path(args.workdir)
@@ -94,14 +106,15 @@ def main() -> int:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         frames = max(20, int(args.frames * FRAMES.get(name, 1.0)))
         print(f"[bench_zoo] {name}: {frames} frames x {args.rounds} rounds on {args.platform}", file=sys.stderr)
-        docs.append(bench(model, args.platform, frames, args.rounds, args.latency_x, work / "cache", args.profile))
+        docs.append(bench(model, args.platform, frames, args.rounds, args.latency_x, work / "cache", args.profile,
+                          not args.no_trial))
     if args.json:
         Path(args.json).write_text(json.dumps(docs, indent=1))
 
     names = ["all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit"]
     limit = docs[0]["latency_limit_ms"] is not None
     head = ("| model | ideal fps | " + " | ".join(names)
-            + " | pipeit / best other | pipeit eff | pipeit pred fps | pipeit's plan |")
+            + " | pipeit / best other | pipeit eff | pipeit pred fps | pipeit's plan | trial chose (DSE alone) |")
     if limit:
         head = head.replace(" | pipeit / best other", " | limit ms | p99 ms (pipeit) | pipeit / best plain meeting it")
     print(head)
@@ -124,7 +137,7 @@ def main() -> int:
             extra = f" {doc['latency_limit_ms']:.1f} | {by['pipeit']['latency_ms']['p99']:.1f} |"
         print(f"| {doc['model'].removesuffix('.tflite')} | {doc['ideal_fps']:.1f} | " + " | ".join(cells)
               + f" |{extra} {by['pipeit']['fps'] / best_other:.2f} | {by['pipeit']['efficiency']:.2f} | "
-              f"{by['pipeit']['predicted_fps']:.1f} | {_shape(by['pipeit'])} |")
+              f"{by['pipeit']['predicted_fps']:.1f} | {_shape(by['pipeit'])} | {_trial(doc)} |")
         for check, ok in checks(doc, args.platform).items():
             if not ok:
                 failures.setdefault(check, []).append(doc["model"].removesuffix(".tflite"))

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     task.add_argument("--energy-weight", type=float, metavar="W", help="override the task's energy weight in [0, 1]")
     task.add_argument("--power", metavar="POWER.json",
                       help="a power file (cores/power/*.json layout) instead of the board's own or the placeholder")
+    parser.add_argument("--no-trial", action="store_true",
+                        help="keep the DSE's pick for pipeit (default: a short measured trial among the pick, "
+                             "its latency/throughput front and the other strategies' plans chooses)")
     parser.add_argument("--plot", metavar="FILE.png", help="fps and latency per strategy (needs matplotlib)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         strategies=strategies, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         progress=not (args.quiet or args.json), task=task,
         power_file=Path(args.power) if args.power else None,
+        trial=not args.no_trial,
     )
     if args.plot:
         _plot(report, args.plot)

@@ -1,0 +1,167 @@
+"""The measured choice of pipeit's plan among planned candidates (pipeit.trial), on real pipelines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cores.platform import load_platform
+from pipeit.dse import pareto_front, plan_pipeline, to_plan
+from pipeit.errors import PlanError
+from pipeit.layer_times import LayerTimes
+from pipeit.trial import LATENCY_SLACK, TrialRun, _pick, choose_by_trial, trial_candidates
+from tests.daemon_helpers import build_model, write_times
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("trial") / "tiny.tflite", layers=6, size=40, channels=16)
+
+
+@pytest.fixture(scope="module")
+def plans(tiny, tmp_path_factory):
+    """Every strategy's plan for the tiny model on two equal clusters, from synthetic times."""
+    platform = load_platform("auto")
+    path = write_times(tiny, "auto", tmp_path_factory.mktemp("times") / "t.json", ms=0.4)
+    times = LayerTimes.load(path)
+    from pipeit.plan import file_sha256
+
+    sha = file_sha256(tiny)
+    out = {name: plan_pipeline(times, platform, strategy=name, model=tiny.name, model_sha256=sha)
+           for name in ("pipeit", "all-cores", "fastest-cluster", "replicas", "pipe-it")}
+    return platform, times, out
+
+
+def test_candidates_start_with_the_dse_pick_and_are_distinct_pipelines(plans):
+    _platform, _times, by = plans
+    others = {n: p for n, p in by.items() if n != "pipeit"}
+    found = trial_candidates(by["pipeit"], others)
+    assert found[0] == ("pipeit", by["pipeit"])
+    shapes = [tuple((s.layers, tuple((w.cluster, w.cpus, w.threads) for w in s.workers)) for s in p.stages)
+              for _l, p in found]
+    assert len(shapes) == len(set(shapes))  # all-cores == fastest-cluster on one cluster: tried once
+    assert len(found) < 1 + len(others)
+    assert len(trial_candidates(by["pipeit"], others, limit=2)) == 2
+    with pytest.raises(PlanError):
+        trial_candidates(by["pipeit"], others, limit=0)
+
+
+def test_front_plans_beyond_the_slack_are_left_out(plans, tiny):
+    platform, times, by = plans
+    front = [to_plan(c, platform, strategy="pipeit", model=tiny.name, model_sha256="")
+             for c in pareto_front(times, platform)]
+    assert front
+    fastest = min(p.predicted_latency_ms for p in front)
+    tight = fastest / LATENCY_SLACK * 0.999  # every front plan is predicted beyond the slack of this limit
+    assert [label for label, _p in trial_candidates(by["pipeit"], {}, front, latency_ms=tight)] == ["pipeit"]
+    loose = [label for label, _p in trial_candidates(by["pipeit"], {}, front, latency_ms=10 * fastest)]
+    assert len(loose) >= 1 and all(label == "pipeit" or label.startswith("front") for label in loose)
+
+
+def _run(plan, label, fps, p99, limit=None):
+    return TrialRun(label, plan, fps, p99, None if limit is None else p99 <= limit)
+
+
+def test_the_dse_pick_stays_unless_beaten_by_the_margin_and_the_limit_decides_first(plans):
+    _platform, _times, by = plans
+    a, b = by["pipeit"], by["all-cores"]
+    # within the margin: the DSE's pick stays (noise must not swap plans)
+    assert _pick((_run(a, "pipeit", 100.0, 10.0), _run(b, "all-cores", 102.0, 9.0)), None, 0.03).label == "pipeit"
+    # clearly faster: the other is taken, and the reason says so
+    chosen = _pick((_run(a, "pipeit", 100.0, 10.0), _run(b, "all-cores", 110.0, 9.0)), None, 0.03)
+    assert chosen.label == "all-cores" and chosen.chosen is b and "110.0" in chosen.reason
+    # under a limit, a faster plan that missed it is never taken while one meets it
+    runs = (_run(a, "pipeit", 100.0, 12.0, limit=11.0), _run(b, "all-cores", 80.0, 10.0, limit=11.0))
+    chosen = _pick(runs, 11.0, 0.03)
+    assert chosen.label == "all-cores" and "missed the limit" in chosen.reason
+    # none meets it: the one closest to the limit
+    runs = (_run(a, "pipeit", 100.0, 14.0, limit=11.0), _run(b, "all-cores", 80.0, 12.0, limit=11.0))
+    assert _pick(runs, 11.0, 0.03).label == "all-cores"
+
+
+def test_trial_runs_real_pipelines_and_closes_them(plans, tiny):
+    from pipeit.bench import make_frames
+
+    _platform, _times, by = plans
+    candidates = trial_candidates(by["pipeit"], {n: p for n, p in by.items() if n != "pipeit"})
+    started = []
+
+    def start(plan):
+        from pipeit.executor import Pipeline
+
+        pipe = Pipeline(plan, tiny, slots=4).start()
+        started.append(pipe)
+        return pipe
+
+    result = choose_by_trial(candidates, tiny, make_frames(tiny, 12), rounds=2, start=start)
+    assert len(result.runs) == len(candidates) == len(started)
+    assert all(r.fps > 0 and r.p99_ms > 0 and r.meets_limit is None for r in result.runs)
+    assert result.label in [label for label, _p in candidates]
+    assert any(result.chosen is p for _l, p in candidates)
+    # every pipeline was closed: its workers are gone
+    for pipe in started:
+        assert all(not pid or not _alive(pid) for pid in pipe.worker_pids().values())
+    assert json.loads(json.dumps(result.to_json()))["chosen"] == result.label
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_bench_reports_the_trial_and_the_dse_pick(tiny, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
+         "--cache-dir", str(tmp_path), "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["trial"]["chosen"] in {"pipeit", "all-cores", "fastest-cluster", "replicas", "pipe-it"} or \
+        doc["trial"]["chosen"].startswith("front")
+    assert len(doc["trial"]["runs"]) >= 2 and doc["proposed"]["predicted_fps"] > 0
+    ours = next(s for s in doc["strategies"] if s["name"] == "pipeit")
+    chosen = next(r for r in doc["trial"]["runs"] if r["label"] == doc["trial"]["chosen"])
+    # the plan pipeit streamed in the rounds is the one the trial chose
+    assert " | ".join(f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(w.split("@")[0] for w in s["workers"])
+                      for s in ours["stages"]) == chosen["stages"]
+    plain = subprocess.run(
+        [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "auto", "--frames", "8", "--rounds", "1",
+         "--cache-dir", str(tmp_path), "--strategies", "replicas,pipeit", "--no-trial", "--json"],
+        capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr
+    assert "trial" not in json.loads(plain.stdout)
+
+
+def _cgroups_writable() -> bool:
+    try:
+        from cores.emulation import find_cgroup_root
+
+        find_cgroup_root()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
+def test_trial_under_a_latency_limit_on_two_clusters_keeps_a_plan_that_met_it_when_one_did(tiny, tmp_path):
+    """Two clusters: the frame feed is pinned to the slower one, the trial's workers to theirs."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "emulate:big=0@1.0,little=1@0.5",
+         "--frames", "16", "--rounds", "1", "--latency-x", "3", "--cache-dir", str(tmp_path),
+         "--strategies", "fastest-cluster,replicas,pipeit", "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    runs = doc["trial"]["runs"]
+    chosen = next(r for r in runs if r["label"] == doc["trial"]["chosen"])
+    if any(r["meets_limit"] for r in runs):
+        assert chosen["meets_limit"] is True
+    else:
+        assert chosen["p99_ms"] == min(r["p99_ms"] for r in runs)
+    ours = next(s for s in doc["strategies"] if s["name"] == "pipeit")
+    assert ours["meets_limit"] is not None
