@@ -36,6 +36,7 @@ and its energy per frame from the board's power model
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -463,6 +464,10 @@ def run_bench(
     )
 
 
+#: seconds of frames (at the DSE pick's predicted rate) each trial candidate streams per round
+TRIAL_ROUND_S = 1.5
+
+
 def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, sha: str, frames: int,
            latency_ms: Optional[float], memory_mb: Optional[float], progress: bool) -> Tuple[Plan, Optional[dict]]:
     """pipeit's plan after a measured trial among candidates (pipeit.trial); the trial's record for the report."""
@@ -503,8 +508,10 @@ def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, 
     try:
         if host:
             os.sched_setaffinity(0, set(host))
-        result = choose_by_trial(candidates, model_path, make_frames(model_path, max(20, frames // 2)), latency_ms,
-                                 rounds=2, spare_in_flight=spare, start=start,
+        # at least ~1.5 s per candidate and round (a few frames of a 50 ms model say nothing on a shared host)
+        count = max(20, frames // 2, int(math.ceil(TRIAL_ROUND_S * plans["pipeit"].predicted_fps)))
+        result = choose_by_trial(candidates, model_path, make_frames(model_path, count), latency_ms,
+                                 rounds=3, spare_in_flight=spare, start=start,
                                  progress=(lambda text: _say(progress, text)))
     finally:
         if host:

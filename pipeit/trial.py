@@ -36,7 +36,7 @@ __all__ = ["TrialRun", "TrialResult", "trial_candidates", "choose_by_trial", "LA
 #: deliberately pessimistic; the trial tells whether such a plan meets the limit after all)
 LATENCY_SLACK = 1.5
 #: another candidate replaces the DSE's pick only when it measured this much more fps
-TRIAL_MARGIN = 0.03
+TRIAL_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
