@@ -466,6 +466,8 @@ def run_bench(
 
 #: seconds of frames (at the DSE pick's predicted rate) each trial candidate streams per round
 TRIAL_ROUND_S = 1.5
+#: and at most this many frames per round, whatever the rate
+TRIAL_MAX_FRAMES = 2000
 
 
 def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, sha: str, frames: int,
@@ -509,8 +511,10 @@ def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, 
         if host:
             os.sched_setaffinity(0, set(host))
         # at least ~1.5 s per candidate and round (a few frames of a 50 ms model say nothing on a shared host)
-        count = max(20, frames // 2, int(math.ceil(TRIAL_ROUND_S * plans["pipeit"].predicted_fps)))
-        result = choose_by_trial(candidates, model_path, make_frames(model_path, count), latency_ms,
+        rate = plans["pipeit"].predicted_fps if math.isfinite(plans["pipeit"].predicted_fps) else 0.0
+        count = min(TRIAL_MAX_FRAMES, max(20, frames // 2, int(math.ceil(TRIAL_ROUND_S * rate))))
+        pool = make_frames(model_path, min(count, 16))  # a few distinct frames, cycled: no 1.5 s of frames in memory
+        result = choose_by_trial(candidates, model_path, [pool[i % len(pool)] for i in range(count)], latency_ms,
                                  rounds=3, spare_in_flight=spare, start=start,
                                  progress=(lambda text: _say(progress, text)))
     finally:
