@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PlanError
@@ -168,7 +168,7 @@ class DriftDetector:
             if cap:
                 self._caps[name] = int(cap)
 
-    def is_evidence(self, reading, window_s: Optional[float]) -> bool:
+    def is_evidence(self, reading: Union[WorkerReading, StageReading], window_s: Optional[float]) -> bool:
         """Whether a worker's (or stage's) reading over one window says anything about its speed."""
         if reading.measured_ms is None or reading.frames <= 0:
             return False
