@@ -250,20 +250,6 @@ def measure_ideal_solo(model_path: Path, platform: Platform, seconds: float, thr
     return total
 
 
-def plan_shape(plan: Plan) -> tuple:
-    """What a pipeline *is*: each stage's layers and its workers' CPUs and threads.
-
-    Two strategies that arrive at the same shape (on a homogeneous host the
-    DSE's best plan is often plain replicas) would be the same processes on
-    the same cores; the bench runs such a pipeline once and reports it under
-    both names, rather than report run-to-run noise as a difference.
-    """
-    return tuple(
-        (stage.layers, tuple(sorted((w.cluster, tuple(w.cpus), w.threads) for w in stage.workers)))
-        for stage in plan.stages
-    )
-
-
 def _rss_bytes(pipeline) -> int:
     import psutil
 
@@ -351,22 +337,19 @@ def run_bench(
             times, platform, strategy=name, latency_ms=limit, memory_mb=memory_mb,
             model=model_path.name, model_sha256=sha,
         )
-        _say(progress, f"{name}: " + " | ".join(
-            f"[{s.layers[0]},{s.layers[1]}) " + "+".join(f"{w.cluster}:{len(w.cpus)}" for w in s.workers)
-            for s in plans[name].stages
-        ) + f"  predicted {plans[name].predicted_fps:.1f} fps")
+        _say(progress, f"{name}: {plans[name].describe()}  predicted {plans[name].predicted_fps:.1f} fps")
 
     proposed_doc = None
     trial_doc = None
     if trial and "pipeit" in plans:
-        proposed_doc = {"stages": describe_plan(plans["pipeit"]), "predicted_fps": plans["pipeit"].predicted_fps}
+        proposed_doc = {"stages": plans["pipeit"].describe(), "predicted_fps": plans["pipeit"].predicted_fps}
         chosen, trial_doc = _trial(plans, times, platform, model_path, sha, frames, latency_ms, memory_mb, progress)
         plans["pipeit"] = chosen
 
     shapes: Dict[tuple, str] = {}
     same_as: Dict[str, str] = {}
     for name, plan in plans.items():
-        first = shapes.setdefault(plan_shape(plan), name)
+        first = shapes.setdefault(plan.shape, name)
         if first != name:
             same_as[name] = first
             _say(progress, f"{name}: the same pipeline as {first}; measured once for both")
@@ -523,13 +506,6 @@ def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, 
     _say(progress, f"pipeit plays {result.label}: {result.reason}")
     chosen = dataclasses.replace(result.chosen, strategy="pipeit", latency_limit_ms=latency_ms)
     return chosen, result.to_json()
-
-
-def describe_plan(plan: Plan) -> str:
-    """A plan's shape in one line: ``[0,26) big:1 | [26,40) little:1``."""
-    from pipeit.trial import describe
-
-    return describe(plan)
 
 
 def format_report(report: BenchReport) -> str:

@@ -123,6 +123,22 @@ class Plan:
     def num_layers(self) -> int:
         return self.stages[-1].layers[1] if self.stages else 0
 
+    @property
+    def shape(self) -> tuple:
+        """What the pipeline *is*: each stage's layers and its workers' CPUs and threads.
+
+        Two plans of one shape are the same processes on the same cores
+        (whatever strategy made them): bench and the trial run such a
+        pipeline once rather than report run-to-run noise as a difference.
+        """
+        return tuple((stage.layers, tuple(sorted((w.cluster, tuple(w.cpus), w.threads) for w in stage.workers)))
+                     for stage in self.stages)
+
+    def describe(self) -> str:
+        """The stages in one line for people: ``[0,26) big:1 | [26,40) little:1``."""
+        return " | ".join(f"[{s.layers[0]},{s.layers[1]}) " + "+".join(f"{w.cluster}:{len(w.cpus)}" for w in s.workers)
+                          for s in self.stages)
+
     def to_json(self) -> dict:
         return {
             "version": self.version,

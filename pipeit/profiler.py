@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from cores.model import CoreSetup, Platform
 from pipeit.descriptor import LayerDescriptor
@@ -214,6 +214,18 @@ def time_model(
     return Timing(median / 1e6, float((q3 - q1) / median) if median > 0 else 0.0, len(used), status)
 
 
+def _invoke_for(interpreter: Any, window_ns: int) -> Tuple[int, int]:
+    """Invoke back to back until ``window_ns`` have passed: (elapsed ns, invokes), at least one."""
+    t0 = time.perf_counter_ns()
+    count = 0
+    while True:
+        interpreter.invoke()
+        count += 1
+        elapsed = time.perf_counter_ns() - t0
+        if elapsed >= window_ns:
+            return elapsed, count
+
+
 def _thread_clocks() -> Optional[List[int]]:
     """Linux per-thread CPU clock ids of every thread of this process (None where unavailable).
 
@@ -297,14 +309,7 @@ def _time_pool(interpreter, threads: int, spec: TimingSpec) -> Timing:
         for _ in range(spec.batch):
             r0 = _cpu_ns(clocks) if clocks else None
             c0 = time.process_time_ns()
-            t0 = time.perf_counter_ns()
-            count = 0
-            while True:
-                interpreter.invoke()
-                count += 1
-                elapsed = time.perf_counter_ns() - t0
-                if elapsed >= window_ns:
-                    break
+            elapsed, count = _invoke_for(interpreter, window_ns)
             cpu = time.process_time_ns() - c0
             r1 = _cpu_ns(clocks) if clocks else None
             invokes += count
@@ -382,14 +387,7 @@ def _time_sustained(interpreter, spec: TimingSpec) -> Timing:
     counts = 0
     start = time.monotonic()
     while True:
-        t0 = time.perf_counter_ns()
-        count = 0
-        while True:
-            interpreter.invoke()
-            count += 1
-            elapsed = time.perf_counter_ns() - t0
-            if elapsed >= window_ns:
-                break
+        elapsed, count = _invoke_for(interpreter, window_ns)
         samples.append(elapsed / count)
         counts += count
         if len(samples) >= spec.sustained_samples:

@@ -51,7 +51,7 @@ class TrialRun:
 
     def to_json(self) -> dict:
         return {"label": self.label, "fps": self.fps, "p99_ms": self.p99_ms, "meets_limit": self.meets_limit,
-                "stages": describe(self.plan)}
+                "stages": self.plan.describe()}
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,6 @@ class TrialResult:
 
     def to_json(self) -> dict:
         return {"chosen": self.label, "reason": self.reason, "runs": [r.to_json() for r in self.runs]}
-
-
-def describe(plan: Plan) -> str:
-    """A plan's shape in one line: ``[0,26) big:1 | [26,40) little:1``."""
-    return " | ".join(f"[{s.layers[0]},{s.layers[1]}) " + "+".join(f"{w.cluster}:{len(w.cpus)}" for w in s.workers)
-                      for s in plan.stages)
-
-
-def _shape(plan: Plan) -> tuple:
-    return tuple((s.layers, tuple(sorted((w.cluster, tuple(w.cpus), w.threads) for w in s.workers)))
-                 for s in plan.stages)
 
 
 def trial_candidates(
@@ -94,11 +83,11 @@ def trial_candidates(
     if limit < 1:
         raise PlanError(f"a trial needs at least one candidate, got limit={limit}")
     chosen: List[Tuple[str, Plan]] = [("pipeit", proposed)]
-    seen = {_shape(proposed)}
+    seen = {proposed.shape}
 
     def add(label: str, plan: Plan) -> None:
-        if len(chosen) < limit and _shape(plan) not in seen:
-            seen.add(_shape(plan))
+        if len(chosen) < limit and plan.shape not in seen:
+            seen.add(plan.shape)
             chosen.append((label, plan))
 
     for k, plan in enumerate(front):

@@ -125,12 +125,7 @@ class Engine:
 
     def submit(self, inputs: Dict[str, Any]) -> Future:
         """Give one frame to the current pipeline (blocks while its first ring is full)."""
-        with self._lock:
-            generation = self._current
-            if generation is None:
-                raise ExecutorError("the daemon has no pipeline running")
-            generation.inflight += 1
-            generation.submitted += 1
+        generation = self._enter()
         try:
             future = generation.pipeline.submit(inputs)
         except BaseException:
@@ -148,12 +143,7 @@ class Engine:
         not two: each costs a lock and several Python calls on the
         dispatcher's thread).
         """
-        with self._mutex:
-            generation = self._current
-            if generation is None:
-                raise ExecutorError("the daemon has no pipeline running")
-            generation.inflight += 1
-            generation.submitted += 1
+        generation = self._enter()
         try:
             future = generation.pipeline.submit_into(fill)
         except BaseException:
@@ -167,6 +157,16 @@ class Engine:
 
         future.add_done_callback(done)
         return future
+
+    def _enter(self) -> Generation:
+        """The current generation, with one more frame counted in (:meth:`_done` counts it out)."""
+        with self._mutex:
+            generation = self._current
+            if generation is None:
+                raise ExecutorError("the daemon has no pipeline running")
+            generation.inflight += 1
+            generation.submitted += 1
+        return generation
 
     def _done(self, generation: Generation) -> None:
         with self._mutex:

@@ -57,7 +57,6 @@ DEFAULT_SLOTS = 4
 #: jobs a worker may hold at once: the one it serves and the next, already in its socket, so
 #: that it never waits for the dispatcher between frames (docs/PROTOCOL.md "Executor")
 WORKER_DEPTH = 2
-_POLL_S = 0.1  # how often blocked callers look for a failed pipeline
 _STAGE_DIR_PREFIX = "pipeit-stages-"  # + pid: stage sub-model files the workers load (and reload)
 
 
@@ -532,35 +531,13 @@ class Pipeline:
     # ---- the caller's side -----------------------------------------------------------
     def submit(self, inputs: Any) -> Future:
         """Queue one frame; blocks while edge 0 has no free slot (backpressure)."""
-        if not self._started or self._closed:
-            raise ExecutorError("the pipeline is not running (use it inside `with Pipeline(...)`)")
+        self._check_running()
         tensors = self._check_inputs(inputs)
-        with self._free0_cv:
-            while not self._free0:
-                self._raise_if_failed()
-                if self._closing:
-                    raise ExecutorError("the pipeline was closed")
-                # No timeout: a released slot, _fail and close() all notify this condition.
-                self._free0_cv.wait()
-            self._raise_if_failed()
-            slot = self._free0.popleft()
+        slot = self._take_slot0()
         copyto = np.copyto
         for view, name in zip(self._ring0_views[slot], self._input_names):
             copyto(view, tensors[name], casting="no")  # the one copy the caller's frame costs
-        future: Future = Future()
-        # Hand the frame to a stage-0 worker from this thread: no wake-up of the dispatcher per frame.
-        with self._dispatch_lock:
-            with self._lock:
-                fid = self._next_fid
-                self._next_fid += 1
-                frame = _Frame(fid, future, time.perf_counter(), slot)
-                self._inflight[fid] = frame
-            if self._error is not None:
-                future.set_exception(self._error)
-                return future
-            heapq.heappush(self._ready[0], (fid, frame))
-            self._feed_stage(0)
-        return future
+        return self._queue_frame0(slot)
 
     def submit_into(self, fill: Any) -> Future:
         """Queue one frame whose inputs ``fill(views)`` writes straight into edge 0's ring slot.
@@ -573,21 +550,36 @@ class Pipeline:
         has no free slot, like :meth:`submit`. If ``fill`` raises, the slot is
         given back, no frame is queued and the error propagates.
         """
-        if not self._started or self._closed:
-            raise ExecutorError("the pipeline is not running (use it inside `with Pipeline(...)`)")
-        with self._free0_cv:
-            while not self._free0:
-                self._raise_if_failed()
-                if self._closing:
-                    raise ExecutorError("the pipeline was closed")
-                self._free0_cv.wait(_POLL_S)
-            self._raise_if_failed()
-            slot = self._free0.popleft()
+        self._check_running()
+        slot = self._take_slot0()
         try:
             fill(self._rings[0].views(slot))
         except BaseException:
             self._release(0, slot)
             raise
+        return self._queue_frame0(slot)
+
+    def _check_running(self) -> None:
+        if not self._started or self._closed:
+            raise ExecutorError("the pipeline is not running (use it inside `with Pipeline(...)`)")
+
+    def _take_slot0(self) -> int:
+        """A free slot of edge 0, waiting for one (backpressure); raises if the pipeline failed or closed."""
+        with self._free0_cv:
+            while not self._free0:
+                self._raise_if_failed()
+                if self._closing:
+                    raise ExecutorError("the pipeline was closed")
+                # No timeout: a released slot, _fail and close() all notify this condition.
+                self._free0_cv.wait()
+            self._raise_if_failed()
+            return self._free0.popleft()
+
+    def _queue_frame0(self, slot: int) -> Future:
+        """Make the frame whose inputs are in ``slot`` and hand it to a stage-0 worker from this thread.
+
+        From the caller's thread: no wake-up of the dispatcher per frame.
+        """
         future: Future = Future()
         with self._dispatch_lock:
             with self._lock:
