@@ -102,8 +102,13 @@ def leave_one_out(
     kinds: Sequence[str],
     holdout: Optional[Sequence[str]] = None,
     setups: Optional[Sequence[CoreSetup]] = None,
+    fitted: Optional[Dict[Tuple[str, str], Predictor]] = None,
 ) -> Tuple[List[LayerResult], List[ModelResult]]:
-    """Per-layer and whole-model predictions for every held-out model and predictor kind."""
+    """Per-layer and whole-model predictions for every held-out model and predictor kind.
+
+    ``fitted`` (optional): filled with ``{(held-out model, kind): predictor}``, the fold's
+    fitted predictors, for tools that take a prediction apart (``tools/eval_breakdown.py``).
+    """
     from predictors import make_predictor
 
     catalog = table.catalog()
@@ -128,6 +133,8 @@ def leave_one_out(
         ]
         for kind in kinds:
             predictor: Predictor = make_predictor(kind).fit(train, catalog=catalog)
+            if fitted is not None:
+                fitted[(held, kind)] = predictor
             for mrow in model_rows:
                 if setups and mrow.setup not in setups:
                     continue

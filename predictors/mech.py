@@ -39,7 +39,8 @@ channels, and the fit finds exactly that).
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,12 +48,13 @@ from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PredictorError
 from pipeit.profile_table import ProfileRow
+from predictors.bandwidth import StreamBandwidth, fit_stream_bandwidth
 from predictors.base import Calibration, Predictor
 from predictors.features import ceil_div, family_of, gemm_shape, layer_bytes, output_pixels
 from predictors.fitting import robust_relative_nnls
 from predictors.grouped import FALLBACK, fit_grouped, predict_grouped, relative_errors
 
-__all__ = ["MechPredictor", "mech_features", "column_tiles", "moved_bytes", "SWEEP_MODEL", "CACHE_MB", "L1_BYTES", "NOISE_FLOOR_MS"]
+__all__ = ["MechPredictor", "LayerTerms", "FEATURE_NAMES", "mech_features", "column_tiles", "moved_bytes", "SWEEP_MODEL", "CACHE_MB", "L1_BYTES", "NOISE_FLOOR_MS"]
 
 _DEFAULT_TILES = {"mr": 7, "nr": 16, "ns": 0, "ct": 16}
 
@@ -70,6 +72,46 @@ _NO_ACTIVATION = ("", "NONE", None)
 #: families whose k-core time keeps the one-core traffic coefficient (memory-bound loops)
 _SHARED_TRAFFIC = ("eltwise", "concat", "pool")
 _POOL_KERNEL = {"MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "MEAN": "mean"}
+
+
+#: what each feature of a family's model is (same order as :func:`mech_features`)
+FEATURE_NAMES: Dict[str, Tuple[str, ...]] = {
+    "gemm": ("fixed", "padded MACs/thread", "taps/thread", "MB/k", "act spill MB"),
+    "igemm": ("fixed", "padded MACs/thread", "taps/thread", "MB/k", "act spill MB"),
+    "fc": ("fixed", "MACs/thread", "weight MB/thread", "act MB"),
+    "dwconv": ("fixed", "padded MACs/thread", "L1 excess MB"),
+    "maxpool": ("fixed", "window work/k", "windows/k", "spill MB"),
+    "avgpool": ("fixed", "window work/k", "windows/k", "spill MB"),
+    "mean": ("fixed", "window work/k", "windows/k", "spill MB"),
+    "pool": ("fixed", "window work/k", "windows/k", "spill MB"),
+    "eltwise": ("fixed", "moved MB/k", "beyond-cache MB"),
+    "concat": ("fixed", "MB/k", "row copies/k", "spill MB"),
+    "other": ("fixed", "MB/k", "spill MB"),
+}
+
+
+@dataclass(frozen=True)
+class LayerTerms:
+    """One layer's prediction taken apart (:meth:`MechPredictor.explain`): the model group,
+    the tiles, each term's ms, the in-cache time, the DRAM streaming time of a layer beyond
+    the LLC (None otherwise) and the fallback DRAM excess, and the prediction."""
+
+    group: str
+    tiles: Dict[str, int]
+    terms: Tuple[Tuple[str, float], ...]
+    in_cache_ms: float
+    stream_ms: Optional[float]
+    dram_excess_ms: float
+    total_ms: float
+
+    def describe(self) -> str:
+        parts = " + ".join(f"{n} {v:.3f}" for n, v in self.terms if abs(v) >= 5e-4)
+        out = f"[{self.group}] {parts or '0'} = {self.in_cache_ms:.3f}"
+        if self.stream_ms is not None:
+            out += f"; DRAM stream {self.stream_ms:.3f} -> max {self.total_ms:.3f}"
+        elif self.dram_excess_ms:
+            out += f"; + DRAM {self.dram_excess_ms:.3f}"
+        return out
 
 
 def column_tiles(n: int, nr: int, ns: int) -> Tuple[int, int]:
@@ -154,7 +196,7 @@ def mech_features(
         # windows hit cache), so no separate bytes term: only the part of the working set
         # beyond the caches costs extra. A bytes term would learn "stride-2 pools read 4x
         # their output" and halve every stride-1 pool.
-        return group, (1.0, work, pixels * taps / 1e3, spill)
+        return group, (1.0, work, pixels * taps / 1e3, spill / k)
     if base == "eltwise":
         # Bytes moved per thread (each core's own L2 bandwidth), and the bytes that come from
         # beyond the cores' caches: a working set (inputs + output) past L2 streams from L3,
@@ -312,12 +354,16 @@ class MechPredictor(Predictor):
         for setup, base in self.derived_.items():
             self._fit_derived(setup, base, [r for r in rows if str(r.setup) == setup and _shared(r.descriptor)],
                               featurize)
-        # DRAM cost per weight MB of layers beyond the LLC, where the profile has such layers
-        # (a sweep's huge FCs, AlexNet when it is trained on); other setups take the
-        # calibration's cold-weight rate (see _fit_calibration).
+        # Layers beyond the LLC stream their weights from DRAM: per cluster, the streaming
+        # bandwidth of 1..k threads, where the profile has such layers (fc_dram_sweep's FCs,
+        # AlexNet when it is trained on); clusters without them take the calibration's
+        # cold-weight rate per MB on top of the in-cache time (see _fit_calibration).
+        self.stream_: Dict[str, StreamBandwidth] = {}
+        for cluster in sorted({r.setup.cluster for r in big}):
+            samples = [(r.setup.cores, r.descriptor.weight_bytes / 1e6, r.median_ms)
+                       for r in big if r.setup.cluster == cluster]
+            self.stream_[cluster] = fit_stream_bandwidth(samples)
         self.dram_ = {}
-        for setup in sorted({r.setup for r in big}, key=str):
-            self.dram_[str(setup)] = self._fit_dram([r for r in big if r.setup == setup])
 
     # ---- k cores from one core ------------------------------------------------------------
     def _one_core_work(self, d: LayerDescriptor, setup: CoreSetup, base: str, featurize) -> Tuple[str, float]:
@@ -368,14 +414,6 @@ class MechPredictor(Predictor):
                 return coef[0] + coef[1] * work
         return predict_grouped(self.coef_, featurize, _generic, d, setup)
 
-    def _fit_dram(self, rows: List[ProfileRow]) -> float:
-        """ms per weight MB that layers beyond the LLC pay over their in-cache time (median)."""
-        extra = [
-            (r.median_ms - self._in_cache_ms(r.descriptor, r.setup)) / (r.descriptor.weight_bytes / 1e6)
-            for r in rows
-        ]
-        return max(float(np.median(extra)), 0.0)
-
     def _fit_calibration(self, multi, cat) -> None:
         """Calibration, then the DRAM rate of layers beyond the LLC, then calibration again.
 
@@ -391,26 +429,72 @@ class MechPredictor(Predictor):
         weights are not added again inside a model (:meth:`_cold_weight_bytes`),
         and the calibration is refitted with that accounting.
         """
-        learned = dict(self.dram_)
-        for setup in self.setups_:
-            self.dram_.setdefault(str(setup), 0.0)
+        self.dram_ = {}
         super()._fit_calibration(multi, cat)
         for setup in self.setups_:
-            if str(setup) not in learned:
+            if setup.cluster not in self.stream_:
                 self.dram_[str(setup)] = float(self.calibration_.get(str(setup), Calibration.IDENTITY)[1])
         super()._fit_calibration(multi, cat)
 
     def _cold_weight_bytes(self, descriptor: LayerDescriptor) -> int:
         return 0 if self.beyond_llc(descriptor) else int(descriptor.weight_bytes)
 
+    def _stream_ms(self, descriptor: LayerDescriptor, setup: CoreSetup) -> Optional[float]:
+        """Time to stream a beyond-LLC layer's weights from DRAM with ``setup``'s threads
+        (None: not beyond the LLC, or no bandwidth fitted for the cluster)."""
+        bw = self.stream_.get(setup.cluster)
+        if bw is None or not self.beyond_llc(descriptor):
+            return None
+        return bw.ms(descriptor.weight_bytes / 1e6, setup.cores)
+
     def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
         ms = self._in_cache_ms(descriptor, setup)
-        if self.beyond_llc(descriptor):
-            ms += self.dram_.get(str(setup), 0.0) * descriptor.weight_bytes / 1e6
-        return ms
+        if not self.beyond_llc(descriptor):
+            return ms
+        stream = self._stream_ms(descriptor, setup)
+        if stream is not None:
+            # streaming and arithmetic overlap (the prefetcher runs ahead of the GEMV):
+            # the slower of the two sets the time
+            return max(ms, stream)
+        return ms + self.dram_.get(str(setup), 0.0) * descriptor.weight_bytes / 1e6
+
+    def explain(self, descriptor: LayerDescriptor, setup: Union[CoreSetup, str]) -> "LayerTerms":
+        """What each term of the model contributes to ``descriptor``'s time on ``setup``."""
+        setup = self._check(descriptor, setup)
+        key = str(setup)
+        featurize = self._featurize(self.tiles_)
+        group, vec = featurize(descriptor, setup)
+        fam = family_of(descriptor)
+        names = FEATURE_NAMES.get(group.split("/")[0], FEATURE_NAMES.get(fam.split("/")[0], ()))
+        base = self.derived_.get(key)
+        coef = self.coef_.get(f"{group}|{key}")
+        if base is not None and _shared(descriptor) and coef is not None:
+            # k-core memory-bound loop: fixed k-core cost + one-core-priced per-thread work
+            one = self.coef_.get(f"{group}|{base}")
+            if one is not None and len(one) == len(vec):
+                parts = [("fixed (k-core sync)", coef[0])] + [
+                    (f"{n} @ {base}", c * v) for n, c, v in zip(names[1:], one[1:], vec[1:])]
+            else:
+                parts = [("fixed (k-core sync)", coef[0]), ("work @ generic", self._in_cache_ms(descriptor, setup) - coef[0])]
+        elif coef is not None and len(coef) == len(vec):
+            parts = [(n, c * v) for n, c, v in zip(names, coef, vec)]
+        else:
+            gen = self.coef_[f"{FALLBACK}|{key}"]
+            group = FALLBACK
+            parts = [(n, c * v) for n, c, v in zip(("fixed", "MACs/k", "MB/k"), gen, _generic(descriptor, setup))]
+        stream = self._stream_ms(descriptor, setup)
+        dram = 0.0
+        if self.beyond_llc(descriptor) and stream is None:
+            dram = self.dram_.get(key, 0.0) * descriptor.weight_bytes / 1e6
+        return LayerTerms(group=group, tiles=dict(self.tiles_.get(fam, _DEFAULT_TILES)),
+                          terms=tuple((str(n), float(v)) for n, v in parts),
+                          in_cache_ms=self._in_cache_ms(descriptor, setup),
+                          stream_ms=stream, dram_excess_ms=dram,
+                          total_ms=self.predict(descriptor, setup))
 
     def _fitted_state(self) -> dict:
-        return {"tiles": self.tiles_, "coef": self.coef_, "derived": self.derived_, "dram": self.dram_}
+        return {"tiles": self.tiles_, "coef": self.coef_, "derived": self.derived_, "dram": self.dram_,
+                "stream": {c: bw.to_json() for c, bw in self.stream_.items()}}
 
     def _load_fitted_state(self, doc: dict) -> None:
         tiles = {}
@@ -428,6 +512,8 @@ class MechPredictor(Predictor):
             if f"{FALLBACK}|{setup}" not in self.coef_ or f"{FALLBACK}|{base}" not in self.coef_:
                 raise ValueError(f"derived setup {setup} lacks its fallback model or its base {base}")
         self.dram_ = {str(k): float(v) for k, v in doc.get("dram", {}).items()}
+        # files written before the streaming bandwidth: their "dram" rates still apply
+        self.stream_ = {str(c): StreamBandwidth.from_json(v) for c, v in doc.get("stream", {}).items()}
         if any(not (v >= 0.0) for v in self.dram_.values()):
             raise ValueError("DRAM ms per MB must be non-negative")
         # element-wise models gained a beyond-the-caches term (3 coefficients); an older file's

@@ -51,36 +51,45 @@ def test_eltwise_on_two_cores_is_one_core_traffic_halved_plus_a_fixed_cost():
     assert eff == 1.0 and sync == pytest.approx(0.003 + SYNC, rel=0.1)  # + the law's per-invoke 0.003
 
 
-def _fc_rows(llc_mb: float, dram_ms_per_mb: float):
+BW1, BW_MAX = 25.0, 40.0  # GB/s (= MB/ms): one thread from DRAM, and the cluster's ceiling
+S3 = CoreSetup("big", 3)
+
+
+def _fc_rows(llc_mb: float, setups=(S1, S2)):
     """FC 'hardware': in cache 0.002 ms + 0.02 ms per weight MB per thread; beyond ``llc_mb``
-    the weights also pay ``dram_ms_per_mb`` (shared by the threads, not divided)."""
+    the weights stream from DRAM at min(k * BW1, BW_MAX), overlapped with the arithmetic."""
     def t(d, s):
         mb = d.weight_bytes / 1e6
         ms = 0.002 + 0.02 * mb / s.cores
-        if (d.weight_bytes + d.activation_bytes) / 1e6 > llc_mb:
-            ms += dram_ms_per_mb * mb
+        if d.weight_bytes / 1e6 > llc_mb:
+            ms = max(ms, mb / min(s.cores * BW1, BW_MAX))
         return ms
     descs = [fc(ci, co) for ci, co in [(64, 10), (128, 100), (256, 64), (300, 200), (512, 128), (640, 320),
                                        (700, 500), (1024, 256), (800, 700), (1500, 900), (2048, 800),
                                        (1800, 1000), (3000, 1200)]]
     rows = []
     for i, d in enumerate(descs):
-        for s in (S1, S2):
+        for s in setups:
             rows.append(ProfileRow("layer", "sweep" if i >= 11 else "m", i, i + 1, s, d.key_string(),
                                    t(d, s), 0.01, 10, "fp0", descriptor=d))
     return rows, t
 
 
-def test_layers_beyond_the_llc_pay_a_dram_rate_learned_from_such_rows():
-    rows, t = _fc_rows(llc_mb=4.0, dram_ms_per_mb=0.03)
+def test_layers_beyond_the_llc_stream_at_a_saturating_bandwidth_learned_from_such_rows():
+    rows, t = _fc_rows(llc_mb=4.0)
     base = make_rows(training_descs())
     mech = make_predictor("mech")
     mech.llc_mb = 4.0
     mech.fit(base + rows)
     unseen = fc(2500, 1100)   # 11 MB > 4 MB
     assert mech.beyond_llc(unseen)
+    bw = mech.stream_["big"]
+    assert bw.bw1 == pytest.approx(BW1, rel=0.02) and bw.bw_max == pytest.approx(BW_MAX, rel=0.02)
     for s in (S1, S2):
         assert mech.predict(unseen, s) == pytest.approx(t(unseen, s), rel=0.05)
+    terms = mech.explain(unseen, S2)
+    assert terms.stream_ms == pytest.approx(11.0 / BW_MAX, rel=0.02) and terms.total_ms == max(
+        terms.in_cache_ms, terms.stream_ms)
     # inside a model its weights are already paid for: the calibration adds nothing for them
     assert mech._cold_weight_bytes(unseen) == 0
     assert mech._cold_weight_bytes(fc(256, 64)) == 4 * 256 * 64
@@ -91,8 +100,46 @@ def test_layers_beyond_the_llc_pay_a_dram_rate_learned_from_such_rows():
     assert plain.predict(unseen, S1) < 0.8 * t(unseen, S1)
 
 
-def test_round_trip_keeps_derived_setups_and_dram_rates(tmp_path):
-    rows, _ = _fc_rows(llc_mb=4.0, dram_ms_per_mb=0.03)
+def test_a_setup_without_dram_rows_follows_the_saturating_curve():
+    # big:3 was profiled (in-cache layers) but no layer beyond the LLC ran on it: its bandwidth
+    # is min(3 * bw1, bw_max) = bw_max, not 3x one thread and not 2 threads' figure scaled
+    rows, t = _fc_rows(llc_mb=4.0)
+    small, _ = _fc_rows(llc_mb=1e9, setups=(S3,))
+    mech = make_predictor("mech")
+    mech.llc_mb = 4.0
+    mech.fit(make_rows(training_descs(), setups=(S1, S2, S3)) + rows
+             + [r for r in small if r.descriptor.weight_bytes <= 4e6])
+    unseen = fc(2500, 1100)
+    assert mech.predict(unseen, S3) == pytest.approx(t(unseen, S3), rel=0.05)
+    assert mech.predict(unseen, S3) == pytest.approx(11.0 / BW_MAX, rel=0.05)
+
+
+def test_bandwidth_fit_saturates_ignores_an_outlier_and_round_trips():
+    import math
+
+    from predictors.bandwidth import StreamBandwidth, fit_stream_bandwidth
+
+    samples = [(1, mb, mb / 27.0) for mb in (40, 70, 100, 150)] + [(2, mb, mb / 45.0) for mb in (40, 70, 150)]
+    samples.append((2, 100.0, 100.0 / 12.0))  # measured while another process streamed
+    bw = fit_stream_bandwidth(samples)
+    assert bw.bw1 == pytest.approx(27.0) and bw.bw_max == pytest.approx(45.0)
+    assert bw.at(1) == pytest.approx(27.0) and bw.at(2) == bw.at(4) == pytest.approx(45.0)
+    assert StreamBandwidth.from_json(json.loads(json.dumps(bw.to_json()))) == bw
+    # one-thread rows only: no ceiling known, k threads get k times one (null in JSON)
+    one = fit_stream_bandwidth([(1, 50.0, 2.0)])
+    assert math.isinf(one.bw_max) and one.at(3) == pytest.approx(75.0)
+    assert one.to_json()["bw_max_gbs"] is None and StreamBandwidth.from_json(one.to_json()) == one
+    # more than k times one thread is noise: capped
+    assert fit_stream_bandwidth([(1, 10.0, 1.0), (2, 30.0, 1.0)]).bw_max == pytest.approx(20.0)
+    for bad in ({"bw1_gbs": 0.0, "bw_max_gbs": 1.0}, {"bw1_gbs": 5.0, "bw_max_gbs": 2.0}, {"bw1_gbs": 5.0}):
+        with pytest.raises((ValueError, KeyError)):
+            StreamBandwidth.from_json(bad)
+    with pytest.raises(ValueError):
+        fit_stream_bandwidth([])
+
+
+def test_round_trip_keeps_derived_setups_and_stream_bandwidth(tmp_path):
+    rows, _ = _fc_rows(llc_mb=4.0)
     mech = make_predictor("mech")
     mech.llc_mb = 4.0
     mech.fit(rows_with_sync(training_descs()) + rows)
@@ -100,13 +147,20 @@ def test_round_trip_keeps_derived_setups_and_dram_rates(tmp_path):
     mech.save(path)
     doc = json.loads(path.read_text())
     assert doc["state"]["derived"] == {str(S2): str(S1)}
-    assert doc["state"]["dram"][str(S1)] > 0 and doc["params"]["llc_mb"] == 4.0
+    assert doc["state"]["stream"]["big"]["bw1_gbs"] == pytest.approx(BW1, rel=0.02)
+    assert doc["params"]["llc_mb"] == 4.0
     again = predictor_from_json(doc)
     for d in (add(56, 100), fc(2500, 1100), conv(28, 32, 64)):
         for s in (S1, S2):
             assert again.predict(d, s) == mech.predict(d, s)
-    # a file without DRAM state (written before that mechanism) still loads
+    # a file from before the streaming bandwidth prices beyond-LLC layers by its DRAM rate per MB
     old = json.loads(path.read_text())
+    del old["state"]["stream"]
+    old["state"]["dram"] = {str(S1): 0.03, str(S2): 0.03}
+    older_fc = predictor_from_json(old)
+    assert older_fc.predict(fc(2500, 1100), S1) == pytest.approx(
+        older_fc._in_cache_ms(fc(2500, 1100), S1) + 0.03 * 11.0)
+    # and one without DRAM state (written before that mechanism) still loads
     del old["state"]["dram"]
     assert predictor_from_json(old).predict(conv(28, 32, 64), S1) > 0
     # one from before k-core setups were derived has free 2-term element-wise models on big:2,
@@ -115,10 +169,25 @@ def test_round_trip_keeps_derived_setups_and_dram_rates(tmp_path):
     del older["state"]["derived"]
     with pytest.raises(PredictorError, match="re-fit"):
         predictor_from_json(older)
-    # a negative DRAM rate is a corrupt file
+    # a negative DRAM rate or a bandwidth ceiling below one thread is a corrupt file
     old["state"]["dram"] = {str(S1): -1.0}
     with pytest.raises(PredictorError, match="DRAM"):
         predictor_from_json(old)
+    bad = json.loads(path.read_text())
+    bad["state"]["stream"]["big"] = {"bw1_gbs": 30.0, "bw_max_gbs": 10.0}
+    with pytest.raises(PredictorError, match="bandwidth"):
+        predictor_from_json(bad)
+
+
+def test_explain_terms_add_up_to_the_prediction():
+    mech = make_predictor("mech").fit(rows_with_sync(training_descs()))
+    for d in (conv(28, 32, 64), add(56, 100)):
+        for s in (S1, S2):
+            terms = mech.explain(d, s)
+            assert terms.stream_ms is None and terms.dram_excess_ms == 0.0
+            assert sum(v for _, v in terms.terms) == pytest.approx(terms.in_cache_ms, rel=1e-6)
+            assert terms.total_ms == pytest.approx(mech.predict(d, s))
+            assert terms.group in terms.describe()
 
 
 @pytest.mark.parametrize("bad", [0, -3.0, "big"])

@@ -1,15 +1,20 @@
-"""Where does a predictor's leave-one-out error come from? Per setup and kernel family.
+"""Where does a predictor's leave-one-out error come from? Per setup, family, op and size.
 
 ``pipeit eval`` reports per op type; this breaks the same leave-one-model-out
-results down by (setup, kernel family) and lists the worst layers, so a fix
-goes to the group that carries the error, not to one model. It also reports,
+results down by (setup, kernel family), (setup, op) and layer size, counts
+the layers outside +-10 % (flagging k-core rows that barely beat their own
+one-core time: a measurement, not the model), lists the worst layers with
+what each term of the fold's fitted model says for them (``mech``), and
+checks the whole-model calibration per setup (summed stand-alone layers,
+calibrated sum, measured), so a fix goes to the group that carries the
+error, not to one model. It also reports,
 per op, the measured two-core speed-up of the profile's layer rows next to
 the speed-up of its stage and whole-model rows: layer rows that scale much
 less than the stages covering them point at the measurement, not the model.
 
 Usage::
 
-    .venv/bin/python tools/eval_breakdown.py PROFILE.csv... [--kind mech] [--min-ms 0.05] [--worst 15]
+    .venv/bin/python tools/eval_breakdown.py PROFILE.csv... [--kind mech] [--min-ms 0.05] [--worst 30]
 """
 
 from __future__ import annotations
@@ -27,7 +32,12 @@ from pipeit.profile_table import ProfileTable, read_profile  # noqa: E402
 from predictors.evaluate import LayerResult, leave_one_out  # noqa: E402
 from predictors.features import family_of  # noqa: E402
 
-__all__ = ["breakdown", "speedups", "main"]
+__all__ = ["breakdown", "by_key", "size_bucket", "suspect_rows", "speedups", "main"]
+
+#: a k-core layer row faster than its one-core row by less than this is suspect (see PREDICTORS.md)
+SUSPECT_SPEEDUP = 1.3
+#: layer size buckets (measured ms) for the breakdown by size
+SIZE_EDGES = (0.1, 0.3, 1.0, 3.0)
 
 
 def breakdown(results: List[LayerResult], table: ProfileTable, min_ms: float) -> Dict[Tuple[str, str], dict]:
@@ -44,6 +54,43 @@ def breakdown(results: List[LayerResult], table: ProfileTable, min_ms: float) ->
         out[g] = {"n": len(e), "mape": float(np.mean(np.abs(e)) * 100),
                   "within10": float(np.mean(np.abs(e) <= 0.1) * 100), "bias": float(np.mean(e) * 100),
                   "share": float(np.sum(np.abs(e)) / total * 100)}
+    return out
+
+
+def size_bucket(ms: float) -> str:
+    """The size bucket of a layer's measured time (``"0.1-0.3"``...)."""
+    lo = 0.0
+    for hi in SIZE_EDGES:
+        if ms < hi:
+            return f"{lo:g}-{hi:g} ms"
+        lo = hi
+    return f">={lo:g} ms"
+
+
+def by_key(results: List[LayerResult], key, min_ms: float) -> Dict[tuple, dict]:
+    """Group layer results by ``key(result)``: n, MAPE %, share within 10 %, bias %."""
+    groups: Dict[tuple, List[float]] = {}
+    for r in results:
+        if r.measured_ms >= min_ms:
+            groups.setdefault(key(r), []).append(r.rel_error)
+    out = {}
+    for g, errs in sorted(groups.items()):
+        e = np.array(errs)
+        out[g] = {"n": len(e), "mape": float(np.mean(np.abs(e)) * 100),
+                  "within10": float(np.mean(np.abs(e) <= 0.1) * 100), "bias": float(np.mean(e) * 100),
+                  "outside": int(np.sum(np.abs(e) > 0.1))}
+    return out
+
+
+def suspect_rows(table: ProfileTable, base: str = "cpu:1") -> Dict[Tuple[str, str], float]:
+    """(key, setup) -> measured speed-up over ``base`` for k-core layer rows below SUSPECT_SPEEDUP."""
+    one = {r.key: r.median_ms for r in table.layer_rows() if r.ok and str(r.setup) == base}
+    out = {}
+    for r in table.layer_rows():
+        if r.ok and str(r.setup) != base and r.setup.cores > 1 and r.key in one:
+            sp = one[r.key] / r.median_ms
+            if sp < SUSPECT_SPEEDUP:
+                out[(r.key, str(r.setup))] = sp
     return out
 
 
@@ -70,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("profiles", nargs="+")
     ap.add_argument("--kind", default="mech")
     ap.add_argument("--min-ms", type=float, default=0.05)
-    ap.add_argument("--worst", type=int, default=15)
+    ap.add_argument("--worst", type=int, default=30)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     table = read_profile(args.profiles, force=args.force)
@@ -78,16 +125,51 @@ def main(argv=None) -> int:
     for label, s in speedups(table, min_ms=args.min_ms).items():
         p10, p50, p90 = np.percentile(s, [10, 50, 90])
         print(f"  {label:18s} n={len(s):4d}  {p10:5.2f} {p50:5.2f} {p90:5.2f}")
-    layers, _ = leave_one_out(table, [args.kind])
+    fitted: dict = {}
+    layers, models = leave_one_out(table, [args.kind], fitted=fitted)
     print(f"\n{args.kind}: leave-one-model-out error by setup and kernel family (layers >= {args.min_ms} ms)")
     print(f"  {'setup':6s} {'family':10s} {'n':>4s} {'MAPE%':>7s} {'in10%':>7s} {'bias%':>7s} {'of err%':>8s}")
     for (setup, fam), m in breakdown(layers, table, args.min_ms).items():
         print(f"  {setup:6s} {fam:10s} {m['n']:4d} {m['mape']:7.1f} {m['within10']:7.1f} {m['bias']:7.1f} {m['share']:8.1f}")
-    worst = sorted((r for r in layers if r.measured_ms >= args.min_ms), key=lambda r: -abs(r.rel_error))
-    print(f"\nworst {args.worst} layers")
+    suspect = suspect_rows(table)
+    for title, key in (("setup and op", lambda r: (r.setup, r.op)),
+                       ("setup and measured size", lambda r: (r.setup, size_bucket(r.measured_ms))),
+                       ("outside +-10 %: setup, op, suspect k-core row",
+                        lambda r: (r.setup, r.op, "suspect" if (r.key, r.setup) in suspect else ""))):
+        print(f"\nby {title}")
+        print(f"  {'group':48s} {'n':>4s} {'MAPE%':>7s} {'in10%':>7s} {'bias%':>7s} {'out':>4s}")
+        for g, m in by_key(layers, key, args.min_ms).items():
+            if title.startswith("outside") and not m["outside"]:
+                continue
+            print(f"  {' '.join(g):48s} {m['n']:4d} {m['mape']:7.1f} {m['within10']:7.1f} {m['bias']:7.1f} {m['outside']:4d}")
+    kept = [r for r in layers if r.measured_ms >= args.min_ms]
+    n_out = sum(abs(r.rel_error) > 0.1 for r in kept)
+    n_sus = sum(abs(r.rel_error) > 0.1 and (r.key, r.setup) in suspect for r in kept)
+    print(f"  {n_out} of {len(kept)} layers outside +-10 %, {n_sus} of them k-core rows that beat their "
+          f"one-core row by < {SUSPECT_SPEEDUP}x")
+    worst = sorted(kept, key=lambda r: -abs(r.rel_error))
+    print(f"\nworst {args.worst} layers (measured -> predicted; the fold's model terms, ms)")
+    catalog = table.catalog()
     for r in worst[: args.worst]:
+        flag = f" [suspect: {suspect[(r.key, r.setup)]:.2f}x over cpu:1]" if (r.key, r.setup) in suspect else ""
         print(f"  {r.model:12s} {r.setup:6s} {r.measured_ms:8.3f} -> {r.predicted_ms:8.3f} ms "
-              f"{r.rel_error * 100:+6.1f} %  {r.key[:90]}")
+              f"{r.rel_error * 100:+6.1f} %{flag}  {r.key}")
+        p = fitted.get((r.model, args.kind))
+        if p is not None and hasattr(p, "explain") and r.key in catalog:
+            print(f"      {p.explain(catalog[r.key], r.setup).describe()}")
+    print("\nwhole-model calibration per setup (fold of the held-out model)")
+    print(f"  {'model':12s} {'setup':6s} {'layers ms':>9s} {'calib ms':>9s} {'measured':>9s} "
+          f"{'meas/sum':>8s} {'err%':>6s}  scale, ms/cold MB, ms/layer")
+    for m in sorted(models, key=lambda m: (m.setup, m.model)):
+        p = fitted.get((m.model, args.kind))
+        rows = [x for x in table.multi_rows() if x.model == m.model and x.kind == "model" and str(x.setup) == m.setup]
+        if p is None or not rows:
+            continue
+        descs = [catalog[k] for k in rows[0].layer_keys if k in catalog]
+        raw = sum(p.predict_layers(descs, m.setup, calibrated=False))
+        coef = p.calibration_.get(m.setup, (1.0, 0.0, 0.0))
+        print(f"  {m.model:12s} {m.setup:6s} {raw:9.3f} {m.predicted_ms:9.3f} {m.measured_ms:9.3f} "
+              f"{m.measured_ms / raw:8.3f} {m.rel_error * 100:+6.1f}  {coef[0]:.3f}, {coef[1]:.4f}, {coef[2]:+.4f}")
     return 0
 
 
