@@ -42,6 +42,7 @@ __all__ = [
     "calibrate",
     "Throttles",
     "MIN_QUOTA_US",
+    "read_bandwidth",
 ]
 
 MIN_QUOTA_US = 1000
@@ -139,6 +140,32 @@ def _set_bandwidth(root: CgroupRoot, folder: str, quota_us: int, period_us: int)
         _write(os.path.join(folder, "cpu.cfs_quota_us"), str(quota_us))
     else:
         _write(os.path.join(folder, "cpu.max"), f"{quota_us} {period_us}")
+
+
+def read_bandwidth(folder: str) -> Optional[Tuple[Optional[int], int]]:
+    """``(quota_us, period_us)`` a cgroup folder has now (quota None: unlimited); None if unreadable.
+
+    v1 keeps the two in ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` (-1: no
+    limit), v2 in one ``cpu.max`` line (``max``: no limit). Never raises: a
+    monitor reads this every window, and a group removed meanwhile is "no
+    reading", not an error.
+    """
+    try:
+        if os.path.exists(os.path.join(folder, "cpu.cfs_quota_us")):
+            with open(os.path.join(folder, "cpu.cfs_quota_us"), encoding="ascii") as handle:
+                quota = int(handle.read().strip())
+            with open(os.path.join(folder, "cpu.cfs_period_us"), encoding="ascii") as handle:
+                period = int(handle.read().strip())
+        else:
+            with open(os.path.join(folder, "cpu.max"), encoding="ascii") as handle:
+                quota_text, period_text = handle.read().split()[:2]
+            quota = -1 if quota_text == "max" else int(quota_text)
+            period = int(period_text)
+    except (OSError, ValueError):
+        return None
+    if period <= 0:
+        return None
+    return (quota if quota > 0 else None), period
 
 
 def _make_group(root: CgroupRoot, name: str) -> str:
@@ -462,6 +489,29 @@ class Throttles:
                 "per-thread throttling (one interpreter over a fast and a slowed cluster) needs cgroup v1"
             )
         _write(os.path.join(folder, "tasks"), str(int(tid)))
+
+    def speed_now(self, cluster: str) -> Optional[float]:
+        """The emulated cluster's speed as its cgroup stands now: what a board's frequency cap says.
+
+        The declared speed scaled by the share of a CPU the quota gives now
+        over the share it gave when calibrated (``quota/period``); a quota
+        halved from outside (a test's or a benchmark's "the board heats up")
+        reads as half the speed, no quota as full speed (1.0). None for a
+        cluster with no cgroup (full speed by declaration, or not entered) or
+        an unreadable one. Reading it is two small file reads.
+        """
+        folder = self._groups.get(cluster)
+        cal = self.calibrations.get(cluster)
+        if folder is None or cal is None or cal.quota_us <= 0 or cal.period_us <= 0:
+            return None
+        now = read_bandwidth(folder)
+        if now is None:
+            return None
+        quota, period = now
+        if quota is None:
+            return 1.0
+        share, calibrated = quota / period, cal.quota_us / cal.period_us
+        return min(1.0, self.platform.cluster(cluster).speed * share / calibrated)
 
     def report(self) -> dict:
         """Declared factor, period, quota and calibrated factor per slowed cluster."""

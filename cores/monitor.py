@@ -6,18 +6,26 @@ serves which cluster, which thermal zones exist), so a :meth:`Monitor.snapshot`
 is a handful of small reads (tens of microseconds): cheap enough for the
 daemon's loop and for stamping every profile row. Missing or unreadable
 files give ``None``; a reading never raises.
+
+On an emulated platform a cluster's speed is not a frequency but its
+cgroup's CPU quota: given a ``speeds`` source (the emulation's
+:class:`cores.emulation.Throttles`), each reading also carries the
+cluster's current ``speed`` (declared speed x quota share now / at
+calibration), so a quota cut shows in the next reading as a board's
+frequency cap would. Real boards give ``speed`` None.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Protocol, Tuple
+
 
 from cores.model import Platform
 from cores.sysfs import PathLike, SysRoot
 
-__all__ = ["ClusterReading", "ThermalReading", "Snapshot", "Monitor", "snapshot"]
+__all__ = ["ClusterReading", "ThermalReading", "Snapshot", "Monitor", "SpeedSource", "snapshot"]
 
 CPU_DIR = "/sys/devices/system/cpu"
 THERMAL_DIR = "/sys/class/thermal"
@@ -29,10 +37,22 @@ class ClusterReading:
     cur_freq_khz: Optional[int]
     governor: Optional[str]
     max_freq_khz: Optional[int]  # the policy's current scaling_max_freq (a cap, if one is set)
+    #: an emulated cluster's current speed (1.0 = a full host CPU); None on real hardware
+    speed: Optional[float] = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "cur_freq_khz": self.cur_freq_khz,
-                "governor": self.governor, "scaling_max_freq_khz": self.max_freq_khz}
+        doc = {"name": self.name, "cur_freq_khz": self.cur_freq_khz,
+               "governor": self.governor, "scaling_max_freq_khz": self.max_freq_khz}
+        if self.speed is not None:
+            doc["speed"] = self.speed
+        return doc
+
+
+class SpeedSource(Protocol):
+    """What reports an emulated cluster's speed now (:meth:`cores.emulation.Throttles.speed_now`)."""
+
+    def speed_now(self, cluster: str) -> Optional[float]:
+        ...
 
 
 @dataclass(frozen=True)
@@ -88,8 +108,10 @@ def _policy_dirs(root: SysRoot) -> Dict[int, str]:
 class Monitor:
     """Readings for one platform's clusters; paths resolved once at construction."""
 
-    def __init__(self, platform: Optional[Platform] = None, sysfs_root: Optional[PathLike] = None) -> None:
+    def __init__(self, platform: Optional[Platform] = None, sysfs_root: Optional[PathLike] = None,
+                 speeds: Optional[SpeedSource] = None) -> None:
         self._root = SysRoot(sysfs_root)
+        self._speeds = speeds
         if platform is None:
             from cores.topology import detect_platform
 
@@ -123,14 +145,16 @@ class Monitor:
         root = self._root
         clusters = []
         for name, folder in self._clusters:
+            speed = self._speed(name)
             if folder is None:
-                clusters.append(ClusterReading(name, None, None, None))
+                clusters.append(ClusterReading(name, None, None, None, speed))
                 continue
             clusters.append(ClusterReading(
                 name,
                 root.integer(f"{folder}/scaling_cur_freq"),
                 root.text(f"{folder}/scaling_governor"),
                 root.integer(f"{folder}/scaling_max_freq"),
+                speed,
             ))
         thermal = []
         for zone, kind in self._zones:
@@ -142,6 +166,15 @@ class Monitor:
             clusters=tuple(clusters),
             thermal=tuple(thermal),
         )
+
+
+    def _speed(self, name: str) -> Optional[float]:
+        if self._speeds is None:
+            return None
+        try:
+            return self._speeds.speed_now(name)
+        except Exception:  # noqa: BLE001 -- a reading never raises
+            return None
 
 
 def snapshot(platform: Optional[Platform] = None, sysfs_root: Optional[PathLike] = None) -> Snapshot:

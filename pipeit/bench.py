@@ -357,8 +357,10 @@ def run_bench(
     # Without a latency limit the bench asks for throughput: one frame more than the workers hold keeps
     # the worker that finishes first busy while its answer travels back and the next frame comes in
     # (otherwise every worker idles a round trip per frame). Under a limit every strategy is judged by
-    # its latency, so none gets a frame queued in front of its own.
+    # its latency, so none gets a frame queued in front of its own, and every strategy's frames are
+    # admitted gated: each enters only when it can pass every stage without waiting (pipeit.admission).
     spare = 1 if latency_ms is None else 0
+    gated = latency_ms is not None
     inflight = {name: frames_in_flight(plan) + spare for name, plan in measured.items()}
 
     stream = make_frames(model_path, frames)
@@ -382,13 +384,13 @@ def run_bench(
             os.sched_setaffinity(0, set(host))
             _say(progress, f"dispatchers and the frame feed pinned to CPUs {list(host)} (the slowest cluster)")
         for name, pipe in pipelines.items():
-            stream_frames(pipe, warm, inflight[name])
+            stream_frames(pipe, warm, inflight[name], gated=gated)
             rss[name] = _rss_bytes(pipe)
         for r in range(rounds):
             order = list(pipelines) if r % 2 == 0 else list(reversed(list(pipelines)))
             for name in order:
                 pipelines[name].reset_stats()
-                fps, lat = stream_frames(pipelines[name], stream, inflight[name])
+                fps, lat = stream_frames(pipelines[name], stream, inflight[name], gated=gated)
                 fps_runs[name].append(fps)
                 lat_runs[name].append(lat)
                 stat_runs[name].append(pipelines[name].stats())
@@ -456,7 +458,7 @@ TRIAL_MAX_FRAMES = 2000
 def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, sha: str, frames: int,
            latency_ms: Optional[float], memory_mb: Optional[float], progress: bool) -> Tuple[Plan, Optional[dict]]:
     """pipeit's plan after a measured trial among candidates (pipeit.trial); the trial's record for the report."""
-    from pipeit.dse import pareto_front, to_plan
+    from pipeit.dse import admission_for, pareto_front, to_plan
     from pipeit.dse.cost import Limits
     from pipeit.executor import Pipeline
     from pipeit.executor.pipeline import coordinator_cpus
@@ -466,7 +468,7 @@ def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, 
     if latency_ms is not None:
         front = [to_plan(c, platform, strategy="pipeit", model=model_path.name, model_sha256=sha,
                          limits=Limits(None, memory_mb))
-                 for c in pareto_front(times, platform, memory_mb=memory_mb)]
+                 for c in pareto_front(times, platform, memory_mb=memory_mb, admission=admission_for(latency_ms))]
     others = {n: p for n, p in plans.items() if n != "pipeit"}
     candidates = trial_candidates(plans["pipeit"], others, front, latency_ms)
     if len(candidates) < 2:

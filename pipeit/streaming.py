@@ -11,13 +11,27 @@ import time
 from collections import deque
 from typing import Any, List, Sequence, Tuple
 
+from pipeit.admission import DEFAULT_LEAD_MS, wait_for_admission
 from pipeit.plan import Plan
 
 __all__ = ["stream_frames", "frames_in_flight"]
 
 
-def stream_frames(pipeline: Any, frames: Sequence, window: int) -> Tuple[float, List[float]]:
-    """Stream ``frames`` keeping ``window`` in flight; return (fps, per-frame latencies in ms)."""
+def stream_frames(pipeline: Any, frames: Sequence, window: int, gated: bool = False,
+                  lead_ms: float = DEFAULT_LEAD_MS, feed: str = "stream") -> Tuple[float, List[float]]:
+    """Stream ``frames`` keeping ``window`` in flight; return (fps, per-frame latencies in ms).
+
+    ``gated``: also hold each frame until it can pass every stage without
+    waiting (:mod:`pipeit.admission`; what a latency limit calls for): the
+    slowest stage is still fed in time, and no frame queues before it.
+
+    Ungated, a pipeline that offers ``stream`` (:meth:`pipeit.executor.Pipeline.stream`)
+    is fed by its own dispatcher thread, not woken back here per frame;
+    ``feed="submit"`` keeps this thread's ``submit``/``result`` loop (what a
+    caller holding Futures pays).
+    """
+    if not gated and feed == "stream" and hasattr(pipeline, "stream"):
+        return pipeline.stream(frames, window)
     pending: deque = deque()
     latencies: List[float] = []
     t0 = time.perf_counter()
@@ -26,6 +40,8 @@ def stream_frames(pipeline: Any, frames: Sequence, window: int) -> Tuple[float, 
             submitted, fut = pending.popleft()
             fut.result()
             latencies.append((time.perf_counter() - submitted) * 1000.0)
+        if gated:
+            wait_for_admission(pipeline, lead_ms)
         pending.append((time.perf_counter(), pipeline.submit(frame)))
     while pending:
         submitted, fut = pending.popleft()

@@ -137,12 +137,13 @@ def choose_by_trial(
         for _label, plan in candidates:
             pipelines.append(starter(plan))
         warm = frames[: max(4, len(frames) // 4)]
+        gated = latency_ms is not None  # under a limit frames are admitted as pipeit.bench admits them
         for pipe, window in zip(pipelines, windows):
-            stream_frames(pipe, warm, window)
+            stream_frames(pipe, warm, window, gated=gated)
         for r in range(rounds):
             order = range(len(candidates)) if r % 2 == 0 else reversed(range(len(candidates)))
             for i in order:
-                rate, latencies = stream_frames(pipelines[i], frames, windows[i])
+                rate, latencies = stream_frames(pipelines[i], frames, windows[i], gated=gated)
                 fps[i].append(rate)
                 lat[i].extend(latencies)
     finally:

@@ -87,11 +87,13 @@ def _coordinator(platform: Platform, overhead: Optional[ExecutorOverhead]):
 
 def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
                 latency_ms: Optional[float] = None, memory_mb: Optional[float] = None,
-                device_copy: Optional[HopModel] = None, overhead: Optional[ExecutorOverhead] = None):
+                device_copy: Optional[HopModel] = None, overhead: Optional[ExecutorOverhead] = None,
+                gated: bool = False):
     """All admitted plans as (fps, latency, memory, description).
 
     Latency = max(path, queue): path = sum over stages of max over workers of
-    (time + jitter); queue = workers * 1000 / fps + the largest jitter.
+    (time + jitter); queue = workers * 1000 / fps + the largest jitter, or 0
+    when ``gated`` (frames admitted only when they wait nowhere).
     A worker on a GPU cluster also pays ``device_copy`` (one direction) on the
     bytes of the cut at each end of its stage (when given).
 
@@ -156,7 +158,7 @@ def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
                     top = min(top, 1000.0 / overhead.coordinator_ms)  # one coordinating thread
                 fps = _largest(lambda r: all(r <= off + speed(r) * mine * (1 + 1e-13) for off, mine in parts), top)
                 everyone = [w for group in groups for w in group]
-                queue = len(everyone) * 1000.0 / fps + max(_jitter(platform, w) for w in everyone)
+                queue = 0.0 if gated else len(everyone) * 1000.0 / fps + max(_jitter(platform, w) for w in everyone)
                 latency = max(path, queue)
                 if latency_ms is not None and latency > latency_ms:
                     continue

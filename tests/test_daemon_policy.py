@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeit.daemon.replan import (
-    DriftDetector, StageReading, SwitchPolicy, Window, WorkerReading, measured_capacity_fps,
+    DriftDetector, StageReading, SwitchPolicy, Window, WorkerReading, blame, measured_capacity_fps,
 )
 from pipeit.errors import PlanError
 
@@ -264,3 +264,102 @@ def test_the_factor_of_a_step_slowdown_leaves_out_the_window_that_straddles_it()
         assert not three.observe(window(ms)).replan
     decision = three.observe(window(22.0))
     assert dict(decision.factors) == {"little": pytest.approx(2.1)}  # the median of the two after the first
+
+
+def _pipeline(big_ms: float, little_ms: float, frames: int = 20) -> Window:
+    """Two stages, little then big, one worker each, both expected at 10 ms."""
+    little = WorkerReading(0, "little", little_ms, 10.0, frames)
+    big = WorkerReading(0, "big", big_ms, 10.0, frames)
+    return Window((StageReading(0, ("little",), little_ms, 10.0, frames, (little,)),
+                   StageReading(1, ("big",), big_ms, 10.0, frames, (big,))), window_s=0.5)
+
+
+class TestBlame:
+    def test_the_cluster_that_drifted_most_is_the_cause_and_a_lesser_drift_is_a_side_effect(self):
+        """The recorded case: the little quota halved, the little stage read 2.01x and the big stage
+        1.64x (the clients and the frame feed crowd the big CPU). Scaling big too made a plan that
+        measured worse and was reverted; only little is blamed, and big's expectation is not re-based."""
+        detector = DriftDetector(threshold=0.15, sustain=2)
+        assert not detector.observe(_pipeline(16.4, 20.1)).replan
+        decision = detector.observe(_pipeline(16.4, 20.1))
+        assert decision.replan and decision.trigger == "drift"
+        assert dict(decision.factors) == {"little": pytest.approx(2.01)}
+        assert decision.drifting == ((0, 0),)
+        assert "not blamed" in decision.reason and "stage 1 worker 0 at 1.64x on big" in decision.reason
+
+    def test_comparable_drifts_on_two_clusters_are_a_common_cause(self):
+        """A board-wide throttle slows both clusters alike: both are blamed."""
+        detector = DriftDetector(threshold=0.15, sustain=2)
+        detector.observe(_pipeline(19.0, 20.0))
+        decision = detector.observe(_pipeline(19.0, 20.0))
+        assert dict(decision.factors) == {"big": pytest.approx(1.9), "little": pytest.approx(2.0)}
+        assert set(decision.drifting) == {(0, 0), (1, 0)} and "not blamed" not in decision.reason
+
+    def test_the_largest_drift_is_judged_in_log_ratio_so_faster_counts_like_slower(self):
+        # big 2x faster (0.5) against little 1.5x slower: log 0.69 against 0.41 -> big is the cause.
+        assert blame([("big", 0.5), ("little", 1.5)]) == ("big",)
+        assert blame([("big", 1.0 / 1.9), ("little", 2.0)]) == ("big", "little")
+        assert blame([]) == () and blame([("big", 1.3)]) == ("big",)
+        assert blame([("big", 1.64), ("little", 2.01)], co_cause=0.5) == ("big", "little")
+
+    def test_a_lesser_drift_that_is_real_is_seen_again_after_the_re_plan(self):
+        """Blaming one cause at a time loses nothing: a re-plan re-bases the detector, and a second
+        cluster that really slowed keeps drifting against the new plan's expectations."""
+        detector = DriftDetector(threshold=0.15, sustain=2)
+        detector.observe(_pipeline(14.0, 30.0))
+        first = detector.observe(_pipeline(14.0, 30.0))
+        assert dict(first.factors) == {"little": pytest.approx(3.0)}
+        detector.rebase()  # what the daemon does after re-planning
+        assert not detector.observe(_pipeline(14.0, 10.0)).replan
+        second = detector.observe(_pipeline(14.0, 10.0))
+        assert dict(second.factors) == {"big": pytest.approx(1.4)}
+
+
+class TestEmulatedSpeed:
+    """An emulated cluster's speed (its cgroup quota) is a platform reading, judged like a frequency cap."""
+
+    def _window(self, little_speed, little_ms: float = 10.0) -> Window:
+        return Window(_pipeline(10.0, little_ms).stages, speeds=(("big", None), ("little", little_speed)))
+
+    def test_a_halved_speed_replans_at_once_with_the_exact_factor(self):
+        detector = DriftDetector(threshold=0.15, sustain=2)
+        assert not detector.observe(self._window(0.4)).replan  # the first reading is the baseline
+        decision = detector.observe(self._window(0.2, little_ms=15.0))  # one window, no sustain needed
+        assert decision.replan and decision.platform_changed and decision.trigger == "platform"
+        assert dict(decision.factors) == {"little": pytest.approx(2.0)}
+        assert "cluster little throttled 0.4 -> 0.2" in decision.reason
+        assert not detector.observe(self._window(0.2)).replan  # the new speed is the new normal
+
+    def test_small_moves_are_not_a_change_and_a_recovery_speeds_up(self):
+        detector = DriftDetector(threshold=0.15, sustain=2)
+        detector.rebase(speeds=(("little", 0.4),))
+        assert not detector.observe(self._window(0.41)).replan  # within 5 %
+        decision = detector.observe(self._window(0.8))
+        assert dict(decision.factors) == {"little": pytest.approx(0.5)} and "sped up" in decision.reason
+
+    def test_the_platform_change_wins_over_drift_in_the_same_window(self):
+        """A drift streak on big and little's speed cut in the same window: the platform reading names
+        the cause, with its exact factor; big is not scaled."""
+        detector = DriftDetector(threshold=0.15, sustain=1)
+        detector.rebase(speeds=(("little", 0.4),))
+        decision = detector.observe(Window(_pipeline(16.0, 20.0).stages, speeds=(("little", 0.2),)))
+        assert decision.platform_changed and dict(decision.factors) == {"little": pytest.approx(2.0)}
+
+    def test_after_a_platform_change_the_measured_times_become_the_normal(self):
+        """The recorded case: after the forced switch the little stage (now fewer layers under the quota)
+        ran at 0.68x its scaled prediction, which read as drift and pulled the plan back. The first
+        windows after the change are taken as the normal instead; a later real change still shows."""
+        detector = DriftDetector(threshold=0.15, sustain=2, anchor_windows=2)
+        detector.rebase(speeds=(("little", 0.4),))
+        assert detector.observe(self._window(0.2)).platform_changed
+        detector.rebase()  # the daemon re-plans and re-bases; the anchor collection goes on
+        for _ in range(2):
+            assert not detector.observe(self._window(0.2, little_ms=6.8)).replan  # the anchor windows
+        for _ in range(3):
+            assert not detector.observe(self._window(0.2, little_ms=6.8)).replan  # 0.68x is the normal now
+        detector.observe(self._window(0.2, little_ms=10.2))  # 1.5x the anchored normal...
+        decision = detector.observe(self._window(0.2, little_ms=10.2))
+        assert decision.replan and dict(decision.factors) == {"little": pytest.approx(1.5)}
+        detector.rebase()  # new expectations: the anchors go
+        assert not detector.observe(self._window(0.2, little_ms=10.0)).replan
+        assert not detector.observe(self._window(0.2, little_ms=10.0)).replan

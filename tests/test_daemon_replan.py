@@ -76,7 +76,12 @@ def _model_ms(model) -> float:
 
 
 @pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
-def test_slowed_cluster_triggers_replan_and_switch(tmp_path):
+@pytest.mark.parametrize("path", ["platform", "drift"])
+def test_slowed_cluster_triggers_replan_and_switch(tmp_path, path):
+    """``platform``: the daemon's monitor reads the emulated cluster's speed from its quota, as a board's
+    frequency cap, and re-plans on the next window with the exact factor. ``drift``: that reading is
+    hidden (PIPEIT_HIDE_EMULATED_SPEED), as when a co-runner takes the cores: only the measured stage
+    times show the slowdown, and the drift detector must blame the little cluster."""
     os.chmod(tmp_path, 0o750)
     model = build_model(tmp_path / "m.tflite", layers=6, size=SIZE, channels=CHANNELS)
     per_layer = _model_ms(model) / 8
@@ -85,7 +90,8 @@ def test_slowed_cluster_triggers_replan_and_switch(tmp_path):
     # (the executor measures stages, not workers: a replicated stage hides a slow replica).
     d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--window-s", "0.5",
                 "--sustain", "2", "--strategy", "pipe-it", "--per-client", "4"],
-               tmp_path / "r.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state")})
+               tmp_path / "r.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state"),
+                                         **({"PIPEIT_HIDE_EMULATED_SPEED": "1"} if path == "drift" else {})})
     rng = np.random.default_rng(0)
     frames = [rng.standard_normal((1, SIZE, SIZE, CHANNELS)).astype(np.float32) for _ in range(4)]
     refs = [reference(model, f) for f in frames]
@@ -127,15 +133,24 @@ def test_slowed_cluster_triggers_replan_and_switch(tmp_path):
             plan_before = doc["plan"]
             assert any("little" in w["cluster"] for s in plan_before["stages"] for w in s["workers"]), plan_before
             _set_quota(little["cgroup"], 1000, little["period_us"])  # ~0.1 of a core: the board "heats up"
+            # what the quota cut means: the exact factor of the platform path, on top of any scaling before it
+            factor = little["quota_us"] / 1000 * next(c["factor"] for c in doc["clusters"] if c["name"] == "little")
             deadline = time.monotonic() + 40
             switch = None
             while switch is None and time.monotonic() < deadline:
                 time.sleep(0.5)
                 doc = admin.status()
                 switch = next((e for e in doc["events"][first_events:]
-                               if e["kind"] == "switch" and _little_slowdown(e["reason"]) > 1.15), None)
+                               if e["kind"] == "switch" and (_little_slowdown(e["reason"]) > 1.15 or (
+                                   path == "platform" and "cluster little throttled" in e["reason"]))), None)
             assert switch is not None, (doc["events"], d.log())
-            assert "drift" in switch["reason"]
+            if path == "platform":
+                # seen as a platform change (no drift streak needed) and re-planned with the exact factor
+                assert switch["reason"].startswith("platform changed: cluster little throttled"), switch
+                little_now = next(c for c in doc["clusters"] if c["name"] == "little")
+                assert little_now["factor"] == pytest.approx(factor, rel=0.01), (little_now, factor)
+            else:
+                assert "drift" in switch["reason"] and "big" not in switch["reason"].split("(not blamed")[0], switch
 
             def little_layers(stages):
                 return sum(r[1] - r[0] for r, workers in stages if any(w[-1] == "little" for w in workers))

@@ -79,6 +79,12 @@ class TestOptimalEqualsBruteForce:
         _check_against_brute_force(problem)
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(problems())
+    def test_gated_admission_same_throughput_and_latency(self, problem):
+        """With gated admission (no queue term) the search still equals the brute force."""
+        _check_against_brute_force(problem, gated=True)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(problems(mirrored=True))
     def test_interchangeable_clusters_are_searched_once_without_loss(self, problem):
         table, platform, hop, _, _, overhead = problem
@@ -104,11 +110,11 @@ class TestOptimalEqualsBruteForce:
             assert _close(f1, f2) and _close(l1, l2), (got, expected)
 
 
-def _check_against_brute_force(problem) -> None:
+def _check_against_brute_force(problem, gated: bool = False) -> None:
     """The exact search finds the brute force's best throughput and, among equals, its latency."""
     table, platform, hop, latency, memory, overhead = problem
-    expected = best_of(brute_force(table, platform, hop, latency, memory, overhead=overhead))
-    cost = cost_model_for(table, platform, hop, overhead=overhead)
+    expected = best_of(brute_force(table, platform, hop, latency, memory, overhead=overhead, gated=gated))
+    cost = cost_model_for(table, platform, hop, overhead=overhead, admission="gated" if gated else "window")
     if expected is None:
         with pytest.raises(PlanError):
             optimal_plan(cost, platform, Limits(latency, memory))

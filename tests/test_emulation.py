@@ -190,3 +190,43 @@ def test_conv_layer_slowed_by_declared_factor(cache):
     if not quiet:
         pytest.skip(f"host too busy to measure the throttle (attempts {attempts})")
     pytest.fail(f"emulated factor off by more than {tolerance:.0%} on a quiet CPU: {attempts}, {report}")
+
+
+def test_read_bandwidth_parses_both_cgroup_versions(tmp_path):
+    from cores.emulation import read_bandwidth
+
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "cpu.cfs_quota_us").write_text("2500\n")
+    (v1 / "cpu.cfs_period_us").write_text("5000\n")
+    assert read_bandwidth(str(v1)) == (2500, 5000)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert read_bandwidth(str(v1)) == (None, 5000)  # no limit
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert read_bandwidth(str(v2)) == (None, 100000)
+    (v2 / "cpu.max").write_text("1000 5000\n")
+    assert read_bandwidth(str(v2)) == (1000, 5000)
+    (v2 / "cpu.max").write_text("garbage\n")
+    assert read_bandwidth(str(v2)) is None and read_bandwidth(str(tmp_path / "gone")) is None
+
+
+def test_speed_now_follows_the_quota_as_a_frequency_cap_would(cache):
+    """The emulated cluster's speed is its quota share over the calibrated one, times the declared speed:
+    halving the quota from outside reads as half the speed; lifting it, as full speed."""
+    root = _cgroups_or_skip()
+    platform = load_platform(f"emulate:big={CPUS[0]}@1.0,little={CPUS[-1]}@0.5")
+    with Throttles(platform, calibrate=False) as t:
+        assert t.speed_now("big") is None  # full speed by declaration: no cgroup, nothing to read
+        assert t.speed_now("little") == pytest.approx(0.5)
+        cal = t.calibrations["little"]
+        folder = t.cgroup_path("little")
+        v1 = root.version == 1
+        with open(os.path.join(folder, "cpu.cfs_quota_us" if v1 else "cpu.max"), "w") as f:
+            f.write(str(cal.quota_us // 2) if v1 else f"{cal.quota_us // 2} {cal.period_us}")
+        assert t.speed_now("little") == pytest.approx(0.25)
+        with open(os.path.join(folder, "cpu.cfs_quota_us" if v1 else "cpu.max"), "w") as f:
+            f.write("-1" if v1 else f"max {cal.period_us}")
+        assert t.speed_now("little") == 1.0
+    assert t.speed_now("little") is None  # closed: the group is gone

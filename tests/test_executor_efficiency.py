@@ -161,3 +161,130 @@ def test_executor_load_tool_splits_the_loss_into_contention_and_executor(zoo_mod
         "replicas / bare (cost of the executor)",
         "replicas / solo (efficiency against the ideal)",
     }
+
+
+class TestCoordinatorPath:
+    """The cheaper coordinator (issue 6): stale estimates, caller-owned outputs, the slot queue."""
+
+    def test_an_idle_worker_whose_estimate_went_stale_gets_frames_again(self, zoo_models):
+        """One worker's estimate 10x the other's (as after slow frames on a busy host): it must not idle for good.
+
+        With two frames in flight the other worker, holding one, always looks
+        sooner done (2 estimates) than this one (10), so without the stale
+        check this worker would never serve again and its estimate never heal.
+        """
+        from pipeit.executor import Pipeline
+
+        if len(CPUS) < 2:
+            pytest.skip("needs two CPUs")
+        v2 = zoo_models("mobilenet_v2")
+        frame = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
+        with Pipeline(_replicas_plan(v2, (CPUS[0], CPUS[-1])), v2) as pipe:
+            for _ in range(6):
+                pipe.run(frame)
+            lame, other = pipe._workers[0]  # noqa: SLF001 -- the dispatcher's view of each worker
+            with pipe._dispatch_lock:  # noqa: SLF001
+                lame.est_ms = 10.0 * max(other.est_ms, 1.0)
+            pipe.reset_stats()
+            futures = []
+            for _ in range(80):
+                if len(futures) >= 2:
+                    futures.pop(0).result()
+                futures.append(pipe.submit(frame))
+            for future in futures:
+                future.result()
+            served = pipe.stats().stages[0].worker_frames
+        assert sum(served) == 80
+        assert served[0] >= 10, served  # ~40 once its estimate is measured again; 0 if it stays stale
+
+    def test_outputs_land_in_the_callers_arrays_when_given(self, small):
+        from pipeit.executor import Pipeline
+
+        frame = np.random.default_rng(2).standard_normal((1, 32, 32, 16)).astype(np.float32)
+        with Pipeline(_replicas_plan(small, CPUS[:1]), small) as pipe:
+            want = pipe.run(frame)
+            (name, value), = want.items()
+            buf = np.full_like(value, np.nan)
+            got = pipe.submit(frame, out=buf).result()
+            assert got[name] is buf and np.array_equal(buf, value)
+            again = {name: np.zeros_like(value)}
+            assert pipe.submit(frame, out=again).result() is again
+            assert np.array_equal(again[name], value)
+            with pytest.raises(InputError, match="out="):
+                pipe.submit(frame, out=np.zeros(value.shape, np.float64))
+            with pytest.raises(InputError, match="out="):
+                pipe.submit(frame, out={"nope": buf})
+            readonly = np.zeros_like(value)
+            readonly.flags.writeable = False
+            with pytest.raises(InputError, match="writable"):
+                pipe.submit(frame, out=readonly)
+            assert np.array_equal(pipe.run(frame)[name], value)  # a refused out= took no slot
+
+    def test_closing_the_slot_queue_wakes_every_blocked_taker(self):
+        import threading
+
+        from pipeit.executor.pipeline import _SlotQueue
+
+        slots = _SlotQueue()
+        slots.put(3)
+        assert len(slots) == 1 and slots.get() == 3 and len(slots) == 0
+        got: list = []
+        takers = [threading.Thread(target=lambda: got.append(slots.get())) for _ in range(3)]
+        for t in takers:
+            t.start()
+        time.sleep(0.05)
+        assert got == []  # blocked: no slot
+        slots.close()
+        for t in takers:
+            t.join(5.0)
+        assert got == [-1, -1, -1] and len(slots) == 0
+
+
+class TestDispatcherFedStream:
+    """``Pipeline.stream``: the dispatcher feeds the frames itself (no caller wake-up per frame)."""
+
+    def test_every_frame_runs_once_and_the_slots_all_come_back(self, small):
+        from pipeit.executor import Pipeline
+
+        rng = np.random.default_rng(3)
+        frames = [rng.standard_normal((1, 32, 32, 16)).astype(np.float32) for _ in range(4)]
+        with Pipeline(_replicas_plan(small, CPUS[:1]), small) as pipe:
+            slots = len(pipe._free0)  # noqa: SLF001 -- edge 0's free slots: none may leak
+            want = pipe.run(frames[0])
+            pipe.reset_stats()
+            fps, latencies = pipe.stream([frames[i % 4] for i in range(50)], window=3)
+            assert fps > 0 and len(latencies) == 50 and all(v > 0 for v in latencies)
+            stats = pipe.stats()
+            assert stats.frames == 50 and sum(stats.stages[0].worker_frames) == 50
+            assert len(pipe._free0) == slots  # noqa: SLF001
+            with pytest.raises(InputError):  # every frame is checked before the first runs
+                pipe.stream([frames[0], frames[0][:, :16]], window=2)
+            with pytest.raises(ExecutorError, match="window"):
+                pipe.stream(frames, window=0)
+            assert pipe.stats().frames == 50
+            got = pipe.run(frames[0])  # submit still works after a stream
+        for name in want:
+            assert np.array_equal(got[name], want[name])
+
+    def test_a_worker_killed_mid_stream_is_restarted_and_no_frame_is_lost(self, zoo_models):
+        import signal
+        import threading
+
+        from pipeit.executor import Pipeline
+
+        if len(CPUS) < 2:
+            pytest.skip("needs two CPUs")
+        v2 = zoo_models("mobilenet_v2")
+        frame = np.random.default_rng(4).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
+        with Pipeline(_replicas_plan(v2, (CPUS[0], CPUS[-1])), v2) as pipe:
+            pipe.run(frame)
+            pid = pipe.worker_pids()[(0, 1)]
+            killer = threading.Timer(0.15, os.kill, (pid, signal.SIGKILL))
+            killer.start()
+            try:
+                _, latencies = pipe.stream([frame] * 150, window=3)
+            finally:
+                killer.cancel()
+            stats = pipe.stats()
+        assert len(latencies) == 150
+        assert stats.stages[0].restarts == 1

@@ -58,3 +58,33 @@ def test_this_host_is_cheap():
     per_call = (time.perf_counter() - start) / 200
     print(f"snapshot: {per_call * 1e6:.0f} us")
     assert per_call < 0.05  # generous: the contract is "well under a millisecond or two"
+
+
+class _Speeds:
+    """A speed source as the daemon hands one over (the emulation's Throttles answer the same call)."""
+
+    def __init__(self, speeds):
+        self.speeds = dict(speeds)
+
+    def speed_now(self, cluster):
+        if cluster == "broken":
+            raise OSError("gone")
+        return self.speeds.get(cluster)
+
+
+def test_emulated_speeds_are_read_each_snapshot_and_real_boards_have_none():
+    platform = load_platform("emulate:big=0@1.0,little=1@0.4")
+    source = _Speeds({"little": 0.4})
+    mon = Monitor(platform, speeds=source)
+    assert mon.snapshot().cluster("little").speed == 0.4 and mon.snapshot().cluster("big").speed is None
+    source.speeds["little"] = 0.2  # the quota was cut: the next reading says so
+    snap = mon.snapshot()
+    assert snap.cluster("little").speed == 0.2 and snap.to_json()["clusters"][1]["speed"] == 0.2
+    # a real board's readings are unchanged: no speed, and no "speed" key in the JSON
+    rk = snapshot(sysfs_root=FIXTURES / "rk3588")
+    assert all(c.speed is None for c in rk.clusters) and "speed" not in rk.to_json()["clusters"][0]
+
+
+def test_a_failing_speed_source_gives_none():
+    platform = load_platform("emulate:broken=0@0.5")
+    assert Monitor(platform, speeds=_Speeds({})).snapshot().cluster("broken").speed is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -357,4 +358,68 @@ class TestHeadThenBody:
         with pytest.raises(wire.ProtocolError) as err:
             wire.read_body_into(b, memoryview(bytearray(header.body_bytes)))
         assert err.value.code == "truncated"
+        b.close()
+
+
+class TestFrameAreaMessages:
+    """The slot requests and replies, descriptor passing, and the header cache with one header per slot."""
+
+    def test_slot_messages_are_the_bytes_encode_gives(self):
+        for rid, slot in ((0, 0), (17, 3), (wire.MAX_ID, wire.MAX_SLOTS - 1)):
+            assert _join(wire.encode_slot_request(rid, slot)) == _join(
+                wire.encode(wire.Header(id=rid, op="infer", slot=slot)))
+            assert _join(wire.encode_slot_reply(rid, slot)) == _join(
+                wire.encode(wire.Header(id=rid, op="infer", ok=True, slot=slot)))
+        message = wire.decode_message(_join(wire.encode_slot_request(9, 2)), LIMIT)
+        assert (message.header.id, message.header.slot, message.tensors) == (9, 2, {})
+        with pytest.raises(wire.ProtocolError):
+            wire.encode_slot_request(1, wire.MAX_SLOTS)
+
+    @pytest.mark.parametrize("value", [-1, wire.MAX_SLOTS, "1", True, 1.5, None])
+    def test_out_of_range_slots_are_malformed(self, value):
+        with pytest.raises(wire.ProtocolError) as err:
+            wire.decode_message(_message({"id": 1, "op": "infer", "slot": value} if value is not None else
+                                         {"id": 1, "op": "attach", "slots": 2}), LIMIT)  # "slots" is no header field
+        assert err.value.code == "malformed" and err.value.request_id == 1
+
+    def test_the_inbox_remembers_one_header_per_slot_exactly(self):
+        inbox = wire.Inbox()
+        for rid in range(40):
+            data = _join(wire.encode_slot_request(rid, rid % 4))[wire.PREFIX_BYTES:]
+            header = inbox.decode_header(data, 0)
+            assert header == wire.decode_header(data, 0)
+        assert len(inbox._templates) == 4  # noqa: SLF001
+
+    def test_a_descriptor_travels_with_its_message_and_is_closed_once_sent(self, tmp_path):
+        a, b = socket.socketpair()
+        path = tmp_path / "f"
+        path.write_bytes(b"hello")
+        fd = os.open(path, os.O_RDONLY)
+        wire.send_message(a, wire.encode_request(1, "status"))  # a message before: read ahead without capture
+        message = wire.WithFds(wire.encode_reply(2, "attach", info={"x": 1}), [fd])
+        assert wire.send_nowait(a, message) == []
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the sender's copy is closed: the kernel holds the one in flight
+        inbox = wire.Inbox()
+        inbox.capture_fds = True
+        assert wire.read_message(b, LIMIT, inbox).header.op == "status"
+        assert wire.read_message(b, LIMIT, inbox).header.id == 2
+        assert len(inbox.fds) == 1 and os.read(inbox.fds[0], 5) == b"hello"
+        os.close(inbox.fds.pop())
+        a.close()
+        b.close()
+
+    def test_an_unsent_descriptor_is_released(self, tmp_path):
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        filler = np.zeros(1 << 20, np.uint8)
+        assert wire.send_nowait(a, [filler.data])  # the socket is full: it took part of it
+        fd = os.open(tmp_path, os.O_RDONLY)
+        message = wire.WithFds(wire.encode_reply(3, "attach", info={}), [fd])
+        rest = wire.send_nowait(a, message)
+        assert rest is message and message.fds == (fd,)  # nothing went: the descriptor stays with the message
+        message.release()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        a.close()
         b.close()

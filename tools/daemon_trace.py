@@ -1,8 +1,11 @@
 """Where one request's time goes: timestamps along its path through the client, the socket and the daemon.
 
-    .venv/bin/python tools/daemon_trace.py --model mobilenet_v1 --frames 300 [--plan PLAN.json]
+    .venv/bin/python tools/daemon_trace.py --model mobilenet_v1 --frames 300 [--plan PLAN.json] \
+        [--transport inline|shm|both]
 
-One request at a time (as in ``tools/daemon_bench.py`` (a)). The daemon runs
+One request at a time (as in ``tools/daemon_bench.py`` (a)), for each
+transport (default both: tensor bytes in the socket, and the shared-memory
+frame area) and in-process, in alternating blocks of ``--block`` frames. The daemon runs
 in its own process, started through this file, which wraps a few of its
 functions with ``time.perf_counter_ns()`` stamps (CLOCK_MONOTONIC: one clock
 for every process on the machine) and writes them out when it stops; the
@@ -15,21 +18,25 @@ Per request, in order:
     d_checked   daemon: the header is checked against the model, the request admitted
     d_turn      daemon: its turn at the first ring (the gate)
     d_slot      daemon: a ring slot is free (fill begins)
-    d_filled    daemon: the body is in the slot
+    d_filled    daemon: the body (inline) or the area slot's copy (shm) is in the ring slot
     d_given     daemon: the frame is handed to the stage-0 worker
     d_done      daemon: the last stage's result reached the reply callback
     d_replied   daemon: the reply was handed to the socket
     c_back      client: the reply is read and decoded
 
-Prints the median of each step (ms) and of the in-process ``Pipeline.run``
-of the same frames; the difference of the totals is the added latency. The
-host's load shows in every step: compare steps, not runs.
+Prints the median of each step (ms) per transport and of the in-process
+``Pipeline.run`` of the same frames; the difference of the totals is the
+added latency. CPU per request: the daemon's threads (schedstat, exact) and
+this process's (the client, or the in-process caller and dispatcher),
+per side over its blocks. The host's load shows in every step: compare
+steps and sides of one run, not runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import itertools
 import json
 import os
 import sys
@@ -70,6 +77,12 @@ def _daemon(stamps_path: str, argv: List[str]) -> int:
         rows.get(header.id, {})["d_checked"] = now()
         return conn_submit(self, header, request)
 
+    conn_submit_slot = server._Connection._submit_slot
+
+    def traced_conn_submit_slot(self, request):
+        rows.get(request.request_id, {})["d_checked"] = now()
+        return conn_submit_slot(self, request)
+
     engine_submit_into = server.Engine.submit_into
 
     def traced_engine_submit_into(self, fill, on_done=None):
@@ -100,6 +113,7 @@ def _daemon(stamps_path: str, argv: List[str]) -> int:
 
     wire.read_head = traced_read_head
     server._Connection._submit = traced_conn_submit
+    server._Connection._submit_slot = traced_conn_submit_slot
     server.Engine.submit_into = traced_engine_submit_into
     Pipeline.submit_into = traced_submit_into
     server.Server._finish = traced_finish
@@ -147,15 +161,18 @@ def main() -> int:
     parser.add_argument("--model", default="mobilenet_v1")
     parser.add_argument("--platform", default="emulate:big=0@1.0,little=1@1.0")
     parser.add_argument("--plan", help="a plan file (default: profile here and plan with the pipeit strategy)")
-    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=300, help="frames per side")
+    parser.add_argument("--block", type=int, default=25, help="frames per alternating block")
+    parser.add_argument("--transport", choices=("inline", "shm", "both"), default="both")
     args = parser.parse_args()
-    if args.frames < 10:
-        parser.error("--frames must be >= 10")
+    if args.frames < 10 or args.block < 1:
+        parser.error("--frames must be >= 10 and --block >= 1")
+    transports = ["inline", "shm"] if args.transport == "both" else [args.transport]
 
     from pipeit.client import Client
     from pipeit.executor.pipeline import Pipeline
     from pipeit.plan import load_plan
-    from tools.daemon_bench import _model, _plan
+    from tools.daemon_bench import _model, _plan, _rotate
 
     folder = Path(tempfile.mkdtemp(prefix="pipeit-trace-"))
     os.chmod(folder, 0o700)
@@ -168,55 +185,91 @@ def main() -> int:
              str(plan_path), "--no-replan", "--per-client", "2"]
     d = _traced_daemon_class()(sock, [sys.executable, str(Path(__file__).resolve()), "--daemon", str(stamps_path), *serve])
     rng = np.random.default_rng(0)
-    client_rows: Dict[int, Dict[str, int]] = {}
+    client_rows: Dict[str, Dict[int, Dict[str, int]]] = {t: {} for t in transports}
     inproc: List[float] = []
+    cpu_daemon: Dict[str, float] = {t: 0.0 for t in transports}
+    cpu_here: Dict[str, float] = {side: 0.0 for side in ["in", *transports]}
     now = time.perf_counter_ns
+    sides = ["in", *transports]
     with d, Pipeline(plan, model) as pipe:
         name = pipe.inputs[0].name
         frames = [{name: rng.standard_normal(pipe.inputs[0].shape).astype(pipe.inputs[0].dtype)} for _ in range(8)]
-        with Client(sock) as c:
-            for i in range(20):  # warm up both
-                c.infer(frames[i % 8])
+        clients = {}
+        try:
+            for k, t in enumerate(transports):
+                c = Client(sock, transport=t)
+                c._ids = itertools.count(1 + k * 10**9)  # noqa: SLF001 -- ids unique across clients: one stamp table
+                clients[t] = c
+            outs = {t: None for t in transports}
+            for i in range(20):  # warm up every side
+                for t, c in clients.items():
+                    outs[t] = c.infer(frames[i % 8], out=outs[t])
                 pipe.run(frames[i % 8])
-            out = None
-            cpu0 = _cpu_ns(d.proc.pid)
-            for i in range(args.frames):
-                frame = frames[i % 8]
-                t0 = now()
-                rid = c.send("infer", frame)
-                t1 = now()
-                out = c.receive(rid, out).tensors
-                client_rows[rid] = {"c_send": t0, "c_sent": t1, "c_back": now()}
-                t = now()
-                pipe.run(frame)
-                inproc.append((now() - t) / 1e6)
-            cpu1 = _cpu_ns(d.proc.pid)
+            for t, c in clients.items():
+                if c.transport_in_use != t:
+                    raise SystemExit(f"the {t} client uses {c.transport_in_use}: {c.shm_refused}")
+            blocks = max(1, args.frames // args.block)
+            for b in range(blocks):
+                for side in _rotate(sides, b):
+                    d0 = _cpu_ns(d.proc.pid)
+                    h0 = time.process_time_ns()
+                    for i in range(args.block):
+                        frame = frames[(b * args.block + i) % 8]
+                        if side == "in":
+                            t = now()
+                            pipe.run(frame)
+                            inproc.append((now() - t) / 1e6)
+                            continue
+                        c = clients[side]
+                        t0 = now()
+                        rid = c.send("infer", frame)
+                        t1 = now()
+                        outs[side] = c.receive(rid, outs[side]).tensors
+                        client_rows[side][rid] = {"c_send": t0, "c_sent": t1, "c_back": now()}
+                    cpu_here[side] += (time.process_time_ns() - h0) / 1e6
+                    if side != "in":
+                        d1 = _cpu_ns(d.proc.pid)
+                        cpu_daemon[side] += sum(d1[tid] - d0.get(tid, 0) for tid in d1) / 1e6
+        finally:
+            for c in clients.values():
+                c.close()
     deadline = time.monotonic() + 10
     while not stamps_path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     daemon_rows = {int(k): v for k, v in json.loads(stamps_path.read_text()).items()}
-    steps = ["c_send", "c_sent", "d_head", "d_checked", "d_turn", "d_slot", "d_filled", "d_given", "d_done", "d_replied", "c_back"]
-    deltas: Dict[str, List[float]] = {f"{a} -> {b}": [] for a, b in zip(steps, steps[1:])}
-    totals = []
-    for rid, crow in client_rows.items():
-        row = {**daemon_rows.get(rid, {}), **crow}
-        if not all(s in row for s in steps):
-            continue
-        for a, b in zip(steps, steps[1:]):
-            deltas[f"{a} -> {b}"].append((row[b] - row[a]) / 1e6)
-        totals.append((row["c_back"] - row["c_send"]) / 1e6)
-    print(f"{len(totals)} requests traced, one at a time; plan {[list(s.layers) for s in plan.stages]}")
-    print("| step | median ms | p90 ms |")
-    print("| --- | --- | --- |")
-    for key, values in deltas.items():
-        print(f"| {key} | {np.median(values):.3f} | {np.percentile(values, 90):.3f} |")
-    print(f"| socket round trip (c_send -> c_back) | {np.median(totals):.3f} | {np.percentile(totals, 90):.3f} |")
-    print(f"| in-process Pipeline.run, same frames | {np.median(inproc):.3f} | {np.percentile(inproc, 90):.3f} |")
-    print(f"added at p50: {np.median(totals) - np.median(inproc):.3f} ms")
-    per = {tid: (cpu1[tid] - cpu0.get(tid, 0)) / 1e6 / args.frames for tid in cpu1}
-    busy = sorted(((v, tid) for tid, v in per.items() if v > 0.001), reverse=True)
-    print(f"daemon CPU per request (all its threads, not its workers): {sum(per.values()):.3f} ms; "
-          "by thread: " + ", ".join(f"{tid}: {v:.3f}" for v, tid in busy))
+    steps = ["c_send", "c_sent", "d_head", "d_checked", "d_turn", "d_slot", "d_filled", "d_given", "d_done",
+             "d_replied", "c_back"]
+    table: Dict[str, Dict[str, List[float]]] = {}
+    totals: Dict[str, List[float]] = {}
+    for t in transports:
+        deltas: Dict[str, List[float]] = {f"{a} -> {b}": [] for a, b in zip(steps, steps[1:])}
+        totals[t] = []
+        for rid, crow in client_rows[t].items():
+            row = {**daemon_rows.get(rid, {}), **crow}
+            if not all(s in row for s in steps):
+                continue
+            for a, b in zip(steps, steps[1:]):
+                deltas[f"{a} -> {b}"].append((row[b] - row[a]) / 1e6)
+            totals[t].append((row["c_back"] - row["c_send"]) / 1e6)
+        table[t] = deltas
+    n = {t: len(client_rows[t]) for t in transports}
+    print(f"{', '.join(f'{len(totals[t])} {t}' for t in transports)} requests traced, one at a time, "
+          f"{len(inproc)} in-process, alternating blocks of {args.block}; plan {[list(s.layers) for s in plan.stages]}")
+    print("| step | " + " | ".join(f"{t} median ms | {t} p90 ms" for t in transports) + " |")
+    print("| --- | " + " | ".join("--- | ---" for _ in transports) + " |")
+
+    def cells(values: List[float]) -> str:
+        return f"{np.median(values):.3f} | {np.percentile(values, 90):.3f}" if values else "n/a | n/a"
+
+    for key in table[transports[0]]:
+        print(f"| {key} | " + " | ".join(cells(table[t][key]) for t in transports) + " |")
+    print("| socket round trip (c_send -> c_back) | " + " | ".join(cells(totals[t]) for t in transports) + " |")
+    print(f"| in-process Pipeline.run, same frames | {cells(inproc)} |" + " |" * (2 * len(transports) - 2))
+    for t in transports:
+        added = np.median(totals[t]) - np.median(inproc) if totals[t] else float("nan")
+        print(f"{t}: added at p50 {added:.3f} ms; CPU per request: daemon {cpu_daemon[t] / max(1, n[t]):.3f} ms "
+              f"(all its threads, not its workers), client {cpu_here[t] / max(1, n[t]):.3f} ms")
+    print(f"in-process: CPU per request (caller + dispatcher) {cpu_here['in'] / max(1, len(inproc)):.3f} ms")
     return 0
 
 

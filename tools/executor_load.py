@@ -18,6 +18,13 @@ efficiency loss: ``bare / solo`` is what running on every core at once costs
 what the executor costs::
 
     python tools/executor_load.py --model squeezenet --shapes solo,bare,replicas --rounds 5
+
+``--feed`` says who feeds the executor's frames: ``submit`` (this thread's
+``submit``/``result`` loop, a wake-up here per frame), ``stream`` (the
+dispatcher feeds them itself, ``Pipeline.stream``, as ``pipeit bench``
+does), or both, interleaved, each shape then reported as ``SHAPE[FEED]``::
+
+    python tools/executor_load.py --shapes solo,bare,replicas --feed submit,stream --rounds 3
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ if os.environ.get("PIPEIT_IMPORT_ROOT"):  # compare another checkout's executor 
 
 SHAPES = ("replicas", "pipeline", "single", "bare", "solo")
 BARE = ("bare", "solo")
+FEEDS = ("submit", "stream")
 
 
 def make_plan(model: Path, shape: str):
@@ -68,11 +76,15 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=0, help="frames in flight (0: one per worker, as bench)")
     parser.add_argument("--seconds", type=float, default=0.0,
                         help="length of a bare/solo run (0: about as long as the replicas run of --frames)")
+    parser.add_argument("--feed", default="stream", help="comma list of submit, stream (who feeds the frames)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
-    if not shapes or any(s not in SHAPES for s in shapes) or args.frames < 1 or args.rounds < 1:
-        print(f"executor_load: --shapes from {', '.join(SHAPES)}; --frames, --rounds >= 1", file=sys.stderr)
+    feeds = [f for f in args.feed.split(",") if f]
+    if (not shapes or any(s not in SHAPES for s in shapes) or args.frames < 1 or args.rounds < 1
+            or not feeds or any(f not in FEEDS for f in feeds)):
+        print(f"executor_load: --shapes from {', '.join(SHAPES)}; --feed from {', '.join(FEEDS)}; "
+              "--frames, --rounds >= 1", file=sys.stderr)
         return 2
     from pipeit import zoo
     from pipeit.executor import Pipeline
@@ -88,7 +100,8 @@ def main(argv=None) -> int:
     distinct = random_frames(inputs, 8, 0)
     frames = [distinct[i % 8] for i in range(args.frames)]
     pipes = {}
-    results = {s: [] for s in shapes}
+    labels = {s: ([s] if s in BARE or len(feeds) == 1 else [f"{s}[{f}]" for f in feeds]) for s in shapes}
+    results = {label: [] for s in shapes if s not in BARE for label in labels[s]}
     bare_runs = {s: [] for s in shapes if s in BARE}
     cpus = sorted(os.sched_getaffinity(0))
     cpus = [cpus[0], cpus[-1]] if len(cpus) > 1 else cpus
@@ -115,10 +128,13 @@ def main(argv=None) -> int:
                     continue
                 plan = pipes[shape].plan
                 window = args.window or sum(len(s.workers) for s in plan.stages)
-                load = measure_load(pipes[shape], frames, window)
-                results[shape].append(load)
-                if not args.json:
-                    print(summary(load, f"{shape} round {r + 1}"), flush=True)
+                order = range(len(feeds)) if r % 2 == 0 else range(len(feeds) - 1, -1, -1)
+                for i in order:
+                    label, feed = labels[shape][i], feeds[i]
+                    load = measure_load(pipes[shape], frames, window, feed=feed)
+                    results[label].append(load)
+                    if not args.json:
+                        print(summary(load, f"{label} round {r + 1}"), flush=True)
     finally:
         for pipe in pipes.values():
             pipe.close()
@@ -181,10 +197,11 @@ def _ratios(doc: dict) -> dict:
     fps = {shape: row.get("fps_median") for shape, row in doc.items()}
     if fps.get("solo") and fps.get("bare"):
         out["bare / solo (cost of every core busy at once)"] = fps["bare"] / fps["solo"]
-    if fps.get("bare") and fps.get("replicas"):
-        out["replicas / bare (cost of the executor)"] = fps["replicas"] / fps["bare"]
-    if fps.get("solo") and fps.get("replicas"):
-        out["replicas / solo (efficiency against the ideal)"] = fps["replicas"] / fps["solo"]
+    for name in [n for n in fps if n.startswith("replicas")]:
+        if fps.get("bare") and fps.get(name):
+            out[f"{name} / bare (cost of the executor)"] = fps[name] / fps["bare"]
+        if fps.get("solo") and fps.get(name):
+            out[f"{name} / solo (efficiency against the ideal)"] = fps[name] / fps["solo"]
     return out
 
 

@@ -21,13 +21,25 @@ So the pre-change ratio of measured to predicted fps is printed too, and the
 recovery against the prediction scaled by that ratio (the "calibrated"
 target), next to the raw figure. Prints a Markdown summary (or ``--json``);
 exits 1 if a request failed, 2 if the cluster cannot be slowed here.
+
+Two paths can see the change. By default the daemon's monitor reads the
+emulated cluster's speed from its quota (as a board's frequency cap is read)
+and re-plans on the next window with the exact factor: the *platform
+signal*. ``--hide-speed`` withholds that reading
+(``PIPEIT_HIDE_EMULATED_SPEED=1``), so the daemon sees only the measured
+stage times, as when another program takes cores: the *drift* path. The
+summary says which path triggered the first re-plan, and gives the
+timeline from the daemon's log: the change, the switch starting (decision
+and planning), the new pipeline serving, the old one drained, fps back.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -72,6 +84,42 @@ def _model(name: str, folder: Path) -> Path:
     return path
 
 
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) pipeit\[\d+\] \w+ (.*)$")
+_TIMELINE = (  # (what, a pattern of the daemon's log line that marks it)
+    ("switch starts (change detected, new plan made)", re.compile(r"^switch: starting pipeline")),
+    ("new pipeline serves", re.compile(r"^pipeline \d+ now serves")),
+    ("old pipeline drained and closed", re.compile(r"^pipeline \d+ drained and closed")),
+)
+
+
+def _timeline(log: str, t_change_wall: float) -> List[Dict]:
+    """The daemon's switch steps after the change, in seconds from it (its log is stamped in local time)."""
+    out: List[Dict] = []
+    for line in log.splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        at = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - t_change_wall
+        if at < -0.5:
+            continue
+        for what, pattern in _TIMELINE:
+            if pattern.search(m.group(2)):
+                out.append({"t_s": round(at, 3), "step": what, "line": m.group(2)[:160]})
+    return out
+
+
+def _trigger(events: List[Dict]) -> str:
+    """Which path made the first re-plan after the change: the platform signal or measured drift."""
+    for e in events:
+        if e["kind"] in ("switch", "recalibrate", "skipped", "failed"):
+            if e["reason"].startswith("platform changed"):
+                return "platform signal"
+            if "drift" in e["reason"]:
+                return "drift"
+            return e["kind"]
+    return "none"
+
+
 def _settle(admin, quiet_s: float, limit_s: float) -> bool:
     """Wait until no re-plan event has come for ``quiet_s`` and no switch cooldown runs (start-up
     re-plans are not the change measured, and the figure is a recovery from a steady state); False if
@@ -102,6 +150,8 @@ def main() -> int:
     parser.add_argument("--after-s", type=float, default=12.0)
     parser.add_argument("--tolerance", type=float, default=0.10)
     parser.add_argument("--state-dir", help="keep the daemon's profile here (re-runs skip profiling)")
+    parser.add_argument("--hide-speed", action="store_true",
+                        help="keep the emulated speed from the daemon's monitor: only drift can see the change")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if min(args.clients, args.window) < 1 or min(args.before_s, args.after_s, args.tolerance) <= 0:
@@ -120,7 +170,7 @@ def main() -> int:
     state = Path(args.state_dir) if args.state_dir else folder / "state"
     d = Daemon(["--model", str(model), "--platform", args.platform, "--strategy", args.strategy,
                 "--window-s", str(BIN_S), "--sustain", "2"], folder / "replan.sock",
-               env={"PIPEIT_STATE_DIR": str(state)})
+               env={"PIPEIT_STATE_DIR": str(state), **({"PIPEIT_HIDE_EMULATED_SPEED": "1"} if args.hide_speed else {})})
     done: List[float] = []
     errors: List[str] = []
     stop = threading.Event()
@@ -162,6 +212,7 @@ def main() -> int:
             quota = _read_quota(emulation["cgroup"])
             change_at_s = doc["uptime_s"]  # the daemon's clock: events carry at_s on it
             t_change = time.monotonic()
+            t_change_wall = time.time()
             _write_quota(emulation["cgroup"], max(1000, quota // 2), emulation["period_us"])
             time.sleep(args.after_s)
             stop.set()
@@ -169,6 +220,7 @@ def main() -> int:
                 t.join(60)
             final = admin.status()
     events = [e for e in final["events"] if e["at_s"] >= change_at_s]
+    timeline = _timeline(d.log(), t_change_wall)
     t_end = max(done) if done else t_change
     bins: List[Dict] = []
     edge = t_start
@@ -194,6 +246,8 @@ def main() -> int:
         "settled_before_change": settled, "cooldown_at_change": doc.get("switch_cooldown_windows"),
         "target_fps": target, "recovery_s": recovery, "calibrated_target_fps": calibrated,
         "calibrated_recovery_s": _recovery(bins, calibrated, args.tolerance), "bins": bins,
+        "trigger": _trigger(events), "hide_speed": args.hide_speed, "timeline": timeline,
+        "change_at_s": change_at_s,
         "client_errors": errors[:5], "served": final["requests"]["served"],
         "failed": final["requests"]["failed"],
     }
@@ -246,11 +300,22 @@ def _markdown(r: Dict, tolerance: float) -> str:
         f"| the same against the prediction x the measured/predicted ratio before ({f(r['calibrated_target_fps'])} fps)"
         f" | {f(r['calibrated_recovery_s'], ' s')} |",
         f"| requests served / failed | {r['served']} / {r['failed']} |",
+        f"| re-plan triggered by | {r['trigger']}"
+        f"{' (emulated speed hidden from the monitor)' if r['hide_speed'] else ''} |",
+        "",
+        "Timeline (s from the change; daemon log):",
+        "",
+        "* 0.000 quota cut",
+    ]
+    lines += [f"* {t['t_s']:.3f} {t['step']}" for t in r["timeline"]]
+    lines += [
+        f"* {'n/a' if r['recovery_s'] is None else format(r['recovery_s'], '.3f')} fps back within "
+        f"{tolerance:.0%} of the new plan's prediction",
         "",
         "Re-plan events after the change:",
         "",
     ]
-    lines += [f"* {e['at_s']:.1f} s {e['kind']}: {e['reason']} (fps before {f(e['fps_before'])}, after "
+    lines += [f"* {e['at_s']:.1f} s (+{e['at_s'] - r['change_at_s']:.1f} after the change) {e['kind']}: {e['reason']} (fps before {f(e['fps_before'])}, after "
               f"{f(e['fps_after'])}, predicted {f(e['predicted_fps_after'])})" for e in r["events"]] or ["* none"]
     lines += ["", "fps per 0.5 s (t relative to the change): " +
               ", ".join(f"{b['t_s']:+.1f}:{b['fps']:.0f}" for b in r["bins"])]

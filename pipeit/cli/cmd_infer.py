@@ -21,6 +21,9 @@ def register(subparsers) -> None:
                         help=".npy (the model's one input) or .npz (one array per input name)")
     parser.add_argument("-o", "--output", metavar="out.npz", help="save the outputs here")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
+    parser.add_argument("--transport", choices=("auto", "inline", "shm"), default="auto",
+                        help="how the frame travels: shared memory the daemon passes over the socket (shm), "
+                        "bytes in the socket (inline), or shm when offered (auto, the default)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)
 
@@ -49,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.errors import InputError
 
     inputs = _load(Path(args.input))
-    with Client(args.socket, timeout=args.timeout) as client:
+    with Client(args.socket, timeout=args.timeout, transport=args.transport, slots=1) as client:
         outputs = client.infer(inputs)
+        transport = client.transport_in_use
     if args.output:
         try:
             np.savez(args.output, **outputs)
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         for name, a in outputs.items()
     }
     if args.json:
-        emit_json({"outputs": summary, "saved": args.output})
+        emit_json({"outputs": summary, "saved": args.output, "transport": transport})
         return 0
     for name, info in summary.items():
         print(f"{name}: shape {tuple(info['shape'])} {info['dtype']}, argmax {info['argmax']}, max {info['max']}")

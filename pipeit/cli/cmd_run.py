@@ -48,6 +48,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--inflight", type=int, default=None, metavar="K",
                         help="at most K frames in flight (default: as many as the rings hold; "
                              "a K near the worker count measures latency without queueing)")
+    parser.add_argument("--admission", choices=("window", "gated"), default=None,
+                        help="how frames enter: 'window' keeps --inflight in flight, 'gated' also holds each frame "
+                             "until it can pass every stage without waiting (default: gated for a plan made "
+                             "under a latency limit, with one frame in flight per worker; docs/DSE.md)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random frames")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)
@@ -139,6 +143,7 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
 
     from pipeit.cli.output import emit_json, format_table
     from pipeit.executor.pipeline import Pipeline, coordinator_cpus, model_io
+    from pipeit.streaming import frames_in_flight
 
     from pipeit.executor.gpu_worker import check_gpu_devices, gpu_stages
 
@@ -155,11 +160,16 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         if host:  # as pipeit bench does: the per-frame bookkeeping on the slowest cluster
             pipe.pin_dispatcher(host)
             os.sched_setaffinity(0, set(host))
+        admission = args.admission or ("gated" if plan.latency_limit_ms is not None else "window")
+        gated = admission == "gated"
+        inflight = args.inflight
+        if gated and inflight is None:
+            inflight = frames_in_flight(plan)  # as pipeit bench streams a plan under a latency limit
         if args.warmup:
-            list(pipe.map((frames[i % len(frames)] for i in range(args.warmup)), args.inflight))
+            list(pipe.map((frames[i % len(frames)] for i in range(args.warmup)), inflight, gated=gated))
             pipe.reset_stats()
         order = [i % len(frames) for i in range(args.frames)]
-        outputs = list(pipe.map((frames[i] for i in order), args.inflight))
+        outputs = list(pipe.map((frames[i] for i in order), inflight, gated=gated))
         stats = pipe.stats()
     if host:
         os.sched_setaffinity(0, feeder)
@@ -187,7 +197,8 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
     doc = stats.to_json()
     doc.update({
         "plan": str(plan_path), "model": str(model_path), "strategy": plan.strategy,
-        "warmup": args.warmup, "slots": args.slots, "inflight": args.inflight, "outputs_match": match,
+        "warmup": args.warmup, "slots": args.slots, "inflight": inflight, "admission": admission,
+        "outputs_match": match,
         "predicted_fps": plan.predicted_fps,
         "max_relative_error": worst, "check_tolerance": (bound if args.check else None),
         "gpu_stages": gpu_stage_list,

@@ -10,12 +10,22 @@ given to exactly one pipeline and answered exactly once.
 On an emulated platform the engine owns the cgroup throttles for its whole
 life, and every pipeline's workers join them: a quota changed from outside
 (the tests' stand-in for a board that heats up) then survives a switch, as
-a real board's slowdown would.
+a real board's slowdown would. The throttles also tell the daemon's
+monitor each emulated cluster's speed now (:attr:`Engine.speed_source`),
+the emulated board's frequency cap; setting ``PIPEIT_HIDE_EMULATED_SPEED=1``
+in the daemon's environment withholds it, so a quota cut is seen only
+through the measured times, as a co-runner taking cores would be (the
+drift path, measured by ``tools/replan_bench.py --hide-speed``).
+
+Switch timing: each :class:`Generation` records how long its pipeline took
+to start (split, spawn, model load, first ready) and the engine logs it with
+the drain time of the old one, so the cost of a switch shows in the log.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -27,7 +37,10 @@ from cores.model import Platform
 from pipeit.errors import ExecutorError
 from pipeit.plan import Plan
 
-__all__ = ["Engine", "Generation"]
+__all__ = ["Engine", "Generation", "HIDE_SPEED_ENV"]
+
+#: set to 1 in the daemon's environment to keep emulated clusters' current speeds from its monitor
+HIDE_SPEED_ENV = "PIPEIT_HIDE_EMULATED_SPEED"
 
 _log = logging.getLogger("pipeit.daemon")
 
@@ -42,6 +55,8 @@ class Generation:
     started: float
     inflight: int = 0
     submitted: int = 0
+    #: seconds :meth:`Pipeline.start` took (split, spawn, model load, every worker ready)
+    start_s: float = 0.0
 
 
 class Engine:
@@ -63,6 +78,7 @@ class Engine:
         self._throttles: Any = None
         self._switching = threading.Lock()
         self._closed = False
+        self._hide_speed = os.environ.get(HIDE_SPEED_ENV, "") not in ("", "0")
 
     # ---- life cycle ------------------------------------------------------------------
     def start(self, plan: Plan) -> Generation:
@@ -87,11 +103,13 @@ class Engine:
 
         # Given throttles are shared, not owned: the pipeline attaches every worker it spawns (restarts
         # and spread threads too) and leaves them in place on close; the engine closes them, once, at the end.
+        began = time.monotonic()
         pipeline = Pipeline(plan, self.model_path, slots=self.slots, max_restarts=self.max_restarts,
                             throttle=False, throttles=self._throttles)
         pipeline.start()
         self._numbers += 1
-        return Generation(self._numbers, plan, pipeline, time.monotonic())
+        now = time.monotonic()
+        return Generation(self._numbers, plan, pipeline, now, start_s=now - began)
 
     def close(self) -> None:
         """Close every pipeline (their in-flight frames fail) and remove the throttles."""
@@ -110,6 +128,12 @@ class Engine:
     def throttles(self) -> Any:
         """The emulation throttles (None on real hardware): status shows their cgroups."""
         return self._throttles
+
+    @property
+    def speed_source(self) -> Any:
+        """What reports each emulated cluster's speed now, for the monitor (see the module docstring);
+        None on real hardware or where ``PIPEIT_HIDE_EMULATED_SPEED`` hides it."""
+        return None if self._hide_speed else self._throttles
 
     # ---- frames ----------------------------------------------------------------------
     @property
@@ -206,6 +230,8 @@ class Engine:
         with self._switching:
             if self._closed:
                 raise ExecutorError("the daemon is shutting down")
+            _log.info("switch: starting pipeline %d while pipeline %d serves", self._numbers + 1,
+                      self._current.number if self._current else 0)
             new = self._launch(plan)
             with self._lock:
                 old = self._current
@@ -216,8 +242,9 @@ class Engine:
             if refused:
                 new.pipeline.close()
                 raise ExecutorError("the daemon is shutting down")
-            _log.info("pipeline %d now serves; draining pipeline %d (%d frame(s) in flight)",
-                      new.number, old.number, old.inflight)
+            _log.info("pipeline %d now serves (started in %.2f s while pipeline %d served); draining pipeline "
+                      "%d (%d frame(s) in flight)", new.number, new.start_s, old.number, old.number, old.inflight)
+            drain_began = time.monotonic()
             deadline = time.monotonic() + self.drain_timeout_s
             with self._lock:
                 while old.inflight > 0 and time.monotonic() < deadline and old.pipeline.failed is None:
@@ -232,6 +259,7 @@ class Engine:
                 _log.warning("pipeline %d still held %d frame(s) after %.0f s; they fail", old.number, left,
                              self.drain_timeout_s)
             old.pipeline.close()
+            _log.info("pipeline %d drained and closed in %.2f s", old.number, time.monotonic() - drain_began)
             return old, new
 
     def restart_if_failed(self) -> Optional[str]:

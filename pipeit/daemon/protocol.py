@@ -31,9 +31,11 @@ socket has room, instead of waking a writer thread.
 
 from __future__ import annotations
 
+import array as _array
 import fcntl
 import json
 import math
+import os
 import socket
 import struct
 import termios
@@ -79,6 +81,11 @@ __all__ = [
     "Inbox",
     "Encoder",
     "SOCKET_BUFFER_BYTES",
+    "MAX_SLOTS",
+    "MAX_FDS",
+    "WithFds",
+    "encode_slot_request",
+    "encode_slot_reply",
 ]
 
 MAGIC = b"PIT1"
@@ -95,8 +102,12 @@ DTYPES: Dict[str, np.dtype] = {
     name: np.dtype(name).newbyteorder("<")
     for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 }
-#: requests a client may send
-OPS = ("infer", "status", "replan")
+#: requests a client may send (``attach``/``detach``: the shared-memory frame area, see docs/PROTOCOL.md)
+OPS = ("infer", "status", "replan", "attach", "detach")
+#: the most slots a frame area may have (the daemon grants at most its per-client in-flight limit)
+MAX_SLOTS = 1024
+#: file descriptors a reader accepts with one message (the daemon passes one, with an ``attach`` reply)
+MAX_FDS = 4
 #: the ``error.code`` values a reply may carry
 ERROR_CODES = (
     "malformed",      # prefix/header not as specified; connection closed
@@ -106,8 +117,9 @@ ERROR_CODES = (
     "busy",           # the client already has its maximum of requests in flight
     "unavailable",    # the daemon is draining or its pipeline failed
     "internal",       # a bug in the daemon (the request may be retried)
+    "reattach",       # the frame area does not fit the model any more (reloaded) or is gone: attach again
 )
-_HEADER_KEYS = {"id", "op", "tensors", "ok", "error", "info"}
+_HEADER_KEYS = {"id", "op", "tensors", "ok", "error", "info", "slot"}
 #: send/receive buffer asked for on every daemon socket (the kernel caps it at net.core.wmem_max/rmem_max)
 SOCKET_BUFFER_BYTES = 4 << 20
 #: bytes an :class:`Inbox` asks for at once: a prefix, any sane header, and the start of a body
@@ -154,6 +166,8 @@ class Header:
     ok: Optional[bool] = None
     error: Optional[Dict[str, str]] = None
     info: Optional[Dict[str, Any]] = None
+    #: ``infer`` through the frame area: the slot holding the inputs (request) and then the outputs (reply)
+    slot: Optional[int] = None
 
     @property
     def body_bytes(self) -> int:
@@ -171,6 +185,8 @@ class Header:
             doc["error"] = dict(self.error)
         if self.info is not None:
             doc["info"] = self.info
+        if self.slot is not None:
+            doc["slot"] = self.slot
         return doc
 
 
@@ -241,6 +257,52 @@ def encode_error(request_id: Optional[int], code: str, message: str, op: Optiona
         code = "internal"
     line = " ".join(str(message).split())[:500]
     return encode(Header(id=request_id, op=op, ok=False, error={"code": code, "message": line}))
+
+
+# A frame-area request or reply is the same 30-50 bytes but for two numbers: formatted, not built as a
+# dict and dumped (the bytes are exactly what :func:`encode` gives for the same Header).
+_SLOT_REQUEST = b'{"id":%d,"op":"infer","slot":%d}'
+_SLOT_REPLY = b'{"id":%d,"op":"infer","ok":true,"slot":%d}'
+
+
+def _slot_message(template: bytes, request_id: int, slot: int) -> List[Any]:
+    request_id, slot = int(request_id), int(slot)
+    if not (0 <= request_id <= MAX_ID and 0 <= slot < MAX_SLOTS):
+        raise ProtocolError(f"request id {request_id} or slot {slot} out of range", "bad_request")
+    head = template % (request_id, slot)
+    return [PREFIX.pack(MAGIC, len(head), 0) + head]
+
+
+def encode_slot_request(request_id: int, slot: int) -> List[Any]:
+    """An ``infer`` whose inputs are in slot ``slot`` of the connection's frame area (no body)."""
+    return _slot_message(_SLOT_REQUEST, request_id, slot)
+
+
+def encode_slot_reply(request_id: int, slot: int) -> List[Any]:
+    """The reply to a slot ``infer``: the outputs are in the slot's output part (no body)."""
+    return _slot_message(_SLOT_REPLY, request_id, slot)
+
+
+class WithFds(list):
+    """The buffers of one message and file descriptors passed with its first byte (``SCM_RIGHTS``).
+
+    The sender owns the descriptors: :func:`send_message` and
+    :func:`send_nowait` close them once the kernel holds its own copies (the
+    first bytes went out), and :meth:`release` closes them if the message is
+    dropped unsent, so no path leaves a descriptor open.
+    """
+
+    def __init__(self, buffers: Sequence[Any], fds: Sequence[int]):
+        super().__init__(buffers)
+        self.fds: Tuple[int, ...] = tuple(int(fd) for fd in fds)
+
+    def release(self) -> None:
+        fds, self.fds = self.fds, ()
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -318,7 +380,10 @@ def decode_header(data: bytes, body_bytes: int) -> Header:
     info = doc.get("info")
     if info is not None and not isinstance(info, dict):
         raise ProtocolError("info must be a JSON object", "malformed", request_id)
-    header = Header(id=request_id, op=op, tensors=tensors, ok=ok, error=error, info=info)
+    slot = doc.get("slot")
+    if slot is not None:
+        slot = _int(slot, "slot", 0, MAX_SLOTS - 1, request_id)
+    header = Header(id=request_id, op=op, tensors=tensors, ok=ok, error=error, info=info, slot=slot)
     if header.body_bytes != body_bytes:
         raise ProtocolError(
             f"the tensors described take {header.body_bytes} bytes, the prefix announces {body_bytes}",
@@ -425,18 +490,28 @@ class Inbox:
     or a big one's prefix, header and first bytes of body; what lies beyond
     the current message stays here for the next :func:`read_message`.
 
-    It also remembers the last header it decoded: a stream of ``infer``
-    messages repeats one header but for its id, and :meth:`decode_header`
-    then only parses the id (see there for why that is exact).
+    It also remembers the headers it decoded: a stream of ``infer``
+    messages repeats one header but for its id (or a few: one per frame-area
+    slot), and :meth:`decode_header` then only parses the id (see there for
+    why that is exact).
+
+    ``capture_fds``: read ahead with ``recvmsg`` and keep descriptors passed
+    with the bytes (``SCM_RIGHTS``) in :attr:`fds` (a client waiting for an
+    ``attach`` reply); otherwise the kernel closes any that come.
     """
+
+    #: distinct headers remembered (a stream uses one, or one per slot); past this the memory starts afresh
+    TEMPLATES = 64
 
     def __init__(self, size: int = INBOX_BYTES):
         self._buf = bytearray(max(size, PREFIX_BYTES + 1))
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
-        self._suffix = b""  # the last cacheable header after its id: b',"op":...}'
-        self._template: Optional[Header] = None
+        #: header after its id (b',"op":...}') -> the header it decodes to, id aside
+        self._templates: Dict[bytes, Header] = {}
+        self.capture_fds = False
+        self.fds: List[int] = []
 
     def decode_header(self, data: bytes, body_bytes: int) -> Header:
         """:func:`decode_header`, with the schema checks skipped for a header seen before but for its id.
@@ -448,16 +523,17 @@ class Inbox:
         ``info`` are remembered (those are mutable dicts, and rare).
         """
         digits, suffix = _split_id(data)
-        template = self._template
-        if digits is not None and template is not None and suffix == self._suffix \
-                and body_bytes == template.body_bytes:
-            request_id = int(digits)
+        template = self._templates.get(suffix) if digits is not None else None
+        if template is not None and body_bytes == template.body_bytes:
+            request_id = int(digits)  # type: ignore[arg-type]
             if request_id <= MAX_ID:
-                return Header(request_id, template.op, template.tensors, template.ok)
+                return Header(request_id, template.op, template.tensors, template.ok, None, None, template.slot)
         header = decode_header(data, body_bytes)
         if digits is not None and header.error is None and header.info is None and header.id == int(digits) \
                 and b'"id"' not in suffix:
-            self._suffix, self._template = suffix, header
+            if len(self._templates) >= self.TEMPLATES:
+                self._templates.clear()
+            self._templates[suffix] = header
         return header
 
     @property
@@ -474,11 +550,24 @@ class Inbox:
             self._view[:held] = self._view[self._start:self._end]
             self._start, self._end = 0, held
         while self._end < need:
-            n = sock.recv_into(self._view[self._end:])
+            n = self._recv_fds(sock) if self.capture_fds else sock.recv_into(self._view[self._end:])
             if n == 0:
                 break
             self._end += n
         return self._end - self._start
+
+    def _recv_fds(self, sock: socket.socket) -> int:
+        """``recv_into`` the free space, keeping passed descriptors (closing any beyond :data:`MAX_FDS`)."""
+        n, ancillary, _flags, _addr = sock.recvmsg_into([self._view[self._end:]],
+                                                        socket.CMSG_SPACE(MAX_FDS * _array.array("i").itemsize))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = _array.array("i")
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                self.fds.extend(fds)
+        while len(self.fds) > MAX_FDS:
+            os.close(self.fds.pop())
+        return n
 
     def take(self, n: int) -> memoryview:
         """The next ``n`` held bytes (valid until the next fill)."""
@@ -622,27 +711,50 @@ def _advance(pending: List[memoryview], sent: int) -> None:
         pending[0] = pending[0][sent:]
 
 
+def _ancillary(buffers: Sequence[Any]) -> List[Any]:
+    fds = getattr(buffers, "fds", ())
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _array.array("i", fds))] if fds else []
+
+
 def send_message(sock: socket.socket, buffers: Sequence[Any]) -> None:
-    """Send the buffers of :func:`encode` (one ``sendmsg`` where it takes them all)."""
+    """Send the buffers of :func:`encode` (one ``sendmsg`` where it takes them all).
+
+    A :class:`WithFds` message passes its descriptors with the first bytes
+    and closes them once sent (or released, if the send fails).
+    """
     pending = _views(buffers)
-    while pending:
-        _advance(pending, sock.sendmsg(pending))
+    ancillary = _ancillary(buffers)
+    try:
+        while pending:
+            _advance(pending, sock.sendmsg(pending, ancillary))
+            if ancillary:
+                ancillary = []
+                buffers.release()  # type: ignore[attr-defined] -- the kernel holds its own copies now
+    finally:
+        if ancillary:
+            buffers.release()  # type: ignore[attr-defined] -- never sent: still ours to close
 
 
-def send_nowait(sock: socket.socket, buffers: Sequence[Any]) -> List[memoryview]:
+def send_nowait(sock: socket.socket, buffers: Sequence[Any]) -> Sequence[Any]:
     """Send what the socket takes now without blocking; returns what is left (empty: all sent).
 
     For a thread that must not wait on a client (a reader that stopped
     reading must stall only its own connection): the caller hands what is
     left to a thread that may block. ``OSError`` other than "would block"
-    propagates (the peer is gone).
+    propagates (the peer is gone). A :class:`WithFds` message of which
+    nothing went out comes back as it was (its descriptors still to pass).
     """
     pending = _views(buffers)
+    ancillary = _ancillary(buffers)
     while pending:
         try:
-            sent = sock.sendmsg(pending, [], socket.MSG_DONTWAIT)
+            sent = sock.sendmsg(pending, ancillary, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             break
+        if ancillary:
+            ancillary = []
+            buffers.release()  # type: ignore[attr-defined]
         _advance(pending, sent)
+    if ancillary and pending:
+        return buffers  # nothing sent: the descriptors go with the whole message later
     return pending
-

@@ -12,8 +12,30 @@ nothing, or re-plan, with a reason a person can read in the log.
   thermal throttle or a co-runner; slow, fast, slow is noise too). Per worker, because a stage's median over all its frames
   hides one slow replica among fast ones.
 * **Platform change**: CPUs going offline or online, or a cluster's
-  frequency cap (``scaling_max_freq``) moving by more than 5 %: re-plan at
-  once, the old plan may not even be runnable.
+  frequency cap (``scaling_max_freq``) moving by more than 5 %, or an
+  emulated cluster's speed (its cgroup quota, read by
+  :class:`cores.monitor.Monitor`) moving by more than 5 %: re-plan at once
+  with the exact factor (old/new), the old plan may not even be runnable.
+* **Blame**: when units on several clusters drift in the same window, the
+  cluster that drifted most (in log ratio) is the cause; another is blamed
+  too only if its drift is comparable (at least :data:`CO_CAUSE` of the
+  largest, in log ratio). A lesser drift elsewhere is most often the side
+  effect of the main one (on a small host the coordinator, the frame feed
+  and the clients move onto the CPUs left and crowd the stage there); if it
+  is real, it survives the re-plan and is seen again against the new
+  plan's expectations, one cause at a time. Scaling a cluster that did not
+  slow makes a plan that measures worse and is reverted, which costs more.
+* **After a platform change** the daemon switches at once, with no
+  confirmation by measurement (the old plan is no reference any more), so
+  the new plan's workers are expected to take what the scaled times
+  predict. A cluster whose speed depends on its load (a CPU quota, an
+  ondemand governor) runs a stage given fewer layers faster than that,
+  which would read as drift at once and pull the plan back (measured: the
+  little stage at 0.68x right after a forced switch, a second switch,
+  reverted). So the detector takes the first ``anchor_windows`` windows
+  with evidence after a platform change as each worker's normal (the
+  median of their ratios) and judges later windows against it, as a
+  confirmed switch re-bases its expectations on measured times.
 
 :func:`scaled_times` turns what was observed into the new plan's input:
 every setup of a cluster gets its per-layer times multiplied by that
@@ -34,6 +56,8 @@ from pipeit.plan import Plan
 
 __all__ = [
     "DRIFT_THRESHOLD",
+    "CO_CAUSE",
+    "blame",
     "WorkerReading",
     "StageReading",
     "Window",
@@ -53,6 +77,8 @@ __all__ = [
 
 DRIFT_THRESHOLD = 0.15
 FREQ_CHANGE = 0.05
+#: a drifting cluster is blamed next to the one that drifted most only if its log ratio is at least this share
+CO_CAUSE = 0.8
 #: a new plan must predict this much more than the current plan measures before the daemon switches
 SWITCH_MARGIN = 0.05
 #: a factor observed in one step is clamped to this range (a stalled window is not a 100x slowdown)
@@ -115,6 +141,8 @@ class Window:
     max_temp_c: Optional[float] = None
     #: the window's length; lets a slow worker that was busy all window count with few frames
     window_s: Optional[float] = None
+    #: an emulated cluster's current speed (cgroup quota), judged like a frequency cap; () on real boards
+    speeds: Tuple[Tuple[str, Optional[float]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +159,8 @@ class Decision:
     factors: Tuple[Tuple[str, float], ...] = ()
     platform_changed: bool = False
     drifting: Tuple[Tuple[int, Optional[int]], ...] = ()
+    #: what triggered it: "platform" (a reading of the platform moved) or "drift" (measured times); "" for none
+    trigger: str = ""
 
 
 class DriftDetector:
@@ -144,7 +174,8 @@ class DriftDetector:
     from a clean history.
     """
 
-    def __init__(self, threshold: float = DRIFT_THRESHOLD, sustain: int = 3, min_frames: int = 5):
+    def __init__(self, threshold: float = DRIFT_THRESHOLD, sustain: int = 3, min_frames: int = 5,
+                 anchor_windows: int = 2):
         if not (0 < threshold < 10):
             raise PlanError(f"drift threshold must be in (0, 10), got {threshold}")
         if sustain < 1:
@@ -152,21 +183,35 @@ class DriftDetector:
         self.threshold = float(threshold)
         self.sustain = int(sustain)
         self.min_frames = int(min_frames)
+        self.anchor_windows = max(0, int(anchor_windows))
+        self._anchor_left = 0  # windows still to collect as the normal after a platform change
+        self._anchor_seen: Dict[Tuple[int, Optional[int]], list] = {}
+        self._anchors: Dict[Tuple[int, Optional[int]], float] = {}  # measured/expected taken as 1.0
         self._streak: Dict[Tuple[int, Optional[int]], int] = {}  # (stage, worker or None) -> windows
         self._ratios: Dict[Tuple[int, Optional[int]], list] = {}
         self._online: Optional[Tuple[int, ...]] = None
         self._caps: Dict[str, int] = {}
+        self._speeds: Dict[str, float] = {}
 
     def rebase(self, online: Optional[Tuple[int, ...]] = None,
-               freq_caps_khz: Sequence[Tuple[str, Optional[int]]] = ()) -> None:
-        """Forget the drift history; take ``online``/caps as the new normal."""
+               freq_caps_khz: Sequence[Tuple[str, Optional[int]]] = (),
+               speeds: Sequence[Tuple[str, Optional[float]]] = ()) -> None:
+        """Forget the drift history; take ``online``/caps/emulated speeds as the new normal.
+
+        Anchors taken after a platform change are dropped too (the daemon
+        calls this when it sets new expectations); a collection of them
+        still under way goes on."""
         self._streak.clear()
         self._ratios.clear()
+        self._anchors.clear()
         if online is not None:
             self._online = tuple(online)
         for name, cap in freq_caps_khz:
             if cap:
                 self._caps[name] = int(cap)
+        for name, speed in speeds:
+            if speed and speed > 0:
+                self._speeds[name] = float(speed)
 
     def is_evidence(self, reading: Union[WorkerReading, StageReading], window_s: Optional[float]) -> bool:
         """Whether a worker's (or stage's) reading over one window says anything about its speed."""
@@ -180,7 +225,12 @@ class DriftDetector:
         changed = self._platform_change(window)
         if changed is not None:
             reason, factors = changed
-            return Decision(True, reason, factors, platform_changed=True)
+            self._anchor_left, self._anchor_seen = self.anchor_windows, {}
+            self._anchors.clear()
+            return Decision(True, reason, factors, platform_changed=True, trigger="platform")
+        if self._anchor_left > 0:
+            self._collect_anchors(window)
+            return Decision(False)
         drifting = []  # (key, label, clusters, expected_ms)
         for stage in window.stages:
             units = [((stage.index, w.worker), f"stage {stage.index} worker {w.worker}", w.clusters, w)
@@ -189,6 +239,7 @@ class DriftDetector:
                 ratio = reading.ratio
                 if ratio is None or not self.is_evidence(reading, window.window_s):
                     continue  # no evidence either way: keep the streak as it is
+                ratio /= self._anchors.get(key, 1.0)
                 if abs(ratio - 1.0) > self.threshold:
                     seen = self._ratios.get(key)
                     if seen and (seen[-1] > 1.0) != (ratio > 1.0):
@@ -210,13 +261,41 @@ class DriftDetector:
         # the plan made from it drifts again at once: a second switch for one change.
         ratios = {key: _median(self._ratios[key][-self.sustain:][1:] or self._ratios[key][-1:])
                   for key, _l, _c, _e in drifting}
-        factors = cluster_factors([(clusters, ratios[key]) for key, _l, clusters, _e in drifting])
+        every = cluster_factors([(clusters, ratios[key]) for key, _l, clusters, _e in drifting])
+        causes = set(blame(every))
+        factors = tuple((name, f) for name, f in every if name in causes)
+        blamed = [d for d in drifting if any(c in causes for c in d[2])]
+        spared = [d for d in drifting if not any(c in causes for c in d[2])]
         parts = [f"{label} at {ratios[key]:.2f}x its expected {expected:.2f} ms on {'+'.join(clusters)}"
-                 for key, label, clusters, expected in drifting]
+                 for key, label, clusters, expected in blamed]
         reason = (f"drift over {self.threshold:.0%} for {self.sustain} windows: " + "; ".join(parts))
+        if spared:
+            reason += " (not blamed, taken as a side effect: " + "; ".join(
+                f"{label} at {ratios[key]:.2f}x on {'+'.join(clusters)}" for key, label, clusters, _e in spared) + ")"
         if window.max_temp_c is not None:
             reason += f" (max temperature {window.max_temp_c:.1f} C)"
-        return Decision(True, reason, factors, drifting=tuple(key for key, _l, _c, _e in drifting))
+        return Decision(True, reason, factors, drifting=tuple(key for key, _l, _c, _e in blamed), trigger="drift")
+
+    def _units(self, window: Window):
+        for stage in window.stages:
+            for key, reading in ([((stage.index, w.worker), w) for w in stage.workers]
+                                 or [((stage.index, None), stage)]):
+                yield key, reading
+
+    def _collect_anchors(self, window: Window) -> None:
+        """One window towards the normal after a platform change (see the module docstring)."""
+        seen_any = False
+        for key, reading in self._units(window):
+            ratio = reading.ratio
+            if ratio is not None and self.is_evidence(reading, window.window_s):
+                self._anchor_seen.setdefault(key, []).append(ratio)
+                seen_any = True
+        if seen_any:
+            self._anchor_left -= 1
+        if self._anchor_left <= 0:
+            self._anchor_left = 0
+            self._anchors = {key: _median(r) for key, r in self._anchor_seen.items() if r}
+            self._anchor_seen = {}
 
     def _platform_change(self, window: Window) -> Optional[Tuple[str, Tuple[Tuple[str, float], ...]]]:
         reasons = []
@@ -241,6 +320,18 @@ class DriftDetector:
                 reasons.append(f"cluster {name} frequency cap {old} -> {cap} kHz")
                 factors.append((name, old / cap))  # a lower cap: times grow by old/new
                 self._caps[name] = int(cap)
+        for name, speed in window.speeds:
+            if not speed or speed <= 0:
+                continue
+            was = self._speeds.get(name)
+            if was is None:
+                self._speeds[name] = float(speed)
+            elif abs(speed - was) / was > FREQ_CHANGE:
+                # An emulated cluster's quota is its frequency cap: the same path, the same exact factor.
+                reasons.append(f"cluster {name} {'throttled' if speed < was else 'sped up'} {was:.3g} -> "
+                               f"{speed:.3g} (emulated speed: its CPU quota)")
+                factors.append((name, was / speed))
+                self._speeds[name] = float(speed)
         if not reasons:
             return None
         return "platform changed: " + "; ".join(reasons), tuple(factors)
@@ -266,6 +357,23 @@ def cluster_factors(observations: Sequence[Tuple[Sequence[str], float]]) -> Tupl
             per.setdefault(name, []).append(ratio)
     low, high = FACTOR_RANGE
     return tuple(sorted((name, min(high, max(low, _median(r)))) for name, r in per.items()))
+
+
+def blame(factors: Sequence[Tuple[str, float]], co_cause: float = CO_CAUSE) -> Tuple[str, ...]:
+    """The clusters a drift is blamed on: the one whose factor is furthest from 1 (in log ratio, so 2x
+    slower and 2x faster weigh alike), and any other at least ``co_cause`` as far (a common cause, such
+    as a board-wide throttle). Sorted; () for no factor.
+
+    >>> blame([("big", 1.64), ("little", 2.01)])
+    ('little',)
+    >>> blame([("big", 1.9), ("little", 2.0)])
+    ('big', 'little')
+    """
+    size = {name: abs(math.log(f)) for name, f in factors if f and f > 0 and math.isfinite(f)}
+    if not size:
+        return ()
+    top = max(size.values())
+    return tuple(sorted(name for name, s in size.items() if s >= co_cause * top))
 
 
 def measured_capacity_fps(stages: Sequence[StageReading]) -> Optional[float]:

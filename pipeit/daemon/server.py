@@ -20,6 +20,14 @@ Threads, and why each exists:
 * one **monitor** closes a measurement window every ``window_s`` seconds,
   feeds the drift detector, re-plans and switches pipelines when told to.
 
+A connection may ``attach`` a shared-memory frame area
+(:mod:`pipeit.daemon.shm`): its ``infer`` requests then name a slot instead
+of carrying a body; the reader copies the slot's inputs into the ring slot
+in its turn, and the finished frame's outputs are written back into the
+slot before the header-only reply. An area is dropped (detach, re-attach,
+disconnect) only once the connection's frames in flight are answered: each
+one's allowance comes back after its outputs are in the area.
+
 Replies are routed by request id: each future's callback sends its reply
 on the connection that asked. The callback runs on the executor's
 dispatcher thread and sends the reply itself with ``MSG_DONTWAIT`` when
@@ -56,6 +64,7 @@ from pipeit.daemon.replan import (
     DriftDetector, StageReading, SwitchPolicy, Window, WorkerReading, fit_times, measured_capacity_fps, plan_layout,
     evidence_of, predicted_fps_of, scaled_times, shrink_platform,
 )
+from pipeit.daemon.shm import AreaLayout, FrameArea, shm_supported
 from pipeit.daemon.sockets import bind_socket, check_socket_dir, remove_socket
 from pipeit.daemon.state import PlanSource, Planned, make_plan, obtain_plan
 from pipeit.errors import PipeitError
@@ -194,6 +203,11 @@ class _Request:
     conn: "_Connection"
     request_id: int
     t_received: float
+    slot: Optional[int] = None  # a frame-area request: its slot, in ``area``
+    area: Optional[FrameArea] = None
+    #: Server._finish will count it out of ``_admitted`` once its reply is handed over (set once the frame is
+    #: queued, or just before an error path calls _finish); until then the reader counts it out if it fails
+    handed: bool = False
 
 
 class _Gate:
@@ -266,6 +280,9 @@ class _Connection:
         self._direct = False  # a caller of reply() is sending itself (guarded by reply_ready)
         self.writer: Optional[threading.Thread] = None  # started on the first reply that must wait
         self.done = threading.Event()  # set once the connection is closed and forgotten
+        #: the connection's shared-memory frame area (``attach``), and the model I/O it was last found to fit
+        self.area: Optional[FrameArea] = None
+        self._area_fits: Any = None
 
     def start(self) -> None:
         self.server._readers.run(self._read_loop)
@@ -290,6 +307,7 @@ class _Connection:
         """
         with self._reply_lock:
             if self.done.is_set():
+                _release(item)
                 return  # closed and forgotten: a late reply has no one to go to
             idle = not self.replies and not self._writing and not self._direct
             if item == "close":
@@ -311,6 +329,7 @@ class _Connection:
             rest = wire.send_nowait(self.sock, buffers)
         except OSError:
             rest = None
+            _release(item)
             self.closed = True  # the client went away; the writer drops what comes after
         with self._reply_lock:
             self._direct = False
@@ -335,7 +354,9 @@ class _Connection:
                 break
             buffers, request = item
             try:
-                if not self.closed:
+                if self.closed:
+                    _release(item)
+                else:
                     wire.send_message(self.sock, buffers)
                     if request is not None:
                         self.server._record_latency(request.t_received)
@@ -354,6 +375,12 @@ class _Connection:
         except OSError:
             pass
         self.sock.close()
+        if self.area is not None:
+            self._quiesce()  # frames still in flight write into the area: let them, then drop it
+            self._drop_area()
+        with self._reply_lock:  # a message queued after the close (never sent) may hold a descriptor
+            while self.replies:
+                _release(self.replies.popleft())
         self.server._forget(self)
 
     # ---- requests --------------------------------------------------------------------
@@ -409,6 +436,15 @@ class _Connection:
             self.reply((wire.encode_error(rid, "bad_request", f"request {what}; ops: {', '.join(wire.OPS)}"),
                         None))
             return rid is not None
+        if header.op in ("attach", "detach"):
+            self._skip_body(header)
+            if header.op == "attach":
+                self._attach(header)
+            else:
+                self._detach(rid)
+            return True
+        if header.slot is not None and header.op == "infer":
+            return self._handle_slot(header, t_read)
         if header.op != "infer":
             self._skip_body(header)
             if header.op == "status":
@@ -432,15 +468,157 @@ class _Connection:
             self._skip_body(header)
             self.reply((wire.encode_error(rid, "unavailable", "the daemon is shutting down", "infer"), None))
             return True
+        request = _Request(self, rid, t_read)
         try:
             self.take_allowance()
             if self.closed:
                 self.give_allowance()
                 return False
-            self._submit(header, _Request(self, rid, t_read))
+            self._submit(header, request)
         finally:
-            server._admitted_done()
+            if not request.handed:
+                server._admitted_done()
         return True
+
+    # ---- the shared-memory frame area ---------------------------------------------------
+    def _quiesce(self) -> bool:
+        """Wait until none of this connection's requests is in flight (False: not within the drain timeout).
+
+        Replacing or dropping a frame area is done at such a point: no frame
+        of the old area is then read or written any more.
+        """
+        limit = self.server.config.per_client
+        deadline = time.monotonic() + self.server.config.drain_timeout_s
+        taken = 0
+        try:
+            while taken < limit:
+                self._tokens.get(timeout=max(0.0, deadline - time.monotonic()))
+                taken += 1
+        except queue.Empty:
+            pass
+        for _ in range(taken):
+            self.give_allowance()
+        return taken == limit
+
+    def _drop_area(self) -> None:
+        area, self.area, self._area_fits = self.area, None, None
+        if area is not None:
+            area.close()  # a frame still using it (after a drain timeout) keeps its views: see FrameArea.close
+            self.server.count("areas_closed")
+
+    def _attach(self, header: wire.Header) -> None:
+        """``attach``: a fresh frame area of ``slots`` slots (at most the in-flight limit), its fd in the reply."""
+        server, rid = self.server, header.id
+        slots = (header.info or {}).get("slots")
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= wire.MAX_SLOTS:
+            server.count("rejected")
+            self.reply((wire.encode_error(rid, "bad_request", f"attach needs \"info\": {{\"slots\": N}} with N in "
+                                          f"1..{wire.MAX_SLOTS}", "attach"), None))
+            return
+        if not shm_supported():
+            self.reply((wire.encode_error(rid, "unavailable", "no shared-memory transport on this system (memfd); "
+                                          "send frames inline", "attach"), None))
+            return
+        try:
+            layout = server.area_layout(min(slots, server.config.per_client))
+        except PipeitError as err:
+            self.reply((wire.encode_error(rid, "unavailable", str(err), "attach"), None))
+            return
+        self._quiesce()
+        self._drop_area()
+        try:
+            area, fd = FrameArea.create(layout)
+        except OSError as err:
+            self.reply((wire.encode_error(rid, "unavailable", f"cannot create a frame area: {err}", "attach"), None))
+            return
+        self.area = area
+        server.count("areas_created")
+        self.reply((wire.WithFds(wire.encode_reply(rid, "attach", info=layout.to_json()), [fd]), None))
+
+    def _detach(self, rid: int) -> None:
+        """``detach``: drop the frame area once this connection's frames are answered (infers go inline)."""
+        self._quiesce()
+        had = self.area is not None
+        self._drop_area()
+        self.reply((wire.encode_reply(rid, "detach", info={"detached": had}), None))
+
+    def _handle_slot(self, header: wire.Header, t_read: float) -> bool:
+        """An ``infer`` whose inputs are in a slot of the frame area: checked, then submitted (no body)."""
+        server, rid, k = self.server, header.id, header.slot
+        area = self.area
+        problem = None
+        code = "bad_request"
+        if header.tensors:
+            problem = "an infer with a slot carries no tensors"
+        elif area is None:
+            problem, code = "no frame area on this connection: attach first", "reattach"
+        else:
+            key = server._io_key()
+            if self._area_fits is not key:  # checked once per area and pipeline, not per frame
+                if area.layout.key != key:
+                    problem, code = "the model's inputs or outputs changed (reloaded): attach again", "reattach"
+                else:
+                    self._area_fits = key
+        if problem is None:
+            if k >= area.layout.slots:  # type: ignore[union-attr]
+                problem = f"slot {k} is outside 0..{area.layout.slots - 1}"  # type: ignore[union-attr]
+            elif area.busy[k]:  # type: ignore[union-attr]
+                problem = f"slot {k} is still in flight (wait for its reply before reusing it)"
+        if problem is not None:
+            server.count("rejected")
+            self._skip_body(header)
+            self.reply((wire.encode_error(rid, code, problem, "infer"), None))
+            return True
+        if not server._admit():
+            self.reply((wire.encode_error(rid, "unavailable", "the daemon is shutting down", "infer"), None))
+            return True
+        request = _Request(self, rid, t_read, k, area)
+        try:
+            self.take_allowance()
+            if self.closed:
+                self.give_allowance()
+                return False
+            area.busy[k] = 1  # type: ignore[union-attr]
+            self._submit_slot(request)
+        finally:
+            if not request.handed:
+                area.busy[k] = 0  # type: ignore[union-attr]
+                server._admitted_done()
+        return True
+
+    def _submit_slot(self, request: _Request) -> None:
+        """Copy the slot's inputs into the pipeline's ring slot in the reader's turn (one copy per input).
+
+        Copied, not shared: the client may write into its area at any time,
+        and what the pipeline reads must not change under it.
+        """
+        server = self.server
+        inputs = request.area.inputs[request.slot]  # type: ignore[union-attr,index]
+        state = [True]
+
+        def leave() -> None:
+            if state[0]:
+                state[0] = False
+                server._gate.leave()
+
+        def fill(views: Dict[str, np.ndarray]) -> None:
+            leave()
+            for name, source in inputs.items():
+                np.copyto(views[name], source, casting="no")
+
+        server._gate.enter()
+        try:
+            server.engine.submit_into(fill, lambda f, r=request: server._finish(r, f, None))
+            request.handed = True
+        except PipeitError as err:
+            leave()
+            request.handed = True
+            server._finish(request, None, err)
+            reason = server.engine.restart_if_failed()
+            if reason:
+                server._add_event("restart", reason, None)
+        finally:
+            leave()
 
     def _skip_body(self, header: wire.Header) -> None:
         """Read past the body of a request that is answered without it (the stream stays in step)."""
@@ -520,6 +698,7 @@ class _Connection:
         server._gate.enter()
         try:
             server.engine.submit_into(fill, lambda f, r=request: server._finish(r, f, None))
+            request.handed = True
         except wire.ProtocolError as err:  # the client went away mid-body: the slot is back, the frame never was
             leave()
             self.give_allowance()
@@ -529,6 +708,7 @@ class _Connection:
             leave()
             if not state[1] and staged is None:
                 self._skip_body(header)  # the pipeline failed before the body was read: keep the stream in step
+            request.handed = True
             server._finish(request, None, err)
             reason = server.engine.restart_if_failed()
             if reason:
@@ -563,8 +743,12 @@ class Server:
         self._next_conn = 0
         self._gate = _Gate()  # turns at the pipeline's first ring, first come first served
         self._trickle = threading.Lock()  # held by the one reader reading a body still on its way into a slot
-        self._admitted = 0  # infer requests read and accepted, not yet submitted or failed (guarded by _lock)
+        #: infer requests read and accepted whose reply is not yet handed to their connection (guarded by _lock):
+        #: the drain on SIGTERM waits for it, not only for the pipeline (a frame is out of the pipeline a
+        #: moment before its reply is sent)
+        self._admitted = 0
         self._rules: Any = None  # (generation number, _input_rules()) cache
+        self._io: Any = None  # (generation number, _io_key()) cache
         self._replies = wire.Encoder("infer", reply=True)  # reply headers built once per output layout
         self._readers = _ThreadPool("pipeit-reader")
         self._latencies: Deque[float] = collections.deque(maxlen=_LATENCY_KEEP)
@@ -601,12 +785,13 @@ class Server:
         try:
             from cores.monitor import Monitor
 
-            self._monitor = Monitor(self.platform)
+            self._monitor = Monitor(self.platform, speeds=self.engine.speed_source)  # emulated: quota = speed
         except Exception as err:  # noqa: BLE001 -- readings are optional, serving is not
             _log.warning("no platform monitor (%s)", err)
         snap = self._snapshot()
         if snap is not None:
-            self._detector.rebase(snap.online, [(c.name, c.max_freq_khz) for c in snap.clusters])
+            self._detector.rebase(snap.online, [(c.name, c.max_freq_khz) for c in snap.clusters],
+                                  [(c.name, c.speed) for c in snap.clusters])
         try:
             self._listener = bind_socket(self.config.socket_path, self.config.group)
         except BaseException:
@@ -751,6 +936,31 @@ class Server:
     def max_body(self) -> int:
         return self._input_rules()[0]
 
+    def _io_key(self) -> Tuple:
+        """The serving model's inputs and outputs as an :attr:`AreaLayout.key` (one object per pipeline)."""
+        generation = self.engine.current
+        number = generation.number if generation is not None else None
+        cached = self._io
+        if cached is not None and cached[0] == number:
+            return cached[1]
+        if generation is None:
+            raise PipeitError("the daemon has no pipeline running")
+        pipeline = generation.pipeline
+        key = tuple(tuple((t.name, np.dtype(t.dtype).name, tuple(int(d) for d in t.shape)) for t in side)
+                    for side in (pipeline.inputs, pipeline.outputs))
+        if cached is not None and cached[1] == key:
+            key = cached[1]  # same model I/O (a re-plan, a reload of the same model): areas stay valid cheaply
+        self._io = (number, key)
+        return key
+
+    def area_layout(self, slots: int) -> AreaLayout:
+        """The frame-area layout for ``slots`` slots of the serving model's inputs and outputs."""
+        inputs, outputs = self._io_key()
+        for name, dtype, _shape in inputs + outputs:
+            if dtype not in wire.DTYPES:
+                raise PipeitError(f"tensor {name!r} has dtype {dtype}, which the frame area cannot carry")
+        return AreaLayout.plan(slots, inputs, outputs)
+
     def check_specs(self, specs: Sequence[wire.TensorSpec]) -> Optional[str]:
         """None if a request's tensors (from its header) are exactly the model's inputs, else what is wrong.
 
@@ -780,21 +990,48 @@ class Server:
             self._admitted -= 1
 
     def _finish(self, request: _Request, future: Optional[Future], error: Optional[BaseException]) -> None:
+        """Answer a frame (the pipeline's callback, or an error path), then count it out of the drain."""
+        try:
+            self._answer(request, future, error)
+        finally:
+            self._admitted_done()
+
+    def _answer(self, request: _Request, future: Optional[Future], error: Optional[BaseException]) -> None:
         conn = request.conn
-        conn.give_allowance()
+        if request.slot is None:
+            conn.give_allowance()
         outputs = None
         if error is None and future is not None:
             try:
                 outputs = future.result()  # done: one look at the future, not two (exception(), result())
             except Exception as err:  # noqa: BLE001 -- the frame's failure, answered below
                 error = err
+        if request.slot is not None:
+            # The allowance comes back only once the outputs are in the area: a detach, re-attach or
+            # disconnect waits for every allowance (Connection._quiesce) before it drops the area.
+            area, k = request.area, request.slot
+            views = area.outputs  # type: ignore[union-attr]
+            if error is None:
+                if views:  # the area is still the connection's (else it was dropped after a drain timeout)
+                    for name, view in views[k].items():
+                        np.copyto(view, outputs[name])
+                else:
+                    error = _StaleArea("the frame area was dropped while the frame was in flight: attach again")
+            area.busy[k] = 0  # type: ignore[union-attr] -- before the reply: the client may reuse it then
+            conn.give_allowance()
+            if error is None:
+                self.count("served")
+                self._done_times.append(time.monotonic())
+                conn.reply((wire.encode_slot_reply(request.request_id, k), request))
+                return
         if error is None:
             self.count("served")
             self._done_times.append(time.monotonic())
             conn.reply((self._replies.encode(request.request_id, outputs), request))
         else:
             self.count("failed")
-            code = "bad_request" if type(error).__name__ == "InputError" else "unavailable"
+            code = "reattach" if isinstance(error, _StaleArea) else \
+                "bad_request" if type(error).__name__ == "InputError" else "unavailable"
             conn.reply((wire.encode_error(request.request_id, code, str(error), "infer"), None))
 
     def _record_latency(self, t_received: float) -> None:
@@ -867,6 +1104,8 @@ class Server:
             "requests": {"served": self.counters["served"], "failed": self.counters["failed"],
                          "rejected": self.counters["rejected"], "inflight": self.engine.inflight(),
                          "clients": len(self._connections), "connections": self.counters["connections"]},
+            "frame_areas": {"open": sum(1 for c in list(self._connections.values()) if c.area is not None),
+                            "created": self.counters["areas_created"], "closed": self.counters["areas_closed"]},
             "fps": len(recent) / self.config.window_s if recent else 0.0,
             "pipeline_fps": self._window_fps,
             "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
@@ -978,6 +1217,7 @@ class Server:
             stages=tuple(readings),
             online=snap.online if snap is not None else None,
             freq_caps_khz=tuple((c.name, c.max_freq_khz) for c in snap.clusters) if snap is not None else (),
+            speeds=tuple((c.name, c.speed) for c in snap.clusters) if snap is not None else (),
             max_temp_c=snap.max_temp_c if snap is not None else None,
             window_s=self.config.window_s,
         )
@@ -1170,6 +1410,16 @@ class Server:
                       file_sha256(self.model_path)[:12], planned.source, before, new.number)
             self._add_event("reload", f"SIGHUP: reloaded from {planned.source}", fps_before, before, new.number,
                             plan_layout(generation.plan) if generation else (), plan_layout(planned.plan))
+
+
+class _StaleArea(PipeitError):
+    """A frame finished after its connection's frame area was dropped (answered ``reattach``)."""
+
+
+def _release(item: Any) -> None:
+    """Close the descriptors of a reply that will never be sent (an ``attach`` reply to a client gone)."""
+    if isinstance(item, tuple) and isinstance(item[0], wire.WithFds):
+        item[0].release()
 
 
 def _read_views(sock: socket.socket, inbox: wire.Inbox, header: wire.Header, views: Dict[str, np.ndarray]) -> None:

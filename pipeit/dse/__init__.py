@@ -47,6 +47,7 @@ __all__ = [
     "Candidate",
     "CostModel",
     "cost_model_for",
+    "admission_for",
     "throttle_jitter_ms",
     "device_copies",
     "SearchStats",
@@ -86,16 +87,32 @@ def best_candidate(
     hop: HopModel = DEFAULT_HOP,
     worker_bytes: int = 0,
     overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
+    admission: Optional[str] = None,
 ) -> Candidate:
     """The evaluated plan candidate ``strategy`` picks for ``times`` on ``platform``.
 
     ``overhead``: the executor's own cost per frame, part of the cost the
     search optimises (``None``: layers and hops only; docs/DSE.md).
+    ``admission``: how frames will be streamed (``cost.ADMISSIONS``); by
+    default ``gated`` under a latency limit (what ``pipeit run`` and
+    ``pipeit bench`` then do), else ``window``.
     """
     entry = _strategy(strategy)
     limits = Limits(latency_ms, memory_mb)
     times.check_platform(platform)
-    return entry(cost_model_for(times, platform, hop, worker_bytes, overhead), platform, limits)
+    admission = admission_for(latency_ms) if admission is None else admission
+    return entry(cost_model_for(times, platform, hop, worker_bytes, overhead, admission), platform, limits)
+
+
+def admission_for(latency_ms: Optional[float]) -> str:
+    """How a stream with this latency limit admits frames: ``gated`` under a limit, else ``window``.
+
+    Without a limit throughput is all that counts and one frame per worker
+    (plus a spare) in flight keeps every worker busy; under one, a frame is
+    admitted only when it can pass every stage without waiting, so its
+    latency is its path (docs/DSE.md, "Latency").
+    """
+    return "window" if latency_ms is None else "gated"
 
 
 def plan_pipeline(
@@ -109,13 +126,15 @@ def plan_pipeline(
     hop: HopModel = DEFAULT_HOP,
     worker_bytes: int = 0,
     overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
+    admission: Optional[str] = None,
 ) -> Plan:
     """A validated :class:`Plan` for ``model`` from ``strategy`` within the limits.
 
     Raises :class:`PlanError` for an unknown strategy (listing the valid
     ones) and for limits nothing meets (naming the best latency achievable).
     """
-    candidate = best_candidate(times, platform, strategy, latency_ms, memory_mb, hop, worker_bytes, overhead)
+    candidate = best_candidate(times, platform, strategy, latency_ms, memory_mb, hop, worker_bytes, overhead,
+                               admission)
     return to_plan(
         candidate, platform, strategy=strategy, model=model, model_sha256=model_sha256,
         limits=Limits(latency_ms, memory_mb),
@@ -130,6 +149,7 @@ def pareto_front(
     worker_bytes: int = 0,
     max_points: int = 64,
     overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
+    admission: str = "window",
 ) -> List[Candidate]:
     """The throughput/latency frontier of the full space, fastest frame rate first.
 
@@ -139,7 +159,7 @@ def pareto_front(
     ``max_points`` caps the walk on huge frontiers.
     """
     times.check_platform(platform)
-    cost = cost_model_for(times, platform, hop, worker_bytes, overhead)
+    cost = cost_model_for(times, platform, hop, worker_bytes, overhead, admission)
     front: List[Candidate] = []
     limit: Optional[float] = None
     floor = min_latency_ms(cost, platform)

@@ -24,7 +24,11 @@ Model (docs/DSE.md explains the choices):
   with ``W`` the plan's workers (frames kept in flight) and ``J`` the largest
   throttle jitter of any worker. A worker on an emulated cluster of speed
   ``f < 1`` (a CPU bandwidth quota of ``f`` per period ``P``) can stall up to
-  ``(1 - f) * P`` beyond its sustained time; that is its jitter (0 elsewhere);
+  ``(1 - f) * P`` beyond its sustained time; that is its jitter (0 elsewhere).
+  Under *gated* admission (``admission="gated"``, what a latency limit
+  selects: the stream admits a frame only when it can pass every stage
+  without waiting, :mod:`pipeit.admission`) no frame queues, so the latency
+  is the path alone;
 * memory = sum over workers of the weight bytes of its stage's layers plus
   ``worker_bytes`` (a per-worker constant, 0 by default).
 * a worker on a GPU cluster (``devices`` names it) also pays the host<->device
@@ -59,7 +63,13 @@ __all__ = [
     "device_copies",
     "queue_latency_ms",
     "cost_model_for",
+    "ADMISSIONS",
 ]
+
+#: how a frame stream admits frames (docs/DSE.md "Latency"): ``window`` keeps one frame in flight
+#: per worker (frames queue before the slowest stage), ``gated`` admits a frame only when it can
+#: pass every stage without waiting (pipeit.admission), so its latency is the path alone
+ADMISSIONS = ("window", "gated")
 
 #: bytes in the ``--memory-mb`` unit (MiB, as ``free -m`` counts)
 MB = 1024 * 1024
@@ -235,12 +245,17 @@ class CostModel:
                  jitter: Optional[Mapping[str, float]] = None,
                  devices: Optional[Mapping[str, HopModel]] = None, *,
                  overhead: Optional[ExecutorOverhead] = None,
-                 coordinator: Optional[Tuple[Tuple[str, ...], int, float]] = None) -> None:
+                 coordinator: Optional[Tuple[Tuple[str, ...], int, float]] = None,
+                 admission: str = "window") -> None:
         if worker_bytes < 0:
             raise PlanError(f"per-worker memory must be >= 0, got {worker_bytes}")
+        if admission not in ADMISSIONS:
+            raise PlanError(f"unknown admission {admission!r}; choose one of {', '.join(ADMISSIONS)}")
         self.times = times
         self.hop = hop
         self.worker_bytes = int(worker_bytes)
+        #: how the stream admits frames: ``window`` (the queue term counts) or ``gated`` (path only)
+        self.admission = admission
         self.jitter: Dict[str, float] = {k: float(v) for k, v in (jitter or {}).items()}
         for name, value in self.jitter.items():
             if not (math.isfinite(value) and value >= 0):
@@ -273,7 +288,16 @@ class CostModel:
 
     def with_times(self, times: LayerTimes) -> "CostModel":
         return CostModel(times, self.hop, self.worker_bytes, self.jitter, self.devices,
-                         overhead=self.overhead, coordinator=self.coordinator)
+                         overhead=self.overhead, coordinator=self.coordinator, admission=self.admission)
+
+    @property
+    def gated(self) -> bool:
+        """Whether frames are admitted only when they wait nowhere (no queue term in the latency)."""
+        return self.admission == "gated"
+
+    def queue_ms(self, workers: int, fps: float, jitter_ms: float) -> float:
+        """The queue term of the latency: :func:`queue_latency_ms` under a window, 0 when gated."""
+        return 0.0 if self.gated else queue_latency_ms(workers, fps, jitter_ms)
 
     def worker_ms(self, setup: CoreSetup, start: int, end: int) -> float:
         """One worker's time per frame for stage ``[start, end)``, half hops (and device copies) included."""
@@ -351,7 +375,7 @@ class CostModel:
         return Candidate(
             stages=stages,
             fps=fps,
-            latency_ms=max(path, queue_latency_ms(workers, fps, jitter)),
+            latency_ms=max(path, self.queue_ms(workers, fps, jitter)),
             memory_bytes=memory,
             stage_fps=tuple(stage_fps),
             worker_ms=tuple(worker_ms),
@@ -359,12 +383,14 @@ class CostModel:
 
 
 def cost_model_for(times: LayerTimes, platform: Platform, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0,
-                   overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD) -> CostModel:
+                   overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD, admission: str = "window") -> CostModel:
     """The cost model plans are made with: jitter, device copies, and the executor's own cost.
 
     ``overhead=None`` leaves the executor's cost out (layers and hops only).
+    ``admission``: how the frames will be streamed (:data:`ADMISSIONS`).
     One place, so that ``pipeit plan``, ``bench``, the Pareto front and the
     daemon judge plans alike.
     """
     return CostModel(times, hop, worker_bytes, throttle_jitter_ms(platform), device_copies(platform, times),
-                     overhead=overhead, coordinator=None if overhead is None else coordinator_placement(platform))
+                     overhead=overhead, coordinator=None if overhead is None else coordinator_placement(platform),
+                     admission=admission)

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cores.model import CoreSetup, Platform
-from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan, queue_latency_ms
+from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan
 from pipeit.dse.tables import TOL, Group, GroupTables, StageTables
 from pipeit.errors import PlanError
 
@@ -367,7 +367,7 @@ class _Search:
 
     def _queue_floor(self, workers: int, jitter: float) -> float:
         """Least throughput at which ``workers`` frames in flight meet the latency limit (queue term)."""
-        if self.L == math.inf:
+        if self.L == math.inf or self.cost.gated:
             return 0.0
         room = self.L - jitter
         return math.inf if room <= 0 else workers * 1000.0 / room
@@ -488,12 +488,15 @@ class _Search:
         cont &= reach >= max(self._theta(), self._queue_floor(workers + 1, jitter))
         if cont.any():
             bound = float(reach[cont].max())
-            with np.errstate(divide="ignore"):
-                queue = (workers + 1) * 1000.0 / reach[cont] + jitter
-            lat_lb = float(np.maximum(path[cont], queue).min())
+            if self.cost.gated:
+                lat_lb = float(path[cont].min())
+            else:
+                with np.errstate(divide="ignore"):
+                    queue = (workers + 1) * 1000.0 / reach[cont] + jitter
+                lat_lb = float(np.maximum(path[cont], queue).min())
         if rate[n] > 0 and lat[n] <= self.L and mem[n] <= self.M and rate[n] >= self._queue_floor(workers, jitter):
             bound = max(bound, float(rate[n]))
-            lat_lb = min(lat_lb, max(float(lat[n]), queue_latency_ms(workers, float(rate[n]), jitter)))
+            lat_lb = min(lat_lb, max(float(lat[n]), self.cost.queue_ms(workers, float(rate[n]), jitter)))
         return bound, lat_lb
 
     def _hopeless(self, bound: float, lat_lb: float) -> bool:
@@ -561,13 +564,12 @@ class _Search:
             return True
         return fps >= best_fps * (1 - TOL) and lat < best_lat * (1 - 1e-12)
 
-    @staticmethod
-    def _latency(mats: Sequence[GroupTables], cuts: Tuple[int, ...], fps: float) -> float:
+    def _latency(self, mats: Sequence[GroupTables], cuts: Tuple[int, ...], fps: float) -> float:
         """The cost model's latency of a partition: max(path, queue) (see :mod:`pipeit.dse.cost`)."""
         path = sum(float(m.tmax[a, b]) for m, a, b in zip(mats, cuts[:-1], cuts[1:]))
         workers = sum(m.workers for m in mats)
         jitter = max(m.jitter for m in mats)
-        return max(path, queue_latency_ms(workers, fps, jitter))
+        return max(path, self.cost.queue_ms(workers, fps, jitter))
 
     @staticmethod
     def _rate_of(mats: Sequence[GroupTables], cuts: Tuple[int, ...]) -> float:

@@ -100,8 +100,13 @@ def _wait_s(pid: int) -> Optional[float]:
     return total / 1e9
 
 
-def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorLoad:
+def measure_load(pipeline: Any, frames: Sequence[Any], window: int, feed: str = "submit") -> ExecutorLoad:
     """Stream ``frames`` keeping ``window`` in flight (as ``pipeit bench`` does) and account CPU time.
+
+    ``feed``: ``"submit"`` -- this thread submits and waits on each Future
+    (what a caller holding Futures pays); ``"stream"`` -- the dispatcher feeds
+    the frames itself (:meth:`pipeit.executor.Pipeline.stream`, what ``pipeit
+    bench`` uses).
 
     The coordinator is this process (feeder, dispatcher, collector: every
     thread of it); workers are read by pid before and after. A worker that
@@ -111,6 +116,8 @@ def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorL
 
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    if feed not in ("submit", "stream"):
+        raise ValueError(f"feed must be 'submit' or 'stream', got {feed!r}")
     workers: Dict[Tuple[int, int], Any] = {}
     for key, pid in pipeline.worker_pids().items():
         try:
@@ -130,13 +137,16 @@ def measure_load(pipeline: Any, frames: Sequence[Any], window: int) -> ExecutorL
     switches = _switches()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    pending: Deque[Any] = deque()
-    for frame in frames:
-        if len(pending) >= window:
+    if feed == "stream":
+        pipeline.stream(frames, window)
+    else:
+        pending: Deque[Any] = deque()
+        for frame in frames:
+            if len(pending) >= window:
+                pending.popleft().result()
+            pending.append(pipeline.submit(frame))
+        while pending:
             pending.popleft().result()
-        pending.append(pipeline.submit(frame))
-    while pending:
-        pending.popleft().result()
     wall = time.perf_counter() - t0
     cpu1 = time.process_time()
     switches1 = _switches()

@@ -15,8 +15,18 @@ in-slots it kept) to a restarted worker, and goes on.
 
 Backpressure is the free slots of each edge: a stage gets a frame only when
 the next edge has a free slot, and :meth:`Pipeline.submit` blocks while
-edge 0 is full. Outputs are copied out of the last ring and handed back in
-frame order.
+edge 0 is full (edge 0's free slots are a C-level queue, so a release wakes
+a blocked caller with no Python condition variable). Outputs are copied out
+of the last ring -- into fresh arrays, or into the caller's own with
+``submit(inputs, out=...)`` -- and handed back in frame order.
+
+A frame goes to the worker expected to finish it first, from a moving
+average of each worker's service time. One reply moves that average by a
+bounded step (:data:`EST_CLAMP`), and a worker left idle for longer than
+:data:`STALE_IDLE` of its estimates is offered the next frame and re-measured:
+without that, slow frames on a busy host could leave a worker's estimate so
+high that it never got a frame again (seen with two frames in flight on two
+replicas: one worker served all of them).
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ import heapq
 import math
 import multiprocessing
 import os
-import selectors
+import queue
+import select
 import shutil
 import signal
 import tempfile
@@ -41,6 +52,8 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 
 import numpy as np
 
+from pipeit.admission import (DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms,
+                              wait_for_admission)
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
@@ -57,6 +70,13 @@ DEFAULT_SLOTS = 4
 #: jobs a worker may hold at once: the one it serves and the next, already in its socket, so
 #: that it never waits for the dispatcher between frames (docs/PROTOCOL.md "Executor")
 WORKER_DEPTH = 2
+#: one reply may move a worker's service estimate up by at most this factor's share of the
+#: moving average: a frame slowed by another process on the host is not taken for the worker
+#: being slow (an idle worker's estimate is only corrected when it serves again)
+EST_CLAMP = 3.0
+#: an idle worker whose last reply is older than this many of its estimates is offered the next
+#: frame as if it were the row's fastest: its estimate may be stale, and only serving refreshes it
+STALE_IDLE = 2.0
 _STAGE_DIR_PREFIX = "pipeit-stages-"  # + pid: stage sub-model files the workers load (and reload)
 
 
@@ -85,15 +105,128 @@ def model_io(model: Union[str, Path, bytes]) -> Tuple[Tuple[TensorInfo, ...], Tu
     return infos(interpreter.get_input_details()), infos(interpreter.get_output_details())
 
 
-class _Frame:
-    __slots__ = ("fid", "future", "t_submit", "slot", "stage")
+class _SlotQueue:
+    """Edge 0's free slots, shared by the callers' threads (take) and the dispatcher (give back).
 
-    def __init__(self, fid: int, future: Future, t_submit: float, slot: int):
+    A C-level ``queue.SimpleQueue``: a release wakes a caller blocked on
+    backpressure without Python-level condition variables (their notify and
+    wait were a visible share of the coordinator's CPU per frame). ``close``
+    puts a stop mark that every blocked caller passes on to the next.
+    """
+
+    __slots__ = ("_queue", "_closed")
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+        self._closed = False
+
+    def put(self, slot: int) -> None:
+        self._queue.put(slot)
+
+    def get(self) -> int:
+        """A free slot (blocks until one is given back), or -1 once closed."""
+        slot = self._queue.get()
+        if slot < 0:
+            self._queue.put(slot)  # the next blocked caller must wake too
+        return slot
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(-1)
+
+    def take_nowait(self) -> Optional[int]:
+        """A free slot if one is there now, else None (also once closed)."""
+        try:
+            slot = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if slot < 0:
+            self._queue.put(slot)
+            return None
+        return slot
+
+    def __len__(self) -> int:
+        return self._queue.qsize() - (1 if self._closed else 0)
+
+
+#: ``_Frame.out`` of a frame fed by :meth:`Pipeline.stream`: its outputs are not read back
+_DISCARD = object()
+
+
+class _Stream:
+    """A stream the dispatcher feeds itself (:meth:`Pipeline.stream`): its frames, window and latencies."""
+
+    __slots__ = ("frames", "next", "window", "inflight", "latencies", "done", "error", "t_end")
+
+    def __init__(self, frames: Sequence[Dict[str, np.ndarray]], window: int) -> None:
+        self.frames = frames
+        self.next = 0  # index of the next frame to queue
+        self.window = window
+        self.inflight = 0
+        self.latencies: List[float] = []
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.t_end = 0.0
+
+    def finish(self, error: Optional[BaseException] = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.t_end = self.t_end or time.perf_counter()
+        self.done.set()
+
+
+class _Poller:
+    """One long-lived epoll set whose ``poll`` gives back the data registered with each ready descriptor.
+
+    The dispatcher wakes once per reply; ``selectors`` spent more Python per
+    wake-up (key objects, event masks, a timeout conversion) than the raw
+    ``select.epoll`` this wraps.
+    """
+
+    __slots__ = ("_epoll", "_data")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._data: Dict[int, Any] = {}
+
+    def register(self, handle: Any, data: Any) -> None:
+        fd = handle if isinstance(handle, int) else handle.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._data[fd] = data
+
+    def unregister(self, handle: Any) -> None:
+        """Stop watching ``handle`` (a descriptor or an object with ``fileno``); unknown ones are ignored."""
+        try:
+            fd = handle if isinstance(handle, int) else handle.fileno()
+        except (OSError, ValueError):
+            return  # closed already: the kernel dropped it from the set (a reused number re-registers)
+        if self._data.pop(fd, None) is None:
+            return
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass  # closed meanwhile: epoll dropped it itself
+
+    def poll(self) -> List[Any]:
+        data = self._data
+        return [data[fd] for fd, _ in self._epoll.poll() if fd in data]
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._data.clear()
+
+
+class _Frame:
+    __slots__ = ("fid", "future", "t_submit", "slot", "stage", "out")
+
+    def __init__(self, fid: int, future: Future, t_submit: float, slot: int, out: Any = None):
         self.fid = fid
         self.future = future
         self.t_submit = t_submit
         self.slot = slot  # the slot it holds on edge ``stage``
         self.stage = 0
+        self.out = out  # the caller's output arrays (name -> array) to fill, or None: fresh copies
 
 
 class _Worker:
@@ -113,6 +246,8 @@ class _Worker:
         self.last_done = 0.0
         #: expected service ms (the plan's prediction, then a moving average of what it measures)
         self.est_ms = 1.0
+        #: given a frame because its estimate looked stale: the next reply replaces the estimate
+        self.probing = False
         self.restarts = 0
         self.last_exit: Optional[int] = None
         self.heavy_before_pin: Tuple[str, ...] = ()
@@ -202,8 +337,8 @@ class Pipeline:
         # dispatcher thread and by submit(), which hands a frame to a stage-0 worker itself.
         self._dispatch_lock = threading.RLock()
         self._completed: List[Tuple[Future, Dict[str, np.ndarray]]] = []
-        self._free0: "collections.deque[int]" = collections.deque()
-        self._free0_cv = threading.Condition()
+        self._stream: Optional[_Stream] = None  # the stream the dispatcher feeds, if one runs
+        self._free0 = _SlotQueue()
         self._lock = threading.Lock()
         self._results: Dict[int, Tuple[_Frame, Dict[str, np.ndarray]]] = {}
         self._inflight: Dict[int, _Frame] = {}
@@ -219,7 +354,7 @@ class Pipeline:
         self._throttles: Any = throttles
         self._own_throttles = False
         self._tmpdir: Optional[str] = None
-        self._selector: Optional[selectors.BaseSelector] = None
+        self._selector: Optional[_Poller] = None
         self._stats_lock = threading.Lock()
         #: a pipeit.executor.gpu_worker.GpuOptions for stages on a GPU cluster (None: defaults)
         self.gpu = gpu
@@ -276,7 +411,8 @@ class Pipeline:
             ring = ShmRing(layout, max(self.slots, WORKER_DEPTH * around + 1))
             self._rings.append(ring)
             self._free.append(collections.deque(range(ring.slots)))
-        self._free0.extend(self._free[0])
+        for slot in self._free[0]:
+            self._free0.put(slot)
         self._free[0].clear()  # edge 0's free slots live in _free0 (shared with submit)
         # What submit() checks and copies per frame, computed once.
         self._input_specs = tuple((t.name, tuple(int(x) for x in t.shape), np.dtype(t.dtype)) for t in self.inputs)
@@ -483,8 +619,7 @@ class Pipeline:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(5.0)
-        with self._free0_cv:
-            self._free0_cv.notify_all()
+        self._free0.close()
         workers = self._all_workers()
         for w in workers:
             if w.conn is not None:
@@ -508,8 +643,10 @@ class Pipeline:
                 w.conn = None
             w.state = "dead"
         error = self._error or ExecutorError("the pipeline was closed before this frame finished")
+        if self._stream is not None:
+            self._stream.finish(error)
         for frame in list(self._inflight.values()):
-            if not frame.future.done():
+            if frame.future is not None and not frame.future.done():
                 frame.future.set_exception(error)
         self._inflight.clear()
         self._ring0_views = []  # views of edge 0's segment: dropped so that it can be unmapped
@@ -529,15 +666,23 @@ class Pipeline:
         self._wake_r = self._wake_w = -1
 
     # ---- the caller's side -----------------------------------------------------------
-    def submit(self, inputs: Any) -> Future:
-        """Queue one frame; blocks while edge 0 has no free slot (backpressure)."""
+    def submit(self, inputs: Any, out: Any = None) -> Future:
+        """Queue one frame; blocks while edge 0 has no free slot (backpressure).
+
+        ``out``: arrays to receive the outputs (a dict name -> array, or one
+        array for a single-output model, shapes and dtypes exactly the
+        model's); the Future then resolves to that dict, filled, instead of
+        fresh copies. For a caller that reuses buffers: no allocation per
+        frame. The caller must not touch them until the Future is done.
+        """
         self._check_running()
         tensors = self._check_inputs(inputs)
+        outs = self._check_outputs(out) if out is not None else None
         slot = self._take_slot0()
         copyto = np.copyto
         for view, name in zip(self._ring0_views[slot], self._input_names):
             copyto(view, tensors[name], casting="no")  # the one copy the caller's frame costs
-        return self._queue_frame0(slot)
+        return self._queue_frame0(slot, outs)
 
     def submit_into(self, fill: Any) -> Future:
         """Queue one frame whose inputs ``fill(views)`` writes straight into edge 0's ring slot.
@@ -565,17 +710,15 @@ class Pipeline:
 
     def _take_slot0(self) -> int:
         """A free slot of edge 0, waiting for one (backpressure); raises if the pipeline failed or closed."""
-        with self._free0_cv:
-            while not self._free0:
-                self._raise_if_failed()
-                if self._closing:
-                    raise ExecutorError("the pipeline was closed")
-                # No timeout: a released slot, _fail and close() all notify this condition.
-                self._free0_cv.wait()
+        self._raise_if_failed()
+        # No timeout: a released slot, _fail and close() all put something in this queue.
+        slot = self._free0.get()
+        if slot < 0:
             self._raise_if_failed()
-            return self._free0.popleft()
+            raise ExecutorError("the pipeline was closed")
+        return slot
 
-    def _queue_frame0(self, slot: int) -> Future:
+    def _queue_frame0(self, slot: int, out: Any = None) -> Future:
         """Make the frame whose inputs are in ``slot`` and hand it to a stage-0 worker from this thread.
 
         From the caller's thread: no wake-up of the dispatcher per frame.
@@ -585,7 +728,7 @@ class Pipeline:
             with self._lock:
                 fid = self._next_fid
                 self._next_fid += 1
-                frame = _Frame(fid, future, time.perf_counter(), slot)
+                frame = _Frame(fid, future, time.perf_counter(), slot, out)
                 self._inflight[fid] = frame
             if self._error is not None:
                 future.set_exception(self._error)
@@ -594,13 +737,105 @@ class Pipeline:
             self._feed_stage(0)
         return future
 
-    def map(self, frames: Iterable[Any], inflight: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+    def stream(self, frames: Sequence[Any], window: int) -> Tuple[float, List[float]]:
+        """Stream ``frames`` keeping ``window`` in flight; return (fps, per-frame latencies in ms).
+
+        What a caller's loop of ``submit`` and ``result`` measures
+        (:func:`pipeit.streaming.stream_frames`), but fed by the dispatcher
+        thread itself: when a frame comes out it queues the next one in the
+        same wake-up, so the caller's thread is not woken per frame (a wake-up,
+        a Future and its condition variable less per frame). Outputs are not
+        read back. Latency runs from when a frame is queued to when it is
+        delivered in order. Every frame is checked before the first is queued
+        (:class:`InputError`). One stream at a time.
+        """
+        self._check_running()
+        if int(window) < 1:
+            raise ExecutorError(f"window must be >= 1, got {window}")
+        checked = [self._check_inputs(frame) for frame in frames]
+        if not checked:
+            return 0.0, []
+        state = _Stream(checked, int(window))
+        with self._dispatch_lock:
+            self._raise_if_failed()
+            if self._stream is not None:
+                raise ExecutorError("a stream is already running on this pipeline")
+            self._stream = state
+            t0 = time.perf_counter()
+            self._top_up()
+            self._feed_stage(0)
+        try:
+            while not state.done.wait(0.5):
+                if self._closing:
+                    state.finish(ExecutorError("the pipeline was closed"))
+        finally:
+            with self._dispatch_lock:
+                self._stream = None
+        if state.error is not None:
+            raise state.error
+        return len(checked) / max(state.t_end - t0, 1e-9), state.latencies
+
+    def _top_up(self) -> None:
+        """Queue the stream's next frames while it has fewer than its window in flight and edge 0 a free slot.
+
+        Under the dispatch lock (the dispatcher, or :meth:`stream` to start).
+        """
+        state = self._stream
+        if state is None or state.done.is_set():
+            return
+        frames = state.frames
+        copyto = np.copyto
+        while state.inflight < state.window and state.next < len(frames):
+            slot = self._free0.take_nowait()
+            if slot is None:
+                return  # a slot frees when stage 0 is done with a frame: the next wake-up tops up
+            tensors = frames[state.next]
+            state.next += 1
+            for view, name in zip(self._ring0_views[slot], self._input_names):
+                copyto(view, tensors[name], casting="no")
+            with self._lock:
+                fid = self._next_fid
+                self._next_fid += 1
+                frame = _Frame(fid, None, time.perf_counter(), slot, _DISCARD)
+                self._inflight[fid] = frame
+            state.inflight += 1
+            heapq.heappush(self._ready[0], (fid, frame))
+
+    def admission_delay_ms(self, lead_ms: float = DEFAULT_LEAD_MS) -> float:
+        """Ms until a new frame would pass every stage without waiting, less ``lead_ms`` (<= 0: now).
+
+        For gated admission (:mod:`pipeit.admission`): a stream under a
+        latency limit submits a frame only when this is <= 0, so its frames
+        do not queue before the slowest stage. Reads the dispatcher's view of
+        each worker (the jobs it holds, its moving-average service time).
+        """
+        with self._dispatch_lock:
+            now = time.perf_counter() * 1000.0
+            stages = []
+            frames = []
+            for k, row in enumerate(self._workers):
+                states = []
+                for w in row:
+                    held = len(w.jobs)
+                    began = max(w.jobs[0][2], w.last_done) * 1000.0 if held else now
+                    for i, job in enumerate(w.jobs):
+                        frames.append(FrameState(job[0].fid, k, began + (i + 1) * w.est_ms))
+                    usable = w.fd >= 0 and not w.broken
+                    states.append(WorkerState(began + held * w.est_ms if usable else math.inf, w.est_ms))
+                stages.append(tuple(states))
+                frames.extend(FrameState(fid, k) for fid, _frame in self._ready[k])
+        return admission_delay_ms(PipelineState(now, tuple(stages), tuple(frames)), lead_ms)
+
+    def map(self, frames: Iterable[Any], inflight: Optional[int] = None,
+            gated: bool = False) -> Iterator[Dict[str, np.ndarray]]:
         """Outputs of each frame, in order, keeping the pipeline busy while the caller consumes.
 
         ``inflight`` caps the frames submitted but not yet yielded. The default
         fills every ring slot (best throughput; latency then includes queueing
         in the rings); a cap near the number of workers keeps each frame's
-        latency close to its path through the stages.
+        latency close to its path through the stages. ``gated``: each frame
+        also waits at the door until it can pass every stage without waiting
+        (:mod:`pipeit.admission`; what a plan made under a latency limit expects).
         """
         if inflight is not None and inflight < 1:
             raise ExecutorError(f"inflight must be >= 1, got {inflight}")
@@ -609,6 +844,8 @@ class Pipeline:
         for inputs in frames:
             while len(window) >= limit:
                 yield window.popleft().result()
+            if gated:
+                wait_for_admission(self)
             window.append(self.submit(inputs))
             while window and window[0].done():
                 yield window.popleft().result()
@@ -652,6 +889,25 @@ class Pipeline:
                     f"input {name!r} is {tuple(value.shape)} {value.dtype}, the model takes {tuple(info.shape)} {info.dtype}"
                 )
             out[name] = value
+        return out
+
+    def _check_outputs(self, out: Any) -> Dict[str, np.ndarray]:
+        """``submit(out=...)``: the caller's output arrays, checked like inputs (:class:`InputError`)."""
+        expected = {t.name: t for t in self.outputs}
+        if not isinstance(out, dict):
+            if len(expected) != 1:
+                raise InputError(f"this model has {len(expected)} outputs; pass out= as a dict name -> array")
+            out = {self.outputs[0].name: out}
+        if set(out) != set(expected):
+            raise InputError(f"out= names {sorted(out)} do not match the model's outputs {sorted(expected)}")
+        for name, info in expected.items():
+            value = out[name]
+            if (not isinstance(value, np.ndarray) or tuple(value.shape) != tuple(info.shape)
+                    or value.dtype != np.dtype(info.dtype) or not value.flags.writeable):
+                what = (f"{tuple(value.shape)} {value.dtype}" if isinstance(value, np.ndarray)
+                        else type(value).__name__)
+                raise InputError(f"out= {name!r} is {what}, the model gives a writable "
+                                 f"{tuple(info.shape)} {info.dtype}")
         return out
 
     def _raise_if_failed(self) -> None:
@@ -776,9 +1032,9 @@ class Pipeline:
     def _dispatch_loop(self) -> None:
         # One long-lived epoll set (multiprocessing.connection.wait builds a new one per call,
         # which costs more than everything else the dispatcher does for a frame).
-        self._selector = selectors.DefaultSelector()
+        self._selector = _Poller()
         try:
-            self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+            self._selector.register(self._wake_r, ("wake", None))
             for w in self._all_workers():
                 if w.state != "dead":
                     self._watch(w)
@@ -788,15 +1044,14 @@ class Pipeline:
             self._selector = None
 
     def _dispatch_events(self) -> None:
-        select = self._selector.select
+        poll = self._selector.poll
         lock = self._dispatch_lock
         stages = range(len(self._workers) - 1, -1, -1)
         while not self._closing and self._error is None:
-            events = select()  # one blocking wait: replies, exits and close() (the wake pipe) end it
+            events = poll()  # one blocking wait: replies, exits and close() (the wake pipe) end it
             with lock:
                 exited = []
-                for key, _ in events:
-                    kind, w = key.data
+                for kind, w in events:
                     if kind == "wake":
                         try:
                             while os.read(self._wake_r, 4096):
@@ -811,6 +1066,8 @@ class Pipeline:
                 for w in exited:
                     if w.state != "dead" and not self._closing:
                         self._on_exit(w)
+                if self._stream is not None:
+                    self._top_up()
                 for k in stages:
                     self._feed_stage(k)
                 completed, self._completed = self._completed, []
@@ -820,18 +1077,15 @@ class Pipeline:
 
     def _watch(self, w: _Worker) -> None:
         if self._selector is not None:
-            self._selector.register(w.conn, selectors.EVENT_READ, ("conn", w))
-            self._selector.register(w.process.sentinel, selectors.EVENT_READ, ("exit", w))
+            self._selector.register(w.conn, ("conn", w))
+            self._selector.register(w.process.sentinel, ("exit", w))
 
     def _unwatch(self, w: _Worker, conn: bool = True, sentinel: bool = True) -> None:
         if self._selector is None:
             return
         for item, wanted in ((w.conn, conn), (w.process.sentinel if w.process else None, sentinel)):
             if wanted and item is not None:
-                try:
-                    self._selector.unregister(item)
-                except (KeyError, ValueError):
-                    pass  # not registered (or already gone)
+                self._selector.unregister(item)  # ignores what is not registered
 
     def _feed_stage(self, k: int) -> None:
         """Deal stage ``k``'s waiting frames, lowest id first, each to the worker expected to finish it first.
@@ -859,7 +1113,14 @@ class Pipeline:
                 n = len(w.jobs)
                 if n >= WORKER_DEPTH or w.fd < 0 or w.broken:
                     continue
-                t = expected_finish_ms(now_ms, n, max(w.jobs[0][2], w.last_done) * 1000.0 if n else now_ms, w.est_ms)
+                if n:
+                    t = expected_finish_ms(now_ms, n, max(w.jobs[0][2], w.last_done) * 1000.0, w.est_ms)
+                elif now_ms - w.last_done * 1000.0 > STALE_IDLE * w.est_ms:
+                    # idle for long: its estimate may be stale (slow frames on a busy host would
+                    # otherwise keep it idle for good, as nothing but serving refreshes it)
+                    t = now_ms + min(x.est_ms for x in row) - 1e-6
+                else:
+                    t = now_ms + w.est_ms
                 if t < best_t:
                     best, best_t = w, t
             if best is None:
@@ -878,6 +1139,8 @@ class Pipeline:
             if not best.jobs and best.last_done >= self._t_reset:
                 # it sat with nothing to do since its last reply: the feed or the dispatcher kept it waiting
                 self._starved[k] += sent - best.last_done
+            if not best.jobs and sent * 1000.0 - best.last_done * 1000.0 > STALE_IDLE * best.est_ms:
+                best.probing = True
             best.jobs.append((frame, out_slot, sent))
             best.state = "busy"
 
@@ -942,7 +1205,11 @@ class Pipeline:
         began = max(sent, w.last_done)
         w.last_done = now
         held = max(now - began, service_ms / 1000.0)
-        w.est_ms += 0.2 * (service_ms - w.est_ms)
+        est = w.est_ms
+        if w.probing:  # a stale estimate: a fresh measurement replaces it
+            w.est_ms, w.probing = service_ms, False
+        else:
+            w.est_ms = est + 0.2 * (min(service_ms, EST_CLAMP * est) - est)
         k = w.config.stage
         with self._stats_lock:
             self._service[k].append(service_ms)
@@ -957,7 +1224,14 @@ class Pipeline:
         if k + 1 < len(self._workers):
             heapq.heappush(self._ready[k + 1], (frame.fid, frame))
         else:
-            outputs = self._rings[k + 1].read(out_slot)
+            if frame.out is None:
+                outputs = self._rings[k + 1].read(out_slot)
+            elif frame.out is _DISCARD:  # a stream's frame: only its time matters
+                outputs = None
+            else:  # the caller's own arrays: no allocation
+                outputs = frame.out
+                for name, view in self._rings[k + 1].views(out_slot).items():
+                    np.copyto(outputs[name], view)
             self._release(k + 1, out_slot)
             self._results[fid] = (frame, outputs)
             self._deliver()
@@ -965,9 +1239,7 @@ class Pipeline:
 
     def _release(self, edge: int, slot: int) -> None:
         if edge == 0:
-            with self._free0_cv:
-                self._free0.append(slot)
-                self._free0_cv.notify()
+            self._free0.put(slot)
         else:
             self._free[edge].append(slot)
 
@@ -984,6 +1256,15 @@ class Pipeline:
                         self._t_first = frame.t_submit
             with self._lock:
                 self._inflight.pop(frame.fid, None)
+            if frame.future is None:  # fed by the dispatcher for a stream
+                state = self._stream
+                if state is not None:
+                    state.latencies.append((now - frame.t_submit) * 1000.0)
+                    state.inflight -= 1
+                    if state.inflight == 0 and state.next >= len(state.frames):
+                        state.t_end = now
+                        state.finish()
+                continue
             self._completed.append((frame.future, outputs))  # resolved once the lock is let go
 
     def _on_exit(self, w: _Worker) -> None:
@@ -1021,11 +1302,13 @@ class Pipeline:
             self._error = error
         with self._lock:
             frames = list(self._inflight.values())
+        state = self._stream
+        if state is not None:
+            state.finish(self._error)
         for frame in frames:
-            if not frame.future.done():
+            if frame.future is not None and not frame.future.done():
                 frame.future.set_exception(self._error)
-        with self._free0_cv:
-            self._free0_cv.notify_all()
+        self._free0.close()
 
 
 def _remove_stale_stage_dirs() -> None:

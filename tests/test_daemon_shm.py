@@ -1,0 +1,338 @@
+"""The shared-memory frame transport, on a real `pipeit serve` daemon with a tiny real model: attach (a memfd
+passed over the socket), slot requests, errors, disconnects, leaks, reload and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipeit.client import Client, DaemonError
+from pipeit.daemon import protocol as wire
+from pipeit.daemon.shm import AreaLayout, FrameArea, shm_supported
+from tests.daemon_helpers import Daemon, build_model, leftovers, reference, write_times
+
+PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
+pytestmark = pytest.mark.skipif(not shm_supported(), reason="needs memfd_create with sealing (Linux)")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shm")
+    os.chmod(folder, 0o750)
+    model = build_model(folder / "tiny.tflite")
+    times = write_times(model, PLATFORM, folder / "times.json")
+    return folder, model, times
+
+
+@pytest.fixture(scope="module")
+def daemon(files):
+    folder, model, times = files
+    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--per-client", "3",
+                "--no-replan"], folder / "d.sock", env={"PIPEIT_STATE_DIR": str(folder / "state")})
+    with d:
+        yield d
+    assert d.proc.returncode == 0, d.log()
+    assert leftovers(d.proc.pid) == []
+
+
+def _frames(n, seed, size=32):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, size, size, 16)).astype(np.float32) for _ in range(n)]
+
+
+def _memfd_maps(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return sum(1 for line in f if "memfd:pipeit-frames" in line)
+
+
+def _fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _settle(read, want, timeout=15.0):
+    """``read()`` once it equals ``want`` (the daemon drops a closed client's area when its reader sees EOF)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
+def test_layout_is_checked_before_anything_is_mapped():
+    layout = AreaLayout.plan(3, [("x", "float32", (1, 5, 5, 3))], [("y", "int8", (1, 7))])
+    assert layout.slot_bytes % 4096 == 0 and layout.outputs[0].offset % 64 == 0
+    assert AreaLayout.from_json(layout.to_json()) == layout
+    doc = layout.to_json()
+    for bad in ({**doc, "size": doc["size"] + 1},
+                {**doc, "outputs": [{**doc["outputs"][0], "offset": 0}]},  # overlaps the input
+                {**doc, "outputs": [{**doc["outputs"][0], "offset": doc["slot_bytes"]}]},  # past the slot
+                {**doc, "slots": 0}, {**doc, "inputs": []}):
+        with pytest.raises(wire.ProtocolError):
+            AreaLayout.from_json(bad)
+    area, fd = FrameArea.create(layout)
+    try:
+        with pytest.raises(OSError):  # sealed: a client cannot shrink the daemon's mapping under it
+            os.ftruncate(fd, 0)
+        other = FrameArea.map(fd, layout)
+        area.inputs[2]["x"][...] = 7.0
+        assert float(other.inputs[2]["x"].max()) == 7.0  # one segment, two mappings
+        other.close()
+    finally:
+        os.close(fd)
+        area.close()
+
+
+def test_shm_round_trip_equals_the_whole_model(daemon, files):
+    _, model, _ = files
+    frames = _frames(5, seed=1)
+    refs = [reference(model, f) for f in frames]
+    out = {"fc": np.empty((1, 10), np.float32)}
+    with Client(daemon.socket_path, transport="shm") as c:
+        for frame, ref in zip(frames, refs):
+            got = c.infer({"image": frame}, out=out)
+            assert c.transport_in_use == "shm"
+            assert got["fc"] is out["fc"]
+            np.testing.assert_array_equal(out["fc"], ref)
+        outs = list(c.infer_many(({"image": frames[i % 5]} for i in range(30)), window=3))
+        for i, o in enumerate(outs):
+            np.testing.assert_array_equal(o["fc"], refs[i % 5])
+        doc = c.status()
+    assert doc["frame_areas"]["created"] >= 1 and doc["requests"]["failed"] == 0
+
+
+def test_more_in_flight_than_slots_goes_inline_for_the_rest(daemon, files):
+    _, model, _ = files
+    frames = _frames(4, seed=2)
+    with Client(daemon.socket_path, transport="shm", slots=2) as c:
+        layout = c.attach()
+        assert layout is not None and layout.slots == 2
+        ids = [c.send("infer", {"image": f}) for f in frames[:3]]  # the third has no free slot: inline
+        for rid, f in zip(ids, frames):
+            np.testing.assert_array_equal(c.receive(rid).tensors["fc"], reference(model, f))
+    with Client(daemon.socket_path, transport="shm", slots=50) as c:  # granted at most the per-client limit
+        assert c.attach().slots == 3
+
+
+def test_inline_and_shm_clients_at_once(daemon, files):
+    _, model, _ = files
+    frames = _frames(4, seed=3)
+    refs = [reference(model, f) for f in frames]
+    errors, used = [], []
+
+    def client(k, transport):
+        try:
+            with Client(daemon.socket_path, transport=transport) as c:
+                order = [(k + i) % 4 for i in range(40)]
+                outs = list(c.infer_many(({"image": frames[j]} for j in order), window=3))
+                used.append(c.transport_in_use)
+                errors.extend(f"client {k}: frame {j}" for j, o in zip(order, outs) if not np.array_equal(o["fc"],
+                                                                                                          refs[j]))
+        except Exception as err:  # noqa: BLE001 -- collected for the assertion below
+            errors.append(f"client {k}: {err!r}")
+
+    threads = [threading.Thread(target=client, args=(k, ("inline", "shm", "auto")[k % 3])) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert sorted(used) == ["inline", "inline", "shm", "shm", "shm", "shm"]
+
+
+def _raw_reply(c, buffers):
+    wire.send_message(c._conn(), buffers)  # noqa: SLF001 -- a hand-made request on the client's connection
+    header = wire.read_head(c._conn(), 1 << 20, c._inbox)  # noqa: SLF001
+    return header
+
+
+def test_bad_slot_requests_get_error_replies_and_the_connection_serves_on(daemon, files):
+    _, model, _ = files
+    frame = _frames(1, seed=4)[0]
+    with Client(daemon.socket_path, transport="shm") as c:
+        # no area yet: told to attach
+        reply = _raw_reply(c, wire.encode_slot_request(900, 0))
+        assert reply.ok is False and reply.error["code"] == "reattach" and reply.id == 900
+        for info in (None, {"slots": 0}, {"slots": "3"}):  # attach needs a sane slot count
+            reply = _raw_reply(c, wire.encode(wire.Header(id=899, op="attach", info=info)))
+            assert reply.ok is False and reply.error["code"] == "bad_request" and "slots" in reply.error["message"]
+        c.attach()
+        reply = _raw_reply(c, wire.encode_slot_request(901, 3))  # slots 0..2
+        assert reply.ok is False and reply.error["code"] == "bad_request" and "outside 0..2" in \
+            reply.error["message"]
+        reply = _raw_reply(c, wire.encode(wire.Header(id=902, op="infer", slot=0, tensors=(
+            wire.TensorSpec("image", "float32", (1, 32, 32, 16)),)), {"image": frame}))
+        assert reply.ok is False and "carries no tensors" in reply.error["message"]
+        np.testing.assert_array_equal(c.infer({"image": frame})["fc"], reference(model, frame))
+    # a slot beyond the wire's bound is a malformed header: error reply, then the connection is closed
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket_path))
+    s.settimeout(10)
+    head = b'{"id":5,"op":"infer","slot":-1}'
+    s.sendall(wire.PREFIX.pack(wire.MAGIC, len(head), 0) + head)
+    message = wire.read_message(s, 1 << 20)
+    assert message.header.ok is False and message.header.error["code"] == "malformed"
+    assert wire.read_message(s, 1 << 20) is None
+    s.close()
+
+
+def test_a_client_that_leaves_with_frames_in_flight_breaks_no_one(daemon, files):
+    _, model, _ = files
+    frames = _frames(2, seed=5)
+    refs = [reference(model, f) for f in frames]
+    with Client(daemon.socket_path) as admin:
+        opened = admin.status()["frame_areas"]["open"]
+    for _ in range(5):
+        leaver = Client(daemon.socket_path, transport="shm")
+        for _ in range(3):
+            leaver.send("infer", {"image": frames[0]})
+        leaver.close()  # gone with three frames in flight: their replies have no one to go to
+        with Client(daemon.socket_path, transport="shm") as c:
+            for f, ref in zip(frames, refs):
+                np.testing.assert_array_equal(c.infer({"image": f})["fc"], ref)
+    with Client(daemon.socket_path) as admin:
+        assert _settle(lambda: admin.status()["frame_areas"]["open"], opened) == opened
+        assert admin.status()["requests"]["failed"] == 0
+
+
+def test_no_descriptor_or_mapping_leaks_after_many_attach_and_detach(daemon, files):
+    _, model, _ = files
+    frame = _frames(1, seed=6)[0]
+    ref = reference(model, frame)
+    pid = daemon.proc.pid
+    with Client(daemon.socket_path, transport="inline") as admin:
+        admin.status()
+        fds0 = _settle(lambda: _fds(pid), _fds(pid))
+        maps0 = _memfd_maps(pid)
+        with Client(daemon.socket_path, transport="shm") as c:
+            for _ in range(40):
+                c.attach()
+                np.testing.assert_array_equal(c.infer({"image": frame})["fc"], ref)
+                c.detach()
+            assert _memfd_maps(pid) == maps0
+            c.attach()
+            assert _memfd_maps(pid) == maps0 + 1  # one area: one mapping, and no descriptor kept for it
+        for _ in range(20):  # attach and disconnect without detaching
+            with Client(daemon.socket_path, transport="shm") as c:
+                np.testing.assert_array_equal(c.infer({"image": frame})["fc"], ref)
+        assert _settle(lambda: _memfd_maps(pid), maps0) == maps0
+        assert _settle(lambda: _fds(pid), fds0) == fds0
+        doc = admin.status()["frame_areas"]
+    assert doc["created"] == doc["closed"] + doc["open"]
+
+
+def test_reload_with_other_inputs_makes_areas_stale_and_clients_reattach(files, tmp_path):
+    _, _, _ = files
+    model = build_model(tmp_path / "m.tflite")
+    times = write_times(model, PLATFORM, tmp_path / "times.json")
+    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--no-replan"],
+               tmp_path / "r.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state")})
+    with d:
+        old, new = _frames(1, seed=7)[0], _frames(1, seed=8, size=24)[0]
+        with Client(d.socket_path, transport="shm") as c:
+            np.testing.assert_array_equal(c.infer({"image": old})["fc"], reference(model, old))
+            build_model(model, size=24)  # same layers, a smaller input: the area's input part no longer fits
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while not [e for e in c.status()["events"] if e["kind"] in ("reload", "failed")] \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [e["kind"] for e in c.status()["events"]] == ["reload"], d.log()
+            reply = _raw_reply(c, wire.encode_slot_request(77, 0))  # the old area's slot
+            assert reply.ok is False and reply.error["code"] == "reattach"
+            created = c.status()["frame_areas"]["created"]
+            # the old frame fits the old area: answered "reattach", the client attaches again on its own and
+            # resends; the new area does not fit it, so it goes inline and is refused as anyone's would be
+            # (a body larger than the model takes: too_large, and that connection is closed)
+            with pytest.raises(DaemonError, match="too_large"):
+                c.infer({"image": old})
+            assert c.transport_in_use == "inline"  # that connection is gone, and its area with it
+        with Client(d.socket_path, transport="shm") as c:
+            np.testing.assert_array_equal(c.infer({"image": new})["fc"], reference(model, new))
+            assert c.transport_in_use == "shm"
+            assert c.status()["frame_areas"]["created"] == created + 2  # the re-attach, and this client's
+    assert d.proc.returncode == 0
+
+
+def test_sigterm_with_attached_clients_leaves_nothing(files, tmp_path):
+    _, model, times = files
+    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--per-client", "4"],
+               tmp_path / "t.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state")})
+    shm_before = set(os.listdir("/dev/shm"))
+    frame = _frames(1, seed=9)[0]
+    ref = reference(model, frame)
+    with d:  # stopped on the way out whatever happens
+        with Client(d.socket_path, transport="shm") as c:
+            ids = [c.send("infer", {"image": frame}) for _ in range(4)]
+            assert c.transport_in_use == "shm"
+            c.status()  # answered after the four are read and admitted (one reader per connection, in order)
+            d.proc.send_signal(signal.SIGTERM)
+            for rid in ids:  # every frame accepted before the signal is answered, through the area
+                np.testing.assert_array_equal(c.receive(rid).tensors["fc"], ref)
+        assert d.stop() == 0, d.log()
+    assert leftovers(d.proc.pid) == []
+    # a memfd area has no name anywhere; and no segment of this daemon is left in /dev/shm (other engineers'
+    # tests on this host make their own pipeit_* segments meanwhile: only this daemon's pid counts)
+    assert not [n for n in set(os.listdir("/dev/shm")) - shm_before if f"_{d.proc.pid}_" in n]
+
+
+def test_cli_infer_either_way(daemon, files, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.daemon_helpers import ROOT
+
+    _, model, _ = files
+    frame = _frames(1, seed=10)[0]
+    np.save(tmp_path / "x.npy", frame)
+    for transport in ("shm", "inline"):
+        done = subprocess.run([sys.executable, "-m", "pipeit", "infer", "--socket", str(daemon.socket_path),
+                               "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / f"{transport}.npz"),
+                               "--transport", transport, "--json"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["transport"] == transport
+        with np.load(tmp_path / f"{transport}.npz") as out:
+            np.testing.assert_array_equal(out["fc"], reference(model, frame))
+
+
+def test_a_producer_writes_straight_into_a_reserved_slot(daemon, files):
+    _, model, _ = files
+    frames = _frames(3, seed=11)
+    with Client(daemon.socket_path) as c:
+        ids = []
+        for frame in frames:
+            slot, views = c.reserve()
+            views["image"][...] = frame  # e.g. a camera's decoder writing into the area
+            ids.append(c.submit(slot))
+        with pytest.raises(DaemonError, match="receive a reply first"):
+            c.reserve()  # all 3 slots in flight
+        for rid, frame in zip(ids, frames):
+            np.testing.assert_array_equal(c.receive(rid).tensors["fc"], reference(model, frame))
+        with pytest.raises(DaemonError, match="not reserved"):
+            c.submit(0)
+    with Client(daemon.socket_path, transport="inline") as c, pytest.raises(DaemonError, match="no frame area"):
+        c.reserve()
+
+
+def test_replies_to_slots_of_a_dropped_area_are_errors_not_empty_outputs(daemon, files):
+    """If the client's area goes while frames are in flight (a ``reattach`` answer to one of them), the others'
+    replies cannot be read from it: they are ``reattach`` errors (which infer() answers by resending)."""
+    _, model, _ = files
+    frame = _frames(1, seed=12)[0]
+    with Client(daemon.socket_path, transport="shm") as c:
+        ids = [c.send("infer", {"image": frame}) for _ in range(2)]
+        c._drop_area()  # noqa: SLF001 -- what a "reattach" answer to another request does
+        for rid in ids:
+            with pytest.raises(DaemonError) as err:
+                c.receive(rid)
+            assert err.value.code == "reattach"
+        np.testing.assert_array_equal(c.infer({"image": frame})["fc"], reference(model, frame))
+        assert c.transport_in_use == "shm"
