@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +40,13 @@ def write_times(model: Path, platform_spec: str, path: Path, ms: float = 0.5) ->
                                   lambda i, s: ms / platform.cluster(s.cluster).speed / s.cores)
     times.save(path)
     return path
+
+
+def daemon_files(folder: Path, platform_spec: str) -> Tuple[Path, Path, Path]:
+    """``(folder, model, times)``: a tiny model and its layer times in ``folder`` (made group-only, as the socket's)."""
+    os.chmod(folder, 0o750)
+    model = build_model(folder / "tiny.tflite")
+    return folder, model, write_times(model, platform_spec, folder / "times.json")
 
 
 def reference(model: Path, frame: np.ndarray) -> np.ndarray:

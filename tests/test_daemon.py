@@ -17,18 +17,14 @@ import pytest
 
 from pipeit.client import Client, DaemonError
 from pipeit.daemon import protocol as wire
-from tests.daemon_helpers import ROOT, Daemon, build_model, leftovers, reference, write_times
+from tests.daemon_helpers import ROOT, Daemon, daemon_files, leftovers, reference
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("daemon")
-    os.chmod(folder, 0o750)
-    model = build_model(folder / "tiny.tflite")
-    times = write_times(model, PLATFORM, folder / "times.json")
-    return folder, model, times
+    return daemon_files(tmp_path_factory.mktemp("daemon"), PLATFORM)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from pipeit.client import Client, DaemonError
 from pipeit.daemon import protocol as wire
 from pipeit.daemon.shm import AreaLayout, FrameArea, shm_supported
-from tests.daemon_helpers import Daemon, build_model, leftovers, reference, write_times
+from tests.daemon_helpers import Daemon, build_model, daemon_files, leftovers, reference, write_times
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
 pytestmark = pytest.mark.skipif(not shm_supported(), reason="needs memfd_create with sealing (Linux)")
@@ -23,11 +23,7 @@ pytestmark = pytest.mark.skipif(not shm_supported(), reason="needs memfd_create 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shm")
-    os.chmod(folder, 0o750)
-    model = build_model(folder / "tiny.tflite")
-    times = write_times(model, PLATFORM, folder / "times.json")
-    return folder, model, times
+    return daemon_files(tmp_path_factory.mktemp("shm"), PLATFORM)
 
 
 @pytest.fixture(scope="module")

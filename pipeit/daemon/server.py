@@ -391,7 +391,7 @@ class _Connection:
                 try:
                     header = wire.read_head(self.sock, server.max_body(), self.inbox)
                     if header is None:
-                        self._await_replies()  # a client may half-close and still read its answers
+                        self._quiesce()  # a client may half-close and still read its answers
                         break
                     if not self._handle(header):
                         break
@@ -410,19 +410,6 @@ class _Connection:
                     break
         finally:
             self.reply("close")
-
-    def _await_replies(self) -> None:
-        limit = self.server.config.per_client
-        deadline = time.monotonic() + self.server.config.drain_timeout_s
-        taken = 0
-        try:
-            while taken < limit:
-                self._tokens.get(timeout=max(0.0, deadline - time.monotonic()))
-                taken += 1
-        except queue.Empty:
-            pass
-        for _ in range(taken):
-            self.give_allowance()
 
     def _handle(self, header: wire.Header) -> bool:
         """Act on one request whose header is read (its body is still to read); False closes the connection."""
