@@ -17,6 +17,15 @@ of layers) or ``model`` (the whole model). ``start``/``end`` are a half-open
 layer range. ``spread`` is the inter-quartile range divided by the median.
 ``status`` is ``ok`` or ``failed: <why>`` -- a failed measurement is data,
 not an exception that aborts a long profiling run; readers skip it.
+
+Re-timed rows supersede: when the files given to :func:`read_profile` hold
+the same measurement twice (same :meth:`ProfileRow.identity`: a layer's
+descriptor key and setup, a stage's or model's range and setup; same
+platform fingerprint), the *last*
+successful one is kept, in the order the files are given (a later file wins,
+then a later line). A row re-timed into a new file therefore replaces the
+suspect one when that file is listed after the old profile, and the old file
+stays untouched. A failed or noisy re-measurement never replaces a good row.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ __all__ = [
     "ProfileRow",
     "ProfileTable",
     "read_profile",
+    "supersede",
     "ProfileWriter",
     "row_identity",
 ]
@@ -240,6 +250,7 @@ def read_profile(
     rows: List[ProfileRow] = []
     for p in paths:
         rows.extend(_read_one(Path(p)))
+    rows = supersede(rows)
     if not rows:
         raise ProfileError(f"{', '.join(map(str, paths))}: the profile has no rows")
     prints = sorted({r.fingerprint for r in rows})
@@ -255,6 +266,22 @@ def read_profile(
             f"{table_print[:12]}, this platform {fingerprint[:12]}); use --force to use it anyway"
         )
     return ProfileTable(rows, fingerprint=fingerprint if fingerprint in prints else table_print)
+
+
+def supersede(rows: Sequence[ProfileRow]) -> List[ProfileRow]:
+    """One row per measurement identity: the last ``ok`` one (else the last one), at its position.
+
+    Why: a suspect measurement is fixed by re-timing it into a new file read
+    after the old one; without this both rows would be fitted and evaluated.
+    """
+    chosen: Dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        ident = (r.identity(), r.fingerprint)  # another platform's row is another measurement
+        prev = chosen.get(ident)
+        if prev is None or r.ok or not rows[prev].ok:
+            chosen[ident] = i
+    keep = set(chosen.values())
+    return [r for i, r in enumerate(rows) if i in keep]
 
 
 class ProfileWriter:

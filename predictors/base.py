@@ -180,11 +180,20 @@ class Predictor:
             descs = [cat.get(k) for k in row.layer_keys]
             if any(d is None for d in descs):
                 continue  # a layer never described: this row cannot calibrate
-            total = sum(self._predict_raw(d, row.setup) for d in descs)
+            total = sum(self._in_model_ms(d, row.setup, self._predict_raw(d, row.setup)) for d in descs)
             mb = sum(self._cold_weight_bytes(d) for d in descs) / 1e6
             per_setup.setdefault(row.setup, []).append((total, mb, len(descs), row.median_ms))
         for setup in self.setups_:
             self.calibration_[str(setup)] = Calibration.fit(per_setup.get(setup, []), setup.cores)
+
+    def _in_model_ms(self, descriptor: LayerDescriptor, setup: CoreSetup, ms: float) -> float:
+        """A layer's uncalibrated time inside a model, from its stand-alone time ``ms``.
+
+        The same by default; a predictor whose stand-alone time counts on state a
+        model does not leave behind (weights still resident from the previous
+        invoke) prices that here, before the calibration.
+        """
+        return ms
 
     def _cold_weight_bytes(self, descriptor: LayerDescriptor) -> int:
         """Weight bytes a whole model re-streams that the layer's stand-alone time did not pay.
@@ -230,7 +239,9 @@ class Predictor:
     def calibrate(self, descriptor: LayerDescriptor, setup: Union[CoreSetup, str], ms: float) -> float:
         """The layer's share of the whole-model time, from its stand-alone time ``ms``."""
         self._check_fitted()
-        coef = self.calibration_.get(str(as_setup(setup)), Calibration.IDENTITY)
+        setup = as_setup(setup)
+        coef = self.calibration_.get(str(setup), Calibration.IDENTITY)
+        ms = self._in_model_ms(descriptor, setup, ms)
         return Calibration.apply(coef, ms, descriptor, self._cold_weight_bytes(descriptor))
 
     def predict_layers(

@@ -26,6 +26,9 @@ them:
   term and a bytes term (plus a per-tile term for tap loops and a fixed
   per-invoke cost), each with a non-negative coefficient fitted by NNLS on
   relative error, per family and core setup.
+* **DRAM streaming** for layers whose weights exceed the LLC: the larger of
+  the in-cache time and the weights over a bandwidth that k threads share
+  (:mod:`predictors.bandwidth`), minus what stays resident when timed alone.
 * **calibration** for whole models (see :mod:`predictors.base`): summed
   single layers times a scale, plus the cold weights re-streamed each frame.
 * **row weights**: generated sweep layers count ``sweep_weight`` of a model
@@ -239,7 +242,10 @@ class MechPredictor(Predictor):
         development host's L3; a board without L3 has its L2 here). A layer
         whose weights and activations exceed it streams its weights from
         DRAM even when timed alone (AlexNet's FC6: 151 MB), see
-        :meth:`MechPredictor._fit_calibration`.
+        :meth:`MechPredictor._fit_calibration`; timed alone, part of a
+        stream up to a few times the LLC stays resident between invokes
+        (the fitted ``span``, :mod:`predictors.bandwidth`), inside a model
+        none does (:meth:`MechPredictor._in_model_ms`).
     """
 
     name = "mech"
@@ -360,9 +366,12 @@ class MechPredictor(Predictor):
         # cold-weight rate per MB on top of the in-cache time (see _fit_calibration).
         self.stream_: Dict[str, StreamBandwidth] = {}
         for cluster in sorted({r.setup.cluster for r in big}):
-            samples = [(r.setup.cores, r.descriptor.weight_bytes / 1e6, r.median_ms)
-                       for r in big if r.setup.cluster == cluster]
-            self.stream_[cluster] = fit_stream_bandwidth(samples)
+            mine = [r for r in big if r.setup.cluster == cluster]
+            samples = [(r.setup.cores, r.descriptor.weight_bytes / 1e6, r.median_ms) for r in mine]
+            # each row's in-cache time prices the part of its weights still resident from the
+            # previous invoke (the residency span is fitted with the bandwidth)
+            hot = [self._in_cache_ms(r.descriptor, r.setup) for r in mine]
+            self.stream_[cluster] = fit_stream_bandwidth(samples, float(self.llc_mb), hot)
         self.dram_ = {}
 
     # ---- k cores from one core ------------------------------------------------------------
@@ -440,12 +449,14 @@ class MechPredictor(Predictor):
         return 0 if self.beyond_llc(descriptor) else int(descriptor.weight_bytes)
 
     def _stream_ms(self, descriptor: LayerDescriptor, setup: CoreSetup) -> Optional[float]:
-        """Time to stream a beyond-LLC layer's weights from DRAM with ``setup``'s threads
-        (None: not beyond the LLC, or no bandwidth fitted for the cluster)."""
+        """Time to stream a beyond-LLC layer's weights from DRAM with ``setup``'s threads, timed
+        alone: the part still resident from the previous invoke at the in-cache rate (None:
+        not beyond the LLC, or no bandwidth fitted for the cluster)."""
         bw = self.stream_.get(setup.cluster)
         if bw is None or not self.beyond_llc(descriptor):
             return None
-        return bw.ms(descriptor.weight_bytes / 1e6, setup.cores)
+        return bw.standalone_ms(descriptor.weight_bytes / 1e6, setup.cores, float(self.llc_mb),
+                                self._in_cache_ms(descriptor, setup))
 
     def _predict_layer(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
         ms = self._in_cache_ms(descriptor, setup)
@@ -457,6 +468,15 @@ class MechPredictor(Predictor):
             # the slower of the two sets the time
             return max(ms, stream)
         return ms + self.dram_.get(str(setup), 0.0) * descriptor.weight_bytes / 1e6
+
+    def _in_model_ms(self, descriptor: LayerDescriptor, setup: CoreSetup, ms: float) -> float:
+        """Inside a model nothing of a beyond-LLC layer's weights survives the rest of the frame:
+        it streams them all (AlexNet's FC7, 67 MB, alone on two threads 1.42 ms with part of it
+        resident; the FC stage [9,13) on two threads 0.84 ms above its summed layers)."""
+        bw = self.stream_.get(setup.cluster)
+        if bw is None or not self.beyond_llc(descriptor):
+            return ms
+        return max(self._in_cache_ms(descriptor, setup), bw.ms(descriptor.weight_bytes / 1e6, setup.cores))
 
     def explain(self, descriptor: LayerDescriptor, setup: Union[CoreSetup, str]) -> "LayerTerms":
         """What each term of the model contributes to ``descriptor``'s time on ``setup``."""

@@ -363,3 +363,134 @@ class TestEmulatedSpeed:
         detector.rebase()  # new expectations: the anchors go
         assert not detector.observe(self._window(0.2, little_ms=10.0)).replan
         assert not detector.observe(self._window(0.2, little_ms=10.0)).replan
+
+
+class TestPlatformReplanVerified:
+    """A platform re-plan is a guess from a nominal factor; its first window with evidence checks it."""
+
+    def _window(self, little_ms: float, big_ms: float = 10.0, frames: int = 20) -> Window:
+        return Window(_pipeline(big_ms, little_ms, frames).stages, speeds=(("big", None), ("little", 0.2)))
+
+    def _after_change(self, **kwargs) -> DriftDetector:
+        detector = DriftDetector(threshold=0.15, sustain=2, anchor_windows=2, **kwargs)
+        detector.rebase(speeds=(("little", 0.4),))
+        assert detector.observe(self._window(10.0)).platform_changed  # quota halved: factor 2, forced
+        detector.rebase()  # the daemon switched and set the scaled expectations
+        return detector
+
+    def test_slower_than_the_factor_said_replans_at_once_from_the_measured_ratio(self):
+        """The recorded case: after the forced switch the little stage ran at 1.27x its scaled time."""
+        detector = self._after_change()
+        decision = detector.observe(self._window(12.7))  # one window, no sustain, no anchors
+        assert decision.replan and decision.follow_up and decision.trigger == "verify"
+        assert not decision.platform_changed
+        assert dict(decision.factors) == {"little": pytest.approx(1.27)}
+        assert decision.drifting == ((0, 0),)
+        assert "platform re-plan corrected by measurement" in decision.reason
+        assert "stage 0 worker 0 at 1.27x" in decision.reason
+
+    def test_at_most_one_follow_up_per_platform_change(self):
+        detector = self._after_change()
+        assert detector.observe(self._window(12.7)).follow_up
+        detector.rebase()  # the corrected plan's expectations
+        # Its own first windows are the normal (anchors restarted), and no second follow-up comes:
+        assert not detector.observe(self._window(13.0)).replan
+        assert not detector.observe(self._window(13.0)).replan
+        for _ in range(3):
+            assert not detector.observe(self._window(13.0)).replan  # 1.3x anchored: the normal now
+        # a later real drift still shows, through the sustained drift path (no follow-up flag)
+        detector.observe(self._window(19.5))
+        decision = detector.observe(self._window(19.5))
+        assert decision.replan and not decision.follow_up and decision.trigger == "drift"
+        assert dict(decision.factors) == {"little": pytest.approx(1.5)}
+
+    def test_a_new_platform_change_gets_its_own_verification(self):
+        detector = self._after_change()
+        assert detector.observe(self._window(12.7)).follow_up
+        detector.rebase()
+        decision = detector.observe(Window(_pipeline(10.0, 10.0).stages, speeds=(("little", 0.1),)))
+        assert decision.platform_changed
+        detector.rebase()
+        decision = detector.observe(Window(_pipeline(10.0, 13.0).stages, speeds=(("little", 0.1),)))
+        assert decision.follow_up and dict(decision.factors) == {"little": pytest.approx(1.3)}
+
+    def test_faster_than_the_factor_said_is_left_to_the_anchors(self):
+        """Fewer layers on a quota-limited cluster run faster than scaled (0.68x measured): not a reason
+        to pull work back onto it; that window is an anchor window as before."""
+        detector = self._after_change()
+        decision = detector.observe(self._window(6.8))
+        assert not decision.replan
+        assert not detector.observe(self._window(6.8)).replan  # second anchor window
+        assert not detector.observe(self._window(13.0)).replan  # verified already: no follow-up now...
+        decision = detector.observe(self._window(13.0))  # ...but 1.9x the anchored normal, sustained
+        assert decision.replan and decision.trigger == "drift" and not decision.follow_up
+
+    def test_within_the_threshold_the_guess_stands(self):
+        detector = self._after_change()
+        verified = detector.observe(self._window(11.0))  # 1.1x: verified, said so for the log
+        assert not verified.replan and verified.trigger == "verify" and not verified.follow_up
+        assert "verified by measurement" in verified.reason and "stage 0 worker 0 at 1.10x" in verified.reason
+        assert not detector.observe(self._window(14.0)).replan  # slower now, but an anchor window
+        assert not detector.observe(self._window(12.5)).replan  # normal = median(1.1, 1.4) = 1.25
+
+    def test_a_window_without_evidence_does_not_use_up_the_check(self):
+        detector = self._after_change()
+        assert not detector.observe(self._window(40.0, big_ms=40.0, frames=2)).replan  # 80 of 500 ms busy
+        assert detector.observe(self._window(12.7)).follow_up
+
+    def test_only_the_cluster_whose_factor_was_guessed_is_checked(self):
+        """Recorded on a busy host: big (not throttled, given more layers) read 1.82x in the first window
+        and a follow-up scaled it; one window of another cluster is a side effect or noise, left to the
+        sustained drift path."""
+        detector = self._after_change()
+        decision = detector.observe(self._window(20.0, big_ms=18.2))  # little 2x and big 1.82x
+        assert decision.follow_up and dict(decision.factors) == {"little": pytest.approx(2.0)}
+        assert decision.drifting == ((0, 0),) and "big" not in decision.reason
+        detector = self._after_change()
+        assert not detector.observe(self._window(10.5, big_ms=18.2)).replan  # little as guessed: verified
+        assert not detector.observe(self._window(22.0)).replan  # no follow-up any more: an anchor window
+
+    def test_a_change_of_online_cpus_guesses_no_factor_and_is_not_verified(self):
+        detector = DriftDetector(threshold=0.15, sustain=2, anchor_windows=2)
+        detector.rebase(online=(0, 1))
+        assert detector.observe(Window(_pipeline(10.0, 10.0).stages, online=(0,))).platform_changed
+        detector.rebase()
+        assert not detector.observe(Window(_pipeline(10.0, 13.0).stages, online=(0,))).replan
+
+    def test_it_can_be_switched_off(self):
+        detector = self._after_change(verify=False)
+        assert not detector.observe(self._window(12.7)).replan
+
+    def test_the_follow_up_bypasses_the_cooldown_but_not_the_margin_or_a_ban(self):
+        policy = SwitchPolicy(cooldown=4, margin=0.05)
+        policy.switched()  # the forced switch
+        assert not policy.allow(186.6, 140.0, 161.8)[0]  # within the cooldown
+        allowed, why = policy.allow(186.6, 140.0, 161.8, ignore_cooldown=True)
+        assert allowed and "+15%" in why
+        assert not policy.allow(165.0, 140.0, 161.8, ignore_cooldown=True)[0]  # under the 5 % margin
+        policy.judge(("L",), 150.0, 100.0, evidence=(("little", "slower"),))  # a revert bans ("L",)
+        assert not policy.allow(300.0, 100.0, layout=("L",), evidence=(("little", "slower"),),
+                                ignore_cooldown=True)[0]
+
+    def test_a_window_of_platform_readings_only_sees_a_change_and_consumes_nothing(self):
+        """The daemon feeds settle windows (and a switch's verdict window) without times: a throttle then
+        is acted on at once, and such windows neither verify a guess nor count as anchors."""
+        detector = DriftDetector(threshold=0.15, sustain=2, anchor_windows=2)
+        detector.rebase(speeds=(("little", 0.4),))
+        assert not detector.observe(Window((), speeds=(("little", 0.4),))).replan
+        decision = detector.observe(Window((), speeds=(("little", 0.2),)))
+        assert decision.platform_changed and dict(decision.factors) == {"little": pytest.approx(2.0)}
+        detector.rebase()
+        assert not detector.observe(Window((), speeds=(("little", 0.2),))).replan  # a settle window
+        assert detector.observe(self._window(12.7)).follow_up  # the first window with times verifies
+
+    def test_a_plan_that_left_the_throttled_cluster_unused_has_nothing_to_verify(self):
+        """The check is of the next window with evidence only: if the new plan runs nothing on the
+        guessed cluster it ends there, and a later plan using that cluster is not 'corrected' out of
+        context."""
+        detector = self._after_change()
+        big_only = Window((StageReading(0, ("big",), 10.0, 10.0, 20, (WorkerReading(0, "big", 10.0, 10.0, 20),)),),
+                          speeds=(("big", None), ("little", 0.2)), window_s=0.5)
+        decision = detector.observe(big_only)
+        assert not decision.replan and not decision.reason
+        assert not detector.observe(self._window(12.7)).replan  # an anchor window, no follow-up

@@ -148,7 +148,13 @@ def test_slowed_cluster_triggers_replan_and_switch(tmp_path, path):
                 # seen as a platform change (no drift streak needed) and re-planned with the exact factor
                 assert switch["reason"].startswith("platform changed: cluster little throttled"), switch
                 little_now = next(c for c in doc["clusters"] if c["name"] == "little")
-                assert little_now["factor"] == pytest.approx(factor, rel=0.01), (little_now, factor)
+                if any("corrected by measurement" in e["reason"] for e in doc["events"]):
+                    # the first window after the switch measured little slower than that factor says: the
+                    # daemon re-planned from the measured ratio on top of it (or reverted that, back to it)
+                    assert (little_now["factor"] > factor * 1.15 or little_now["factor"] == pytest.approx(
+                        factor, rel=0.01)), (little_now, factor, doc["events"])
+                else:
+                    assert little_now["factor"] == pytest.approx(factor, rel=0.01), (little_now, factor)
             else:
                 assert "drift" in switch["reason"] and "big" not in switch["reason"].split("(not blamed")[0], switch
 
@@ -169,6 +175,11 @@ def test_slowed_cluster_triggers_replan_and_switch(tmp_path, path):
                 t.join(60)
             final = admin.status()
     assert errors == [] and wrong == []
+    # a platform re-plan is verified by its first window: at most one measured follow-up per change, never a loop
+    changes = [e for e in final["events"] if e["reason"].startswith("platform changed")]
+    follow_ups = [e for e in final["events"] if "corrected by measurement" in e["reason"]]
+    assert len(follow_ups) <= len(changes), final["events"]
+    assert path == "platform" or not follow_ups, final["events"]
     assert final["requests"]["served"] == sent[0] + 0  # none lost, none twice (status requests are not counted)
     assert final["requests"]["failed"] == 0
     assert "switched pipeline" in d.log()

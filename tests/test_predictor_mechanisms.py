@@ -239,3 +239,93 @@ def test_a_file_with_the_older_two_term_eltwise_model_is_refused_not_silently_de
     doc["state"]["coef"][key] = doc["state"]["coef"][key][:2]
     with pytest.raises(PredictorError, match="re-fit"):
         predictor_from_json(doc)
+
+
+# ---- residency of a stand-alone stream, and the full stream inside a model ------------------
+SPAN = 3.0  # a stand-alone stream stays partly resident up to 3x the LLC (the law below)
+
+
+def _resident_law(llc_mb: float):
+    """Stand-alone FC time: the resident part at the in-cache rate, the rest from DRAM."""
+    from predictors.bandwidth import resident_mb
+
+    def t(d, s):
+        mb = d.weight_bytes / 1e6
+        hot = 0.002 + 0.02 * mb / s.cores
+        if mb <= llc_mb:
+            return hot
+        res = resident_mb(mb, llc_mb, SPAN)
+        return max(hot, hot * res / mb + (mb - res) / min(s.cores * BW1, BW_MAX))
+    return t
+
+
+def test_a_stream_partly_resident_when_timed_alone_does_not_inflate_the_dram_bandwidth():
+    from predictors.bandwidth import resident_mb
+
+    llc = 4.0
+    t = _resident_law(llc)
+    shapes = [(64, 10), (128, 100), (256, 64), (300, 200), (512, 128), (640, 320), (700, 500),
+              (1024, 256), (800, 700), (1500, 900),                            # in the LLC
+              (1100, 1000), (1300, 1000), (1600, 1000), (2000, 1000),          # 4.4-8 MB: partly resident
+              (3200, 1000), (3500, 1000), (4000, 1000)]                        # >= 3x LLC: streaming
+    rows = []
+    for ci, co in shapes:
+        d = fc(ci, co)
+        for s in (S1, S2):
+            rows.append(ProfileRow("layer", "sweep", 0, 1, s, d.key_string(), t(d, s), 0.01, 10, "fp0",
+                                   descriptor=d))
+    mech = make_predictor("mech")
+    mech.llc_mb = llc
+    mech.fit(make_rows(training_descs()) + rows)
+    bw = mech.stream_["big"]
+    assert dict(bw.spans) == {1: SPAN, 2: SPAN}
+    assert bw.bw1 == pytest.approx(BW1, rel=0.03) and bw.bw_max == pytest.approx(BW_MAX, rel=0.03)
+    unseen = fc(1800, 1000)  # 7.2 MB: 2.4 MB still resident when timed alone
+    assert resident_mb(7.2, llc, SPAN) == pytest.approx(2.4)
+    for s in (S1, S2):
+        assert mech.predict(unseen, s) == pytest.approx(t(unseen, s), rel=0.05)
+        # inside a model the rest of the frame evicted it: all 7.2 MB stream, slower than alone
+        in_model = mech._in_model_ms(unseen, s, mech.predict(unseen, s))
+        assert in_model == pytest.approx(7.2 / min(s.cores * BW1, BW_MAX), rel=0.05)
+        assert in_model > 1.1 * mech.predict(unseen, s)
+    # the old model (every byte beyond the LLC from DRAM, bandwidth from all such rows) learns a
+    # DRAM bandwidth inflated by the resident rows
+    from predictors.bandwidth import fit_stream_bandwidth
+
+    big = [r for r in rows if r.descriptor.weight_bytes / 1e6 > llc]
+    old = fit_stream_bandwidth([(r.setup.cores, r.descriptor.weight_bytes / 1e6, r.median_ms) for r in big])
+    assert old.bw_max > 1.1 * BW_MAX and not old.spans
+
+
+def test_calibration_prices_the_full_stream_of_a_beyond_llc_layer_inside_a_model(tmp_path):
+    llc = 4.0
+    t = _resident_law(llc)
+    rows = []
+    for ci, co in [(1100, 1000), (1600, 1000), (2000, 1000), (3200, 1000), (4000, 1000)]:
+        d = fc(ci, co)
+        for s in (S1, S2):
+            rows.append(ProfileRow("layer", "sweep", 0, 1, s, d.key_string(), t(d, s), 0.01, 10, "fp0",
+                                   descriptor=d))
+    mech = make_predictor("mech")
+    mech.llc_mb = llc
+    mech.fit(make_rows(training_descs()) + rows)
+    d = fc(1500, 1000)  # 6 MB
+    for s in (S1, S2):
+        alone = mech.predict(d, s)
+        assert mech.calibrate(d, s, alone) == pytest.approx(
+            mech.calibrate(d, s, mech._in_model_ms(d, s, alone)))
+        assert mech.predict_total([d], s) > 1.1 * alone
+    # the span survives the JSON round trip; a file without it (older pipeit) loads with none
+    path = tmp_path / "m.json"
+    mech.save(path)
+    doc = json.loads(path.read_text())
+    assert doc["state"]["stream"]["big"]["span"] == {"1": SPAN, "2": SPAN}
+    again = predictor_from_json(doc)
+    assert again.predict(d, S2) == mech.predict(d, S2)
+    del doc["state"]["stream"]["big"]["span"]
+    older = predictor_from_json(doc)
+    assert older.stream_["big"].span_at(2) == 1.0
+    assert older.predict(d, S1) == pytest.approx(max(older._in_cache_ms(d, S1), 6.0 / older.stream_["big"].bw1))
+    doc["state"]["stream"]["big"]["span"] = {"1": 0.5}
+    with pytest.raises(PredictorError, match="span"):
+        predictor_from_json(doc)

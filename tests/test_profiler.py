@@ -323,3 +323,89 @@ class TestPoolWindows:
             worker.close()
         assert contended.status.startswith("noisy:") and "windows" in contended.status, contended
         assert contended.repeats >= spec.min_repeats  # invokes, several per window
+
+
+class TestSupersede:
+    """A re-timed row in a later file replaces the old one (docs/PREDICTORS.md, re-time lists)."""
+
+    def _row(self, ms, status="ok", fingerprint="fp0", kind="layer", key="K"):
+        return ProfileRow(kind, "m", 0, 1, CoreSetup("cpu", 2), key if kind == "layer" else "", ms, 0.01, 10,
+                          fingerprint, status=status)
+
+    def test_the_last_ok_row_of_a_measurement_wins_and_a_failed_one_never_replaces_it(self):
+        from pipeit.profile_table import supersede
+
+        old, new, noisy = self._row(0.9), self._row(0.5), self._row(0.7, status="noisy: 2 of 9")
+        assert supersede([old, new]) == [new]
+        assert supersede([old, new, noisy]) == [new]
+        assert supersede([noisy, old]) == [old]
+        other = self._row(0.8, key="K2")
+        assert supersede([old, other, new]) == [other, new]
+        # another platform's row is another measurement (read only with --force)
+        foreign = self._row(0.4, fingerprint="fp1")
+        assert supersede([old, foreign]) == [old, foreign]
+
+    def test_read_profile_lets_a_later_file_supersede(self, tmp_path):
+        from pipeit.profile_table import ProfileRow as PR
+
+        tiny = tiny_model(0)
+        from pipeit.graph import load_graph
+
+        d = load_graph(tiny).layers[0].descriptor
+        rows = [PR("layer", "m", 0, 1, CoreSetup("cpu", 2), d.key_string(), ms, 0.01, 10, "fp0", descriptor=d)
+                for ms in (0.9, 0.5)]
+        a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+        with ProfileWriter(a) as w:
+            w.write(rows[0])
+        with ProfileWriter(b) as w:
+            w.write(rows[1])
+        assert [r.median_ms for r in read_profile([a, b]).layer_rows()] == [0.5]
+        assert [r.median_ms for r in read_profile([b, a]).layer_rows()] == [0.9]
+
+
+class TestRetimeList:
+    """Suspect k-core rows become a re-time list; the list's rows rebuild from the model files."""
+
+    def test_suspect_rows_to_list_and_back_to_jobs(self, tmp_path):
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+        from eval_breakdown import write_retime_list
+        from retime_sweep import list_jobs, read_retime_list
+
+        from pipeit.graph import load_graph
+
+        data = tiny_model(0)
+        model = tmp_path / "tiny0.tflite"
+        model.write_bytes(data)
+        layers = load_graph(data).layers
+        keys = [layer.descriptor.key_string() for layer in layers]
+        c1, c2 = CoreSetup("cpu", 1), CoreSetup("cpu", 2)
+        rows = []
+        for i, layer in enumerate(layers[:2]):
+            # layer 0 scales 2x on two cores; layer 1's two-core row took the one-core time
+            for s, ms in ((c1, 0.2), (c2, 0.1 if i == 0 else 0.19)):
+                rows.append(ProfileRow("layer", "tiny0", i, i + 1, s, keys[i], ms, 0.01, 10, "fp0",
+                                       descriptor=layer.descriptor))
+        for s, ms in ((c1, 1.0), (c2, 0.9)):  # a stage row no faster on two cores
+            rows.append(ProfileRow("stage", "tiny0", 0, 2, s, "", ms, 0.01, 10, "fp0", layer_keys=tuple(keys[:2])))
+        from pipeit.profile_table import ProfileTable
+
+        path = tmp_path / "list.csv"
+        assert write_retime_list(ProfileTable(rows), str(path), min_ms=0.05) == 2
+        entries = read_retime_list(path)
+        assert [(e[0], e[2], e[3], e[4]) for e in entries] == [("layer", 1, 2, "cpu:2"), ("stage", 0, 2, "cpu:2")]
+        jobs = list_jobs(entries, [model])
+        assert [(j.kind, j.key if j.kind == "layer" else (j.start, j.end), s) for j, s in jobs] == [
+            ("layer", keys[1], "cpu:2"), ("stage", (0, 2), "cpu:2")]
+        # bad input: one clear ProfileError each
+        with pytest.raises(ProfileError, match="not among --models"):
+            list_jobs(entries, [])
+        with pytest.raises(ProfileError, match="outside"):
+            list_jobs([("stage", "tiny0", 0, 30, "cpu:2", "")], [model])
+        with pytest.raises(ProfileError, match="not found"):
+            list_jobs([("layer", "tiny0", 0, 1, "cpu:2", "no-such-key")], [model])
+        bad = tmp_path / "bad.csv"
+        bad.write_text("kind,model\nlayer,x\n")
+        with pytest.raises(ProfileError, match="not a re-time list"):
+            read_retime_list(bad)

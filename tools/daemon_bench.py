@@ -9,9 +9,11 @@ and many concurrent clients (plus a garbage sender) against `Pipeline` with the 
     so that host noise hits every side alike; added = socket p50 - in-process
     p50, per transport (``--transport inline|shm|both``, default both: the
     tensor bytes in the socket, or the shared-memory frame area).
-(b) Throughput: ``--clients`` client threads each send ``--requests`` frames
-    with ``--window`` in flight (so clients x window frames in flight), while
-    one more client sends garbage; the in-process side runs the same frames
+(b) Throughput: ``--clients`` client processes (as camera processes would
+    be: one Python process each, started and connected before the clock)
+    each send ``--requests`` frames with ``--window`` in flight (so clients x
+    window frames in flight), while one more process sends garbage (a new
+    connection of random bytes every 10 ms); the in-process side runs the same frames
     through ``Pipeline.map(inflight=clients x window)``: the same depth. The
     sides (in-process, and each transport) alternate in ``--rounds`` rounds.
     Every output is compared with the whole model's output for its input;
@@ -27,8 +29,9 @@ and stay up for the whole run; only one of them has work at any time.
 CPU per request is measured alongside, because on a shared 2-core host the
 wall clock says more about the neighbours than about the daemon: the
 daemon process's CPU (all its threads: readers, scheduler, dispatcher,
-writers; not its workers) and the clients' (this process, during the
-daemon's turns), against this process's CPU during the in-process turns
+writers; not its workers) and the clients' (this process one at a time;
+the client and garbage processes' own CPU over their timed part under
+load), against this process's CPU during the in-process turns
 (the caller and the pipeline's dispatcher: the same coordinator work
 without the socket). Workers' CPU is in neither.
 """
@@ -38,15 +41,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import multiprocessing
 import os
 import shlex
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import psutil
@@ -105,7 +108,7 @@ def _pct(values: List[float], q: float) -> Optional[float]:
     return float(np.percentile(values, q)) if values else None
 
 
-def _garbage(sock_path: Path, stop: threading.Event, counter: list) -> None:
+def _garbage(sock_path: Path, stop: Any, counter: list) -> None:
     """Connect, send random bytes, read whatever comes back, repeat: the daemon must shrug it off."""
     rng = np.random.default_rng(1)
     while not stop.is_set():
@@ -121,6 +124,65 @@ def _garbage(sock_path: Path, stop: threading.Event, counter: list) -> None:
             s.close()
         counter[0] += 1
         time.sleep(0.01)
+
+
+def _bench_frames(shape, dtype) -> List[np.ndarray]:
+    """The 16 frames every side sends (the same seed in the parent and in each client process)."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(shape).astype(dtype) for _ in range(16)]
+
+
+def _client_process(job: Dict, go, results) -> None:
+    """One client, in its own process as a camera process would be: connect, wait for ``go``, send its frames
+    with ``window`` in flight, take the replies in order, then report (latencies, checks, CPU) to ``results``.
+
+    Its CPU is its own process's (``time.process_time``) over the timed part only; outputs are compared
+    with the references after its clock stops.
+    """
+    from pipeit.client import Client
+
+    report: Dict = {"k": job["k"], "latencies": [], "wrong": 0, "answered": 0, "duplicated": 0, "error": None,
+                    "transport": None, "cpu_s": 0.0, "finished": None}
+    try:
+        frames = _bench_frames(job["shape"], job["dtype"])
+        name, refs, window = job["name"], job["refs"], job["window"]
+        order = [(job["k"] * 7 + job["round"] * 3 + i) % 16 for i in range(job["requests"])]
+        outs: List = []
+        with Client(job["socket"], transport=job["transport"], slots=window) as c:
+            c.status()  # connected (and attached) before the clock starts
+            go.wait()
+            cpu0 = time.process_time()
+            queue: collections.deque = collections.deque()
+            for i in range(len(order)):
+                queue.append((c.send("infer", {name: frames[order[i]]}), time.perf_counter()))
+                if len(queue) >= window:
+                    rid, t0 = queue.popleft()
+                    outs.append(next(iter(c.receive(rid).tensors.values())).copy())
+                    report["latencies"].append((time.perf_counter() - t0) * 1000)
+            while queue:
+                rid, t0 = queue.popleft()
+                outs.append(next(iter(c.receive(rid).tensors.values())).copy())
+                report["latencies"].append((time.perf_counter() - t0) * 1000)
+            report["finished"] = time.monotonic()
+            report["cpu_s"] = time.process_time() - cpu0
+            c.status()  # a duplicate reply would sit in the client's early-reply store
+            report["duplicated"] = len(c._early)  # noqa: SLF001 -- the only place a duplicate can show
+            report["transport"] = c.transport_in_use
+        report["answered"] = len(outs)
+        report["wrong"] = sum(1 for i, out in enumerate(outs)
+                              if i % job["check_every"] == 0 and not np.array_equal(out, refs[order[i]]))
+    except Exception as err:  # noqa: BLE001 -- reported to the parent, which fails the run
+        report["error"] = f"client {job['k']} ({job['transport']}): {err!r}"
+    results.put(report)
+
+
+def _garbage_process(sock_path: str, go, stop, results) -> None:
+    """The garbage sender, in its own process: its count and CPU for the round."""
+    go.wait()
+    cpu0 = time.process_time()
+    counter = [0]
+    _garbage(Path(sock_path), stop, counter)
+    results.put({"garbage": counter[0], "cpu_s": time.process_time() - cpu0})
 
 
 def _rotate(items: List[str], k: int) -> List[str]:
@@ -246,48 +308,56 @@ def main() -> int:
         d_wall: Dict[str, float] = collections.defaultdict(float)
         d_lat: Dict[str, List[float]] = {t: [] for t in transports}
         sent: Dict[str, int] = collections.Counter()
-        lock = threading.Lock()
+        context = multiprocessing.get_context("spawn")  # this process runs threads: no fork
 
-        def client(k: int, round_no: int, transport: str) -> None:
-            try:
-                with Client(d.socket_path, transport=transport, slots=args.window) as c:
-                    pending: Dict[int, tuple] = {}
-                    order = [(k * 7 + round_no * 3 + i) % 16 for i in range(per_round)]
-                    queue: List[int] = []
-                    for i in range(per_round):
-                        rid = c.send("infer", {name: frames[order[i]]})
-                        pending[rid] = (i, time.perf_counter())
-                        queue.append(rid)
-                        with lock:
-                            sent[transport] += 1
-                        if len(queue) >= args.window:
-                            _take(c, queue.pop(0), pending, order, transport)
-                    while queue:
-                        _take(c, queue.pop(0), pending, order, transport)
-                    # a duplicate reply would sit in the client's early-reply store: drain with a status
-                    c.status()
-                    with lock:
-                        duplicates[transport] += len(c._early)  # noqa: SLF001 -- the only place a duplicate can show
-                        used[f"throughput {transport}"].add(c.transport_in_use)
-            except Exception as err:  # noqa: BLE001
-                errors.append(f"client {k} ({transport}): {err!r}")
-
-        def _take(c, rid, pending, order, transport) -> None:
-            message = c.receive(rid)
-            i, t0 = pending.pop(rid)
-            latency = (time.perf_counter() - t0) * 1000
-            out = next(iter(message.tensors.values()))
-            with lock:
-                d_lat[transport].append(latency)
-                if i % args.check_every == 0 and not np.array_equal(out, refs[order[i]]):
-                    wrong.append(("daemon", transport, rid))
+        def daemon_round(r: int, transport: str) -> None:
+            """One round of the daemon side: the clients and the garbage sender, each its own process."""
+            go, stop, results = context.Event(), context.Event(), context.Queue()
+            jobs = [{"k": k, "round": r, "transport": transport, "socket": str(d.socket_path), "name": name,
+                     "shape": list(map(int, detail["shape"])), "dtype": np.dtype(detail["dtype"]).str,
+                     "refs": refs, "window": args.window, "requests": per_round, "check_every": args.check_every}
+                    for k in range(args.clients)]
+            procs = [context.Process(target=_client_process, args=(job, go, results)) for job in jobs]
+            procs.append(context.Process(target=_garbage_process, args=(str(d.socket_path), go, stop, results)))
+            for proc in procs:
+                proc.start()
+            # every client connected and waiting: a status from each reaches the daemon before go
+            deadline = time.monotonic() + 120
+            with Client(d.socket_path) as admin:
+                while admin.status()["requests"]["clients"] < args.clients + 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            cpu.start()
+            t0 = time.monotonic()
+            go.set()
+            reports = [results.get(timeout=600) for _ in range(args.clients)]
+            cpu.stop({"daemon": f"tp_daemon_{transport}"})
+            stop.set()
+            reports.append(results.get(timeout=60))
+            for proc in procs:
+                proc.join(60)
+            for rep in reports:
+                if "garbage" in rep:
+                    garbage[0] += rep["garbage"]
+                    cpu.total[f"tp_client_{transport}"] += rep["cpu_s"]
+                    continue
+                cpu.total[f"tp_client_{transport}"] += rep["cpu_s"]
+                if rep["error"]:
+                    errors.append(rep["error"])
+                d_lat[transport].extend(rep["latencies"])
+                sent[transport] += per_round
+                duplicates[transport] += rep["duplicated"]
+                wrong.extend([("daemon", transport, rep["k"])] * rep["wrong"])
+                used[f"throughput {transport}"].add(rep["transport"])
+            finished = [rep["finished"] for rep in reports if rep.get("finished")]
+            d_wall[transport] += (max(finished) if finished else time.monotonic()) - t0
+            d_frames[transport] += sum(rep.get("answered", 0) for rep in reports if "garbage" not in rep)
 
         for r in range(args.rounds):
             for side in _rotate(sides, r):
                 if side == "in":
                     # The same loop shape as a client: submit (blocking while the first ring is full),
                     # keep ``depth`` in flight, take results in order; outputs are compared after the
-                    # clock stops, as the daemon's are compared in the client threads, not the daemon.
+                    # clock stops, as the daemon's are compared in the client processes, not the daemon.
                     order = [(r * 5 + i) % 16 for i in range(per_round * args.clients)]
                     window: collections.deque = collections.deque()
                     outs = []
@@ -311,22 +381,7 @@ def main() -> int:
                         if i % args.check_every == 0 and not np.array_equal(next(iter(out.values())), refs[order[i]]):
                             wrong.append(("inprocess", r, i))
                 else:
-                    stop = threading.Event()
-                    g = threading.Thread(target=_garbage, args=(d.socket_path, stop, garbage))
-                    threads = [threading.Thread(target=client, args=(k, r, side)) for k in range(args.clients)]
-                    before = len(d_lat[side])
-                    cpu.start()
-                    t = time.perf_counter()
-                    g.start()
-                    for th in threads:
-                        th.start()
-                    for th in threads:
-                        th.join()
-                    d_wall[side] += time.perf_counter() - t
-                    cpu.stop({"here": f"tp_client_{side}", "daemon": f"tp_daemon_{side}"})
-                    stop.set()
-                    g.join()
-                    d_frames[side] += len(d_lat[side]) - before
+                    daemon_round(r, side)
         with Client(d.socket_path) as admin:
             status = admin.status()
     total = per_round * args.rounds * args.clients

@@ -32,7 +32,8 @@ from pipeit.profile_table import ProfileTable, read_profile  # noqa: E402
 from predictors.evaluate import LayerResult, leave_one_out  # noqa: E402
 from predictors.features import family_of  # noqa: E402
 
-__all__ = ["breakdown", "by_key", "size_bucket", "suspect_rows", "speedups", "main"]
+__all__ = ["breakdown", "by_key", "size_bucket", "suspect_rows", "suspect_multi_rows", "write_retime_list",
+           "speedups", "main"]
 
 #: a k-core layer row faster than its one-core row by less than this is suspect (see PREDICTORS.md)
 SUSPECT_SPEEDUP = 1.3
@@ -82,16 +83,63 @@ def by_key(results: List[LayerResult], key, min_ms: float) -> Dict[tuple, dict]:
     return out
 
 
-def suspect_rows(table: ProfileTable, base: str = "cpu:1") -> Dict[Tuple[str, str], float]:
-    """(key, setup) -> measured speed-up over ``base`` for k-core layer rows below SUSPECT_SPEEDUP."""
+def suspect_rows(table: ProfileTable, base: str = "cpu:1", llc_mb: float = 32.0,
+                 min_ms: float = 0.0) -> Dict[Tuple[str, str], float]:
+    """(key, setup) -> measured speed-up over ``base`` for k-core layer rows below SUSPECT_SPEEDUP.
+
+    Layers whose weights exceed the LLC (``llc_mb``) are not suspects: they stream from DRAM,
+    whose bandwidth k threads share (AlexNet's FC6: 1.17x on two cores, and its whole FC stage
+    1.13x -- the memory, not the measurement)."""
     one = {r.key: r.median_ms for r in table.layer_rows() if r.ok and str(r.setup) == base}
     out = {}
     for r in table.layer_rows():
-        if r.ok and str(r.setup) != base and r.setup.cores > 1 and r.key in one:
+        if r.descriptor is not None and r.descriptor.weight_bytes / 1e6 > llc_mb:
+            continue
+        if r.ok and str(r.setup) != base and r.setup.cores > 1 and r.key in one and one[r.key] >= min_ms:
             sp = one[r.key] / r.median_ms
             if sp < SUSPECT_SPEEDUP:
                 out[(r.key, str(r.setup))] = sp
     return out
+
+
+def suspect_multi_rows(table: ProfileTable, base: str = "cpu:1", llc_mb: float = 32.0) -> Dict[tuple, float]:
+    """Stage/model rows on k > 1 cores that beat their ``base`` row by < SUSPECT_SPEEDUP: identity ->
+    speed-up. Rows covering a layer beyond the LLC are left out (DRAM-bound, see suspect_rows)."""
+    catalog = table.catalog()
+    rows = {r.identity(): r for r in table.multi_rows()}
+    out = {}
+    for ident, r in rows.items():
+        if r.setup.cores < 2:
+            continue
+        one = rows.get(ident[:-1] + (base,))
+        big = any(catalog[k].weight_bytes / 1e6 > llc_mb for k in r.layer_keys if k in catalog)
+        if one is not None and not big and one.median_ms / r.median_ms < SUSPECT_SPEEDUP:
+            out[ident] = one.median_ms / r.median_ms
+    return out
+
+
+def write_retime_list(table: ProfileTable, path: str, min_ms: float = 0.05) -> int:
+    """Write the suspect k-core rows (layers >= ``min_ms`` on one core, stages, models) as a
+    re-time list for ``tools/retime_sweep.py --list``; returns the number of entries."""
+    import csv
+
+    one = {r.key: r.median_ms for r in table.layer_rows() if str(r.setup) == "cpu:1"}
+    by_key = {(r.key, str(r.setup)): r for r in table.layer_rows()}
+    entries = []
+    for (key, setup), sp in sorted(suspect_rows(table, min_ms=min_ms).items()):
+        r = by_key[(key, setup)]
+        entries.append(("layer", r.model, r.start, r.end, setup, key,
+                        f"{setup} {r.median_ms:.4g} ms = {sp:.2f}x its cpu:1 row ({one[key]:.4g} ms)"))
+    rows = {r.identity(): r for r in table.multi_rows()}
+    for ident, sp in sorted(suspect_multi_rows(table).items(), key=lambda kv: str(kv[0])):
+        r = rows[ident]
+        entries.append((r.kind, r.model, r.start, r.end, str(r.setup), "",
+                        f"{r.setup} {r.median_ms:.4g} ms = {sp:.2f}x its cpu:1 row"))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", "model", "start", "end", "setup", "key", "reason"])
+        w.writerows(entries)
+    return len(entries)
 
 
 def speedups(table: ProfileTable, base: str = "cpu:1", other: str = "cpu:2",
@@ -119,8 +167,13 @@ def main(argv=None) -> int:
     ap.add_argument("--min-ms", type=float, default=0.05)
     ap.add_argument("--worst", type=int, default=30)
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--retime-list", metavar="LIST.csv",
+                    help="write the suspect k-core rows as a re-time list (tools/retime_sweep.py --list)")
     args = ap.parse_args(argv)
     table = read_profile(args.profiles, force=args.force)
+    if args.retime_list:
+        n = write_retime_list(table, args.retime_list, args.min_ms)
+        print(f"{n} suspect rows -> {args.retime_list}")
     print("measured speed-up cpu:1 / cpu:2 (p10 p50 p90), rows >= min-ms on cpu:1")
     for label, s in speedups(table, min_ms=args.min_ms).items():
         p10, p50, p90 = np.percentile(s, [10, 50, 90])

@@ -31,6 +31,10 @@ stage times, as when another program takes cores: the *drift* path. The
 summary says which path triggered the first re-plan, and gives the
 timeline from the daemon's log: the change, the switch starting (decision
 and planning), the new pipeline serving, the old one drained, fps back.
+On the platform path the first switch is a guess from the reading's
+factor; the daemon checks it against the new pipeline's first window and
+may follow it with a switch "corrected by measurement" (``--log PATH``
+keeps the daemon's log, which also says when the guess was verified).
 """
 
 from __future__ import annotations
@@ -153,6 +157,7 @@ def main() -> int:
     parser.add_argument("--hide-speed", action="store_true",
                         help="keep the emulated speed from the daemon's monitor: only drift can see the change")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--log", metavar="PATH", help="also write the daemon's log there (its windows and switches)")
     args = parser.parse_args()
     if min(args.clients, args.window) < 1 or min(args.before_s, args.after_s, args.tolerance) <= 0:
         parser.error("--clients and --window must be >= 1; times and --tolerance > 0")
@@ -220,7 +225,10 @@ def main() -> int:
                 t.join(60)
             final = admin.status()
     events = [e for e in final["events"] if e["at_s"] >= change_at_s]
-    timeline = _timeline(d.log(), t_change_wall)
+    log = d.log()
+    if args.log:
+        Path(args.log).write_text(log)
+    timeline = _timeline(log, t_change_wall)
     t_end = max(done) if done else t_change
     bins: List[Dict] = []
     edge = t_start

@@ -49,6 +49,11 @@ def register(subparsers) -> None:
                         "(default 0.05)")
     parser.add_argument("--no-replan", action="store_true", help="measure and report, never re-plan")
     parser.add_argument("--slots", type=int, default=4, metavar="N", help="ring slots per pipeline edge")
+    parser.add_argument("--reject-rate", type=float, default=10.0, metavar="R",
+                        help="connections closed on a protocol error one client process may cause per second "
+                        "once its burst is spent; its further connections wait (default 10; 0: no limit)")
+    parser.add_argument("--reject-burst", type=int, default=20, metavar="N",
+                        help="such connections a client process may cause at once (default 20)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(run=run)
 
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--per-client, --slots and --sustain must be >= 1")
     if not args.window_s > 0 or not 0 < args.drift < 10:
         raise InputError("--window-s must be > 0 and --drift in (0, 10)")
+    if args.reject_rate < 0 or args.reject_burst < 1:
+        raise InputError("--reject-rate must be >= 0 and --reject-burst >= 1")
     if args.cooldown < 0 or not 0 <= args.switch_margin < 10:
         raise InputError("--cooldown must be >= 0 and --switch-margin in [0, 10)")
     logger = logging.getLogger("pipeit")
@@ -77,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(socket_path=args.socket, group=args.group, per_client=args.per_client,
                           window_s=args.window_s, sustain=args.sustain, threshold=args.drift,
                           replan=not args.no_replan, slots=args.slots, cooldown_windows=args.cooldown,
-                          switch_margin=args.switch_margin)
+                          switch_margin=args.switch_margin, reject_rate=args.reject_rate,
+                          reject_burst=args.reject_burst)
     server = Server(config, args.model, platform, source)
     server.start()
     return server.serve_forever()

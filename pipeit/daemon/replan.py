@@ -9,8 +9,9 @@ nothing, or re-plan, with a reason a person can read in the log.
   whose measured median time differs from the expected one by more than
   ``threshold`` (15 %), in the same direction, in ``sustain`` consecutive
   windows (one slow window is noise on a shared board; several are a
-  thermal throttle or a co-runner; slow, fast, slow is noise too). Per worker, because a stage's median over all its frames
-  hides one slow replica among fast ones.
+  thermal throttle or a co-runner; slow, fast, slow is noise too). Per
+  worker, because a stage's median over all its frames hides one slow
+  replica among fast ones.
 * **Platform change**: CPUs going offline or online, or a cluster's
   frequency cap (``scaling_max_freq``) moving by more than 5 %, or an
   emulated cluster's speed (its cgroup quota, read by
@@ -36,6 +37,23 @@ nothing, or re-plan, with a reason a person can read in the log.
   with evidence after a platform change as each worker's normal (the
   median of their ratios) and judges later windows against it, as a
   confirmed switch re-bases its expectations on measured times.
+* **Verified by measurement**: the factor a platform reading gives is a
+  guess (the plan made after a halved quota predicted 202 fps and measured
+  ~145: its stage on that cluster ran 1.27x slower than scaled). So the
+  first window with evidence after a platform change checks it before it
+  becomes a normal: a worker on a cluster whose factor was guessed that
+  runs *slower* than its scaled expectation by more than ``threshold``
+  means the plan cannot deliver what it was switched to for, and the
+  detector asks at once (no sustain, no anchors) for a re-plan from those
+  measured ratios (``Decision.follow_up``; the daemon lets it bypass the
+  switch cooldown). Faster is left to the anchors: it is what a
+  load-dependent cluster does with fewer layers (the 0.68x above); so is
+  a drift on another cluster in that window (most often a side effect of
+  the work moved there: seen at 1.8x on a busy host; if real, the
+  sustained drift path sees it). At most one follow-up per platform
+  change; it restarts the anchor collection (its plan is judged against
+  its own first windows), and the daemon confirms or reverts it like any
+  drift switch.
 
 :func:`scaled_times` turns what was observed into the new plan's input:
 every setup of a cluster gets its per-layer times multiplied by that
@@ -159,8 +177,11 @@ class Decision:
     factors: Tuple[Tuple[str, float], ...] = ()
     platform_changed: bool = False
     drifting: Tuple[Tuple[int, Optional[int]], ...] = ()
-    #: what triggered it: "platform" (a reading of the platform moved) or "drift" (measured times); "" for none
+    #: what triggered it: "platform" (a reading of the platform moved), "drift" (measured times, sustained)
+    #: or "verify" (a platform re-plan's first window measured slower than its factor said); "" for none
     trigger: str = ""
+    #: a measured correction of the last platform re-plan: acted on at once, bypassing the switch cooldown
+    follow_up: bool = False
 
 
 class DriftDetector:
@@ -175,7 +196,7 @@ class DriftDetector:
     """
 
     def __init__(self, threshold: float = DRIFT_THRESHOLD, sustain: int = 3, min_frames: int = 5,
-                 anchor_windows: int = 2):
+                 anchor_windows: int = 2, verify: bool = True):
         if not (0 < threshold < 10):
             raise PlanError(f"drift threshold must be in (0, 10), got {threshold}")
         if sustain < 1:
@@ -184,6 +205,10 @@ class DriftDetector:
         self.sustain = int(sustain)
         self.min_frames = int(min_frames)
         self.anchor_windows = max(0, int(anchor_windows))
+        #: check a platform re-plan against its first window with evidence (see the module docstring)
+        self.verify = bool(verify)
+        self._verify_pending = False  # a platform change whose first evidence window is still to come
+        self._verify_clusters: frozenset = frozenset()  # the clusters whose factor that change guessed
         self._anchor_left = 0  # windows still to collect as the normal after a platform change
         self._anchor_seen: Dict[Tuple[int, Optional[int]], list] = {}
         self._anchors: Dict[Tuple[int, Optional[int]], float] = {}  # measured/expected taken as 1.0
@@ -227,10 +252,16 @@ class DriftDetector:
             reason, factors = changed
             self._anchor_left, self._anchor_seen = self.anchor_windows, {}
             self._anchors.clear()
+            # Only a factor is a guess: CPUs going offline change the setups, not a speed to verify.
+            self._verify_clusters = frozenset(name for name, _f in factors)
+            self._verify_pending = self.verify and bool(self._verify_clusters)
             return Decision(True, reason, factors, platform_changed=True, trigger="platform")
+        verdict = self._verify(window) if self._verify_pending else None
+        if verdict is not None and verdict.replan:
+            return verdict
         if self._anchor_left > 0:
             self._collect_anchors(window)
-            return Decision(False)
+            return verdict or Decision(False)
         drifting = []  # (key, label, clusters, expected_ms)
         for stage in window.stages:
             units = [((stage.index, w.worker), f"stage {stage.index} worker {w.worker}", w.clusters, w)
@@ -281,6 +312,64 @@ class DriftDetector:
             for key, reading in ([((stage.index, w.worker), w) for w in stage.workers]
                                  or [((stage.index, None), stage)]):
                 yield key, reading
+
+    def _verify(self, window: Window) -> Optional[Decision]:
+        """Check the plan made after a platform change against its first window with evidence.
+
+        Only the units on a cluster whose factor the change guessed are
+        checked: a drift elsewhere in that one window is most often the side
+        effect of the change (work moved to the other cluster, where the
+        coordinator and the clients crowd it too) or noise, and is left to
+        the sustained drift path. None while no unit has evidence (the check
+        waits for one), and when the plan gave no unit with evidence to those
+        clusters (nothing of the guess is in use); a decision not to re-plan, with the readings as
+        its reason (for the log), when none is slower than expected beyond the
+        threshold (the window then counts as an anchor window as usual); else
+        a re-plan from the measured ratios. Either way, once a window had
+        evidence, this platform change is verified: no second follow-up
+        comes from it.
+        """
+        slower = []  # (key, label, clusters, ratio, expected_ms)
+        checked = []  # the same text for every unit checked, for the log
+        seen = False
+        for stage in window.stages:
+            units = [((stage.index, w.worker), f"stage {stage.index} worker {w.worker}", w.clusters, w)
+                     for w in stage.workers] or [((stage.index, None), f"stage {stage.index}", stage.clusters, stage)]
+            for key, label, clusters, reading in units:
+                ratio = reading.ratio
+                if ratio is None or not self.is_evidence(reading, window.window_s):
+                    continue
+                seen = True
+                if not self._verify_clusters.intersection(clusters):
+                    continue
+                checked.append(f"{label} at {ratio:.2f}x on {'+'.join(clusters)}")
+                if ratio > 1.0 + self.threshold:
+                    slower.append((key, label, clusters, ratio, reading.expected_ms))
+        if not seen:
+            return None
+        # One window: a check still pending later would judge a plan made since for other reasons.
+        self._verify_pending = False
+        if not checked:
+            return None
+        if not slower:
+            return Decision(False, "platform re-plan verified by measurement: its first window measured "
+                            + "; ".join(checked) + f" (not slower than expected by over {self.threshold:.0%})",
+                            trigger="verify")
+        every = tuple((name, f) for name, f in cluster_factors([(c, r) for _k, _l, c, r, _e in slower])
+                      if name in self._verify_clusters)
+        causes = set(blame(every))
+        factors = tuple((name, f) for name, f in every if name in causes)
+        blamed = [u for u in slower if any(c in causes for c in u[2])]
+        parts = [f"{label} at {ratio:.2f}x its expected {expected:.2f} ms on {'+'.join(clusters)}"
+                 for _k, label, clusters, ratio, expected in blamed]
+        reason = ("platform re-plan corrected by measurement: its first window measured " + "; ".join(parts)
+                  + " (the platform reading's factor under-estimated the slowdown)")
+        # The corrected plan is a new layout on a possibly load-dependent cluster: its own first windows
+        # are its normal, as after the platform change itself.
+        self._anchor_left, self._anchor_seen = self.anchor_windows, {}
+        self._anchors.clear()
+        return Decision(True, reason, factors, drifting=tuple(u[0] for u in blamed), trigger="verify",
+                        follow_up=True)
 
     def _collect_anchors(self, window: Window) -> None:
         """One window towards the normal after a platform change (see the module docstring)."""
@@ -494,7 +583,7 @@ class SwitchPolicy:
 
     def allow(self, predicted_fps: Optional[float], measured_fps: Optional[float],
               current_predicted_fps: Optional[float] = None, layout: Optional[Tuple] = None,
-              evidence: Tuple = ()) -> Tuple[bool, str]:
+              evidence: Tuple = (), ignore_cooldown: bool = False) -> Tuple[bool, str]:
         """``(switch?, why)`` for a new plan predicting ``predicted_fps``.
 
         ``current_predicted_fps``: the plan in use, predicted from the same
@@ -502,8 +591,13 @@ class SwitchPolicy:
         current one's ``measured_fps``. With no figure to compare with (an
         idle daemon, a platform change that broke the old plan) the margin
         cannot be judged and the switch is allowed.
+
+        ``ignore_cooldown``: the measured follow-up of a platform re-plan
+        (:attr:`Decision.follow_up`): the cooldown guards against chasing
+        noise with a switch the last one just made, while this one corrects
+        a switch that was a guess; the ban and the margin still apply.
         """
-        if self._left > 0:
+        if self._left > 0 and not ignore_cooldown:
             return False, f"within the cooldown after the last switch ({self._left} to go)"
         if layout is not None and self.banned(layout, evidence):
             return False, (f"that plan was switched to on the same evidence and reverted; banned for "

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import heapq
 import logging
 import os
 import queue
@@ -64,6 +65,7 @@ from pipeit.daemon.replan import (
     DriftDetector, StageReading, SwitchPolicy, Window, WorkerReading, fit_times, measured_capacity_fps, plan_layout,
     evidence_of, predicted_fps_of, scaled_times, shrink_platform,
 )
+from pipeit.daemon.peers import DEFAULT_REJECT_BURST, DEFAULT_REJECT_RATE, PeerBudgets, RejectBudget, peer_pid
 from pipeit.daemon.shm import AreaLayout, FrameArea, shm_supported
 from pipeit.daemon.sockets import bind_socket, check_socket_dir, remove_socket
 from pipeit.daemon.state import PlanSource, Planned, make_plan, obtain_plan
@@ -101,6 +103,10 @@ class ServerConfig:
     switch_margin: float = 0.05
     drain_timeout_s: float = 60.0
     slots: int = 4
+    #: connections closed on a protocol error that one client process may cause per second once its
+    #: ``reject_burst`` is spent; its further connections wait for the budget (0 turns this off; see peers.py)
+    reject_rate: float = DEFAULT_REJECT_RATE
+    reject_burst: int = DEFAULT_REJECT_BURST
 
 
 @dataclass(frozen=True)
@@ -252,10 +258,11 @@ class _Gate:
 class _Connection:
     """One client: its socket, its reply queue, its in-flight allowance."""
 
-    def __init__(self, server: "Server", sock: socket.socket, number: int):
+    def __init__(self, server: "Server", sock: socket.socket, number: int, peer: Optional[int] = None):
         self.server = server
         self.sock = sock
         self.number = number
+        self.peer = peer  # the client's pid (its reject budget), where the kernel told
         # The in-flight allowance: ``per_client`` tokens in a C-level queue (taking one blocks while the
         # client has that many requests in flight). A threading.Semaphore does the same in a dozen
         # Python calls a request, on the reader's and the dispatcher's hot path.
@@ -397,6 +404,7 @@ class _Connection:
                         break
                 except wire.ProtocolError as err:
                     rejected = server.count("rejected")
+                    server._budgets.reject(self.peer, time.monotonic())
                     # A garbage sender must not flood the log (nor pay for a line each): the first
                     # few in full, then one line per thousand; each one still at debug level.
                     level = logging.INFO if rejected <= 10 or rejected % 1000 == 0 else logging.DEBUG
@@ -738,6 +746,11 @@ class Server:
         self._io: Any = None  # (generation number, _io_key()) cache
         self._replies = wire.Encoder("infer", reply=True)  # reply headers built once per output layout
         self._readers = _ThreadPool("pipeit-reader")
+        self._budgets = PeerBudgets(RejectBudget(config.reject_rate, config.reject_burst))
+        #: connections of over-budget peers waiting for a token: (due, sequence, socket, pid), a heap the
+        #: accept loop serves (only it touches it)
+        self._parked: List[Tuple[float, int, socket.socket, int]] = []
+        self._parked_seq = 0
         self._latencies: Deque[float] = collections.deque(maxlen=_LATENCY_KEEP)
         self._done_times: Deque[float] = collections.deque(maxlen=100_000)
         self._window_stats: Any = None
@@ -753,6 +766,11 @@ class Server:
         self._check: Optional[_PendingCheck] = None
         self._answered: Deque[float] = collections.deque(maxlen=3)  # answered fps of the last windows
         self._replan_lock = threading.Lock()
+        #: the monitor's window clock: when the current window began, how long the last one lasted, and
+        #: whether the current one is the short settle window after a platform-forced switch
+        self._window_began = time.monotonic()
+        self._window_len = config.window_s
+        self._short_window = False
 
     def count(self, key: str) -> int:
         with self._lock:
@@ -804,7 +822,10 @@ class Server:
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
             while not self._stop.is_set():
-                for key, _ in selector.select(timeout=1.0):
+                timeout = 1.0
+                if self._parked:
+                    timeout = min(timeout, max(0.0, self._parked[0][0] - time.monotonic()))
+                for key, _ in selector.select(timeout=timeout):
                     if key.data == "accept":
                         self._accept()
                     else:
@@ -813,6 +834,8 @@ class Server:
                                 pass
                         except BlockingIOError:
                             pass
+                if self._parked:
+                    self._unpark_due()
                 while self._pending_signals:
                     signum = self._pending_signals.popleft()
                     if signum == signal.SIGHUP:
@@ -822,6 +845,8 @@ class Server:
                         self._stop.set()
         finally:
             selector.close()
+            while self._parked:  # never read: nothing to answer
+                heapq.heappop(self._parked)[2].close()
             self.shutdown()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -882,6 +907,33 @@ class Server:
             sock, _ = self._listener.accept()  # type: ignore[union-attr]
         except (BlockingIOError, OSError):
             return
+        pid = peer_pid(sock)
+        wait = self._budgets.wait_s(pid, time.monotonic())
+        if wait > 0 and pid is not None:
+            self.count("throttled")
+            if self._budgets.park(pid):
+                self._parked_seq += 1
+                heapq.heappush(self._parked, (time.monotonic() + wait, self._parked_seq, sock, pid))
+            else:
+                sock.close()  # its budget is spent and it already has enough connections waiting
+            return
+        self._open(sock, pid)
+
+    def _unpark_due(self) -> None:
+        """Open the parked connections whose peer has a token again (the others wait on)."""
+        now = time.monotonic()
+        while self._parked and self._parked[0][0] <= now:
+            _, _, sock, pid = heapq.heappop(self._parked)
+            wait = self._budgets.wait_s(pid, now)
+            if wait > 0:
+                self._parked_seq += 1
+                heapq.heappush(self._parked, (now + wait, self._parked_seq, sock, pid))
+                continue
+            self._budgets.unpark(pid)
+            self._open(sock, pid)
+
+    def _open(self, sock: socket.socket, pid: Optional[int]) -> None:
+        """Serve an accepted connection (or refuse it when the daemon is full or stopping)."""
         sock.setblocking(True)
         wire.tune_socket(sock)
         with self._lock:
@@ -890,7 +942,7 @@ class Server:
             else:
                 busy = False
                 self._next_conn += 1
-                conn = _Connection(self, sock, self._next_conn)
+                conn = _Connection(self, sock, self._next_conn, pid)
                 self._connections[conn.number] = conn
         if busy:
             try:
@@ -1090,7 +1142,8 @@ class Server:
             "plan_source": self._planned.source if self._planned else None,
             "requests": {"served": self.counters["served"], "failed": self.counters["failed"],
                          "rejected": self.counters["rejected"], "inflight": self.engine.inflight(),
-                         "clients": len(self._connections), "connections": self.counters["connections"]},
+                         "clients": len(self._connections), "connections": self.counters["connections"],
+                         "throttled": self.counters["throttled"]},
             "frame_areas": {"open": sum(1 for c in list(self._connections.values()) if c.area is not None),
                             "created": self.counters["areas_created"], "closed": self.counters["areas_closed"]},
             "fps": len(recent) / self.config.window_s if recent else 0.0,
@@ -1134,7 +1187,7 @@ class Server:
         readings = self._last_readings
         if len(readings) != len(self._expected_workers):
             return None
-        window_s = self.config.window_s
+        window_s = self._window_len
 
         def rebased(stage: int, worker: int) -> bool:
             return (stage, worker) in drifting or (stage, None) in drifting
@@ -1161,13 +1214,23 @@ class Server:
         return event
 
     def _monitor_loop(self) -> None:
-        while not self._stop.wait(self.config.window_s):
+        self._window_began = time.monotonic()  # the pipeline has just started: the first window begins
+        while not self._stop.wait(self._window_left()):
             try:
                 self._close_window()
             except Exception as err:  # noqa: BLE001 -- the monitor must outlive one bad window
                 _log.exception("monitor window failed: %s", err)
 
+    def _window_left(self) -> float:
+        """Seconds until the current window closes: ``window_s`` after it began; half that for the settle
+        window after a platform-forced switch (it only lets the new workers' first frames pass, and the
+        switch it follows is a guess waiting for its first real window, see :meth:`replan`)."""
+        length = self.config.window_s * (0.5 if self._short_window else 1.0)
+        return max(0.01, self._window_began + length - time.monotonic())
+
     def _close_window(self) -> None:
+        now = time.monotonic()
+        self._window_len, self._window_began, self._short_window = now - self._window_began, now, False
         generation = self.engine.current
         if generation is None or self.draining:
             return
@@ -1179,10 +1242,11 @@ class Server:
             self._answered.append(self._window_fps)
         self._fill_fps_after(generation.number, stats)
         self._policy.tick()
+        snap = self._snapshot()
         if self._cooldown > 0:
             self._cooldown -= 1
+            self._observe(snap, ())
             return
-        snap = self._snapshot()
         readings = []
         for k, spec in enumerate(generation.plan.stages):
             row = stats.stages[k] if k < len(stats.stages) else None
@@ -1199,25 +1263,37 @@ class Server:
                                          row.frames if row else 0, workers))
         self._last_readings = tuple(readings)
         if self._judge_switch(generation.number):
+            self._observe(snap, ())
             return
+        self._observe(snap, tuple(readings))
+
+    def _observe(self, snap: Any, readings: Tuple[StageReading, ...]) -> None:
+        """Feed the detector one window and act on its decision.
+
+        ``readings`` () in a settle window and in one a switch's verdict
+        used: their times are not judged, but a platform reading is no
+        measurement, and a CPU going offline or a cluster throttled then is
+        acted on at once, not a settle and a verdict later."""
         window = Window(
-            stages=tuple(readings),
+            stages=readings,
             online=snap.online if snap is not None else None,
             freq_caps_khz=tuple((c.name, c.max_freq_khz) for c in snap.clusters) if snap is not None else (),
             speeds=tuple((c.name, c.speed) for c in snap.clusters) if snap is not None else (),
             max_temp_c=snap.max_temp_c if snap is not None else None,
-            window_s=self.config.window_s,
+            window_s=self._window_len,
         )
         decision = self._detector.observe(window)
+        if decision.reason and not decision.replan:
+            _log.info("%s", decision.reason)  # a platform re-plan's guess checked and kept
         if not (decision.replan and self.config.replan):
             return
-        if self._policy.cooling and not decision.platform_changed:
+        if self._policy.cooling and not (decision.platform_changed or decision.follow_up):
             # Too soon after a switch: keep the drift streak (it fires again once the cooldown is
             # over, if the drift lasts) and keep the scaling factors untouched until then.
             _log.debug("%s; not acting: %d window(s) of switch cooldown left", decision.reason, self._policy.cooling)
             return
         self.replan(decision.reason, dict(decision.factors), snap.online if snap is not None else None,
-                    force=decision.platform_changed, drifting=decision.drifting)
+                    force=decision.platform_changed, drifting=decision.drifting, follow_up=decision.follow_up)
 
     def _judge_switch(self, number: int) -> bool:
         """Feed the pending switch check one window; True once it judged the switch (the window is consumed:
@@ -1277,10 +1353,16 @@ class Server:
                 self._set_expected(check.old_plan)
             self._detector.rebase()
             self._policy.switched()
+            self._restart_window(new)
             self._cooldown = self.config.settle_windows
             _log.info("switched back: pipeline %d -> %d: %s", generation.number, new.number, why)
             self._add_event("revert", why, fps_before, generation.number, new.number, check.layout,
                             plan_layout(check.old_plan), after, check.old_predicted)
+
+    def _restart_window(self, generation: Any) -> None:
+        """A switch just drained the old pipeline: the window restarts with the new one alone."""
+        generation.pipeline.reset_stats()
+        self._window_began = time.monotonic()
 
     def _fill_fps_after(self, number: int, stats: Any) -> None:
         with self._lock:
@@ -1292,7 +1374,8 @@ class Server:
                               "n/a" if event.fps_before is None else f"{event.fps_before:.1f}")
 
     def replan(self, reason: str, factors: Dict[str, float], online: Optional[Tuple[int, ...]] = None,
-               force: bool = False, drifting: Sequence[Tuple[int, Optional[int]]] = ()) -> ReplanEvent:
+               force: bool = False, drifting: Sequence[Tuple[int, Optional[int]]] = (),
+               follow_up: bool = False) -> ReplanEvent:
         """Re-plan with times scaled by ``factors``; switch pipelines if the plan changes enough.
 
         Unless ``force`` (a platform change: the old plan may not even run),
@@ -1302,6 +1385,17 @@ class Server:
         A refused switch keeps the plan and takes the ``drifting`` units'
         measured times as their new expectation, so the same drift does not
         fire again next window.
+
+        ``follow_up``: the measured correction of a platform re-plan
+        (:attr:`DriftDetector` verifies one per platform change): it ignores
+        the cooldown the forced switch started, but needs the margin and is
+        confirmed or reverted like any drift switch.
+
+        After a switch the new pipeline's measurements restart once the old
+        one is drained (frames served beside a draining pipeline are not
+        this plan's normal). A forced switch is then followed by a single
+        settle window of half ``window_s``: its plan is a guess from a
+        nominal factor, to be verified by the next window as soon as can be.
         """
         with self._replan_lock:
             generation = self.engine.current
@@ -1341,7 +1435,8 @@ class Server:
                                        measured, plan.predicted_fps)
             current = None if force else predicted_fps_of(generation.plan, times, platform)
             allowed, why = (True, "forced by a platform change") if force else \
-                self._policy.allow(plan.predicted_fps, measured, current, new_layout, evidence_of(factors))
+                self._policy.allow(plan.predicted_fps, measured, current, new_layout, evidence_of(factors),
+                                   ignore_cooldown=follow_up)
             if not allowed:
                 self._expect_measured(tuple(drifting))
                 _log.info("%s; a new plan was found but not switched to: %s", reason, why)
@@ -1360,7 +1455,11 @@ class Server:
                                                            generation.plan, measured,
                                                            old_factors, old_expected, current, answered, [], [])
             self._answered.clear()
-            self._cooldown = self.config.settle_windows
+            self._restart_window(new)
+            if force and self.config.settle_windows > 0:
+                self._cooldown, self._short_window = 1, True
+            else:
+                self._cooldown = self.config.settle_windows
             _log.info("switched pipeline %d -> %d: %s; %s; fps before %s; stages %s -> %s", before, new.number,
                       reason, why, "n/a" if fps_before is None else f"{fps_before:.1f}", _describe(old_layout),
                       _describe(new_layout))
@@ -1392,6 +1491,7 @@ class Server:
             self._set_expected(planned.plan)
             self._detector.rebase()
             self._policy.switched()
+            self._restart_window(new)
             self._cooldown = self.config.settle_windows
             _log.info("reloaded %s (sha256 %s...) from %s: pipeline %d -> %d", self.model_path.name,
                       file_sha256(self.model_path)[:12], planned.source, before, new.number)

@@ -1,0 +1,117 @@
+"""A garbage sender's reject budget: it waits once its burst is spent, while another process is served at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pipeit.daemon import protocol as wire
+from pipeit.daemon.peers import PeerBudgets, RejectBudget, peer_pid
+from pipeit.errors import PipeitError
+from tests.daemon_helpers import ROOT, Daemon, daemon_files, leftovers
+
+PLATFORM = "emulate:big=0@1.0,little=1@1.0"
+
+
+def test_budget_allows_a_burst_then_the_rate():
+    budgets = PeerBudgets(RejectBudget(rate=2.0, burst=3))
+    assert budgets.wait_s(7, 0.0) == 0.0  # never rejected: never waits
+    for _ in range(3):
+        budgets.reject(7, 0.0)
+    assert budgets.wait_s(7, 0.0) == pytest.approx(0.5)  # the fourth waits for one token at 2 per second
+    assert budgets.wait_s(8, 0.0) == 0.0  # another process is not touched
+    assert budgets.wait_s(7, 0.5) == 0.0
+    budgets.reject(7, 0.5)
+    budgets.reject(7, 0.5)  # in debt: two tokens to wait for
+    assert budgets.wait_s(7, 0.5) == pytest.approx(1.0)
+    assert budgets.wait_s(7, 100.0) == 0.0  # refilled, capped at the burst
+    for _ in range(3):
+        budgets.reject(7, 100.0)
+    assert budgets.wait_s(7, 100.0) > 0
+
+
+def test_budget_off_and_bad_settings():
+    off = PeerBudgets(RejectBudget(rate=0.0))
+    for _ in range(100):
+        off.reject(7, 0.0)
+    assert off.wait_s(7, 0.0) == 0.0
+    with pytest.raises(PipeitError):
+        RejectBudget(rate=-1.0)
+    with pytest.raises(PipeitError):
+        RejectBudget(burst=0)
+
+
+def test_parked_connections_are_bounded():
+    budgets = PeerBudgets(RejectBudget(rate=1.0, burst=1, max_parked=2))
+    assert budgets.park(5) and budgets.park(5)
+    assert not budgets.park(5)
+    budgets.unpark(5)
+    assert budgets.park(5)
+
+
+def test_peer_pid_is_the_other_process():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert peer_pid(a) == os.getpid()
+
+
+def _garbage_exchange(path) -> bytes:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(path))
+    s.sendall(b"NOPE" + b"\x00" * 12)
+    s.settimeout(60)
+    try:
+        return s.recv(4096)
+    finally:
+        s.close()
+
+
+def test_over_budget_sender_waits_and_others_do_not(tmp_path):
+    folder, model, times = daemon_files(tmp_path, PLATFORM)
+    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--no-replan",
+                "--reject-rate", "0.25", "--reject-burst", "2"], folder / "d.sock",
+               env={"PIPEIT_STATE_DIR": str(folder / "state")})
+    with d:
+        # another process, started (imports done) before the garbage, asks for the status when told to
+        good = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys, time; from pipeit.client import Client\n"
+             "sys.stdin.readline()\n"
+             f"with Client({str(d.socket_path)!r}) as c: c.status()\n"
+             "print(time.monotonic(), flush=True)\n"],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            for _ in range(2):  # the burst: answered at once
+                assert _garbage_exchange(d.socket_path).startswith(wire.MAGIC)
+            answered = []
+            late = threading.Thread(target=lambda: answered.append((_garbage_exchange(d.socket_path),
+                                                                    time.monotonic())))
+            started = time.monotonic()
+            late.start()
+            time.sleep(0.2)  # the third garbage connection is parked by now
+            good.stdin.write("go\n")
+            good.stdin.flush()
+            out, _ = good.communicate(timeout=60)
+            good_done = float(out.split()[-1])
+            late.join(60)
+        finally:
+            if good.poll() is None:
+                good.kill()
+        reply, late_done = answered[0]
+        assert reply.startswith(wire.MAGIC)  # it is still answered, only later
+        assert late_done - started >= 2.0  # one token at 0.25 per second: about 4 s
+        assert good_done < late_done  # the other process did not queue behind the garbage
+        # asked by another process: this one is over its budget (it would wait for a token)
+        shown = subprocess.run([sys.executable, "-m", "pipeit", "status", "--socket", str(d.socket_path), "--json"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+        requests = json.loads(shown.stdout)["requests"]
+        assert requests["rejected"] == 3 and requests["throttled"] >= 1
+    assert d.proc.returncode == 0, d.log()
+    assert leftovers(d.proc.pid) == []
