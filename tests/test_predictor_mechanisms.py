@@ -259,6 +259,17 @@ def _resident_law(llc_mb: float):
     return t
 
 
+def _sweep_fc_rows(shapes, law):
+    """Sweep rows of FC layers ``(in, out)`` on one and two cores, timed by ``law(descriptor, setup)``."""
+    rows = []
+    for ci, co in shapes:
+        d = fc(ci, co)
+        for s in (S1, S2):
+            rows.append(ProfileRow("layer", "sweep", 0, 1, s, d.key_string(), law(d, s), 0.01, 10, "fp0",
+                                   descriptor=d))
+    return rows
+
+
 def test_a_stream_partly_resident_when_timed_alone_does_not_inflate_the_dram_bandwidth():
     from predictors.bandwidth import resident_mb
 
@@ -268,12 +279,7 @@ def test_a_stream_partly_resident_when_timed_alone_does_not_inflate_the_dram_ban
               (1024, 256), (800, 700), (1500, 900),                            # in the LLC
               (1100, 1000), (1300, 1000), (1600, 1000), (2000, 1000),          # 4.4-8 MB: partly resident
               (3200, 1000), (3500, 1000), (4000, 1000)]                        # >= 3x LLC: streaming
-    rows = []
-    for ci, co in shapes:
-        d = fc(ci, co)
-        for s in (S1, S2):
-            rows.append(ProfileRow("layer", "sweep", 0, 1, s, d.key_string(), t(d, s), 0.01, 10, "fp0",
-                                   descriptor=d))
+    rows = _sweep_fc_rows(shapes, t)
     mech = make_predictor("mech")
     mech.llc_mb = llc
     mech.fit(make_rows(training_descs()) + rows)
@@ -300,12 +306,7 @@ def test_a_stream_partly_resident_when_timed_alone_does_not_inflate_the_dram_ban
 def test_calibration_prices_the_full_stream_of_a_beyond_llc_layer_inside_a_model(tmp_path):
     llc = 4.0
     t = _resident_law(llc)
-    rows = []
-    for ci, co in [(1100, 1000), (1600, 1000), (2000, 1000), (3200, 1000), (4000, 1000)]:
-        d = fc(ci, co)
-        for s in (S1, S2):
-            rows.append(ProfileRow("layer", "sweep", 0, 1, s, d.key_string(), t(d, s), 0.01, 10, "fp0",
-                                   descriptor=d))
+    rows = _sweep_fc_rows([(1100, 1000), (1600, 1000), (2000, 1000), (3200, 1000), (4000, 1000)], t)
     mech = make_predictor("mech")
     mech.llc_mb = llc
     mech.fit(make_rows(training_descs()) + rows)

@@ -263,27 +263,24 @@ class DriftDetector:
             self._collect_anchors(window)
             return verdict or Decision(False)
         drifting = []  # (key, label, clusters, expected_ms)
-        for stage in window.stages:
-            units = [((stage.index, w.worker), f"stage {stage.index} worker {w.worker}", w.clusters, w)
-                     for w in stage.workers] or [((stage.index, None), f"stage {stage.index}", stage.clusters, stage)]
-            for key, label, clusters, reading in units:
-                ratio = reading.ratio
-                if ratio is None or not self.is_evidence(reading, window.window_s):
-                    continue  # no evidence either way: keep the streak as it is
-                ratio /= self._anchors.get(key, 1.0)
-                if abs(ratio - 1.0) > self.threshold:
-                    seen = self._ratios.get(key)
-                    if seen and (seen[-1] > 1.0) != (ratio > 1.0):
-                        # Slower, then faster (or the reverse): scatter around the expectation, which a
-                        # noisy host makes wider than the threshold -- not a drift. Start over from here.
-                        self._streak[key], self._ratios[key] = 0, []
-                    self._streak[key] = self._streak.get(key, 0) + 1
-                    self._ratios.setdefault(key, []).append(ratio)
-                else:
-                    self._streak[key] = 0
-                    self._ratios[key] = []
-                if self._streak[key] >= self.sustain:
-                    drifting.append((key, label, clusters, reading.expected_ms))
+        for key, label, clusters, reading in self._units(window):
+            ratio = reading.ratio
+            if ratio is None or not self.is_evidence(reading, window.window_s):
+                continue  # no evidence either way: keep the streak as it is
+            ratio /= self._anchors.get(key, 1.0)
+            if abs(ratio - 1.0) > self.threshold:
+                seen = self._ratios.get(key)
+                if seen and (seen[-1] > 1.0) != (ratio > 1.0):
+                    # Slower, then faster (or the reverse): scatter around the expectation, which a
+                    # noisy host makes wider than the threshold -- not a drift. Start over from here.
+                    self._streak[key], self._ratios[key] = 0, []
+                self._streak[key] = self._streak.get(key, 0) + 1
+                self._ratios.setdefault(key, []).append(ratio)
+            else:
+                self._streak[key] = 0
+                self._ratios[key] = []
+            if self._streak[key] >= self.sustain:
+                drifting.append((key, label, clusters, reading.expected_ms))
         if not drifting:
             return Decision(False)
         # The factor is what the streak says *now*: the median of its windows but the first, which
@@ -307,11 +304,16 @@ class DriftDetector:
             reason += f" (max temperature {window.max_temp_c:.1f} C)"
         return Decision(True, reason, factors, drifting=tuple(key for key, _l, _c, _e in blamed), trigger="drift")
 
-    def _units(self, window: Window):
+    @staticmethod
+    def _units(window: Window):
+        """``(key, label, clusters, reading)`` of every unit judged: each worker, or the stage where the
+        window has no per-worker readings."""
         for stage in window.stages:
-            for key, reading in ([((stage.index, w.worker), w) for w in stage.workers]
-                                 or [((stage.index, None), stage)]):
-                yield key, reading
+            if stage.workers:
+                for w in stage.workers:
+                    yield (stage.index, w.worker), f"stage {stage.index} worker {w.worker}", w.clusters, w
+            else:
+                yield (stage.index, None), f"stage {stage.index}", stage.clusters, stage
 
     def _verify(self, window: Window) -> Optional[Decision]:
         """Check the plan made after a platform change against its first window with evidence.
@@ -332,19 +334,16 @@ class DriftDetector:
         slower = []  # (key, label, clusters, ratio, expected_ms)
         checked = []  # the same text for every unit checked, for the log
         seen = False
-        for stage in window.stages:
-            units = [((stage.index, w.worker), f"stage {stage.index} worker {w.worker}", w.clusters, w)
-                     for w in stage.workers] or [((stage.index, None), f"stage {stage.index}", stage.clusters, stage)]
-            for key, label, clusters, reading in units:
-                ratio = reading.ratio
-                if ratio is None or not self.is_evidence(reading, window.window_s):
-                    continue
-                seen = True
-                if not self._verify_clusters.intersection(clusters):
-                    continue
-                checked.append(f"{label} at {ratio:.2f}x on {'+'.join(clusters)}")
-                if ratio > 1.0 + self.threshold:
-                    slower.append((key, label, clusters, ratio, reading.expected_ms))
+        for key, label, clusters, reading in self._units(window):
+            ratio = reading.ratio
+            if ratio is None or not self.is_evidence(reading, window.window_s):
+                continue
+            seen = True
+            if not self._verify_clusters.intersection(clusters):
+                continue
+            checked.append(f"{label} at {ratio:.2f}x on {'+'.join(clusters)}")
+            if ratio > 1.0 + self.threshold:
+                slower.append((key, label, clusters, ratio, reading.expected_ms))
         if not seen:
             return None
         # One window: a check still pending later would judge a plan made since for other reasons.
@@ -374,7 +373,7 @@ class DriftDetector:
     def _collect_anchors(self, window: Window) -> None:
         """One window towards the normal after a platform change (see the module docstring)."""
         seen_any = False
-        for key, reading in self._units(window):
+        for key, _label, _clusters, reading in self._units(window):
             ratio = reading.ratio
             if ratio is not None and self.is_evidence(reading, window.window_s):
                 self._anchor_seen.setdefault(key, []).append(ratio)
