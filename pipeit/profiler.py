@@ -196,22 +196,38 @@ def time_model(
                     clean.append(wall)
             elif (c1 - c0) >= need * wall:
                 clean.append(wall)
-        n = len(walls)
-        median = float(np.median(clean)) if clean else None
-        settled = median is not None and previous is not None and abs(median - previous) <= spec.rel_tol * median
-        if n >= spec.max_repeats or time.monotonic() - start > spec.max_seconds:
+        stop, previous = _stop_timing(spec, len(walls), clean, previous, start)
+        if stop:
             break
-        if len(clean) >= spec.min_repeats and settled:
-            break
-        previous = median
-    status = "ok"
-    used = clean
+    return _summary(spec, clean, walls, f"{len(clean)} of {len(walls)} runs had the cores to themselves")
+
+
+def _stop_timing(spec: TimingSpec, samples: int, clean: Sequence[float], previous: Optional[float],
+                 start: float) -> Tuple[bool, Optional[float]]:
+    """``(stop?, median of the clean samples)`` after a batch: stop at the repeat or time limit, or once
+    enough clean samples have a median within ``rel_tol`` of the last batch's."""
+    import numpy as np  # here, not at module level: a worker is pinned before numpy starts its threads
+
+    median = float(np.median(clean)) if clean else None
+    settled = median is not None and previous is not None and abs(median - previous) <= spec.rel_tol * median
+    if samples >= spec.max_repeats or time.monotonic() - start > spec.max_seconds:
+        return True, median
+    return len(clean) >= spec.min_repeats and settled, median
+
+
+def _summary(spec: TimingSpec, clean: Sequence[float], every: Sequence[float], noisy: str,
+             repeats: Optional[int] = None) -> Timing:
+    """Median (ns in, ms out) and interquartile spread of the clean samples; of every sample, marked
+    ``noisy: <noisy>``, when too few were clean. ``repeats``: invokes behind them (default: samples used)."""
+    import numpy as np  # see _stop_timing
+
+    status, used = "ok", clean
     if len(clean) < min(spec.min_clean, spec.min_repeats):
-        status = f"noisy: {len(clean)} of {n} runs had the cores to themselves"
-        used = walls
+        status, used = f"noisy: {noisy}", every
     median = float(np.median(used))
     q1, q3 = np.percentile(used, [25, 75])
-    return Timing(median / 1e6, float((q3 - q1) / median) if median > 0 else 0.0, len(used), status)
+    return Timing(median / 1e6, float((q3 - q1) / median) if median > 0 else 0.0,
+                  len(used) if repeats is None else repeats, status)
 
 
 def _invoke_for(interpreter: Any, window_ns: int) -> Tuple[int, int]:
@@ -325,24 +341,13 @@ def _time_pool(interpreter, threads: int, spec: TimingSpec) -> Timing:
                 pool_seen = pool_seen or (len(busy) >= threads and busy[threads - 1] >= spec.pool_idle_share * elapsed)
                 if busy and busy[0] >= spec.pool_min_run * elapsed:
                     clean_one.append(per)
-        used_clean = clean if pool_seen else clean_one
-        median = float(np.median(used_clean)) if used_clean else None
-        settled = median is not None and previous is not None and abs(median - previous) <= spec.rel_tol * median
-        if len(samples) >= spec.max_repeats or time.monotonic() - start > spec.max_seconds:
+        stop, previous = _stop_timing(spec, len(samples), clean if pool_seen else clean_one, previous, start)
+        if stop:
             break
-        if len(used_clean) >= spec.min_repeats and settled:
-            break
-        previous = median
     if not pool_seen:
         clean, threads = clean_one, 1
-    status = "ok"
-    used = clean
-    if len(clean) < min(spec.min_clean, spec.min_repeats):
-        status = f"noisy: {len(clean)} of {len(samples)} windows had all {threads} cores"
-        used = samples
-    median = float(np.median(used))
-    q1, q3 = np.percentile(used, [25, 75])
-    return Timing(median / 1e6, float((q3 - q1) / median) if median > 0 else 0.0, invokes, status)
+    return _summary(spec, clean, samples, f"{len(clean)} of {len(samples)} windows had all {threads} cores",
+                    repeats=invokes)
 
 
 def _run_delay_ns() -> Optional[int]:

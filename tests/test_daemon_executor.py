@@ -15,6 +15,7 @@ from pipeit.executor import Pipeline
 from pipeit.graph import load_graph
 from pipeit.plan import Plan, StageSpec, WorkerSpec, file_sha256
 from tests.daemon_helpers import build_model, reference
+from tests.host_helpers import needs_cgroups
 
 CPUS = tuple(sorted(os.sched_getaffinity(0)))
 pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
@@ -25,16 +26,6 @@ def _plan(model, platform: Platform, stages) -> Plan:
     specs = tuple(StageSpec(layers, tuple(WorkerSpec(c, (cpu,), 1, 1.0) for c, cpu in workers), 100.0)
                   for layers, workers in stages)
     return Plan(model.name, file_sha256(model), platform, "test", specs, 100.0, 10.0)
-
-
-def _cgroups_writable() -> bool:
-    try:
-        from cores.emulation import find_cgroup_root
-
-        find_cgroup_root()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +90,7 @@ def test_submit_into_fills_the_slot_in_place_and_gives_it_back_when_the_fill_fai
         assert len(pipe._free0) == slots  # noqa: SLF001
 
 
-@pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
+@needs_cgroups
 def test_worker_ms_shows_the_slow_replica_and_shared_throttles_survive_the_pipeline(tmp_path):
     from cores.emulation import Throttles
 

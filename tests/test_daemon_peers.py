@@ -115,3 +115,14 @@ def test_over_budget_sender_waits_and_others_do_not(tmp_path):
         assert requests["rejected"] == 3 and requests["throttled"] >= 1
     assert d.proc.returncode == 0, d.log()
     assert leftovers(d.proc.pid) == []
+
+
+@pytest.mark.parametrize("option", [["--reject-rate", "-1"], ["--reject-burst", "0"]])
+def test_bad_reject_budget_is_one_line_and_exit_2(tmp_path, option):
+    folder, model, times = daemon_files(tmp_path, PLATFORM)
+    done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--platform", PLATFORM,
+                           "--times", str(times), "--socket", str(folder / "d.sock"), *option],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--reject-rate must be >= 0 and --reject-burst >= 1" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -14,21 +14,12 @@ import pytest
 
 from pipeit.client import Client
 from tests.daemon_helpers import Daemon, build_model, leftovers, reference, write_times
+from tests.host_helpers import needs_cgroups
 
 PLATFORM = "emulate:big=0@1.0,little=1@0.8"
 # Layers of a few ms each: with ~1 ms stages the test's own clients, the daemon and the workers
 # on a 2-core host swing stage times by half, and re-planning would chase scheduling noise.
 SIZE, CHANNELS = 96, 32
-
-
-def _cgroups_writable() -> bool:
-    try:
-        from cores.emulation import find_cgroup_root
-
-        find_cgroup_root()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _set_quota(folder: str, quota_us: int, period_us: int) -> None:
@@ -75,7 +66,7 @@ def _model_ms(model) -> float:
     return float(np.median(samples))
 
 
-@pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
+@needs_cgroups
 @pytest.mark.parametrize("path", ["platform", "drift"])
 def test_slowed_cluster_triggers_replan_and_switch(tmp_path, path):
     """``platform``: the daemon's monitor reads the emulated cluster's speed from its quota, as a board's
@@ -192,7 +183,7 @@ def _oversubscribed() -> bool:
     return os.getloadavg()[0] > len(os.sched_getaffinity(0)) + 0.5
 
 
-@pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
+@needs_cgroups
 def test_stable_platform_does_not_flap(tmp_path):
     """Nothing changes on the platform: over a dozen windows of steady load the daemon may re-base its
     expectations (this host is shared: other work moves the times), but the hysteresis (a cooldown

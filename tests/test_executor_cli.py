@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from pipeit.graph import load_graph
+from tests.host_helpers import cgroups_writable
 from tests.test_executor import TWO, make_plan
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
@@ -39,24 +40,13 @@ def planned(zoo_models, tmp_path_factory):
     return plan_path, model
 
 
-def _cgroups_writable() -> bool:
-    from cores.emulation import find_cgroup_root
-    from cores.errors import EmulationError
-
-    try:
-        find_cgroup_root()
-    except EmulationError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def planned_emulated(planned):
     """The same plan on an emulated platform whose second cluster runs at half speed (a cgroup)."""
     from cores.model import Cluster, Platform
     from pipeit.plan import load_plan
 
-    if not _cgroups_writable():
+    if not cgroups_writable():
         pytest.skip("cgroups cannot be written here")
     plan_path, model = planned
     slow = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],), speed=0.5)),

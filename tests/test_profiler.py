@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +120,17 @@ def test_time_model_times_a_real_model():
     assert QUICK.min_repeats <= t.repeats <= QUICK.max_repeats + QUICK.batch
 
 
+def _measure_beside_a_hog(worker, layer, spec, cpu: int):
+    """``worker.measure(layer, spec)`` while a busy loop pinned to ``cpu`` takes that core."""
+    hog = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {%d})\nwhile True: pass" % cpu])
+    try:
+        time.sleep(0.3)
+        return worker.measure(layer, spec)
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 def test_contention_filter_marks_runs_without_their_cores_noisy(platform, one_core):
     """A real competitor on the measured core makes every run wait for its CPU: flagged, not used.
 
@@ -126,9 +138,6 @@ def test_contention_filter_marks_runs_without_their_cores_noisy(platform, one_co
     escapes the competitor (a 10 us model often fits between its slices, and
     such runs are rightly kept).
     """
-    import subprocess
-    import sys
-
     from pipeit.tflite_builder import single_layer_model
 
     layer = single_layer_model("conv", (1, 96, 96, 64), out_channels=64, kernel=3)
@@ -139,13 +148,7 @@ def test_contention_filter_marks_runs_without_their_cores_noisy(platform, one_co
     try:
         quiet = worker.measure(layer, spec)
         assert quiet.status == "ok" and quiet.median_ms > 2.0, quiet
-        hog = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {%d})\nwhile True: pass" % cpu])
-        try:
-            time.sleep(0.3)
-            contended = worker.measure(layer, spec)
-        finally:
-            hog.kill()
-            hog.wait()
+        contended = _measure_beside_a_hog(worker, layer, spec, cpu)
     finally:
         worker.close()
     assert contended.status.startswith("noisy:"), contended
@@ -297,9 +300,6 @@ class TestPoolWindows:
 
         Windows of 20 ms: longer than a scheduler slice, so no window escapes the hog.
         """
-        import subprocess
-        import sys
-
         from pipeit.tflite_builder import single_layer_model
 
         cluster = max(platform.cpu_clusters, key=lambda c: len(c.cpus))
@@ -311,14 +311,7 @@ class TestPoolWindows:
                           quiet_wait_s=0.0, pool_window_ms=20.0)
         worker = SetupWorker(platform, setup)
         try:
-            hog = subprocess.Popen([sys.executable, "-c",
-                                    "import os; os.sched_setaffinity(0, {%d})\nwhile True: pass" % cluster.cpus[1]])
-            try:
-                time.sleep(0.3)
-                contended = worker.measure(layer, spec)
-            finally:
-                hog.kill()
-                hog.wait()
+            contended = _measure_beside_a_hog(worker, layer, spec, cluster.cpus[1])
         finally:
             worker.close()
         assert contended.status.startswith("noisy:") and "windows" in contended.status, contended
@@ -367,8 +360,6 @@ class TestRetimeList:
     """Suspect k-core rows become a re-time list; the list's rows rebuild from the model files."""
 
     def test_suspect_rows_to_list_and_back_to_jobs(self, tmp_path):
-        import sys
-
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
         from eval_breakdown import write_retime_list
         from retime_sweep import list_jobs, read_retime_list

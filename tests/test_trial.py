@@ -14,6 +14,7 @@ from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.trial import LATENCY_SLACK, TrialRun, _pick, choose_by_trial, trial_candidates
 from tests.daemon_helpers import build_model, write_times
+from tests.host_helpers import needs_cgroups
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +139,7 @@ def test_bench_reports_the_trial_and_the_dse_pick(tiny, tmp_path):
     assert "trial" not in json.loads(plain.stdout)
 
 
-def _cgroups_writable() -> bool:
-    try:
-        from cores.emulation import find_cgroup_root
-
-        find_cgroup_root()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
+@needs_cgroups
 def test_trial_under_a_latency_limit_on_two_clusters_keeps_a_plan_that_met_it_when_one_did(tiny, tmp_path):
     """Two clusters: the frame feed is pinned to the slower one, the trial's workers to theirs."""
     result = subprocess.run(

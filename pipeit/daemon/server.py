@@ -912,8 +912,7 @@ class Server:
         if wait > 0 and pid is not None:
             self.count("throttled")
             if self._budgets.park(pid):
-                self._parked_seq += 1
-                heapq.heappush(self._parked, (time.monotonic() + wait, self._parked_seq, sock, pid))
+                self._park_until(time.monotonic() + wait, sock, pid)
             else:
                 sock.close()  # its budget is spent and it already has enough connections waiting
             return
@@ -926,11 +925,15 @@ class Server:
             _, _, sock, pid = heapq.heappop(self._parked)
             wait = self._budgets.wait_s(pid, now)
             if wait > 0:
-                self._parked_seq += 1
-                heapq.heappush(self._parked, (now + wait, self._parked_seq, sock, pid))
+                self._park_until(now + wait, sock, pid)
                 continue
             self._budgets.unpark(pid)
             self._open(sock, pid)
+
+    def _park_until(self, due: float, sock: socket.socket, pid: int) -> None:
+        """Hold an accepted, unread connection until ``due`` (the sequence number keeps the heap off sockets)."""
+        self._parked_seq += 1
+        heapq.heappush(self._parked, (due, self._parked_seq, sock, pid))
 
     def _open(self, sock: socket.socket, pid: Optional[int]) -> None:
         """Serve an accepted connection (or refuse it when the daemon is full or stopping)."""
