@@ -47,6 +47,19 @@ def _memfd_maps(pid):
         return sum(1 for line in f if "memfd:pipeit-frames" in line)
 
 
+def _worker_maps(pid):
+    """Frame-area mappings in the daemon's workers (its child processes)."""
+    import psutil
+
+    total = 0
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            total += _memfd_maps(child.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # it ended meanwhile
+    return total
+
+
 def _fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -210,15 +223,19 @@ def test_no_descriptor_or_mapping_leaks_after_many_attach_and_detach(daemon, fil
             for _ in range(40):
                 c.attach()
                 np.testing.assert_array_equal(c.infer({"image": frame})["fc"], ref)
+                # the stage-0 worker that served it reads the frame in the area itself (no copy into ring 0)
+                assert _settle(lambda: _worker_maps(pid), 1) == 1
                 c.detach()
             assert _memfd_maps(pid) == maps0
+            assert _settle(lambda: _worker_maps(pid), 0) == 0  # detached: the workers unmapped it too
             c.attach()
-            assert _memfd_maps(pid) == maps0 + 1  # one area: one mapping, and no descriptor kept for it
+            assert _memfd_maps(pid) == maps0 + 1  # one area: one mapping
         for _ in range(20):  # attach and disconnect without detaching
             with Client(daemon.socket_path, transport="shm") as c:
                 np.testing.assert_array_equal(c.infer({"image": frame})["fc"], ref)
         assert _settle(lambda: _memfd_maps(pid), maps0) == maps0
         assert _settle(lambda: _fds(pid), fds0) == fds0
+        assert _settle(lambda: _worker_maps(pid), 0) == 0
         doc = admin.status()["frame_areas"]
     assert doc["created"] == doc["closed"] + doc["open"]
 

@@ -28,11 +28,12 @@ class TestWire:
             assert got[0][2] == 1.5 and got[2][3].decode() == "boom ü" and got[1][3] == b"\x80\x04)." * 3
 
     def test_jobs_split_anywhere_come_out_whole(self):
-        stream = JOB.pack(1, 2, 3) + JOB.pack(2, 0, 1) + JOB.pack(-1, 0, 0)
+        stream = JOB.pack(1, -1, 2, 3) + JOB.pack(2, 7, 0, 1) + JOB.pack(-1, -1, 0, 0)
         for cut in range(len(stream) + 1):
             parser = JobParser()
-            assert parser.feed(stream[:cut]) + parser.feed(stream[cut:]) == [(1, 2, 3), (2, 0, 1), (-1, 0, 0)]
-        assert REPLY.size == 24 and JOB.size == 16
+            assert parser.feed(stream[:cut]) + parser.feed(stream[cut:]) == [(1, -1, 2, 3), (2, 7, 0, 1),
+                                                                              (-1, -1, 0, 0)]
+        assert REPLY.size == 24 and JOB.size == 20
 
 
 class TestCoordinatorRate:

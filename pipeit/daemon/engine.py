@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -57,6 +57,9 @@ class Generation:
     submitted: int = 0
     #: seconds :meth:`Pipeline.start` took (split, spawn, model load, every worker ready)
     start_s: float = 0.0
+    #: clients' frame areas its pipeline reads in place: id(area) -> (area, the pipeline's area id, or None
+    #: where the pipeline cannot read that area in place and its frames are copied into ring 0)
+    areas: Dict[int, Tuple[Any, Optional[int]]] = field(default_factory=dict)
 
 
 class Engine:
@@ -173,7 +176,58 @@ class Engine:
         except BaseException:
             self._done(generation)
             raise
+        return self._track(generation, future, on_done)
 
+    def submit_area(self, area: Any, slot: int, out: Any, on_done: Any = None) -> Optional[Future]:
+        """A frame whose inputs are in slot ``slot`` of a client's frame area, read there by stage 0 (no copy).
+
+        ``area`` is a :class:`pipeit.daemon.shm.FrameArea` the daemon made
+        (it holds the segment's descriptor); each pipeline registers it on
+        its first frame (:meth:`pipeit.executor.Pipeline.add_input_area`) and
+        forgets it in :meth:`forget_area` or when it closes. ``out``: the
+        slot's output views, which the pipeline fills. Returns None where
+        the pipeline cannot read the area in place (its layout differs): the
+        caller then copies the frame in (:meth:`submit_into`).
+        """
+        generation = self._enter()
+        try:
+            known = generation.areas.get(id(area))
+            if known is None or known[0] is not area:
+                known = (area, self._register(generation, area))
+                with self._mutex:
+                    generation.areas[id(area)] = known
+            if known[1] is None:
+                self._done(generation)
+                return None
+            future = generation.pipeline.submit_area(known[1], slot, out)
+        except BaseException:
+            self._done(generation)
+            raise
+        return self._track(generation, future, on_done)
+
+    @staticmethod
+    def _register(generation: Generation, area: Any) -> Optional[int]:
+        layout = area.layout
+        if area.fd is None:
+            return None
+        try:
+            return generation.pipeline.add_input_area(area.fd, layout.slots, layout.slot_bytes,
+                                                      {t.name: t.offset for t in layout.inputs})
+        except ExecutorError as err:
+            _log.info("pipeline %d copies frames from clients' areas: %s", generation.number, err)
+            return None
+
+    def forget_area(self, area: Any) -> None:
+        """Every pipeline stops reading ``area`` (once its frames in flight are past stage 0)."""
+        with self._mutex:
+            gens = ([self._current] if self._current else []) + list(self._retired.values())
+            found = [(g, g.areas.pop(id(area), None)) for g in gens]
+        for generation, known in found:
+            if known is not None and known[0] is area and known[1] is not None:
+                generation.pipeline.remove_input_area(known[1])
+
+    def _track(self, generation: Generation, future: Future, on_done: Any) -> Future:
+        """Count the frame out of ``generation`` when done, then call ``on_done(future)`` (one callback)."""
         def done(f: Future, g: Generation = generation) -> None:
             self._done(g)
             if on_done is not None:

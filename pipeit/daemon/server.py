@@ -211,6 +211,7 @@ class _Request:
     t_received: float
     slot: Optional[int] = None  # a frame-area request: its slot, in ``area``
     area: Optional[FrameArea] = None
+    in_place: bool = False  # the pipeline reads its inputs from the area and writes its outputs there
     #: Server._finish will count it out of ``_admitted`` once its reply is handed over (set once the frame is
     #: queued, or just before an error path calls _finish); until then the reader counts it out if it fails
     handed: bool = False
@@ -498,6 +499,7 @@ class _Connection:
     def _drop_area(self) -> None:
         area, self.area, self._area_fits = self.area, None, None
         if area is not None:
+            self.server.engine.forget_area(area)
             area.close()  # a frame still using it (after a drain timeout) keeps its views: see FrameArea.close
             self.server.count("areas_closed")
 
@@ -582,11 +584,36 @@ class _Connection:
         return True
 
     def _submit_slot(self, request: _Request) -> None:
-        """Copy the slot's inputs into the pipeline's ring slot in the reader's turn (one copy per input).
+        """Hand the pipeline a frame whose inputs are in the area's slot: read there by stage 0 (no copy),
+        its outputs written back there by the dispatcher.
 
-        Copied, not shared: the client may write into its area at any time,
-        and what the pipeline reads must not change under it.
+        The slot is the daemon's until the reply (the protocol's rule): a
+        client that writes into it meanwhile garbles only its own frame. No
+        turn at the gate: such a frame takes no slot of the first ring, and
+        the client's allowance bounds what it has in flight. Where the
+        pipeline cannot map the area, the slot's inputs are copied into its
+        first ring in the reader's turn instead (:meth:`_copy_slot`).
         """
+        server = self.server
+        area, k = request.area, request.slot
+        try:
+            future = server.engine.submit_area(area, k, area.outputs[k],  # type: ignore[union-attr,index]
+                                               lambda f, r=request: server._finish(r, f, None))
+        except PipeitError as err:
+            request.handed = True
+            server._finish(request, None, err)
+            reason = server.engine.restart_if_failed()
+            if reason:
+                server._add_event("restart", reason, None)
+            return
+        if future is None:
+            self._copy_slot(request)
+            return
+        request.in_place = True
+        request.handed = True
+
+    def _copy_slot(self, request: _Request) -> None:
+        """Copy the slot's inputs into the pipeline's ring slot in the reader's turn (one copy per input)."""
         server = self.server
         inputs = request.area.inputs[request.slot]  # type: ignore[union-attr,index]
         state = [True]
@@ -1055,8 +1082,9 @@ class Server:
             views = area.outputs  # type: ignore[union-attr]
             if error is None:
                 if views:  # the area is still the connection's (else it was dropped after a drain timeout)
-                    for name, view in views[k].items():
-                        np.copyto(view, outputs[name])
+                    if not request.in_place:  # else the dispatcher wrote them there
+                        for name, view in views[k].items():
+                            np.copyto(view, outputs[name])
                 else:
                     error = _StaleArea("the frame area was dropped while the frame was in flight: attach again")
             area.busy[k] = 0  # type: ignore[union-attr] -- before the reply: the client may reuse it then

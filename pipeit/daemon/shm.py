@@ -155,9 +155,11 @@ class FrameArea:
     otherwise the mapping goes when the last view does).
     """
 
-    def __init__(self, layout: AreaLayout, segment: mmap.mmap):
+    def __init__(self, layout: AreaLayout, segment: mmap.mmap, fd: Optional[int] = None):
         self.layout = layout
         self._mmap: Optional[mmap.mmap] = segment
+        #: the daemon's own descriptor of the segment (its pipelines' stage-0 workers map it too), or None
+        self.fd = fd
         #: 1 while slot k has a request in flight (the daemon refuses a slot reused before its reply)
         self.busy = bytearray(layout.slots)
         buf = np.frombuffer(segment, dtype=np.uint8)
@@ -172,7 +174,8 @@ class FrameArea:
 
     @classmethod
     def create(cls, layout: AreaLayout, name: str = "pipeit-frames") -> Tuple["FrameArea", int]:
-        """A fresh anonymous segment for ``layout``, size-sealed; ``(area, fd)`` (the caller passes and closes fd)."""
+        """A fresh anonymous segment for ``layout``, size-sealed; ``(area, fd)`` (the caller passes and closes
+        fd; the area keeps a descriptor of its own, :attr:`fd`, until :meth:`close`)."""
         if not shm_supported():
             raise OSError("anonymous sealable memfd segments are not available on this system")
         fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -180,10 +183,11 @@ class FrameArea:
             os.ftruncate(fd, layout.size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             segment = mmap.mmap(fd, layout.size)
+            own = os.dup(fd)
         except BaseException:
             os.close(fd)
             raise
-        return cls(layout, segment), fd
+        return cls(layout, segment, own), fd
 
     @classmethod
     def map(cls, fd: int, layout: AreaLayout) -> "FrameArea":
@@ -196,6 +200,9 @@ class FrameArea:
     def close(self) -> None:
         segment, self._mmap = self._mmap, None
         self.inputs, self.outputs = [], []
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
         if segment is not None:
             try:
                 segment.close()

@@ -41,6 +41,7 @@ import queue
 import select
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -59,7 +60,7 @@ from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
 from pipeit.executor.routes import EdgeLayout, StageRoute, plan_routes
 from pipeit.executor.stats import PipelineStats, StageStats, percentile
-from pipeit.executor.wire import DONE, ERROR, JOB, NOTE, STOP, ReplyParser
+from pipeit.executor.wire import DONE, ERROR, JOB, MAP, NOTE, RING, STOP, UNMAP, ReplyParser
 from pipeit.executor.worker import RingRef, WorkerConfig, worker_main
 from pipeit.plan import Plan, file_sha256
 
@@ -218,15 +219,27 @@ class _Poller:
 
 
 class _Frame:
-    __slots__ = ("fid", "future", "t_submit", "slot", "stage", "out")
+    __slots__ = ("fid", "future", "t_submit", "slot", "stage", "out", "area")
 
-    def __init__(self, fid: int, future: Future, t_submit: float, slot: int, out: Any = None):
+    def __init__(self, fid: int, future: Future, t_submit: float, slot: int, out: Any = None, area: int = RING):
         self.fid = fid
         self.future = future
         self.t_submit = t_submit
-        self.slot = slot  # the slot it holds on edge ``stage``
+        self.slot = slot  # the slot it holds on edge ``stage`` (of ``area`` on edge 0, when it has one)
         self.stage = 0
         self.out = out  # the caller's output arrays (name -> array) to fill, or None: fresh copies
+        self.area = area  # until stage 0 is done: the caller's input area its inputs are in, or RING
+
+
+@dataclass
+class _InputArea:
+    """A caller's input area registered with :meth:`Pipeline.add_input_area` (the dispatcher's record)."""
+
+    fd: int  # the pipeline's own duplicate, sent to each stage-0 worker before its first job there
+    slots: int
+    stride: int
+    pending: int = 0  # its frames not yet through stage 0
+    closing: bool = False  # removed: workers unmap it once ``pending`` is 0
 
 
 class _Worker:
@@ -252,6 +265,7 @@ class _Worker:
         self.last_exit: Optional[int] = None
         self.heavy_before_pin: Tuple[str, ...] = ()
         self.busy_since = 0.0
+        self.areas: set = set()  # input areas this process has mapped (a restart starts empty)
 
     @property
     def job(self) -> Optional[Tuple[_Frame, int]]:
@@ -337,6 +351,8 @@ class Pipeline:
         # dispatcher thread and by submit(), which hands a frame to a stage-0 worker itself.
         self._dispatch_lock = threading.RLock()
         self._completed: List[Tuple[Future, Dict[str, np.ndarray]]] = []
+        self._areas: Dict[int, _InputArea] = {}  # callers' input areas (add_input_area), by id
+        self._next_area = 0
         self._stream: Optional[_Stream] = None  # the stream the dispatcher feeds, if one runs
         self._free0 = _SlotQueue()
         self._lock = threading.Lock()
@@ -565,6 +581,7 @@ class Pipeline:
         worker.process, worker.conn, worker.state = process, parent, "starting"
         worker.jobs.clear()
         worker.fd, worker.parser, worker.broken, worker.last_done = -1, ReplyParser(), False, 0.0
+        worker.areas = set()
         self._watch(worker)  # a restart, while the dispatcher runs
         slowed = self._slowed_cluster(worker.cluster)
         if self._throttles is not None and slowed:
@@ -650,6 +667,10 @@ class Pipeline:
                 frame.future.set_exception(error)
         self._inflight.clear()
         self._ring0_views = []  # views of edge 0's segment: dropped so that it can be unmapped
+        with self._dispatch_lock:  # a caller may be in submit_area: it then finds no area, not a closed fd
+            for area in self._areas.values():
+                os.close(area.fd)
+            self._areas.clear()
         for ring in self._rings:
             ring.close()
         self._rings = []
@@ -704,6 +725,103 @@ class Pipeline:
             raise
         return self._queue_frame0(slot)
 
+    # ---- callers' input areas: a stage-0 frame read where its caller wrote it ---------------
+    def add_input_area(self, fd: int, slots: int, stride: int, offsets: Dict[str, int]) -> int:
+        """Register a caller's shared-memory input area; its id for :meth:`submit_area`.
+
+        ``fd`` is a memory segment (a ``memfd``) of ``slots`` slots ``stride``
+        bytes apart; slot ``k`` holds each model input at ``k * stride +
+        offsets[name]``, which must be where a slot of edge 0 holds it
+        (:meth:`input_offsets`). Stage-0 workers map it (the descriptor goes
+        to each with its first job there) and read a frame's inputs from it,
+        so a caller that writes its frames there (the daemon's clients) is
+        spared one copy of every frame into ring 0, and the copy's pass over
+        the caches. The pipeline keeps a duplicate of ``fd`` until
+        :meth:`remove_input_area` or close. Raises :class:`ExecutorError` when
+        the layout does not fit.
+        """
+        self._check_running()
+        layout = self.edges[0]
+        want = self.input_offsets()
+        if dict(offsets) != want:
+            raise ExecutorError(f"an input area must hold the inputs at {want} in each slot, not {dict(offsets)}")
+        if int(slots) < 1 or int(stride) < layout.slot_bytes:
+            raise ExecutorError(f"an input area needs >= 1 slot of >= {layout.slot_bytes} bytes, "
+                                f"not {slots} of {stride}")
+        if os.fstat(fd).st_size < int(slots) * int(stride):
+            raise ExecutorError(f"the input area's segment is smaller than {int(slots) * int(stride)} bytes")
+        own = os.dup(fd)
+        with self._dispatch_lock:
+            area_id = self._next_area
+            self._next_area += 1
+            self._areas[area_id] = _InputArea(own, int(slots), int(stride))
+        return area_id
+
+    def input_offsets(self) -> Dict[str, int]:
+        """Where a slot of edge 0 (and so of an input area) holds each model input, in bytes."""
+        layout = self.edges[0]
+        return {info.name: offset for info, offset in zip(layout.tensors, layout.offsets)}
+
+    def remove_input_area(self, area_id: int) -> None:
+        """Forget an input area: its workers unmap it once its frames in flight are past stage 0."""
+        with self._dispatch_lock:
+            area = self._areas.get(area_id)
+            if area is None or area.closing:
+                return
+            area.closing = True
+            if area.pending == 0:
+                self._forget_area(area_id)
+
+    def submit_area(self, area_id: int, slot: int, out: Any = None) -> Future:
+        """Queue one frame whose inputs are in slot ``slot`` of input area ``area_id`` (no copy).
+
+        The caller must not write that slot until the Future is done. ``out``
+        as for :meth:`submit`. Takes no slot of ring 0: the number of such
+        frames in flight is the caller's to bound (the daemon's per-client
+        allowance does).
+        """
+        self._check_running()
+        outs = self._check_outputs(out) if out is not None else None
+        self._raise_if_failed()
+        with self._dispatch_lock:
+            area = self._areas.get(area_id)
+            if area is None or area.closing:
+                raise ExecutorError(f"no input area {area_id} on this pipeline")
+            if not 0 <= int(slot) < area.slots:
+                raise ExecutorError(f"input area slot {slot} is outside 0..{area.slots - 1}")
+            area.pending += 1
+            return self._queue_frame0(int(slot), outs, area_id)
+
+    def _forget_area(self, area_id: int) -> None:
+        """Unmap an input area in every worker that mapped it and close our descriptor (dispatch lock held)."""
+        area = self._areas.pop(area_id)
+        for w in (self._workers[0] if self._workers else ()):
+            if area_id in w.areas:
+                w.areas.discard(area_id)
+                if w.fd >= 0:
+                    try:
+                        os.write(w.fd, JOB.pack(UNMAP, area_id, 0, 0))
+                    except OSError:
+                        pass  # it died: its mapping went with it
+        os.close(area.fd)
+
+    def _area_done(self, area_id: int) -> None:
+        area = self._areas.get(area_id)
+        if area is not None:
+            area.pending -= 1
+            if area.closing and area.pending <= 0:
+                self._forget_area(area_id)
+
+    def _send_area(self, w: _Worker, area_id: int) -> None:
+        """Give worker ``w`` input area ``area_id``'s descriptor with a MAP record (before its first job there)."""
+        area = self._areas[area_id]
+        channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=w.fd)
+        try:
+            socket.send_fds(channel, [JOB.pack(MAP, area_id, area.slots, area.stride)], [area.fd])
+        finally:
+            channel.detach()  # the descriptor stays the worker connection's
+        w.areas.add(area_id)
+
     def _check_running(self) -> None:
         if not self._started or self._closed:
             raise ExecutorError("the pipeline is not running (use it inside `with Pipeline(...)`)")
@@ -718,8 +836,9 @@ class Pipeline:
             raise ExecutorError("the pipeline was closed")
         return slot
 
-    def _queue_frame0(self, slot: int, out: Any = None) -> Future:
-        """Make the frame whose inputs are in ``slot`` and hand it to a stage-0 worker from this thread.
+    def _queue_frame0(self, slot: int, out: Any = None, area: int = RING) -> Future:
+        """Make the frame whose inputs are in ``slot`` (of ring 0, or of input area ``area``) and hand it
+        to a stage-0 worker from this thread.
 
         From the caller's thread: no wake-up of the dispatcher per frame.
         """
@@ -728,7 +847,7 @@ class Pipeline:
             with self._lock:
                 fid = self._next_fid
                 self._next_fid += 1
-                frame = _Frame(fid, future, time.perf_counter(), slot, out)
+                frame = _Frame(fid, future, time.perf_counter(), slot, out, area)
                 self._inflight[fid] = frame
             if self._error is not None:
                 future.set_exception(self._error)
@@ -1128,7 +1247,9 @@ class Pipeline:
             _, frame = heapq.heappop(queue)
             out_slot = free_out.popleft()
             try:
-                os.write(best.fd, JOB.pack(frame.fid, frame.slot, out_slot))
+                if frame.area != RING and frame.area not in best.areas:
+                    self._send_area(best, frame.area)
+                os.write(best.fd, JOB.pack(frame.fid, frame.area, frame.slot, out_slot))
             except OSError:
                 # It died under us; the sentinel will say so. Put things back.
                 best.broken = True
@@ -1219,7 +1340,11 @@ class Pipeline:
             self._busy[k] += max(0.0, now - max(now - held, self._t_reset))
         if not w.jobs:
             w.state = "idle"
-        self._release(k, frame.slot)
+        if frame.area != RING:  # its inputs were in the caller's area: nothing of ring 0 to give back
+            self._area_done(frame.area)
+            frame.area = RING
+        else:
+            self._release(k, frame.slot)
         frame.slot, frame.stage = out_slot, k + 1
         if k + 1 < len(self._workers):
             heapq.heappush(self._ready[k + 1], (frame.fid, frame))

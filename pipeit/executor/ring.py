@@ -11,17 +11,18 @@ nothing is pickled.
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 from multiprocessing import shared_memory
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from pipeit.errors import ExecutorError
 from pipeit.executor.routes import EdgeLayout
 
-__all__ = ["SHM_PREFIX", "ShmRing"]
+__all__ = ["SHM_PREFIX", "ShmRing", "MappedArea", "slot_views"]
 
 #: every segment pipeit creates starts with this (tests and cleanup look for it in /dev/shm)
 SHM_PREFIX = "pipeit_"
@@ -60,14 +61,7 @@ class ShmRing:
         """Arrays that alias slot ``slot`` (built once per slot, then reused)."""
         cached = self._views[slot]
         if cached is None:
-            base = slot * self.stride
-            cached = {
-                info.name: np.ndarray(
-                    tuple(info.shape), dtype=np.dtype(info.dtype), buffer=self._shm.buf, offset=base + offset
-                )
-                for info, offset in zip(self.layout.tensors, self.layout.offsets)
-            }
-            self._views[slot] = cached
+            cached = self._views[slot] = slot_views(self._shm.buf, self.layout, slot * self.stride)
         return cached
 
     def write(self, slot: int, tensors: Dict[str, np.ndarray]) -> None:
@@ -96,3 +90,54 @@ class ShmRing:
                 pass
             self._owner = False
 
+
+
+def slot_views(buffer: Any, layout: EdgeLayout, base: int) -> Dict[str, np.ndarray]:
+    """Arrays for each tensor of ``layout`` in ``buffer``, the slot starting at byte ``base``."""
+    return {
+        info.name: np.ndarray(tuple(info.shape), dtype=np.dtype(info.dtype), buffer=buffer, offset=base + offset)
+        for info, offset in zip(layout.tensors, layout.offsets)
+    }
+
+
+class MappedArea:
+    """A worker's mapping of a caller's input area: ``slots`` slots ``stride`` bytes apart, each laid out
+    like a slot of edge 0 (see :meth:`pipeit.executor.Pipeline.add_input_area`).
+
+    The stage-0 worker reads a frame where its caller wrote it, sparing the
+    copy into ring 0. Takes ownership of ``fd`` (closed once mapped: the
+    mapping keeps the memory).
+    """
+
+    def __init__(self, fd: int, layout: EdgeLayout, slots: int, stride: int):
+        try:
+            if slots < 1 or stride < layout.slot_bytes:
+                raise ExecutorError(f"an input area of {slots} slot(s) of {stride} bytes cannot hold edge 0's "
+                                    f"{layout.slot_bytes}-byte slots")
+            size = slots * stride
+            if os.fstat(fd).st_size < size:
+                raise ExecutorError(f"the input area's segment is smaller than {size} bytes")
+            self._mmap: Optional[mmap.mmap] = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.layout = layout
+        self.slots = int(slots)
+        self.stride = int(stride)
+        self._views: List[Optional[Dict[str, np.ndarray]]] = [None] * self.slots
+
+    def views(self, slot: int) -> Dict[str, np.ndarray]:
+        if not 0 <= slot < self.slots:
+            raise ExecutorError(f"input area slot {slot} is outside 0..{self.slots - 1}")
+        cached = self._views[slot]
+        if cached is None:
+            cached = self._views[slot] = slot_views(self._mmap, self.layout, slot * self.stride)
+        return cached
+
+    def close(self) -> None:
+        self._views = [None] * self.slots
+        segment, self._mmap = self._mmap, None
+        if segment is not None:
+            try:
+                segment.close()
+            except BufferError:
+                pass  # a view is still alive (an exception's frame): the mapping goes with it

@@ -8,7 +8,12 @@ several records (the dispatcher handles them all for one wake-up), and a
 worker keeps a second job queued in its socket so that it never waits for
 the dispatcher between frames.
 
-- main -> worker: ``JOB`` = ``(frame, in_slot, out_slot)``; frame ``-1`` = stop.
+- main -> worker: ``JOB`` = ``(frame, area, in_slot, out_slot)``; ``area`` is
+  -1 for a frame in the worker's in-ring, else the id of a caller's input
+  area (a stage-0 frame read where its caller wrote it: no copy into the
+  ring). Frame ``-1`` = stop; ``MAP`` = ``(-2, area, slots, slot_bytes)``
+  arrives with the area's descriptor (``SCM_RIGHTS``) before the first job
+  that reads it, ``UNMAP`` = ``(-3, area, 0, 0)`` once no job will.
 - worker -> main: ``REPLY`` = ``(frame, code, value)`` with ``code``
   :data:`DONE` (``value`` = service ms), :data:`ERROR` or :data:`NOTE`
   (``value`` = bytes of payload that follow: UTF-8 text, or a pickled tuple of notes).
@@ -21,11 +26,15 @@ from __future__ import annotations
 import struct
 from typing import List, Optional, Tuple
 
-__all__ = ["JOB", "REPLY", "STOP", "DONE", "ERROR", "NOTE", "ReplyParser", "JobParser"]
+__all__ = ["JOB", "REPLY", "STOP", "STOP_FRAME", "MAP", "UNMAP", "RING", "DONE", "ERROR", "NOTE", "ReplyParser", "JobParser"]
 
-JOB = struct.Struct("<qii")
+JOB = struct.Struct("<qiii")
 REPLY = struct.Struct("<qqd")
-STOP = JOB.pack(-1, 0, 0)
+#: ``JOB.area`` of a frame in the worker's in-ring
+RING = -1
+#: control records in the frame field of a JOB (frames are numbered from 0)
+STOP_FRAME, MAP, UNMAP = -1, -2, -3
+STOP = JOB.pack(STOP_FRAME, RING, 0, 0)
 DONE, ERROR, NOTE = 0, 1, 2
 
 #: (frame, code, value, payload bytes or None)
@@ -62,14 +71,14 @@ class ReplyParser:
 
 
 class JobParser:
-    """Accumulates bytes read by a worker and yields complete ``(frame, in_slot, out_slot)`` jobs."""
+    """Accumulates bytes read by a worker and yields complete ``(frame, area, in_slot, out_slot)`` records."""
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, data: bytes) -> List[Tuple[int, int, int]]:
+    def feed(self, data: bytes) -> List[Tuple[int, int, int, int]]:
         buf = self._buf + data if self._buf else data
         size = JOB.size
         whole = len(buf) - len(buf) % size

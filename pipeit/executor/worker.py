@@ -11,7 +11,9 @@ Protocol over the worker's own Pipe (small tuples, never tensors):
   (``placements``: ``(tid, cpu)`` pairs when threads were spread one per CPU), or
   ``("error", None, text)`` when it cannot start.
 - then fixed-size records only (:mod:`pipeit.executor.wire`): main -> worker a job
-  ``(frame, in_slot, out_slot)`` (frame -1: stop; up to two queued); worker -> main
+  ``(frame, area, in_slot, out_slot)`` (frame -1: stop; up to two queued; a stage-0
+  job may read a caller's input area, mapped from a descriptor that comes with a
+  ``MAP`` record); worker -> main
   ``DONE`` with the service ms per frame, ``ERROR`` with a one-line text, or ``NOTE``
   before that frame's ``DONE`` when the runner has something to report (a GPU
   stage's calibration switch: a pickled tuple of dicts).
@@ -262,32 +264,57 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
     # next frame is usually waiting in the socket when this one is done.
     import pickle
 
-    from pipeit.executor.wire import DONE, ERROR, NOTE, REPLY, JobParser, reply_bytes
+    import socket
+
+    from pipeit.executor.ring import MappedArea
+    from pipeit.executor.wire import DONE, ERROR, MAP, NOTE, REPLY, RING, UNMAP, JobParser, reply_bytes
 
     fd = conn.fileno()
+    # recvmsg, not read: a MAP record brings a caller's input area as a descriptor (SCM_RIGHTS)
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(fd))
     parser = JobParser()
     jobs: list = []
+    received: list = []  # descriptors that came with MAP records not yet handled, in order
+    areas: Dict[int, MappedArea] = {}
     pack_done = REPLY.pack
     write = os.write
-    read = os.read
+    receive = socket.recv_fds
+    cloexec = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
     try:
         while True:
             if not jobs:
                 try:
-                    data = read(fd, 65536)
+                    data, fds, _flags, _addr = receive(channel, 65536, 4, cloexec)
                 except OSError:
                     break  # the main process is gone: nothing left to serve
+                received.extend(fds)
                 if not data:
                     break
                 jobs = parser.feed(data)
                 jobs.reverse()  # pop() from the end takes them in order
                 continue
-            frame, in_slot, out_slot = jobs.pop()
+            frame, area, in_slot, out_slot = jobs.pop()
             if frame < 0:
+                if frame == MAP:
+                    try:
+                        old = areas.pop(area, None)
+                        if old is not None:
+                            old.close()
+                        areas[area] = MappedArea(received.pop(0), config.ring_in.layout, in_slot, out_slot)
+                    except Exception as err:  # noqa: BLE001 -- reported; the frames that need it fail
+                        write(fd, reply_bytes(-1, ERROR, payload=f"cannot map input area {area}: "
+                                              f"{_one_line(err)}".encode("utf-8", "replace")))
+                        break
+                    continue
+                if frame == UNMAP:
+                    gone = areas.pop(area, None)
+                    if gone is not None:
+                        gone.close()
+                    continue
                 break
             start = clock()
             try:
-                src = ring_in.views(in_slot)
+                src = ring_in.views(in_slot) if area == RING else areas[area].views(in_slot)
                 dst = ring_out.views(out_slot)
                 if step is not None:
                     step(src, dst)
@@ -310,6 +337,11 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
             except OSError:
                 break
     finally:
+        for mapped in areas.values():
+            mapped.close()
+        for leftover in received:
+            os.close(leftover)
+        channel.close()
         ring_in.close()
         ring_out.close()
         conn.close()
