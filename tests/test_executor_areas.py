@@ -14,7 +14,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 
-from pipeit.errors import ExecutorError
+from pipeit.errors import ExecutorError, InputError
 from pipeit.executor import Pipeline
 from pipeit.graph import load_graph
 from tests.test_executor import TWO, _kill_while_busy, assert_identical, frames_for, make_plan, reference
@@ -111,12 +111,15 @@ def test_a_removed_area_lets_its_frames_finish_then_is_refused(v2, v2_frames):
     with Pipeline(plan, v2) as pipe:
         area = Area(pipe, slots=4)
         try:
-            area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets)
+            # each slot's outputs go to arrays of the caller's (the daemon: the slot's output part)
+            outs = [{t.name: np.empty(tuple(t.shape), np.dtype(t.dtype)) for t in pipe.outputs} for _ in range(4)]
+            area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets, outputs=outs)
             for slot in range(4):
                 area.write(slot, frames[slot])
             futures = [pipe.submit_area(area_id, slot) for slot in range(4)]
             pipe.remove_input_area(area_id)  # frames in flight still read it
             got = [f.result(60) for f in futures]
+            assert all(g is o for g, o in zip(got, outs))
             with pytest.raises(ExecutorError, match="no input area"):
                 pipe.submit_area(area_id, 0)
             with pytest.raises(ExecutorError, match="outside"):
@@ -171,6 +174,10 @@ def test_an_area_that_does_not_fit_is_refused(v2):
                 pipe.add_input_area(area.fd, 3, area.stride, area.offsets)
             with pytest.raises(ExecutorError, match="no input area"):
                 pipe.submit_area(99, 0)
+            with pytest.raises(ExecutorError, match="sets of outputs"):
+                pipe.add_input_area(area.fd, 2, area.stride, area.offsets, outputs=[{}])
+            with pytest.raises(InputError, match="out="):
+                pipe.add_input_area(area.fd, 2, area.stride, area.offsets, outputs=[{"nope": np.zeros(1)}] * 2)
         finally:
             pipe.close()
             area.close()

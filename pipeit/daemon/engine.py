@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from cores.model import Platform
-from pipeit.errors import ExecutorError
+from pipeit.errors import ExecutorError, PipeitError
 from pipeit.plan import Plan
 
 __all__ = ["Engine", "Generation", "HIDE_SPEED_ENV"]
@@ -178,14 +178,14 @@ class Engine:
             raise
         return self._track(generation, future, on_done)
 
-    def submit_area(self, area: Any, slot: int, out: Any, on_done: Any = None) -> Optional[Future]:
+    def submit_area(self, area: Any, slot: int, on_done: Any = None) -> Optional[Future]:
         """A frame whose inputs are in slot ``slot`` of a client's frame area, read there by stage 0 (no copy).
 
         ``area`` is a :class:`pipeit.daemon.shm.FrameArea` the daemon made
         (it holds the segment's descriptor); each pipeline registers it on
         its first frame (:meth:`pipeit.executor.Pipeline.add_input_area`) and
-        forgets it in :meth:`forget_area` or when it closes. ``out``: the
-        slot's output views, which the pipeline fills. Returns None where
+        forgets it in :meth:`forget_area` or when it closes; the pipeline
+        writes the outputs into the slot's output part. Returns None where
         the pipeline cannot read the area in place (its layout differs): the
         caller then copies the frame in (:meth:`submit_into`).
         """
@@ -199,7 +199,7 @@ class Engine:
             if known[1] is None:
                 self._done(generation)
                 return None
-            future = generation.pipeline.submit_area(known[1], slot, out)
+            future = generation.pipeline.submit_area(known[1], slot)
         except BaseException:
             self._done(generation)
             raise
@@ -212,8 +212,8 @@ class Engine:
             return None
         try:
             return generation.pipeline.add_input_area(area.fd, layout.slots, layout.slot_bytes,
-                                                      {t.name: t.offset for t in layout.inputs})
-        except ExecutorError as err:
+                                                      {t.name: t.offset for t in layout.inputs}, area.outputs)
+        except PipeitError as err:
             _log.info("pipeline %d copies frames from clients' areas: %s", generation.number, err)
             return None
 

@@ -22,8 +22,9 @@ Threads, and why each exists:
 
 A connection may ``attach`` a shared-memory frame area
 (:mod:`pipeit.daemon.shm`): its ``infer`` requests then name a slot instead
-of carrying a body; the reader copies the slot's inputs into the ring slot
-in its turn, and the finished frame's outputs are written back into the
+of carrying a body; the reader hands the pipeline the slot itself (its
+stage-0 workers map the area and read the frame there: no copy, no turn at
+the first ring), and the finished frame's outputs are written back into the
 slot before the header-only reply. An area is dropped (detach, re-attach,
 disconnect) only once the connection's frames in flight are answered: each
 one's allowance comes back after its outputs are in the area.
@@ -597,8 +598,7 @@ class _Connection:
         server = self.server
         area, k = request.area, request.slot
         try:
-            future = server.engine.submit_area(area, k, area.outputs[k],  # type: ignore[union-attr,index]
-                                               lambda f, r=request: server._finish(r, f, None))
+            future = server.engine.submit_area(area, k, lambda f, r=request: server._finish(r, f, None))
         except PipeitError as err:
             request.handed = True
             server._finish(request, None, err)

@@ -5,11 +5,12 @@ copies and the wake-ups between them): it asks the daemon to ``attach``, the
 daemon creates an anonymous segment (``os.memfd_create``: nothing in
 ``/dev/shm``, nothing to clean up by name) and passes its descriptor over
 the socket (``SCM_RIGHTS``). Both ends map it; a request then carries only a
-slot number, the daemon copies the slot's inputs into the pipeline's ring
-slot and writes the outputs back into the same slot. The segment's memory
+slot number; the pipeline's stage-0 workers map the segment too and read
+the slot's inputs in place (:meth:`pipeit.executor.Pipeline.add_input_area`),
+and the outputs are written back into the same slot. The segment's memory
 is freed by the kernel when the last mapping and descriptor of it are gone:
-the client's, and the daemon's (dropped on detach, re-attach, disconnect or
-exit), whichever goes last.
+the client's, the daemon's and its workers' (dropped on detach, re-attach,
+disconnect or exit), whichever goes last.
 
 The daemon seals the segment's size (``F_SEAL_SHRINK | F_SEAL_GROW``)
 before passing it: a client that truncated it would otherwise make the

@@ -238,6 +238,7 @@ class _InputArea:
     fd: int  # the pipeline's own duplicate, sent to each stage-0 worker before its first job there
     slots: int
     stride: int
+    outputs: Optional[Tuple[Dict[str, np.ndarray], ...]] = None  # per slot, where its frames' outputs go
     pending: int = 0  # its frames not yet through stage 0
     closing: bool = False  # removed: workers unmap it once ``pending`` is 0
 
@@ -726,7 +727,8 @@ class Pipeline:
         return self._queue_frame0(slot)
 
     # ---- callers' input areas: a stage-0 frame read where its caller wrote it ---------------
-    def add_input_area(self, fd: int, slots: int, stride: int, offsets: Dict[str, int]) -> int:
+    def add_input_area(self, fd: int, slots: int, stride: int, offsets: Dict[str, int],
+                       outputs: Optional[Sequence[Any]] = None) -> int:
         """Register a caller's shared-memory input area; its id for :meth:`submit_area`.
 
         ``fd`` is a memory segment (a ``memfd``) of ``slots`` slots ``stride``
@@ -737,8 +739,11 @@ class Pipeline:
         so a caller that writes its frames there (the daemon's clients) is
         spared one copy of every frame into ring 0, and the copy's pass over
         the caches. The pipeline keeps a duplicate of ``fd`` until
-        :meth:`remove_input_area` or close. Raises :class:`ExecutorError` when
-        the layout does not fit.
+        :meth:`remove_input_area` or close. ``outputs``: per slot, the arrays
+        each frame's outputs go to (as ``submit(out=...)``, checked once here,
+        not per frame); else a frame's Future resolves to fresh copies.
+        Raises :class:`ExecutorError` when the layout does not fit
+        (:class:`InputError` when ``outputs`` do not).
         """
         self._check_running()
         layout = self.edges[0]
@@ -750,11 +755,17 @@ class Pipeline:
                                 f"not {slots} of {stride}")
         if os.fstat(fd).st_size < int(slots) * int(stride):
             raise ExecutorError(f"the input area's segment is smaller than {int(slots) * int(stride)} bytes")
+        outs: Optional[Tuple[Dict[str, np.ndarray], ...]] = None
+        if outputs is not None:
+            if len(outputs) != int(slots):
+                raise ExecutorError(f"an input area of {slots} slots needs {slots} sets of outputs, "
+                                    f"not {len(outputs)}")
+            outs = tuple(self._check_outputs(out) for out in outputs)
         own = os.dup(fd)
         with self._dispatch_lock:
             area_id = self._next_area
             self._next_area += 1
-            self._areas[area_id] = _InputArea(own, int(slots), int(stride))
+            self._areas[area_id] = _InputArea(own, int(slots), int(stride), outs)
         return area_id
 
     def input_offsets(self) -> Dict[str, int]:
@@ -772,25 +783,24 @@ class Pipeline:
             if area.pending == 0:
                 self._forget_area(area_id)
 
-    def submit_area(self, area_id: int, slot: int, out: Any = None) -> Future:
+    def submit_area(self, area_id: int, slot: int) -> Future:
         """Queue one frame whose inputs are in slot ``slot`` of input area ``area_id`` (no copy).
 
-        The caller must not write that slot until the Future is done. ``out``
-        as for :meth:`submit`. Takes no slot of ring 0: the number of such
-        frames in flight is the caller's to bound (the daemon's per-client
-        allowance does).
+        The caller must not write that slot until the Future is done; its
+        outputs go where :meth:`add_input_area` was told. Takes no slot of
+        ring 0: the number of such frames in flight is the caller's to bound
+        (the daemon's per-client allowance does).
         """
         self._check_running()
-        outs = self._check_outputs(out) if out is not None else None
         self._raise_if_failed()
         with self._dispatch_lock:
             area = self._areas.get(area_id)
             if area is None or area.closing:
                 raise ExecutorError(f"no input area {area_id} on this pipeline")
-            if not 0 <= int(slot) < area.slots:
+            if not 0 <= slot < area.slots:
                 raise ExecutorError(f"input area slot {slot} is outside 0..{area.slots - 1}")
             area.pending += 1
-            return self._queue_frame0(int(slot), outs, area_id)
+            return self._queue_frame0(slot, area.outputs[slot] if area.outputs else None, area_id)
 
     def _forget_area(self, area_id: int) -> None:
         """Unmap an input area in every worker that mapped it and close our descriptor (dispatch lock held)."""
