@@ -16,18 +16,10 @@ The DSE's own pick is kept unless another candidate beats it by more than
 ``margin`` (noise on a shared host must not swap a good plan for an
 equal one), and a candidate that missed the limit in the trial is only
 taken when none met it (then the one with the lowest p99).
-
-A p99 from a few seconds of frames rests on its few slowest frames, and
-one unlucky round can put a plan that meets the limit over it. So a close
-call gets a second look: where a candidate that would have won missed the
-limit by at most :data:`CLOSE_CALL` (the DSE's pick, or a faster plan),
-those candidates and the chosen one run as many rounds again and the
-choice is made on all their frames.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +30,13 @@ from pipeit.errors import PipeitError, PlanError
 from pipeit.plan import Plan
 from pipeit.streaming import frames_in_flight, stream_frames
 
-__all__ = ["TrialRun", "TrialResult", "trial_candidates", "choose_by_trial", "close_calls", "LATENCY_SLACK",
-           "TRIAL_MARGIN", "CLOSE_CALL"]
+__all__ = ["TrialRun", "TrialResult", "trial_candidates", "choose_by_trial", "LATENCY_SLACK", "TRIAL_MARGIN"]
 
 #: under a limit, front plans predicted up to this multiple of the limit are tried (the p99 model is
 #: deliberately pessimistic; the trial tells whether such a plan meets the limit after all)
 LATENCY_SLACK = 1.5
 #: another candidate replaces the DSE's pick only when it measured this much more fps
 TRIAL_MARGIN = 0.05
-#: a candidate that would have won but missed the limit by at most this share is measured again
-CLOSE_CALL = 0.15
 
 
 @dataclass(frozen=True)
@@ -73,12 +62,9 @@ class TrialResult:
     label: str
     reason: str
     runs: Tuple[TrialRun, ...]
-    #: the candidates measured again for a close call on the limit (see the module docstring)
-    second_look: Tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {"chosen": self.label, "reason": self.reason, "runs": [r.to_json() for r in self.runs],
-                "second_look": list(self.second_look)}
+        return {"chosen": self.label, "reason": self.reason, "runs": [r.to_json() for r in self.runs]}
 
 
 def trial_candidates(
@@ -122,7 +108,6 @@ def choose_by_trial(
     start: Optional[Callable[[Plan], object]] = None,
     margin: float = TRIAL_MARGIN,
     progress: Optional[Callable[[str], None]] = None,
-    close: float = CLOSE_CALL,
 ) -> TrialResult:
     """Run every candidate for ``rounds`` interleaved rounds of ``frames``; keep the best that met the limit.
 
@@ -132,6 +117,7 @@ def choose_by_trial(
     is the DSE's pick (see the module docstring for the margin it enjoys).
     """
     from pipeit.executor import Pipeline
+    from pipeit.executor.stats import percentile
 
     if not candidates:
         raise PlanError("no candidate plans to try")
@@ -154,58 +140,26 @@ def choose_by_trial(
         gated = latency_ms is not None  # under a limit frames are admitted as pipeit.bench admits them
         for pipe, window in zip(pipelines, windows):
             stream_frames(pipe, warm, window, gated=gated)
-
-        def measure(chosen: Sequence[int]) -> None:
-            for r in range(rounds):
-                for i in (chosen if r % 2 == 0 else list(reversed(chosen))):
-                    rate, latencies = stream_frames(pipelines[i], frames, windows[i], gated=gated)
-                    fps[i].append(rate)
-                    lat[i].extend(latencies)
-
-        measure(range(len(candidates)))
-        runs = _runs(candidates, fps, lat, latency_ms)
-        again = close_calls(runs, _pick(runs, latency_ms, margin), latency_ms, close)
-        looked = tuple(runs[i].label for i in again)
-        if again:
-            if progress is not None:
-                progress("trial: a close call on the limit; measuring again: " + ", ".join(runs[i].label for i in again))
-            measure(again)
-            runs = _runs(candidates, fps, lat, latency_ms)
+        for r in range(rounds):
+            order = range(len(candidates)) if r % 2 == 0 else reversed(range(len(candidates)))
+            for i in order:
+                rate, latencies = stream_frames(pipelines[i], frames, windows[i], gated=gated)
+                fps[i].append(rate)
+                lat[i].extend(latencies)
     finally:
         for pipe in pipelines:
             pipe.close()
-    if progress is not None:
-        progress("trial: " + "; ".join(
-            f"{r.label} {r.fps:.1f} fps p99 {r.p99_ms:.1f} ms" + ("" if r.meets_limit is None else
-                                                                  (" (meets)" if r.meets_limit else " (misses)"))
-            for r in runs))
-    return dataclasses.replace(_pick(tuple(runs), latency_ms, margin), second_look=looked)
-
-
-def _runs(candidates: Sequence[Tuple[str, Plan]], fps: Sequence[List[float]], lat: Sequence[List[float]],
-          latency_ms: Optional[float]) -> Tuple[TrialRun, ...]:
-    from pipeit.executor.stats import percentile
-
     runs = []
     for (label, plan), rates, latencies in zip(candidates, fps, lat):
         p99 = percentile(latencies, 99)
         runs.append(TrialRun(label, plan, statistics.median(rates), p99,
                              None if latency_ms is None else p99 <= latency_ms))
-    return tuple(runs)
-
-
-def close_calls(runs: Sequence[TrialRun], picked: TrialResult, latency_ms: Optional[float],
-                close: float = CLOSE_CALL) -> List[int]:
-    """Indices of the runs to measure again: those that missed the limit by at most ``close`` and would
-    otherwise have been chosen (the DSE's pick, or one faster than the pick), with the pick itself; [] when
-    there is no such close call (or no limit)."""
-    if latency_ms is None:
-        return []
-    chosen = next(i for i, r in enumerate(runs) if r.plan is picked.chosen)
-    near = [i for i, r in enumerate(runs)
-            if r.meets_limit is False and r.p99_ms <= latency_ms * (1.0 + close)
-            and (i == 0 or r.fps > runs[chosen].fps)]
-    return sorted(set(near) | {chosen}) if near else []
+    if progress is not None:
+        progress("trial: " + "; ".join(
+            f"{r.label} {r.fps:.1f} fps p99 {r.p99_ms:.1f} ms" + ("" if r.meets_limit is None else
+                                                                  (" (meets)" if r.meets_limit else " (misses)"))
+            for r in runs))
+    return _pick(tuple(runs), latency_ms, margin)
 
 
 def _pick(runs: Tuple[TrialRun, ...], latency_ms: Optional[float], margin: float) -> TrialResult:

@@ -12,7 +12,7 @@ from cores.platform import load_platform
 from pipeit.dse import pareto_front, plan_pipeline, to_plan
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
-from pipeit.trial import LATENCY_SLACK, TrialRun, _pick, choose_by_trial, close_calls, trial_candidates
+from pipeit.trial import LATENCY_SLACK, TrialRun, _pick, choose_by_trial, trial_candidates
 from tests.daemon_helpers import build_model, write_times
 from tests.host_helpers import needs_cgroups
 
@@ -83,28 +83,6 @@ def test_the_dse_pick_stays_unless_beaten_by_the_margin_and_the_limit_decides_fi
     assert _pick(runs, 11.0, 0.03).label == "all-cores"
 
 
-def test_close_calls_on_the_limit_get_a_second_look(plans):
-    _platform, _times, by = plans
-    a, b, c = by["pipeit"], by["all-cores"], by["replicas"]
-    limit = 10.0
-
-    def look(*runs):
-        return close_calls(runs, _pick(runs, limit, 0.05), limit)
-
-    # the DSE's pick missed by 5 % and another met it: both are measured again
-    assert look(_run(a, "pipeit", 100.0, 10.5, limit), _run(b, "all-cores", 80.0, 9.0, limit)) == [0, 1]
-    # missed by 30 %: a clear miss, no second look
-    assert look(_run(a, "pipeit", 100.0, 13.0, limit), _run(b, "all-cores", 80.0, 9.0, limit)) == []
-    # a faster plan that just missed is looked at again with the pick; a slower one that missed is not
-    runs = (_run(a, "pipeit", 90.0, 9.0, limit), _run(b, "all-cores", 95.0, 10.8, limit),
-            _run(c, "replicas", 70.0, 10.2, limit))
-    assert look(*runs) == [0, 1]
-    # every candidate met it, or there is no limit: nothing to look at again
-    assert look(_run(a, "pipeit", 90.0, 9.0, limit), _run(b, "all-cores", 95.0, 9.9, limit)) == []
-    runs = (_run(a, "pipeit", 90.0, 19.0), _run(b, "all-cores", 95.0, 29.9))
-    assert close_calls(runs, _pick(runs, None, 0.05), None) == []
-
-
 def test_trial_runs_real_pipelines_and_closes_them(plans, tiny):
     from pipeit.bench import make_frames
 
@@ -128,18 +106,6 @@ def test_trial_runs_real_pipelines_and_closes_them(plans, tiny):
     for pipe in started:
         assert all(not pid or not _alive(pid) for pid in pipe.worker_pids().values())
     assert json.loads(json.dumps(result.to_json()))["chosen"] == result.label
-    assert result.second_look == ()  # no limit: no close call
-
-    # under a limit every candidate misses (1 us), each by less than `close`: the DSE's pick and the one
-    # chosen run their rounds again, on real pipelines, and are judged on all their frames
-    said = []
-    again = choose_by_trial(candidates, tiny, make_frames(tiny, 12), latency_ms=0.001, rounds=1, start=start,
-                            close=1e9, progress=said.append)
-    assert again.second_look and again.second_look[0] == "pipeit" and again.label in again.second_look
-    assert any("measuring again" in line for line in said)
-    assert json.loads(json.dumps(again.to_json()))["second_look"] == list(again.second_look)
-    for pipe in started:
-        assert all(not pid or not _alive(pid) for pid in pipe.worker_pids().values())
 
 
 def _alive(pid: int) -> bool:
