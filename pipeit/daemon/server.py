@@ -597,6 +597,7 @@ class _Connection:
         """
         server = self.server
         area, k = request.area, request.slot
+        request.in_place = True  # before the frame can finish (its callback reads it)
         try:
             future = server.engine.submit_area(area, k, lambda f, r=request: server._finish(r, f, None))
         except PipeitError as err:
@@ -607,9 +608,9 @@ class _Connection:
                 server._add_event("restart", reason, None)
             return
         if future is None:
+            request.in_place = False
             self._copy_slot(request)
             return
-        request.in_place = True
         request.handed = True
 
     def _copy_slot(self, request: _Request) -> None:

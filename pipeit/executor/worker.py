@@ -230,6 +230,18 @@ def _check_io(runner: Any, config: WorkerConfig) -> Tuple[Tuple[str, ...], Tuple
     return tuple(config.route.inputs), tuple(config.route.outputs)
 
 
+def _input_area_record(mapping: bool, area: int, slots: int, stride: int, areas: Dict[int, Any],
+                       received: list, config: WorkerConfig) -> None:
+    """Apply a MAP (map the next received descriptor as input area ``area``) or UNMAP record."""
+    from pipeit.executor.ring import MappedArea
+
+    old = areas.pop(area, None)
+    if old is not None:
+        old.close()
+    if mapping:
+        areas[area] = MappedArea(received.pop(0), config.ring_in.layout, slots, stride)
+
+
 def worker_main(config: WorkerConfig, conn: Any) -> None:
     """Pin, then load, then serve frames until told to stop or the main process goes away."""
     # Ctrl-C reaches the whole process group; the main process decides when workers stop.
@@ -266,7 +278,6 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
 
     import socket
 
-    from pipeit.executor.ring import MappedArea
     from pipeit.executor.wire import DONE, ERROR, MAP, NOTE, REPLY, RING, UNMAP, JobParser, reply_bytes
 
     fd = conn.fileno()
@@ -275,7 +286,7 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
     parser = JobParser()
     jobs: list = []
     received: list = []  # descriptors that came with MAP records not yet handled, in order
-    areas: Dict[int, MappedArea] = {}
+    areas: Dict[int, Any] = {}  # input area id -> pipeit.executor.ring.MappedArea
     pack_done = REPLY.pack
     write = os.write
     receive = socket.recv_fds
@@ -295,23 +306,15 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
                 continue
             frame, area, in_slot, out_slot = jobs.pop()
             if frame < 0:
-                if frame == MAP:
-                    try:
-                        old = areas.pop(area, None)
-                        if old is not None:
-                            old.close()
-                        areas[area] = MappedArea(received.pop(0), config.ring_in.layout, in_slot, out_slot)
-                    except Exception as err:  # noqa: BLE001 -- reported; the frames that need it fail
-                        write(fd, reply_bytes(-1, ERROR, payload=f"cannot map input area {area}: "
-                                              f"{_one_line(err)}".encode("utf-8", "replace")))
-                        break
-                    continue
-                if frame == UNMAP:
-                    gone = areas.pop(area, None)
-                    if gone is not None:
-                        gone.close()
-                    continue
-                break
+                if frame not in (MAP, UNMAP):
+                    break  # stop
+                try:
+                    _input_area_record(frame == MAP, area, in_slot, out_slot, areas, received, config)
+                except Exception as err:  # noqa: BLE001 -- reported: the pipeline names this worker and fails
+                    write(fd, reply_bytes(-1, ERROR, payload=f"cannot map input area {area}: "
+                                          f"{_one_line(err)}".encode("utf-8", "replace")))
+                    break
+                continue
             start = clock()
             try:
                 src = ring_in.views(in_slot) if area == RING else areas[area].views(in_slot)
