@@ -601,11 +601,7 @@ class _Connection:
         try:
             future = server.engine.submit_area(area, k, lambda f, r=request: server._finish(r, f, None))
         except PipeitError as err:
-            request.handed = True
-            server._finish(request, None, err)
-            reason = server.engine.restart_if_failed()
-            if reason:
-                server._add_event("restart", reason, None)
+            server._refused(request, err)
             return
         if future is None:
             request.in_place = False
@@ -635,11 +631,7 @@ class _Connection:
             request.handed = True
         except PipeitError as err:
             leave()
-            request.handed = True
-            server._finish(request, None, err)
-            reason = server.engine.restart_if_failed()
-            if reason:
-                server._add_event("restart", reason, None)
+            server._refused(request, err)
         finally:
             leave()
 
@@ -731,11 +723,7 @@ class _Connection:
             leave()
             if not state[1] and staged is None:
                 self._skip_body(header)  # the pipeline failed before the body was read: keep the stream in step
-            request.handed = True
-            server._finish(request, None, err)
-            reason = server.engine.restart_if_failed()
-            if reason:
-                server._add_event("restart", reason, None)
+            server._refused(request, err)
             return
         finally:
             leave()
@@ -1046,6 +1034,14 @@ class Server:
                 return (f"input {spec.name!r} is {tuple(spec.shape)} {spec.dtype}, "
                         f"the model takes {shape} {dtype}")
         return None
+
+    def _refused(self, request: _Request, error: PipeitError) -> None:
+        """The pipeline would not take a frame: answer it with ``error``; start a fresh pipeline if it failed."""
+        request.handed = True
+        self._finish(request, None, error)
+        reason = self.engine.restart_if_failed()
+        if reason:
+            self._add_event("restart", reason, None)
 
     def _admit(self) -> bool:
         """Count an ``infer`` request in (False once draining: it is answered ``unavailable``)."""
