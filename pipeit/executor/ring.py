@@ -6,7 +6,8 @@ one frame on that edge. The main process creates and unlinks the segment and
 decides which slot is free (so no lock lives in shared memory, and a worker
 killed mid-copy cannot wedge anyone); workers attach by name and only read or
 write the slots they were told to. Tensors are numpy views on the segment:
-nothing is pickled.
+nothing is pickled. A :class:`MappedArea` is a stage-0 worker's view of a
+caller's own segment laid out like edge 0's slots (its frames are read there).
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ class ShmRing:
             except FileNotFoundError:
                 pass
             self._owner = False
-
 
 
 def slot_views(buffer: Any, layout: EdgeLayout, base: int) -> Dict[str, np.ndarray]:
