@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -102,6 +102,29 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def serving(model: Path, times: Path, platform_spec: str, folder: Path, *extra: str,
+            socket_name: str = "d.sock") -> "Daemon":
+    """A daemon for ``model`` with layer times ``times``: its socket and state directory in ``folder``."""
+    return Daemon(["--model", str(model), "--platform", platform_spec, "--times", str(times), *extra],
+                  folder / socket_name, env={"PIPEIT_STATE_DIR": str(folder / "state")})
+
+
+def assert_clean_exit(daemon: "Daemon") -> None:
+    """It exited 0 and left no shared-memory segment or cgroup behind."""
+    assert daemon.proc.returncode == 0, daemon.log()
+    assert leftovers(daemon.proc.pid) == []
+
+
+def daemon_for_module(files: Tuple[Path, Path, Path], platform_spec: str, *extra: str) -> Iterator["Daemon"]:
+    """A module fixture's body: a daemon over ``daemon_files``, served while the module's tests run, then
+    checked to have exited cleanly."""
+    folder, model, times = files
+    daemon = serving(model, times, platform_spec, folder, *extra)
+    with daemon:
+        yield daemon
+    assert_clean_exit(daemon)
 
 
 def leftovers(pid: int) -> List[str]:

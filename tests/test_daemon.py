@@ -17,7 +17,7 @@ import pytest
 
 from pipeit.client import Client, DaemonError
 from pipeit.daemon import protocol as wire
-from tests.daemon_helpers import ROOT, Daemon, daemon_files, leftovers, reference
+from tests.daemon_helpers import ROOT, daemon_files, daemon_for_module, leftovers, reference, serving
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
 
@@ -29,13 +29,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(files):
-    folder, model, times = files
-    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--window-s", "1",
-                "--per-client", "3"], folder / "d.sock", env={"PIPEIT_STATE_DIR": str(folder / "state")})
-    with d:
-        yield d
-    assert d.proc.returncode == 0, d.log()
-    assert leftovers(d.proc.pid) == []
+    yield from daemon_for_module(files, PLATFORM, "--window-s", "1", "--per-client", "3")
 
 
 def _frames(n, seed):
@@ -186,8 +180,7 @@ def test_sighup_reloads_and_keeps_serving(daemon, files):
 
 def test_sigterm_drains_in_flight_requests_and_leaves_nothing(files, tmp_path):
     folder, model, times = files
-    d = Daemon(["--model", str(model), "--platform", "emulate:big=0@1.0,little=1@0.5", "--times", str(times),
-                "--per-client", "8"], tmp_path / "t.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state")})
+    d = serving(model, times, "emulate:big=0@1.0,little=1@0.5", tmp_path, "--per-client", "8", socket_name="t.sock")
     d.wait_ready()
     children = psutil.Process(d.proc.pid).children(recursive=True)
     frame = _frames(1, seed=7)[0]

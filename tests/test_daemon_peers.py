@@ -15,7 +15,7 @@ import pytest
 from pipeit.daemon import protocol as wire
 from pipeit.daemon.peers import PeerBudgets, RejectBudget, peer_pid
 from pipeit.errors import PipeitError
-from tests.daemon_helpers import ROOT, Daemon, daemon_files, leftovers
+from tests.daemon_helpers import ROOT, daemon_files, leftovers, serving
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"
 
@@ -75,9 +75,7 @@ def _garbage_exchange(path) -> bytes:
 
 def test_over_budget_sender_waits_and_others_do_not(tmp_path):
     folder, model, times = daemon_files(tmp_path, PLATFORM)
-    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--no-replan",
-                "--reject-rate", "0.25", "--reject-burst", "2"], folder / "d.sock",
-               env={"PIPEIT_STATE_DIR": str(folder / "state")})
+    d = serving(model, times, PLATFORM, folder, "--no-replan", "--reject-rate", "0.25", "--reject-burst", "2")
     with d:
         # another process, started (imports done) before the garbage, asks for the status when told to
         good = subprocess.Popen(

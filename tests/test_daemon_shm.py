@@ -15,7 +15,8 @@ import pytest
 from pipeit.client import Client, DaemonError
 from pipeit.daemon import protocol as wire
 from pipeit.daemon.shm import AreaLayout, FrameArea, shm_supported
-from tests.daemon_helpers import Daemon, build_model, daemon_files, leftovers, reference, write_times
+from tests.daemon_helpers import (build_model, daemon_files, daemon_for_module, leftovers, reference, serving,
+                                  write_times)
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
 pytestmark = pytest.mark.skipif(not shm_supported(), reason="needs memfd_create with sealing (Linux)")
@@ -28,13 +29,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(files):
-    folder, model, times = files
-    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--per-client", "3",
-                "--no-replan"], folder / "d.sock", env={"PIPEIT_STATE_DIR": str(folder / "state")})
-    with d:
-        yield d
-    assert d.proc.returncode == 0, d.log()
-    assert leftovers(d.proc.pid) == []
+    yield from daemon_for_module(files, PLATFORM, "--per-client", "3", "--no-replan")
 
 
 def _frames(n, seed, size=32):
@@ -244,8 +239,7 @@ def test_reload_with_other_inputs_makes_areas_stale_and_clients_reattach(files, 
     _, _, _ = files
     model = build_model(tmp_path / "m.tflite")
     times = write_times(model, PLATFORM, tmp_path / "times.json")
-    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--no-replan"],
-               tmp_path / "r.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state")})
+    d = serving(model, times, PLATFORM, tmp_path, "--no-replan", socket_name="r.sock")
     with d:
         old, new = _frames(1, seed=7)[0], _frames(1, seed=8, size=24)[0]
         with Client(d.socket_path, transport="shm") as c:
@@ -275,8 +269,7 @@ def test_reload_with_other_inputs_makes_areas_stale_and_clients_reattach(files, 
 
 def test_sigterm_with_attached_clients_leaves_nothing(files, tmp_path):
     _, model, times = files
-    d = Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times), "--per-client", "4"],
-               tmp_path / "t.sock", env={"PIPEIT_STATE_DIR": str(tmp_path / "state")})
+    d = serving(model, times, PLATFORM, tmp_path, "--per-client", "4", socket_name="t.sock")
     shm_before = set(os.listdir("/dev/shm"))
     frame = _frames(1, seed=9)[0]
     ref = reference(model, frame)

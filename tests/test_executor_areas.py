@@ -6,10 +6,11 @@ output is compared bit for bit with the whole model run by one interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -47,6 +48,18 @@ class Area:
         os.close(self.fd)
 
 
+@contextlib.contextmanager
+def _pipeline_and_area(plan, model: Path, slots: int) -> Iterator[Tuple[Pipeline, Area]]:
+    """A started pipeline and a fresh area laid out for it; both closed on the way out, whatever happens."""
+    with Pipeline(plan, model) as pipe:
+        area = Area(pipe, slots)
+        try:
+            yield pipe, area
+        finally:
+            pipe.close()
+            area.close()
+
+
 @pytest.fixture(scope="module")
 def v2(zoo_models) -> Path:
     return zoo_models("mobilenet_v2")
@@ -74,32 +87,28 @@ def test_area_frames_mixed_with_ring_frames_are_bit_identical_and_in_order(v2, v
     n = len(load_graph(v2).layers)
     # two stage-0 workers: each maps the area on its first job there
     plan = make_plan(v2, [((0, 30), [("big", (TWO[0],)), ("little", (TWO[1],))]), ((30, n), [("big", (TWO[0],))])])
-    with Pipeline(plan, v2) as pipe:
-        area = Area(pipe, slots=3)
-        try:
-            ours = _descriptors_of_area()
-            area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets)
-            assert _descriptors_of_area() == ours + 1  # the pipeline keeps a duplicate
-            futures, order, in_slot, used = [], [], {}, 0
-            for i in range(18):
-                k = i % len(frames)
-                if i % 3 == 2:  # every third frame the ordinary way: both kinds share stage 0, in order
-                    futures.append(pipe.submit(frames[k]))
-                else:
-                    slot = used % area.slots
-                    used += 1
-                    if slot in in_slot:
-                        in_slot[slot].result(60)  # the slot is the caller's again once its frame is done
-                    area.write(slot, frames[k])
-                    in_slot[slot] = pipe.submit_area(area_id, slot)
-                    futures.append(in_slot[slot])
-                order.append(k)
-            got = [f.result(60) for f in futures]
-            stats = pipe.stats()
-        finally:
-            pipe.close()
-            assert _descriptors_of_area() == ours  # and closes it with itself
-            area.close()
+    with _pipeline_and_area(plan, v2, slots=3) as (pipe, area):
+        ours = _descriptors_of_area()
+        area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets)
+        assert _descriptors_of_area() == ours + 1  # the pipeline keeps a duplicate
+        futures, order, in_slot, used = [], [], {}, 0
+        for i in range(18):
+            k = i % len(frames)
+            if i % 3 == 2:  # every third frame the ordinary way: both kinds share stage 0, in order
+                futures.append(pipe.submit(frames[k]))
+            else:
+                slot = used % area.slots
+                used += 1
+                if slot in in_slot:
+                    in_slot[slot].result(60)  # the slot is the caller's again once its frame is done
+                area.write(slot, frames[k])
+                in_slot[slot] = pipe.submit_area(area_id, slot)
+                futures.append(in_slot[slot])
+            order.append(k)
+        got = [f.result(60) for f in futures]
+        stats = pipe.stats()
+        pipe.close()
+        assert _descriptors_of_area() == ours  # and closes it with itself
     assert_identical(got, [want[k] for k in order])
     assert all(count > 0 for count in stats.stages[0].worker_frames), stats.stages[0].worker_frames
 
@@ -108,28 +117,23 @@ def test_a_removed_area_lets_its_frames_finish_then_is_refused(v2, v2_frames):
     frames, want = v2_frames
     n = len(load_graph(v2).layers)
     plan = make_plan(v2, [((0, 20), [("big", (TWO[0],))]), ((20, n), [("little", (TWO[1],))])])
-    with Pipeline(plan, v2) as pipe:
-        area = Area(pipe, slots=4)
-        try:
-            # each slot's outputs go to arrays of the caller's (the daemon: the slot's output part)
-            outs = [{t.name: np.empty(tuple(t.shape), np.dtype(t.dtype)) for t in pipe.outputs} for _ in range(4)]
-            area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets, outputs=outs)
-            for slot in range(4):
-                area.write(slot, frames[slot])
-            futures = [pipe.submit_area(area_id, slot) for slot in range(4)]
-            pipe.remove_input_area(area_id)  # frames in flight still read it
-            got = [f.result(60) for f in futures]
-            assert all(g is o for g, o in zip(got, outs))
-            with pytest.raises(ExecutorError, match="no input area"):
-                pipe.submit_area(area_id, 0)
-            with pytest.raises(ExecutorError, match="outside"):
-                again = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets)
-                pipe.submit_area(again, 4)
-            # the pipeline still serves
-            assert_identical([pipe.run(frames[0], timeout=60)], [want[0]])
-        finally:
-            pipe.close()
-            area.close()
+    with _pipeline_and_area(plan, v2, slots=4) as (pipe, area):
+        # each slot's outputs go to arrays of the caller's (the daemon: the slot's output part)
+        outs = [{t.name: np.empty(tuple(t.shape), np.dtype(t.dtype)) for t in pipe.outputs} for _ in range(4)]
+        area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets, outputs=outs)
+        for slot in range(4):
+            area.write(slot, frames[slot])
+        futures = [pipe.submit_area(area_id, slot) for slot in range(4)]
+        pipe.remove_input_area(area_id)  # frames in flight still read it
+        got = [f.result(60) for f in futures]
+        assert all(g is o for g, o in zip(got, outs))
+        with pytest.raises(ExecutorError, match="no input area"):
+            pipe.submit_area(area_id, 0)
+        with pytest.raises(ExecutorError, match="outside"):
+            again = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets)
+            pipe.submit_area(again, 4)
+        # the pipeline still serves
+        assert_identical([pipe.run(frames[0], timeout=60)], [want[0]])
     assert_identical(got, want[:4])
 
 
@@ -137,24 +141,19 @@ def test_kill_9_of_a_stage0_worker_holding_area_frames_loses_none(v2, v2_frames)
     frames, want = v2_frames
     n = len(load_graph(v2).layers)
     plan = make_plan(v2, [((0, 40), [("big", (TWO[0],))]), ((40, n), [("little", (TWO[1],))])])
-    with Pipeline(plan, v2) as pipe:
-        area = Area(pipe, slots=5)
-        try:
-            area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets)
-            for slot in range(5):
-                area.write(slot, frames[slot])
-            futures = [pipe.submit_area(area_id, slot) for slot in range(5)]
-            victim = pipe.worker_pids()[(0, 0)]
-            _kill_while_busy(pipe, (0, 0))
-            got = [f.result(120) for f in futures]
-            # the restarted worker maps the area again for the next frames
-            futures = [pipe.submit_area(area_id, slot) for slot in range(5)]
-            got += [f.result(120) for f in futures]
-            stats = pipe.stats()
-            assert pipe.worker_pids()[(0, 0)] != victim
-        finally:
-            pipe.close()
-            area.close()
+    with _pipeline_and_area(plan, v2, slots=5) as (pipe, area):
+        area_id = pipe.add_input_area(area.fd, area.slots, area.stride, area.offsets)
+        for slot in range(5):
+            area.write(slot, frames[slot])
+        futures = [pipe.submit_area(area_id, slot) for slot in range(5)]
+        victim = pipe.worker_pids()[(0, 0)]
+        _kill_while_busy(pipe, (0, 0))
+        got = [f.result(120) for f in futures]
+        # the restarted worker maps the area again for the next frames
+        futures = [pipe.submit_area(area_id, slot) for slot in range(5)]
+        got += [f.result(120) for f in futures]
+        stats = pipe.stats()
+        assert pipe.worker_pids()[(0, 0)] != victim
     assert_identical(got, want + want)
     assert stats.stages[0].restarts == 1 and stats.stages[0].redispatched >= 1
 
@@ -162,22 +161,17 @@ def test_kill_9_of_a_stage0_worker_holding_area_frames_loses_none(v2, v2_frames)
 def test_an_area_that_does_not_fit_is_refused(v2):
     n = len(load_graph(v2).layers)
     plan = make_plan(v2, [((0, n), [("big", (TWO[0],))])])
-    with Pipeline(plan, v2) as pipe:
-        area = Area(pipe, slots=2)
-        try:
-            (name, offset), = area.offsets.items()
-            with pytest.raises(ExecutorError, match="must hold the inputs"):
-                pipe.add_input_area(area.fd, 2, area.stride, {name: offset + 64})
-            with pytest.raises(ExecutorError, match="needs >= 1 slot"):
-                pipe.add_input_area(area.fd, 2, pipe.edges[0].slot_bytes - 64, area.offsets)
-            with pytest.raises(ExecutorError, match="smaller than"):
-                pipe.add_input_area(area.fd, 3, area.stride, area.offsets)
-            with pytest.raises(ExecutorError, match="no input area"):
-                pipe.submit_area(99, 0)
-            with pytest.raises(ExecutorError, match="sets of outputs"):
-                pipe.add_input_area(area.fd, 2, area.stride, area.offsets, outputs=[{}])
-            with pytest.raises(InputError, match="out="):
-                pipe.add_input_area(area.fd, 2, area.stride, area.offsets, outputs=[{"nope": np.zeros(1)}] * 2)
-        finally:
-            pipe.close()
-            area.close()
+    with _pipeline_and_area(plan, v2, slots=2) as (pipe, area):
+        (name, offset), = area.offsets.items()
+        with pytest.raises(ExecutorError, match="must hold the inputs"):
+            pipe.add_input_area(area.fd, 2, area.stride, {name: offset + 64})
+        with pytest.raises(ExecutorError, match="needs >= 1 slot"):
+            pipe.add_input_area(area.fd, 2, pipe.edges[0].slot_bytes - 64, area.offsets)
+        with pytest.raises(ExecutorError, match="smaller than"):
+            pipe.add_input_area(area.fd, 3, area.stride, area.offsets)
+        with pytest.raises(ExecutorError, match="no input area"):
+            pipe.submit_area(99, 0)
+        with pytest.raises(ExecutorError, match="sets of outputs"):
+            pipe.add_input_area(area.fd, 2, area.stride, area.offsets, outputs=[{}])
+        with pytest.raises(InputError, match="out="):
+            pipe.add_input_area(area.fd, 2, area.stride, area.offsets, outputs=[{"nope": np.zeros(1)}] * 2)
