@@ -22,7 +22,9 @@ and many concurrent clients (plus a garbage sender) against `Pipeline` with the 
 (b) Throughput: ``--clients`` client processes (as camera processes would
     be: one Python process each, started and connected before the clock)
     each send ``--requests`` frames with ``--window`` in flight (so clients x
-    window frames in flight), while one more process sends garbage (a new
+    window frames in flight), each cycling over its own share of the 16
+    bench frames (all clients together hold the 16 the in-process side
+    holds), while one more process sends garbage (a new
     connection of random bytes every 10 ms); the in-process side runs the same frames
     through ``Pipeline.map(inflight=clients x window)``: the same depth. The
     sides (in-process, and each transport) alternate in ``--rounds`` rounds.
@@ -149,6 +151,14 @@ def _bench_frames(shape, dtype) -> List[np.ndarray]:
     return [rng.standard_normal(shape).astype(dtype) for _ in range(16)]
 
 
+def _frame_share(k: int, clients: int) -> List[int]:
+    """Which of the 16 bench frames client ``k`` of ``clients`` sends: its own share, so that the clients
+    together hold the 16 frames the in-process side holds, not ``clients`` copies of them (8 x 9.6 MB of
+    frames streaming through the L3 cache the workers' weights live in); a camera process reuses a few
+    buffers too."""
+    return [f for f in range(16) if f % clients == k % clients] or [k % 16]
+
+
 def _client_process(job: Dict, go, results) -> None:
     """One client, in its own process as a camera process would be: connect, wait for ``go``, send its frames
     with ``window`` in flight, take the replies in order, then report (latencies, checks, CPU) to ``results``.
@@ -161,9 +171,10 @@ def _client_process(job: Dict, go, results) -> None:
     report: Dict = {"k": job["k"], "latencies": [], "wrong": 0, "answered": 0, "duplicated": 0, "error": None,
                     "transport": None, "cpu_s": 0.0, "finished": None}
     try:
-        frames = _bench_frames(job["shape"], job["dtype"])
+        share = _frame_share(job["k"], job["clients"])
+        frames = {f: frame for f, frame in enumerate(_bench_frames(job["shape"], job["dtype"])) if f in share}
         name, refs, window = job["name"], job["refs"], job["window"]
-        order = [(job["k"] * 7 + job["round"] * 3 + i) % 16 for i in range(job["requests"])]
+        order = [share[(job["round"] + i) % len(share)] for i in range(job["requests"])]
         outs: List = []
         with Client(job["socket"], transport=job["transport"], slots=window) as c:
             c.status()  # connected (and attached) before the clock starts
@@ -226,7 +237,7 @@ def _daemon_here(model: Path, platform_spec: str, plan_path: Path, socket_path: 
 def _latency_client(socket_path: str, name: str, shape: List[int], dtype: str, transports: List[str],
                     orders: Any) -> None:
     """The socket side of (a), in its own process: one ``Client`` per transport, each keeping its output
-    arrays (as a camera loop would); runs each block ``(transport, first frame, count)`` the parent sends
+    arrays (as a camera loop would); runs each block ``(transport, first frame, count, gap s)`` the parent sends
     and answers ``(latencies ms, CPU s, transport used)``; ``None`` ends it."""
     from pipeit.client import Client
 
@@ -239,11 +250,13 @@ def _latency_client(socket_path: str, name: str, shape: List[int], dtype: str, t
                 outs[t] = c.infer({name: frames[i % 16]}, out=outs[t])
         orders.send("ready")
         while (block := orders.recv()) is not None:
-            transport, first, count = block
+            transport, first, count, gap_s = block
             client, latencies = clients[transport], []
             cpu0 = time.process_time()
             for i in range(count):
                 frame = {name: frames[(first + i) % 16]}
+                if gap_s:
+                    time.sleep(gap_s)
                 t0 = time.perf_counter()
                 outs[transport] = client.infer(frame, out=outs[transport])
                 latencies.append((time.perf_counter() - t0) * 1000)
@@ -271,6 +284,9 @@ def main() -> int:
                         help="the plan of the one-at-a-time part (default fastest-cluster: one worker, so every "
                         "frame has the same service time; with replicas a frame goes to either worker, and the "
                         "p50 of that mixture moves with the share each worker got)")
+    parser.add_argument("--latency-gap-ms", type=float, default=0.0,
+                        help="idle time before each one-at-a-time request, on both sides (default 0: back to "
+                        "back); shows what waking idle threads costs on this host")
     parser.add_argument("--transport", choices=("inline", "shm", "both"), default="both",
                         help="how the clients send frames: bytes in the socket, the shared-memory frame area, "
                         "or both side by side, interleaved (default)")
@@ -333,6 +349,7 @@ def main() -> int:
     lat: Dict[str, List[float]] = {side: [] for side in sides}
     cpu_s: Dict[str, float] = collections.defaultdict(float)
     per_block = max(1, args.latency_frames // args.blocks)
+    gap_s = args.latency_gap_ms / 1000.0
     here = psutil.Process()
     latency_plan = plan_path if args.latency_strategy == plan.strategy else \
         _plan(model, args.platform, args.latency_strategy, folder, "latency-plan.json")
@@ -356,11 +373,13 @@ def main() -> int:
                     if side == "in":
                         for i in range(per_block):
                             frame = {name: frames[(first + i) % 16]}
+                            if gap_s:
+                                time.sleep(gap_s)
                             t = time.perf_counter()
                             pipe.run(frame)
                             lat[side].append((time.perf_counter() - t) * 1000)
                     else:
-                        orders.send((side, first, per_block))
+                        orders.send((side, first, per_block, gap_s))
                         answer = orders.recv()
                         if isinstance(answer, str):
                             raise SystemExit(f"daemon_bench: {answer}")
@@ -384,7 +403,7 @@ def main() -> int:
                 for t in transports}
     doc["latency"] = {
         "frames_per_side": len(lat["in"]), "blocks": args.blocks, "same_pipeline": True,
-        "strategy": args.latency_strategy, "stages": _stages(load_plan(latency_plan)),
+        "strategy": args.latency_strategy, "stages": _stages(load_plan(latency_plan)), "gap_ms": args.latency_gap_ms,
         "inprocess_p50_ms": _pct(lat["in"], 50), "inprocess_p99_ms": _pct(lat["in"], 99),
         "inprocess_cpu_ms_per_request": 1000 * cpu_s["in"] / len(lat["in"]),
         "sides": {t: {
@@ -422,7 +441,7 @@ def main() -> int:
         def daemon_round(r: int, transport: str) -> None:
             """One round of the daemon side: the clients and the garbage sender, each its own process."""
             go, stop, results = context.Event(), context.Event(), context.Queue()
-            jobs = [{"k": k, "round": r, "transport": transport, "socket": str(d.socket_path), "name": name,
+            jobs = [{"k": k, "clients": args.clients, "round": r, "transport": transport, "socket": str(d.socket_path), "name": name,
                      "shape": list(map(int, detail["shape"])), "dtype": np.dtype(detail["dtype"]).str,
                      "refs": refs, "window": args.window, "requests": per_round, "check_every": args.check_every}
                     for k in range(args.clients)]
@@ -440,6 +459,8 @@ def main() -> int:
             go.set()
             reports = [results.get(timeout=600) for _ in range(args.clients)]
             cpu.stop({"daemon": f"tp_daemon_{transport}"})
+            with Client(d.socket_path) as admin:  # the workers' service time over the daemon's last window
+                service[transport].append([s["measured_ms"] for s in admin.status()["stages"]])
             stop.set()
             reports.append(results.get(timeout=60))
             for proc in procs:
@@ -461,6 +482,9 @@ def main() -> int:
             d_wall[transport] += (max(finished) if finished else time.monotonic()) - t0
             d_frames[transport] += sum(rep.get("answered", 0) for rep in reports if "garbage" not in rep)
 
+        #: per round, each stage's median service ms (in-process: the round's; daemon: its last 2 s window),
+        #: to tell the workers slowing down (cache, neighbours) from the coordinators costing more
+        service: Dict[str, List] = {side: [] for side in sides}
         for r in range(args.rounds):
             for side in _rotate(sides, r):
                 if side == "in":
@@ -470,6 +494,7 @@ def main() -> int:
                     order = [(r * 5 + i) % 16 for i in range(per_round * args.clients)]
                     window: collections.deque = collections.deque()
                     outs = []
+                    pipe.reset_stats()
                     cpu.start()
                     t = time.perf_counter()
                     for j in order:
@@ -485,6 +510,7 @@ def main() -> int:
                         in_lat.append((time.perf_counter() - t0) * 1000)
                     in_wall += time.perf_counter() - t
                     cpu.stop({"here": "tp_inprocess"})
+                    service["in"].append([st.measured_ms for st in pipe.stats().stages])
                     in_frames += len(order)
                     for i, out in enumerate(outs):
                         if i % args.check_every == 0 and not np.array_equal(next(iter(out.values())), refs[order[i]]):
@@ -502,6 +528,7 @@ def main() -> int:
         "wrong_outputs": len(wrong), "client_errors": errors[:5],
         "inprocess_fps": in_fps, "inprocess_p50_ms": _pct(in_lat, 50), "inprocess_p99_ms": _pct(in_lat, 99),
         "inprocess_cpu_ms_per_request": 1000 * cpu.total["tp_inprocess"] / in_frames if in_frames else None,
+        "inprocess_service_ms_per_round": service["in"],
         "sides": {},
     }
     tp = doc["throughput"]
@@ -512,6 +539,7 @@ def main() -> int:
             "answered": d_frames[t], "sent": sent[t], "lost": sent[t] - d_frames[t], "duplicated": duplicates[t],
             "daemon_fps": fps, "fps_ratio": fps / in_fps if fps and in_fps else None,
             "daemon_p50_ms": _pct(d_lat[t], 50), "daemon_p99_ms": _pct(d_lat[t], 99),
+            "service_ms_per_round": service[t],
             "cpu_ms_per_request": {
                 "daemon": 1000 * cpu.total[f"tp_daemon_{t}"] / d_frames[t] if d_frames[t] else None,
                 "client": 1000 * cpu.total[f"tp_client_{t}"] / d_frames[t] if d_frames[t] else None,
@@ -557,7 +585,7 @@ def _markdown(doc: Dict) -> str:
         f"| measure | in-process `Pipeline` | {head} | target |",
         "| --- | --- | " + " | ".join("---" for _ in transports) + " | --- |",
         f"| one request at a time through one pipeline, p50 ms ({lat['frames_per_side']} frames/side, "
-        "alternating blocks) "
+        f"alternating blocks{'' if not lat['gap_ms'] else ', %g ms idle before each' % lat['gap_ms']}) "
         f"| {ms(lat['inprocess_p50_ms'])} | "
         + each(lambda t: f"{ms(ls[t]['socket_p50_ms'])}: added **{ms(ls[t]['added_p50_ms'])}** "
                f"{met(ls[t]['added_p50_ms'] <= ADDED_TARGET_MS)} (median of {lat['blocks']} rounds' own; "
