@@ -244,6 +244,7 @@ def _latency_client(socket_path: str, name: str, shape: List[int], dtype: str, t
     frames = _bench_frames(shape, dtype)
     clients = {t: Client(socket_path, transport=t) for t in transports}
     outs: Dict[str, Any] = {t: None for t in transports}
+    doing = "warm-up"
     try:
         for t, c in clients.items():  # connected, attached and warm before the first block
             for i in range(20):
@@ -251,6 +252,7 @@ def _latency_client(socket_path: str, name: str, shape: List[int], dtype: str, t
         orders.send("ready")
         while (block := orders.recv()) is not None:
             transport, first, count, gap_s = block
+            doing = transport
             client, latencies = clients[transport], []
             cpu0 = time.process_time()
             for i in range(count):
@@ -262,7 +264,7 @@ def _latency_client(socket_path: str, name: str, shape: List[int], dtype: str, t
                 latencies.append((time.perf_counter() - t0) * 1000)
             orders.send((latencies, time.process_time() - cpu0, client.transport_in_use))
     except Exception as err:  # noqa: BLE001 -- reported to the parent, which fails the run
-        orders.send(f"latency client ({transport if 'transport' in locals() else 'warm-up'}): {err!r}")
+        orders.send(f"latency client ({doing}): {err!r}")
     finally:
         for c in clients.values():
             c.close()
@@ -441,8 +443,8 @@ def main() -> int:
         def daemon_round(r: int, transport: str) -> None:
             """One round of the daemon side: the clients and the garbage sender, each its own process."""
             go, stop, results = context.Event(), context.Event(), context.Queue()
-            jobs = [{"k": k, "clients": args.clients, "round": r, "transport": transport, "socket": str(d.socket_path), "name": name,
-                     "shape": list(map(int, detail["shape"])), "dtype": np.dtype(detail["dtype"]).str,
+            jobs = [{"k": k, "clients": args.clients, "round": r, "transport": transport, "socket": str(d.socket_path),
+                     "name": name, "shape": list(map(int, detail["shape"])), "dtype": np.dtype(detail["dtype"]).str,
                      "refs": refs, "window": args.window, "requests": per_round, "check_every": args.check_every}
                     for k in range(args.clients)]
             procs = [context.Process(target=_client_process, args=(job, go, results)) for job in jobs]
