@@ -159,8 +159,6 @@ def time_model(
     ``ok``; readers skip it, a re-run retries it). An emulated
     (throttled) cluster is descheduled on purpose: pass ``exclusive=False``.
     """
-    import numpy as np
-
     from pipeit.runtime import make_interpreter
 
     interpreter = make_interpreter(model_bytes, num_threads=num_threads)
@@ -308,8 +306,6 @@ def _time_pool(interpreter, threads: int, spec: TimingSpec) -> Timing:
     never ran in any window (``pool_idle_share``) is an op the runtime runs on
     one thread: its windows need only the busiest thread to have run.
     """
-    import numpy as np
-
     window_ns = int(spec.pool_window_ms * 1e6)
     samples: List[float] = []
     clean: List[float] = []

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from cores.model import Platform
 from pipeit.errors import PipeitError, PlanError
 from pipeit.plan import Plan
 from pipeit.streaming import frames_in_flight, stream_frames

@@ -25,7 +25,6 @@ def test_jitter_is_the_quota_gap_of_a_slowed_cluster():
 
 
 def test_unbalanced_pipeline_latency_is_frames_in_flight_over_throughput():
-    platform = Platform((Cluster("c", "a", (0, 1)),))
     one = CoreSetup("c", 1)
     cost = CostModel(LayerTimes(2, {one: (10.0, 20.0)}, (0, 0, 0), (0, 0)), FREE)
     found = cost.evaluate((StagePlan(0, 1, (one,)), StagePlan(1, 2, (one,))))

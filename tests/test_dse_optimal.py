@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cores.model import Cluster, CoreSetup, Platform
-from pipeit.dse import CostModel, Limits, cost_model_for, optimal_plan, pareto_front, throttle_jitter_ms
+from pipeit.dse import CostModel, Limits, cost_model_for, optimal_plan, pareto_front
 from pipeit.dse.optimal import cluster_budgets, interchangeable_clusters
 from pipeit.errors import PlanError
 from pipeit.layer_times import Calibration, LayerTimes

@@ -8,14 +8,13 @@ import math
 import pytest
 
 from cores.model import Cluster, CoreSetup, Platform
-from pipeit.dse import STRATEGIES, CostModel, Limits, best_candidate, plan_pipeline
+from pipeit.dse import STRATEGIES, CostModel, best_candidate, plan_pipeline
 from pipeit.dse.all_cores import all_cores_times
 from pipeit.dse.pipe_it import balance, configurations
 from pipeit.dse.synthetic import synthetic_platform, synthetic_times
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.plan import Plan
-from pipeit.transfer import DEFAULT_HOP
 
 BIG_MS = [3.0, 5.0, 2.0, 6.0, 4.0, 1.0, 5.0, 2.0, 1.5, 0.5]  # 30 ms on the big core
 
@@ -156,7 +155,6 @@ class TestPipeIt:
         assert not any("big:3" in c for c in configs)
 
     def test_balance_equalises_proportional_stages(self):
-        platform = synthetic_platform({"big": (1, 1.0), "little": (1, 0.5)})
         n = 30
         table = LayerTimes(n, {CoreSetup("big", 1): (1.0,) * n, CoreSetup("little", 1): (2.0,) * n},
                            (0,) * (n + 1), (0,) * n)

@@ -15,9 +15,9 @@ from cores.model import CoreSetup
 from cores.platform import load_platform
 from pipeit.cli import main
 from pipeit.errors import ProfileError
-from pipeit.profile_table import COLUMNS, ProfileRow, ProfileWriter, parse_profile_text, read_profile
+from pipeit.profile_table import ProfileRow, ProfileWriter, parse_profile_text, read_profile
 from pipeit.profiler import (
-    SetupWorker, TimingSpec, WorkerPool, model_jobs, platform_fingerprint_for, profile_models,
+    SetupWorker, TimingSpec, WorkerPool, model_jobs, profile_models,
     time_model,
 )
 from pipeit.tflite_builder import ModelBuilder

@@ -9,7 +9,7 @@ weights grow along the model, as in a CNN.
 from __future__ import annotations
 
 import random
-from typing import Dict, Tuple
+from typing import Dict
 
 from cores.model import Cluster, Platform
 from pipeit.layer_times import LayerTimes
