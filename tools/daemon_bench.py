@@ -349,10 +349,9 @@ def main() -> int:
     # main thread waits on the client's pipe); during an in-process block, the caller's and dispatcher's.
     sides = ["in"] + transports
     lat: Dict[str, List[float]] = {side: [] for side in sides}
-    cpu_s: Dict[str, float] = collections.defaultdict(float)
     per_block = max(1, args.latency_frames // args.blocks)
     gap_s = args.latency_gap_ms / 1000.0
-    here = psutil.Process()
+    lat_cpu = _Cpu(here=psutil.Process())
     latency_plan = plan_path if args.latency_strategy == plan.strategy else \
         _plan(model, args.platform, args.latency_strategy, folder, "latency-plan.json")
     with _daemon_here(model, args.platform, latency_plan, folder / "latency.sock", args.window) as server:
@@ -371,7 +370,7 @@ def main() -> int:
             for b in range(args.blocks):
                 for side in _rotate(sides, b):
                     first = b * per_block
-                    cpu0 = here.cpu_times()
+                    lat_cpu.start()
                     if side == "in":
                         for i in range(per_block):
                             frame = {name: frames[(first + i) % 16]}
@@ -387,10 +386,9 @@ def main() -> int:
                             raise SystemExit(f"daemon_bench: {answer}")
                         latencies, client_cpu, transport_used = answer
                         lat[side].extend(latencies)
-                        cpu_s[f"client_{side}"] += client_cpu
+                        lat_cpu.total[f"client_{side}"] += client_cpu
                         used[f"latency {side}"].add(transport_used)
-                    cpu1 = here.cpu_times()
-                    cpu_s[side] += (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+                    lat_cpu.stop({"here": side})
         finally:
             orders.send(None)
             client_proc.join(60)
@@ -407,15 +405,15 @@ def main() -> int:
         "frames_per_side": len(lat["in"]), "blocks": args.blocks, "same_pipeline": True,
         "strategy": args.latency_strategy, "stages": _stages(load_plan(latency_plan)), "gap_ms": args.latency_gap_ms,
         "inprocess_p50_ms": _pct(lat["in"], 50), "inprocess_p99_ms": _pct(lat["in"], 99),
-        "inprocess_cpu_ms_per_request": 1000 * cpu_s["in"] / len(lat["in"]),
+        "inprocess_cpu_ms_per_request": 1000 * lat_cpu.total["in"] / len(lat["in"]),
         "sides": {t: {
             "transport_used": sorted(used[f"latency {t}"]),
             "socket_p50_ms": _pct(lat[t], 50), "socket_p99_ms": _pct(lat[t], 99),
             "added_p50_ms": _pct(by_block[t], 50),
             "added_p50_pooled_ms": _pct(lat[t], 50) - _pct(lat["in"], 50),
             "added_p50_ms_per_block": by_block[t],
-            "cpu_ms_per_request": {"daemon": 1000 * cpu_s[t] / len(lat[t]),
-                                   "client": 1000 * cpu_s[f"client_{t}"] / len(lat[t])},
+            "cpu_ms_per_request": {"daemon": 1000 * lat_cpu.total[t] / len(lat[t]),
+                                   "client": 1000 * lat_cpu.total[f"client_{t}"] / len(lat[t])},
         } for t in transports},
     }
 
