@@ -103,7 +103,8 @@ class StreamBandwidth:
         if not (math.isfinite(bw1) and bw1 > 0 and bw_max >= bw1):
             raise ValueError(f"streaming bandwidth needs 0 < bw1 <= bw_max, got {bw1}, {bw_max}")
         # files written before the residency span: none (every byte beyond the LLC streams)
-        spans = tuple(sorted((int(k), float(v)) for k, v in (doc.get("span") or {}).items()))  # type: ignore[union-attr]
+        raw_spans = doc.get("span") or {}
+        spans = tuple(sorted((int(k), float(v)) for k, v in raw_spans.items()))  # type: ignore[union-attr]
         if any(k < 1 or not (math.isfinite(v) and v >= 1.0) for k, v in spans):
             raise ValueError(f"residency span needs threads >= 1 and span >= 1, got {dict(spans)}")
         return cls(bw1, bw_max, spans)

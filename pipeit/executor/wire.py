@@ -26,7 +26,8 @@ from __future__ import annotations
 import struct
 from typing import List, Optional, Tuple
 
-__all__ = ["JOB", "REPLY", "STOP", "STOP_FRAME", "MAP", "UNMAP", "RING", "DONE", "ERROR", "NOTE", "ReplyParser", "JobParser"]
+__all__ = ["JOB", "REPLY", "STOP", "STOP_FRAME", "MAP", "UNMAP", "RING", "DONE", "ERROR", "NOTE", "ReplyParser",
+           "JobParser"]
 
 JOB = struct.Struct("<qiii")
 REPLY = struct.Struct("<qqd")
