@@ -6,14 +6,17 @@ how close is that to what the cores could give? It
 
 1. gets per-layer times for every core setup (a given predictor or
    profile, else it profiles the model now, cached per platform and model),
-2. plans each strategy (``all-cores``, ``fastest-cluster``, ``replicas``,
-   ``pipe-it``, ``pipeit``) with the DSE,
-3. measures the *ideal*: the sum over cores of each core's measured
+2. measures the *ideal*: the sum over cores of each core's measured
    single-thread whole-model throughput (measured, not declared: emulated
    factors and turbo make declared speeds wrong), once through the profiler
    (``ideal_fps``, the best case: clean runs only, quiet CPUs) and again in
    every round the way the strategies are measured
-   (``ideal_interleaved_fps``, :func:`measure_ideal_solo`; median round),
+   (``ideal_interleaved_fps``, :func:`measure_ideal_solo`; median round);
+   the first measurement also re-anchors each cluster's layer times to the
+   board as it is now (:func:`anchor_to_measured`, ``time_scale`` in the
+   report; ``--as-profiled`` keeps them as they were),
+3. plans each strategy (``all-cores``, ``fastest-cluster``, ``replicas``,
+   ``pipe-it``, ``pipeit``) with the DSE,
 4. starts every strategy's pipeline and streams ``frames`` frames through
    each in turn, ``rounds`` times, interleaved so that host noise hits all
    strategies alike; the median round counts.
@@ -57,6 +60,7 @@ __all__ = [
     "obtain_layer_times",
     "measure_ideal",
     "measure_ideal_solo",
+    "anchor_to_measured",
     "run_bench",
     "default_cache_dir",
 ]
@@ -141,6 +145,9 @@ class BenchReport:
     trial: Optional[dict] = None
     #: what the DSE alone picked for pipeit before the trial (its shape and predicted fps)
     proposed: Optional[dict] = None
+    #: per CPU cluster, the factor its layer times were scaled by to match the whole-model time
+    #: measured at the start of the run (:func:`anchor_to_measured`); empty when not anchored
+    time_scale: Tuple[Tuple[str, float], ...] = ()
 
     def to_json(self) -> dict:
         extra = {}
@@ -162,6 +169,7 @@ class BenchReport:
             "frames": self.frames,
             "rounds": self.rounds,
             "times_source": self.times_source,
+            "time_scale": dict(self.time_scale),
             "strategies": [s.to_json() for s in self.strategies],
             **extra,
         }
@@ -221,6 +229,37 @@ def measure_ideal(
     _say(progress, "single-thread ms: " + ", ".join(f"{k} {v:.2f}" for k, v in single.items())
          + f" -> ideal {ideal:.1f} fps")
     return ideal, single
+
+
+#: a profile whose whole-model time is off the one measured now by more than this ratio (either way)
+#: is probably stale (another governor, a throttled board): said on stderr, used all the same
+STALE_PROFILE_RATIO = 1.25
+
+
+def anchor_to_measured(times, single: Dict[str, float]) -> Tuple[object, Dict[str, float]]:
+    """Rescale each CPU cluster's layer times so that the whole model takes what was measured just now.
+
+    ``single``: cluster name -> single-thread whole-model ms measured at the
+    start of this run (:func:`measure_ideal`, the profiler's own method).
+    The profile or predictor says how the time splits between layers; the
+    board says how fast it is today (temperature, governor, neighbours), and
+    both the plans and their predicted fps should be for today's board. A
+    cluster whose ``cluster:1`` setup has no times, or which was not
+    measured, keeps its times. Returns the rescaled times and the factor
+    per cluster (1.0 = the profile was right).
+    """
+    factors: Dict[str, float] = {}
+    for cluster, measured_ms in single.items():
+        setup = CoreSetup(cluster, 1)
+        if setup not in times.times or not (measured_ms > 0):
+            continue
+        predicted_ms = times.calibration.scale * math.fsum(times.times[setup])
+        if math.isfinite(predicted_ms) and predicted_ms > 0:
+            factors[cluster] = measured_ms / predicted_ms
+    if not factors:
+        return times, factors
+    note = " (x " + ", ".join(f"{c} {f:.3f}" for c, f in sorted(factors.items())) + " to measured whole-model ms)"
+    return times.rescaled(factors, note), factors
 
 
 def measure_ideal_solo(model_path: Path, platform: Platform, seconds: float, throttles=None) -> Optional[float]:
@@ -289,8 +328,14 @@ def run_bench(
     gpu_accuracy: Optional[Accuracy] = None,
     power_file: Optional[Path] = None,
     trial: bool = True,
+    anchor: bool = True,
 ) -> BenchReport:
     """Plan, start and stream every strategy; see the module docstring for the method.
+
+    ``anchor``: every CPU cluster's layer times are rescaled so that the
+    whole model takes the single-thread time measured at the start of this
+    run (:func:`anchor_to_measured`); ``False`` plans with the times as
+    profiled or predicted.
 
     ``trial``: pipeit's plan is chosen by a short measured trial among the
     DSE's pick, its throughput/latency front near the limit and the other
@@ -326,6 +371,16 @@ def run_bench(
     sha = file_sha256(model_path)
     times = obtain_layer_times(graph, platform, model_path, profile, predictor, cache_dir, progress)
     ideal, single = measure_ideal(model_path, platform, progress)
+    time_scale: Dict[str, float] = {}
+    if anchor:
+        times, time_scale = anchor_to_measured(times, single)
+        if time_scale:
+            _say(progress, "layer times scaled to the whole-model times just measured: " + ", ".join(
+                f"{c} x{f:.3f}" for c, f in sorted(time_scale.items())))
+        for cluster, factor in sorted(time_scale.items()):
+            if max(factor, 1.0 / factor) > STALE_PROFILE_RATIO:
+                _say(progress, f"warning: {cluster}'s layer times were {factor:.2f}x off the model measured now; "
+                     "the profile may be stale (re-profile, or check the governor and temperature)")
     if latency_ms is None and latency_factor is not None:
         latency_ms = latency_factor * single[platform.fastest.name]
         _say(progress, f"latency limit {latency_ms:.2f} ms ({latency_factor} x {platform.fastest.name}'s single-frame time)")
@@ -446,6 +501,7 @@ def run_bench(
         frames=frames, rounds=rounds, times_source=getattr(times, "source", "profile"),
         strategies=tuple(results), task=task, task_is_default=task_is_default, power=power.to_json(),
         ideal_interleaved_fps=ideal_alike, trial=trial_doc, proposed=proposed_doc,
+        time_scale=tuple(sorted(time_scale.items())),
     )
 
 
@@ -531,6 +587,9 @@ def format_report(report: BenchReport) -> str:
         head += f"; measured like the strategies, in every round: {report.ideal_interleaved_fps:.1f} fps"
     if report.latency_limit_ms is not None:
         head += f"; latency limit {report.latency_limit_ms:.1f} ms (p99)"
+    if report.time_scale:
+        head += ("\npredicted with layer times scaled to the whole-model time measured now: "
+                 + ", ".join(f"{c} x{f:.3f}" for c, f in report.time_scale))
     table = format_table(
         ["strategy", "fps", "pred fps", "p50 ms", "p99 ms", "meets", "RSS MiB", "eff", "mJ/frame", "satisf",
          "stages (workers)"], rows)

@@ -152,6 +152,23 @@ class LayerTimes:
         return LayerTimes(self.num_layers, times, self.cut_bytes, self.weight_bytes, self.calibration, self.source,
                           self.device_copy)
 
+    def rescaled(self, factors: Mapping[str, float], note: str = "") -> "LayerTimes":
+        """A copy with every setup of cluster ``c`` taking ``factors[c]`` times as long (others unchanged).
+
+        Why: a profile is measured once, a board's speed is not -- it heats up
+        and throttles, a governor changes, a neighbour moves in. One whole-model
+        timing per cluster taken now re-anchors every layer of that cluster
+        (:func:`pipeit.bench.anchor_to_measured`); the split of time between
+        layers, which is what a plan's shape depends on, stays the profile's.
+        ``note`` is appended to :attr:`source`.
+        """
+        for name, factor in factors.items():
+            if not (math.isfinite(factor) and factor > 0):
+                raise PlanError(f"layer times: scale of cluster {name!r} must be a finite number > 0, got {factor!r}")
+        times = {s: tuple(v * factors.get(s.cluster, 1.0) for v in row) for s, row in self.times.items()}
+        return LayerTimes(self.num_layers, times, self.cut_bytes, self.weight_bytes, self.calibration,
+                          self.source + note, self.device_copy)
+
     # ---- JSON --------------------------------------------------------------------------
     def to_json(self) -> dict:
         """JSON document; ``inf`` (a setup that cannot run a layer) is written as ``null``."""

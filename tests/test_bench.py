@@ -48,15 +48,18 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
     assert by_name["fastest-cluster"]["same_plan_as"] == "all-cores"
     # the profile was cached where asked, so a second run would not profile again
     assert list(tmp_path.glob("profiles/*.csv"))
+    # the plans were made with the layer times re-anchored to the whole-model time measured in this run
+    assert set(doc["time_scale"]) == {"cpu"} and 0.2 < doc["time_scale"]["cpu"] < 5.0
 
 
 def test_bench_with_a_latency_limit_judges_each_strategy(tiny, tmp_path):
     result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
                      "--cache-dir", str(tmp_path), "--latency-x", "3", "--strategies", "fastest-cluster,pipeit",
-                     "--json")
+                     "--as-profiled", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["latency_limit_ms"] > 0
+    assert doc["time_scale"] == {}  # --as-profiled: planned with the profile's own times
     for s in doc["strategies"]:
         assert s["meets_limit"] == (s["latency_ms"]["p99"] <= doc["latency_limit_ms"])
 
@@ -100,3 +103,48 @@ class TestCoordinatorPlacement:
 
         assert coordinator_cpus(load_platform("auto")) == ()
         assert coordinator_cpus(load_platform("board:rpi4")) == ()
+
+
+class TestAnchorToMeasured:
+    """The profile says how time splits between layers; the run's own whole-model timing says how fast."""
+
+    @staticmethod
+    def _times():
+        from cores.model import CoreSetup
+        from pipeit.layer_times import LayerTimes
+
+        return LayerTimes(
+            num_layers=3,
+            times={CoreSetup("big", 1): (1.0, 2.0, 1.0), CoreSetup("big", 2): (0.6, 1.1, 0.6),
+                   CoreSetup("little", 1): (3.0, 6.0, 3.0)},
+            cut_bytes=(100, 50, 50, 10), weight_bytes=(0, 0, 0), source="profile",
+        )
+
+    def test_each_cluster_is_scaled_to_its_measured_whole_model_time(self):
+        from cores.model import CoreSetup
+        from pipeit.bench import anchor_to_measured
+
+        anchored, factors = anchor_to_measured(self._times(), {"big": 5.0, "little": 12.0})
+        assert factors == pytest.approx({"big": 1.25, "little": 1.0})
+        assert sum(anchored.times[CoreSetup("big", 1)]) == pytest.approx(5.0)
+        # the cluster's other setups follow its factor; the split between layers is the profile's
+        assert anchored.times[CoreSetup("big", 2)] == pytest.approx((0.75, 1.375, 0.75))
+        assert anchored.times[CoreSetup("little", 1)] == pytest.approx((3.0, 6.0, 3.0))
+        assert "big 1.250" in anchored.source
+
+    def test_a_cluster_not_measured_keeps_its_times(self):
+        from cores.model import CoreSetup
+        from pipeit.bench import anchor_to_measured
+
+        times = self._times()
+        anchored, factors = anchor_to_measured(times, {"big": 2.0, "gpu": 3.0})
+        assert set(factors) == {"big"} and factors["big"] == pytest.approx(0.5)
+        assert anchored.times[CoreSetup("little", 1)] == times.times[CoreSetup("little", 1)]
+        unchanged, none = anchor_to_measured(times, {})
+        assert unchanged is times and none == {}
+
+    def test_a_bad_factor_is_refused(self):
+        from pipeit.errors import PlanError
+
+        with pytest.raises(PlanError, match="finite number > 0"):
+            self._times().rescaled({"big": float("nan")})

@@ -31,7 +31,7 @@ FRAMES = {"resnet50": 0.3, "alexnet": 0.5, "googlenet": 0.6}
 
 
 def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optional[float], cache: Path,
-          profile: Optional[str] = None, trial: bool = True) -> dict:
+          profile: Optional[str] = None, trial: bool = True, anchor: bool = True) -> dict:
     args = [sys.executable, "-m", "pipeit", "bench", str(model), "--platform", platform, "--frames", str(frames),
             "--rounds", str(rounds), "--cache-dir", str(cache), "--json"]
     if profile:
@@ -40,6 +40,8 @@ def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optio
         args += ["--latency-x", str(latency_x)]
     if not trial:
         args.append("--no-trial")
+    if not anchor:
+        args.append("--as-profiled")
     result = subprocess.run(args, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bench failed on {model.name} (status {result.returncode})")
@@ -51,6 +53,12 @@ def _shape(result: dict) -> str:
     stages = " \\| ".join(f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(w.split("@")[0] for w in s["workers"])
                            for s in result["stages"])
     return stages + (f" (= {result['same_plan_as']})" if result.get("same_plan_as") else "")
+
+
+def _scale(doc: dict) -> str:
+    """The factor each cluster's layer times were scaled by to the whole-model time measured in the run."""
+    scale = doc.get("time_scale") or {}
+    return ", ".join(f"{c} {f:.2f}" for c, f in sorted(scale.items())) or "-"
 
 
 def _trial(doc: dict) -> str:
@@ -94,6 +102,8 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(ROOT / "build" / "bench"))
     parser.add_argument("--json", metavar="FILE", help="also write every bench document here")
     parser.add_argument("--no-trial", action="store_true", help="pipeit keeps the DSE's pick (no measured trial)")
+    parser.add_argument("--as-profiled", action="store_true",
+                        help="plan with the profile's times as they are (no scaling to the run's own measurement)")
     args = parser.parse_args()
 
     work = Path(args.workdir)
@@ -107,14 +117,15 @@ def main() -> int:
         frames = max(20, int(args.frames * FRAMES.get(name, 1.0)))
         print(f"[bench_zoo] {name}: {frames} frames x {args.rounds} rounds on {args.platform}", file=sys.stderr)
         docs.append(bench(model, args.platform, frames, args.rounds, args.latency_x, work / "cache", args.profile,
-                          not args.no_trial))
+                          not args.no_trial, not args.as_profiled))
     if args.json:
         Path(args.json).write_text(json.dumps(docs, indent=1))
 
     names = ["all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit"]
     limit = docs[0]["latency_limit_ms"] is not None
     head = ("| model | ideal fps | " + " | ".join(names)
-            + " | pipeit / best other | pipeit eff | pipeit pred fps | pipeit's plan | trial chose (DSE alone) |")
+            + " | pipeit / best other | pipeit eff | pipeit pred fps | times x | pipeit's plan"
+            " | trial chose (DSE alone) |")
     if limit:
         head = head.replace(" | pipeit / best other", " | limit ms | p99 ms (pipeit) | pipeit / best plain meeting it")
     print(head)
@@ -137,7 +148,7 @@ def main() -> int:
             extra = f" {doc['latency_limit_ms']:.1f} | {by['pipeit']['latency_ms']['p99']:.1f} |"
         print(f"| {doc['model'].removesuffix('.tflite')} | {doc['ideal_fps']:.1f} | " + " | ".join(cells)
               + f" |{extra} {by['pipeit']['fps'] / best_other:.2f} | {by['pipeit']['efficiency']:.2f} | "
-              f"{by['pipeit']['predicted_fps']:.1f} | {_shape(by['pipeit'])} | {_trial(doc)} |")
+              f"{by['pipeit']['predicted_fps']:.1f} | {_scale(doc)} | {_shape(by['pipeit'])} | {_trial(doc)} |")
         for check, ok in checks(doc, args.platform).items():
             if not ok:
                 failures.setdefault(check, []).append(doc["model"].removesuffix(".tflite"))
