@@ -8,7 +8,13 @@ names; x86 and unknown parts keep a readable name instead.
 ``PER_MHZ`` holds a rough relative per-clock performance for each core type
 (close to the ``capacity-dmips-mhz`` values kernel device trees give the
 cores, big core = 1024). It only ranks clusters when the kernel gives no
-``cpu_capacity``; it is never used as a measurement.
+``cpu_capacity``; it is never used as a measurement. :func:`speed_rank` is
+the one ranking both detection (naming ``little``/``big``) and
+``Platform.fastest`` use, so the two never disagree.
+
+When cpuinfo is missing or lists only some CPUs, arm64 still names each CPU
+in sysfs (``cpuN/regs/identification/midr_el1``); :func:`processor_from_midr`
+reads it into the same record, so the same table names the core.
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-__all__ = ["ProcessorInfo", "parse_cpuinfo", "core_type_name", "CORE_PARTS", "PER_MHZ"]
+__all__ = [
+    "ProcessorInfo",
+    "parse_cpuinfo",
+    "processor_from_midr",
+    "core_type_name",
+    "per_mhz",
+    "speed_rank",
+    "CORE_PARTS",
+    "PER_MHZ",
+]
 
 #: (implementer, part) -> core name; implementer 0x41 is Arm Ltd.
 CORE_PARTS: Dict[Tuple[int, int], str] = {
@@ -88,6 +103,7 @@ class ProcessorInfo:
     part: Optional[int] = None
     model_name: Optional[str] = None
     hardware: Optional[str] = None
+    vendor_id: Optional[str] = None  # x86 only ("GenuineIntel", "AuthenticAMD", ...)
 
     @property
     def core_type(self) -> str:
@@ -145,8 +161,28 @@ def parse_cpuinfo(text: str) -> Dict[int, ProcessorInfo]:
             part=_hex(block.get("cpu part")),
             model_name=model,
             hardware=block.get("hardware", hardware),
+            vendor_id=block.get("vendor_id"),
         )
     return out
+
+
+def processor_from_midr(cpu: int, text: Optional[str]) -> Optional[ProcessorInfo]:
+    """An arm64 CPU's identity from sysfs ``regs/identification/midr_el1`` (``0x00000000410fd080``).
+
+    The register carries the same two fields cpuinfo prints as ``CPU
+    implementer`` (bits 31..24) and ``CPU part`` (bits 15..4), so the part
+    table names the core even where ``/proc/cpuinfo`` is absent (a sandbox,
+    a tree copied without ``proc/``) or lists only some CPUs. None when the
+    file is missing or is not a hex number.
+    """
+    value = _hex(text.strip()) if text else None
+    if value is None:
+        return None
+    implementer = (value >> 24) & 0xFF
+    part = (value >> 4) & 0xFFF
+    if implementer == 0 and part == 0:
+        return None  # an all-zero register (an emulator that does not fill it) names nothing
+    return ProcessorInfo(cpu=cpu, implementer=implementer, part=part)
 
 
 def core_type_name(
@@ -161,3 +197,42 @@ def core_type_name(
     if model_name:
         return " ".join(model_name.split())
     return "unknown"
+
+
+def per_mhz(core_type: str) -> int:
+    """``PER_MHZ`` for a core type, 0 when unknown.
+
+    Vendor names built on an Arm core (``Kryo-Gold (Cortex-A76)``) use the
+    Arm core's figure; Intel hybrid suffixes (`` P-core``) are not in the
+    table, so x86 model names give 0 and rank by clock alone.
+    """
+    known = PER_MHZ.get(core_type)
+    if known is not None:
+        return known
+    inner = core_type.rpartition("(")[2].rstrip(")")
+    return PER_MHZ.get(inner, 0)
+
+
+def _positive(value: Optional[int]) -> int:
+    return value if value is not None and value > 0 else 0
+
+
+def speed_rank(
+    core_type: str, capacity: Optional[int], max_freq_khz: Optional[int], typed: bool = True
+) -> Tuple[int, int, int, int, int]:
+    """A cluster's per-core speed as a sortable tuple, best evidence first.
+
+    Intel hybrid P over E (the suffix detection gives the type), then the
+    kernel's ``cpu_capacity``, then core type x clock, then clock, then the
+    type's per-MHz figure alone (what is left when no clock is known: A72
+    beats A53 on a kernel without cpufreq). ``typed`` is False when some
+    cluster of the same platform has no per-MHz figure: type x clock would
+    then compare a product with a bare clock, so the clock alone ranks.
+    Missing, zero or negative capacities and clocks count as unknown (0).
+    """
+    hybrid = 1 if core_type.endswith(" P-core") else 0
+    cap = _positive(capacity)
+    freq = _positive(max_freq_khz)
+    per = per_mhz(core_type)
+    estimate = per * freq if typed and per and freq else freq
+    return (hybrid, cap, estimate, freq, per)

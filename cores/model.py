@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from cores.cputypes import per_mhz, speed_rank
 from cores.errors import PlatformError
 
 __all__ = ["Cluster", "Platform", "CoreSetup"]
@@ -137,18 +138,20 @@ class Platform:
     def fastest(self) -> Cluster:
         """The CPU cluster with the highest per-core speed.
 
-        Ranked by capacity, then max frequency, then emulation speed, then
-        size; a board's big cores win on every one of these.
+        Ranked by emulation speed, then as detection names clusters
+        (:func:`cores.cputypes.speed_rank`: hybrid P over E, capacity, core
+        type x clock, clock, the type's per-MHz figure), then size; ties go to
+        the first listed. Sharing detection's ranking keeps ``fastest`` on
+        ``big`` where capacity and clock are missing (A72 over A53 on a kernel
+        without cpufreq); a board's big cores win on every one of these.
         """
-        def rank(c: Cluster) -> tuple:
-            return (
-                c.speed,
-                c.capacity if c.capacity is not None else 0,
-                c.max_freq_khz if c.max_freq_khz is not None else 0,
-                c.size,
-            )
+        clusters = self.cpu_clusters
+        typed = all(per_mhz(c.core_type) for c in clusters)
 
-        return max(self.cpu_clusters, key=rank)
+        def rank(c: Cluster) -> tuple:
+            return (c.speed,) + speed_rank(c.core_type, c.capacity, c.max_freq_khz, typed) + (c.size,)
+
+        return max(clusters, key=rank)
 
     def setups(self) -> Tuple[CoreSetup, ...]:
         """Every core setup: each cluster with 1..n of its cores (a GPU: 1)."""

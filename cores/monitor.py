@@ -13,14 +13,18 @@ cgroup's CPU quota: given a ``speeds`` source (the emulation's
 cluster's current ``speed`` (declared speed x quota share now / at
 calibration), so a quota cut shows in the next reading as a board's
 frequency cap would. Real boards give ``speed`` None.
+
+A thermal zone's ``temp`` outside -60..200 C is read as no reading: drivers
+report failures as sentinels (``2147483647``, ``-273000``), and one such value
+would become ``max_temp_c`` and trip any thermal policy. A zone reachable
+under two names (a symlink) is read once.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Protocol, Tuple
-
+from typing import Dict, List, Optional, Protocol, Tuple
 
 from cores.model import Platform
 from cores.sysfs import PathLike, SysRoot
@@ -29,6 +33,8 @@ __all__ = ["ClusterReading", "ThermalReading", "Snapshot", "Monitor", "SpeedSour
 
 CPU_DIR = "/sys/devices/system/cpu"
 THERMAL_DIR = "/sys/class/thermal"
+#: plausible temperatures in degrees C (below: no silicon runs there; above: a sentinel or a bad read)
+TEMP_RANGE_C = (-60.0, 200.0)
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,36 @@ def _policy_dirs(root: SysRoot) -> Dict[int, str]:
     return out
 
 
+def _celsius(milli: Optional[int]) -> Optional[float]:
+    """A zone's ``temp`` (millidegrees) in C, or None when missing or implausible."""
+    if milli is None:
+        return None
+    low, high = TEMP_RANGE_C
+    temp = milli / 1000.0
+    return temp if low <= temp <= high else None
+
+
+def _thermal_zones(root: SysRoot) -> Tuple[str, ...]:
+    """``thermal_zoneN`` folders in N order, each real zone once (by resolved path)."""
+    def number(zone: str) -> int:
+        tail = zone[len("thermal_zone"):]
+        return int(tail) if tail.isdigit() else 0
+
+    zones = sorted((z for z in root.listdir(THERMAL_DIR) if z.startswith("thermal_zone")), key=number)
+    seen = set()
+    out: List[str] = []
+    for zone in zones:
+        path = root.path(f"{THERMAL_DIR}/{zone}")
+        try:
+            where = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: keep the name as it is
+            where = path
+        if where not in seen:
+            seen.add(where)
+            out.append(zone)
+    return tuple(out)
+
+
 class Monitor:
     """Readings for one platform's clusters; paths resolved once at construction."""
 
@@ -135,10 +171,8 @@ class Monitor:
                         break
                 entries.append((cluster.name, folder))
             self._clusters = tuple(entries)
-        zones = [z for z in self._root.listdir(THERMAL_DIR) if z.startswith("thermal_zone")]
-        zones.sort(key=lambda z: int(z[len("thermal_zone"):]) if z[len("thermal_zone"):].isdigit() else 0)
         # A zone's type does not change; read it once.
-        self._zones = tuple((z, self._root.text(f"{THERMAL_DIR}/{z}/type")) for z in zones)
+        self._zones = tuple((z, self._root.text(f"{THERMAL_DIR}/{z}/type")) for z in _thermal_zones(self._root))
 
     def snapshot(self) -> Snapshot:
         """Read frequencies, governors, temperatures and online CPUs now."""
@@ -158,8 +192,7 @@ class Monitor:
             ))
         thermal = []
         for zone, kind in self._zones:
-            milli = root.integer(f"{THERMAL_DIR}/{zone}/temp")
-            thermal.append(ThermalReading(zone, kind, None if milli is None else milli / 1000.0))
+            thermal.append(ThermalReading(zone, kind, _celsius(root.integer(f"{THERMAL_DIR}/{zone}/temp"))))
         return Snapshot(
             monotonic_s=time.monotonic(),
             online=root.cpu_list(f"{CPU_DIR}/online"),

@@ -14,20 +14,26 @@ drives the device: the slowest CPU cluster's first CPU, or ``gpu=SEL@cpuN``.
 fails for want of OpenCL: the reason there is no GPU cluster is kept in
 ``Platform.extra`` as ``("gpu", why)`` for commands that print the topology.
 An explicit ``gpu=`` on a host without OpenCL is a :class:`PlatformError`.
+
+``auto`` on the live machine lists only the CPUs this process may run on
+(``os.sched_getaffinity``: ``taskset``, a container's cpuset): a plan made
+with the others would fail when its workers are pinned. The CPUs left out
+go in ``extra`` as ``("outside_affinity", "2-7")``, as ``offline`` does.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import AbstractSet, List, Optional, Sequence, Tuple
 
 from cores.boards import load_board
 from cores.errors import PlatformError
 from cores.model import Cluster, Platform
-from cores.sysfs import PathLike, parse_cpu_list
+from cores.sysfs import PathLike, format_cpu_list, parse_cpu_list
 from cores.topology import detect_topology
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "gpu_cluster",
     "emulated_platform",
     "detected_platform",
+    "allowed_cpus_only",
     "load_platform",
 ]
 
@@ -148,8 +155,8 @@ def parse_emulate_spec(text: str) -> List[EmulatedCluster]:
         cpu_text, at, factor_text = rest.partition("@")
         try:
             cpus = parse_cpu_list(cpu_text)
-        except PlatformError:
-            raise PlatformError(f"emulate spec: cluster {name!r} has a malformed CPU list {cpu_text!r}") from None
+        except PlatformError as err:
+            raise PlatformError(f"emulate spec: cluster {name!r}: {err}") from None
         if not cpus:
             raise PlatformError(f"emulate spec: cluster {name!r} names no CPUs")
         try:
@@ -182,10 +189,9 @@ def emulated_platform(text: str, sysfs_root: Optional[PathLike] = None) -> Platf
     for name, cpus, factor in wanted:
         missing = [c for c in cpus if c not in records]
         if missing:
-            have = ",".join(str(c) for c in sorted(records))
             raise PlatformError(
-                f"emulate spec: cluster {name!r} names CPU(s) {missing} that this host does not "
-                f"have online (online: {have})"
+                f"emulate spec: cluster {name!r} names CPU(s) {format_cpu_list(missing)} that this "
+                f"host does not have online (online: {format_cpu_list(records)})"
             )
         first = records[cpus[0]]
         freqs = [records[c].max_freq_khz for c in cpus if records[c].max_freq_khz]
@@ -202,7 +208,7 @@ def emulated_platform(text: str, sysfs_root: Optional[PathLike] = None) -> Platf
         )
     if request is not None:
         if request.host_cpu is not None and request.host_cpu not in records:
-            have = ",".join(str(c) for c in sorted(records))
+            have = format_cpu_list(records)
             raise PlatformError(f"emulate spec: gpu host CPU {request.host_cpu} is not online here (online: {have})")
         from cores.opencl import find_device
 
@@ -211,15 +217,52 @@ def emulated_platform(text: str, sysfs_root: Optional[PathLike] = None) -> Platf
     return Platform(clusters=tuple(clusters), source=f"emulate:{text}")
 
 
+def allowed_cpus_only(platform: Platform, allowed: AbstractSet[int]) -> Platform:
+    """``platform`` without the CPUs outside ``allowed``, and without clusters left empty.
+
+    Cluster names stay as detected, so a plan made under ``taskset`` names the
+    same clusters as one made on the whole machine. The CPUs dropped are kept
+    in ``extra`` as ``outside_affinity``. Raises :class:`PlatformError` when
+    no CPU is left.
+    """
+    kept: List[Cluster] = []
+    dropped: List[int] = []
+    for cluster in platform.clusters:
+        cpus = tuple(c for c in cluster.cpus if c in allowed)
+        dropped.extend(c for c in cluster.cpus if c not in allowed)
+        if cpus:
+            kept.append(cluster if len(cpus) == cluster.size else replace(cluster, cpus=cpus))
+    if not dropped:
+        return platform
+    if not kept:
+        raise PlatformError(
+            f"auto: this process may run only on CPUs {format_cpu_list(allowed) or 'none'}, none of "
+            f"which is an online CPU here ({format_cpu_list(platform.cpus)})"
+        )
+    extra = platform.extra + (("outside_affinity", format_cpu_list(dropped)),)
+    return Platform(clusters=tuple(kept), source=platform.source, extra=extra)
+
+
+def _affinity() -> Optional[AbstractSet[int]]:
+    """This process's allowed CPUs; None where the OS cannot say (not Linux)."""
+    getter = getattr(os, "sched_getaffinity", None)
+    return None if getter is None else set(getter(0))
+
+
 def detected_platform(sysfs_root: Optional[PathLike] = None) -> Platform:
     """``auto``: this machine's CPU clusters, plus its first OpenCL GPU when there is one.
 
     A fixture tree (``sysfs_root``) describes another machine, so OpenCL is
-    not probed there. Without a GPU the reason goes in ``extra`` as ``gpu``.
+    not probed there and this process's CPU affinity does not apply. On the
+    live machine only the CPUs the process may run on are listed (see the
+    module docstring). Without a GPU the reason goes in ``extra`` as ``gpu``.
     """
     platform = detect_topology(sysfs_root).platform
     if sysfs_root is not None:
         return platform
+    allowed = _affinity()
+    if allowed is not None:
+        platform = allowed_cpus_only(platform, allowed)
     from cores.opencl import first_gpu
 
     device, why = first_gpu()

@@ -14,16 +14,22 @@ from typing import Optional, Tuple, Union
 
 from cores.errors import PlatformError
 
-__all__ = ["SysRoot", "parse_cpu_list", "format_cpu_list"]
+__all__ = ["SysRoot", "parse_cpu_list", "format_cpu_list", "MAX_CPU_ID"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: the largest CPU id a list may name. Linux builds for at most 8192 CPUs
+#: (NR_CPUS); the margin keeps odd hosts working while a typo such as
+#: ``0-99999999`` is refused instead of building a set of 10^8 ids.
+MAX_CPU_ID = 65535
 
 
 def parse_cpu_list(text: str) -> Tuple[int, ...]:
     """Parse the kernel's CPU list format (``0-3,6,8-9``) into sorted CPU ids.
 
     An empty string is an empty list (an offline-only mask reads as ``""``).
-    Raises :class:`PlatformError` on anything else that is not a list.
+    Raises :class:`PlatformError` on anything else that is not a list, and on
+    CPU ids above :data:`MAX_CPU_ID` (checked before the range is expanded).
     """
     cpus = set()
     text = text.strip()
@@ -41,6 +47,10 @@ def parse_cpu_list(text: str) -> Tuple[int, ...]:
             raise PlatformError(f"malformed CPU list {text!r}") from None
         if first < 0 or last < first:
             raise PlatformError(f"malformed CPU list {text!r}: bad range {part!r}")
+        if last > MAX_CPU_ID:
+            raise PlatformError(
+                f"CPU list {text!r} names CPU {last}, beyond the largest CPU id {MAX_CPU_ID}"
+            )
         cpus.update(range(first, last + 1))
     return tuple(sorted(cpus))
 

@@ -88,3 +88,28 @@ def test_emulated_speeds_are_read_each_snapshot_and_real_boards_have_none():
 def test_a_failing_speed_source_gives_none():
     platform = load_platform("emulate:broken=0@0.5")
     assert Monitor(platform, speeds=_Speeds({})).snapshot().cluster("broken").speed is None
+
+
+def test_implausible_temperatures_are_no_reading(tmp_path):
+    """A driver's failure sentinel (2147483647 millidegrees) must not become a 2147483 C maximum."""
+    root = tmp_path / "rk"
+    shutil.copytree(FIXTURES / "rk3399", root)
+    zones = root / "sys" / "class" / "thermal"
+    (zones / "thermal_zone0" / "temp").write_text("2147483647\n")
+    (zones / "thermal_zone1" / "temp").write_text("-40000\n")  # cold, but a real reading
+    snap = snapshot(sysfs_root=root)
+    assert [t.temp_c for t in snap.thermal] == [None, -40.0]
+    assert snap.max_temp_c == -40.0
+    (zones / "thermal_zone1" / "temp").write_text("-273000\n")
+    assert snapshot(sysfs_root=root).max_temp_c is None
+
+
+def test_a_zone_reached_twice_is_read_once(tmp_path):
+    root = tmp_path / "rk"
+    shutil.copytree(FIXTURES / "rk3399", root)
+    zones = root / "sys" / "class" / "thermal"
+    (zones / "thermal_zone2").symlink_to("thermal_zone0")
+    (zones / "thermal_zone3").symlink_to("thermal_zone3")  # a loop: kept, reads nothing
+    snap = snapshot(sysfs_root=root)
+    assert [t.zone for t in snap.thermal] == ["thermal_zone0", "thermal_zone1", "thermal_zone3"]
+    assert [t.temp_c for t in snap.thermal] == [41.25, 40.625, None]
