@@ -55,6 +55,7 @@ __all__ = [
     "platform_fingerprint_for",
     "setup_cpus",
     "NO_GPU_KERNEL",
+    "check_measurable",
     "gpu_setups",
     "profile_gpu",
 ]
@@ -515,10 +516,32 @@ def wait_for_quiet(cpus: Sequence[int], max_wait_s: float, busy_pct: float) -> b
             return False
 
 
+def check_measurable(platform: Platform) -> None:
+    """Refuse to time on a platform whose CPUs this process cannot all run on.
+
+    Why: rows are stamped with the platform's fingerprint, so timing a
+    ``board:`` description (or a platform file of another machine) on this
+    host would produce a profile that later passes for the board's. Every
+    CPU of every CPU cluster must be one this process may use.
+    """
+    from cores.sysfs import format_cpu_list
+
+    allowed = os.sched_getaffinity(0)
+    wanted = {cpu for cluster in platform.cpu_clusters for cpu in cluster.cpus}
+    missing = sorted(wanted - allowed)
+    if missing:
+        raise ProfileError(
+            f"platform {platform.source!r} has CPU(s) {format_cpu_list(missing)} that this process cannot run on "
+            f"(it may use {format_cpu_list(allowed)}): profiling measures this machine, so describe it as it is "
+            "(--platform auto or emulate:...), or profile on the board itself"
+        )
+
+
 class WorkerPool:
     """A worker per setup; on an emulated platform each worker joins its cluster's throttle."""
 
     def __init__(self, platform: Platform, setups: Sequence[CoreSetup]) -> None:
+        check_measurable(platform)
         self.platform = platform
         self.workers: Dict[CoreSetup, SetupWorker] = {}
         self._throttles = None

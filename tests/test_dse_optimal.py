@@ -156,3 +156,57 @@ class TestSearchDetails:
         assert [(s.start, s.end) for s in tight.stages] == [(0, 1), (1, 2)]
         assert tight.fps == pytest.approx(1000.0 / 6.0)
         assert tight.memory_bytes == 2 * 1024 * 1024
+
+
+class TestBigPlatforms:
+    """A server's core count must not turn planning into minutes and gigabytes (partitions of 64 cores,
+    every order of 8 clusters): big clusters are planned in units, too many clusters fall back."""
+
+    @staticmethod
+    def _problem(sizes, n=12):
+        clusters, cpu = [], 0
+        for i, size in enumerate(sizes):
+            clusters.append(Cluster(f"c{i}", "cortex", tuple(range(cpu, cpu + size))))
+            cpu += size
+        platform = Platform(tuple(clusters), source="big")
+        times = {CoreSetup(c.name, k): tuple((1.0 + j % 3) / k ** 0.8 for j in range(n))
+                 for c in clusters for k in range(1, c.size + 1)}
+        table = LayerTimes(num_layers=n, times=times, cut_bytes=(1000,) * (n + 1), weight_bytes=(0,) * n)
+        return platform, cost_model_for(table, platform)
+
+    def test_a_64_core_cluster_is_planned_in_units_of_4(self):
+        from pipeit.dse.optimal import unit_cores
+
+        platform, cost = self._problem([64])
+        ((name, top, ks),) = cluster_budgets(cost, platform)
+        assert unit_cores(64) == 4 and top == 64 and ks == tuple(range(4, 65, 4))
+        found = optimal_plan(cost, platform)  # seconds at most, not the partitions of 64
+        assert found.fps > 0
+        assert sum(w.cores for s in found.stages for w in s.workers) <= 64
+
+    def test_clusters_up_to_16_cores_keep_every_worker_size(self):
+        platform, cost = self._problem([16, 4])
+        assert [ks for _, _, ks in cluster_budgets(cost, platform)] == [tuple(range(1, 17)), (1, 2, 3, 4)]
+
+    def test_too_many_clusters_is_refused_by_the_search_and_pipeit_falls_back(self):
+        from pipeit.dse import best_candidate
+        from pipeit.dse.optimal import SearchTooLarge
+        from pipeit.dse.pipeit import SearchFallbackWarning
+
+        platform, cost = self._problem([4] * 8)
+        with pytest.raises(SearchTooLarge, match="8 clusters"):
+            optimal_plan(cost, platform)
+        with pytest.warns(SearchFallbackWarning, match="best of the replicas"):
+            found = best_candidate(cost.times, platform, "pipeit")
+        # the fallback is the best of the simple strategies: here a worker per core
+        assert found.fps == pytest.approx(best_candidate(cost.times, platform, "replicas").fps)
+        assert pareto_front(cost.times, platform) == []
+
+    def test_pipe_it_on_many_clusters_tries_speed_orders_only(self):
+        from pipeit.dse.pipe_it import MAX_ORDERED_CLUSTERS, configurations
+
+        platform, cost = self._problem([4] * 8)
+        configs = configurations(cost, platform)
+        assert len(platform.cpu_clusters) > MAX_ORDERED_CLUSTERS
+        assert 0 < len(configs) <= 2 * 8 * 3  # r fastest clusters x split d in (1, 2, 4) x two orders
+        assert all(len({s.cores for s in c}) == 1 for c in configs)  # one split for all clusters used

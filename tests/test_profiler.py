@@ -271,6 +271,18 @@ class TestCommandLine:
         assert main(argv) == 2
         assert "another platform" in capsys.readouterr().err
 
+    def test_a_board_that_is_not_this_machine_is_not_profiled(self, profiled, tmp_path, capsys):
+        """A board's CPUs this host lacks: its rows would carry the board's fingerprint, so refuse, even for a
+        setup whose own CPUs exist here (little:1 of an Odroid XU4 is CPU 0)."""
+        _, paths, _, _ = profiled
+        out = tmp_path / "xu4.csv"
+        argv = ["profile", str(paths[0]), "-o", str(out), "--platform", "board:odroid-xu4", "--setup", "little:1",
+                "--no-progress", "--repeats", "3", "--min-repeats", "3"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "profiling measures this machine" in err and err.count("\n") == 1
+        assert not out.exists() or not out.read_text().strip()
+
 
 # ---- k-thread setups: sustained windows ---------------------------------------------------------
 

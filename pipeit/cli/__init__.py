@@ -15,6 +15,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from typing import List, Optional, Sequence
 
 from cores.errors import CoresError
@@ -49,11 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning the library raises (e.g. a plan the exact search could not make) as one line, no source."""
+    print(f"pipeit: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.run(args) or 0)
     except USER_ERRORS as err:
         print(f"pipeit: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,7 +32,7 @@ from pipeit.dse.cost import (
     device_copies,
     throttle_jitter_ms,
 )
-from pipeit.dse.optimal import SearchStats, min_latency_ms, optimal_plan
+from pipeit.dse.optimal import SearchStats, SearchTooLarge, min_latency_ms, optimal_plan
 from pipeit.dse.planfile import to_plan
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
@@ -162,7 +162,10 @@ def pareto_front(
     cost = cost_model_for(times, platform, hop, worker_bytes, overhead, admission)
     front: List[Candidate] = []
     limit: Optional[float] = None
-    floor = min_latency_ms(cost, platform)
+    try:
+        floor = min_latency_ms(cost, platform)
+    except SearchTooLarge:
+        return front  # no exact frontier on a platform beyond the search (pipeit.plan says so)
     while len(front) < max_points:
         try:
             found = optimal_plan(cost, platform, Limits(limit, memory_mb))

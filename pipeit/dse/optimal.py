@@ -48,7 +48,8 @@ from pipeit.dse.cost import MB, Candidate, CostModel, Limits, StagePlan
 from pipeit.dse.tables import TOL, Group, GroupTables, StageTables
 from pipeit.errors import PlanError
 
-__all__ = ["SearchStats", "optimal_plan", "min_latency_ms", "lowest_latency_ms", "cluster_budgets"]
+__all__ = ["SearchStats", "SearchTooLarge", "optimal_plan", "min_latency_ms", "lowest_latency_ms", "cluster_budgets",
+           "unit_cores", "MAX_UNITS_PER_CLUSTER", "MAX_CLUSTER_STATES"]
 
 _TINY = np.nextafter(0.0, 1.0)
 
@@ -64,18 +65,56 @@ class SearchStats:
     notes: List[str] = field(default_factory=list)
 
 
+#: the most worker sizes the search enumerates in one cluster: a bigger cluster (a 64-core server)
+#: is planned in units of ``ceil(size / MAX_UNITS_PER_CLUSTER)`` cores, as one of 16 cores is. The
+#: number of ways to share ``u`` units among workers grows like the partitions of ``u`` (22 for 8,
+#: 231 for 16, 1.3 million for 64), and every stage of every plan draws from them.
+MAX_UNITS_PER_CLUSTER = 16
+
+#: the most cluster states (cores left in each cluster, the product over clusters of ``units + 1``)
+#: the exact search and its latency bound may visit; beyond it (many clusters: 8 clusters of 4 is
+#: 390,625) :class:`SearchTooLarge` is raised before any work. Four clusters of 4 (625 states, an
+#: RK3588-like board has 45) plan in a few seconds.
+MAX_CLUSTER_STATES = 5_000
+
+
+class SearchTooLarge(PlanError):
+    """The platform has more clusters than the exact search can enumerate in reasonable time."""
+
+
+def unit_cores(size: int) -> int:
+    """Cores per worker-size unit in a cluster of ``size`` cores (1 up to :data:`MAX_UNITS_PER_CLUSTER`)."""
+    return max(1, -(-size // MAX_UNITS_PER_CLUSTER))
+
+
 def cluster_budgets(cost: CostModel, platform: Platform) -> Tuple[Tuple[str, int, Tuple[int, ...]], ...]:
-    """``(cluster, cores, usable core counts)`` for each cluster the table has times for."""
+    """``(cluster, cores, usable core counts)`` for each cluster the table has times for.
+
+    Usable counts are the setups the table has times for, in multiples of
+    the cluster's :func:`unit_cores` (and the whole cluster). Raises
+    :class:`SearchTooLarge` when the clusters' states exceed
+    :data:`MAX_CLUSTER_STATES`.
+    """
     out = []
+    states = 1
     for cluster in platform.clusters:
         top = 1 if cluster.kind == "gpu" else cluster.size
-        ks = tuple(k for k in range(1, top + 1) if CoreSetup(cluster.name, k) in cost.times.times)
+        unit = unit_cores(top)
+        ks = tuple(k for k in range(1, top + 1)
+                   if (k % unit == 0 or k == top) and CoreSetup(cluster.name, k) in cost.times.times)
         if ks:
             out.append((cluster.name, top, ks))
+            states *= len({top - sum(parts) for parts in _partitions(top, tuple(sorted(ks, reverse=True)))})
     if not out:
         raise PlanError(
             f"the layer times cover no setup of platform {platform.source!r} "
             f"(times for {', '.join(map(str, cost.times.setups))})"
+        )
+    if states > MAX_CLUSTER_STATES:
+        cores = sum(size for _, size, _ in out)
+        raise SearchTooLarge(
+            f"platform {platform.source!r} has {len(out)} clusters ({cores} cores): more than the exact "
+            f"search can enumerate ({states:,} cluster states, at most {MAX_CLUSTER_STATES:,})"
         )
     return tuple(out)
 

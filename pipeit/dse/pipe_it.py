@@ -26,6 +26,12 @@ Only the paper's abstract and secondary descriptions are available
    (ties: lower latency). Pipe-it has no latency or memory limit; here the
    configurations that miss the user's limits are dropped, and a PlanError
    is raised when none is left.
+5. *Many clusters.* Pipe-it was built for two or three clusters; every
+   order of every subset of clusters is ``sum_r m!/(m-r)!`` orders (109,600
+   for 8 clusters) times the splits. With more than
+   :data:`MAX_ORDERED_CLUSTERS` CPU clusters, only the ``r`` fastest clusters
+   (``r = 1..m``) are used, in descending or ascending speed, with one split
+   ``d`` for all of them (``d`` dividing every used cluster's size).
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ from pipeit.dse.cost import Candidate, CostModel, Limits, StagePlan
 from pipeit.dse.limits import pick_best
 from pipeit.errors import PlanError
 
-__all__ = ["plan", "configurations", "balance"]
+__all__ = ["plan", "configurations", "balance", "MAX_ORDERED_CLUSTERS"]
+
+#: CPU clusters up to which every order of every subset is tried (assumption 5)
+MAX_ORDERED_CLUSTERS = 4
 
 
 def configurations(cost: CostModel, platform: Platform) -> List[Tuple[CoreSetup, ...]]:
@@ -54,11 +63,35 @@ def configurations(cost: CostModel, platform: Platform) -> List[Tuple[CoreSetup,
             per_cluster[cluster.name] = splits
     out = []
     names = list(per_cluster)
+    if len(names) > MAX_ORDERED_CLUSTERS:
+        return _speed_ordered(cost, platform, names)
     for r in range(1, len(names) + 1):
         for order in itertools.permutations(names, r):
             for choice in itertools.product(*(per_cluster[name] for name in order)):
                 stages = tuple(s for part in choice for s in part)
                 if len(stages) <= cost.num_layers:
+                    out.append(stages)
+    return out
+
+
+def _speed_ordered(cost: CostModel, platform: Platform, names: List[str]) -> List[Tuple[CoreSetup, ...]]:
+    """Assumption 5: the ``r`` fastest clusters, fastest or slowest first, one split ``d`` for all."""
+    def speed(name: str) -> float:
+        row = cost.times.times.get(CoreSetup(name, 1))
+        return -math.fsum(row) if row else -math.inf
+
+    ranked = sorted(names, key=speed, reverse=True)
+    out = []
+    for r in range(1, len(ranked) + 1):
+        used = ranked[:r]
+        sizes = [platform.cluster(name).size for name in used]
+        for d in range(1, min(sizes) + 1):
+            setups = [CoreSetup(name, size // d) for name, size in zip(used, sizes)]
+            if any(size % d for size in sizes) or any(s not in cost.times.times for s in setups):
+                continue
+            for order in (setups, setups[::-1]):
+                stages = tuple(s for setup in order for s in (setup,) * d)
+                if len(stages) <= cost.num_layers and stages not in out:
                     out.append(stages)
     return out
 
