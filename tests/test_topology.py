@@ -364,6 +364,10 @@ class TestAffinity:
         cpu_lists = [c["cpus"] for c in doc["clusters"] if c.get("kind", "cpu") == "cpu"]
         assert cpu_lists == [[only]]
         assert doc["fastest"] in {c["name"] for c in doc["clusters"]}
+        left_out = sorted(set(parse_cpu_list(doc["outside_affinity"])))
+        assert only not in left_out and set(left_out) <= set(allowed)
+        text = run_cli("topology", preexec_fn=lambda: os.sched_setaffinity(0, {only}))
+        assert text.returncode == 0 and "left out (this process may not run there): CPUs" in text.stdout
 
 
 class TestSpecs:

@@ -40,6 +40,8 @@ def _document(args: argparse.Namespace) -> dict:
     notes = dict(platform.extra)
     if "gpu" in notes:
         doc["gpu_note"] = notes["gpu"]
+    if "outside_affinity" in notes:  # CPUs taskset or a cpuset keeps this process off: not planned for
+        doc["outside_affinity"] = notes["outside_affinity"]
     if topo is not None:
         doc["arch"] = topo.arch
         doc["offline"] = list(topo.offline)
@@ -73,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"offline CPUs: {format_cpu_list(doc['offline'])}")
     if doc.get("smt"):
         notes.append("SMT: sibling threads share a core")
+    if doc.get("outside_affinity"):
+        notes.append(f"left out (this process may not run there): CPUs {doc['outside_affinity']}")
     print("; ".join(notes))
     if doc.get("gpu_note"):
         print(doc["gpu_note"])
