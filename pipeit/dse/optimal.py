@@ -68,7 +68,7 @@ class SearchStats:
 #: the most worker sizes the search enumerates in one cluster: a bigger cluster (a 64-core server)
 #: is planned in units of ``ceil(size / MAX_UNITS_PER_CLUSTER)`` cores, as one of 16 cores is. The
 #: number of ways to share ``u`` units among workers grows like the partitions of ``u`` (22 for 8,
-#: 231 for 16, 1.3 million for 64), and every stage of every plan draws from them.
+#: 231 for 16, 1.7 million for 64), and every stage of every plan draws from them.
 MAX_UNITS_PER_CLUSTER = 16
 
 #: the most cluster states (cores left in each cluster, the product over clusters of ``units + 1``)
