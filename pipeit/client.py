@@ -48,6 +48,9 @@ TRANSPORTS = ("auto", "inline", "shm")
 #: the largest reply body a client accepts (outputs of any sensible CNN are far below)
 DEFAULT_MAX_REPLY_BYTES = 1 << 30
 
+#: error codes after which the daemon closes the connection (docs/PROTOCOL.md)
+CLOSING_CODES = ("malformed", "too_large")
+
 
 class DaemonError(PipeitError):
     """The daemon cannot be reached, or answered a request with an error (``code`` says which)."""
@@ -314,6 +317,8 @@ class Client:
             if (message.header.error or {}).get("code") == "reattach":
                 self._drop_area()  # stale (the daemon reloaded another model): the next send attaches again
         if not message.header.ok:
+            if (message.header.error or {}).get("code") in CLOSING_CODES:
+                self.close()  # the daemon closes its side after this answer: drop ours (and the area) now
             _raise(message)
         return message
 

@@ -11,6 +11,17 @@ XNNPACK refuses. :attr:`Layer.op_indices` therefore lists the original
 operator indices of the layer *including* its folded constant ops; a constant
 op shared by two layers appears in both.
 
+*Dead* operators -- whose outputs reach no model output, not even through
+other operators -- are pruned: they are in no layer and no stage. The
+runtime runs them in the whole model (a converter left them there, or an
+unused ``DEQUANTIZE`` of a weight), but nothing a caller sees depends on
+them, and a stage made of one would hand nothing on (a split could not be
+made). Chained stages still give the whole model's outputs bit for bit;
+only the whole-model timing includes their (usually tiny) cost.
+:attr:`LayerGraph.pruned_ops` lists them. Operators without outputs, and
+operators touching a variable tensor, are never pruned: they may act by
+side effect on state the model keeps between invocations.
+
 A *cut point* ``before=i`` separates layers ``< i`` from layers ``>= i``; its
 tensors are those produced before the cut (or model inputs) and needed after
 it (consumed by a layer ``>= i`` or a model output). Residual (skip)
@@ -54,6 +65,7 @@ from pipeit.modelfile import (
     op_name,
     read_model_bytes,
     parse_model,
+    tensor_name,
 )
 
 __all__ = [
@@ -63,6 +75,7 @@ __all__ = [
     "load_graph",
     "graph_from_model",
     "constant_ops",
+    "dead_ops",
 ]
 
 _PADDING = {v: k for k, v in vars(schema.Padding).items() if not k.startswith("_")}
@@ -129,7 +142,8 @@ class LayerGraph:
     ``nx`` is a networkx DiGraph over layer indices; node attribute
     ``layer`` holds the :class:`Layer`, edge attribute ``tensors`` the names
     of the tensors flowing along the edge. ``cuts[k]`` is the cut before
-    layer ``k + 1``.
+    layer ``k + 1``. ``pruned_ops`` are the original indices of the dead
+    operators left out of every layer (see the module docstring).
     """
 
     layers: Tuple[Layer, ...]
@@ -138,6 +152,7 @@ class LayerGraph:
     outputs: Tuple[TensorInfo, ...]
     sha256: str
     nx: "nx.DiGraph" = field(compare=False, repr=False)
+    pruned_ops: Tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -179,6 +194,7 @@ class LayerGraph:
             "total_macs": self.total_macs,
             "total_weight_bytes": self.total_weight_bytes,
             "cuts": [cut.to_json() for cut in self.cuts],
+            "pruned_ops": list(self.pruned_ops),
         }
 
 
@@ -197,7 +213,7 @@ def load_graph(source: Union[ModelSource, "schema.ModelT"]) -> LayerGraph:
     else:
         raise ModelError(f"cannot read a model from a {type(source).__name__}")
     model = parse_model(data, where=where)
-    return graph_from_model(model, sha256=hashlib.sha256(data).hexdigest())
+    return graph_from_model(model, sha256=hashlib.sha256(data).hexdigest(), where=where)
 
 
 def _is_constant_tensor(model: "schema.ModelT", tensor: "schema.TensorT") -> bool:
@@ -211,8 +227,9 @@ def constant_ops(model: "schema.ModelT") -> frozenset:
     """Indices of operators all of whose inputs are constants or outputs of such ops.
 
     Operators without any input are not constant-only (nothing marks them as
-    weight preparation), nor are operators whose output is a model output or
-    is consumed by nobody (they are the model's work, not a weight's).
+    weight preparation), nor are operators whose output is a model output
+    (they are the model's work, not a weight's) or is consumed by nobody
+    (they are dead: :func:`dead_ops`).
     """
     subgraph = model.subgraphs[0]
     tensors = subgraph.tensors or []
@@ -233,6 +250,31 @@ def constant_ops(model: "schema.ModelT") -> frozenset:
     return frozenset(result)
 
 
+def dead_ops(model: "schema.ModelT") -> frozenset:
+    """Indices of operators none of whose outputs reaches a model output.
+
+    Found backwards from the model outputs (operators are in execution
+    order, which the validation guarantees is a topological one): an
+    operator is live when a model output or a live operator's input is
+    among its outputs. Operators with no outputs or touching a variable
+    tensor are kept live: they may work by side effect.
+    """
+    subgraph = model.subgraphs[0]
+    tensors = subgraph.tensors or []
+    needed: Set[int] = {int(t) for t in subgraph.outputs}
+    dead: Set[int] = set()
+    for k in range(len(subgraph.operators) - 1, -1, -1):
+        op = subgraph.operators[k]
+        ins = [int(t) for t in ints(op.inputs) if int(t) != -1]
+        outs = [int(t) for t in ints(op.outputs)]
+        stateful = any(tensors[t].isVariable for t in ins + outs)
+        if outs and not stateful and not any(t in needed for t in outs):
+            dead.add(k)
+            continue
+        needed.update(ins)
+    return frozenset(dead)
+
+
 def _consumers(subgraph) -> Dict[int, List[int]]:
     consumers: Dict[int, List[int]] = {}
     for k, op in enumerate(subgraph.operators):
@@ -242,11 +284,13 @@ def _consumers(subgraph) -> Dict[int, List[int]]:
     return consumers
 
 
-def graph_from_model(model: "schema.ModelT", sha256: Optional[str] = None) -> LayerGraph:
+def graph_from_model(
+    model: "schema.ModelT", sha256: Optional[str] = None, where: str = "the model"
+) -> LayerGraph:
     """Analyse an already validated ModelT (see :func:`pipeit.modelfile.read_model`).
 
     ``sha256`` identifies the model file; when omitted it is computed over
-    the re-serialised model.
+    the re-serialised model. ``where`` names the model in error messages.
     """
     if sha256 is None:
         from pipeit.modelfile import serialize_model
@@ -256,19 +300,25 @@ def graph_from_model(model: "schema.ModelT", sha256: Optional[str] = None) -> La
     tensors = subgraph.tensors or []
     operators = subgraph.operators
     folded = constant_ops(model)
+    dead = dead_ops(model)
     producer_op: Dict[int, int] = {}
     for k, op in enumerate(operators):
-        for t in ints(op.outputs):
-            producer_op[int(t)] = k
+        if k not in dead:
+            for t in ints(op.outputs):
+                producer_op[int(t)] = k
 
     def info(t: int) -> TensorInfo:
         tensor = tensors[t]
         shape = tuple(int(d) for d in tensor.shape) if tensor.shape is not None else ()
-        name = tensor.name.decode("utf-8", "replace") if isinstance(tensor.name, bytes) else (
-            tensor.name or f"tensor_{t}")
+        name = tensor_name(tensor) if tensor.name is not None else f"tensor_{t}"
         return TensorInfo(name, shape, dtype_name(tensor.type))
 
-    layer_ops = [k for k in range(len(operators)) if k not in folded]
+    layer_ops = [k for k in range(len(operators)) if k not in folded and k not in dead]
+    if not layer_ops:
+        raise ModelError(
+            f"{where}: no operator computes a model output (the outputs are model inputs), "
+            "so there is nothing to run in stages"
+        )
     op_to_layer = {k: i for i, k in enumerate(layer_ops)}
     layers: List[Layer] = []
     for i, k in enumerate(layer_ops):
@@ -324,6 +374,7 @@ def graph_from_model(model: "schema.ModelT", sha256: Optional[str] = None) -> La
         outputs=tuple(info(t) for t in model_outputs),
         sha256=sha256,
         nx=graph,
+        pruned_ops=tuple(sorted(dead)),
     )
 
 

@@ -46,6 +46,7 @@ from pipeit.transfer import HopModel
 
 __all__ = [
     "LAYER_TIMES_VERSION",
+    "MAX_LAYER_MS",
     "Calibration",
     "LayerTimes",
     "cut_bytes_of",
@@ -53,6 +54,11 @@ __all__ = [
 ]
 
 LAYER_TIMES_VERSION = 1
+
+#: the longest a layer may take (ms, about 11.6 days). A finite time beyond it is a broken
+#: measurement or a hand edit, not a layer: sums of a few such times overflow the cost model's
+#: floats. A layer a setup cannot run is ``inf`` (``null`` in the file), not a huge number.
+MAX_LAYER_MS = 1e9
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,9 @@ class LayerTimes:
             for i, v in enumerate(values):
                 if math.isnan(v) or v < 0:
                     raise PlanError(f"layer times: layer {i} on {setup} has time {v!r} (need >= 0 or inf)")
+                if MAX_LAYER_MS < v < math.inf:
+                    raise PlanError(f"layer times: layer {i} on {setup} has time {v!r} ms, over the "
+                                    f"{MAX_LAYER_MS:g} ms a layer may take (a layer it cannot run is null/inf)")
             clean[setup] = values
         object.__setattr__(self, "times", clean)
         if len(self.cut_bytes) != n + 1:
@@ -222,7 +231,9 @@ class LayerTimes:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise PlanError(f"{path}: no such layer-times file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except RecursionError:
+            raise PlanError(f"{path}: unreadable layer-times file (JSON nested too deeply)") from None
+        except (OSError, ValueError) as err:  # ValueError: bad UTF-8 or JSON, an integer past Python's digit limit
             raise PlanError(f"{path}: unreadable layer-times file ({err})") from err
         return cls.from_json(doc, str(path))
 

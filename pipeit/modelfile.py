@@ -16,7 +16,23 @@ What is refused, and why:
   straight-line graph of layers;
 * custom operators the runtime cannot resolve (custom ops outside the stock
   list are tried in the runtime once): it would refuse them anyway, later
-  and less clearly; the error names the op.
+  and less clearly; the error names the op;
+* builtin op codes this schema has no name for (a newer converter's ops):
+  no runtime built against it registers them;
+* an operator that reads and writes the same tensor, which the runtime
+  refuses when allocating;
+* a constant (weight) tensor listed as a model output: stages exchange and
+  return only tensors an operator computes, so no stage would produce it.
+
+Whatever else the runtime refuses (op versions it does not register,
+options or shapes its kernels reject) is found by building the model once
+in it: :func:`pipeit.runtime.check_loads`, which the commands that rely on
+the model running call up front -- not here, since reading a model must
+stay cheap.
+
+Tensor names are compared as the runtime reports them
+(:func:`tensor_name`): it reads them as C strings, so a name is cut at its
+first NUL byte.
 
 Buffers stored outside the flatbuffer (``offset``/``size``, used by models
 over 2 GB or written with external data) are copied into ``data`` here, so
@@ -25,11 +41,8 @@ the returned :class:`ModelT` is self-contained and can be re-serialised.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Union
+from typing import Dict, List, Union
 
 import numpy as np
 
@@ -50,6 +63,7 @@ __all__ = [
     "op_name",
     "dtype_name",
     "ints",
+    "tensor_name",
     "DTYPE_NAMES",
 ]
 
@@ -124,6 +138,17 @@ def op_name(opcode: "schema.OperatorCodeT") -> str:
     if code == schema.BuiltinOperator.CUSTOM:
         return f"CUSTOM:{_text(opcode.customCode) or '?'}"
     return _OP_NAMES.get(code, f"BUILTIN_{code}")
+
+
+def tensor_name(tensor: "schema.TensorT") -> str:
+    """The tensor's name as the runtime reports it ("" when unnamed).
+
+    The runtime reads names as C strings, so everything from the first NUL
+    byte on is invisible to it; stages hand tensors over by the names the
+    runtime reports, so pipeit must use the same ones (and check them for
+    clashes after the cut, not before).
+    """
+    return _text(tensor.name).split("\x00", 1)[0]
 
 
 def ints(values) -> List[int]:
@@ -253,6 +278,13 @@ def _validate(model: "schema.ModelT", data: bytes, where: str) -> None:
             f"{where}: the model has {len(subgraphs)} subgraphs; only single-subgraph "
             "models can be pipelined"
         )
+    for k, op in enumerate(subgraphs[0].operators or []):
+        if names[int(op.opcodeIndex)].startswith("BUILTIN_"):
+            raise UnsupportedModelError(
+                f"{where}: operator {k} uses builtin op code "
+                f"{builtin_code(codes[int(op.opcodeIndex)])}, which this TFLite schema does not "
+                "name (an op from a newer converter?); the runtime cannot run it"
+            )
     _inline_external_buffers(model, data, where)
     _validate_subgraph(model, subgraphs[0], where)
     custom = sorted(
@@ -270,36 +302,16 @@ def _check_custom_ops_resolve(data: bytes, custom: List[str], where: str) -> Non
     MediaPipe's ``Convolution2DTransposeBias``), so no fixed list is right
     for every backend; only models with such ops pay for this load.
     """
-    from pipeit.runtime import make_interpreter
+    from pipeit.runtime import check_loads
 
     try:
-        with _native_stderr_silenced():
-            make_interpreter(data, num_threads=1)
+        check_loads(data, where="")
     except ModelError as err:
         cause = str(err).split("cannot load this model: ", 1)[-1]
         raise UnsupportedModelError(
             f"{where}: custom operator {', '.join(repr(c) for c in custom)} is not "
             f"registered in the runtime ({cause})"
         ) from err
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Mute file descriptor 2 while probing: the runtime's C++ log lines
-    ("INFO: Created ... delegate") are noise in a check, not news for the user."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): just run
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _used_opcodes(subgraphs: List, n_codes: int, where: str) -> List[int]:
@@ -382,8 +394,14 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
 
     for t in ints(subgraph.inputs):
         check_index(int(t), "model input", False)
-    for t in subgraph.outputs:
-        check_index(int(t), "model output", False)
+    for i, t in enumerate(ints(subgraph.outputs)):
+        check_index(t, "model output", False)
+        if constant[t]:
+            raise UnsupportedModelError(
+                f"{where}: model output {i} (tensor {t} {tensor_name(tensors[t])!r}) is a constant "
+                "weight, not computed by any operator; stages return only computed tensors, so "
+                "this model cannot be pipelined"
+            )
 
     available = [False] * n_tensors
     for t in ints(subgraph.inputs):
@@ -401,8 +419,15 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
                 )
         for t in ints(op.intermediates):
             check_index(int(t), f"operator {k} intermediate", False)
+        reads = set(ints(op.inputs))
         for t in ints(op.outputs):
             check_index(int(t), f"operator {k} output", False)
+            if int(t) in reads:
+                raise ModelError(
+                    f"{where}: corrupt model (operator {k} "
+                    f"{op_name(model.operatorCodes[int(op.opcodeIndex)])} both reads and writes "
+                    f"tensor {int(t)} {tensor_name(tensors[int(t)])!r}, which the runtime refuses)"
+                )
             available[int(t)] = True
     for t in subgraph.outputs:
         if not available[int(t)]:

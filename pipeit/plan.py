@@ -37,6 +37,29 @@ __all__ = ["PLAN_VERSION", "WorkerSpec", "StageSpec", "Plan", "load_plan", "file
 PLAN_VERSION = 1
 
 
+def _integer(value: object, what: str) -> int:
+    """A JSON integer, as pipeit writes one.
+
+    A string or a float where a layer index, CPU or thread count belongs is
+    a hand edit gone wrong; rounding or parsing it would run another plan
+    than the one written.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def _number(value: object, what: str) -> float:
+    """A JSON number (pipeit writes predicted times and limits as numbers, never as strings)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PlanError(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
+def _optional_number(value: object, what: str) -> Optional[float]:
+    return None if value is None else _number(value, what)
+
+
 def file_sha256(path: Union[str, Path]) -> str:
     """Hex SHA-256 of a file (the model identity plans and caches are keyed by)."""
     digest = hashlib.sha256()
@@ -67,9 +90,9 @@ class WorkerSpec:
     def from_json(cls, doc: dict) -> "WorkerSpec":
         return cls(
             cluster=str(doc["cluster"]),
-            cpus=tuple(int(c) for c in doc["cpus"]),
-            threads=int(doc["threads"]),
-            predicted_ms=float(doc["predicted_ms"]),
+            cpus=tuple(_integer(c, "a worker's CPU") for c in doc["cpus"]),
+            threads=_integer(doc["threads"], "a worker's threads"),
+            predicted_ms=_number(doc["predicted_ms"], "a worker's predicted_ms"),
         )
 
 
@@ -90,11 +113,11 @@ class StageSpec:
 
     @classmethod
     def from_json(cls, doc: dict) -> "StageSpec":
-        start, end = (int(v) for v in doc["layers"])
+        start, end = (_integer(v, "a stage's layer index") for v in doc["layers"])
         return cls(
             layers=(start, end),
             workers=tuple(WorkerSpec.from_json(w) for w in doc["workers"]),
-            predicted_fps=float(doc["predicted_fps"]),
+            predicted_fps=_number(doc["predicted_fps"], "a stage's predicted_fps"),
         )
 
 
@@ -163,19 +186,23 @@ class Plan:
             )
         try:
             limits = doc.get("limits") or {}
+            if not isinstance(limits, dict):
+                raise PlanError(f"limits must be an object, got {limits!r}")
             plan = cls(
                 model=str(doc["model"]),
                 model_sha256=str(doc["model_sha256"]),
                 platform=Platform.from_json(doc["platform"]),
                 strategy=str(doc["strategy"]),
                 stages=tuple(StageSpec.from_json(s) for s in doc["stages"]),
-                predicted_fps=float(doc["predicted"]["fps"]),
-                predicted_latency_ms=float(doc["predicted"]["latency_ms"]),
-                latency_limit_ms=limits.get("latency_ms"),
-                memory_limit_mb=limits.get("memory_mb"),
+                predicted_fps=_number(doc["predicted"]["fps"], "predicted fps"),
+                predicted_latency_ms=_number(doc["predicted"]["latency_ms"], "predicted latency_ms"),
+                latency_limit_ms=_optional_number(limits.get("latency_ms"), "limits latency_ms"),
+                memory_limit_mb=_optional_number(limits.get("memory_mb"), "limits memory_mb"),
                 notes=tuple(str(n) for n in doc.get("notes", [])),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except PlanError as err:
+            raise PlanError(f"{where}: malformed plan: {err}") from err
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise PlanError(f"{where}: malformed plan: {err!r}") from err
         plan.validate(where)
         return plan
@@ -220,6 +247,9 @@ def load_plan(path: Union[str, Path]) -> Plan:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise PlanError(f"{path}: no such plan file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except RecursionError:
+        raise PlanError(f"{path}: not a plan (JSON nested too deeply)") from None
+    except (OSError, ValueError) as err:
+        # ValueError: bad UTF-8, bad JSON, or an integer past Python's digit limit
         raise PlanError(f"{path}: not a readable plan JSON file ({err})") from err
     return Plan.from_json(doc, where=str(path))

@@ -162,7 +162,8 @@ def time_model(
     """
     from pipeit.runtime import make_interpreter
 
-    interpreter = make_interpreter(model_bytes, num_threads=num_threads)
+    # no name in the message: the failed row already says which model, range and setup
+    interpreter = make_interpreter(model_bytes, num_threads=num_threads, where="")
     _fill_inputs(interpreter, spec.seed)
     for _ in range(spec.warmup):
         interpreter.invoke()
@@ -634,16 +635,25 @@ def _stage_ranges(n_layers: int, stages: int) -> List[Tuple[int, int]]:
 
 
 def model_jobs(path: Union[str, Path], stages: int = 3, name: Optional[str] = None) -> List[Job]:
-    """Jobs for one model: each distinct layer, a few stages, the whole model."""
-    from pipeit.graph import load_graph
-    from pipeit.modelfile import read_model, read_model_bytes
+    """Jobs for one model: each distinct layer, a few stages, the whole model.
+
+    The model is built once in the runtime first (:func:`pipeit.runtime.check_loads`):
+    one the runtime refuses is refused here, naming the file and the runtime's
+    reason, rather than measured into rows that all say "failed" -- which a
+    planner would then read as "this platform was not profiled".
+    """
+    from pipeit.graph import graph_from_model
+    from pipeit.modelfile import parse_model, read_model_bytes
+    from pipeit.runtime import check_loads
     from pipeit.split import extract_layers
 
     path = Path(path)
     name = name or path.stem
+    where = str(path)
     data = read_model_bytes(path)
-    graph = load_graph(data)
-    model = read_model(data)
+    model = parse_model(data, where=where)
+    graph = graph_from_model(model, sha256=hashlib.sha256(data).hexdigest(), where=where)
+    check_loads(path, where=where)
     keys = [layer.descriptor.key_string() for layer in graph.layers]
     jobs: List[Job] = []
     seen = set()
@@ -652,11 +662,11 @@ def model_jobs(path: Union[str, Path], stages: int = 3, name: Optional[str] = No
         if key in seen:
             continue
         seen.add(key)
-        sub = extract_layers(model, layer.index, layer.index + 1)
+        sub = extract_layers(model, layer.index, layer.index + 1, where=where)
         jobs.append(Job("layer", name, layer.index, layer.index + 1, key, layer.descriptor, (),
                         sub.model_bytes))
     for start, end in _stage_ranges(len(graph.layers), stages):
-        sub = extract_layers(model, start, end)
+        sub = extract_layers(model, start, end, where=where)
         jobs.append(Job("stage", name, start, end, "", None, tuple(keys[start:end]), sub.model_bytes))
     jobs.append(Job("model", name, 0, len(graph.layers), "", None, tuple(keys), data))
     return jobs
@@ -757,8 +767,8 @@ def profile_gpu(
     directory's when None).
     """
     from pipeit.gpu.measure import find_tuning, measure_gpu_times
-    from pipeit.graph import load_graph
-    from pipeit.modelfile import read_model_bytes
+    from pipeit.graph import graph_from_model
+    from pipeit.modelfile import parse_model, read_model_bytes
 
     done = set() if done is None else done
     rows: List[ProfileRow] = []
@@ -768,7 +778,8 @@ def profile_gpu(
     for path in models:
         path = Path(path)
         data = read_model_bytes(path)
-        graph = load_graph(data)
+        graph = graph_from_model(parse_model(data, where=str(path)),
+                                 sha256=hashlib.sha256(data).hexdigest(), where=str(path))
         firsts = {}
         for layer in graph.layers:
             firsts.setdefault(layer.descriptor.key_string(), layer)

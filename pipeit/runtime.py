@@ -5,19 +5,38 @@ TFLite's maintained successor) and ``tflite-runtime`` (the only choice on
 32-bit ARM). The backend is chosen by argument or by the environment
 variable ``PIPEIT_RUNTIME``. XNNPACK is left on (the default op resolver
 applies it): without it everything runs about 3x slower.
+
+:func:`check_loads` builds a model's interpreter once, quietly, to learn
+whether the runtime accepts it at all: op codes and versions it does not
+register, and shapes or options its kernels reject when preparing (a
+stride of 0, a RESHAPE of a 0-element tensor, a tensor that is both input
+and output of one op), are known only to the runtime. Commands that are
+about to rely on the model running (``profile``, ``split``, ``inspect``)
+call it once up front; :func:`pipeit.graph.load_graph` does not, because it
+is called often and on big models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from pipeit.errors import ModelError, PipeitError
 
-__all__ = ["BACKENDS", "RuntimeInfo", "backend_name", "runtime_info", "make_interpreter"]
+__all__ = [
+    "BACKENDS",
+    "RuntimeInfo",
+    "backend_name",
+    "runtime_info",
+    "make_interpreter",
+    "check_loads",
+    "native_stderr_silenced",
+]
 
 #: backend name -> module that holds ``Interpreter``
 BACKENDS = {
@@ -76,11 +95,14 @@ def make_interpreter(
     num_threads: int = 1,
     backend: Optional[str] = None,
     allocate: bool = True,
+    where: Optional[str] = None,
 ) -> Any:
     """Build an interpreter from a path or from model bytes, tensors allocated.
 
     ``num_threads`` should equal the number of cores the calling process is
-    pinned to: more threads than cores only adds contention.
+    pinned to: more threads than cores only adds contention. ``where`` names
+    the model in error messages (default: its path, or "model bytes"); pass
+    ``""`` for no name, where the caller's message already says which model.
     """
     if num_threads < 1:
         raise PipeitError(f"num_threads must be >= 1, got {num_threads}")
@@ -88,18 +110,57 @@ def make_interpreter(
     kwargs: dict = {"num_threads": int(num_threads)}
     if isinstance(model, (bytes, bytearray)):
         kwargs["model_content"] = bytes(model)
-        where = "model bytes"
+        name = "model bytes"
     else:
         path = Path(model)
         if not path.is_file():
-            raise ModelError(f"{path}: no such model file")
+            raise ModelError(f"{where or path}: no such model file")
         kwargs["model_path"] = str(path)
-        where = str(path)
+        name = str(path)
+    if where is not None:
+        name = where
     try:
         interpreter = cls(**kwargs)
         if allocate:
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{where}: the runtime cannot load this model: {first}") from err
+        prefix = f"{name}: " if name else ""
+        raise ModelError(f"{prefix}the runtime cannot load this model: {first}") from err
     return interpreter
+
+
+def check_loads(
+    model: Union[str, Path, bytes, bytearray],
+    where: Optional[str] = None,
+    backend: Optional[str] = None,
+) -> None:
+    """Raise one :class:`ModelError` line if the runtime cannot build and allocate ``model``.
+
+    One interpreter on one thread, its native log lines muted (they are
+    noise in a check). Tensors are allocated because kernels check shapes
+    and options only then; nothing is invoked. Give a path rather than
+    bytes for a big model: the runtime maps the file instead of copying it.
+    """
+    with native_stderr_silenced():
+        interpreter = make_interpreter(model, num_threads=1, backend=backend, where=where)
+    del interpreter
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Mute file descriptor 2 while probing: the runtime's C++ log lines
+    ("INFO: Created ... delegate") are noise in a check, not news for the user."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): just run
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
@@ -29,7 +30,16 @@ from ai_edge_litert import schema_py_generated as schema
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import InputError, SplitError
 from pipeit.graph import LayerGraph, graph_from_model
-from pipeit.modelfile import ModelSource, dtype_name, ints, read_model, serialize_model
+from pipeit.modelfile import (
+    ModelSource,
+    dtype_name,
+    ints,
+    parse_model,
+    read_model,
+    read_model_bytes,
+    serialize_model,
+    tensor_name,
+)
 
 __all__ = [
     "StageModel",
@@ -43,6 +53,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
+#: the names :attr:`StageModel.file_name` gives stage files (and the only files a split removes)
+STAGE_FILE = re.compile(r"stage_(0|[1-9][0-9]*)\.tflite")
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,11 @@ def validate_cuts(cuts: Sequence, n_layers: int) -> Tuple[int, ...]:
         if isinstance(cut, bool) or not isinstance(cut, (int, np.integer)):
             raise SplitError(f"cut {cut!r} is not an integer layer index")
         values.append(int(cut))
+    if values and n_layers <= 1:
+        raise SplitError(
+            f"the model has {'one layer' if n_layers == 1 else 'no layers'} and cannot be split "
+            f"(cut {values[0]} asked for)"
+        )
     for value in values:
         if not 1 <= value <= n_layers - 1:
             raise SplitError(
@@ -110,33 +127,50 @@ def validate_cuts(cuts: Sequence, n_layers: int) -> Tuple[int, ...]:
 
 # ---- splitting -----------------------------------------------------------------------------
 
-def _load(model: Union[ModelSource, "schema.ModelT"]) -> "schema.ModelT":
-    return model if isinstance(model, schema.ModelT) else read_model(model)
+def _load(
+    model: Union[ModelSource, "schema.ModelT"], where: Optional[str]
+) -> Tuple["schema.ModelT", str]:
+    """The parsed model and how error messages name it: ``where``, else its path, else a stand-in."""
+    if isinstance(model, schema.ModelT):
+        return model, where or "the model"
+    if isinstance(model, (str, Path)):
+        where = where or str(model)
+        return parse_model(read_model_bytes(model), where=where), where
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        where = where or "model bytes"
+        return parse_model(bytes(model), where=where), where
+    return read_model(model), where or "the model"  # refuses the type with one clear line
 
 
 def split_model(
-    model: Union[ModelSource, "schema.ModelT"], cuts: Sequence[int]
+    model: Union[ModelSource, "schema.ModelT"], cuts: Sequence[int], where: Optional[str] = None
 ) -> Tuple[StageModel, ...]:
     """Split a model at the given cut points into ``len(cuts) + 1`` stage sub-models.
 
     A cut ``i`` separates layers ``< i`` from layers ``>= i`` (layer indices as
-    ``pipeit inspect`` numbers them).
+    ``pipeit inspect`` numbers them). ``where`` names the model in error
+    messages (default: its path).
     """
-    model_t = _load(model)
-    graph = graph_from_model(model_t, sha256="")
-    values = validate_cuts(cuts, len(graph.layers))
+    model_t, where = _load(model, where)
+    graph = graph_from_model(model_t, sha256="", where=where)
+    try:
+        values = validate_cuts(cuts, len(graph.layers))
+    except SplitError as err:
+        raise SplitError(f"{where}: {err}") from None
     bounds = (0,) + values + (len(graph.layers),)
     return tuple(
-        _extract(model_t, graph, bounds[i], bounds[i + 1], i) for i in range(len(bounds) - 1)
+        _extract(model_t, graph, bounds[i], bounds[i + 1], i, where)
+        for i in range(len(bounds) - 1)
     )
 
 
 def extract_layers(
-    model: Union[ModelSource, "schema.ModelT"], start: int, end: int, index: int = 0
+    model: Union[ModelSource, "schema.ModelT"], start: int, end: int, index: int = 0,
+    where: Optional[str] = None,
 ) -> StageModel:
     """A sub-model running layers ``[start, end)`` of the model (e.g. one layer to profile)."""
-    model_t = _load(model)
-    graph = graph_from_model(model_t, sha256="")
+    model_t, where = _load(model, where)
+    graph = graph_from_model(model_t, sha256="", where=where)
     n = len(graph.layers)
     for value in (start, end):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -145,11 +179,12 @@ def extract_layers(
         raise SplitError(
             f"layer range [{start}, {end}) is not a non-empty range inside [0, {n})"
         )
-    return _extract(model_t, graph, int(start), int(end), index)
+    return _extract(model_t, graph, int(start), int(end), index, where)
 
 
 def _extract(
-    model: "schema.ModelT", graph: LayerGraph, start: int, end: int, index: int
+    model: "schema.ModelT", graph: LayerGraph, start: int, end: int, index: int,
+    where: str = "the model",
 ) -> StageModel:
     subgraph = model.subgraphs[0]
     tensors = subgraph.tensors
@@ -206,8 +241,14 @@ def _extract(
     producer_layer = {t: layer_of_op.get(k, -1) for t, k in _all_producers(operators).items()}
     stage_inputs.sort(key=lambda t: (producer_layer.get(t, -1), input_rank.get(t, 0), t))
     if not stage_outputs:
-        raise SplitError(f"layers [{start}, {end}) produce nothing the rest of the model uses")
-    _check_unique_names(tensors, stage_inputs + stage_outputs)
+        raise SplitError(
+            f"{where}: layers [{start}, {end}) produce nothing the rest of the model uses"
+        )
+    n = len(graph.layers)
+    crossing = [(t, start if start > 0 else None) for t in stage_inputs if t not in model_inputs]
+    crossing += [(t, end if end < n else None) for t in stage_outputs]
+    crossing += [(t, None) for t in stage_inputs if t in model_inputs]
+    _check_unique_names(tensors, crossing, where)
 
     # re-index tensors, buffers and opcodes
     tensor_map = {t: i for i, t in enumerate(sorted(used))}
@@ -257,8 +298,7 @@ def _extract(
 
     def info(t: int) -> TensorInfo:
         tensor = tensors[t]
-        name = tensor.name.decode("utf-8", "replace") if isinstance(tensor.name, bytes) else (
-            tensor.name or f"tensor_{t}")
+        name = tensor_name(tensor) if tensor.name is not None else f"tensor_{t}"
         return TensorInfo(name, tuple(ints(tensor.shape)), dtype_name(tensor.type))
 
     return StageModel(
@@ -271,27 +311,52 @@ def _extract(
     )
 
 
-def _tensor_name(tensor) -> str:
-    name = tensor.name
-    return name.decode("utf-8", "replace") if isinstance(name, bytes) else (name or "")
+def _check_unique_names(tensors, crossing: List[Tuple[int, Optional[int]]], where: str) -> None:
+    """Stages hand tensors over by name, so an exchanged name must be unambiguous.
+
+    ``crossing`` pairs each exchanged tensor with the layer it is cut before
+    (None: a model input or output). Names are compared as the runtime
+    reports them (cut at a NUL byte), which is how stages look them up.
+    """
+    def place(t: int, before: Optional[int]) -> str:
+        return (f"tensor {t} crosses the cut before layer {before}" if before is not None
+                else f"tensor {t} is a model input or output")
+
+    for t, before in crossing:
+        if tensor_name(tensors[t]) == "":
+            raise SplitError(
+                f"{where}: {place(t, before)} but has no name; stages exchange tensors by name, "
+                "so this cut cannot be made"
+            )
+        if not _utf8_name(tensors[t]):
+            raise SplitError(
+                f"{where}: {place(t, before)} but its name {tensor_name(tensors[t])!r} is not "
+                "valid UTF-8, which the runtime cannot report; stages exchange tensors by name, "
+                "so this cut cannot be made"
+            )
+    holders: Dict[str, List[int]] = {}
+    for i, tensor in enumerate(tensors):
+        holders.setdefault(tensor_name(tensor), []).append(i)
+    for t, before in crossing:
+        name = tensor_name(tensors[t])
+        if len(holders[name]) > 1:
+            shared = holders[name]
+            raise SplitError(
+                f"{where}: tensor name {name!r} is shared by tensors "
+                f"{', '.join(str(i) for i in shared[:-1])} and {shared[-1]} ({place(t, before)}); "
+                "stages exchange tensors by name, so this cut cannot be made"
+            )
 
 
-def _check_unique_names(tensors, exchanged: List[int]) -> None:
-    """Stages hand tensors over by name, so an exchanged name must be unambiguous."""
-    wanted = {_tensor_name(tensors[t]) for t in exchanged}
-    if "" in wanted:
-        raise SplitError("a tensor crossing this cut has no name; stages exchange tensors by name")
-    counts: Dict[str, int] = {}
-    for tensor in tensors:
-        name = _tensor_name(tensor)
-        if name in wanted:
-            counts[name] = counts.get(name, 0) + 1
-    clashes = sorted(name for name, n in counts.items() if n > 1)
-    if clashes:
-        raise SplitError(
-            f"tensor name {clashes[0]!r} is shared by several tensors; stages exchange "
-            "tensors by name, so this cut cannot be made"
-        )
+def _utf8_name(tensor) -> bool:
+    """Whether the runtime's Python API can decode the name it reports (up to a NUL byte)."""
+    if not isinstance(tensor.name, bytes):
+        return True
+    try:
+        tensor.name.split(b"\x00", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _all_producers(operators) -> Dict[int, int]:
@@ -313,12 +378,22 @@ def manifest(stages: Sequence[StageModel]) -> dict:
 
 
 def write_split(stages: Sequence[StageModel], out_dir: Union[str, Path]) -> Path:
-    """Write ``stage_<i>.tflite`` files and ``manifest.json`` into ``out_dir``; return the manifest path."""
+    """Write ``stage_<i>.tflite`` files and ``manifest.json`` into ``out_dir``; return the manifest path.
+
+    Stage files of an earlier split into the same folder that the new
+    manifest does not list are removed: left there, they would pass for part
+    of this split. Only files named as stage files are touched.
+    """
     directory = Path(out_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for stage in stages:
             (directory / stage.file_name).write_bytes(stage.model_bytes)
+        listed = {stage.file_name for stage in stages}
+        for entry in directory.iterdir():
+            if (STAGE_FILE.fullmatch(entry.name) and entry.name not in listed
+                    and entry.is_file() and not entry.is_symlink()):
+                entry.unlink()
         path = directory / MANIFEST_NAME
         path.write_text(json.dumps(manifest(stages), indent=2) + "\n")
     except OSError as err:

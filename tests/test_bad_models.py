@@ -15,7 +15,7 @@ import pytest
 
 from ai_edge_litert import schema_py_generated as schema
 from pipeit.graph import load_graph
-from pipeit.modelfile import read_model, serialize_model
+from pipeit.modelfile import op_name, read_model, serialize_model
 from pipeit.tflite_builder import ModelBuilder
 
 
@@ -67,6 +67,53 @@ def with_while(model) -> None:
     model.subgraphs.append(copy.deepcopy(model.subgraphs[0]))
 
 
+def ops_named(model, name: str):
+    return [op for op in model.subgraphs[0].operators
+            if op_name(model.operatorCodes[op.opcodeIndex]) == name]
+
+
+def with_opcode(model, code: int, version: int = 1, op: int = 2) -> None:
+    opcode = schema.OperatorCodeT()
+    opcode.builtinCode, opcode.deprecatedBuiltinCode, opcode.version = code, min(code, 127), version
+    model.operatorCodes.append(opcode)
+    model.subgraphs[0].operators[op].opcodeIndex = len(model.operatorCodes) - 1
+
+
+def with_stride_0(model) -> None:
+    options = ops_named(model, "CONV_2D")[0].builtinOptions
+    options.strideH = options.strideW = 0
+
+
+def with_in_place_add(model) -> None:
+    """"residual = ADD(stem, project)" rewritten to write into "project", which it reads."""
+    sg = model.subgraphs[0]
+    add = ops_named(model, "ADD")[0]
+    old, new = int(add.outputs[0]), int(add.inputs[1])
+    add.outputs = [new]
+    for op in sg.operators:
+        if op is not add:
+            op.inputs = [new if int(t) == old else int(t) for t in op.inputs]
+
+
+def with_constant_output(model) -> None:
+    sg = model.subgraphs[0]
+    sg.outputs = list(sg.outputs) + [
+        next(i for i, t in enumerate(sg.tensors) if t.name == b"stem/bias")]
+
+
+def empty_reshape() -> bytes:
+    """A 0-element input reshaped into 32 elements: only the RESHAPE kernel notices."""
+    b = ModelBuilder(seed=5)
+    x = b.input("input", (1, 4, 4, 2))
+    b.output(b.fully_connected(b.reshape(b.logistic(x), (1, 32)), 3))
+    model = read_model(b.to_bytes())
+    sg = model.subgraphs[0]
+    for t in sg.tensors:
+        if list(t.shape) == [1, 4, 4, 2]:
+            t.shape = [1, 4, 0, 2]
+    return serialize_model(model)
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("good") / "small.tflite"
@@ -89,18 +136,31 @@ BAD_FILES = {
     "custom": (lambda: edited(with_custom_op), ["'SecretSauce'"]),
     "bad-tensor": (lambda: edited(lambda m: setattr(m.subgraphs[0].operators[1], "inputs",
                                                     [4242, 1, 2])), ["tensor 4242"]),
+    "unknown-op": (lambda: edited(lambda m: with_opcode(m, 9999)), ["builtin op code 9999"]),
+    "in-place": (lambda: edited(with_in_place_add), ["both reads and writes", "'project'"]),
+    "constant-output": (lambda: edited(with_constant_output), ["model output 1", "'stem/bias'"]),
+    # only the runtime knows these: the commands build the model once in it
+    "op-version": (lambda: edited(lambda m: with_opcode(
+        m, schema.BuiltinOperator.CONV_2D, version=99, op=0)),
+        ["the runtime cannot load this model", "'CONV_2D' version '99'"]),
+    "stride-0": (lambda: edited(with_stride_0), ["the runtime cannot load this model", "stride"]),
+    "empty-reshape": (empty_reshape, ["the runtime cannot load this model", "RESHAPE"]),
 }
+RUNTIME_REFUSED = ("op-version", "stride-0", "empty-reshape")
 
 
 class TestBadFiles:
     @pytest.mark.parametrize("case, command", [(case, "inspect") for case in sorted(BAD_FILES)]
-                             + [(case, "split") for case in ("empty", "custom", "subgraphs")])
+                             + [(case, "split") for case in ("empty", "custom", "subgraphs",
+                                                             "unknown-op", "constant-output")]
+                             + [(case, c) for case in RUNTIME_REFUSED for c in ("split", "profile")])
     def test_refused(self, tmp_path, case, command):
         make, words = BAD_FILES[case]
         path = tmp_path / f"{case}.tflite"
         path.write_bytes(make())
-        args = [command, path] + (["--at", "1", "-o", tmp_path / "out"] if command == "split" else [])
-        assert_clean_refusal(cli(*args), str(path), *words)
+        extra = {"split": ["--at", "1", "-o", tmp_path / "out"],
+                 "profile": ["-o", tmp_path / "out", "--no-progress"]}.get(command, [])
+        assert_clean_refusal(cli(command, path, *extra), str(path), *words)
         assert not (tmp_path / "out").exists()
 
     def test_missing_file(self, tmp_path):
@@ -123,6 +183,45 @@ class TestBadCuts:
         assert len(load_graph(model_path).layers) == 7
         assert_clean_refusal(cli("split", model_path, "--at", at, "-o", tmp_path / "out"), *words)
         assert not (tmp_path / "out").exists()
+
+
+class TestUnusualModels:
+    def test_a_one_layer_model_cannot_be_split(self, tmp_path):
+        b = ModelBuilder(seed=6)
+        b.output(b.conv2d(b.input("x", (1, 8, 8, 3)), 4, 3))
+        path = tmp_path / "one.tflite"
+        path.write_bytes(b.to_bytes())
+        assert_clean_refusal(cli("split", path, "--at", "1", "-o", tmp_path / "out"),
+                             str(path), "one layer and cannot be split")
+
+    def test_inspect_escapes_names_that_would_break_lines(self, tmp_path):
+        def rename(model):
+            for tensor in model.subgraphs[0].tensors:
+                tensor.name = {b"input": b"in\nput", b"probs": b"pro\tbs"}.get(tensor.name, tensor.name)
+
+        path = tmp_path / "names.tflite"
+        path.write_bytes(edited(rename))
+        result = cli("inspect", path)
+        assert result.returncode == 0, result.stderr
+        assert "inputs: 'in\\nput' 1x16x16x3 float32" in result.stdout.splitlines()
+        assert "outputs: 'pro\\tbs' 1x4 float32" in result.stdout.splitlines()
+        assert "\t" not in result.stdout
+
+    def test_dead_ops_are_left_out_and_the_split_runs(self, tmp_path):
+        b = ModelBuilder(seed=20)
+        x = b.input("input", (1, 12, 12, 3))
+        a = b.conv2d(x, 8, 3, stride=2, name="stem")
+        b.conv2d(a, 4, 1, name="dead")
+        c = b.conv2d(a, 8, 3, name="c2")
+        b.output(b.fully_connected(b.mean(b.add(a, c)), 5))
+        path = tmp_path / "dead.tflite"
+        path.write_bytes(b.to_bytes())
+        result = cli("inspect", path)
+        assert result.returncode == 0, result.stderr
+        assert "dead ops left out (their outputs reach no model output): operator(s) 1" in result.stdout
+        result = cli("split", path, "--at", "1,2,3,4", "-o", tmp_path / "out")
+        assert result.returncode == 0, result.stderr
+        assert "wrote 5 stage(s)" in result.stdout
 
 
 class TestInspectAndSplit:

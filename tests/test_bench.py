@@ -69,9 +69,12 @@ def test_bench_with_a_latency_limit_judges_each_strategy(tiny, tmp_path):
     (["MODEL", "--strategies", "fastest,pipeit"], "unknown strategy"),
     (["MODEL", "--frames", "0"], "must be >= 1"),
     (["MODEL", "--platform", "emulate:big=0@1.0,little=0@0.4"], "CPU"),
+    (["FOLDER"], "is a folder, not a model file"),
+    (["MODEL", "--latency-x", "-1"], "--latency-x must be > 0"),
+    (["MODEL", "--latency-x", "0"], "--latency-x must be > 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
-    args = [str(tiny) if a == "MODEL" else a for a in args]
+    args = [str(tiny) if a == "MODEL" else str(tmp_path) if a == "FOLDER" else a for a in args]
     result = run_cli("bench", *args, "--cache-dir", str(tmp_path), timeout=120)
     assert result.returncode == 2
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("INFO:")]

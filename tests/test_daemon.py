@@ -110,6 +110,24 @@ def test_wrong_shape_is_refused_and_the_connection_stays_usable(daemon, files):
         np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
 
 
+TAKES = "the model takes (1, 32, 32, 16) float32"
+
+
+@pytest.mark.parametrize("inputs, expected", [
+    ({"image": np.zeros((1, 32, 32, 16), np.float64)}, f"input 'image' is (1, 32, 32, 16) float64, {TAKES}"),
+    ({"image": np.zeros((1, 32, 32, 17), np.float32)}, f"input 'image' is (1, 32, 32, 17) float32, {TAKES}"),
+    ({"image": np.zeros((1, 32, 32, 16), np.float32), "extra": np.zeros(4, np.float32)},
+     "inputs ['extra', 'image'] do not match the model's ['image'] (it takes 'image' (1, 32, 32, 16) float32)"),
+])
+@pytest.mark.parametrize("transport", ["inline", "shm"])
+def test_a_frame_over_the_size_limit_is_refused_naming_the_input(daemon, inputs, expected, transport):
+    with Client(daemon.socket_path, transport=transport) as c:
+        with pytest.raises(DaemonError) as err:
+            c.infer(inputs)
+    assert err.value.code == "too_large"  # the size bound stands: the body is never read
+    assert expected in str(err.value) and "exceeds the limit" in str(err.value)
+
+
 def test_status_document(daemon):
     with Client(daemon.socket_path) as c:
         c.infer(_frames(1, 3)[0])
@@ -138,6 +156,61 @@ def test_cli_infer_and_status(daemon, files, tmp_path):
     bad = subprocess.run(run + ["infer", "--socket", str(tmp_path / "none.sock"), "--input",
                                 str(tmp_path / "x.npy")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no daemon socket" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_infer_refuses_an_unreadable_npz_without_a_daemon(tmp_path):
+    np.savez(tmp_path / "o.npz", img=np.array([None], dtype=object))  # only pickle could read it back
+    done = subprocess.run([sys.executable, "-m", "pipeit", "infer", "--socket", str(tmp_path / "none.sock"),
+                           "--input", str(tmp_path / "o.npz")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"pipeit: error: {tmp_path / 'o.npz'}: not a readable .npy/.npz file "
+                                        "(Object arrays cannot be loaded when allow_pickle=False)"]
+
+
+def _two_input_model(path):
+    from pipeit.tflite_builder import ModelBuilder
+
+    b = ModelBuilder(seed=0)
+    left, right = b.input("left", (1, 8, 8, 8)), b.input("right", (1, 8, 8, 8))
+    joined = b.add(b.conv2d(left, 8, kernel=3, activation="RELU"), b.conv2d(right, 8, kernel=3, activation="RELU"))
+    b.output(b.fully_connected(b.mean(joined), 4))
+    path.write_bytes(b.to_bytes())
+    return path
+
+
+def test_cli_infer_on_a_two_input_model_names_the_input_that_does_not_fit(tmp_path):
+    from tests.daemon_helpers import write_times
+
+    os.chmod(tmp_path, 0o750)
+    model = _two_input_model(tmp_path / "two.tflite")
+    times = write_times(model, PLATFORM, tmp_path / "times.json")
+    frame = np.zeros((1, 8, 8, 8), np.float32)
+    cases = {
+        "ok": ({"left": frame, "right": frame}, None),
+        "f64": ({"left": frame, "right": frame.astype(np.float64)}, "input 'right' is (1, 8, 8, 8) float64, "
+                                                                     "the model takes (1, 8, 8, 8) float32"),
+        "shape": ({"left": frame, "right": np.zeros((1, 8, 8, 9), np.float32)},
+                  "input 'right' is (1, 8, 8, 9) float32, the model takes (1, 8, 8, 8) float32"),
+        "extra": ({"left": frame, "right": frame, "more": frame},
+                  "it takes 'left' (1, 8, 8, 8) float32, 'right' (1, 8, 8, 8) float32"),
+    }
+    for name, (arrays, _) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    d = serving(model, times, PLATFORM, tmp_path, "--no-replan", socket_name="two.sock")
+    with d:
+        for transport in ("inline", "shm"):
+            for name, (_, expected) in cases.items():
+                done = subprocess.run([sys.executable, "-m", "pipeit", "infer", "--socket", str(d.socket_path),
+                                       "--input", str(tmp_path / f"{name}.npz"), "--transport", transport],
+                                      cwd=ROOT, capture_output=True, text=True, timeout=60)
+                if expected is None:
+                    assert done.returncode == 0, done.stderr
+                    continue
+                assert done.returncode == 2, (transport, name, done.stdout)
+                lines = done.stderr.splitlines()
+                assert len(lines) == 1 and lines[0].startswith("pipeit: error:"), (transport, name, done.stderr)
+                assert expected in lines[0], (transport, name, lines[0])
+    assert d.proc.returncode == 0, d.log()
 
 
 def test_killed_worker_is_restarted_without_failing_requests(daemon, files):

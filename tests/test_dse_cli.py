@@ -79,3 +79,47 @@ def test_times_for_another_model_is_refused(model_and_times, zoo_models, tmp_pat
     _, times = model_and_times
     done = pipeit("plan", zoo_models("mobilenet_v1"), "--platform", SPEC, "--times", times, "-o", tmp_path / "p.json")
     assert done.returncode == 2 and "layers" in done.stderr
+
+
+def _edited_times(path, tmp_path, value, setups="all"):
+    """A copy of the layer-times file with layer 3's time set to ``value`` (None: cannot run) on some setups."""
+    doc = json.loads(path.read_text())
+    names = sorted(doc["times"]) if setups == "all" else setups
+    for name in names:
+        doc["times"][name][3] = value
+    out = tmp_path / "times_edited.json"
+    out.write_text(json.dumps(doc))
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["all-cores", "replicas", "fastest-cluster", "pipe-it"])
+def test_a_layer_no_setup_can_run_is_one_line_and_exit_2(model_and_times, tmp_path, strategy):
+    model, times = model_and_times
+    edited = _edited_times(times, tmp_path, None)
+    out = tmp_path / "p.json"
+    done = pipeit("plan", model, "--platform", SPEC, "--times", edited, "--strategy", strategy, "-o", out)
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "Traceback" not in done.stderr
+    assert "pipeit: error:" in done.stderr and "no core setup can run layer 3" in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("strategy", ["pipeit", "pipe-it"])
+def test_a_setup_that_cannot_run_a_layer_is_planned_around(model_and_times, tmp_path, strategy):
+    model, times = model_and_times
+    edited = _edited_times(times, tmp_path, None, setups=["little:1"])
+    out = tmp_path / "p.json"
+    done = pipeit("plan", model, "--platform", SPEC, "--times", edited, "--strategy", strategy, "-o", out)
+    assert done.returncode == 0, done.stderr
+    plan = load_plan(out)
+    assert plan.predicted_fps > 0
+    assert not any(w.cluster == "little" and s.layers[0] <= 3 < s.layers[1] for s in plan.stages for w in s.workers)
+
+
+def test_absurd_finite_layer_times_are_one_line_and_exit_2(model_and_times, tmp_path):
+    model, times = model_and_times
+    edited = _edited_times(times, tmp_path, 1e308)
+    done = pipeit("plan", model, "--platform", SPEC, "--times", edited, "-o", tmp_path / "p.json")
+    assert done.returncode == 2
+    assert "a layer may take" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1

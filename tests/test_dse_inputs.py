@@ -27,6 +27,7 @@ class TestLayerTimes:
         ({"times": {BIG: (1.0,)}}, "1 times for 2 layers"),
         ({"times": {BIG: (1.0, -2.0)}}, "need >= 0 or inf"),
         ({"times": {BIG: (1.0, math.nan)}}, "need >= 0 or inf"),
+        ({"times": {BIG: (1.0, 1e308)}}, r"1e\+308 ms, over the 1e\+09 ms a layer may take"),
         ({"cut_bytes": (1, 2)}, "need 3 cut sizes"),
         ({"weight_bytes": (1,)}, "need 2 weight sizes"),
         ({"times": {}}, "no core setups"),
@@ -44,6 +45,16 @@ class TestLayerTimes:
             LayerTimes.load(path)
         path.write_text("not json")
         with pytest.raises(PlanError, match="unreadable"):
+            LayerTimes.load(path)
+
+    @pytest.mark.parametrize("text, message", [
+        ("[" * 100_000, "nested too deeply"),
+        ('{"version": 1, "num_layers": ' + "9" * 5000 + "}", "unreadable layer-times file"),
+    ])
+    def test_json_python_cannot_hold_is_one_plan_error(self, tmp_path, text, message):
+        path = tmp_path / "times.json"
+        path.write_text(text)
+        with pytest.raises(PlanError, match=message):
             LayerTimes.load(path)
 
     def test_from_a_real_model_graph(self, zoo_models):

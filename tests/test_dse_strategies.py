@@ -162,6 +162,53 @@ class TestPipeIt:
         assert cuts == (0, 20, 30)  # 20 ms on big, 20 ms on LITTLE
 
 
+def with_inf(table: LayerTimes, blocked: dict) -> LayerTimes:
+    """``table`` with ``inf`` (cannot run) at ``blocked[setup]``'s layers."""
+    times = {setup: tuple(math.inf if i in blocked.get(setup, ()) else v for i, v in enumerate(row))
+             for setup, row in table.times.items()}
+    return LayerTimes(table.num_layers, times, table.cut_bytes, table.weight_bytes)
+
+
+class TestUnrunnableLayers:
+    BIG, LITTLE = CoreSetup("big", 1), CoreSetup("little", 1)
+
+    def test_balance_keeps_a_layer_off_the_setup_that_cannot_run_it(self):
+        table, _ = emulated_big_little()
+        cuts = balance(CostModel(with_inf(table, {self.BIG: (7,)})), (self.BIG, self.LITTLE))
+        assert cuts[0] == 0 and cuts[-1] == 10 and cuts[1] <= 7  # big's stage ends before layer 7
+
+    def test_balance_survives_setups_that_cannot_run_the_whole_model(self):
+        table, _ = emulated_big_little()
+        cost = CostModel(with_inf(table, {self.BIG: (7,), self.LITTLE: (2,)}))
+        cuts = balance(cost, (self.BIG, self.LITTLE))
+        assert list(cuts) == sorted(cuts) and cuts[0] == 0 and cuts[-1] == 10
+
+    @pytest.mark.parametrize("strategy", ["pipeit", "pipe-it"])
+    def test_pipelines_skip_configurations_a_setup_cannot_run(self, strategy):
+        table, platform = emulated_big_little()
+        found = best_candidate(with_inf(table, {self.BIG: (7,)}), platform, strategy)
+        assert found.fps > 0 and math.isfinite(found.latency_ms)
+        for stage in found.stages:
+            assert not (self.BIG in stage.workers and stage.start <= 7 < stage.end)
+
+    @pytest.mark.parametrize("strategy", ["pipe-it", "all-cores", "fastest-cluster", "replicas"])
+    def test_a_layer_no_setup_can_run_is_a_plan_error_naming_it(self, strategy):
+        table, platform = emulated_big_little()
+        blocked = with_inf(table, {self.BIG: (3,), self.LITTLE: (3,)})
+        with pytest.raises(PlanError, match="no core setup can run layer 3"):
+            best_candidate(blocked, platform, strategy)
+
+    def test_pipeit_refuses_a_layer_no_setup_can_run(self):
+        table, platform = emulated_big_little()
+        with pytest.raises(PlanError, match="no setup"):
+            best_candidate(with_inf(table, {self.BIG: (3,), self.LITTLE: (3,)}), platform, "pipeit")
+
+    def test_a_fixed_strategy_whose_only_setup_cannot_run_a_layer_names_it(self):
+        table, platform = emulated_big_little()
+        with pytest.raises(PlanError, match=r"strategy 'fastest-cluster': .*big:1 cannot run layer 5"):
+            best_candidate(with_inf(table, {self.BIG: (5,)}), platform, "fastest-cluster")
+
+
 class TestPlanFile:
     def test_pipeit_plan_is_valid_and_round_trips(self, tmp_path):
         platform = synthetic_platform({"big": (4, 1.0), "little": (4, 0.4)})

@@ -112,6 +112,94 @@ def test_missing_model_exits_2(planned, tmp_path):
     assert result.returncode == 2 and "--model" in result.stderr
 
 
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The run's one ``pipeit: error:`` line, once it is checked to be all it said (and exit 2)."""
+    assert result.returncode == 2, result.stderr
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("INFO:")]  # runtime's log lines
+    assert len(ours) == 1 and ours[0].startswith("pipeit: error:"), result.stderr
+    return ours[0]
+
+
+def _input_name(model) -> str:
+    return load_graph(model).inputs[0].name
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path, name: np.save(path.with_suffix(".npy"), np.float32(1)),
+     "frame is () (a 0-d array) float32, the model takes (1, 224, 224, 3) float32"),
+    (lambda path, name: np.savez(path, a=np.zeros(3, np.float32), b=np.zeros(3, np.float32)),
+     "holds arrays ['a', 'b'], the model's inputs are"),
+    (lambda path, name: np.savez(path, x=np.zeros(3, np.float32)),
+     "frame is (3,) float32, the model takes (1, 224, 224, 3) float32"),
+    (lambda path, name: np.savez(path, img=np.array([None], dtype=object)), "not a readable .npy/.npz file"),
+    (lambda path, name: np.savez(path, **{name: np.zeros((0, 1, 224, 224, 3), np.float32)}), "holds no frames"),
+    (lambda path, name: path.write_bytes(b"PK\x03\x04 not a zip"), "not a readable .npy/.npz file"),
+])
+def test_unusable_input_files_exit_2_with_one_line(planned, tmp_path, make, message):
+    plan_path, model = planned
+    make(tmp_path / "frames.npz", _input_name(model))
+    given = next(tmp_path.glob("frames.*"))
+    line = _one_error_line(pipeit("run", str(plan_path), "--input", str(given), "--frames", "2"))
+    assert message in line
+
+
+def test_run_reads_frames_from_npz_by_input_name(planned, tmp_path):
+    plan_path, model = planned
+    frames = np.random.default_rng(5).uniform(-1, 1, size=(2, 1, 224, 224, 3)).astype(np.float32)
+    np.savez(tmp_path / "frames.npz", **{_input_name(model): frames})
+    result = pipeit("run", str(plan_path), "--input", str(tmp_path / "frames.npz"), "--frames", "4",
+                    "--warmup", "0", "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outputs_match"] is True
+
+
+def test_negative_seed_exits_2(planned):
+    plan_path, _ = planned
+    line = _one_error_line(pipeit("run", str(plan_path), "--seed", "-1", "--frames", "2"))
+    assert "--seed must be >= 0, got -1" in line
+
+
+def test_a_folder_given_as_the_model_exits_2(planned, tmp_path):
+    plan_path, _ = planned
+    line = _one_error_line(pipeit("run", str(plan_path), "--model", str(tmp_path), "--frames", "2"))
+    assert "is a folder, not a model file" in line
+
+
+def _edited_plan(plan_path, tmp_path, edit) -> str:
+    doc = json.loads(plan_path.read_text())
+    text = edit(doc)
+    out = tmp_path / "edited.json"
+    out.write_text(text if isinstance(text, str) else json.dumps(doc))
+    return str(out)
+
+
+def _set_layers(doc, layers):
+    doc["stages"][-1]["layers"] = layers
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda doc: doc.update(limits="none"), "limits must be an object, got 'none'"),
+    (lambda doc: doc["limits"].update(latency_ms="5"), "limits latency_ms must be a number, got '5'"),
+    (lambda doc: "[" * 100_000, "JSON nested too deeply"),
+    (lambda doc: json.dumps(doc).replace('"version": 1', '"version": 1, "x": ' + "9" * 5000),
+     "not a readable plan JSON file"),
+    (lambda doc: doc["stages"][0]["workers"][0].update(cpus=[str(c) for c in doc["stages"][0]["workers"][0]["cpus"]]),
+     "a worker's CPU must be an integer, got '"),
+    (lambda doc: doc["stages"][0]["workers"][0].update(threads=1.0), "a worker's threads must be an integer, got 1.0"),
+    (lambda doc: doc["stages"][0].update(layers=[0, float(doc["stages"][0]["layers"][1])]),
+     "a stage's layer index must be an integer"),
+    (lambda doc: _set_layers(doc, [doc["stages"][-1]["layers"][0], 999]),
+     "plan stage 1 covers layers"),
+    (lambda doc: _set_layers(doc, [doc["stages"][-1]["layers"][0], doc["stages"][-1]["layers"][1] - 1]),
+     "plan stage 1 covers layers"),
+])
+def test_a_plan_that_is_not_what_pipeit_writes_exits_2_with_one_line(planned, tmp_path, edit, message):
+    plan_path, model = planned
+    edited = _edited_plan(plan_path, tmp_path, edit)
+    line = _one_error_line(pipeit("run", edited, "--model", str(model), "--frames", "2"))
+    assert message in line
+
+
 @pytest.mark.parametrize("signum,emulated", [(signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGTERM, False)])
 def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
     plan_path, _ = request.getfixturevalue("planned_emulated" if emulated else "planned")

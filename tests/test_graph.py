@@ -7,10 +7,14 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
+from ai_edge_litert import schema_py_generated as schema
 from pipeit import zoo
 from pipeit.descriptor import LayerDescriptor
-from pipeit.graph import CutPoint, Layer, LayerGraph, constant_ops, load_graph
-from pipeit.modelfile import op_name, read_model
+from pipeit.errors import ModelError
+from pipeit.graph import (
+    CutPoint, Layer, LayerGraph, constant_ops, dead_ops, graph_from_model, load_graph,
+)
+from pipeit.modelfile import op_name, read_model, serialize_model
 from pipeit.tflite_builder import ModelBuilder
 
 # architecture facts (the papers' layer tables), not properties of this code
@@ -248,3 +252,80 @@ class TestDescriptors:
         assert concat.macs == 0 and ("axis", "3") in concat.extra and len(concat.inputs) == 2
         assert reshape.output_shape == (1, 800)
         assert all(d.kernel is None and d.stride is None for d in ops)
+
+
+# ---- dead operators ----------------------------------------------------------------------------
+
+def dead_branch_builder(seed: int = 20) -> ModelBuilder:
+    """stem -> (dead 1x1 conv nobody reads) ; stem -> c2 -> add(stem, c2) -> mean -> fc."""
+    b = ModelBuilder(seed=seed)
+    x = b.input("input", (1, 12, 12, 3))
+    a = b.conv2d(x, 8, 3, stride=2, name="stem")
+    b.conv2d(a, 4, 1, name="dead")
+    c = b.conv2d(a, 8, 3, name="c2")
+    b.output(b.fully_connected(b.mean(b.add(a, c, name="res")), 5, name="fc"))
+    return b
+
+
+def with_unused_dequantize(data: bytes) -> bytes:
+    """An fp16 model with one more DEQUANTIZE of a weight, first, whose output nobody reads."""
+    model = read_model(data)
+    sg = model.subgraphs[0]
+    deq = next(op for op in sg.operators if op_name(model.operatorCodes[op.opcodeIndex]) == "DEQUANTIZE")
+    unused = schema.TensorT()
+    unused.name = "unused_weight"
+    unused.shape = list(sg.tensors[deq.outputs[0]].shape)
+    unused.type = schema.TensorType.FLOAT32
+    sg.tensors.append(unused)
+    op = schema.OperatorT()
+    op.opcodeIndex = deq.opcodeIndex
+    op.inputs = list(deq.inputs)
+    op.outputs = [len(sg.tensors) - 1]
+    sg.operators.insert(0, op)
+    return serialize_model(model)
+
+
+class TestDeadOps:
+    def test_a_dead_branch_is_in_no_layer_and_no_cut(self):
+        graph = load_graph(dead_branch_builder().to_bytes())
+        assert [l.descriptor.op for l in graph.layers] == [
+            "CONV_2D", "CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED"]
+        assert [l.descriptor.outputs[0].name for l in graph.layers][:2] == ["stem", "c2"]
+        assert graph.pruned_ops == (1,)
+        assert all(1 not in l.op_indices for l in graph.layers)
+        assert all(t.name != "dead" for cut in graph.cuts for t in cut.tensors)
+        assert set(graph.nx.nodes) == set(range(5))
+        assert graph.to_json()["pruned_ops"] == [1]
+        # the same layers (and descriptors) as the model without the dead conv
+        clean = ModelBuilder(seed=20)
+        x = clean.input("input", (1, 12, 12, 3))
+        a = clean.conv2d(x, 8, 3, stride=2, name="stem")
+        c = clean.conv2d(a, 8, 3, name="c2")
+        clean.output(clean.fully_connected(clean.mean(clean.add(a, c, name="res")), 5, name="fc"))
+        assert [l.descriptor.op for l in load_graph(clean.to_bytes()).layers] == \
+            [l.descriptor.op for l in graph.layers]
+
+    def test_an_unused_dequantize_of_a_weight_is_pruned(self):
+        data = zoo.build("mobilenet_v1", fp16_weights=True)
+        graph = load_graph(with_unused_dequantize(data))
+        reference = load_graph(data)
+        assert graph.pruned_ops == (0,)
+        assert [l.descriptor for l in graph.layers] == [l.descriptor for l in reference.layers]
+        assert all(0 not in l.op_indices for l in graph.layers)
+
+    def test_a_dead_op_at_the_end(self):
+        b = ModelBuilder(seed=21)
+        x = b.input("input", (1, 12, 12, 3))
+        out = b.output(b.fully_connected(b.mean(b.conv2d(x, 8, 3, stride=2)), 5))
+        b.softmax(out, name="dead_tail")
+        graph = load_graph(b.to_bytes())
+        assert [l.descriptor.op for l in graph.layers] == ["CONV_2D", "MEAN", "FULLY_CONNECTED"]
+        assert graph.pruned_ops == (3,)
+
+    def test_a_model_whose_outputs_no_operator_computes_is_refused(self):
+        model = read_model(dead_branch_builder().to_bytes())
+        sg = model.subgraphs[0]
+        sg.outputs = list(sg.inputs)  # the model only passes its input through
+        assert dead_ops(model) == frozenset(range(len(sg.operators)))
+        with pytest.raises(ModelError, match="^m.tflite: no operator computes a model output"):
+            graph_from_model(model, sha256="", where="m.tflite")

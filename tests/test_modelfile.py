@@ -19,6 +19,7 @@ from pipeit.modelfile import (
     read_model,
     read_model_bytes,
     serialize_model,
+    tensor_name,
 )
 from pipeit.runtime import make_interpreter
 from pipeit.split import split_model
@@ -190,6 +191,64 @@ class TestRefusedModels:
     def test_no_subgraph(self):
         with pytest.raises(ModelError, match="no subgraph"):
             parse_model(model_with(lambda m: setattr(m, "subgraphs", [])))
+
+    def test_builtin_code_the_schema_does_not_name(self):
+        def edit(model):
+            model.subgraphs[0].operators[1].opcodeIndex = add_opcode(model, 9999)
+
+        data = model_with(edit)
+        with pytest.raises(UnsupportedModelError, match="operator 1 uses builtin op code 9999"):
+            parse_model(data, where="new.tflite")
+        with pytest.raises(ModelError, match="9999"):  # the runtime refuses it too, later
+            make_interpreter(data)
+
+    def test_operator_reading_and_writing_one_tensor(self):
+        def edit(model):  # "sum = ADD(conv, dw)" now writes into its own input "dw"
+            sg = model.subgraphs[0]
+            add = next(op for op in sg.operators if op_name(model.operatorCodes[op.opcodeIndex]) == "ADD")
+            old, new = int(add.outputs[0]), int(add.inputs[1])
+            add.outputs = [new]
+            for op in sg.operators:
+                if op is not add:
+                    op.inputs = [new if int(t) == old else int(t) for t in op.inputs]
+
+        data = model_with(edit)
+        with pytest.raises(ModelError, match="operator 2 ADD both reads and writes tensor .* 'dw'"):
+            parse_model(data)
+        with pytest.raises(ModelError, match="both input"):  # what the runtime says when allocating
+            make_interpreter(data)
+
+    def test_constant_model_output(self):
+        def edit(model):
+            sg = model.subgraphs[0]
+            bias = next(i for i, t in enumerate(sg.tensors) if t.name == b"conv/bias")
+            sg.outputs = list(sg.outputs) + [bias]
+
+        with pytest.raises(UnsupportedModelError,
+                           match=r"^m\.tflite: model output 1 \(tensor \d+ 'conv/bias'\) is a constant"):
+            parse_model(model_with(edit), where="m.tflite")
+
+
+class TestTensorNames:
+    def test_a_name_is_cut_at_nul_as_the_runtime_reports_it(self):
+        def edit(model):
+            for tensor in model.subgraphs[0].tensors:
+                if tensor.name == b"sum":
+                    tensor.name = b"sum\x00hidden"
+
+        data = model_with(edit)
+        model = parse_model(data)
+        names = [tensor_name(t) for t in model.subgraphs[0].tensors]
+        assert "sum" in names and not any("hidden" in n for n in names)
+        runtime_names = {d["name"] for d in make_interpreter(data).get_tensor_details()}
+        assert "sum" in runtime_names
+        assert [t.name for t in load_graph(data).layers[2].descriptor.outputs] == ["sum"]
+
+    def test_unnamed_and_str_names(self):
+        tensor = schema.TensorT()
+        assert tensor_name(tensor) == ""
+        tensor.name = "plain"
+        assert tensor_name(tensor) == "plain"
 
 
 class TestExternalBuffers:

@@ -14,7 +14,8 @@ import pytest
 from cores.model import CoreSetup
 from cores.platform import load_platform
 from pipeit.cli import main
-from pipeit.errors import ProfileError
+from pipeit.errors import ModelError, ProfileError
+from pipeit.modelfile import op_name, read_model, serialize_model
 from pipeit.profile_table import ProfileRow, ProfileWriter, parse_profile_text, read_profile
 from pipeit.profiler import (
     SetupWorker, TimingSpec, WorkerPool, model_jobs, profile_models,
@@ -219,6 +220,56 @@ class TestProfileRun:
             profile_models(paths, platform, out, setups=["nosuch:1"], spec=QUICK, progress=False)
 
 
+# ---- models the runtime refuses, and dead operators --------------------------------------------
+
+def conv_version_99(path: Path) -> Path:
+    model = read_model(tiny_model())
+    for op in model.subgraphs[0].operators:
+        if op_name(model.operatorCodes[op.opcodeIndex]) == "CONV_2D":
+            model.operatorCodes[op.opcodeIndex].version = 99
+    path.write_bytes(serialize_model(model))
+    return path
+
+
+class TestUnusualModels:
+    def test_model_jobs_refuse_a_model_the_runtime_cannot_load_naming_the_file(self, tmp_path):
+        path = conv_version_99(tmp_path / "v99.tflite")
+        with pytest.raises(ModelError) as info:
+            model_jobs(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: the runtime cannot load this model: ")
+        assert "version '99'" in message and "model bytes" not in message
+
+    def test_profile_refuses_it_before_measuring(self, one_core, tmp_path, capsys):
+        path = conv_version_99(tmp_path / "v99.tflite")
+        out = tmp_path / "p.csv"
+        assert main(["profile", str(path), "-o", str(out), "--setup", str(one_core),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"pipeit: error: {path}: the runtime cannot load") and err.count("\n") == 1
+        assert not out.exists()
+
+    def test_a_layer_the_runtime_refuses_is_a_failed_row_without_a_stand_in_name(self, platform, one_core):
+        with WorkerPool(platform, [one_core]) as pool:
+            timing = pool.measure(one_core, b"TFL3 this is not a model", QUICK)
+        assert timing.status.startswith("failed: the runtime cannot load this model")
+
+    def test_a_model_with_a_dead_branch_is_profiled(self, platform, one_core, tmp_path):
+        b = ModelBuilder(seed=20)
+        x = b.input("input", (1, 12, 12, 3))
+        a = b.conv2d(x, 8, 3, stride=2, name="stem")
+        b.conv2d(a, 4, 1, name="dead")
+        c = b.conv2d(a, 8, 3, name="c2")
+        b.output(b.fully_connected(b.mean(b.add(a, c)), 5))
+        path = tmp_path / "dead.tflite"
+        path.write_bytes(b.to_bytes())
+        jobs = model_jobs(path, stages=2)
+        assert [(j.start, j.end) for j in jobs if j.kind == "layer"] == [(i, i + 1) for i in range(5)]
+        rows = profile_models([path], platform, tmp_path / "p.csv", setups=[one_core], spec=QUICK,
+                              stages=2, progress=False)
+        assert rows and not [r.status for r in rows if r.status.startswith("failed")]
+
+
 # ---- command line ----------------------------------------------------------------------------
 
 class TestCommandLine:
@@ -261,6 +312,28 @@ class TestCommandLine:
         assert main(argv) == 2
         assert "another platform" in capsys.readouterr().err
         assert main(argv + ["--force"]) == 0
+
+    @pytest.mark.parametrize("extra, message", [
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--stages", "-1"], "--stages must be >= 0, got -1"),
+        (["--repeats", "3", "--min-repeats", "5"], "--min-repeats (5) must not exceed --repeats (3)"),
+    ])
+    def test_bad_counts_are_refused_before_profiling(self, profiled, one_core, tmp_path, capsys, extra, message):
+        _, paths, _, _ = profiled
+        out = tmp_path / "new.csv"
+        argv = ["profile", str(paths[0]), "-o", str(out), "--setup", str(one_core), "--no-progress", *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"pipeit: error: {message}\n"
+        assert not out.exists()
+
+    def test_repeats_alone_below_the_default_minimum_is_taken(self, profiled, one_core, tmp_path, capsys):
+        _, paths, _, _ = profiled
+        out = tmp_path / "few.csv"
+        argv = ["profile", str(paths[0]), "-o", str(out), "--setup", str(one_core), "--no-progress",
+                "--repeats", "3", "--stages", "0", "--json"]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["failed"] == 0
 
     def test_profile_file_from_another_platform_refused(self, profiled, one_core, tmp_path, capsys):
         _, paths, out, _ = profiled

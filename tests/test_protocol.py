@@ -78,6 +78,25 @@ class TestDecoderRefuses:
             wire.decode_prefix(wire.PREFIX.pack(wire.MAGIC, 10, LIMIT + 1), LIMIT)
         assert err.value.code == "too_large"
 
+    @pytest.mark.parametrize("with_inbox", [False, True])
+    def test_oversized_body_error_carries_its_header_and_id_but_no_body_is_read(self, with_inbox):
+        a, b = socket.socketpair()
+        try:
+            big = np.zeros(64, np.float64)  # 512 bytes, over a 256-byte limit
+            wire.send_message(a, wire.encode_request(9, "infer", {"x": big}))
+            a.sendall(wire.PREFIX.pack(wire.MAGIC, 1, 0) + b"{")  # the next message: still unread after
+            inbox = wire.Inbox() if with_inbox else None
+            with pytest.raises(wire.ProtocolError) as err:
+                wire.read_head(b, 256, inbox)
+            assert err.value.code == "too_large" and err.value.request_id == 9
+            assert [(t.name, t.dtype, t.shape) for t in err.value.header.tensors] == [("x", "float64", (64,))]
+            if inbox is None:  # exactly the prefix and the header were taken from the socket
+                b.setblocking(False)
+                assert len(b.recv(1 << 16)) == big.nbytes + wire.PREFIX_BYTES + 1
+        finally:
+            a.close()
+            b.close()
+
     def test_body_must_match_the_tensors(self):
         header = {"id": 1, "op": "infer", "tensors": [{"name": "x", "dtype": "float32", "shape": [2]}]}
         with pytest.raises(wire.ProtocolError, match="announces"):

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from pipeit.errors import ModelError, PipeitError
-from pipeit.runtime import backend_name, make_interpreter, runtime_info
+from pipeit.modelfile import op_name, read_model, serialize_model
+from pipeit.runtime import backend_name, check_loads, make_interpreter, runtime_info
+from pipeit.tflite_builder import ModelBuilder
 
 
 class TestBackendName:
@@ -62,3 +64,92 @@ class TestMakeInterpreter:
         else:
             interp = make_interpreter(zoo_models("mobilenet_v1"), backend="tflite-runtime")
             assert interp.get_input_details()
+
+
+# ---- models only the runtime refuses ----------------------------------------------------------
+
+def _edited(builder: ModelBuilder, edit) -> bytes:
+    model = read_model(builder.to_bytes())
+    edit(model)
+    return serialize_model(model)
+
+
+def _convs(model):
+    return [op for op in model.subgraphs[0].operators
+            if op_name(model.operatorCodes[op.opcodeIndex]) == "CONV_2D"]
+
+
+def _conv_net() -> ModelBuilder:
+    b = ModelBuilder(seed=4)
+    x = b.input("input", (1, 8, 8, 3))
+    b.output(b.fully_connected(b.mean(b.conv2d(b.conv2d(x, 4, 3), 4, 3)), 3))
+    return b
+
+
+def conv_version_99() -> bytes:
+    def edit(model):
+        code = model.operatorCodes[_convs(model)[1].opcodeIndex]
+        code.version = 99  # both convs share the opcode: every CONV_2D now asks for version 99
+
+    return _edited(_conv_net(), edit)
+
+
+def conv_stride_0() -> bytes:
+    def edit(model):
+        options = _convs(model)[0].builtinOptions
+        options.strideH = options.strideW = 0
+
+    return _edited(_conv_net(), edit)
+
+
+def empty_input_into_reshape() -> bytes:
+    b = ModelBuilder(seed=5)
+    x = b.input("input", (1, 4, 4, 2))
+    b.output(b.fully_connected(b.reshape(x, (1, 32)), 3))
+
+    def edit(model):
+        sg = model.subgraphs[0]
+        sg.tensors[sg.inputs[0]].shape = [1, 4, 0, 2]  # 0 elements, reshaped to 32
+
+    return _edited(b, edit)
+
+
+class TestCheckLoads:
+    def test_a_good_model_passes(self, tmp_path):
+        path = tmp_path / "good.tflite"
+        path.write_bytes(_conv_net().to_bytes())
+        assert check_loads(path) is None
+        assert check_loads(path.read_bytes()) is None
+
+    @pytest.mark.parametrize("make, cause", [
+        (conv_version_99, "version '99'"),
+        (conv_stride_0, "stride_height > 0"),
+        (empty_input_into_reshape, "RESHAPE"),
+    ], ids=["op-version", "stride-0", "empty-reshape"])
+    def test_refusal_is_one_line_naming_the_file_and_the_runtime_cause(self, tmp_path, make, cause):
+        path = tmp_path / "refused.tflite"
+        path.write_bytes(make())
+        with pytest.raises(ModelError) as info:
+            check_loads(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: the runtime cannot load this model: ")
+        assert cause in message and "\n" not in message
+        with pytest.raises(ModelError, match="^named.tflite: the runtime cannot load"):
+            check_loads(path.read_bytes(), where="named.tflite")
+
+    def test_check_is_quiet_on_stderr(self, tmp_path, capfd):
+        path = tmp_path / "refused.tflite"
+        path.write_bytes(conv_version_99())
+        with pytest.raises(ModelError):
+            check_loads(path)
+        assert capfd.readouterr().err == ""
+
+
+class TestWhere:
+    def test_bytes_are_named_by_where(self):
+        with pytest.raises(ModelError, match="^x.tflite: the runtime cannot load"):
+            make_interpreter(b"\x00" * 64, where="x.tflite")
+        with pytest.raises(ModelError, match="^model bytes: the runtime cannot load"):
+            make_interpreter(b"\x00" * 64)
+        with pytest.raises(ModelError, match="^the runtime cannot load"):
+            make_interpreter(b"\x00" * 64, where="")

@@ -22,6 +22,7 @@ from pipeit.graph import load_graph
 from pipeit.modelfile import op_name, read_model, serialize_model
 from pipeit.runtime import make_interpreter
 from pipeit.split import (
+    STAGE_FILE,
     StageModel,
     extract_layers,
     manifest,
@@ -242,6 +243,36 @@ class TestStageModels:
                 assert np.array_equal(got[name], want[name])
 
 
+# ---- dead operators ------------------------------------------------------------------------------
+
+def dead_branch_builder() -> ModelBuilder:
+    """A conv whose output nobody reads sits between the stem and the rest."""
+    b = ModelBuilder(seed=20)
+    x = b.input("input", (1, 12, 12, 3))
+    a = b.conv2d(x, 8, 3, stride=2, name="stem")
+    b.conv2d(a, 4, 1, name="dead")
+    c = b.conv2d(a, 8, 3, name="c2")
+    b.output(b.fully_connected(b.mean(b.add(a, c, name="res")), 5, name="fc"))
+    return b
+
+
+class TestDeadOps:
+    @pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+    def test_every_cut_of_a_model_with_a_dead_branch_is_bit_identical(self, int8):
+        data = dead_branch_builder().to_bytes(int8=int8)
+        graph = load_graph(data)
+        assert len(graph.layers) == 5 and graph.pruned_ops == (1,)
+        feeds = random_feeds(graph, seed=3)
+        want = run_whole(data, feeds)
+        for cuts in ([1], [2], [1, 2, 3, 4]):
+            stages = split_model(data, cuts)
+            assert_bit_identical(run_chain(stages, feeds), want)
+            for stage in stages:  # the dead conv travels with no stage
+                names = {t.name for t in read_model(stage.model_bytes).subgraphs[0].tensors}
+                assert b"dead" not in names
+        assert extract_layers(data, 1, 2).outputs[0].name == "c2"
+
+
 # ---- files -------------------------------------------------------------------------------------------
 
 class TestWriteSplit:
@@ -265,6 +296,21 @@ class TestWriteSplit:
             for detail, tensor in zip(interpreter.get_input_details(), entry["inputs"]):
                 assert list(detail["shape"]) == tensor["shape"]
                 assert np.dtype(detail["dtype"]).name == tensor["dtype"]
+
+    def test_stale_stage_files_of_an_earlier_split_are_removed(self, tmp_path):
+        data = two_branch_builder().to_bytes()
+        out = tmp_path / "out"
+        write_split(split_model(data, [1, 2, 4]), out)
+        (out / "notes.txt").write_text("mine")
+        (out / "stage_x.tflite").write_bytes(b"not a stage name")
+        (out / "stage_01.tflite").write_bytes(b"not a stage name either")
+        write_split(split_model(data, [3]), out)
+        assert sorted(p.name for p in out.iterdir()) == [
+            "manifest.json", "notes.txt", "stage_0.tflite", "stage_01.tflite", "stage_1.tflite",
+            "stage_x.tflite"]
+        assert [s["file"] for s in json.loads((out / "manifest.json").read_text())["stages"]] == \
+            ["stage_0.tflite", "stage_1.tflite"]
+        assert STAGE_FILE.fullmatch("stage_12.tflite") and not STAGE_FILE.fullmatch("stage_01.tflite")
 
     def test_unwritable_folder_is_a_split_error(self, tmp_path):
         blocker = tmp_path / "file"
@@ -335,6 +381,65 @@ class TestCutValidation:
         # a cut that exchanges only unambiguous names is fine
         stages = split_model(data, [4])
         assert [t.name for t in stages[1].inputs] == ["sum"]
+
+    def test_name_refusals_say_which_file_tensor_and_cut(self, tmp_path):
+        model = read_model(two_branch_builder().to_bytes())
+        tensors = model.subgraphs[0].tensors
+        index = {t.name: i for i, t in enumerate(tensors)}
+        tensors[index[b"b"]].name = b"a"
+        path = tmp_path / "dup.tflite"
+        path.write_bytes(serialize_model(model))
+        with pytest.raises(SplitError) as info:
+            split_model(path, [2])
+        assert str(info.value) == (
+            f"{path}: tensor name 'a' is shared by tensors {index[b'a']} and {index[b'b']} "
+            f"(tensor {index[b'a']} crosses the cut before layer 2); stages exchange tensors by "
+            "name, so this cut cannot be made")
+        tensors[index[b"b"]].name = b""
+        path.write_bytes(serialize_model(model))
+        with pytest.raises(SplitError, match=f"^{path}: tensor {index[b'b']} crosses the cut "
+                                             "before layer 2 but has no name"):
+            split_model(path, [2])
+        with pytest.raises(SplitError, match=f"^{path}: tensor {index[b'b']} crosses the cut before"):
+            extract_layers(path, 1, 2)  # what profiling a layer runs into
+
+    def test_names_are_compared_as_the_runtime_reports_them(self):
+        model = read_model(two_branch_builder().to_bytes())
+        for tensor in model.subgraphs[0].tensors:
+            if tensor.name == b"b":
+                tensor.name = b"b\x00tail"  # the runtime reads "b"
+        data = serialize_model(model)
+        stages = split_model(data, [2])
+        assert [t.name for t in stages[0].outputs] == ["a", "b"]
+        assert [t.name for t in stages[1].inputs] == ["a", "b"]
+        feeds = random_feeds(load_graph(data))
+        assert_bit_identical(run_chain(stages, feeds), run_whole(data, feeds))
+        # and a name that only clashes once cut at its NUL is refused
+        for tensor in model.subgraphs[0].tensors:
+            if tensor.name == b"b\x00tail":
+                tensor.name = b"a\x00tail"
+        with pytest.raises(SplitError, match="'a' is shared"):
+            split_model(serialize_model(model), [2])
+
+    def test_a_name_the_runtime_cannot_decode_is_refused(self):
+        model = read_model(two_branch_builder().to_bytes())
+        for i, tensor in enumerate(model.subgraphs[0].tensors):
+            if tensor.name == b"b":
+                tensor.name, index = b"b\xe4", i
+        data = serialize_model(model)
+        with pytest.raises(SplitError, match=f"tensor {index} crosses the cut before layer 2 but "
+                                             "its name 'b\ufffd' is not valid UTF-8"):
+            split_model(data, [2])
+        assert len(split_model(data, [4])) == 2  # a cut the tensor does not cross is fine
+
+    def test_a_one_layer_model_cannot_be_split(self):
+        b = ModelBuilder(seed=6)
+        b.output(b.conv2d(b.input("x", (1, 8, 8, 3)), 4, 3))
+        data = b.to_bytes()
+        with pytest.raises(SplitError, match="^model bytes: the model has one layer and cannot be split"):
+            split_model(data, [1])
+        (stage,) = split_model(data, [])
+        assert stage.layers == (0, 1)
 
     def test_stage_model_is_frozen(self):
         stage = split_model(two_branch_builder().to_bytes(), [1])[0]

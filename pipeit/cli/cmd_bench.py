@@ -61,11 +61,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform
     from pipeit.bench import STRATEGIES, format_report, run_bench
-    from pipeit.errors import ModelError
+    from pipeit.errors import ModelError, PlanError
 
     model = Path(args.model)
+    if model.is_dir():
+        raise ModelError(f"{model}: is a folder, not a model file")
     if not model.is_file():
         raise ModelError(f"{model}: no such model file")
+    if args.latency_x is not None and not 0 < args.latency_x < float("inf"):
+        # checked here, in the option's own words: bench turns it into --latency-ms after a measurement
+        raise PlanError(f"--latency-x must be > 0 (a finite factor), got {args.latency_x:g}")
     strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES
     task = _task(args)
     platform = load_platform(args.platform)

@@ -56,8 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     acc.add_argument("--tolerances", default="1e-4,1e-3,1e-2", metavar="T,T,...",
                      help="relative errors, one table each (default 1e-4,1e-3,1e-2)")
     acc.add_argument("--min-top1", type=float, default=1.0, help="least top-1 agreement (default 1.0)")
-    acc.add_argument("--input", default="random", metavar="random|FILE.npy|DIR",
-                     help="calibration frames: random, one .npy (N frames stacked) or a folder of .npy frames")
+    acc.add_argument("--input", default="random", metavar="random|FILE.npy|FILE.npz|DIR",
+                     help="calibration frames: random, one .npy (N frames stacked), a .npz (one array per "
+                          "input name) or a folder of .npy frames")
     acc.add_argument("--frames", type=int, default=4, help="calibration frames used (default 4)")
     acc.add_argument("--seed", type=int, default=0, help="seed for random frames")
     acc.add_argument("-o", "--output", type=Path, required=True, metavar="TABLES.json")

@@ -28,30 +28,14 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def _load(path: Path):
-    import numpy as np
-
-    from pipeit.errors import InputError
-
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such input file") from None
-    except (OSError, ValueError, EOFError) as err:
-        raise InputError(f"{path}: not a readable .npy/.npz file ({err})") from err
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        return {name: data[name] for name in data.files}
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pipeit.client import Client
     from pipeit.errors import InputError
+    from pipeit.frames import read_arrays
 
-    inputs = _load(Path(args.input))
+    inputs = read_arrays(Path(args.input))  # one InputError for any unreadable file, objects included
     with Client(args.socket, timeout=args.timeout, transport=args.transport, slots=1) as client:
         outputs = client.infer(inputs)
         transport = client.transport_in_use

@@ -6,6 +6,7 @@ import argparse
 
 from pipeit.cli.output import emit_json, format_table
 from pipeit.graph import LayerGraph, load_graph
+from pipeit.runtime import check_loads
 
 __all__ = ["register", "run"]
 
@@ -15,8 +16,9 @@ def register(subparsers) -> None:
         "inspect",
         help="list a model's layers, descriptors and cut points",
         description="Read a .tflite model and list its layers (constant-only ops folded into "
-        "their consumer), each layer's output shape, MACs and weight bytes, and the tensors "
-        "crossing every cut point.",
+        "their consumer, dead ops left out), each layer's output shape, MACs and weight bytes, "
+        "and the tensors crossing every cut point. The model is also built once in the runtime: "
+        "one it cannot load is refused.",
     )
     parser.add_argument("model", metavar="MODEL", help="a .tflite file")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -27,6 +29,12 @@ def _shape(shape) -> str:
     return "x".join(str(d) for d in shape) if shape else "-"
 
 
+def _text(value: str) -> str:
+    """A name as it can be printed on one table line: escaped (``repr``) if it holds a
+    newline, tab or other unprintable character -- a raw one would break the layout."""
+    return value if value.isprintable() else repr(value)
+
+
 def render(graph: LayerGraph) -> str:
     """The human-readable report: layer table, totals, I/O tensors."""
     rows = []
@@ -34,15 +42,15 @@ def render(graph: LayerGraph) -> str:
         d = layer.descriptor
         rows.append([
             layer.index,
-            d.op,
+            _text(d.op),
             _shape(d.output_shape),
             d.macs,
             d.weight_bytes,
             graph.cuts[layer.index - 1].bytes if layer.index > 0 else "-",
         ])
     table = format_table(["layer", "op", "output", "MACs", "weight B", "cut B before"], rows)
-    ins = ", ".join(f"{t.name} {_shape(t.shape)} {t.dtype}" for t in graph.inputs)
-    outs = ", ".join(f"{t.name} {_shape(t.shape)} {t.dtype}" for t in graph.outputs)
+    ins = ", ".join(f"{_text(t.name)} {_shape(t.shape)} {t.dtype}" for t in graph.inputs)
+    outs = ", ".join(f"{_text(t.name)} {_shape(t.shape)} {t.dtype}" for t in graph.outputs)
     lines = [
         table,
         "",
@@ -50,13 +58,17 @@ def render(graph: LayerGraph) -> str:
         f"weight bytes: {graph.total_weight_bytes:,}",
         f"inputs: {ins}",
         f"outputs: {outs}",
-        f"sha256: {graph.sha256}",
     ]
+    if graph.pruned_ops:
+        lines.append(f"dead ops left out (their outputs reach no model output): operator(s) "
+                     f"{', '.join(str(k) for k in graph.pruned_ops)}")
+    lines.append(f"sha256: {graph.sha256}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     graph = load_graph(args.model)
+    check_loads(args.model)  # op versions, options and shapes only the runtime can judge
     if args.json:
         emit_json(graph.to_json())
     else:

@@ -11,6 +11,9 @@ from pipeit.errors import ProfileError
 
 __all__ = ["register", "run"]
 
+#: fewest timed runs per measurement unless --min-repeats says otherwise (capped at --repeats)
+DEFAULT_MIN_REPEATS = 9
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -32,7 +35,8 @@ def register(subparsers) -> None:
     parser.add_argument("--stages", type=int, default=3,
                         help="multi-layer stages timed per model for calibration (default 3)")
     parser.add_argument("--repeats", type=int, default=60, help="most timed runs per measurement")
-    parser.add_argument("--min-repeats", type=int, default=9, help="fewest timed runs per measurement")
+    parser.add_argument("--min-repeats", type=int, default=None,
+                        help="fewest timed runs per measurement (default 9, or --repeats if fewer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and of the sweep")
     parser.add_argument("--tuning", metavar="FILE",
                         help="GPU tuning file for gpu:1 rows (default: $PIPEIT_STATE_DIR/tuning.json if present)")
@@ -55,10 +59,9 @@ def run(args: argparse.Namespace) -> int:
         raise ProfileError("nothing to profile: give MODEL files and/or --sweep N")
     if args.sweep < 0:
         raise ProfileError("--sweep N needs N >= 0")
-    if args.repeats < 1 or args.min_repeats < 1:
-        raise ProfileError("--repeats and --min-repeats must be >= 1")
-    spec = TimingSpec(min_repeats=min(args.min_repeats, args.repeats), max_repeats=args.repeats,
-                      seed=args.seed)
+    _check_counts(args)
+    min_repeats = min(DEFAULT_MIN_REPEATS, args.repeats) if args.min_repeats is None else args.min_repeats
+    spec = TimingSpec(min_repeats=min_repeats, max_repeats=args.repeats, seed=args.seed)
     platform = load_platform(args.platform)
     setups = resolve_setups(platform, args.setup)
     on_gpu = gpu_setups(platform, args.setup)
@@ -102,3 +105,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"  not measured: {r.model} {r.kind}[{r.start}:{r.end}] on {r.setup}: {r.status}",
                   file=sys.stderr)
     return 0
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse counts and seeds the profiler cannot use, before any worker starts.
+
+    Past this point a bad value does not stop the run: each measurement
+    fails on its own (a negative seed) or the value is quietly ignored (a
+    negative --stages, a --min-repeats above --repeats), and the table that
+    comes out is empty or not what was asked for.
+    """
+    if args.repeats < 1 or (args.min_repeats is not None and args.min_repeats < 1):
+        raise ProfileError("--repeats and --min-repeats must be >= 1")
+    if args.min_repeats is not None and args.min_repeats > args.repeats:
+        raise ProfileError(f"--min-repeats ({args.min_repeats}) must not exceed --repeats ({args.repeats})")
+    if args.stages < 0:
+        raise ProfileError(f"--stages must be >= 0, got {args.stages}")
+    if args.seed < 0:
+        raise ProfileError(f"--seed must be >= 0, got {args.seed}")

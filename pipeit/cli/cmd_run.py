@@ -19,9 +19,9 @@ import argparse
 import os
 import signal
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from pipeit.errors import InputError, PlanError
+from pipeit.errors import InputError, ModelError, PlanError
 
 __all__ = ["register", "run", "resolve_model", "load_frames"]
 
@@ -34,8 +34,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("plan", metavar="PLAN.json", help="a plan made by `pipeit plan`")
     parser.add_argument("--model", metavar="M", help="the model file (default: the plan's, next to the plan or here)")
     parser.add_argument("--frames", type=int, default=100, metavar="N", help="frames to stream (default 100)")
-    parser.add_argument("--input", default="random", metavar="random|FILE.npy|DIR",
-                        help="random frames, one .npy (a frame, or N frames stacked), or a folder of .npy frames")
+    parser.add_argument("--input", default="random", metavar="random|FILE.npy|FILE.npz|DIR",
+                        help="random frames, one .npy (a frame, or N frames stacked), a .npz (one array per "
+                             "input name, each a frame or N stacked), or a folder of .npy frames")
     parser.add_argument("--check", action="store_true",
                         help="compare every output with the whole model's (identical; within --tolerance with a GPU stage)")
     parser.add_argument("--tolerance", type=float, default=1e-4, metavar="T",
@@ -71,47 +72,112 @@ def resolve_model(plan_path: Path, plan_model: str, given: Optional[str]) -> Pat
 
 
 def load_frames(source: str, inputs: tuple, seed: int = 0) -> List[Dict[str, Any]]:
-    """Distinct input frames (cycled by the caller): random, from a .npy file, or from a folder."""
-    import numpy as np
-
+    """Distinct input frames (cycled by the caller): random, from a .npy/.npz file, or from a folder."""
     if source == "random":
         from pipeit.frames import random_frames
 
+        if seed < 0:  # numpy's seeding refuses it deep inside; say so here, in the option's words
+            raise InputError(f"--seed must be >= 0, got {seed}")
         return random_frames(inputs, 4, seed)
-    if len(inputs) != 1:
-        raise InputError(f"this model has {len(inputs)} inputs; --input FILE/DIR supports single-input models (use random)")
-    info = inputs[0]
     path = Path(source)
     if path.is_dir():
-        files = sorted(path.glob("*.npy"))
-        if not files:
-            raise InputError(f"{path}: no .npy files in this folder")
-        arrays = [(f, _load_npy(f)) for f in files]
+        found = _folder_frames(path, inputs)
     elif path.is_file():
-        array = _load_npy(path)
-        if tuple(array.shape) == (array.shape[0],) + tuple(info.shape) and tuple(array.shape) != tuple(info.shape):
-            arrays = [(path, a) for a in array]
-        else:
-            arrays = [(path, array)]
+        found = _file_frames(path, inputs)
     else:
-        raise InputError(f"{source}: not 'random', a .npy file or a folder")
-    frames = []
-    for where, array in arrays:
-        if tuple(array.shape) != tuple(info.shape) or array.dtype != np.dtype(info.dtype):
-            raise InputError(
-                f"{where}: frame is {tuple(array.shape)} {array.dtype}, the model takes {tuple(info.shape)} {info.dtype}"
-            )
-        frames.append({info.name: np.ascontiguousarray(array)})
-    return frames
+        raise InputError(f"{source}: not 'random', a .npy/.npz file or a folder")
+    if not found:
+        raise InputError(f"{source}: holds no frames")
+    return [_checked_frame(where, arrays, inputs) for where, arrays in found]
+
+
+def _single_input(source: Path, inputs: tuple) -> Any:
+    """The one input a .npy file or a folder of them can feed (a .npz names each input instead)."""
+    if len(inputs) != 1:
+        raise InputError(f"{source}: this model has {len(inputs)} inputs; a .npy file or folder feeds "
+                         f"single-input models (use a .npz with one array per input name, or random)")
+    return inputs[0]
+
+
+def _folder_frames(path: Path, inputs: tuple) -> List[Tuple[Path, Dict[str, Any]]]:
+    """One frame per .npy file of the folder, in name order."""
+    info = _single_input(path, inputs)
+    files = sorted(path.glob("*.npy"))
+    if not files:
+        raise InputError(f"{path}: no .npy files in this folder")
+    return [(f, {info.name: _load_npy(f)}) for f in files]
+
+
+def _file_frames(path: Path, inputs: tuple) -> List[Tuple[Path, Dict[str, Any]]]:
+    """A .npy's array (one input), or a .npz's arrays by input name; either a frame or N stacked."""
+    from pipeit.frames import read_arrays
+
+    data = read_arrays(path)
+    if isinstance(data, dict):
+        arrays = _by_input_name(path, data, inputs)
+    else:
+        arrays = {_single_input(path, inputs).name: data}
+    return _unstack(path, arrays, inputs)
+
+
+def _by_input_name(path: Path, data: Dict[str, Any], inputs: tuple) -> Dict[str, Any]:
+    """A .npz's arrays keyed by the model's input names (a lone array feeds a lone input, whatever its name)."""
+    names = [info.name for info in inputs]
+    if len(data) == 1 and len(names) == 1:
+        return {names[0]: next(iter(data.values()))}
+    if set(data) != set(names):
+        raise InputError(f"{path}: holds arrays {sorted(data)}, the model's inputs are {names} "
+                         f"(a .npz needs one array per input name)")
+    return data
+
+
+def _unstack(path: Path, arrays: Dict[str, Any], inputs: tuple) -> List[Tuple[Path, Dict[str, Any]]]:
+    """One frame, or the N frames of arrays stacked on a new first axis (the same N for every input)."""
+    counts = {}
+    for info in inputs:
+        shape = tuple(arrays[info.name].shape)
+        if shape != tuple(info.shape) and len(shape) >= 1 and shape[1:] == tuple(info.shape):
+            counts[info.name] = shape[0]
+    if not counts:
+        return [(path, arrays)]
+    for info in inputs:
+        if info.name not in counts and tuple(arrays[info.name].shape) != tuple(info.shape):
+            _check_array(path, arrays[info.name], info, named=len(inputs) > 1)  # neither a frame nor a stack
+    if len(counts) != len(inputs) or len(set(counts.values())) != 1:
+        raise InputError(f"{path}: the arrays stack different numbers of frames per input: {counts}")
+    n = next(iter(counts.values()))
+    return [(path, {name: array[i] for name, array in arrays.items()}) for i in range(n)]
+
+
+def _checked_frame(where: Path, arrays: Dict[str, Any], inputs: tuple) -> Dict[str, Any]:
+    """The frame, contiguous, once every input's array has the model's shape and dtype."""
+    import numpy as np
+
+    for info in inputs:
+        _check_array(where, arrays[info.name], info, named=len(inputs) > 1)
+    return {info.name: np.ascontiguousarray(arrays[info.name]) for info in inputs}
+
+
+def _check_array(where: Path, array: Any, info: Any, named: bool) -> None:
+    """Refuse an array whose shape or dtype is not the input's, naming what the model takes."""
+    import numpy as np
+
+    if tuple(array.shape) == tuple(info.shape) and array.dtype == np.dtype(info.dtype):
+        return
+    which = f"input {info.name!r}" if named else "frame"
+    scalar = " (a 0-d array)" if array.ndim == 0 else ""
+    raise InputError(f"{where}: {which} is {tuple(array.shape)}{scalar} {array.dtype}, "
+                     f"the model takes {tuple(info.shape)} {info.dtype}")
 
 
 def _load_npy(path: Path) -> Any:
-    import numpy as np
+    """The array of one .npy file of a folder (a .npz there is not a frame)."""
+    from pipeit.frames import read_arrays
 
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable .npy file ({err})") from err
+    data = read_arrays(path)
+    if isinstance(data, dict):
+        raise InputError(f"{path}: a .npz archive, not a .npy frame")
+    return data
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -128,9 +194,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--warmup must be >= 0, --slots and --inflight >= 1")
     if not (args.tolerance >= 0 and args.tolerance < float("inf")):
         raise InputError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {args.seed}")
     plan_path = Path(args.plan)
     plan = load_plan(plan_path)
     model_path = resolve_model(plan_path, plan.model, args.model)
+    if model_path.is_dir():
+        raise ModelError(f"{model_path}: is a folder, not a model file")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _stream(args, plan, plan_path, model_path)

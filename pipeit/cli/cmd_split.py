@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeit.cli.output import emit_json
+from pipeit.runtime import check_loads
 from pipeit.split import manifest, parse_cuts, split_model, write_split
 
 __all__ = ["register", "run"]
@@ -15,7 +16,8 @@ def register(subparsers) -> None:
         "split",
         help="cut a model into stage sub-models",
         description="Cut a .tflite model before the given layer indices (as `pipeit inspect` "
-        "numbers them) into DIR/stage_<i>.tflite files and DIR/manifest.json. Chained, the "
+        "numbers them) into DIR/stage_<i>.tflite files and DIR/manifest.json (stage files of an "
+        "earlier split in DIR that the new manifest does not list are removed). Chained, the "
         "stages give bit-identical outputs to the whole model.",
     )
     parser.add_argument("model", metavar="MODEL", help="a .tflite file")
@@ -30,6 +32,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     cuts = parse_cuts(args.at)
     stages = split_model(args.model, cuts)
+    # before writing anything: stage files cut from a model the runtime refuses would not load
+    check_loads(args.model)
     path = write_split(stages, args.output)
     if args.json:
         emit_json(manifest(stages))

@@ -127,12 +127,20 @@ INBOX_BYTES = 16 * 1024
 
 
 class ProtocolError(PipeitError):
-    """A message that breaks the wire format; ``code`` is one of :data:`ERROR_CODES`."""
+    """A message that breaks the wire format; ``code`` is one of :data:`ERROR_CODES`.
 
-    def __init__(self, message: str, code: str = "malformed", request_id: Optional[int] = None):
+    ``header``: the message's decoded header when the error is about its
+    body (over the limit), so that the reader can say why the body is that
+    large -- a tensor of another shape or dtype than the model's -- rather
+    than only that it is.
+    """
+
+    def __init__(self, message: str, code: str = "malformed", request_id: Optional[int] = None,
+                 header: Optional["Header"] = None):
         super().__init__(message)
         self.code = code
         self.request_id = request_id
+        self.header = header
 
 
 @dataclass(frozen=True)
@@ -310,6 +318,13 @@ class WithFds(list):
 
 def decode_prefix(data: bytes, max_body: int) -> Tuple[int, int]:
     """``(header_bytes, body_bytes)`` from the 16-byte prefix, both checked against limits."""
+    head_len, body_len = _prefix_lengths(data)
+    _check_body(body_len, max_body)
+    return head_len, body_len
+
+
+def _prefix_lengths(data: bytes) -> Tuple[int, int]:
+    """``(header_bytes, body_bytes)`` from the prefix, the header's length checked (the body's is not)."""
     if len(data) != PREFIX_BYTES:
         raise ProtocolError(f"message prefix is {len(data)} bytes, expected {PREFIX_BYTES}", "truncated")
     magic, head_len, body_len = PREFIX.unpack(data)
@@ -318,9 +333,14 @@ def decode_prefix(data: bytes, max_body: int) -> Tuple[int, int]:
     if head_len == 0 or head_len > MAX_HEADER_BYTES:
         raise ProtocolError(f"header length {head_len} is outside 1..{MAX_HEADER_BYTES}", "too_large"
                             if head_len else "malformed")
-    if body_len > max_body:
-        raise ProtocolError(f"body of {body_len} bytes exceeds the limit of {max_body}", "too_large")
     return head_len, body_len
+
+
+def _check_body(body_len: int, max_body: int, header: Optional["Header"] = None) -> None:
+    """Refuse a body over ``max_body`` bytes (before any of it is read); ``header``, if read, rides on the error."""
+    if body_len > max_body:
+        raise ProtocolError(f"body of {body_len} bytes exceeds the limit of {max_body}", "too_large",
+                            header.id if header is not None else None, header)
 
 
 def _int(value: Any, what: str, low: int, high: int, request_id: Optional[int]) -> int:
@@ -604,6 +624,11 @@ def read_head(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None)
     For a reader that puts the body where it wants it (the daemon: straight
     into the pipeline's ring slot) with :meth:`Inbox.read_into`, or skips it
     with :func:`discard`. Errors as for :func:`read_message`.
+
+    A body over ``max_body`` is refused before any of it is read, but after
+    the header (itself bounded by :data:`MAX_HEADER_BYTES`): the
+    ``too_large`` error carries the header and its id, so the reader can
+    answer which tensor made the body too large, and to which request.
     """
     if inbox is None:
         prefix = bytearray(PREFIX_BYTES)
@@ -612,18 +637,21 @@ def read_head(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None)
             return None
         if first < PREFIX_BYTES:
             recv_exactly(sock, memoryview(prefix)[first:])
-        head_len, body_len = decode_prefix(bytes(prefix), max_body)
+        head_len, body_len = _prefix_lengths(bytes(prefix))
         head = bytearray(head_len)
         recv_exactly(sock, memoryview(head))
-        return decode_header(bytes(head), body_len)
-    held = inbox._fill(sock, PREFIX_BYTES)  # noqa: SLF001 -- the inbox is this module's helper
-    if held == 0:
-        return None
-    if held < PREFIX_BYTES:
-        inbox.take(held)
-        raise ProtocolError(f"connection closed after {held} of {PREFIX_BYTES} bytes", "truncated")
-    head_len, body_len = decode_prefix(bytes(inbox.take(PREFIX_BYTES)), max_body)
-    return inbox.decode_header(inbox.read_exactly(sock, head_len), body_len)
+        header = decode_header(bytes(head), body_len)
+    else:
+        held = inbox._fill(sock, PREFIX_BYTES)  # noqa: SLF001 -- the inbox is this module's helper
+        if held == 0:
+            return None
+        if held < PREFIX_BYTES:
+            inbox.take(held)
+            raise ProtocolError(f"connection closed after {held} of {PREFIX_BYTES} bytes", "truncated")
+        head_len, body_len = _prefix_lengths(bytes(inbox.take(PREFIX_BYTES)))
+        header = inbox.decode_header(inbox.read_exactly(sock, head_len), body_len)
+    _check_body(body_len, max_body, header)
+    return header
 
 
 def read_message(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None) -> Optional[Message]:

@@ -414,7 +414,8 @@ class _Connection:
                         _log.log(level, "client %d: %s (%s); closing its connection (%d rejected so far)",
                                  self.number, err, err.code, rejected)
                     if err.code != "truncated":
-                        self.reply((wire.encode_error(err.request_id, err.code, str(err)), None))
+                        message = server.oversized_reason(err.header, str(err)) if err.header else str(err)
+                        self.reply((wire.encode_error(err.request_id, err.code, message), None))
                     break
                 except OSError:
                     break
@@ -1027,13 +1028,30 @@ class Server:
         expected = self._input_rules()[1]
         names = [t.name for t in specs]
         if len(names) != len(expected) or set(names) != expected.keys():
-            return f"inputs {sorted(names)} do not match the model's {sorted(expected)}"
+            takes = ", ".join(f"{name!r} {shape} {dtype}" for name, (shape, dtype) in sorted(expected.items()))
+            return f"inputs {sorted(names)} do not match the model's {sorted(expected)} (it takes {takes})"
         for spec in specs:
             shape, dtype = expected[spec.name]
             if spec.shape != shape or wire.DTYPES[spec.dtype] != np.dtype(dtype):
                 return (f"input {spec.name!r} is {tuple(spec.shape)} {spec.dtype}, "
                         f"the model takes {shape} {dtype}")
         return None
+
+    def oversized_reason(self, header: wire.Header, fallback: str) -> str:
+        """Why a request's body is over the limit: an input of another shape or dtype, if that is it.
+
+        The limit is the exact size of the model's inputs, so an ``infer``
+        with a wrong shape or dtype usually lands here rather than in
+        :meth:`check_specs`. Its body is never read (the limit stands), but
+        the answer names the input and what the model takes.
+        """
+        if header.op != "infer" or header.slot is not None:
+            return fallback
+        try:
+            problem = self.check_specs(header.tensors)
+        except PipeitError:  # no pipeline to compare with (stopping): the size is all there is to say
+            return fallback
+        return f"{problem}; {fallback}" if problem else fallback
 
     def _refused(self, request: _Request, error: PipeitError) -> None:
         """The pipeline would not take a frame: answer it with ``error``; start a fresh pipeline if it failed."""

@@ -33,7 +33,7 @@ from typing import List, Tuple
 
 from cores.model import CoreSetup, Platform
 from pipeit.dse.cost import Candidate, CostModel, Limits, StagePlan
-from pipeit.dse.limits import require_within
+from pipeit.dse.limits import require_runnable, require_within
 from pipeit.errors import PlanError
 
 __all__ = ["plan", "all_cores_setup", "all_cores_times", "DEFAULT_PENALTY"]
@@ -81,4 +81,5 @@ def plan(cost: CostModel, platform: Platform, limits: Limits, penalty: float = D
         setup = all_cores_setup(platform)
         model = cost.with_times(cost.times.with_setup(setup, all_cores_times(cost, platform, penalty)))
     found = model.evaluate((StagePlan(0, cost.num_layers, (setup,)),))
+    require_runnable("all-cores", found, model.times)
     return require_within("all-cores", found, limits)

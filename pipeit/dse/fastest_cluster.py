@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cores.model import CoreSetup, Platform
 from pipeit.dse.cost import Candidate, CostModel, Limits, StagePlan
-from pipeit.dse.limits import require_within
+from pipeit.dse.limits import require_runnable, require_within
 from pipeit.errors import PlanError
 
 __all__ = ["plan"]
@@ -21,4 +21,5 @@ def plan(cost: CostModel, platform: Platform, limits: Limits) -> Candidate:
     if setup not in cost.times.times:
         raise PlanError(f"fastest-cluster needs layer times for {setup}, which the table lacks")
     found = cost.evaluate((StagePlan(0, cost.num_layers, (setup,)),))
+    require_runnable("fastest-cluster", found, cost.times)
     return require_within("fastest-cluster", found, limits)

@@ -42,7 +42,7 @@ from typing import List, Sequence, Tuple
 
 from cores.model import CoreSetup, Platform
 from pipeit.dse.cost import Candidate, CostModel, Limits, StagePlan
-from pipeit.dse.limits import pick_best
+from pipeit.dse.limits import pick_best, unrunnable_reason
 from pipeit.errors import PlanError
 
 __all__ = ["plan", "configurations", "balance", "MAX_ORDERED_CLUSTERS"]
@@ -96,23 +96,36 @@ def _speed_ordered(cost: CostModel, platform: Platform, names: List[str]) -> Lis
     return out
 
 
+def _prefix_sums(row: Sequence[float]) -> Tuple[List[float], List[int]]:
+    """Running sums of a row's finite times, and running counts of the layers it cannot run (inf).
+
+    Kept apart so that a stage's time is a difference of finite sums, or inf
+    when the stage holds a layer the setup cannot run -- never ``inf - inf``.
+    """
+    acc, blocked = [0.0], [0]
+    for v in row:
+        acc.append(acc[-1] + (0.0 if math.isinf(v) else v))
+        blocked.append(blocked[-1] + (1 if math.isinf(v) else 0))
+    return acc, blocked
+
+
 def balance(cost: CostModel, setups: Sequence[CoreSetup]) -> Tuple[int, ...]:
-    """Stage boundaries ``(0, b1, ..., n)`` from assumption 3 (compute times only)."""
+    """Stage boundaries ``(0, b1, ..., n)`` from assumption 3 (compute times only).
+
+    A setup that cannot run some layer (an inf time) gives every stage
+    holding that layer an infinite time; the split may then be infeasible,
+    which :func:`plan` finds when it evaluates it.
+    """
     n = cost.num_layers
     s = len(setups)
-    prefix = []
-    for setup in setups:
-        row = cost.times.times[setup]
-        acc = [0.0]
-        for v in row:
-            acc.append(acc[-1] + v)
-        prefix.append(acc)
+    sums = [_prefix_sums(cost.times.times[setup]) for setup in setups]
 
     def stage_ms(j: int, a: int, b: int) -> float:
-        return prefix[j][b] - prefix[j][a]
+        acc, blocked = sums[j]
+        return math.inf if blocked[b] > blocked[a] else acc[b] - acc[a]
 
     inv = sum(1.0 / stage_ms(j, 0, n) if stage_ms(j, 0, n) > 0 else math.inf for j in range(s))
-    tau = 0.0 if math.isinf(inv) else 1.0 / inv
+    tau = 1.0 / inv if 0 < inv < math.inf else 0.0  # inv 0: no setup runs the whole model alone
     cuts = [0]
     for j in range(s - 1):
         a = cuts[-1]
@@ -153,8 +166,8 @@ def plan(cost: CostModel, platform: Platform, limits: Limits) -> Candidate:
         cuts = balance(cost, setups)
         stages = tuple(StagePlan(a, b, (w,)) for w, a, b in zip(setups, cuts[:-1], cuts[1:]))
         found = cost.evaluate(stages)
-        if found.fps > 0:
+        if found.fps > 0:  # 0: some stage holds a layer its setup cannot run
             options.append(found)
     if not options:
-        raise PlanError("pipe-it: no configuration can run every layer")
+        raise PlanError(f"pipe-it: {unrunnable_reason(cost.times, configs)}")
     return pick_best("pipe-it", options, limits)

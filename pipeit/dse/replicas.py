@@ -13,7 +13,7 @@ from typing import List
 
 from cores.model import CoreSetup, Platform
 from pipeit.dse.cost import Candidate, CostModel, Limits, StagePlan
-from pipeit.dse.limits import pick_best
+from pipeit.dse.limits import pick_best, unrunnable_reason
 from pipeit.errors import PlanError
 
 __all__ = ["plan"]
@@ -30,7 +30,10 @@ def plan(cost: CostModel, platform: Platform, limits: Limits) -> Candidate:
             per_cluster.append(whole)
         if single in cost.times.times:
             per_core.extend([single] * cluster.size)
-    options = [cost.evaluate((StagePlan(0, n, tuple(ws)),)) for ws in (per_cluster, per_core) if ws]
-    if not options:
+    layouts = [ws for ws in (per_cluster, per_core) if ws]
+    if not layouts:
         raise PlanError("replicas: the layer times have no whole-cluster or single-core setups")
+    options = [c for c in (cost.evaluate((StagePlan(0, n, tuple(ws)),)) for ws in layouts) if c.fps > 0]
+    if not options:  # every layout holds a replica that cannot run some layer
+        raise PlanError(f"strategy 'replicas': {unrunnable_reason(cost.times, layouts)}")
     return pick_best("replicas", options, limits)

@@ -400,6 +400,8 @@ class Pipeline:
 
     def _start(self) -> None:
         plan = self.plan
+        if self.model_path.is_dir():
+            raise PlanError(f"{self.model_path}: is a folder, not a model file")
         if not self.model_path.is_file():
             raise PlanError(f"{self.model_path}: no such model file")
         if self._verify_hash:
@@ -535,7 +537,23 @@ class Pipeline:
         ]
         if len(parts) != len(self.plan.stages):
             raise ExecutorError(f"the split gave {len(parts)} stage models for a {len(self.plan.stages)}-stage plan")
+        self._check_stage_layers(parts)
         return parts
+
+    def _check_stage_layers(self, parts: Sequence[StagePart]) -> None:
+        """Refuse a plan whose stages do not cover exactly the model's layers.
+
+        The split is made from the plan's cuts alone, so the last stage of
+        the split always ends at the model's last layer: a plan ending past
+        it, or short of it, would otherwise run as if it had said so.
+        """
+        for i, (part, stage) in enumerate(zip(parts, self.plan.stages)):
+            if tuple(part.layers) != tuple(stage.layers):
+                n = parts[-1].layers[1]
+                raise PlanError(
+                    f"{self.model_path}: plan stage {i} covers layers [{stage.layers[0]}, {stage.layers[1]}), "
+                    f"but the model has {n} layers (its stages must end at layer {n}); re-plan for this model"
+                )
 
     def _slowed_cluster(self, name: str) -> Optional[str]:
         """The emulated slow cluster whose cgroup a worker on ``name`` joins, if any.
