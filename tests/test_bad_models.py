@@ -17,6 +17,7 @@ from ai_edge_litert import schema_py_generated as schema
 from pipeit.graph import load_graph
 from pipeit.modelfile import op_name, read_model, serialize_model
 from pipeit.tflite_builder import ModelBuilder
+from tests.model_helpers import dead_branch_builder
 
 
 def cli(*args):
@@ -208,14 +209,8 @@ class TestUnusualModels:
         assert "\t" not in result.stdout
 
     def test_dead_ops_are_left_out_and_the_split_runs(self, tmp_path):
-        b = ModelBuilder(seed=20)
-        x = b.input("input", (1, 12, 12, 3))
-        a = b.conv2d(x, 8, 3, stride=2, name="stem")
-        b.conv2d(a, 4, 1, name="dead")
-        c = b.conv2d(a, 8, 3, name="c2")
-        b.output(b.fully_connected(b.mean(b.add(a, c)), 5))
         path = tmp_path / "dead.tflite"
-        path.write_bytes(b.to_bytes())
+        path.write_bytes(dead_branch_builder().to_bytes())
         result = cli("inspect", path)
         assert result.returncode == 0, result.stderr
         assert "dead ops left out (their outputs reach no model output): operator(s) 1" in result.stdout

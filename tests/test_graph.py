@@ -16,6 +16,7 @@ from pipeit.graph import (
 )
 from pipeit.modelfile import op_name, read_model, serialize_model
 from pipeit.tflite_builder import ModelBuilder
+from tests.model_helpers import dead_branch_builder
 
 # architecture facts (the papers' layer tables), not properties of this code
 ZOO_FACTS = {
@@ -256,15 +257,6 @@ class TestDescriptors:
 
 # ---- dead operators ----------------------------------------------------------------------------
 
-def dead_branch_builder(seed: int = 20) -> ModelBuilder:
-    """stem -> (dead 1x1 conv nobody reads) ; stem -> c2 -> add(stem, c2) -> mean -> fc."""
-    b = ModelBuilder(seed=seed)
-    x = b.input("input", (1, 12, 12, 3))
-    a = b.conv2d(x, 8, 3, stride=2, name="stem")
-    b.conv2d(a, 4, 1, name="dead")
-    c = b.conv2d(a, 8, 3, name="c2")
-    b.output(b.fully_connected(b.mean(b.add(a, c, name="res")), 5, name="fc"))
-    return b
 
 
 def with_unused_dequantize(data: bytes) -> bytes:

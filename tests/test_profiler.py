@@ -22,6 +22,7 @@ from pipeit.profiler import (
     time_model,
 )
 from pipeit.tflite_builder import ModelBuilder
+from tests.model_helpers import dead_branch_builder
 
 # min_util=0: every run counts as clean, so a busy shared host cannot turn the rows 'noisy'
 QUICK = TimingSpec(warmup=1, min_repeats=3, max_repeats=5, batch=3, max_seconds=0.5, attempts=1,
@@ -255,14 +256,8 @@ class TestUnusualModels:
         assert timing.status.startswith("failed: the runtime cannot load this model")
 
     def test_a_model_with_a_dead_branch_is_profiled(self, platform, one_core, tmp_path):
-        b = ModelBuilder(seed=20)
-        x = b.input("input", (1, 12, 12, 3))
-        a = b.conv2d(x, 8, 3, stride=2, name="stem")
-        b.conv2d(a, 4, 1, name="dead")
-        c = b.conv2d(a, 8, 3, name="c2")
-        b.output(b.fully_connected(b.mean(b.add(a, c)), 5))
         path = tmp_path / "dead.tflite"
-        path.write_bytes(b.to_bytes())
+        path.write_bytes(dead_branch_builder().to_bytes())
         jobs = model_jobs(path, stages=2)
         assert [(j.start, j.end) for j in jobs if j.kind == "layer"] == [(i, i + 1) for i in range(5)]
         rows = profile_models([path], platform, tmp_path / "p.csv", setups=[one_core], spec=QUICK,

@@ -33,6 +33,7 @@ from pipeit.split import (
     write_split,
 )
 from pipeit.tflite_builder import ModelBuilder
+from tests.model_helpers import dead_branch_builder
 
 ZOO = ("alexnet", "googlenet", "mobilenet_v1", "mobilenet_v2", "resnet50", "squeezenet")
 
@@ -245,15 +246,6 @@ class TestStageModels:
 
 # ---- dead operators ------------------------------------------------------------------------------
 
-def dead_branch_builder() -> ModelBuilder:
-    """A conv whose output nobody reads sits between the stem and the rest."""
-    b = ModelBuilder(seed=20)
-    x = b.input("input", (1, 12, 12, 3))
-    a = b.conv2d(x, 8, 3, stride=2, name="stem")
-    b.conv2d(a, 4, 1, name="dead")
-    c = b.conv2d(a, 8, 3, name="c2")
-    b.output(b.fully_connected(b.mean(b.add(a, c, name="res")), 5, name="fc"))
-    return b
 
 
 class TestDeadOps:
