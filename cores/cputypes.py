@@ -28,6 +28,7 @@ __all__ = [
     "processor_from_midr",
     "core_type_name",
     "per_mhz",
+    "known_positive",
     "speed_rank",
     "CORE_PARTS",
     "PER_MHZ",
@@ -213,8 +214,9 @@ def per_mhz(core_type: str) -> int:
     return PER_MHZ.get(inner, 0)
 
 
-def _positive(value: Optional[int]) -> int:
-    return value if value is not None and value > 0 else 0
+def known_positive(value: Optional[int]) -> Optional[int]:
+    """A capacity or clock; None, 0 and negatives are a driver's "don't know", not a speed (None)."""
+    return value if value is not None and value > 0 else None
 
 
 def speed_rank(
@@ -231,8 +233,8 @@ def speed_rank(
     Missing, zero or negative capacities and clocks count as unknown (0).
     """
     hybrid = 1 if core_type.endswith(" P-core") else 0
-    cap = _positive(capacity)
-    freq = _positive(max_freq_khz)
+    cap = known_positive(capacity) or 0
+    freq = known_positive(max_freq_khz) or 0
     per = per_mhz(core_type)
     estimate = per * freq if typed and per and freq else freq
     return (hybrid, cap, estimate, freq, per)

@@ -53,7 +53,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from cores.cputypes import ProcessorInfo, parse_cpuinfo, per_mhz, processor_from_midr, speed_rank
+from cores.cputypes import (
+    ProcessorInfo, known_positive, parse_cpuinfo, per_mhz, processor_from_midr, speed_rank,
+)
 from cores.errors import PlatformError
 from cores.model import Cluster, Platform
 from cores.sysfs import PathLike, SysRoot, format_cpu_list
@@ -198,11 +200,6 @@ def _arch(root: SysRoot, idents: Dict[int, Optional[ProcessorInfo]]) -> str:
     return "other"
 
 
-def _positive(value: Optional[int]) -> Optional[int]:
-    """A capacity or clock; 0 and negatives are a driver's "don't know", not a speed."""
-    return value if value is not None and value > 0 else None
-
-
 def _own_domain(root: SysRoot, cpu: int) -> Optional[Tuple[int, ...]]:
     """The CPU's own ``cpufreq/related_cpus``: the only domain file before Linux 4.3's ``policy*``."""
     base = f"{CPU_DIR}/cpu{cpu}/cpufreq"
@@ -235,8 +232,8 @@ def _record(
     return CpuRecord(
         cpu=cpu,
         core_type=core_type,
-        max_freq_khz=_positive(max_freq),
-        capacity=_positive(root.integer(f"{base}/cpu_capacity")),
+        max_freq_khz=known_positive(max_freq),
+        capacity=known_positive(root.integer(f"{base}/cpu_capacity")),
         freq_domain=domain,
         cluster_id=cluster_id,
         package_id=root.integer(f"{base}/topology/physical_package_id"),

@@ -200,16 +200,20 @@ class LayerGraph:
 
 # ---- building ------------------------------------------------------------------------------
 
-def load_graph(source: Union[ModelSource, "schema.ModelT"]) -> LayerGraph:
-    """Read, validate and analyse a model given as a path, bytes, or parsed ModelT."""
+def load_graph(source: Union[ModelSource, "schema.ModelT"], where: Optional[str] = None) -> LayerGraph:
+    """Read, validate and analyse a model given as a path, bytes, or parsed ModelT.
+
+    ``where`` names the model in error messages (default: its path, or "model
+    bytes"): a caller holding a file's bytes passes the file's path.
+    """
     if isinstance(source, schema.ModelT):
-        return graph_from_model(source)
+        return graph_from_model(source, where=where or "the model")
     if isinstance(source, (str, Path)):
         data = read_model_bytes(source)
-        where = str(source)
+        where = where or str(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         data = source if isinstance(source, bytes) else bytes(source)
-        where = "model bytes"
+        where = where or "model bytes"
     else:
         raise ModelError(f"cannot read a model from a {type(source).__name__}")
     model = parse_model(data, where=where)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
@@ -156,10 +156,7 @@ class LayerTimes:
 
     def with_setup(self, setup: CoreSetup, row: Sequence[float]) -> "LayerTimes":
         """A copy with one more (or a replaced) setup row -- how all-cores adds its pseudo setup."""
-        times = dict(self.times)
-        times[setup] = tuple(row)
-        return LayerTimes(self.num_layers, times, self.cut_bytes, self.weight_bytes, self.calibration, self.source,
-                          self.device_copy)
+        return replace(self, times={**self.times, setup: tuple(row)})
 
     def rescaled(self, factors: Mapping[str, float], note: str = "") -> "LayerTimes":
         """A copy with every setup of cluster ``c`` taking ``factors[c]`` times as long (others unchanged).
@@ -175,8 +172,7 @@ class LayerTimes:
             if not (math.isfinite(factor) and factor > 0):
                 raise PlanError(f"layer times: scale of cluster {name!r} must be a finite number > 0, got {factor!r}")
         times = {s: tuple(v * factors.get(s.cluster, 1.0) for v in row) for s, row in self.times.items()}
-        return LayerTimes(self.num_layers, times, self.cut_bytes, self.weight_bytes, self.calibration,
-                          self.source + note, self.device_copy)
+        return replace(self, times=times, source=self.source + note)
 
     # ---- JSON --------------------------------------------------------------------------
     def to_json(self) -> dict:

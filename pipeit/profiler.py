@@ -767,8 +767,8 @@ def profile_gpu(
     directory's when None).
     """
     from pipeit.gpu.measure import find_tuning, measure_gpu_times
-    from pipeit.graph import graph_from_model
-    from pipeit.modelfile import parse_model, read_model_bytes
+    from pipeit.graph import load_graph
+    from pipeit.modelfile import read_model_bytes
 
     done = set() if done is None else done
     rows: List[ProfileRow] = []
@@ -778,8 +778,7 @@ def profile_gpu(
     for path in models:
         path = Path(path)
         data = read_model_bytes(path)
-        graph = graph_from_model(parse_model(data, where=str(path)),
-                                 sha256=hashlib.sha256(data).hexdigest(), where=str(path))
+        graph = load_graph(data, where=str(path))
         firsts = {}
         for layer in graph.layers:
             firsts.setdefault(layer.descriptor.key_string(), layer)

@@ -115,25 +115,6 @@ def pin_process(cpus: Tuple[int, ...]) -> None:
             pass  # the thread ended between listing and pinning
 
 
-def _quietly(func: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``func`` with file descriptor 2 muted.
-
-    The runtime announces its delegate on stderr for every interpreter it
-    builds ("INFO: Created TensorFlow Lite XNNPACK delegate"); with a worker
-    per stage that drowns a user's terminal. Failures still reach the main
-    process as exceptions sent over the pipe.
-    """
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        return func(*args, **kwargs)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -148,10 +129,13 @@ class TfliteRunner:
     """
 
     def __init__(self, config: WorkerConfig) -> None:
-        from pipeit.runtime import make_interpreter
+        from pipeit.runtime import make_interpreter, native_stderr_silenced
 
-        self.interpreter = _quietly(make_interpreter, config.model_path, num_threads=config.threads,
-                                    backend=config.backend)
+        # the runtime announces its delegate on stderr for every interpreter; with a worker per stage
+        # that drowns a user's terminal (failures still reach the main process as exceptions)
+        with native_stderr_silenced():
+            self.interpreter = make_interpreter(config.model_path, num_threads=config.threads,
+                                                backend=config.backend)
         self.input_details = {d["name"]: d for d in self.interpreter.get_input_details()}
         self.output_details = {d["name"]: d for d in self.interpreter.get_output_details()}
         self._feeds = tuple((name, d["index"]) for name, d in self.input_details.items())
