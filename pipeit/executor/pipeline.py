@@ -59,6 +59,7 @@ from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
 from pipeit.executor.routes import EdgeLayout, StageRoute, plan_routes
+from pipeit.executor.staging import stage_frames
 from pipeit.executor.stats import PipelineStats, StageStats, percentile
 from pipeit.executor.wire import DONE, ERROR, JOB, MAP, NOTE, RING, STOP, UNMAP, ReplyParser
 from pipeit.executor.worker import RingRef, WorkerConfig, worker_main
@@ -158,10 +159,14 @@ _DISCARD = object()
 class _Stream:
     """A stream the dispatcher feeds itself (:meth:`Pipeline.stream`): its frames, window and latencies."""
 
-    __slots__ = ("frames", "next", "window", "inflight", "latencies", "done", "error", "t_end")
+    __slots__ = ("frames", "next", "window", "inflight", "latencies", "done", "error", "t_end", "area", "area_slots")
 
-    def __init__(self, frames: Sequence[Dict[str, np.ndarray]], window: int) -> None:
+    def __init__(self, frames: Sequence[Dict[str, np.ndarray]], window: int, area: int = RING,
+                 area_slots: Tuple[int, ...] = ()) -> None:
         self.frames = frames
+        #: the input area the frames were staged in (:mod:`pipeit.executor.staging`), RING when copied per frame
+        self.area = area
+        self.area_slots = area_slots  # per frame: its slot in ``area``
         self.next = 0  # index of the next frame to queue
         self.window = window
         self.inflight = 0
@@ -899,25 +904,42 @@ class Pipeline:
         self._check_running()
         if int(window) < 1:
             raise ExecutorError(f"window must be >= 1, got {window}")
-        checked = [self._check_inputs(frame) for frame in frames]
+        checked_by_id: Dict[int, Dict[str, np.ndarray]] = {}
+        checked = []
+        for frame in frames:  # a frame reused is checked once and stays one object (staging relies on it)
+            tensors = checked_by_id.get(id(frame))
+            if tensors is None:
+                tensors = checked_by_id[id(frame)] = self._check_inputs(frame)
+            checked.append(tensors)
         if not checked:
             return 0.0, []
-        state = _Stream(checked, int(window))
-        with self._dispatch_lock:
-            self._raise_if_failed()
-            if self._stream is not None:
-                raise ExecutorError("a stream is already running on this pipeline")
-            self._stream = state
-            t0 = time.perf_counter()
-            self._top_up()
-            self._feed_stage(0)
+        staged = stage_frames(checked, self.input_offsets(), self.edges[0].slot_bytes)
+        area = RING
+        if staged is not None:
+            area = self.add_input_area(staged.fd, staged.slots, staged.stride, self.input_offsets())
+        state = _Stream(checked, int(window), area, staged.slot_of if staged is not None else ())
         try:
-            while not state.done.wait(0.5):
-                if self._closing:
-                    state.finish(ExecutorError("the pipeline was closed"))
-        finally:
             with self._dispatch_lock:
-                self._stream = None
+                self._raise_if_failed()
+                if self._stream is not None:
+                    raise ExecutorError("a stream is already running on this pipeline")
+                self._stream = state
+                t0 = time.perf_counter()
+                self._top_up()
+                self._feed_stage(0)
+            try:
+                while not state.done.wait(0.5):
+                    if self._closing:
+                        state.finish(ExecutorError("the pipeline was closed"))
+            finally:
+                with self._dispatch_lock:
+                    if self._stream is state:
+                        self._stream = None
+        finally:
+            if staged is not None:
+                if not self._closing:
+                    self.remove_input_area(area)  # its workers unmap it once its frames are past stage 0
+                staged.close()  # the pipeline holds its own descriptor while workers need it
         if state.error is not None:
             raise state.error
         return len(checked) / max(state.t_end - t0, 1e-9), state.latencies
@@ -932,18 +954,23 @@ class Pipeline:
             return
         frames = state.frames
         copyto = np.copyto
+        area = self._areas.get(state.area) if state.area != RING else None
         while state.inflight < state.window and state.next < len(frames):
-            slot = self._free0.take_nowait()
-            if slot is None:
-                return  # a slot frees when stage 0 is done with a frame: the next wake-up tops up
-            tensors = frames[state.next]
+            if area is not None:  # staged: stage 0 reads the frame where it lies, no ring-0 slot taken
+                slot = state.area_slots[state.next]
+                area.pending += 1
+            else:
+                slot = self._free0.take_nowait()
+                if slot is None:
+                    return  # a slot frees when stage 0 is done with a frame: the next wake-up tops up
+                tensors = frames[state.next]
+                for view, name in zip(self._ring0_views[slot], self._input_names):
+                    copyto(view, tensors[name], casting="no")
             state.next += 1
-            for view, name in zip(self._ring0_views[slot], self._input_names):
-                copyto(view, tensors[name], casting="no")
             with self._lock:
                 fid = self._next_fid
                 self._next_fid += 1
-                frame = _Frame(fid, None, time.perf_counter(), slot, _DISCARD)
+                frame = _Frame(fid, None, time.perf_counter(), slot, _DISCARD, state.area if area is not None else RING)
                 self._inflight[fid] = frame
             state.inflight += 1
             heapq.heappush(self._ready[0], (fid, frame))
