@@ -244,6 +244,23 @@ class TestTensorNames:
         assert "sum" in runtime_names
         assert [t.name for t in load_graph(data).layers[2].descriptor.outputs] == ["sum"]
 
+    def test_a_gpu_stage_names_its_tensors_as_the_runtime_does(self):
+        """A GPU stage next to CPU stages hands tensors over by name: the runtime's (cut at NUL) name."""
+        from tests.test_gpu_calibration import _opencl_device
+
+        if not _opencl_device():
+            pytest.skip("no OpenCL device (pocl) here")
+        from pipeit.gpu.device import make_context
+        from pipeit.gpu.stage import GpuStage
+
+        def edit(model):
+            for tensor in model.subgraphs[0].tensors:
+                if tensor.name == b"sum":
+                    tensor.name = b"sum\x00hidden"
+
+        stage = GpuStage(read_model(model_with(edit)), 3, 4, ctx=make_context(None))  # the MEAN after "sum"
+        assert [t.name for t in stage.inputs] == ["sum"]
+
     def test_unnamed_and_str_names(self):
         tensor = schema.TensorT()
         assert tensor_name(tensor) == ""

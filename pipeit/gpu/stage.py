@@ -25,7 +25,7 @@ from pipeit.gpu.lowering import LayerSpec, Unsupported, _Model, lower_layer
 from pipeit.gpu.program import LayerProgram
 from pipeit.gpu.space import Config, heuristic_config
 from pipeit.graph import LayerGraph, graph_from_model
-from pipeit.modelfile import ModelSource, dtype_name, ints, read_model
+from pipeit.modelfile import ModelSource, dtype_name, ints, read_model, tensor_name
 
 __all__ = ["GpuStage", "StageTiming"]
 
@@ -120,9 +120,8 @@ class GpuStage:
         outputs = [t for t in produced if t in later or t in model_outputs]
 
         def info(t: int) -> TensorInfo:
-            name = sub.tensors[t].name
-            name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-            return TensorInfo(name, helper.shape(t), dtype_name(sub.tensors[t].type))
+            # the runtime's name (cut at NUL): a neighbouring CPU stage hands tensors over by it
+            return TensorInfo(tensor_name(sub.tensors[t]), helper.shape(t), dtype_name(sub.tensors[t].type))
 
         self._in_ids, self._out_ids = inputs, outputs
         self.inputs: Tuple[TensorInfo, ...] = tuple(info(t) for t in inputs)
