@@ -45,7 +45,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PipeitError, PlanError
@@ -77,6 +77,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "pipeit"
 
 
+#: what each stage of a strategy's JSON carries from its median round (pipeit.executor.stats.StageStats)
+STAGE_KEYS = ("measured_ms", "predicted_ms", "busy", "handoff_ms", "starved", "worker_ms", "restarts")
+
+
 @dataclass(frozen=True)
 class StrategyResult:
     """One strategy's plan and what streaming through it measured (median round)."""
@@ -98,8 +102,12 @@ class StrategyResult:
     satisfaction: Optional[Satisfaction] = None
     #: fps over the ideal measured in the rounds themselves (``BenchReport.ideal_interleaved_fps``)
     efficiency_interleaved: Optional[float] = None
+    #: the median round's per-stage figures (service ms against the plan's, busy share, hand-off and
+    #: starved time): where a strategy lost fps or latency, stage by stage
+    stage_stats: Tuple[Any, ...] = ()
 
     def to_json(self) -> dict:
+        measured = {st.index: st for st in self.stage_stats}
         return {
             "name": self.name,
             "same_plan_as": self.same_plan_as,
@@ -116,8 +124,9 @@ class StrategyResult:
                 {
                     "layers": list(s.layers),
                     "workers": [f"{w.cluster}:{len(w.cpus)}@{','.join(map(str, w.cpus))}" for w in s.workers],
+                    **({key: measured[i].to_json()[key] for key in STAGE_KEYS} if i in measured else {}),
                 }
-                for s in self.plan.stages
+                for i, s in enumerate(self.plan.stages)
             ],
             **({"satisfaction": self.satisfaction.to_json()} if self.satisfaction is not None else {}),
         }
@@ -494,6 +503,7 @@ def run_bench(
             predicted_fps=plan.predicted_fps, predicted_latency_ms=plan.predicted_latency_ms,
             same_plan_as=same_as.get(name), satisfaction=scores[name],
             efficiency_interleaved=median_fps / ideal_alike if ideal_alike else None,
+            stage_stats=tuple(stat_runs[source][pick].stages),
         ))
     return BenchReport(
         model=model_path.name, platform=platform.source, ideal_fps=ideal,

@@ -36,6 +36,10 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
         assert s["efficiency_interleaved"] == pytest.approx(s["fps"] / doc["ideal_interleaved_fps"])
         assert s["predicted_fps"] > 0
         assert s["meets_limit"] is None
+        # each stage carries its median round's figures: service time against the plan's, load
+        for stage in s["stages"]:
+            assert stage["measured_ms"] > 0 and stage["predicted_ms"] > 0
+            assert 0 < stage["busy"] <= 1.0 + 1e-6 and stage["restarts"] == 0
     # a strategy whose plan is another's pipeline is measured once and reported for both
     by_name = {s["name"]: s for s in doc["strategies"]}
     for s in doc["strategies"]:
