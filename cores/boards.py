@@ -9,11 +9,11 @@ for a third cluster, ``cpu`` for a homogeneous board), so a plan made for
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Tuple
 
 from cores.errors import PlatformError
+from cores.jsonfile import JsonFileError, read_json
 from cores.model import Platform
 
 __all__ = ["BOARD_DIR", "list_boards", "board_document", "load_board"]
@@ -33,14 +33,17 @@ def board_document(name: str) -> dict:
         known = ", ".join(list_boards())
         raise PlatformError(f"unknown board {name!r}; known boards: {known}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise PlatformError(f"board file {path} is unreadable: {err}") from err
+        doc = read_json(path, "board")
+    except JsonFileError as err:
+        raise PlatformError(str(err)) from None
+    if not isinstance(doc, dict):
+        raise PlatformError(f"{path}: a board file must be a JSON object")
+    return doc
 
 
 def load_board(name: str) -> Platform:
     """The platform of a known board, with ``source`` ``board:NAME``."""
     doc = board_document(name)
-    platform = Platform.from_json(doc)
+    platform = Platform.from_json(doc, where=str(BOARD_DIR / f"{name}.json"))
     return Platform(clusters=platform.clusters, source=f"board:{name}",
                     extra=(("soc", str(doc.get("soc", ""))),))

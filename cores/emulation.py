@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from cores.errors import EmulationError
+from cores.jsonfile import JsonFileError, read_json
 from cores.model import Platform
 
 __all__ = [
@@ -302,11 +303,12 @@ def _cache_key(factor: float, period_us: int) -> str:
 
 
 def _load_cache(path: Path) -> dict:
+    """The calibration cache; a cache that is missing or unreadable in any way is empty."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return doc if isinstance(doc, dict) else {}
-    except (OSError, ValueError):
+        doc = read_json(path, "emulation cache")
+    except JsonFileError:
         return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _store_cache(path: Path, key: str, calibration: Calibration) -> None:
@@ -346,7 +348,11 @@ def calibrate(
     key = _cache_key(factor, period)
     if use_cache:
         hit = _load_cache(cache).get(key)
+        # a hand-edited or foreign entry is a miss, not a crash: the quota and the measured factor
+        seen = hit.get("achieved") if isinstance(hit, dict) else None
         if (isinstance(hit, dict) and isinstance(hit.get("quota_us"), int)
+                and (seen is None or (isinstance(seen, (int, float)) and not isinstance(seen, bool)
+                                      and 0.0 < seen <= 2.0))
                 and 0.7 * nominal - 1 <= hit["quota_us"] <= min(period, 1.6 * nominal) + 1):
             return Calibration(factor, period, hit["quota_us"], hit.get("achieved"), cached=True)
     root = root or find_cgroup_root()

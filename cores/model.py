@@ -11,8 +11,34 @@ from typing import Dict, Optional, Tuple
 
 from cores.cputypes import per_mhz, speed_rank
 from cores.errors import PlatformError
+from cores.sysfs import MAX_CPU_ID
 
 __all__ = ["Cluster", "Platform", "CoreSetup"]
+
+#: highest CPU number a platform document may name: the same bound as a sysfs CPU list's
+MAX_CPU = MAX_CPU_ID
+#: highest clock a platform document may give, in kHz (100 GHz: no CPU clocks near it)
+MAX_FREQ_KHZ = 100_000_000
+#: highest capacity (the kernel scales ``cpu_capacity`` to 1024; room left for other scales)
+MAX_CAPACITY = 1 << 20
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: object) -> str:
+    """A JSON value's type in JSON's words, for messages."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to one short line (a message must not carry a whole list a user pasted)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -53,20 +79,49 @@ class Cluster:
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "Cluster":
-        try:
-            return cls(
-                name=str(doc["name"]),
-                core_type=str(doc["core_type"]),
-                cpus=tuple(int(c) for c in doc["cpus"]),
-                max_freq_khz=None if doc.get("max_freq_khz") is None else int(doc["max_freq_khz"]),
-                capacity=None if doc.get("capacity") is None else int(doc["capacity"]),
-                speed=float(doc.get("speed", 1.0)),
-                kind=str(doc.get("kind", "cpu")),
-                device=None if doc.get("device") is None else str(doc["device"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise PlatformError(f"malformed cluster record {doc!r}: {err}") from err
+    def from_json(cls, doc: object, where: str = "platform") -> "Cluster":
+        """A cluster record as :meth:`to_json` writes it; :class:`PlatformError` naming the field otherwise.
+
+        Strict on types (a CPU given as ``"4"`` or ``4.5`` is a hand edit gone
+        wrong, not a CPU to round), and on ranges that would only fail later
+        and less clearly: no CPUs, a CPU number no kernel has, a speed outside
+        (0, 1] (the emulation factor), a name holding the ``+`` of an
+        all-cores worker or the ``:`` of a core setup.
+        """
+        if not isinstance(doc, dict):
+            raise PlatformError(f"{where}: a cluster must be a JSON object, got {_kind(doc)}")
+        name = doc.get("name")
+        if not isinstance(name, str) or not name or any(ch in name for ch in "+:") or name != name.strip():
+            raise PlatformError(f"{where}: a cluster's 'name' must be a non-empty string without '+' or ':', "
+                                f"got {_short(name)}")
+        where = f"{where}: cluster {name!r}"
+        core_type = doc.get("core_type")
+        if not isinstance(core_type, str):
+            raise PlatformError(f"{where}: 'core_type' must be a string, got {_short(core_type)}")
+        cpus = doc.get("cpus")
+        if not isinstance(cpus, list) or not cpus:
+            raise PlatformError(f"{where}: 'cpus' must be a non-empty list of CPU numbers, got {_short(cpus)}")
+        for cpu in cpus:
+            if not _is_int(cpu) or not 0 <= cpu <= MAX_CPU:
+                raise PlatformError(f"{where}: CPU {_short(cpu)} is not a CPU number 0..{MAX_CPU}")
+        if len(set(cpus)) != len(cpus):
+            raise PlatformError(f"{where}: 'cpus' lists a CPU twice")
+        for key, top in (("max_freq_khz", MAX_FREQ_KHZ), ("capacity", MAX_CAPACITY)):
+            value = doc.get(key)
+            if value is not None and (not _is_int(value) or not 0 < value <= top):
+                raise PlatformError(f"{where}: {key!r} must be null or an integer in 1..{top}, got {_short(value)}")
+        speed = doc.get("speed", 1.0)
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.0 < speed <= 1.0:
+            raise PlatformError(f"{where}: 'speed' must be a number in (0, 1], got {_short(speed)}")
+        kind = doc.get("kind", "cpu")
+        if kind not in ("cpu", "gpu"):
+            raise PlatformError(f"{where}: 'kind' must be \"cpu\" or \"gpu\", got {_short(kind)}")
+        device = doc.get("device")
+        if device is not None and not isinstance(device, str):
+            raise PlatformError(f"{where}: 'device' must be null or a string, got {_short(device)}")
+        return cls(name=name, core_type=core_type, cpus=tuple(cpus),
+                   max_freq_khz=doc.get("max_freq_khz"), capacity=doc.get("capacity"),
+                   speed=float(speed), kind=kind, device=device)
 
 
 @dataclass(frozen=True, order=True)
@@ -177,10 +232,15 @@ class Platform:
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "Platform":
+    def from_json(cls, doc: object, where: str = "platform") -> "Platform":
+        """A platform document (:meth:`to_json`); ``where`` (the file) starts every error message."""
         if not isinstance(doc, dict) or not isinstance(doc.get("clusters"), list):
-            raise PlatformError("a platform document needs a 'clusters' list")
-        return cls(
-            clusters=tuple(Cluster.from_json(c) for c in doc["clusters"]),
-            source=str(doc.get("source", "file")),
-        )
+            raise PlatformError(f"{where}: a platform document needs a 'clusters' list")
+        source = doc.get("source", "file")
+        if not isinstance(source, str):
+            raise PlatformError(f"{where}: 'source' must be a string, got {_short(source)}")
+        clusters = tuple(Cluster.from_json(c, where) for c in doc["clusters"])
+        try:
+            return cls(clusters=clusters, source=source)
+        except PlatformError as err:  # no clusters, a name or a CPU twice: say which file
+            raise PlatformError(f"{where}: {err}") from None

@@ -23,7 +23,6 @@ go in ``extra`` as ``("outside_affinity", "2-7")``, as ``offline`` does.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from typing import AbstractSet, List, Optional, Sequence, Tuple
 
 from cores.boards import load_board
 from cores.errors import PlatformError
+from cores.jsonfile import JsonFileError, read_json
 from cores.model import Cluster, Platform
 from cores.sysfs import PathLike, format_cpu_list, parse_cpu_list
 from cores.topology import detect_topology
@@ -274,12 +274,10 @@ def detected_platform(sysfs_root: Optional[PathLike] = None) -> Platform:
 
 def _from_file(path: Path) -> Platform:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise PlatformError(f"{path}: cannot read platform file: {err.strerror or err}") from err
-    except ValueError as err:
-        raise PlatformError(f"{path}: not a JSON platform file: {err}") from err
-    platform = Platform.from_json(doc)
+        doc = read_json(path, "platform")
+    except JsonFileError as err:
+        raise PlatformError(f"{path}: not a JSON platform file ({err.detail})") from None
+    platform = Platform.from_json(doc, where=str(path))
     return Platform(clusters=platform.clusters, source=str(doc.get("source", f"file:{path}")))
 
 

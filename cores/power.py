@@ -37,13 +37,13 @@ Energy per frame is that power divided by the frame rate.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
 from cores.errors import CoresError
+from cores.jsonfile import JsonFileError, read_json
 from cores.model import Cluster, Platform
 
 __all__ = [
@@ -218,13 +218,10 @@ def load_power_file(path: Union[str, Path]) -> BoardPower:
     """Read and validate one power file (bytes are read here, checked by :func:`parse_power_document`)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise PowerError(f"{path}: cannot read power file: {err.strerror or err}") from err
-    try:
-        doc = json.loads(text)
-    except ValueError as err:
-        raise PowerError(f"{path}: not JSON: {err}") from err
+        # NaN/Infinity are read so that the check of each figure names it ("must be a finite number")
+        doc = read_json(path, "power", allow_nonfinite=True)
+    except JsonFileError as err:
+        raise PowerError(f"{path}: cannot read power file ({err.reason})") from None
     return parse_power_document(doc, where=str(path))
 
 

@@ -40,7 +40,7 @@ from pipeit.daemon import protocol as wire
 from pipeit.daemon.shm import AreaLayout, FrameArea
 from pipeit.errors import PipeitError
 
-__all__ = ["Client", "DaemonError", "DEFAULT_MAX_REPLY_BYTES", "TRANSPORTS"]
+__all__ = ["Client", "DaemonError", "DEFAULT_MAX_REPLY_BYTES", "TRANSPORTS", "check_timeout"]
 
 #: how frames travel: see the module docstring
 TRANSPORTS = ("auto", "inline", "shm")
@@ -60,6 +60,33 @@ class DaemonError(PipeitError):
         self.code = code
 
 
+#: the longest wait for a reply a client may ask for (a socket timeout is bounded by the C library)
+MAX_TIMEOUT_S = 1e9
+
+
+def check_timeout(timeout: Optional[float], option: str = "timeout") -> None:
+    """Refuse a reply timeout that is not None or a finite number of seconds in (0, 1e9]."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise DaemonError(f"{option} must be a number of seconds > 0 and at most {MAX_TIMEOUT_S:g}, "
+                          f"got {timeout!r}", "bad_request")
+
+
+def _refused(path: str) -> str:
+    """Why a connection to ``path`` was refused, in words: not a socket at all, or no daemon on it."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISSOCK(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a socket"
+        return f"{path} is {kind}; give the socket `pipeit serve --socket` listens on"
+    return f"no daemon listens on {path} (a socket left by one that stopped?); start `pipeit serve`"
+
+
 class Client:
     """A connection to the daemon at ``socket_path``; ``timeout`` (s) bounds each wait for a reply.
 
@@ -74,6 +101,7 @@ class Client:
             raise DaemonError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}", "bad_request")
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= wire.MAX_SLOTS:
             raise DaemonError(f"slots must be an integer in 1..{wire.MAX_SLOTS}, not {slots!r}", "bad_request")
+        check_timeout(timeout)
         self.socket_path = str(socket_path)
         self.max_reply_bytes = int(max_reply_bytes)
         self.transport = transport
@@ -96,6 +124,9 @@ class Client:
         except FileNotFoundError:
             sock.close()
             raise DaemonError(f"no daemon socket at {self.socket_path} (is `pipeit serve` running?)") from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise DaemonError(_refused(self.socket_path)) from None
         except OSError as err:
             sock.close()
             raise DaemonError(f"cannot connect to {self.socket_path}: {err.strerror or err}") from err

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+from cores.jsonfile import JsonFileError, read_json
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PipeitError, PlanError
 from pipeit.transfer import HopModel
@@ -59,6 +60,17 @@ LAYER_TIMES_VERSION = 1
 #: measurement or a hand edit, not a layer: sums of a few such times overflow the cost model's
 #: floats. A layer a setup cannot run is ``inf`` (``null`` in the file), not a huge number.
 MAX_LAYER_MS = 1e9
+
+#: the most bytes a cut or a layer's weights may have (1 PiB). Beyond it a size is a hand edit,
+#: not a model: ``int(1e308)`` is a valid Python integer that the cost model's floats cannot sum.
+MAX_BYTES = 1 << 50
+
+
+def _json_int(value: object, what: str) -> int:
+    """A JSON integer, as pipeit writes counts and byte sizes (``int()`` would take 2.7, "3" or true)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"{what} must hold integers, got {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,9 @@ class LayerTimes:
             values = tuple(int(v) for v in getattr(self, name))
             if any(v < 0 for v in values):
                 raise PlanError(f"layer times: negative entry in {name}")
+            if any(v > MAX_BYTES for v in values):
+                raise PlanError(f"layer times: an entry in {name} is over the {MAX_BYTES:.3g} bytes a tensor "
+                                "or a layer's weights may have")
             object.__setattr__(self, name, values)
 
     # ---- views -------------------------------------------------------------------------
@@ -203,17 +218,21 @@ class LayerTimes:
             }
             cal = doc.get("calibration") or {}
             return cls(
-                num_layers=int(doc["num_layers"]),
+                num_layers=_json_int(doc["num_layers"], "num_layers"),
                 times=times,
-                cut_bytes=tuple(int(v) for v in doc["cut_bytes"]),
-                weight_bytes=tuple(int(v) for v in doc["weight_bytes"]),
+                cut_bytes=tuple(_json_int(v, "cut_bytes") for v in doc["cut_bytes"]),
+                weight_bytes=tuple(_json_int(v, "weight_bytes") for v in doc["weight_bytes"]),
                 calibration=Calibration(float(cal.get("scale", 1.0)), float(cal.get("stage_ms", 0.0))),
                 source=str(doc.get("source", "")),
                 device_copy={str(k): HopModel.from_json(v, f"{where}: device_copy {k}")
                              for k, v in dict(doc.get("device_copy") or {}).items()},
             )
-        except PlanError:
-            raise
+        except PlanError as err:
+            text = str(err)
+            if text.startswith(f"{where}:"):  # a device copy's HopModel already named the file
+                raise
+            text = text[len("layer times: "):] if text.startswith("layer times: ") else text
+            raise PlanError(f"{where}: malformed layer times ({text})") from err
         except Exception as err:  # a malformed file a user handed us
             raise PlanError(f"{where}: malformed layer times ({type(err).__name__}: {err})") from err
 
@@ -224,13 +243,11 @@ class LayerTimes:
     def load(cls, path: Union[str, Path]) -> "LayerTimes":
         path = Path(path)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PlanError(f"{path}: no such layer-times file") from None
-        except RecursionError:
-            raise PlanError(f"{path}: unreadable layer-times file (JSON nested too deeply)") from None
-        except (OSError, ValueError) as err:  # ValueError: bad UTF-8 or JSON, an integer past Python's digit limit
-            raise PlanError(f"{path}: unreadable layer-times file ({err})") from err
+            doc = read_json(path, "layer-times")
+        except JsonFileError as err:
+            if err.missing:
+                raise PlanError(f"{path}: no such layer-times file") from None
+            raise PlanError(f"{path}: unreadable layer-times file ({err.reason})") from None
         return cls.from_json(doc, str(path))
 
     # ---- construction ------------------------------------------------------------------

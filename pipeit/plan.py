@@ -25,16 +25,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
+from cores.jsonfile import JsonFileError, read_json
 from cores.model import Platform
 from pipeit.errors import PlanError
 
 __all__ = ["PLAN_VERSION", "WorkerSpec", "StageSpec", "Plan", "load_plan", "file_sha256"]
 
 PLAN_VERSION = 1
+
+#: most threads one worker may be given: no board has more cores in one worker's clusters, and a
+#: hand-edited 10**9 would have the runtime try to start that many threads
+MAX_THREADS = 1024
 
 
 def _integer(value: object, what: str) -> int:
@@ -50,14 +56,33 @@ def _integer(value: object, what: str) -> int:
 
 
 def _number(value: object, what: str) -> float:
-    """A JSON number (pipeit writes predicted times and limits as numbers, never as strings)."""
+    """A JSON number >= 0 (pipeit writes predicted times and rates as numbers, never as strings).
+
+    Infinity passes (``Plan.save`` writes an infinite predicted rate as
+    ``Infinity``); NaN does not: it would pass every comparison made with it.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PlanError(f"{what} must be a number, got {value!r}")
+    if not value >= 0:  # NaN too
+        raise PlanError(f"{what} must be a number >= 0, got {value!r}")
     return float(value)
 
 
+def _string(value: object, what: str) -> str:
+    """A JSON string (a model path, a hash, a strategy name: ``str()`` of a list is none of them)."""
+    if not isinstance(value, str):
+        raise PlanError(f"{what} must be a string, got {value!r:.40}")
+    return value
+
+
 def _optional_number(value: object, what: str) -> Optional[float]:
-    return None if value is None else _number(value, what)
+    """A limit: null, or a finite number > 0 (what ``pipeit plan --latency-ms/--memory-mb`` accept)."""
+    if value is None:
+        return None
+    number = _number(value, what)
+    if not 0 < number < math.inf:
+        raise PlanError(f"{what} must be a finite number > 0, got {value!r}")
+    return number
 
 
 def file_sha256(path: Union[str, Path]) -> str:
@@ -185,20 +210,26 @@ class Plan:
                 f"{where}: plan version {version!r} is not supported (this pipeit reads {PLAN_VERSION})"
             )
         try:
-            limits = doc.get("limits") or {}
+            limits = doc.get("limits")
+            limits = {} if limits is None else limits
             if not isinstance(limits, dict):
                 raise PlanError(f"limits must be an object, got {limits!r}")
+            notes = doc.get("notes", [])
+            if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+                raise PlanError("notes must be a list of strings")
+            if not isinstance(doc["stages"], list):
+                raise PlanError(f"stages must be a list, got {doc['stages']!r:.40}")
             plan = cls(
-                model=str(doc["model"]),
-                model_sha256=str(doc["model_sha256"]),
-                platform=Platform.from_json(doc["platform"]),
-                strategy=str(doc["strategy"]),
+                model=_string(doc["model"], "model"),
+                model_sha256=_string(doc["model_sha256"], "model_sha256"),
+                platform=Platform.from_json(doc["platform"], where=f"{where}: platform"),
+                strategy=_string(doc["strategy"], "strategy"),
                 stages=tuple(StageSpec.from_json(s) for s in doc["stages"]),
                 predicted_fps=_number(doc["predicted"]["fps"], "predicted fps"),
                 predicted_latency_ms=_number(doc["predicted"]["latency_ms"], "predicted latency_ms"),
                 latency_limit_ms=_optional_number(limits.get("latency_ms"), "limits latency_ms"),
                 memory_limit_mb=_optional_number(limits.get("memory_mb"), "limits memory_mb"),
-                notes=tuple(str(n) for n in doc.get("notes", [])),
+                notes=tuple(notes),
             )
         except PlanError as err:
             raise PlanError(f"{where}: malformed plan: {err}") from err
@@ -233,23 +264,25 @@ class Plan:
                     if used & set(worker.cpus):
                         raise PlanError(f"{where}: CPUs {sorted(used & set(worker.cpus))} are given to two workers")
                     used |= set(worker.cpus)
-                if worker.threads < 1:
-                    raise PlanError(f"{where}: stage {i} worker has {worker.threads} threads")
+                if not 1 <= worker.threads <= MAX_THREADS:
+                    raise PlanError(f"{where}: stage {i} worker has {worker.threads} threads "
+                                    f"(1..{MAX_THREADS})")
 
     def save(self, path: Union[str, Path]) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def load_plan(path: Union[str, Path]) -> Plan:
-    """Read and validate a plan file; any problem is a one-line :class:`PlanError`."""
+    """Read and validate a plan file; any problem is a one-line :class:`PlanError`.
+
+    Non-finite numbers are read (``Plan.save`` writes an infinite predicted
+    rate as ``Infinity``); :meth:`Plan.from_json` refuses a NaN or negative one.
+    """
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"{path}: no such plan file") from None
-    except RecursionError:
-        raise PlanError(f"{path}: not a plan (JSON nested too deeply)") from None
-    except (OSError, ValueError) as err:
-        # ValueError: bad UTF-8, bad JSON, or an integer past Python's digit limit
-        raise PlanError(f"{path}: not a readable plan JSON file ({err})") from err
+        doc = read_json(path, "plan JSON", allow_nonfinite=True)
+    except JsonFileError as err:
+        if err.missing:
+            raise PlanError(f"{path}: no such plan file") from None
+        raise PlanError(str(err)) from None
     return Plan.from_json(doc, where=str(path))

@@ -31,6 +31,7 @@ stays untouched. A failed or noisy re-measurement never replaces a good row.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
+from cores.jsonfile import JsonFileError, parse_json
 from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
@@ -169,9 +171,15 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
         median_ms = float(doc["median_ms"])
         spread = float(doc["spread"])
         repeats = int(doc["repeats"])
-        payload = json.loads(doc["descriptor"])
-    except (ValueError, json.JSONDecodeError) as err:
+        payload = parse_json(doc["descriptor"], where, "layer descriptor")
+    except JsonFileError as err:  # nested too deep, past 64 bits, not JSON: the reader's one line
+        raise ProfileError(f"{where}: malformed descriptor: {err.reason}") from None
+    except ValueError as err:
         raise ProfileError(f"{where}: malformed value: {err}") from err
+    if doc["status"] == "ok" and not (math.isfinite(median_ms) and median_ms >= 0):
+        # the profiler writes a failed measurement as "failed: ..." with a nan time, never as "ok"
+        raise ProfileError(f"{where}: median_ms {doc['median_ms']!r} of a row with status ok is not a "
+                           f"time in ms (a finite number >= 0); fix or re-profile that row")
     try:
         setup = CoreSetup.parse(doc["setup"])
     except Exception as err:  # PlatformError from cores: a bad cell in a file
@@ -293,10 +301,13 @@ class ProfileWriter:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", newline="", encoding="utf-8")
+        try:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", newline="", encoding="utf-8")
+        except OSError as err:
+            raise ProfileError(f"{self.path}: cannot write the profile ({err.strerror or err})") from err
         self._writer = csv.writer(self._handle)
         if new:
             self._writer.writerow(COLUMNS)
@@ -312,7 +323,12 @@ class ProfileWriter:
 
     def _flush(self) -> None:
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            os.fsync(self._handle.fileno())
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.EROFS, errno.ENOTSUP):
+                raise
+            # a device such as /dev/null, or a file system without fsync: nothing to make durable
 
     def close(self) -> None:
         self._handle.close()

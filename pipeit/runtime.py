@@ -115,8 +115,15 @@ def make_interpreter(
         path = Path(model)
         if not path.is_file():
             raise ModelError(f"{where or path}: no such model file")
-        kwargs["model_path"] = str(path)
         name = str(path)
+        try:
+            name.encode("utf-8")  # the runtime takes the path as UTF-8 text only
+            kwargs["model_path"] = name
+        except UnicodeEncodeError:  # a file name with bytes that are not UTF-8: hand over the bytes
+            try:
+                kwargs["model_content"] = path.read_bytes()
+            except OSError as err:
+                raise ModelError(f"{where or path}: cannot read the model: {err.strerror or err}") from err
     if where is not None:
         name = where
     try:

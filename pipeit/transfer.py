@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Iterable, Sequence, Tuple, Union
 
 import numpy as np
 
+from cores.jsonfile import JsonFileError, parse_json, read_text
 from pipeit.errors import PlanError
 
 __all__ = [
@@ -78,10 +78,18 @@ class HopModel:
             raise PlanError(f"{where}: expected a JSON object")
         if "points" in doc:
             return fit_hop_model(_points(doc["points"], where), source=str(doc.get("source", where)))
-        try:
-            return cls(float(doc["fixed_ms"]), float(doc["ms_per_byte"]), str(doc.get("source", where)))
-        except (KeyError, TypeError, ValueError) as err:
-            raise PlanError(f"{where}: needs fixed_ms and ms_per_byte, or points ({err})") from err
+        values = []
+        for name in ("fixed_ms", "ms_per_byte"):
+            value = doc.get(name)
+            # a JSON number only: float() would take "5", true, or overflow on an integer past 1e308
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PlanError(f"{where}: needs fixed_ms and ms_per_byte (numbers), or points; "
+                                f"{name} is {value!r:.40}")
+            try:
+                values.append(float(value))
+            except OverflowError:
+                raise PlanError(f"{where}: {name} is too large for a float") from None
+        return cls(values[0], values[1], str(doc.get("source", where)))
 
 
 def fit_hop_model(points: Iterable[Tuple[float, float]], source: str = "measured") -> HopModel:
@@ -123,7 +131,7 @@ def _points(raw: object, where: str) -> Sequence[Tuple[float, float]]:
             else:
                 b, ms = item
                 out.append((float(b), float(ms)))
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise PlanError(f"{where}: points must be [bytes, ms] pairs or {{bytes, ms}} objects ({err})") from err
     return out
 
@@ -132,16 +140,17 @@ def load_hop_model(path: Union[str, Path]) -> HopModel:
     """A hop model from a file: JSON (``fixed_ms``/``ms_per_byte`` or ``points``) or CSV ``bytes,ms``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlanError(f"{path}: no such transfer table") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise PlanError(f"{path}: unreadable transfer table ({err})") from err
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        # the size bound and the refusal of a missing, unreadable or non-UTF-8 file hold for CSV too
+        text = read_text(path, "transfer table")
+    except JsonFileError as err:
+        if err.missing:
+            raise PlanError(f"{path}: no such transfer table") from None
+        raise PlanError(str(err)) from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")):
         try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise PlanError(f"{path}: not valid JSON ({err})") from err
+            doc = parse_json(text, path, "transfer table")
+        except JsonFileError as err:
+            raise PlanError(str(err)) from None
         model = HopModel.from_json(doc, str(path))
         return HopModel(model.fixed_ms, model.ms_per_byte, str(path))
     rows = list(csv.DictReader(io.StringIO(text)))

@@ -14,10 +14,10 @@ The seams other parts use: :func:`make_predictor`, :func:`load_predictor`,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Type, Union
 
+from cores.jsonfile import JsonFileError, read_json
 from cores.model import CoreSetup
 from pipeit.errors import PredictorError
 from predictors.base import FORMAT, VERSION, Predictor, as_setup
@@ -62,7 +62,7 @@ def predictor_from_json(doc: object, where: str = "predictor") -> Predictor:
             "re-run `pipeit fit`"
         )
     kind = doc.get("kind")
-    if kind not in PREDICTORS:
+    if not isinstance(kind, str) or kind not in PREDICTORS:
         raise PredictorError(f"{where}: unknown predictor kind {kind!r}")
     try:
         return PREDICTORS[kind].from_json(doc)
@@ -73,12 +73,12 @@ def predictor_from_json(doc: object, where: str = "predictor") -> Predictor:
 def load_predictor(path: Union[str, Path]) -> Predictor:
     """Load a predictor saved by :meth:`Predictor.save` / ``pipeit fit``."""
     path = Path(path)
-    if not path.is_file():
-        raise PredictorError(f"{path}: no such predictor file")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PredictorError(f"{path}: corrupt predictor file ({type(err).__name__}: {err})") from err
+        doc = read_json(path, "predictor")
+    except JsonFileError as err:
+        if err.missing:
+            raise PredictorError(f"{path}: no such predictor file") from None
+        raise PredictorError(str(err)) from None
     return predictor_from_json(doc, str(path))
 
 

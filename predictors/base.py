@@ -292,6 +292,9 @@ class Predictor:
     def from_json(cls, doc: dict) -> "Predictor":
         try:
             obj = cls(**doc.get("params", {}))
+            validate = getattr(obj, "_validate_params", None)
+            if validate is not None:  # a file's params are input like fit's: the same checks
+                validate()
             obj.fingerprint_ = str(doc["fingerprint"])
             obj.setups_ = tuple(CoreSetup.parse(s) for s in doc["setups"])
             obj.calibration_ = {

@@ -10,16 +10,18 @@ instead of being silently skipped.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from cores.model import CoreSetup
-from pipeit.descriptor import LayerDescriptor
+from pipeit.descriptor import LayerDescriptor, TensorInfo
+from pipeit.errors import PredictorError
 from pipeit.profile_table import ProfileRow
 from predictors.base import Predictor
 
-__all__ = ["FALLBACK", "fit_grouped", "predict_grouped", "relative_errors", "GroupedLinearPredictor"]
+__all__ = ["FALLBACK", "fit_grouped", "predict_grouped", "load_coefs", "relative_errors", "GroupedLinearPredictor"]
 
 FALLBACK = "*"
 
@@ -80,7 +82,44 @@ def predict_grouped(
     coef = coefs.get(f"{group}|{setup}")
     if coef is not None and len(coef) == len(vec):
         return float(np.dot(coef, vec))
-    return float(np.dot(coefs[f"{FALLBACK}|{setup}"], generic(d, setup)))
+    fallback, features = coefs.get(f"{FALLBACK}|{setup}"), generic(d, setup)
+    if fallback is None or len(fallback) != len(features):
+        # only a hand-edited file gets here: fitting always stores a generic model per setup
+        raise PredictorError(f"no generic model with {len(features)} coefficients for setup {setup} "
+                             f"(got {'none' if fallback is None else len(fallback)})")
+    return float(np.dot(fallback, features))
+
+
+#: a layer to count a generic model's features with (they do not depend on the layer's sizes)
+_PROBE = LayerDescriptor("ADD", (TensorInfo("x", (1, 1, 1, 1), "float32"),),
+                         (TensorInfo("y", (1, 1, 1, 1), "float32"),))
+
+
+def load_coefs(doc: object, setups: Sequence[CoreSetup], generic: Generic) -> Dict[str, List[float]]:
+    """A file's ``{"group|setup": [coef, ...]}``, validated: finite numbers, a generic model per setup
+    with as many coefficients as ``generic`` gives features.
+
+    Checked on load so a malformed file is refused with one line naming it, not
+    by a ``KeyError`` or numpy's shape error at the first prediction; a
+    ``ValueError`` here becomes the loader's "malformed ... predictor state".
+    """
+    if not isinstance(doc, dict):
+        raise ValueError("'coef' must be an object of 'group|setup' -> coefficient lists")
+    out: Dict[str, List[float]] = {}
+    for key, values in doc.items():
+        if not isinstance(values, list) or not values or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
+            raise ValueError(f"coefficients of {key!r} must be a non-empty list of finite numbers")
+        out[str(key)] = [float(x) for x in values]
+    missing = [str(s) for s in setups if f"{FALLBACK}|{s}" not in out]
+    if missing:
+        raise ValueError(f"no generic model ('{FALLBACK}|SETUP') for setup(s) {', '.join(missing)}")
+    for setup in setups:
+        size = len(generic(_PROBE, setup))
+        if len(out[f"{FALLBACK}|{setup}"]) != size:
+            raise ValueError(f"the generic model of {setup} needs {size} coefficients, "
+                                 f"has {len(out[f'{FALLBACK}|{setup}'])}")
+    return out
 
 
 def relative_errors(coefs, featurize, generic, rows: Sequence[ProfileRow]) -> np.ndarray:
@@ -119,4 +158,4 @@ class GroupedLinearPredictor(Predictor):
         return {"coef": self.coef_}
 
     def _load_fitted_state(self, doc: dict) -> None:
-        self.coef_ = {str(k): [float(x) for x in v] for k, v in doc["coef"].items()}
+        self.coef_ = load_coefs(doc["coef"], self.setups_, type(self).generic)

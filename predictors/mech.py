@@ -55,11 +55,13 @@ from predictors.bandwidth import StreamBandwidth, fit_stream_bandwidth
 from predictors.base import Calibration, Predictor
 from predictors.features import ceil_div, family_of, gemm_shape, layer_bytes, output_pixels
 from predictors.fitting import robust_relative_nnls
-from predictors.grouped import FALLBACK, fit_grouped, predict_grouped, relative_errors
+from predictors.grouped import FALLBACK, fit_grouped, load_coefs, predict_grouped, relative_errors
 
 __all__ = ["MechPredictor", "LayerTerms", "FEATURE_NAMES", "mech_features", "column_tiles", "moved_bytes", "SWEEP_MODEL", "CACHE_MB", "L1_BYTES", "NOISE_FLOOR_MS"]
 
 _DEFAULT_TILES = {"mr": 7, "nr": 16, "ns": 0, "ct": 16}
+#: widest tile a predictor file may record (XNNPACK's are at most 32 wide; room for others)
+_MAX_TILE = 1024
 
 #: the profile's ``model`` name of generated sweep layers (``pipeit profile --sweep``)
 SWEEP_MODEL = "sweep"
@@ -519,18 +521,26 @@ class MechPredictor(Predictor):
     def _load_fitted_state(self, doc: dict) -> None:
         tiles = {}
         for fam, t in doc["tiles"].items():
-            t = {k: int(v) for k, v in t.items()}
+            # JSON integers only, and no wider than any register tile: a tile of 1e308 is a valid
+            # Python integer that the feature arithmetic cannot turn into a float
+            if not isinstance(t, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  and 0 <= v <= _MAX_TILE for v in t.values()):
+                raise ValueError(f"bad tile record for {fam}: {t!r:.80} (integers 0..{_MAX_TILE})")
+            t = dict(t)
             t.setdefault("ns", 0)  # files written before the narrow kernel was modelled
             if set(t) != {"mr", "nr", "ns", "ct"} or min(t["mr"], t["nr"], t["ct"]) < 1 or t["ns"] < 0:
                 raise ValueError(f"bad tile record for {fam}: {t}")
             tiles[str(fam)] = t
         self.tiles_ = tiles
-        self.coef_ = {str(k): [float(x) for x in v] for k, v in doc["coef"].items()}
+        self.coef_ = load_coefs(doc["coef"], self.setups_, _generic)
         # files written before k-core setups were derived from one core / before the DRAM term
         self.derived_ = {str(k): str(v) for k, v in doc.get("derived", {}).items()}
         for setup, base in self.derived_.items():
             if f"{FALLBACK}|{setup}" not in self.coef_ or f"{FALLBACK}|{base}" not in self.coef_:
                 raise ValueError(f"derived setup {setup} lacks its fallback model or its base {base}")
+        for key, coef in self.coef_.items():  # a derived setup's shared-traffic models are [offset, 1]
+            if key.partition("|")[2] in self.derived_ and len(coef) < 2:
+                raise ValueError(f"{key} needs at least 2 coefficients, has {len(coef)}")
         self.dram_ = {str(k): float(v) for k, v in doc.get("dram", {}).items()}
         # files written before the streaming bandwidth: their "dram" rates still apply
         self.stream_ = {str(c): StreamBandwidth.from_json(v) for c, v in doc.get("stream", {}).items()}

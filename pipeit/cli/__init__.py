@@ -12,7 +12,9 @@ Every user mistake (a :class:`pipeit.errors.PipeitError` or a
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
@@ -22,7 +24,7 @@ from cores.errors import CoresError
 from pipeit import __version__
 from pipeit.errors import PipeitError
 
-__all__ = ["main", "build_parser", "USER_ERRORS", "EXIT_USAGE"]
+__all__ = ["main", "build_parser", "USER_ERRORS", "EXIT_USAGE", "one_line"]
 
 #: exit status for bad input, as argparse uses for bad options
 EXIT_USAGE = 2
@@ -50,9 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: write errors that say the disk is full, not that pipeit is wrong
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def one_line(message: str) -> str:
+    """``message`` as one line: a newline or carriage return (in a file name, say) is escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning the library raises (e.g. a plan the exact search could not make) as one line, no source."""
-    print(f"pipeit: warning: {message}", file=sys.stderr if file is None else file)
+    print(f"pipeit: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -63,13 +74,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.showwarning = _one_line_warning
             return int(args.run(args) or 0)
     except USER_ERRORS as err:
-        print(f"pipeit: error: {err}", file=sys.stderr)
+        print(f"pipeit: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pipeit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as err:
+        if err.errno not in _FULL_DISK:
+            raise
+        # stdout (or a file being written) on a full disk: the environment, not a bug in pipeit
+        if err.filename is None:
+            _drop_stdout()  # else the interpreter's last flush of it fails again, with a traceback
+        where = f"{err.filename}" if err.filename else "standard output"
+        print(f"pipeit: error: cannot write {where}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _drop_stdout() -> None:
+    """Point file descriptor 1 at /dev/null: what is still buffered for it can no longer be written."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured in tests): nothing to drop
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeit.cli.output import emit_json
+from pipeit.cli.output import check_plot_file, emit_json
 
 __all__ = ["register", "run"]
 
@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_x is not None and not 0 < args.latency_x < float("inf"):
         # checked here, in the option's own words: bench turns it into --latency-ms after a measurement
         raise PlanError(f"--latency-x must be > 0 (a finite factor), got {args.latency_x:g}")
+    if args.plot:
+        check_plot_file(args.plot, "--plot", (args.model, args.profile, args.predictor, args.power))
+    if args.cache_dir is not None:
+        _check_cache_dir(args.cache_dir)
     strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES
     task = _task(args)
     platform = load_platform(args.platform)
@@ -132,5 +136,23 @@ def _plot(report, path: str) -> None:
     ax2.legend(fontsize=8)
     fig.suptitle(f"{report.model} on {report.platform}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:
+        raise PipeitError(f"{path}: cannot write the plot ({err.strerror or err})") from err
+    finally:
+        plt.close(fig)
+
+
+def _check_cache_dir(text: str) -> None:
+    """Refuse a --cache-dir that is empty, not a folder, or cannot be made, before any measuring."""
+    from pipeit.errors import InputError
+
+    if not text.strip():
+        raise InputError("--cache-dir needs a folder name, got an empty one")
+    folder = Path(text).absolute()
+    existing = folder  # the folder, or the nearest of its parents that exists: bench makes the rest
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--cache-dir {text}: {existing} is not a folder")

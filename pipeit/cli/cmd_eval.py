@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeit.cli.output import emit_json, format_table
+from pipeit.cli.output import check_plot_file, emit_json, format_table
 
 __all__ = ["register", "run"]
 
@@ -43,12 +43,19 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise PredictorError(f"unknown predictor kind {unknown[0]!r}; choose from {', '.join(PREDICTORS)}")
     setups = [CoreSetup.parse(s) for s in args.setup] if args.setup else None
+    if not 0 <= args.min_ms < float("inf"):
+        raise PredictorError(f"--min-ms must be a finite number >= 0, got {args.min_ms}")
+    if args.plot:
+        check_plot_file(args.plot, "--plot", args.profiles)
     table = read_profile(args.profiles, force=args.force)
     results, layers, models = evaluate(table, kinds, args.holdout, args.min_ms, setups)
     if args.plot:
         from predictors.plots import scatter_plot
 
-        scatter_plot(layers, models, args.plot, args.min_ms)
+        try:
+            scatter_plot(layers, models, args.plot, args.min_ms)
+        except OSError as err:
+            raise PredictorError(f"{args.plot}: cannot write the plot ({err.strerror or err})") from err
     if args.json:
         emit_json({
             "min_ms": args.min_ms,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeit.cli.output import emit_json
+from pipeit.cli.output import check_output_file, emit_json
+from pipeit.errors import PredictorError
 
 __all__ = ["register", "run"]
 
@@ -31,9 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.profile_table import read_profile
     from predictors import make_predictor
 
+    check_output_file(args.output, "-o", args.profiles)
     table = read_profile(args.profiles, force=args.force)
     predictor = make_predictor(args.kind).fit(table)
-    predictor.save(args.output)
+    try:
+        predictor.save(args.output)
+    except OSError as err:
+        raise PredictorError(f"{args.output}: cannot write the predictor ({err.strerror or err})") from err
     summary = {
         "output": args.output,
         "kind": predictor.name,

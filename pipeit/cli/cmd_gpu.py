@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pipeit.cli.output import emit_json, format_table
+from pipeit.cli.output import check_output_file, emit_json, format_table
 from pipeit.errors import InputError
 
 __all__ = ["register", "run"]
@@ -85,6 +85,19 @@ def _layers(text):
         raise InputError(f"--layers {text!r} is not a comma list of layer indices") from None
 
 
+def _check_layers(model, layers, graph=None) -> None:
+    """Refuse --layers indices the model does not have (``layers`` None: every layer)."""
+    if not layers:
+        return
+    if graph is None:
+        from pipeit.graph import graph_from_model
+
+        graph = graph_from_model(model, sha256="")
+    for i in layers:
+        if not 0 <= i < len(graph.layers):
+            raise InputError(f"layer {i} is outside 0..{len(graph.layers) - 1}")
+
+
 def run(args: argparse.Namespace) -> int:
     device = getattr(args, "device_sub", None) or args.device
     as_json = bool(args.json or getattr(args, "json_sub", False))
@@ -115,8 +128,8 @@ def _tolerances(text: str):
         values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise InputError(f"--tolerances {text!r} is not a comma list of numbers") from None
-    if not values or any(not v > 0 for v in values):
-        raise InputError(f"--tolerances {text!r}: need one or more relative errors > 0")
+    if not values or any(not 0 < v < float("inf") for v in values):
+        raise InputError(f"--tolerances {text!r}: need one or more finite relative errors > 0")
     return sorted(set(values))
 
 
@@ -137,6 +150,8 @@ def _accuracy(args: argparse.Namespace, device, as_json: bool) -> int:
     from pipeit.plan import file_sha256
     from pipeit.split import extract_layers
 
+    inputs = (args.model, None if args.input == "random" else args.input)
+    check_output_file(args.output, "-o", inputs)
     graph = load_graph(str(args.model))
     start, end = _layer_range(args.layer_range, len(graph.layers))
     tolerances = _tolerances(args.tolerances)
@@ -156,7 +171,10 @@ def _accuracy(args: argparse.Namespace, device, as_json: bool) -> int:
     ctx = make_context(device)
     rows = accuracy_table(model, start, end, ctx, calibration, tolerances, args.min_top1)
     tables = tables_from_accuracy(list(reversed(rows)))  # loosest first: the ladder climbs to fp32
-    save_tables(args.output, {(start, end): tables}, file_sha256(args.model))
+    try:
+        save_tables(args.output, {(start, end): tables}, file_sha256(args.model))
+    except OSError as err:
+        raise InputError(f"{args.output}: cannot write the tables ({err.strerror or err})") from err
     if as_json:
         emit_json({"model": str(args.model), "layers": [start, end], "device": ctx.info.to_json(),
                    "frames": len(calibration), "tables_file": str(args.output),
@@ -197,15 +215,19 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
 
     if args.trials < 1:
         raise InputError(f"--trials must be >= 1, got {args.trials}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {args.seed}")
+    check_output_file(args.output, "-o", (args.model,), make_parents=True)  # the tuning file makes its folder
     model = read_model(args.model)
+    layers = _layers(args.layers)
+    _check_layers(model, layers)
     tuning = TuningFile.load(args.output) if args.output.exists() else TuningFile()
     ctx = make_context(device)
-    layers = _layers(args.layers)
     with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False) as bar:
         results = tune_model(model, ctx, tuning, trials=args.trials, strategy=args.strategy,
                              precision=args.precision, seed=args.seed, retune=args.retune,
                              layers=layers, progress=bar.update)
-    tuning.save(args.output)
+    tuning.save(args.output)  # a write error here is the tuning file's own one-line error
     if as_json:
         emit_json({"device": ctx.info.to_json(), "fingerprint": ctx.info.fingerprint(),
                    "tuning_file": str(args.output), "strategy": args.strategy,
@@ -229,13 +251,13 @@ def _check(args: argparse.Namespace, device, as_json: bool) -> int:
     from pipeit.graph import graph_from_model
     from pipeit.modelfile import read_model
 
+    if not 0 <= args.tolerance < float("inf"):
+        raise InputError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     model = read_model(args.model)
     ctx = make_context(device)
     layers = _layers(args.layers) or distinct_layers(model)
     graph = graph_from_model(model, sha256="")
-    for i in layers:
-        if not 0 <= i < len(graph.layers):
-            raise InputError(f"layer {i} is outside 0..{len(graph.layers) - 1}")
+    _check_layers(model, layers, graph)
     configs = {}
     if args.tuning is not None:
         tuning = TuningFile.load(args.tuning)

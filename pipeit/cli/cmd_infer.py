@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeit.cli.output import emit_json
+from pipeit.cli.output import check_output_file, emit_json
 
 __all__ = ["register", "run"]
 
@@ -31,10 +31,17 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pipeit.client import Client
+    from pipeit.client import Client, check_timeout
     from pipeit.errors import InputError
     from pipeit.frames import read_arrays
 
+    check_timeout(args.timeout, "--timeout")
+    if args.output is not None:
+        # np.savez adds .npz to a name without it: check the file it will really write
+        if not args.output.strip():
+            raise InputError("-o needs a file name, got an empty one")
+        saved = args.output if str(args.output).endswith(".npz") else f"{args.output}.npz"
+        check_output_file(saved, "-o", (args.input,))
     inputs = read_arrays(Path(args.input))  # one InputError for any unreadable file, objects included
     with Client(args.socket, timeout=args.timeout, transport=args.transport, slots=1) as client:
         outputs = client.infer(inputs)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from pipeit.cli.output import emit_json, format_table
+from pipeit.cli.output import check_output_file, check_plot_file, emit_json, format_table
 
 __all__ = ["register", "run"]
 
@@ -52,6 +53,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.strategy not in STRATEGIES:
         raise PlanError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    inputs = (args.model, args.predictor, args.profile, args.times, args.transfer, args.tuning)
+    check_output_file(args.output, "-o", inputs)
+    if args.save_times:
+        check_output_file(args.save_times, "--save-times", inputs)
+        if os.path.abspath(args.save_times) == os.path.abspath(args.output):
+            raise PlanError(f"--save-times and -o name the same file {args.output}; give two file names")
+    if args.plot:
+        check_plot_file(args.plot, "--plot", inputs)
     graph = load_graph(args.model)
     platform = load_platform(args.platform)
     if args.times:
@@ -62,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
         times = layer_times_for(graph, platform, predictor=args.predictor, profile=args.profile,
                                 model=args.model, tuning=args.tuning)
     if args.save_times:
-        times.save(args.save_times)
+        try:
+            times.save(args.save_times)
+        except OSError as err:
+            raise PlanError(f"{args.save_times}: cannot write the layer times ({err.strerror or err})") from err
     hop = load_hop_model(args.transfer) if args.transfer else DEFAULT_HOP
     plan = plan_pipeline(
         times, platform, strategy=args.strategy, latency_ms=args.latency_ms, memory_mb=args.memory_mb,

@@ -16,6 +16,7 @@ their switches are listed with the stage figures.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import signal
 from pathlib import Path
@@ -23,7 +24,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pipeit.errors import InputError, ModelError, PlanError
 
-__all__ = ["register", "run", "resolve_model", "load_frames"]
+__all__ = ["register", "run", "resolve_model", "load_frames", "MAX_SLOTS"]
+
+#: most ring slots per edge a command line may ask for (more only fills /dev/shm; 4-8 is plenty)
+MAX_SLOTS = 1024
 
 
 def register(subparsers: Any) -> None:
@@ -84,6 +88,8 @@ def load_frames(source: str, inputs: tuple, seed: int = 0) -> List[Dict[str, Any
         found = _folder_frames(path, inputs)
     elif path.is_file():
         found = _file_frames(path, inputs)
+    elif not path.exists() and not path.is_symlink():
+        raise InputError(f"{source}: no such file or folder (--input takes random, a .npy/.npz file or a folder)")
     else:
         raise InputError(f"{source}: not 'random', a .npy/.npz file or a folder")
     if not found:
@@ -192,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if args.warmup < 0 or args.slots < 1 or (args.inflight is not None and args.inflight < 1):
         raise InputError("--warmup must be >= 0, --slots and --inflight >= 1")
+    if args.slots > MAX_SLOTS:
+        raise InputError(f"--slots must be at most {MAX_SLOTS} (each slot holds a frame per edge), got {args.slots}")
     if not (args.tolerance >= 0 and args.tolerance < float("inf")):
         raise InputError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.seed < 0:
@@ -223,7 +231,11 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
     if gpu_stage_list:
         check_gpu_devices(plan)
         gpu = _gpu_options(args, plan)
-    frames = load_frames(args.input, model_io(model_path)[0], args.seed)
+    from pipeit.runtime import native_stderr_silenced
+
+    with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" is no news before an input error
+        inputs = model_io(model_path)[0]
+    frames = load_frames(args.input, inputs, args.seed)
     host = coordinator_cpus(plan.platform)
     feeder = os.sched_getaffinity(0)
     with Pipeline(plan, model_path, slots=args.slots, gpu=gpu) as pipe:
@@ -235,11 +247,18 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         inflight = args.inflight
         if gated and inflight is None:
             inflight = frames_in_flight(plan)  # as pipeit bench streams a plan under a latency limit
+        # Frames are fed and outputs dropped as they come: a huge --frames/--warmup runs until done or
+        # Ctrl-C instead of first building lists that size in memory. Only --check keeps the outputs.
         if args.warmup:
-            list(pipe.map((frames[i % len(frames)] for i in range(args.warmup)), inflight, gated=gated))
+            collections.deque(pipe.map((frames[i % len(frames)] for i in range(args.warmup)), inflight,
+                                       gated=gated), maxlen=0)
             pipe.reset_stats()
-        order = [i % len(frames) for i in range(args.frames)]
-        outputs = list(pipe.map((frames[i] for i in order), inflight, gated=gated))
+        streamed = pipe.map((frames[i % len(frames)] for i in range(args.frames)), inflight, gated=gated)
+        if args.check:
+            outputs = list(streamed)
+        else:
+            collections.deque(streamed, maxlen=0)
+            outputs = []
         stats = pipe.stats()
     if host:
         os.sched_setaffinity(0, feeder)
@@ -252,8 +271,8 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
 
         reference = _reference_outputs(make_interpreter(model_path, num_threads=1), frames)
         worst = 0.0
-        for n, (i, out) in enumerate(zip(order, outputs)):
-            ref = reference[i]
+        for n, out in enumerate(outputs):
+            ref = reference[n % len(frames)]
             if set(ref) != set(out):
                 mismatched.append(n)
                 worst = float("inf")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 __all__ = ["register", "run"]
+
+#: the longest re-planner window --window-s may ask for (a day; longer ones overflow timed waits)
+MAX_WINDOW_S = 86400.0
 
 
 def register(subparsers) -> None:
@@ -60,18 +64,30 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform
+    from pipeit.cli.cmd_run import MAX_SLOTS
+    from pipeit.daemon.replan import SwitchPolicy
     from pipeit.daemon.server import Server, ServerConfig
+    from pipeit.daemon.sockets import check_socket_path
     from pipeit.daemon.state import PlanSource
     from pipeit.errors import InputError
 
     if args.per_client < 1 or args.slots < 1 or args.sustain < 1:
         raise InputError("--per-client, --slots and --sustain must be >= 1")
-    if not args.window_s > 0 or not 0 < args.drift < 10:
-        raise InputError("--window-s must be > 0 and --drift in (0, 10)")
+    if args.slots > MAX_SLOTS:
+        raise InputError(f"--slots must be at most {MAX_SLOTS} (each slot holds a frame per edge), got {args.slots}")
+    if not 0 < args.window_s <= MAX_WINDOW_S or not 0 < args.drift < 10:
+        raise InputError(f"--window-s must be in (0, {MAX_WINDOW_S:g}] seconds and --drift in (0, 10)")
     if args.reject_rate < 0 or args.reject_burst < 1:
         raise InputError("--reject-rate must be >= 0 and --reject-burst >= 1")
-    if args.cooldown < 0 or not 0 <= args.switch_margin < 10:
-        raise InputError("--cooldown must be >= 0 and --switch-margin in [0, 10)")
+    if not math.isfinite(args.reject_rate):  # nan slips past every comparison
+        raise InputError(f"--reject-rate must be a finite number of connections per second, got {args.reject_rate}")
+    limits = SwitchPolicy.__init__.__kwdefaults__  # the policy's own ceilings for the two knobs
+    if not 0 <= args.cooldown <= limits["max_cooldown"] or not 0 <= args.switch_margin <= limits["max_margin"]:
+        raise InputError(f"--cooldown must be in 0..{limits['max_cooldown']} windows and --switch-margin "
+                         f"in [0, {limits['max_margin']:g}]")
+    if not args.socket.strip():
+        raise InputError("--socket needs a path, got an empty one")
+    check_socket_path(args.socket, args.group)  # a bad socket place is refused before planning and workers
     logger = logging.getLogger("pipeit")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pipeit.cli.output import emit_json
+from pipeit.errors import SplitError
 from pipeit.runtime import check_loads
-from pipeit.split import manifest, parse_cuts, split_model, write_split
+from pipeit.split import MANIFEST_NAME, STAGE_FILE, manifest, parse_cuts, split_model, write_split
 
 __all__ = ["register", "run"]
 
@@ -30,6 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_folder(args.output, args.model)
     cuts = parse_cuts(args.at)
     stages = split_model(args.model, cuts)
     # before writing anything: stage files cut from a model the runtime refuses would not load
@@ -44,3 +47,20 @@ def run(args: argparse.Namespace) -> int:
                   f"{len(stage.inputs)} input(s), {len(stage.outputs)} output(s)")
         print(f"wrote {len(stages)} stage(s) and {path}")
     return 0
+
+
+def _check_folder(folder: str, model: str) -> None:
+    """Refuse an empty -o (it would write into the working folder) and a folder where writing the
+    split would overwrite or remove the model itself (a model named like a stage file or the manifest)."""
+    if not str(folder).strip():
+        raise SplitError("-o needs a folder name, got an empty one")
+    model_path = Path(model)
+    name = model_path.name
+    if STAGE_FILE.fullmatch(name) or name == MANIFEST_NAME:
+        try:
+            inside = Path(folder).resolve() == model_path.resolve().parent
+        except (OSError, RuntimeError):
+            inside = False
+        if inside:
+            raise SplitError(f"{model} lies in -o {folder} under a name the split writes or removes; "
+                             f"give another folder (or rename the model)")

@@ -56,8 +56,9 @@ def format_status(doc: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeit.client import Client
+    from pipeit.client import Client, check_timeout
 
+    check_timeout(args.timeout, "--timeout")
     with Client(args.socket, timeout=args.timeout) as client:
         doc = client.status()
     if args.json:

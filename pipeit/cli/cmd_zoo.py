@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeit.cli.output import emit_json, format_table
+from pipeit.cli.output import check_output_file, emit_json, format_table
 from pipeit.errors import InputError
 
 __all__ = ["register", "run"]
@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise InputError("give the output file with -o FILE")
     zoo.describe(args.name)  # unknown names fail before any work
-    if args.output.is_dir():
-        raise InputError(f"{args.output} is a directory; give a file name")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {args.seed}")
+    check_output_file(args.output, "-o", make_parents=True)
     data = zoo.build(args.name, int8=args.int8, seed=args.seed, fp16_weights=args.fp16_weights)
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)

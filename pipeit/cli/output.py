@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import sys
+from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, TextIO
+
+from pipeit.errors import InputError
 
 
 def emit_json(document: Any, stream: Optional[TextIO] = None) -> None:
@@ -59,3 +65,85 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: write ends of FIFOs probed by :func:`check_output_file` (see there)
+_HELD_FIFOS: list = []
+
+
+def check_output_file(
+    path: Any,
+    option: str,
+    inputs: Iterable[Any] = (),
+    *,
+    make_parents: bool = False,
+) -> Path:
+    """``path`` as a :class:`~pathlib.Path` once it can take a command's output file; one
+    :class:`~pipeit.errors.InputError` line otherwise -- checked before any work is done.
+
+    Refused: an empty name, a folder, a socket, a FIFO no process reads (opening it to write
+    would block for ever), the very file of one of ``inputs`` (writing would destroy what the
+    command reads), and, unless ``make_parents`` (the command creates missing folders), a
+    parent folder that does not exist. A device such as ``/dev/null`` is accepted.
+    """
+    text = os.fspath(path) if path is not None else ""
+    if not str(text).strip():
+        raise InputError(f"{option} needs a file name, got an empty one")
+    out = Path(text)
+    try:
+        mode: Optional[int] = out.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(f"{out}: a loop of symbolic links; give {option} a real file name") from None
+        mode = None  # missing (or a dangling link): written fresh
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{out} is a folder; give {option} a file name")
+        if stat.S_ISSOCK(mode):
+            raise InputError(f"{out} is a socket, not a file; give {option} a file name")
+        if stat.S_ISFIFO(mode):
+            try:
+                # Held open until this process exits: closing the probe would be the reader's EOF
+                # (a `cat FIFO` would quit before the real write, which would then wait for ever).
+                _HELD_FIFOS.append(os.open(out, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as err:
+                if err.errno == errno.ENXIO:
+                    raise InputError(f"{out} is a FIFO that no process is reading; writing {option} there "
+                                     f"would wait for ever") from None
+                raise InputError(f"cannot write {out}: {err.strerror or err}") from None
+        for given in inputs:
+            if given is None or not str(os.fspath(given)):
+                continue
+            try:
+                same = os.path.samefile(out, given)
+            except (OSError, ValueError):
+                same = False
+            if same:
+                raise InputError(f"{option} {out} is also the input {given}; writing it would destroy that "
+                                 f"input -- give another file name")
+    parent = out.absolute().parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot write {out}: {existing} is not a folder")
+    if existing != parent and not make_parents:
+        raise InputError(f"cannot write {out}: folder {parent} does not exist")
+    return out
+
+
+def check_plot_file(path: Any, option: str = "--plot", inputs: Iterable[Any] = ()) -> Path:
+    """:func:`check_output_file`, and a file name whose extension matplotlib can write (none: PNG)."""
+    out = check_output_file(path, option, inputs)
+    suffix = out.suffix[1:].lower()
+    if suffix:
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            return out  # the plotting code says it needs matplotlib, in its own words
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if suffix not in formats:
+            raise InputError(f"{option} {out}: matplotlib cannot write .{suffix} files; use one of "
+                             f"{', '.join('.' + f for f in sorted(formats))}")
+    return out
+

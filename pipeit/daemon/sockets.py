@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 from pipeit.errors import PipeitError
 
-__all__ = ["SocketError", "SOCKET_MODE", "check_socket_dir", "bind_socket", "remove_socket"]
+__all__ = ["SocketError", "SOCKET_MODE", "check_socket_dir", "check_socket_path", "bind_socket", "remove_socket"]
 
 SOCKET_MODE = 0o660
 #: the kernel's limit on sun_path (108 bytes with the terminating NUL)
@@ -50,6 +50,26 @@ def check_socket_dir(path: Union[str, Path]) -> Path:
             "use a directory only the daemon's user and group can write, e.g. /run/pipeit"
         )
     return folder
+
+
+def check_socket_path(path: Union[str, Path], group: Optional[Union[str, int]] = None) -> Path:
+    """Everything :func:`bind_socket` would refuse, without binding: the directory (see
+    :func:`check_socket_dir`), a path that exists and is not a socket, a socket another daemon
+    listens on, and an unknown ``group``. For a daemon to check before it starts any work."""
+    path = Path(path)
+    check_socket_dir(path)
+    _gid(group)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as err:
+        raise SocketError(f"cannot inspect {path}: {err.strerror or err}") from err
+    if not stat.S_ISSOCK(mode):
+        raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
+    if _is_live(path):
+        raise SocketError(f"{path}: another daemon is listening there")
+    return path
 
 
 def _gid(group: Optional[Union[str, int]]) -> int:

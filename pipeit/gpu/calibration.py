@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from cores.jsonfile import JsonFileError, read_json
 from pipeit.errors import InputError
 from pipeit.gpu.device import GpuError
 
@@ -389,11 +390,11 @@ def load_tables(path: Union[str, Path], model_sha256: Optional[str] = None) -> D
     """Read a tables file; anything malformed refuses the whole file (no half-used tables)."""
     where = str(path)
     try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise GpuError(f"{where}: cannot read the GPU tables file ({err.strerror or err})") from err
-    except ValueError as err:
-        raise GpuError(f"{where}: not a JSON GPU tables file ({err})") from err
+        doc = read_json(path, "GPU tables")
+    except JsonFileError as err:
+        if err.kind == "syntax":
+            raise GpuError(f"{where}: not a JSON GPU tables file ({err.detail})") from None
+        raise GpuError(f"{where}: cannot read the GPU tables file ({err.reason})") from None
     if not isinstance(doc, dict) or doc.get("kind") != "pipeit-gpu-tables":
         raise GpuError(f"{where}: not a pipeit GPU tables file")
     if doc.get("version") != TABLES_VERSION:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from cores.jsonfile import JsonFileError, read_json
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PipeitError
 from pipeit.gpu import kernels as K
@@ -482,13 +483,11 @@ class TuningFile:
     def load(cls, path: Union[str, Path]) -> "TuningFile":
         p = Path(path)
         try:
-            text = p.read_text()
-        except OSError as err:
-            raise TuningError(f"cannot read tuning file {p}: {err.strerror or err}") from err
-        try:
-            doc = json.loads(text)
-        except ValueError as err:
-            raise TuningError(f"{p}: not valid JSON ({err})") from err
+            doc = read_json(p, "tuning")
+        except JsonFileError as err:
+            if err.kind == "syntax":
+                raise TuningError(f"{p}: not valid JSON ({err.detail})") from None
+            raise TuningError(f"cannot read tuning file {p}: {err.reason}") from None
         return cls.from_json(doc, str(p))
 
 
