@@ -57,6 +57,30 @@ def planned_emulated(planned):
     return path, model
 
 
+def _small_shm_namespace() -> bool:
+    """Whether this process may run a command in a mount namespace of its own with a small /dev/shm."""
+    try:
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+                               capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def test_a_small_dev_shm_is_one_line_not_a_crash(planned):
+    """Docker gives a container 64 MB of /dev/shm: rings that do not fit are refused, not a SIGBUS mid-stream."""
+    if not _small_shm_namespace():
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here (needs CAP_SYS_ADMIN)")
+    plan_path, _model = planned
+    command = (f"mount -t tmpfs -o size=4m tmpfs /dev/shm && exec {sys.executable} -m pipeit run {plan_path} "
+               "--frames 4 --slots 8")  # edge 0 alone: 8 slots of a 224x224x3 float32 frame, 4.8 MB
+    result = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("INFO:")]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "not enough shared memory for edge 0" in lines[0], result.stderr
+    assert "docker run --shm-size" in lines[0]
+
+
 def test_run_check_json_reports_identical_outputs(planned):
     plan_path, _ = planned
     result = pipeit("run", str(plan_path), "--frames", "12", "--warmup", "2", "--check", "--json")

@@ -118,3 +118,20 @@ def test_percentile_interpolates():
     assert percentile([], 50) is None
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+def _our_segments() -> set:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(SHM_PREFIX)} if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_a_ring_larger_than_the_free_shared_memory_is_refused_before_it_exists():
+    """A tmpfs hands out pages on first write: such a ring used to be created and then SIGBUS a writer."""
+    stat = os.statvfs("/dev/shm")
+    free = stat.f_bavail * stat.f_frsize
+    floats = free // 4 + 2**20  # one slot a little larger than all that is free
+    layout = EdgeLayout.build(0, (T("x", (1, floats)),))
+    before = _our_segments()
+    with pytest.raises(ExecutorError, match=r"not enough shared memory for edge 0: .* MB free \(fewer --slots"):
+        ShmRing(layout, 1)
+    assert _our_segments() == before

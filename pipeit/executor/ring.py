@@ -12,6 +12,7 @@ caller's own segment laid out like edge 0's slots (its frames are read there).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import secrets
@@ -29,6 +30,50 @@ __all__ = ["SHM_PREFIX", "ShmRing", "MappedArea", "slot_views"]
 SHM_PREFIX = "pipeit_"
 
 
+#: where POSIX shared memory lives on Linux (a tmpfs: Docker gives containers 64 MB of it by default)
+SHM_DIR = "/dev/shm"
+
+
+def _room_hint(size: int, edge: int, slots: int, free: Optional[int]) -> str:
+    have = f", {free / 2**20:.1f} MB free" if free is not None else ""
+    return (f"not enough shared memory for edge {edge}: its ring of {slots} slots needs {size / 2**20:.1f} MB "
+            f"in {SHM_DIR}{have} (fewer --slots, or a larger {SHM_DIR}: e.g. docker run --shm-size=1g)")
+
+
+def _check_room(size: int, edge: int, slots: int) -> None:
+    """Refuse a ring bigger than what is free in /dev/shm, before creating it.
+
+    A tmpfs hands out pages when they are first written, so a ring created
+    past its free space is created fine and then kills the first process
+    that writes the missing pages with SIGBUS, mid-stream.
+    """
+    try:
+        stat = os.statvfs(SHM_DIR)
+    except OSError:
+        return  # no /dev/shm to ask (not Linux): SharedMemory says what it says
+    free = stat.f_bavail * stat.f_frsize
+    if size > free:
+        raise ExecutorError(_room_hint(size, edge, slots, free))
+
+
+def _reserve(name: str, size: int, edge: int, slots: int) -> None:
+    """Allocate the ring's pages now (``posix_fallocate``), so running out is an error here, not a SIGBUS later."""
+    if not hasattr(os, "posix_fallocate") or size == 0:
+        return
+    try:
+        descriptor = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # segments live elsewhere on this system
+    try:
+        os.posix_fallocate(descriptor, 0, size)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise ExecutorError(_room_hint(size, edge, slots, None)) from None
+        # EOPNOTSUPP/EINVAL: a file system that cannot reserve; the pages come on first write as before
+    finally:
+        os.close(descriptor)
+
+
 class ShmRing:
     """``slots`` slots of ``layout.slot_bytes`` bytes in one shared-memory segment."""
 
@@ -43,7 +88,14 @@ class ShmRing:
         try:
             if create:
                 name = name or f"{SHM_PREFIX}{os.getpid()}_e{layout.index}_{secrets.token_hex(4)}"
+                _check_room(size, layout.index, self.slots)
                 self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+                try:
+                    _reserve(self._shm.name, size, layout.index, self.slots)
+                except ExecutorError:
+                    self._shm.close()
+                    self._shm.unlink()
+                    raise
             else:
                 if name is None:
                     raise ExecutorError("attaching to a ring needs its name")
