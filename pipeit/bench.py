@@ -365,6 +365,7 @@ def run_bench(
     from pipeit.executor.pipeline import coordinator_cpus
     from pipeit.executor.stats import percentile
     from pipeit.graph import load_graph
+    from pipeit.runtime import check_loads
     from pipeit.satisfaction import energy_per_frame_mj, make_task, plan_accuracy, score_runs
 
     task_is_default = task is None
@@ -377,6 +378,7 @@ def run_bench(
         raise PipeitError("--frames and --rounds must be >= 1")
     model_path = Path(model_path)
     graph = load_graph(model_path)
+    check_loads(model_path)  # before any profiling: what only the runtime can judge (op versions, options)
     sha = file_sha256(model_path)
     times = obtain_layer_times(graph, platform, model_path, profile, predictor, cache_dir, progress)
     ideal, single = measure_ideal(model_path, platform, progress)

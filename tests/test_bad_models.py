@@ -154,13 +154,19 @@ class TestBadFiles:
     @pytest.mark.parametrize("case, command", [(case, "inspect") for case in sorted(BAD_FILES)]
                              + [(case, "split") for case in ("empty", "custom", "subgraphs",
                                                              "unknown-op", "constant-output")]
-                             + [(case, c) for case in RUNTIME_REFUSED for c in ("split", "profile")])
+                             + [(case, c) for case in RUNTIME_REFUSED for c in ("split", "profile")]
+                             + [("op-version", c) for c in ("plan", "predict", "bench")])
     def test_refused(self, tmp_path, case, command):
         make, words = BAD_FILES[case]
         path = tmp_path / f"{case}.tflite"
         path.write_bytes(make())
+        # plan, predict and bench refuse before they read their times (the files named need not exist)
         extra = {"split": ["--at", "1", "-o", tmp_path / "out"],
-                 "profile": ["-o", tmp_path / "out", "--no-progress"]}.get(command, [])
+                 "profile": ["-o", tmp_path / "out", "--no-progress"],
+                 "plan": ["--platform", "auto", "--profile", tmp_path / "none.csv", "-o", tmp_path / "out"],
+                 "predict": ["--platform", "auto", "--predictor", tmp_path / "none.json", "--setup", "cpu:1"],
+                 "bench": ["--platform", "auto", "--frames", "1", "--rounds", "1",
+                           "--cache-dir", tmp_path / "out"]}.get(command, [])
         assert_clean_refusal(cli(command, path, *extra), str(path), *words)
         assert not (tmp_path / "out").exists()
 

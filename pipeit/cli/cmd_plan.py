@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.graph import load_graph
     from pipeit.layer_times import LayerTimes, layer_times_for
     from pipeit.plan import file_sha256
+    from pipeit.runtime import check_loads
     from pipeit.transfer import DEFAULT_HOP, load_hop_model
 
     if args.strategy not in STRATEGIES:
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_file(args.plot, "--plot", inputs)
     graph = load_graph(args.model)
+    check_loads(args.model)  # a plan for a model the runtime cannot build would fail only in `run`
     platform = load_platform(args.platform)
     if args.times:
         times = LayerTimes.load(args.times)

@@ -32,8 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform
     from pipeit.graph import load_graph
     from pipeit.profiler import platform_fingerprint_for
+    from pipeit.runtime import check_loads
     from predictors import load_predictor, predict_graph
 
+    graph = load_graph(args.model)
+    check_loads(args.model)  # times for a model the runtime cannot build would mislead
     predictor = load_predictor(args.predictor)
     platform = load_platform(args.platform)
     setup = CoreSetup.parse(args.setup)
@@ -44,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
             f"{args.predictor} was fitted on another platform or runtime (fingerprint "
             f"{predictor.fingerprint_[:12]}, this platform {fingerprint[:12]}); use --force to use it anyway"
         )
-    graph = load_graph(args.model)
     times = predict_graph(predictor, graph, setup)
     doc = {
         "model": args.model,
