@@ -19,3 +19,18 @@ def cgroups_writable() -> bool:
 
 #: skip a test that slows a cluster through a cgroup quota where no controller is writable
 needs_cgroups = pytest.mark.skipif(not cgroups_writable(), reason="needs a writable cgroup cpu controller (root)")
+
+
+def opencl_device_available() -> bool:
+    """Whether an OpenCL device (pocl here) can be selected: the GPU path's tests need one."""
+    try:
+        from pipeit.gpu.device import select_device
+
+        select_device(None)
+        return True
+    except Exception:  # noqa: BLE001 -- no platform, no device, no ICD loader: all mean "none here"
+        return False
+
+
+#: skip a test of the GPU path where no OpenCL device is
+needs_opencl = pytest.mark.skipif(not opencl_device_available(), reason="no OpenCL device (pocl) here")

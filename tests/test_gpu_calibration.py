@@ -28,19 +28,7 @@ from pipeit.gpu.calibration import (
     top1_agreement,
 )
 from pipeit.gpu.device import GpuError
-
-
-def _opencl_device() -> bool:
-    try:
-        from pipeit.gpu.device import select_device
-
-        select_device(None)
-        return True
-    except Exception:
-        return False
-
-
-needs_opencl = pytest.mark.skipif(not _opencl_device(), reason="no OpenCL device (pocl) here")
+from tests.host_helpers import needs_opencl
 
 
 class TestChooseLadder:

@@ -32,23 +32,14 @@ from pipeit.gpu.calibration import CalibrationPolicy, Table, max_relative_error
 from pipeit.graph import load_graph
 from pipeit.plan import Plan, StageSpec, WorkerSpec, file_sha256
 from pipeit.runtime import make_interpreter
+from tests.host_helpers import needs_opencl
 
 CPUS = tuple(sorted(os.sched_getaffinity(0)))
 HOST, GPU_HOST = CPUS[0], CPUS[-1]
 TOLERANCE = 1e-4
 
 
-def _opencl_device() -> bool:
-    try:
-        from pipeit.gpu.device import select_device
-
-        select_device(None)
-        return True
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _opencl_device(), reason="no OpenCL device (pocl) here")
+pytestmark = needs_opencl
 
 PLATFORM = Platform(
     (Cluster("big", "host", (HOST,)), Cluster("gpu", "opencl", (GPU_HOST,), kind="gpu", device="0")),

@@ -22,6 +22,7 @@ import pytest
 
 from cores.jsonfile import MAX_JSON_BYTES, MAX_JSON_DEPTH, JsonFileError, parse_json, read_json, read_text
 from pipeit.cli import main
+from tests.host_helpers import needs_opencl
 
 REPO = Path(__file__).resolve().parents[1]
 DEEP = "[" * 100_000
@@ -469,17 +470,7 @@ class TestGpuTuningFile:
             capsys, ["gpu", "tune", model, "-o", path, "--trials", "1"], path)
 
 
-def _opencl_device() -> bool:
-    try:
-        from pipeit.gpu.device import select_device
-
-        select_device(None)
-        return True
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _opencl_device(), reason="no OpenCL device (pocl) here")
+@needs_opencl
 class TestGpuTablesFile:
     """``pipeit run PLAN --gpu-tables``: pipeit/gpu/calibration.py ``load_tables`` (before any worker starts)."""
 

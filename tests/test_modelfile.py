@@ -246,9 +246,9 @@ class TestTensorNames:
 
     def test_a_gpu_stage_names_its_tensors_as_the_runtime_does(self):
         """A GPU stage next to CPU stages hands tensors over by name: the runtime's (cut at NUL) name."""
-        from tests.test_gpu_calibration import _opencl_device
+        from tests.host_helpers import opencl_device_available
 
-        if not _opencl_device():
+        if not opencl_device_available():
             pytest.skip("no OpenCL device (pocl) here")
         from pipeit.gpu.device import make_context
         from pipeit.gpu.stage import GpuStage
