@@ -13,9 +13,10 @@ each one on the real pinned workers for a short, interleaved trial, and
 keeps the fastest that met the latency limit in that trial.
 
 The DSE's own pick is kept unless another candidate beats it by more than
-``margin`` (noise on a shared host must not swap a good plan for an
-equal one), and a candidate that missed the limit in the trial is only
-taken when none met it (then the one with the lowest p99).
+``margin`` at the median and in every round (noise on a shared host must
+not swap a good plan for an equal one), and a candidate that missed the
+limit in the trial is only taken when none met it (then the one with the
+lowest p99).
 """
 
 from __future__ import annotations
@@ -43,17 +44,20 @@ TRIAL_MARGIN = 0.01
 
 @dataclass(frozen=True)
 class TrialRun:
-    """One candidate's trial: median fps over the rounds and the p99 of all its frames."""
+    """One candidate's trial: median fps over the rounds, each round's fps, and the p99 of all its frames."""
 
     label: str
     plan: Plan
     fps: float
     p99_ms: float
     meets_limit: Optional[bool]
+    #: fps of each round, in order (rounds interleave the candidates, so round ``r`` of two candidates ran
+    #: minutes apart at most: compared pairwise, the host's drift between rounds cancels)
+    fps_rounds: Tuple[float, ...] = ()
 
     def to_json(self) -> dict:
-        return {"label": self.label, "fps": self.fps, "p99_ms": self.p99_ms, "meets_limit": self.meets_limit,
-                "stages": self.plan.describe()}
+        return {"label": self.label, "fps": self.fps, "fps_rounds": list(self.fps_rounds), "p99_ms": self.p99_ms,
+                "meets_limit": self.meets_limit, "stages": self.plan.describe()}
 
 
 @dataclass(frozen=True)
@@ -155,13 +159,20 @@ def choose_by_trial(
     for (label, plan), rates, latencies in zip(candidates, fps, lat):
         p99 = percentile(latencies, 99)
         runs.append(TrialRun(label, plan, statistics.median(rates), p99,
-                             None if latency_ms is None else p99 <= latency_ms))
+                             None if latency_ms is None else p99 <= latency_ms, fps_rounds=tuple(rates)))
     if progress is not None:
         progress("trial: " + "; ".join(
             f"{r.label} {r.fps:.1f} fps p99 {r.p99_ms:.1f} ms" + ("" if r.meets_limit is None else
                                                                   (" (meets)" if r.meets_limit else " (misses)"))
             for r in runs))
     return _pick(tuple(runs), latency_ms, margin)
+
+
+def _ahead_in_every_round(challenger: TrialRun, proposed: TrialRun) -> bool:
+    """Whether ``challenger`` measured more fps than ``proposed`` in each round (True without paired rounds)."""
+    if not challenger.fps_rounds or len(challenger.fps_rounds) != len(proposed.fps_rounds):
+        return True
+    return all(c > p for c, p in zip(challenger.fps_rounds, proposed.fps_rounds))
 
 
 def _pick(runs: Tuple[TrialRun, ...], latency_ms: Optional[float], margin: float) -> TrialResult:
@@ -173,8 +184,13 @@ def _pick(runs: Tuple[TrialRun, ...], latency_ms: Optional[float], margin: float
                            f"no candidate met the {latency_ms:.1f} ms limit in the trial; "
                            f"{best.label} came closest (p99 {best.p99_ms:.1f} ms)", runs)
     best = max(eligible, key=lambda r: r.fps)
-    if proposed in eligible and best is not proposed and best.fps <= proposed.fps * (1.0 + margin):
-        best = proposed
+    if proposed in eligible and best is not proposed:
+        # A challenger must beat the DSE's pick by the margin at the median *and* in every round, each
+        # round compared with the pick's round next to it in time: a plan whose good rounds met a fast
+        # spell of the host (its speed moves by 10 % and more from minute to minute) stays out.
+        challengers = [r for r in eligible if r is not proposed and r.fps > proposed.fps * (1.0 + margin)
+                       and _ahead_in_every_round(r, proposed)]
+        best = max(challengers, key=lambda r: r.fps) if challengers else proposed
     if best is proposed:
         return TrialResult(best.plan, best.label, f"the DSE's pick measured best ({best.fps:.1f} fps)", runs)
     why = f"{best.label} measured {best.fps:.1f} fps against {proposed.fps:.1f} for the DSE's pick"
