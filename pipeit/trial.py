@@ -13,10 +13,9 @@ each one on the real pinned workers for a short, interleaved trial, and
 keeps the fastest that met the latency limit in that trial.
 
 The DSE's own pick is kept unless another candidate beats it by more than
-``margin`` at the median and in every round (noise on a shared host must
-not swap a good plan for an equal one), and a candidate that missed the
-limit in the trial is only taken when none met it (then the one with the
-lowest p99).
+``margin`` (noise on a shared host must not swap a good plan for an
+equal one), and a candidate that missed the limit in the trial is only
+taken when none met it (then the one with the lowest p99).
 """
 
 from __future__ import annotations
@@ -168,13 +167,6 @@ def choose_by_trial(
     return _pick(tuple(runs), latency_ms, margin)
 
 
-def _ahead_in_every_round(challenger: TrialRun, proposed: TrialRun) -> bool:
-    """Whether ``challenger`` measured more fps than ``proposed`` in each round (True without paired rounds)."""
-    if not challenger.fps_rounds or len(challenger.fps_rounds) != len(proposed.fps_rounds):
-        return True
-    return all(c > p for c, p in zip(challenger.fps_rounds, proposed.fps_rounds))
-
-
 def _pick(runs: Tuple[TrialRun, ...], latency_ms: Optional[float], margin: float) -> TrialResult:
     proposed = runs[0]
     eligible = [r for r in runs if r.meets_limit is not False]
@@ -184,13 +176,8 @@ def _pick(runs: Tuple[TrialRun, ...], latency_ms: Optional[float], margin: float
                            f"no candidate met the {latency_ms:.1f} ms limit in the trial; "
                            f"{best.label} came closest (p99 {best.p99_ms:.1f} ms)", runs)
     best = max(eligible, key=lambda r: r.fps)
-    if proposed in eligible and best is not proposed:
-        # A challenger must beat the DSE's pick by the margin at the median *and* in every round, each
-        # round compared with the pick's round next to it in time: a plan whose good rounds met a fast
-        # spell of the host (its speed moves by 10 % and more from minute to minute) stays out.
-        challengers = [r for r in eligible if r is not proposed and r.fps > proposed.fps * (1.0 + margin)
-                       and _ahead_in_every_round(r, proposed)]
-        best = max(challengers, key=lambda r: r.fps) if challengers else proposed
+    if proposed in eligible and best is not proposed and best.fps <= proposed.fps * (1.0 + margin):
+        best = proposed
     if best is proposed:
         return TrialResult(best.plan, best.label, f"the DSE's pick measured best ({best.fps:.1f} fps)", runs)
     why = f"{best.label} measured {best.fps:.1f} fps against {proposed.fps:.1f} for the DSE's pick"
