@@ -916,7 +916,11 @@ class Pipeline:
         staged = stage_frames(checked, self.input_offsets(), self.edges[0].slot_bytes)
         area = RING
         if staged is not None:
-            area = self.add_input_area(staged.fd, staged.slots, staged.stride, self.input_offsets())
+            try:
+                area = self.add_input_area(staged.fd, staged.slots, staged.stride, self.input_offsets())
+            except BaseException:
+                staged.close()
+                raise
         state = _Stream(checked, int(window), area, staged.slot_of if staged is not None else ())
         try:
             with self._dispatch_lock:
