@@ -44,6 +44,7 @@ from cores.jsonfile import JsonFileError, parse_json
 from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
+from pipeit.layer_times import MAX_LAYER_MS
 
 __all__ = [
     "COLUMNS",
@@ -176,10 +177,11 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
         raise ProfileError(f"{where}: malformed descriptor: {err.reason}") from None
     except ValueError as err:
         raise ProfileError(f"{where}: malformed value: {err}") from err
-    if doc["status"] == "ok" and not (math.isfinite(median_ms) and median_ms >= 0):
-        # the profiler writes a failed measurement as "failed: ..." with a nan time, never as "ok"
+    if doc["status"] == "ok" and not (math.isfinite(median_ms) and 0 <= median_ms <= MAX_LAYER_MS):
+        # the profiler writes a failed measurement as "failed: ..." with a nan time, never as "ok"; a time
+        # past MAX_LAYER_MS (days) is a hand edit, and fitting on it gives a predictor of nonsense
         raise ProfileError(f"{where}: median_ms {doc['median_ms']!r} of a row with status ok is not a "
-                           f"time in ms (a finite number >= 0); fix or re-profile that row")
+                           f"time in ms (a finite number in 0..{MAX_LAYER_MS:g}); fix or re-profile that row")
     try:
         setup = CoreSetup.parse(doc["setup"])
     except Exception as err:  # PlatformError from cores: a bad cell in a file

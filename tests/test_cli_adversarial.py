@@ -361,11 +361,13 @@ def test_a_pickle_is_called_what_it_is_and_never_loaded(tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_profile_row_with_status_ok_and_a_nan_time_names_the_row(profile_csv, tmp_path, capsys):
+@pytest.mark.parametrize("time", ["nan", "1e308"])  # 1e308 ms fitted into a predictor of nonsense
+def test_profile_row_with_status_ok_and_a_time_that_is_no_time_names_the_row(profile_csv, tmp_path, capsys,
+                                                                             time):
     with open(profile_csv, newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][7] == "median_ms" and rows[1][10] == "ok"
-    rows[1][7] = "nan"
+    rows[1][7] = time
     bad = tmp_path / "bad.csv"
     with open(bad, "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
