@@ -107,7 +107,7 @@ class StrategyResult:
     stage_stats: Tuple[Any, ...] = ()
 
     def to_json(self) -> dict:
-        measured = {st.index: st for st in self.stage_stats}
+        measured = {st.index: st.to_json() for st in self.stage_stats}
         return {
             "name": self.name,
             "same_plan_as": self.same_plan_as,
@@ -124,7 +124,7 @@ class StrategyResult:
                 {
                     "layers": list(s.layers),
                     "workers": [f"{w.cluster}:{len(w.cpus)}@{','.join(map(str, w.cpus))}" for w in s.workers],
-                    **({key: measured[i].to_json()[key] for key in STAGE_KEYS} if i in measured else {}),
+                    **({key: measured[i][key] for key in STAGE_KEYS} if i in measured else {}),
                 }
                 for i, s in enumerate(self.plan.stages)
             ],

@@ -24,10 +24,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from pipeit.errors import InputError, ModelError, PlanError
 
-__all__ = ["register", "run", "resolve_model", "load_frames", "MAX_SLOTS"]
+__all__ = ["register", "run", "resolve_model", "load_frames", "MAX_SLOTS", "check_slots_bound"]
 
 #: most ring slots per edge a command line may ask for (more only fills /dev/shm; 4-8 is plenty)
 MAX_SLOTS = 1024
+
+
+def check_slots_bound(slots: int) -> None:
+    """Refuse ``--slots`` past :data:`MAX_SLOTS` (run and serve), before any plan or worker is made."""
+    if slots > MAX_SLOTS:
+        raise InputError(f"--slots must be at most {MAX_SLOTS} (each slot holds a frame per edge), got {slots}")
 
 
 def register(subparsers: Any) -> None:
@@ -198,8 +204,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if args.warmup < 0 or args.slots < 1 or (args.inflight is not None and args.inflight < 1):
         raise InputError("--warmup must be >= 0, --slots and --inflight >= 1")
-    if args.slots > MAX_SLOTS:
-        raise InputError(f"--slots must be at most {MAX_SLOTS} (each slot holds a frame per edge), got {args.slots}")
+    check_slots_bound(args.slots)
     if not (args.tolerance >= 0 and args.tolerance < float("inf")):
         raise InputError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.seed < 0:

@@ -64,7 +64,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform
-    from pipeit.cli.cmd_run import MAX_SLOTS
+    from pipeit.cli.cmd_run import check_slots_bound
     from pipeit.daemon.replan import SwitchPolicy
     from pipeit.daemon.server import Server, ServerConfig
     from pipeit.daemon.sockets import check_socket_path
@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.per_client < 1 or args.slots < 1 or args.sustain < 1:
         raise InputError("--per-client, --slots and --sustain must be >= 1")
-    if args.slots > MAX_SLOTS:
-        raise InputError(f"--slots must be at most {MAX_SLOTS} (each slot holds a frame per edge), got {args.slots}")
+    check_slots_bound(args.slots)
     if not 0 < args.window_s <= MAX_WINDOW_S or not 0 < args.drift < 10:
         raise InputError(f"--window-s must be in (0, {MAX_WINDOW_S:g}] seconds and --drift in (0, 10)")
     if args.reject_rate < 0 or args.reject_burst < 1:
