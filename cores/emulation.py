@@ -18,6 +18,22 @@ kernel) in ``$XDG_CACHE_HOME/pipeit/emulation.json``.
 Cgroups are named ``pipeit-<pid>-<cluster>`` and removed on exit, also on
 exceptions; ones left by a killed process (dead pid) are removed on the next
 ``Throttles`` entry.
+
+A quota is not a slow clock, though: it hands out ``f x period`` of CPU per
+period, so work that needs less than one period's quota after an idle spell
+runs at *full* speed. A pipeline stage on the LITTLE cluster that waits for
+frames between jobs therefore ran 2-3x faster than its cluster's speed
+(measured: mobilenet_v2's ``[46,65) little`` 2.5 ms against 6.2 planned at
+busy 0.88), while a real LITTLE core is slow whether or not it idled. So a
+process that runs wholly on one slowed cluster is *not* put in the cgroup:
+its interpreter's ``invoke`` is wrapped by :class:`PaddedInvoke`, which
+busy-waits after each job until the job has taken ``work / f`` -- slow by
+the same factor at every load, and the CPU stays occupied as a slow core's
+would. The cgroup stays for two things: the threads of one interpreter that
+spans a fast and a slowed cluster (the all-cores strategy; padding cannot
+slow one thread of a pool), and the speed *now*: a padded process reads its
+cluster's quota (:meth:`SlowCore.speed_now`), so a quota cut from outside
+(the tests' "the board heats up") slows padded and throttled work alike.
 """
 
 from __future__ import annotations
@@ -29,7 +45,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from cores.errors import EmulationError
 from cores.jsonfile import JsonFileError, read_json
@@ -44,6 +60,9 @@ __all__ = [
     "Throttles",
     "MIN_QUOTA_US",
     "read_bandwidth",
+    "SlowCore",
+    "PaddedInvoke",
+    "slow_core_for",
 ]
 
 MIN_QUOTA_US = 1000
@@ -394,6 +413,93 @@ def calibrate(
     return result
 
 
+# --------------------------------------------------------------------------- padding
+
+
+@dataclass(frozen=True)
+class SlowCore:
+    """A slowed cluster as a process running on it sees it: its declared speed, and where to read it now.
+
+    Plain data, so it travels to spawned workers. ``folder`` is the cluster's
+    cgroup and ``calibrated_share`` the quota/period it was given for the
+    declared ``speed``; the speed now is the declared one scaled by the share
+    the quota gives now (a halved quota reads as half the speed, as
+    :meth:`Throttles.speed_now` says). Without a folder the speed is fixed.
+    """
+
+    cluster: str
+    speed: float
+    folder: Optional[str] = None
+    calibrated_share: float = 0.0
+
+    def speed_now(self) -> float:
+        """The speed to pad to now: declared, scaled by the quota as it stands (1.0: no quota)."""
+        if not self.folder or self.calibrated_share <= 0:
+            return self.speed
+        now = read_bandwidth(self.folder)
+        if now is None:
+            return self.speed  # the group went away (the owner closed it): keep the declared speed
+        quota, period = now
+        if quota is None:
+            return 1.0
+        return max(0.01, min(1.0, self.speed * (quota / period) / self.calibrated_share))
+
+
+def slow_core_for(platform: Platform, cluster: str, throttles: Optional["Throttles"] = None) -> Optional[SlowCore]:
+    """What work wholly on ``cluster`` pads to: None at full speed; the speed read from ``throttles``'
+    cgroup when given (a quota cut from outside then slows it), else the declared speed, fixed (no
+    cgroup needed: padding alone emulates a slow core)."""
+    if platform.cluster(cluster).speed >= 1.0:
+        return None
+    if throttles is not None:
+        return throttles.slow_core(cluster)
+    return SlowCore(cluster, platform.cluster(cluster).speed)
+
+
+class PaddedInvoke:
+    """Wraps an interpreter's ``invoke`` so that each job takes ``work / speed`` on a slowed cluster.
+
+    ``work`` is the CPU time of the calling thread during the job when the
+    interpreter has one thread (so time the CPU spent on another process is
+    not stretched: it delays the job as it would on the board, once), and the
+    wall time with a thread pool (whose threads the caller's clock does not
+    see). After the job the caller busy-waits until it has spent another
+    ``work x (1/speed - 1)`` of *CPU* time: the core stays taken, as a slow
+    core's would be, and another process that takes the core meanwhile (the
+    pipeline's coordinator, pinned to the slowest cluster) delays the job
+    instead of using the padding for free. The speed is re-read from
+    ``slow`` at most every ``refresh_s``.
+    """
+
+    def __init__(self, invoke: Callable[[], object], slow: SlowCore, threads: int = 1,
+                 refresh_s: float = 0.1) -> None:
+        self._invoke = invoke
+        self._slow = slow
+        self._one_thread = threads <= 1
+        self._refresh_s = float(refresh_s)
+        self._speed = slow.speed_now()
+        self._read_at = time.perf_counter()
+
+    @property
+    def speed(self) -> float:
+        """The speed the last job was padded to."""
+        return self._speed
+
+    def __call__(self) -> None:
+        clock, cpu_clock = time.perf_counter, time.thread_time
+        start, cpu_start = clock(), cpu_clock()
+        self._invoke()
+        end, cpu_end = clock(), cpu_clock()
+        work = cpu_end - cpu_start if self._one_thread else end - start
+        if end - self._read_at >= self._refresh_s:
+            self._speed, self._read_at = self._slow.speed_now(), end
+        if self._speed >= 1.0:
+            return
+        until = cpu_end + work * (1.0 / self._speed - 1.0)
+        while cpu_clock() < until:
+            pass
+
+
 # --------------------------------------------------------------------------- throttles
 
 
@@ -506,18 +612,27 @@ class Throttles:
         cluster with no cgroup (full speed by declaration, or not entered) or
         an unreadable one. Reading it is two small file reads.
         """
-        folder = self._groups.get(cluster)
+        slow = self.slow_core(cluster)
+        if slow is None or slow.folder is None or slow.calibrated_share <= 0:
+            return None
+        if read_bandwidth(slow.folder) is None:
+            return None
+        return slow.speed_now()
+
+    def slow_core(self, cluster: str) -> Optional[SlowCore]:
+        """What a process running wholly on ``cluster`` pads its work to; None for a full-speed cluster.
+
+        Such a process stays out of the cgroup (see the module docstring:
+        a quota is fast after idling) and reads the speed from it instead.
+        Before the ``with`` block (or with no cgroup) the speed is the
+        declared one, fixed.
+        """
+        speed = self.platform.cluster(cluster).speed
+        if speed >= 1.0:
+            return None
         cal = self.calibrations.get(cluster)
-        if folder is None or cal is None or cal.quota_us <= 0 or cal.period_us <= 0:
-            return None
-        now = read_bandwidth(folder)
-        if now is None:
-            return None
-        quota, period = now
-        if quota is None:
-            return 1.0
-        share, calibrated = quota / period, cal.quota_us / cal.period_us
-        return min(1.0, self.platform.cluster(cluster).speed * share / calibrated)
+        share = cal.quota_us / cal.period_us if cal is not None and cal.quota_us > 0 and cal.period_us > 0 else 0.0
+        return SlowCore(cluster, speed, self._groups.get(cluster), share)
 
     def report(self) -> dict:
         """Declared factor, period, quota and calibrated factor per slowed cluster."""

@@ -282,18 +282,16 @@ def measure_ideal_solo(model_path: Path, platform: Platform, seconds: float, thr
     idle, as the definition has it) for ``seconds``, copying the input in and
     the output out as a worker does (:func:`pipeit.executor.bare.run_bare`),
     so that it can be repeated inside every round and the median taken.
-    Returns None on an emulated platform when no throttle is at hand.
+    On an emulated platform a slowed cluster's interpreter pads its invokes
+    as the workers there do (speed read from ``throttles`` when given).
     """
+    from cores.emulation import slow_core_for
     from pipeit.executor.bare import run_bare
 
     total = 0.0
     for cluster in platform.cpu_clusters:
-        attach = None
-        if cluster.speed < 1.0:
-            if throttles is None:
-                return None
-            attach = lambda _cpu, pid, name=cluster.name: throttles.attach(name, pid)  # noqa: E731
-        run = run_bare(model_path, cluster.cpus[:1], seconds, attach=attach)
+        slow = slow_core_for(platform, cluster.name, throttles)
+        run = run_bare(model_path, cluster.cpus[:1], seconds, slow=slow)
         total += cluster.size * run.fps
     return total
 

@@ -2,8 +2,9 @@
 
 For each core setup (cluster x core count) one persistent worker process is
 started (spawn context), pinned -- every thread -- to that many cores of the
-cluster, and, on an emulated platform, attached to the cluster's CPU-quota
-cgroup. The parent sends it model bytes; the worker builds an interpreter
+cluster; on an emulated platform a worker on a slowed cluster pads every
+invoke to the cluster's speed (``cores.emulation.PaddedInvoke``, as the
+pipeline's workers do). The parent sends it model bytes; the worker builds an interpreter
 with ``num_threads`` = core count, fills the inputs once with seeded random
 data, warms up, then times ``invoke()`` alone with ``perf_counter_ns`` until
 the median is stable -- on one core invoke by invoke, on k > 1 cores by
@@ -144,7 +145,8 @@ def _fill_inputs(interpreter, seed: int) -> None:
 
 
 def time_model(
-    model_bytes: bytes, num_threads: int, spec: TimingSpec = TimingSpec(), exclusive: bool = True
+    model_bytes: bytes, num_threads: int, spec: TimingSpec = TimingSpec(), exclusive: bool = True,
+    slow: Any = None,
 ) -> Timing:
     """Time ``invoke()`` of a model in *this* process (the caller pins it first).
 
@@ -157,13 +159,15 @@ def time_model(
     The median is taken over clean runs only -- on a shared host the plain
     median can be twice the true time with a tight spread, which no spread
     test catches. With too few clean runs the timing is marked ``noisy`` (not
-    ``ok``; readers skip it, a re-run retries it). An emulated
-    (throttled) cluster is descheduled on purpose: pass ``exclusive=False``.
+    ``ok``; readers skip it, a re-run retries it). On an emulated slowed
+    cluster (``slow``, a ``cores.emulation.SlowCore``) every invoke is padded
+    to the cluster's speed; pass ``exclusive=False`` there (timed by the
+    sustained rate, :func:`_time_sustained`).
     """
     from pipeit.runtime import make_interpreter
 
     # no name in the message: the failed row already says which model, range and setup
-    interpreter = make_interpreter(model_bytes, num_threads=num_threads, where="")
+    interpreter = make_interpreter(model_bytes, num_threads=num_threads, where="", slow=slow)
     _fill_inputs(interpreter, spec.seed)
     for _ in range(spec.warmup):
         interpreter.invoke()
@@ -374,14 +378,13 @@ def _run_delay_ns() -> Optional[int]:
 
 
 def _time_sustained(interpreter, spec: TimingSpec) -> Timing:
-    """Time a throttled (emulated) setup by its sustained rate, not by single invokes.
+    """Time an emulated slowed setup by its sustained rate, not by single invokes.
 
-    A CPU bandwidth quota is handed out per period (10 ms by default): a layer
-    shorter than the quota runs at full speed when timed alone, and only back
-    to back -- as in a pipeline in steady state -- does it get the declared
-    share of the core. So each sample is the mean time per invoke over a
-    window of many periods (``sustained_window_ms``), and the timing is the
-    median of such samples.
+    Its invokes are padded to the cluster's speed, so a single one would do;
+    the windows (each sample the mean time per invoke over
+    ``sustained_window_ms``, the timing the median of such samples) keep the
+    rows comparable with profiles made when the emulation was a CPU quota,
+    which gave the declared share of the core only back to back.
     """
     import numpy as np
 
@@ -415,7 +418,7 @@ def _pin(cpus: Sequence[int]) -> None:
     pin_all_threads(tuple(cpus))
 
 
-def _worker_main(conn, cpus: Tuple[int, ...], threads: int, exclusive: bool = True) -> None:
+def _worker_main(conn, cpus: Tuple[int, ...], threads: int, exclusive: bool = True, slow: Any = None) -> None:
     """Worker loop: pin, then answer ("time", bytes, spec) requests until ("stop",)."""
     try:
         _pin(cpus)
@@ -438,7 +441,7 @@ def _worker_main(conn, cpus: Tuple[int, ...], threads: int, exclusive: bool = Tr
             return
         _, data, spec = msg
         try:
-            timing = time_model(data, threads, spec, exclusive)
+            timing = time_model(data, threads, spec, exclusive, slow)
             conn.send(("ok", timing))
         except Exception as err:  # a layer the runtime refuses is a failed row, not a crash
             text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -455,14 +458,17 @@ class SetupWorker:
     """One persistent worker process pinned to one core setup."""
 
     def __init__(self, platform: Platform, setup: CoreSetup) -> None:
+        from cores.emulation import slow_core_for
+
         self.setup = setup
         self.cpus = setup_cpus(platform, setup)
-        # A throttled (emulated) cluster is descheduled by design: no contention filter there.
-        exclusive = platform.cluster(setup.cluster).speed >= 1.0
+        # An emulated slowed cluster pads every invoke to its speed; it is timed by its sustained rate.
+        slow = slow_core_for(platform, setup.cluster)
+        exclusive = slow is None
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_worker_main, args=(child, self.cpus, setup.cores, exclusive), daemon=True,
+            target=_worker_main, args=(child, self.cpus, setup.cores, exclusive, slow), daemon=True,
             name=f"pipeit-profile-{setup}",
         )
         self.process.start()
@@ -539,26 +545,15 @@ def check_measurable(platform: Platform) -> None:
 
 
 class WorkerPool:
-    """A worker per setup; on an emulated platform each worker joins its cluster's throttle."""
+    """A worker per setup; on an emulated platform a worker on a slowed cluster pads to its speed."""
 
     def __init__(self, platform: Platform, setups: Sequence[CoreSetup]) -> None:
         check_measurable(platform)
         self.platform = platform
         self.workers: Dict[CoreSetup, SetupWorker] = {}
-        self._throttles = None
-        if any(platform.cluster(s.cluster).speed < 1.0 for s in setups):
-            try:
-                from cores.emulation import Throttles
-            except ImportError as err:
-                raise ProfileError("this platform is emulated but cores.emulation is not available") from err
-            self._throttles = Throttles(platform)
-            self._throttles.__enter__()
         try:
             for setup in setups:
-                worker = SetupWorker(platform, setup)
-                self.workers[setup] = worker
-                if self._throttles is not None and platform.cluster(setup.cluster).speed < 1.0:
-                    self._throttles.attach(setup.cluster, worker.pid)
+                self.workers[setup] = SetupWorker(platform, setup)
         except BaseException:
             self.close()
             raise
@@ -586,9 +581,6 @@ class WorkerPool:
         for worker in self.workers.values():
             worker.close()
         self.workers.clear()
-        if self._throttles is not None:
-            self._throttles.__exit__(None, None, None)
-            self._throttles = None
 
     def __enter__(self) -> "WorkerPool":
         return self

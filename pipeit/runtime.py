@@ -34,6 +34,7 @@ __all__ = [
     "backend_name",
     "runtime_info",
     "make_interpreter",
+    "SlowedInterpreter",
     "check_loads",
     "native_stderr_silenced",
 ]
@@ -96,6 +97,7 @@ def make_interpreter(
     backend: Optional[str] = None,
     allocate: bool = True,
     where: Optional[str] = None,
+    slow: Any = None,
 ) -> Any:
     """Build an interpreter from a path or from model bytes, tensors allocated.
 
@@ -103,6 +105,9 @@ def make_interpreter(
     pinned to: more threads than cores only adds contention. ``where`` names
     the model in error messages (default: its path, or "model bytes"); pass
     ``""`` for no name, where the caller's message already says which model.
+    ``slow`` (a :class:`cores.emulation.SlowCore`): the process runs on an
+    emulated slowed cluster, and every ``invoke`` is padded to its speed
+    (:class:`SlowedInterpreter`).
     """
     if num_threads < 1:
         raise PipeitError(f"num_threads must be >= 1, got {num_threads}")
@@ -134,7 +139,28 @@ def make_interpreter(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         prefix = f"{name}: " if name else ""
         raise ModelError(f"{prefix}the runtime cannot load this model: {first}") from err
+    if slow is not None:
+        return SlowedInterpreter(interpreter, slow, int(num_threads))
     return interpreter
+
+
+class SlowedInterpreter:
+    """An interpreter on an emulated slowed cluster: ``invoke`` padded, everything else its own.
+
+    Why a wrapper and not a cgroup quota: a quota lets a job that follows an
+    idle spell run at full speed (``cores.emulation``), a slow core does not.
+    Every caller of ``invoke`` -- the profiler, a pipeline stage, the bare
+    runs of the ideal -- then sees the same slow core.
+    """
+
+    def __init__(self, interpreter: Any, slow: Any, num_threads: int) -> None:
+        from cores.emulation import PaddedInvoke
+
+        self._interpreter = interpreter
+        self.invoke = PaddedInvoke(interpreter.invoke, slow, num_threads)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._interpreter, name)
 
 
 def check_loads(

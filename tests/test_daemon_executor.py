@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,9 +93,9 @@ def test_submit_into_fills_the_slot_in_place_and_gives_it_back_when_the_fill_fai
 
 @needs_cgroups
 def test_worker_ms_shows_the_slow_replica_and_shared_throttles_survive_the_pipeline(tmp_path):
-    from cores.emulation import Throttles
+    from cores.emulation import Throttles, read_bandwidth
 
-    # ~6 ms a frame: several 10 ms quota periods of a quarter-speed core, so the throttle shows in a median
+    # ~6 ms a frame on the big core, 4x that on the quarter-speed replica
     model = build_model(tmp_path / "big.tflite", layers=6, size=64, channels=32)
     n = len(load_graph(str(model)).layers)
     platform = Platform((Cluster("big", "host", (BIG,)), Cluster("little", "host", (LITTLE,), speed=0.25)),
@@ -107,11 +108,23 @@ def test_worker_ms_shows_the_slow_replica_and_shared_throttles_survive_the_pipel
             little_pid = pipe.worker_pids()[(0, 1)]
             procs = os.path.join(folder, "cgroup.procs")
             with open(procs) as f:
-                assert str(little_pid) in f.read().split()  # the given throttles took the little worker
+                assert str(little_pid) not in f.read().split()  # it pads its invokes, outside the quota
             list(pipe.map(frame for _ in range(6)))
             pipe.reset_stats()
             outs = list(pipe.map(frame for _ in range(40)))
             stats = pipe.stats().stages[0]
+            # ... reading its speed from the shared cgroup: a quota halved from outside ("the board
+            # heats up") halves the speed of the padded worker too
+            quota, period = read_bandwidth(folder)  # the same quota over twice the period (>= 1 ms quota)
+            if os.path.exists(os.path.join(folder, "cpu.max")):
+                Path(folder, "cpu.max").write_text(f"{quota} {2 * period}")
+            else:
+                Path(folder, "cpu.cfs_period_us").write_text(str(2 * period))
+            time.sleep(0.3)  # the worker re-reads the speed every 0.1 s
+            list(pipe.map(frame for _ in range(6)))
+            pipe.reset_stats()
+            outs += list(pipe.map(frame for _ in range(20)))
+            halved = pipe.stats().stages[0]
         assert os.path.isdir(folder)  # a shared cgroup outlives the pipeline: its owner removes it
     assert not os.path.isdir(folder)
     want = reference(model, frame)
@@ -123,3 +136,5 @@ def test_worker_ms_shows_the_slow_replica_and_shared_throttles_survive_the_pipel
     assert little_ms > 1.5 * big_ms, stats
     assert min(stats.worker_ms) <= stats.measured_ms <= max(stats.worker_ms)
     assert stats.to_json()["worker_ms"] == [big_ms, little_ms]
+    assert halved.worker_ms[1] > 1.6 * little_ms, (stats.worker_ms, halved.worker_ms)
+    assert halved.worker_ms[0] < 1.3 * big_ms  # the big replica is not slowed

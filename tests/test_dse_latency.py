@@ -32,17 +32,19 @@ def test_unbalanced_pipeline_latency_is_frames_in_flight_over_throughput():
     assert found.latency_ms == pytest.approx(40.0)  # 2 frames in flight / 50 fps, not 10 + 20
 
 
-def test_slow_worker_pays_its_stall_on_the_path():
+def test_only_an_interpreter_spanning_a_slowed_cluster_pays_its_stall():
+    """A worker wholly on the slowed cluster pads its jobs (steady, no jitter); the all-cores
+    interpreter's thread on it runs under the quota and can stall."""
     platform = Platform((Cluster("big", "a", (0,)), Cluster("little", "b", (1,), speed=0.4)))
-    big, little = CoreSetup("big", 1), CoreSetup("little", 1)
-    table = LayerTimes(2, {big: (10.0, 10.0), little: (25.0, 25.0)}, (0, 0, 0), (0, 0))
+    big, little, both = CoreSetup("big", 1), CoreSetup("little", 1), CoreSetup("big+little", 2)
+    table = LayerTimes(2, {big: (10.0, 10.0), little: (25.0, 25.0), both: (20.0, 20.0)}, (0, 0, 0), (0, 0))
     cost = CostModel(table, FREE, jitter=throttle_jitter_ms(platform))
+    assert cost.jitter_ms(little) == 0.0 and cost.jitter_ms(big) == 0.0
+    assert cost.jitter_ms(both) == pytest.approx(9.0)
     pipe = cost.evaluate((StagePlan(0, 1, (big,)), StagePlan(1, 2, (little,))))
-    assert pipe.latency_ms == pytest.approx(max(10.0 + 25.0 + 9.0, 2 * 25.0 + 9.0))
-    # a limit between the jitter-free and the p99 latency refuses that pipeline
-    with pytest.raises(PlanError):
-        optimal_plan(cost, platform, Limits(latency_ms=19.0))
-    assert optimal_plan(cost, platform, Limits(latency_ms=20.0)).describe() == "[0,2) big:1"
+    assert pipe.latency_ms == pytest.approx(max(10.0 + 25.0, 2 * 25.0))
+    spanning = cost.evaluate((StagePlan(0, 2, (both,)),))
+    assert spanning.latency_ms == pytest.approx(40.0 + 9.0)
 
 
 def test_planned_latency_respects_the_limit_with_the_model():
@@ -54,6 +56,5 @@ def test_planned_latency_respects_the_limit_with_the_model():
     for limit in (35.0, 45.0, 60.0, 80.0):
         found = best_candidate(table, platform, "pipeit", latency_ms=limit, hop=FREE)
         assert found.latency_ms <= limit
-        if any(w.cluster == "little" for s in found.stages for w in s.workers):
-            path = sum(max(ts) for ts in found.worker_ms)
-            assert found.latency_ms >= path + 9.0 - 1e-9  # the LITTLE worker's stall is counted
+        path = sum(max(ts) for ts in found.worker_ms)
+        assert found.latency_ms >= path - 1e-9  # at least the path of its slowest workers

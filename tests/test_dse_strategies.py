@@ -44,9 +44,9 @@ class TestBigLittleStory:
         for name in STRATEGIES:
             assert best.fps >= best_candidate(table, platform, name).fps * (1 - 1e-9)
         assert best.fps >= replicas.fps * (1 - 1e-9)
-        # replicas' price: a frame on the LITTLE core takes 2.5x the big core's time, plus the
-        # quota's worst stall at p99: (1 - 0.4) x (the 5 ms period + a 4 ms tick repaid at 0.4)
-        assert replicas.latency_ms == pytest.approx(max(max(w) for w in replicas.worker_ms) + 9.0)
+        # replicas' price: a frame on the LITTLE core takes 2.5x the big core's time (a worker wholly
+        # on the slowed cluster pads its jobs: no quota stall on top)
+        assert replicas.latency_ms == pytest.approx(max(max(w) for w in replicas.worker_ms))
         assert replicas.latency_ms > 2.4 * sum(BIG_MS)
 
     def test_latency_limit_twice_big_gives_a_pipeline(self):

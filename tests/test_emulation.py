@@ -230,3 +230,77 @@ def test_speed_now_follows_the_quota_as_a_frequency_cap_would(cache):
             f.write("-1" if v1 else f"max {cal.period_us}")
         assert t.speed_now("little") == 1.0
     assert t.speed_now("little") is None  # closed: the group is gone
+
+
+# ---- padding: what a worker wholly on a slowed cluster does instead of joining the quota ----------
+
+
+def _burn(seconds: float) -> None:
+    """Real CPU work on this thread for ``seconds`` of its CPU time."""
+    import time
+
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_a_padded_job_takes_its_work_over_the_speed_and_keeps_the_cpu_busy():
+    import time
+
+    from cores.emulation import PaddedInvoke, SlowCore
+
+    padded = PaddedInvoke(lambda: _burn(0.004), SlowCore("little", 0.4))
+    walls, cpus = [], []
+    for _ in range(15):
+        w0, c0 = time.perf_counter(), time.thread_time()
+        padded()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.thread_time() - c0)
+    # 4 ms of work at 0.4: 10 ms, all of it on the CPU (a slow core is busy, not idle)
+    assert 0.0095 <= statistics.median(cpus) <= 0.0115, cpus
+    assert statistics.median(walls) >= 0.0095, walls
+
+
+def test_waiting_is_not_work_and_is_not_stretched():
+    import time
+
+    from cores.emulation import PaddedInvoke, SlowCore
+
+    padded = PaddedInvoke(lambda: time.sleep(0.01), SlowCore("little", 0.25))
+    c0 = time.thread_time()
+    w0 = time.perf_counter()
+    padded()
+    assert time.perf_counter() - w0 < 0.02  # 10 ms asleep, not 40
+    assert time.thread_time() - c0 < 0.005
+
+
+def test_the_speed_now_follows_the_quota_as_it_stands(tmp_path):
+    from cores.emulation import PaddedInvoke, SlowCore
+
+    fixed = SlowCore("little", 0.4)
+    assert fixed.speed_now() == 0.4
+    group = tmp_path / "pipeit-1-little"
+    group.mkdir()
+    (group / "cpu.max").write_text("2000 5000\n")  # the calibrated share: 0.4 of a CPU
+    slow = SlowCore("little", 0.4, str(group), calibrated_share=0.4)
+    assert slow.speed_now() == pytest.approx(0.4)
+    (group / "cpu.max").write_text("1000 5000\n")  # halved from outside: the board throttles
+    assert slow.speed_now() == pytest.approx(0.2)
+    padded = PaddedInvoke(lambda: _burn(0.002), slow, refresh_s=0.0)
+    padded()
+    assert padded.speed == pytest.approx(0.2)
+    (group / "cpu.max").write_text("max 5000\n")  # no quota: full speed, no padding
+    assert slow.speed_now() == 1.0
+    (group / "cpu.max").unlink()  # the owner removed the group: the declared speed
+    assert slow.speed_now() == 0.4
+
+
+def test_throttles_hand_out_slow_cores_only_for_slowed_clusters():
+    from cores.emulation import slow_core_for
+
+    platform = load_platform(f"emulate:big={CPUS[0]}@1.0,little={CPUS[-1]}@0.5")
+    assert slow_core_for(platform, "big") is None
+    little = slow_core_for(platform, "little")
+    assert little.speed == 0.5 and little.folder is None
+    with pytest.raises(PlatformError):
+        slow_core_for(platform, "medium")

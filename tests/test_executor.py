@@ -264,28 +264,29 @@ class TestRefusals:
 
 
 class TestEmulatedPlatform:
-    def test_workers_on_a_slowed_cluster_run_in_its_cgroup_which_is_removed_after(self, v2, v2_frames):
-        from cores.emulation import find_cgroup_root
-        from cores.errors import EmulationError
-
-        try:
-            find_cgroup_root()
-        except EmulationError as err:
-            pytest.skip(f"cgroups cannot be written here: {err}")
+    def test_a_worker_on_a_slowed_cluster_is_slow_even_after_idling_and_needs_no_cgroup(self, v2, v2_frames):
+        """A slow core is slow whether or not it idled: each frame sent alone, after a pause, takes
+        1/f of the big core's time on the half-speed cluster. (Under the old CPU quota a job after an
+        idle spell ran at full speed until the period's quota ran out: about 1.5x here, not 2x.)"""
         frames, want = v2_frames
         slow = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],), speed=0.5)),
                         source="emulate:test")
         n = len(load_graph(v2).layers)
-        plan = make_plan(v2, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])], slow)
-        with Pipeline(plan, v2) as pipe:
-            group = pipe.throttles.cgroup_path("little")
-            assert group and os.path.isdir(group)
-            pids = pipe.worker_pids()
-            assert os.path.basename(group) in Path(f"/proc/{pids[(1, 0)]}/cgroup").read_text()
-            assert os.path.basename(group) not in Path(f"/proc/{pids[(0, 0)]}/cgroup").read_text()
-            got = list(pipe.map(frames))
-        assert_identical(got, want)
-        assert not os.path.exists(group)
+        service = {}
+        for cluster, cpu in (("big", TWO[0]), ("little", TWO[1])):
+            plan = make_plan(v2, [((0, n), [(cluster, (cpu,))])], slow)
+            with Pipeline(plan, v2) as pipe:
+                assert pipe.throttles is None  # padding alone: no cgroup made, no privilege needed
+                got = [pipe.submit(frames[0]).result(timeout=30)]
+                pipe.reset_stats()
+                for frame in frames * 4:
+                    time.sleep(0.02)  # the worker idles between frames
+                    got.append(pipe.submit(frame).result(timeout=30))
+                service[cluster] = pipe.stats().stages[0].measured_ms
+            assert_identical(got[1:1 + len(frames)], want)
+        ratio = service["little"] / service["big"]
+        print(f"little/big service ratio {ratio:.2f}")
+        assert 1.8 <= ratio <= 2.4, service
 
     def test_an_interpreter_over_both_clusters_has_only_its_slow_cpu_threads_throttled(self, v2, v2_frames):
         """All-cores on an emulated board: threads are spread one per CPU, and only those

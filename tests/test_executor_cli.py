@@ -42,16 +42,19 @@ def planned(zoo_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def planned_emulated(planned):
-    """The same plan on an emulated platform whose second cluster runs at half speed (a cgroup)."""
+    """An all-cores plan on an emulated platform whose second cluster runs at half speed, with a cgroup to
+    clean up: one interpreter over both clusters, its thread on the slowed CPU under the cluster's CPU
+    quota (per-thread placement needs cgroup v1; a worker wholly on a slowed cluster pads instead)."""
+    from cores.emulation import find_cgroup_root
     from cores.model import Cluster, Platform
-    from pipeit.plan import load_plan
 
-    if not cgroups_writable():
-        pytest.skip("cgroups cannot be written here")
+    if not cgroups_writable() or find_cgroup_root().version != 1:
+        pytest.skip("per-thread cgroups (v1) cannot be written here")
     plan_path, model = planned
     slow = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],), speed=0.5)),
                     source="emulate:test")
-    plan = dataclasses.replace(load_plan(plan_path), platform=slow)
+    n = len(load_graph(model).layers)
+    plan = make_plan(model, [((0, n), [("big+little", TWO)])], slow)
     path = plan_path.parent / "plan_emulated.json"
     plan.save(path)
     return path, model
@@ -227,6 +230,8 @@ def test_a_plan_that_is_not_what_pipeit_writes_exits_2_with_one_line(planned, tm
 @pytest.mark.parametrize("signum,emulated", [(signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGTERM, False)])
 def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
     plan_path, _ = request.getfixturevalue("planned_emulated" if emulated else "planned")
+    # the plain plan: 2 stages of one worker; the emulated one: 1 stage of one worker over both CPUs
+    want_workers, want_segments = (1, 2) if emulated else (2, 3)  # segments: edge 0, each cut, the outputs
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeit", "run", str(plan_path), "--frames", "1000000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -238,12 +243,12 @@ def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
         # streaming has begun once both workers exist and have done real work
         while time.monotonic() < deadline and proc.poll() is None:
             workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
-            if len(workers) == 2 and all(sum(c.cpu_times()[:2]) > 0.2 for c in workers):
+            if len(workers) == want_workers and all(sum(c.cpu_times()[:2]) > 0.2 for c in workers):
                 break
             time.sleep(0.1)
-        assert len(workers) == 2, "workers never started"
+        assert len(workers) == want_workers, "workers never started"
         segments = glob.glob(f"/dev/shm/pipeit_{proc.pid}_*")
-        assert len(segments) == 3  # edge 0, the cut, the outputs
+        assert len(segments) == want_segments
         groups = glob.glob(f"/sys/fs/cgroup/**/pipeit-{proc.pid}-*", recursive=True)
         assert bool(groups) == emulated
         proc.send_signal(signum)

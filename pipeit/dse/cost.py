@@ -22,9 +22,11 @@ Model (docs/DSE.md explains the choices):
   the *path* -- sum over stages of the slowest worker's time plus that
   worker's throttle jitter -- and the *queue* -- ``W * 1000 / throughput + J``
   with ``W`` the plan's workers (frames kept in flight) and ``J`` the largest
-  throttle jitter of any worker. A worker on an emulated cluster of speed
-  ``f < 1`` (a CPU bandwidth quota of ``f`` per period ``P``) can stall up to
-  ``(1 - f) * P`` beyond its sustained time; that is its jitter (0 elsewhere).
+  throttle jitter of any worker. An interpreter spanning an emulated cluster
+  of speed ``f < 1`` (its threads there run under a CPU bandwidth quota of
+  ``f`` per period ``P``) can stall up to ``(1 - f) * P`` beyond its sustained
+  time; that is its jitter (0 elsewhere: a worker wholly on a slowed cluster
+  pads its jobs and is steady).
   Under *gated* admission (``admission="gated"``, what a latency limit
   selects: the stream admits a frame only when it can pass every stage
   without waiting, :mod:`pipeit.admission`) no frame queues, so the latency
@@ -195,9 +197,12 @@ def coordinator_placement(platform: Platform) -> Tuple[Tuple[str, ...], int, flo
     """Where the executor's coordinating process runs: (cluster names, their cores, idle core-units).
 
     As ``pipeit.executor.pipeline.coordinator_cpus`` pins it: on the slowest CPU
-    cluster of a heterogeneous platform, else anywhere (every CPU cluster). An
-    emulated cluster of speed ``f < 1`` leaves ``(1 - f)`` of each core idle
-    outside its quota; the coordinator uses that first.
+    cluster of a heterogeneous platform, else anywhere (every CPU cluster).
+    No core has idle time to spare: a worker on an emulated slowed cluster
+    keeps its core busy for the whole of each slowed job, as a slow core does
+    (``cores.emulation.PaddedInvoke``), so the spare is 0 (the third value
+    stays for callers that model a core with idle time, e.g. one shared
+    with nothing).
     """
     cpu = [c for c in platform.clusters if c.kind == "cpu"]
     if not cpu:
@@ -208,8 +213,7 @@ def coordinator_placement(platform: Platform) -> Tuple[Tuple[str, ...], int, flo
         chosen = cpu
     else:
         chosen = [slowest]
-    spare = sum((1.0 - c.speed) * c.size for c in chosen if 0 < c.speed < 1)
-    return tuple(c.name for c in chosen), sum(c.size for c in chosen), spare
+    return tuple(c.name for c in chosen), sum(c.size for c in chosen), 0.0
 
 
 def queue_latency_ms(workers: int, fps: float, jitter_ms: float) -> float:
@@ -279,8 +283,17 @@ class CostModel:
         return 0.0 if row is None else row[cut]
 
     def jitter_ms(self, setup: CoreSetup) -> float:
-        """The setup's throttle jitter: the largest of its clusters' (``big+little`` waits for both)."""
-        return max(self.jitter.get(name, 0.0) for name in setup.cluster.split("+"))
+        """The setup's throttle jitter: the largest of its clusters' (``big+little`` waits for both).
+
+        Only an interpreter spanning clusters has its threads on a slowed
+        cluster under the CPU quota; a worker wholly on one slowed cluster
+        pads each job to the cluster's speed instead (``cores.emulation``),
+        as steady as a slow core, so it has none.
+        """
+        names = setup.cluster.split("+")
+        if len(names) == 1:
+            return 0.0
+        return max(self.jitter.get(name, 0.0) for name in names)
 
     @property
     def num_layers(self) -> int:

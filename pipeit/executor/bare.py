@@ -23,7 +23,7 @@ import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 from pipeit.errors import ExecutorError
 
@@ -61,7 +61,8 @@ class BareRun:
         }
 
 
-def _bare_main(model_path: str, cpu: int, warmup: int, backend: Optional[str], conn: Any) -> None:
+def _bare_main(model_path: str, cpu: int, warmup: int, backend: Optional[str], conn: Any,
+               slow: Any = None) -> None:
     """One process: pin, load, warm up, wait for the common deadline, run frames until it passes."""
     from pipeit.executor.worker import pin_process
 
@@ -71,7 +72,7 @@ def _bare_main(model_path: str, cpu: int, warmup: int, backend: Optional[str], c
 
         from pipeit.runtime import make_interpreter
 
-        interpreter = make_interpreter(model_path, num_threads=1, backend=backend)
+        interpreter = make_interpreter(model_path, num_threads=1, backend=backend, slow=slow)
         feeds = []
         rng = np.random.default_rng(cpu)
         for d in interpreter.get_input_details():
@@ -120,16 +121,16 @@ def run_bare(
     warmup: int = 5,
     backend: Optional[str] = None,
     start_timeout_s: float = 120.0,
-    attach: Optional[Callable[[int, int], None]] = None,
+    slow: Any = None,
 ) -> BareRun:
     """Run the whole model on each of ``cpus`` (one 1-thread process each) for ``seconds``, together.
 
     Every process is started, loaded and warmed up first; then all get the
     same start and end time, so they overlap for the whole measurement.
     With one CPU this is the ideal's single-thread throughput measured the
-    same way, for a like-for-like comparison. ``attach(cpu, pid)`` is called
-    for each process as soon as it exists (an emulated platform puts the
-    process of a slowed CPU into its cluster's cgroup there).
+    same way, for a like-for-like comparison. ``slow`` (a
+    ``cores.emulation.SlowCore``): the CPUs are an emulated slowed cluster's,
+    and every invoke is padded to its speed, as a pipeline worker there does.
     """
     if not cpus:
         raise ExecutorError("run_bare needs at least one CPU")
@@ -140,13 +141,11 @@ def run_bare(
     try:
         for cpu in cpus:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_bare_main, args=(str(model_path), int(cpu), int(warmup), backend, child),
+            proc = ctx.Process(target=_bare_main, args=(str(model_path), int(cpu), int(warmup), backend, child, slow),
                                name=f"pipeit-bare-cpu{cpu}", daemon=True)
             proc.start()
             child.close()
             procs.append((cpu, proc, parent))
-            if attach is not None:
-                attach(int(cpu), proc.pid)
         for cpu, proc, conn in procs:
             if not conn.poll(start_timeout_s):
                 raise ExecutorError(f"bare interpreter on CPU {cpu} did not start within {start_timeout_s:.0f} s")

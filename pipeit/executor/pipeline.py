@@ -301,8 +301,7 @@ def coordinator_cpus(platform: Any) -> Tuple[int, ...]:
 
     It wakes for every frame at every stage; left to the scheduler it lands on
     the big cores and takes time from the stage that sets the frame rate. On a
-    heterogeneous board the LITTLE cores are worth least (on an emulated one
-    the throttled CPU also has idle time outside its quota). On a homogeneous
+    heterogeneous board the LITTLE cores are worth least. On a homogeneous
     machine there is no better place than everywhere: nothing is pinned.
     """
     cpu = platform.cpu_clusters
@@ -444,9 +443,10 @@ class Pipeline:
         self._ring0_views = [tuple(self._rings[0].views(slot)[n] for n in self._input_names)
                              for slot in range(self._rings[0].slots)]
         self._ready = [[] for _ in parts]
+        # Only an interpreter spanning a slowed cluster needs the quota (its threads there join the
+        # cgroup); a worker wholly on one pads its invokes to the declared speed (_slow_core).
         if self._throttles is None and self._throttle and any(
-            self._slowed_cluster(w.cluster) or self._spans_slowed_cluster(w.cluster)
-            for s in plan.stages for w in s.workers
+            self._spans_slowed_cluster(w.cluster) for s in plan.stages for w in s.workers
         ):
             from cores.emulation import Throttles
 
@@ -471,6 +471,7 @@ class Pipeline:
                     backend=self.backend,
                     spread_threads=self._spans_slowed_cluster(wspec.cluster),
                     gpu=self._gpu_spec(part, wspec.cluster),
+                    slow=self._slow_core(wspec.cluster),
                 )
                 row.append(_Worker(config, wspec.cluster))
                 if wspec.predicted_ms and wspec.predicted_ms > 0:
@@ -561,7 +562,7 @@ class Pipeline:
                 )
 
     def _slowed_cluster(self, name: str) -> Optional[str]:
-        """The emulated slow cluster whose cgroup a worker on ``name`` joins, if any.
+        """The emulated slow cluster a worker on ``name`` runs wholly on, if any (it pads, :meth:`_slow_core`).
 
         A worker spanning clusters (``"big+little"``, the all-cores strategy) is
         one process whose threads are spread one per CPU; only the threads on a
@@ -573,6 +574,21 @@ class Pipeline:
                 self.plan.platform.cluster(part)  # unknown names still raise
             return None
         return name if self.plan.platform.cluster(name).speed < 1.0 else None
+
+    def _slow_core(self, name: str) -> Any:
+        """What a worker wholly on an emulated slowed cluster pads its invokes to (None elsewhere).
+
+        Such a worker stays out of the cluster's cgroup: a quota runs a job
+        that follows an idle spell at full speed, a slow core does not
+        (``cores.emulation``). Only the spread threads of a worker spanning
+        clusters are throttled by the quota (:meth:`_throttle_threads`).
+        """
+        from cores.emulation import slow_core_for
+
+        slowed = self._slowed_cluster(name)
+        if slowed is None or not (self._throttle or self._throttles is not None):
+            return None
+        return slow_core_for(self.plan.platform, slowed, self._throttles)
 
     def _spans_slowed_cluster(self, name: str) -> bool:
         names = name.split("+")
@@ -607,9 +623,6 @@ class Pipeline:
         worker.fd, worker.parser, worker.broken, worker.last_done = -1, ReplyParser(), False, 0.0
         worker.areas = set()
         self._watch(worker)  # a restart, while the dispatcher runs
-        slowed = self._slowed_cluster(worker.cluster)
-        if self._throttles is not None and slowed:
-            self._throttles.attach(slowed, process.pid)
 
     def _await_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s

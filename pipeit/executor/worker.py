@@ -70,6 +70,9 @@ class WorkerConfig:
     #: the worker then runs its layer range on an OpenCL device; ``model_path`` stays the stage's
     #: TFLite sub-model (the CPU reference its calibration compares with)
     gpu: Any = None
+    #: set for a worker wholly on an emulated slowed cluster (a ``cores.emulation.SlowCore``): its
+    #: interpreter pads every invoke to the cluster's speed instead of running under the quota
+    slow: Any = None
 
 
 def spread_threads(cpus: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
@@ -135,7 +138,7 @@ class TfliteRunner:
         # that drowns a user's terminal (failures still reach the main process as exceptions)
         with native_stderr_silenced():
             self.interpreter = make_interpreter(config.model_path, num_threads=config.threads,
-                                                backend=config.backend)
+                                                backend=config.backend, slow=config.slow)
         self.input_details = {d["name"]: d for d in self.interpreter.get_input_details()}
         self.output_details = {d["name"]: d for d in self.interpreter.get_output_details()}
         self._feeds = tuple((name, d["index"]) for name, d in self.input_details.items())
