@@ -27,9 +27,9 @@ frames between jobs therefore ran 2-3x faster than its cluster's speed
 busy 0.88), while a real LITTLE core is slow whether or not it idled. So a
 process that runs wholly on one slowed cluster is *not* put in the cgroup:
 its interpreter's ``invoke`` is wrapped by :class:`PaddedInvoke`, which
-busy-waits after each job until the job has taken ``work / f`` -- slow by
-the same factor at every load, and the CPU stays occupied as a slow core's
-would. The cgroup stays for two things: the threads of one interpreter that
+waits after each job until the job has taken ``work / f`` -- slow by the
+same factor at every load. The wait sleeps, so ``1 - f`` of the core stays
+free for the pipeline's coordinator, as under the quota. The cgroup stays for two things: the threads of one interpreter that
 spans a fast and a slowed cluster (the all-cores strategy; padding cannot
 slow one thread of a pool), and the speed *now*: a padded process reads its
 cluster's quota (:meth:`SlowCore.speed_now`), so a quota cut from outside
@@ -463,20 +463,28 @@ class PaddedInvoke:
     interpreter has one thread (so time the CPU spent on another process is
     not stretched: it delays the job as it would on the board, once), and the
     wall time with a thread pool (whose threads the caller's clock does not
-    see). After the job the caller busy-waits until it has spent another
-    ``work x (1/speed - 1)`` of *CPU* time: the core stays taken, as a slow
-    core's would be, and another process that takes the core meanwhile (the
-    pipeline's coordinator, pinned to the slowest cluster) delays the job
-    instead of using the padding for free. The speed is re-read from
+    see). The job then ends at ``start + wall + work x (1/speed - 1)``: the
+    caller sleeps until ``spin_s`` before that and busy-waits the rest (a
+    sleep alone overshoots by tens of microseconds).
+
+    Sleeping, not spinning, through the padding is deliberate: it leaves
+    ``1 - speed`` of the core idle, as the quota did, for the pipeline's
+    coordinator (pinned to the slowest cluster). Spinning was measured: the
+    coordinator then waited behind the spinning worker for the scheduler's
+    wake-up granularity, the big worker starved for frames (busy 0.93) and
+    replicas ran 10-16 % below their plan on three zoo models. The cost
+    model counts that idle share as the coordinator's
+    (``pipeit.dse.cost.coordinator_placement``). The speed is re-read from
     ``slow`` at most every ``refresh_s``.
     """
 
     def __init__(self, invoke: Callable[[], object], slow: SlowCore, threads: int = 1,
-                 refresh_s: float = 0.1) -> None:
+                 refresh_s: float = 0.1, spin_s: float = 0.0002) -> None:
         self._invoke = invoke
         self._slow = slow
         self._one_thread = threads <= 1
         self._refresh_s = float(refresh_s)
+        self._spin_s = float(spin_s)
         self._speed = slow.speed_now()
         self._read_at = time.perf_counter()
 
@@ -495,8 +503,11 @@ class PaddedInvoke:
             self._speed, self._read_at = self._slow.speed_now(), end
         if self._speed >= 1.0:
             return
-        until = cpu_end + work * (1.0 / self._speed - 1.0)
-        while cpu_clock() < until:
+        until = end + work * (1.0 / self._speed - 1.0)
+        nap = until - self._spin_s - end
+        if nap > 0:
+            time.sleep(nap)
+        while clock() < until:
             pass
 
 

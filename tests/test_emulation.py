@@ -244,7 +244,7 @@ def _burn(seconds: float) -> None:
         pass
 
 
-def test_a_padded_job_takes_its_work_over_the_speed_and_keeps_the_cpu_busy():
+def test_a_padded_job_takes_its_work_over_the_speed_and_leaves_the_rest_of_the_core_free():
     import time
 
     from cores.emulation import PaddedInvoke, SlowCore
@@ -256,9 +256,10 @@ def test_a_padded_job_takes_its_work_over_the_speed_and_keeps_the_cpu_busy():
         padded()
         walls.append(time.perf_counter() - w0)
         cpus.append(time.thread_time() - c0)
-    # 4 ms of work at 0.4: 10 ms, all of it on the CPU (a slow core is busy, not idle)
-    assert 0.0095 <= statistics.median(cpus) <= 0.0115, cpus
-    assert statistics.median(walls) >= 0.0095, walls
+    # 4 ms of work at 0.4: 10 ms; the padding sleeps (all but its last 0.2 ms), so the 0.6 of the core
+    # the quota used to leave idle stays free for the pipeline's coordinator
+    assert 0.0098 <= statistics.median(walls) <= 0.0115, walls
+    assert statistics.median(cpus) <= 0.0055, cpus
 
 
 def test_waiting_is_not_work_and_is_not_stretched():

@@ -197,12 +197,10 @@ def coordinator_placement(platform: Platform) -> Tuple[Tuple[str, ...], int, flo
     """Where the executor's coordinating process runs: (cluster names, their cores, idle core-units).
 
     As ``pipeit.executor.pipeline.coordinator_cpus`` pins it: on the slowest CPU
-    cluster of a heterogeneous platform, else anywhere (every CPU cluster).
-    No core has idle time to spare: a worker on an emulated slowed cluster
-    keeps its core busy for the whole of each slowed job, as a slow core does
-    (``cores.emulation.PaddedInvoke``), so the spare is 0 (the third value
-    stays for callers that model a core with idle time, e.g. one shared
-    with nothing).
+    cluster of a heterogeneous platform, else anywhere (every CPU cluster). A
+    worker on an emulated cluster of speed ``f < 1`` sleeps through the
+    padding that slows its jobs (``cores.emulation.PaddedInvoke``), leaving
+    ``(1 - f)`` of each core idle; the coordinator uses that first.
     """
     cpu = [c for c in platform.clusters if c.kind == "cpu"]
     if not cpu:
@@ -213,7 +211,8 @@ def coordinator_placement(platform: Platform) -> Tuple[Tuple[str, ...], int, flo
         chosen = cpu
     else:
         chosen = [slowest]
-    return tuple(c.name for c in chosen), sum(c.size for c in chosen), 0.0
+    spare = sum((1.0 - c.speed) * c.size for c in chosen if 0 < c.speed < 1)
+    return tuple(c.name for c in chosen), sum(c.size for c in chosen), spare
 
 
 def queue_latency_ms(workers: int, fps: float, jitter_ms: float) -> float:
