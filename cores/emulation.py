@@ -38,6 +38,7 @@ cluster's quota (:meth:`SlowCore.speed_now`), so a quota cut from outside
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform as _pyplatform
@@ -45,7 +46,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Deque, Dict, Optional, Tuple
 
 from cores.errors import EmulationError
 from cores.jsonfile import JsonFileError, read_json
@@ -463,9 +464,19 @@ class PaddedInvoke:
     interpreter has one thread (so time the CPU spent on another process is
     not stretched: it delays the job as it would on the board, once), and the
     wall time with a thread pool (whose threads the caller's clock does not
-    see). The job then ends at ``start + wall + work x (1/speed - 1)``: the
+    see). The job then ends at ``start + wall + base x (1/speed - 1)``: the
     caller sleeps until ``spin_s`` before that and busy-waits the rest (a
     sleep alone overshoots by tens of microseconds).
+
+    ``base`` is the least ``work`` of the last ``window`` jobs (the
+    interpreter runs the same model every time): the job's own work,
+    without what a neighbour added to it. A slower clock stretches a job's
+    compute, not the DRAM and cache stalls another core's traffic causes;
+    stretching the contended work instead multiplied that interference by
+    ``1/speed`` (measured: LITTLE stages beside a busy big worker 16-20 %
+    over their plan at busy 1.0, 2.5x what the same contention cost the big
+    worker). Interference, and time the CPU spent on another process, are
+    added once, as on a board.
 
     Sleeping, not spinning, through the padding is deliberate: it leaves
     ``1 - speed`` of the core idle, as the quota did, for the pipeline's
@@ -479,7 +490,8 @@ class PaddedInvoke:
     """
 
     def __init__(self, invoke: Callable[[], object], slow: SlowCore, threads: int = 1,
-                 refresh_s: float = 0.1, spin_s: float = 0.0002) -> None:
+                 refresh_s: float = 0.1, spin_s: float = 0.0002, window: int = 32) -> None:
+        self._recent: Deque[float] = collections.deque(maxlen=max(1, int(window)))
         self._invoke = invoke
         self._slow = slow
         self._one_thread = threads <= 1
@@ -499,11 +511,12 @@ class PaddedInvoke:
         self._invoke()
         end, cpu_end = clock(), cpu_clock()
         work = cpu_end - cpu_start if self._one_thread else end - start
+        self._recent.append(work)
         if end - self._read_at >= self._refresh_s:
             self._speed, self._read_at = self._slow.speed_now(), end
         if self._speed >= 1.0:
             return
-        until = end + work * (1.0 / self._speed - 1.0)
+        until = end + min(self._recent) * (1.0 / self._speed - 1.0)
         nap = until - self._spin_s - end
         if nap > 0:
             time.sleep(nap)

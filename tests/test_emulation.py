@@ -305,3 +305,19 @@ def test_throttles_hand_out_slow_cores_only_for_slowed_clusters():
     assert little.speed == 0.5 and little.folder is None
     with pytest.raises(PlatformError):
         slow_core_for(platform, "medium")
+
+
+def test_interference_is_added_once_not_stretched():
+    """A job slowed by a neighbour (more CPU time for the same work) is padded by its own least work:
+    the extra time counts once, as DRAM stalls do on a slow core, not 1/speed times."""
+    import time
+
+    from cores.emulation import PaddedInvoke, SlowCore
+
+    costs = iter([0.004] * 5 + [0.008])
+    padded = PaddedInvoke(lambda: _burn(next(costs)), SlowCore("little", 0.5))
+    for _ in range(5):
+        padded()
+    w0 = time.perf_counter()
+    padded()  # 4 ms of extra work: 8 + 4 ms, not 16
+    assert 0.0115 <= time.perf_counter() - w0 <= 0.014

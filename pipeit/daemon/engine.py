@@ -8,7 +8,10 @@ every frame it was given, and only then closes it. A frame is therefore
 given to exactly one pipeline and answered exactly once.
 
 On an emulated platform the engine owns the cgroup throttles for its whole
-life, and every pipeline's workers join them: a quota changed from outside
+life, and every pipeline's workers follow them (a worker wholly on a slowed
+cluster pads its jobs to the speed its cluster's quota says, re-read every
+0.1 s; the threads of an interpreter spanning clusters sit in the cgroup
+itself): a quota changed from outside
 (the tests' stand-in for a board that heats up) then survives a switch, as
 a real board's slowdown would. The throttles also tell the daemon's
 monitor each emulated cluster's speed now (:attr:`Engine.speed_source`),

@@ -1365,8 +1365,8 @@ class Server:
         _log.info("pipeline %d: %s (%s)", number, why, verdict)
         if verdict != "revert":
             # The pipeline stays: what its workers measure at this load is their normal from now on,
-            # not the prediction that chose the plan. On a cluster whose speed depends on its load (a
-            # CPU-bandwidth quota, as emulated here; an ondemand governor) a stage given fewer layers
+            # not the prediction that chose the plan. On a cluster whose speed depends on its load (an
+            # ondemand governor; a CPU-bandwidth quota) a stage given fewer layers
             # runs faster than the scaled times say, and judged against them it "drifts" at once and
             # pulls the plan back -- a second switch for one change, then a revert.
             measured = self._measured_expectations([(k, None) for k in range(len(self._expected_workers))])
