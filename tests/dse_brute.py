@@ -46,12 +46,19 @@ def _ordered_groupings(workers: Counter) -> Iterator[Tuple[Tuple[CoreSetup, ...]
 
 
 def _jitter(platform: Platform, setup: CoreSetup, tick_ms: float = 4.0) -> float:
-    """(1 - f) * (P + tick / f) of an emulated cluster of speed f < 1 (P = its quota period), else 0."""
-    cluster = platform.cluster(setup.cluster)
-    if cluster.kind != "cpu" or cluster.speed >= 1:
+    """For a setup spanning clusters, the largest (1 - f) * (P + tick / f) of its emulated clusters of
+    speed f < 1 (P = the quota period): its threads there run under the quota. A setup wholly on one
+    cluster pads its jobs instead (cores.emulation.PaddedInvoke): 0."""
+    names = setup.cluster.split("+")
+    if len(names) == 1:
         return 0.0
-    period_ms = max(5.0, (int(1000 / cluster.speed) + 1) / 1000.0)  # as cores.emulation picks it
-    return (1.0 - cluster.speed) * (period_ms + tick_ms / cluster.speed)
+    worst = 0.0
+    for name in names:
+        cluster = platform.cluster(name)
+        if cluster.kind == "cpu" and cluster.speed < 1:
+            period_ms = max(5.0, (int(1000 / cluster.speed) + 1) / 1000.0)  # as cores.emulation picks it
+            worst = max(worst, (1.0 - cluster.speed) * (period_ms + tick_ms / cluster.speed))
+    return worst
 
 
 def _largest(ok, top: float) -> float:

@@ -34,3 +34,15 @@ def opencl_device_available() -> bool:
 
 #: skip a test of the GPU path where no OpenCL device is
 needs_opencl = pytest.mark.skipif(not opencl_device_available(), reason="no OpenCL device (pocl) here")
+
+
+def sigint_as_default() -> None:
+    """``preexec_fn`` for a child a test will stop with SIGINT: start it with SIGINT's default action.
+
+    A test run started in the background of a non-interactive shell (``cmd &``, ``nohup``) has SIGINT
+    ignored, every child inherits that, and Python then never installs its KeyboardInterrupt handler:
+    Ctrl-C tests would measure how the suite was launched, not pipeit.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

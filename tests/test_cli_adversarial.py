@@ -29,6 +29,7 @@ from pipeit.cli import main
 from pipeit.graph import load_graph
 from pipeit.layer_times import LayerTimes
 from pipeit.profile_table import ProfileWriter
+from tests.host_helpers import sigint_as_default
 from tests.test_bad_models import good_model
 from tests.test_predictors import S1, S2, make_rows, model_row, training_descs
 
@@ -41,7 +42,7 @@ def cli(*args, timeout=120, cwd=None, stdout=subprocess.PIPE):
     """Run ``python -m pipeit ARGS``; a run past ``timeout`` is a hang: interrupted, then failed."""
     proc = subprocess.Popen([sys.executable, "-m", "pipeit", *map(str, args)], stdout=stdout,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=cwd,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=sigint_as_default)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -276,7 +277,8 @@ def test_run_with_a_huge_frame_count_streams_without_building_lists(tiny):
     psutil = pytest.importorskip("psutil")
     proc = subprocess.Popen([sys.executable, "-m", "pipeit", "run", str(tiny["plan"]), "--model", str(tiny["model"]),
                              "--frames", str(10 ** 30), "--warmup", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=sigint_as_default)
     try:
         time.sleep(8)
         assert proc.poll() is None, proc.communicate()[1]

@@ -320,3 +320,26 @@ class TestEmulatedPlatform:
         assert on_little and all(on_little), placed
         assert on_big and not any(on_big), placed
         assert_identical(got, want)
+
+
+def test_stats_count_every_frame_but_keep_only_the_recent_samples(tmp_path):
+    """A run of 10**9 frames must not keep a float per frame: the percentiles come from the last
+    ``stats_window`` frames, while the counts and the fps cover the whole run."""
+    from tests.daemon_helpers import build_model
+
+    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
+    n = len(load_graph(model).layers)
+    plan = make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
+    frame = np.random.default_rng(0).standard_normal((1, 16, 16, 8)).astype(np.float32)
+    with pytest.raises(ExecutorError, match="stats_window"):
+        Pipeline(plan, model, stats_window=0)
+    with Pipeline(plan, model, stats_window=40) as pipe:
+        outs = list(pipe.map(frame for _ in range(150)))
+        stats = pipe.stats()
+        kept = len(pipe._latencies), [len(s) for s in pipe._service]  # noqa: SLF001 -- the bound itself
+    assert len(outs) == 150
+    assert stats.frames == 150 and [s.frames for s in stats.stages] == [150, 150]
+    assert [sum(s.worker_frames) for s in stats.stages] == [150, 150]
+    assert kept == (40, [40, 40])
+    assert stats.latency_p50_ms is not None and stats.latency_p50_ms > 0
+    assert all(s.measured_ms is not None and s.measured_ms > 0 for s in stats.stages)

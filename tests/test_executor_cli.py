@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from pipeit.graph import load_graph
-from tests.host_helpers import cgroups_writable
+from tests.host_helpers import cgroups_writable, sigint_as_default
 from tests.test_executor import TWO, make_plan
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
@@ -234,7 +234,7 @@ def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
     want_workers, want_segments = (1, 2) if emulated else (2, 3)  # segments: edge 0, each cut, the outputs
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeit", "run", str(plan_path), "--frames", "1000000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default,
     )
     try:
         parent = psutil.Process(proc.pid)
