@@ -264,29 +264,40 @@ class TestRefusals:
 
 
 class TestEmulatedPlatform:
-    def test_a_worker_on_a_slowed_cluster_is_slow_even_after_idling_and_needs_no_cgroup(self, v2, v2_frames):
+    def test_a_worker_on_a_slowed_cluster_is_slow_even_after_idling_and_needs_no_cgroup(self, tmp_path):
         """A slow core is slow whether or not it idled: each frame sent alone, after a pause, takes
-        1/f of the big core's time on the half-speed cluster. (Under the old CPU quota a job after an
-        idle spell ran at full speed until the period's quota ran out: about 1.5x here, not 2x.)"""
-        frames, want = v2_frames
+        1/f of the big core's time on the half-speed cluster. The job (~1 ms) is shorter than a 5 ms
+        period's quota at 0.5, so under the old CPU quota it ran at full speed after each pause (measured:
+        ratio 1.03); padded, 1.8 (the copies in and out of the rings are not padded)."""
+        from tests.daemon_helpers import build_model
+
+        model = build_model(tmp_path / "one_ms.tflite", layers=4, size=32, channels=32)
+        frame = {"image": np.random.default_rng(1).standard_normal((1, 32, 32, 32)).astype(np.float32)}
+        want = reference(model, [frame])[0]
         slow = Platform((Cluster("big", "host", (TWO[0],)), Cluster("little", "host", (TWO[1],), speed=0.5)),
                         source="emulate:test")
-        n = len(load_graph(v2).layers)
-        service = {}
-        for cluster, cpu in (("big", TWO[0]), ("little", TWO[1])):
-            plan = make_plan(v2, [((0, n), [(cluster, (cpu,))])], slow)
-            with Pipeline(plan, v2) as pipe:
+        n = len(load_graph(model).layers)
+        pipes = {cluster: Pipeline(make_plan(model, [((0, n), [(cluster, (cpu,))])], slow), model)
+                 for cluster, cpu in (("big", TWO[0]), ("little", TWO[1]))}
+        service = {cluster: [] for cluster in pipes}
+        try:
+            for pipe in pipes.values():
+                pipe.start()
                 assert pipe.throttles is None  # padding alone: no cgroup made, no privilege needed
-                got = [pipe.submit(frames[0]).result(timeout=30)]
-                pipe.reset_stats()
-                for frame in frames * 4:
-                    time.sleep(0.02)  # the worker idles between frames
-                    got.append(pipe.submit(frame).result(timeout=30))
-                service[cluster] = pipe.stats().stages[0].measured_ms
-            assert_identical(got[1:1 + len(frames)], want)
-        ratio = service["little"] / service["big"]
-        print(f"little/big service ratio {ratio:.2f}")
-        assert 1.8 <= ratio <= 2.4, service
+            for _ in range(3):  # alternating rounds: a burst of host noise spoils one round, not the ratio
+                for cluster, pipe in pipes.items():
+                    pipe.submit(frame).result(timeout=30)
+                    pipe.reset_stats()
+                    for _ in range(12):
+                        time.sleep(0.02)  # the worker idles between frames
+                        assert_identical([pipe.submit(frame).result(timeout=30)], [want])
+                    service[cluster].append(pipe.stats().stages[0].measured_ms)
+        finally:
+            for pipe in pipes.values():
+                pipe.close()
+        ratio = min(service["little"]) / min(service["big"])
+        print(f"little/big service ratio {ratio:.2f} ({service})")
+        assert 1.7 <= ratio <= 2.3, service
 
     def test_an_interpreter_over_both_clusters_has_only_its_slow_cpu_threads_throttled(self, v2, v2_frames):
         """All-cores on an emulated board: threads are spread one per CPU, and only those
