@@ -29,8 +29,9 @@ process that runs wholly on one slowed cluster is *not* put in the cgroup:
 its interpreter's ``invoke`` is wrapped by :class:`PaddedInvoke`, which
 waits after each job until the job has taken ``work / f`` -- slow by the
 same factor at every load. The wait sleeps, so ``1 - f`` of the core stays
-free for the pipeline's coordinator, as under the quota. The cgroup stays for two things: the threads of one interpreter that
-spans a fast and a slowed cluster (the all-cores strategy; padding cannot
+free for the pipeline's coordinator, as under the quota. The cgroup stays
+for two things: the threads of one interpreter that spans a fast and a
+slowed cluster (the all-cores strategy; padding cannot
 slow one thread of a pool), and the speed *now*: a padded process reads its
 cluster's quota (:meth:`SlowCore.speed_now`), so a quota cut from outside
 (the tests' "the board heats up") slows padded and throttled work alike.
