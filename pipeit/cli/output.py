@@ -67,10 +67,6 @@ def _is_number(text: str) -> bool:
     return True
 
 
-#: write ends of FIFOs probed by :func:`check_output_file` (see there)
-_HELD_FIFOS: list = []
-
-
 def check_output_file(
     path: Any,
     option: str,
@@ -103,9 +99,11 @@ def check_output_file(
             raise InputError(f"{out} is a socket, not a file; give {option} a file name")
         if stat.S_ISFIFO(mode):
             try:
-                # Held open until this process exits: closing the probe would be the reader's EOF
-                # (a `cat FIFO` would quit before the real write, which would then wait for ever).
-                _HELD_FIFOS.append(os.open(out, os.O_WRONLY | os.O_NONBLOCK))
+                # The probe's descriptor is left open on purpose, until this process exits: closing it
+                # would be the reader's EOF (a `cat FIFO` would quit before the real write, which would
+                # then wait for ever). A descriptor is not closed by the garbage collector, so nothing
+                # needs to hold it.
+                os.open(out, os.O_WRONLY | os.O_NONBLOCK)
             except OSError as err:
                 if err.errno == errno.ENXIO:
                     raise InputError(f"{out} is a FIFO that no process is reading; writing {option} there "
