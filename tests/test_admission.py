@@ -86,7 +86,7 @@ def test_gated_frames_do_not_queue_behind_the_heavy_first_stage(zoo_models):
         # gated no better than the window; not reproduced alone, so 40 to be safe)
         stream_frames(pipe, stream[:40], 2)
         medians = {"window": [], "gated": []}
-        for _ in range(2):
+        for _ in range(4):  # the least of several rounds each: a busy moment on the shared host spoils one
             for mode in ("window", "gated"):
                 _fps, latencies = stream_frames(pipe, stream, 2, gated=mode == "gated")
                 medians[mode].append(statistics.median(latencies))
