@@ -434,17 +434,22 @@ class SlowCore:
     folder: Optional[str] = None
     calibrated_share: float = 0.0
 
-    def speed_now(self) -> float:
-        """The speed to pad to now: declared, scaled by the quota as it stands (1.0: no quota)."""
+    def quota_speed(self) -> Optional[float]:
+        """The speed the quota says now (1.0: no quota); None without a folder or an unreadable one."""
         if not self.folder or self.calibrated_share <= 0:
-            return self.speed
+            return None
         now = read_bandwidth(self.folder)
         if now is None:
-            return self.speed  # the group went away (the owner closed it): keep the declared speed
+            return None
         quota, period = now
         if quota is None:
             return 1.0
-        return max(0.01, min(1.0, self.speed * (quota / period) / self.calibrated_share))
+        return min(1.0, self.speed * (quota / period) / self.calibrated_share)
+
+    def speed_now(self) -> float:
+        """The speed to pad to now: the quota's, else (no group, or the owner removed it) the declared one."""
+        speed = self.quota_speed()
+        return self.speed if speed is None else max(0.01, speed)
 
 
 def slow_core_for(platform: Platform, cluster: str, throttles: Optional["Throttles"] = None) -> Optional[SlowCore]:
@@ -638,11 +643,7 @@ class Throttles:
         an unreadable one. Reading it is two small file reads.
         """
         slow = self.slow_core(cluster)
-        if slow is None or slow.folder is None or slow.calibrated_share <= 0:
-            return None
-        if read_bandwidth(slow.folder) is None:
-            return None
-        return slow.speed_now()
+        return None if slow is None else slow.quota_speed()
 
     def slow_core(self, cluster: str) -> Optional[SlowCore]:
         """What a process running wholly on ``cluster`` pads its work to; None for a full-speed cluster.

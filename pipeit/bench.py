@@ -271,7 +271,7 @@ def anchor_to_measured(times, single: Dict[str, float]) -> Tuple[object, Dict[st
     return times.rescaled(factors, note), factors
 
 
-def measure_ideal_solo(model_path: Path, platform: Platform, seconds: float, throttles=None) -> Optional[float]:
+def measure_ideal_solo(model_path: Path, platform: Platform, seconds: float, throttles=None) -> float:
     """The ideal measured the way the strategies are: one pass, the whole frame path, every run counted.
 
     :func:`measure_ideal` times ``invoke`` alone through the profiler, once,
@@ -460,11 +460,9 @@ def run_bench(
                 stat_runs[name].append(pipelines[name].stats())
             throttles = next((p.throttles for p in pipelines.values() if p.throttles is not None), None)
             solo = measure_ideal_solo(model_path, platform, min(5.0, max(0.5, frames / max(ideal, 1e-9))), throttles)
-            if solo is not None:
-                solo_runs.append(solo)
+            solo_runs.append(solo)
             _say(progress, f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {fps_runs[n][-1]:.1f}" for n in measured) + " fps"
-                + (f"; ideal measured alike {solo:.1f} fps" if solo is not None else ""))
+                f"{n} {fps_runs[n][-1]:.1f}" for n in measured) + f" fps; ideal measured alike {solo:.1f} fps")
         for name, pipe in pipelines.items():
             rss[name] = max(rss.get(name, 0), _rss_bytes(pipe))
     finally:
