@@ -268,7 +268,9 @@ class TestEmulatedPlatform:
         """A slow core is slow whether or not it idled: each frame sent alone, after a pause, takes
         1/f of the big core's time on the half-speed cluster. The job (~1 ms) is shorter than a 5 ms
         period's quota at 0.5, so under the old CPU quota it ran at full speed after each pause (measured:
-        ratio 1.03); padded, 1.8 (the copies in and out of the rings are not padded)."""
+        ratio 1.03); padded, 1.8 here and 1.65 on the CI machine: the copies in and out of the rings are
+        not padded, and their share of a 1 ms service differs between hosts. The bound sits between the two
+        behaviours, not at the ideal 2."""
         from tests.daemon_helpers import build_model
 
         model = build_model(tmp_path / "one_ms.tflite", layers=4, size=32, channels=32)
@@ -297,7 +299,7 @@ class TestEmulatedPlatform:
                 pipe.close()
         ratio = min(service["little"]) / min(service["big"])
         print(f"little/big service ratio {ratio:.2f} ({service})")
-        assert 1.7 <= ratio <= 2.3, service
+        assert 1.5 <= ratio <= 2.3, service
 
     def test_an_interpreter_over_both_clusters_has_only_its_slow_cpu_threads_throttled(self, v2, v2_frames):
         """All-cores on an emulated board: threads are spread one per CPU, and only those
