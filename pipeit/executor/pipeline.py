@@ -65,6 +65,7 @@ from pipeit.executor.stats import PipelineStats, StageStats, percentile
 from pipeit.executor.wire import DONE, ERROR, JOB, MAP, NOTE, RING, STOP, UNMAP, ReplyParser
 from pipeit.executor.worker import RingRef, WorkerConfig, worker_main
 from pipeit.plan import Plan, file_sha256
+from pipeit.streaming import steady_fps
 
 __all__ = ["Pipeline", "StagePart", "model_io", "coordinator_cpus", "expected_finish_ms", "DEFAULT_SLOTS"]
 
@@ -165,7 +166,7 @@ _DISCARD = object()
 class _Stream:
     """A stream the dispatcher feeds itself (:meth:`Pipeline.stream`): its frames, window and latencies."""
 
-    __slots__ = ("frames", "next", "window", "inflight", "latencies", "done", "error", "t_end", "area", "area_slots")
+    __slots__ = ("frames", "next", "window", "inflight", "latencies", "done_times", "done", "error", "area", "area_slots")
 
     def __init__(self, frames: Sequence[Dict[str, np.ndarray]], window: int, area: int = RING,
                  area_slots: Tuple[int, ...] = ()) -> None:
@@ -177,14 +178,13 @@ class _Stream:
         self.window = window
         self.inflight = 0
         self.latencies: List[float] = []
+        self.done_times: List[float] = []  # when each frame was delivered (the steady rate, pipeit.streaming)
         self.done = threading.Event()
         self.error: Optional[BaseException] = None
-        self.t_end = 0.0
 
     def finish(self, error: Optional[BaseException] = None) -> None:
         if error is not None and self.error is None:
             self.error = error
-        self.t_end = self.t_end or time.perf_counter()
         self.done.set()
 
 
@@ -916,7 +916,8 @@ class Pipeline:
         """Stream ``frames`` keeping ``window`` in flight; return (fps, per-frame latencies in ms).
 
         What a caller's loop of ``submit`` and ``result`` measures
-        (:func:`pipeit.streaming.stream_frames`), but fed by the dispatcher
+        (:func:`pipeit.streaming.stream_frames`; the fps is the rate while the
+        stream was full, :func:`pipeit.streaming.steady_fps`), but fed by the dispatcher
         thread itself: when a frame comes out it queues the next one in the
         same wake-up, so the caller's thread is not woken per frame (a wake-up,
         a Future and its condition variable less per frame). Outputs are not
@@ -969,7 +970,7 @@ class Pipeline:
                 staged.close()  # the pipeline holds its own descriptor while workers need it
         if state.error is not None:
             raise state.error
-        return len(checked) / max(state.t_end - t0, 1e-9), state.latencies
+        return steady_fps(t0, state.done_times, state.window), state.latencies
 
     def _top_up(self) -> None:
         """Queue the stream's next frames while it has fewer than its window in flight and edge 0 a free slot.
@@ -1472,9 +1473,9 @@ class Pipeline:
                 state = self._stream
                 if state is not None:
                     state.latencies.append((now - frame.t_submit) * 1000.0)
+                    state.done_times.append(now)
                     state.inflight -= 1
                     if state.inflight == 0 and state.next >= len(state.frames):
-                        state.t_end = now
                         state.finish()
                 continue
             self._completed.append((frame.future, outputs))  # resolved once the lock is let go
