@@ -18,7 +18,7 @@ __all__ = ["stream_frames", "frames_in_flight", "steady_fps"]
 
 
 def steady_fps(t_start: float, done_times: Sequence[float], window: int) -> float:
-    """Frames per second of a stream while it was full: from the ``window``-th output to the ``window``-th last.
+    """Frames per second of a stream while it was full: between two outputs ``window`` from either end.
 
     A stream of ``n`` frames with ``window`` in flight keeps the pipeline
     fed only in its middle: its first outputs wait for the stages to fill
@@ -26,19 +26,36 @@ def steady_fps(t_start: float, done_times: Sequence[float], window: int) -> floa
     its last ``window`` frames are queued with nothing behind them (a
     replica that finishes early idles while the slow one's frame holds back
     the output order). Both are one-off costs of a round, not of the plan,
-    and they weigh on a short round more than on a long one: with
-    ``frames / wall`` a 100-frame round and a 250-frame one ranked the same
-    two plans differently. The middle is what a camera's endless stream
-    runs at and what the plan predicts. A round too short to have a middle
-    (fewer than half its frames inside it) falls back to ``frames / wall``.
+    and ``frames / wall`` charges them to the plan, more in a short round
+    than in a long one. The middle is what a camera's endless stream runs
+    at and what the plan predicts.
+
+    Outputs leave in order, so replicas of unequal speed deliver in bursts
+    (the slow worker's frame, then the frames the fast one finished behind
+    it, at once). The two ends are therefore each put on the start of a
+    burst -- the largest gap between outputs among ``window`` candidates,
+    a burst being at most ``window`` frames -- so that the frames counted
+    are whole bursts: an end in the middle of one would count part of it
+    for none of its time (a 100-frame round of bursts of 3 could be off by
+    several percent). A round too short to have a middle (fewer than half
+    its frames inside it) falls back to ``frames / wall``.
     """
     n = len(done_times)
     if n == 0:
         return 0.0
     times = sorted(done_times)
-    first, last = window - 1, n - window - 1
-    if first >= 0 and last - first >= max(1, n // 2) and times[last] > times[first]:
-        return (last - first) / (times[last] - times[first])
+    window = max(1, int(window))
+
+    def burst_start(lo: int, hi: int) -> int:
+        lo = max(lo, 1)  # the gap before output i needs output i - 1
+        return max(range(lo, max(hi, lo) + 1), key=lambda i: times[i] - times[i - 1])
+
+    lo, hi = window - 1, n - window - 1
+    if hi - lo >= max(1, n // 2):
+        first = burst_start(lo, lo + window - 1)
+        last = burst_start(hi - window + 1, hi)
+        if last - first >= max(1, n // 2) and times[last] > times[first]:
+            return (last - first) / (times[last] - times[first])
     return n / max(times[-1] - t_start, 1e-9)
 
 

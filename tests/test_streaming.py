@@ -23,6 +23,14 @@ def test_fill_and_drain_are_left_out():
     assert 100 / done[-1] == pytest.approx(74.07, abs=0.01)
 
 
+def test_bursts_are_counted_whole():
+    """Replicas of 2:1 speed deliver three frames at once every 30 ms: 100 fps. Ends that fall inside a
+    burst would count a part of it for none of its time (here 91 frames over 30 bursts: 101.1)."""
+    done = [0.1 + 0.03 * k + 1e-5 * j for k in range(33) for j in range(3)]
+    assert steady_fps(0.0, done, 4) == pytest.approx(100.0)
+    assert (94 - 3) / (done[94] - done[3]) == pytest.approx(101.1, abs=0.05)
+
+
 def test_delivery_order_does_not_matter():
     done = [0.1 + 0.02 * i for i in range(40)]
     shuffled = done[1::2] + done[0::2]
@@ -35,6 +43,11 @@ def test_a_round_with_no_middle_falls_back_to_frames_over_wall():
     assert steady_fps(0.0, done, 4) == pytest.approx(10 / done[-1])
     assert steady_fps(0.0, [], 4) == 0.0
     assert steady_fps(1.0, [1.5], 1) == pytest.approx(2.0)
+
+
+def test_one_frame_in_flight():
+    done = [0.05 + 0.01 * i for i in range(30)]
+    assert steady_fps(0.0, done, 1) == pytest.approx(100.0)
 
 
 @pytest.mark.skipif(len(set(TWO)) < 2, reason="needs two CPUs")
