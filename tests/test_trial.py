@@ -12,7 +12,7 @@ from cores.platform import load_platform
 from pipeit.dse import pareto_front, plan_pipeline, to_plan
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
-from pipeit.trial import LATENCY_SLACK, TrialRun, _pick, choose_by_trial, trial_candidates
+from pipeit.trial import LATENCY_HEADROOM, LATENCY_SLACK, TrialRun, _pick, choose_by_trial, trial_candidates
 from tests.daemon_helpers import build_model, write_times
 from tests.host_helpers import needs_cgroups
 
@@ -81,6 +81,46 @@ def test_the_dse_pick_stays_unless_beaten_by_the_margin_and_the_limit_decides_fi
     # none meets it: the one closest to the limit
     runs = (_run(a, "pipeit", 100.0, 14.0, limit=11.0), _run(b, "all-cores", 80.0, 12.0, limit=11.0))
     assert _pick(runs, 11.0, 0.03).label == "all-cores"
+
+
+def test_under_a_limit_a_plan_met_with_room_wins_over_one_that_met_it_by_a_hair(plans):
+    _platform, _times, by = plans
+    a, b, c = by["pipeit"], by["all-cores"], by["replicas"]
+    limit = 100.0
+    edge = (1.0 - LATENCY_HEADROOM) * limit
+    # the DSE's pick met the limit with room; a faster one only just: the pick stays
+    runs = (_run(a, "pipeit", 14.5, 90.0, limit=limit), _run(b, "front 4", 14.8 * 1.1, edge + 1.0, limit=limit))
+    assert _pick(runs, limit, 0.01).label == "pipeit"
+    # the DSE's pick met it by a hair, another with room: that one, and the reason says why
+    runs = (_run(a, "pipeit", 15.0, edge + 1.0, limit=limit), _run(b, "all-cores", 12.0, 60.0, limit=limit))
+    chosen = _pick(runs, limit, 0.01)
+    assert chosen.label == "all-cores" and "to spare" in chosen.reason
+    # none with room: the fastest that met it, as before
+    runs = (_run(a, "pipeit", 15.0, edge + 1.0, limit=limit), _run(c, "replicas", 17.0, edge + 2.0, limit=limit))
+    assert _pick(runs, limit, 0.01).label == "replicas"
+    # without a limit there is no headroom to keep
+    runs = (_run(a, "pipeit", 15.0, 500.0), _run(b, "all-cores", 17.0, 900.0))
+    assert _pick(runs, None, 0.01).label == "all-cores"
+
+
+def test_under_a_limit_the_fastest_plain_plan_predicted_to_meet_it_is_always_tried(plans, tiny):
+    """Even when the count is used up by the DSE's pick and the front, the plain strategy with the most
+    predicted fps among those predicted to meet the limit is tried (as itself or as a plan of its shape)."""
+    platform, times, by = plans
+    front = [to_plan(cand, platform, strategy="pipeit", model=tiny.name, model_sha256="")
+             for cand in pareto_front(times, platform)]
+    others = {n: p for n, p in by.items() if n != "pipeit"}
+    limit = min(p.predicted_latency_ms for p in others.values()) * 1.0001  # one plain plan meets it, or ties
+    net = max((p.predicted_fps, n) for n, p in others.items() if p.predicted_latency_ms <= limit)[1]
+    found = trial_candidates(by["pipeit"], others, front, latency_ms=limit, limit=1)
+    assert found[0] == ("pipeit", by["pipeit"])
+    assert others[net].shape in {p.shape for _label, p in found}
+    assert len(found) <= 2
+    # nothing predicted to meet the limit: no safety net, the count holds
+    found = trial_candidates(by["pipeit"], others, front, latency_ms=limit / 10, limit=1)
+    assert [label for label, _p in found] == ["pipeit"]
+    # no limit: the count holds
+    assert len(trial_candidates(by["pipeit"], others, front, limit=1)) == 1
 
 
 def test_trial_runs_real_pipelines_and_closes_them(plans, tiny):
