@@ -57,6 +57,8 @@ import json
 import multiprocessing
 import os
 import shlex
+import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -277,6 +279,10 @@ def _rotate(items: List[str], k: int) -> List[str]:
 
 
 def main() -> int:
+    # A SIGTERM (a batch script stopped, `timeout`) unwinds like Ctrl-C: the `pipeit serve` subprocess is
+    # stopped and the temp folder removed by the context managers. By default it killed this process
+    # alone, and the daemon it started served on, orphaned, until stopped by hand.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet_v1")
     parser.add_argument("--platform", default="emulate:big=0@1.0,little=1@1.0")
@@ -305,6 +311,16 @@ def main() -> int:
            args.check_every) < 1:
         parser.error("counts must be >= 1")
     command = " ".join([".venv/bin/python tools/daemon_bench.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    folder = Path(tempfile.mkdtemp(prefix="pipeit-bench-"))
+    try:  # the folder holds a copy of the model, plans and the daemon's socket: gone after every run
+        os.chmod(folder, 0o700)
+        return _bench(args, command, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, command: str, folder: Path) -> int:
+    """The whole measurement (see the module docstring), its files in ``folder``; the exit status."""
     transports = ["inline", "shm"] if args.transport == "both" else [args.transport]
 
     from pipeit.client import Client
@@ -312,8 +328,6 @@ def main() -> int:
     from pipeit.plan import load_plan
     from pipeit.runtime import make_interpreter, runtime_info
 
-    folder = Path(tempfile.mkdtemp(prefix="pipeit-bench-"))
-    os.chmod(folder, 0o700)
     model = _model(args.model, folder)
     plan_path = Path(args.plan) if args.plan else _plan(model, args.platform, args.strategy, folder)
     plan = load_plan(plan_path)
