@@ -18,8 +18,8 @@ equal one), and a candidate that missed the limit in the trial is only
 taken when none met it (then the one with the lowest p99). Where some
 candidates met the limit with :data:`LATENCY_HEADROOM` to spare, the
 choice is among those: a p99 from a trial's few hundred frames is itself
-noisy, and a plan that met the limit by a hair in the trial misses it
-about as often as not afterwards. Under a limit the candidates always
+noisy, and a plan that met the limit by a hair in the trial can well miss
+it afterwards. Under a limit the candidates always
 include the plain strategy predicted to have the lowest latency (when it
 is predicted to meet the limit), so that a trial in which every pipelined
 plan misses still has one that meets.
@@ -97,10 +97,11 @@ def trial_candidates(
     once; at most ``limit`` candidates, and under a latency limit one more:
     the plain strategy predicted to have the lowest latency, if it is
     predicted to meet the limit, whatever the count (the safety net when
-    every pipelined plan misses in the trial: the pipelined plans' p99 runs
-    above their prediction more often than one worker's does, emulated
-    mobilenet_v2: pipe-it's split predicted 11.3 ms, measured 16.7 at p99). Front plans predicted beyond ``LATENCY_SLACK`` x
-    the limit are left out (they would not meet it).
+    every pipelined plan misses in the trial: a split pipeline's p99 can run
+    well above its prediction on a shared host, emulated mobilenet_v2's
+    ``[0,46) big | [46,65) little`` predicted 11.3 ms and measured 16.7).
+    Front plans predicted beyond ``LATENCY_SLACK`` x the limit are left out
+    (they would not meet it).
     """
     if limit < 1:
         raise PlanError(f"a trial needs at least one candidate, got limit={limit}")

@@ -166,7 +166,8 @@ _DISCARD = object()
 class _Stream:
     """A stream the dispatcher feeds itself (:meth:`Pipeline.stream`): its frames, window and latencies."""
 
-    __slots__ = ("frames", "next", "window", "inflight", "latencies", "done_times", "done", "error", "area", "area_slots")
+    __slots__ = ("frames", "next", "window", "inflight", "latencies", "done_times", "done", "error", "area",
+                 "area_slots")
 
     def __init__(self, frames: Sequence[Dict[str, np.ndarray]], window: int, area: int = RING,
                  area_slots: Tuple[int, ...] = ()) -> None:
