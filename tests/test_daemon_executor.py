@@ -136,5 +136,8 @@ def test_worker_ms_shows_the_slow_replica_and_shared_throttles_survive_the_pipel
     assert little_ms > 1.5 * big_ms, stats
     assert min(stats.worker_ms) <= stats.measured_ms <= max(stats.worker_ms)
     assert stats.to_json()["worker_ms"] == [big_ms, little_ms]
-    assert halved.worker_ms[1] > 1.6 * little_ms, (stats.worker_ms, halved.worker_ms)
+    # against the big replica of the same rounds, not the noisy first measurement (a clean-clone run had the
+    # first little median at 5.5x big, from host noise, and the halved one at 7.2x: half of 1.6x that):
+    # nominally 4x at speed 0.25, 8x at 0.125
+    assert halved.worker_ms[1] > 5.5 * halved.worker_ms[0], (stats.worker_ms, halved.worker_ms)
     assert halved.worker_ms[0] < 1.3 * big_ms  # the big replica is not slowed
