@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from typing import Iterator, List, Optional, Tuple
 
+from cores.emulation import choose_period_us
 from cores.model import CoreSetup, Platform
 from pipeit.layer_times import LayerTimes
 from pipeit.transfer import ExecutorOverhead, HopModel
@@ -56,7 +57,7 @@ def _jitter(platform: Platform, setup: CoreSetup, tick_ms: float = 4.0) -> float
     for name in names:
         cluster = platform.cluster(name)
         if cluster.kind == "cpu" and cluster.speed < 1:
-            period_ms = max(5.0, (int(1000 / cluster.speed) + 1) / 1000.0)  # as cores.emulation picks it
+            period_ms = choose_period_us(cluster.speed) / 1000.0
             worst = max(worst, (1.0 - cluster.speed) * (period_ms + tick_ms / cluster.speed))
     return worst
 

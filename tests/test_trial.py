@@ -103,7 +103,7 @@ def test_under_a_limit_a_plan_met_with_room_wins_over_one_that_met_it_by_a_hair(
     assert _pick(runs, None, 0.01).label == "all-cores"
 
 
-def test_under_a_limit_the_fastest_plain_plan_predicted_to_meet_it_is_always_tried(plans, tiny):
+def test_under_a_limit_the_plain_plan_with_the_lowest_predicted_latency_is_always_tried(plans, tiny):
     """Even when the count is used up by the DSE's pick and the front, the plain strategy predicted to have
     the lowest latency is tried (as itself or as a plan of its shape) when it is predicted to meet the limit."""
     platform, times, by = plans
