@@ -12,22 +12,20 @@ latency is its path.
 The estimate is a short simulation of the frames already in flight, in
 order, through each stage's workers, from the workers' own expected service
 times (the executor's moving averages). It is a pure function of a
-:class:`PipelineState` snapshot, so it is tested without processes;
-:meth:`pipeit.executor.Pipeline.admission_delay_ms` takes the snapshot.
+:class:`PipelineState` snapshot, so it is tested without processes; the
+executor's dispatcher takes the snapshot and opens the door itself
+(``Pipeline.submit(gated=True)``, ``Pipeline.stream(gated=True)``): when a
+worker's reply frees the stage a frame waits for, or at the time this
+names. A caller's thread that slept until then would be woken late on a
+busy core, leaving the slowest stage idle for each late wake-up.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["WorkerState", "FrameState", "PipelineState", "admission_delay_ms", "wait_for_admission",
-           "DEFAULT_LEAD_MS"]
-
-#: the longest single sleep while a frame waits to be admitted (ms): estimates move as workers report
-_MAX_NAP_MS = 5.0
+__all__ = ["WorkerState", "FrameState", "PipelineState", "admission_delay_ms", "DEFAULT_LEAD_MS"]
 
 #: admit a frame this much before it can start (ms): it then waits at most this long in the
 #: worker's queue, and the worker does not idle while the frame is handed over
@@ -102,16 +100,3 @@ def _take(row: List[float], speeds: Sequence[float], arrive: float) -> float:
     done = max(arrive, row[worker]) + speeds[worker]
     row[worker] = done
     return done
-
-
-def wait_for_admission(pipeline: Any, lead_ms: float = DEFAULT_LEAD_MS) -> None:
-    """Sleep until ``pipeline.admission_delay_ms(lead_ms)`` says a frame may enter (the stream's gate).
-
-    An unknown delay (a stage with no live worker: one restarting) returns at
-    once: the executor's own backpressure and fault handling take over.
-    """
-    while True:
-        delay = pipeline.admission_delay_ms(lead_ms)
-        if delay <= 0 or not math.isfinite(delay):
-            return
-        time.sleep(min(delay, _MAX_NAP_MS) / 1000.0)

@@ -6,12 +6,13 @@ planned candidates (:mod:`pipeit.trial`), so both measure a plan the same way.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
 from typing import Any, List, Sequence, Tuple
 
-from pipeit.admission import DEFAULT_LEAD_MS, wait_for_admission
+from pipeit.admission import DEFAULT_LEAD_MS
 from pipeit.plan import Plan
 
 __all__ = ["stream_frames", "frames_in_flight", "steady_fps"]
@@ -69,37 +70,41 @@ def stream_frames(pipeline: Any, frames: Sequence, window: int, gated: bool = Fa
     waiting (:mod:`pipeit.admission`; what a latency limit calls for): the
     slowest stage is still fed in time, and no frame queues before it.
 
-    Ungated, a pipeline that offers ``stream`` (:meth:`pipeit.executor.Pipeline.stream`)
+    A pipeline that offers ``stream`` (:meth:`pipeit.executor.Pipeline.stream`)
     is fed by its own dispatcher thread, not woken back here per frame;
     ``feed="submit"`` keeps this thread's ``submit``/``result`` loop (what a
-    caller holding Futures pays).
+    caller holding Futures pays). Either way the dispatcher opens the gate;
+    fed by ``submit``, a frame waits at the gate after its submit, and its
+    latency here counts that wait (the pipeline's own stats count from when
+    it entered).
     """
-    if not gated and feed == "stream" and hasattr(pipeline, "stream"):
-        return pipeline.stream(frames, window)
+    if feed == "stream" and hasattr(pipeline, "stream"):
+        return pipeline.stream(frames, window, gated=gated, lead_ms=lead_ms)
     pending: deque = deque()
-    latencies: List[float] = []
-    done_times: List[float] = []
+    submitted: List[float] = []
+    delivered: List[float] = []
     clock = time.perf_counter
 
-    def delivered(_future: Any) -> None:  # in the pipeline's thread, as each frame is delivered
-        done_times.append(clock())
+    def on_delivery(number: int, _future: Any) -> None:  # in the pipeline's thread, as the frame is delivered
+        delivered[number] = clock()
 
-    t0 = time.perf_counter()
-    for frame in frames:
+    t0 = clock()
+    for number, frame in enumerate(frames):
         if len(pending) >= window:
-            submitted, fut = pending.popleft()
-            fut.result()
-            latencies.append((time.perf_counter() - submitted) * 1000.0)
-        if gated:
-            wait_for_admission(pipeline, lead_ms)
-        future = pipeline.submit(frame)
-        future.add_done_callback(delivered)
-        pending.append((time.perf_counter(), future))
+            pending.popleft().result()
+        submitted.append(clock())
+        delivered.append(math.nan)
+        future = pipeline.submit(frame, gated=True, lead_ms=lead_ms) if gated else pipeline.submit(frame)
+        future.add_done_callback(functools.partial(on_delivery, number))
+        pending.append(future)
     while pending:
-        submitted, fut = pending.popleft()
-        fut.result()
-        latencies.append((time.perf_counter() - submitted) * 1000.0)
-    return steady_fps(t0, done_times, window), latencies
+        pending.popleft().result()
+    now = clock()  # a Future wakes its waiter before it runs its callbacks: the last one may still be on its way
+    delivered = [now if math.isnan(done) else done for done in delivered]
+    # A frame's latency ends when the pipeline delivers it, not when this loop next looks: the loop
+    # may be asleep at the gate then, and under a latency limit that sleep is not the frame's.
+    latencies = [(done - start) * 1000.0 for start, done in zip(submitted, delivered)]
+    return steady_fps(t0, delivered, window), latencies
 
 
 def frames_in_flight(plan: Plan) -> int:

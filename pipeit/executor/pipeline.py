@@ -54,8 +54,7 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 
 import numpy as np
 
-from pipeit.admission import (DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms,
-                              wait_for_admission)
+from pipeit.admission import DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
@@ -167,11 +166,15 @@ class _Stream:
     """A stream the dispatcher feeds itself (:meth:`Pipeline.stream`): its frames, window and latencies."""
 
     __slots__ = ("frames", "next", "window", "inflight", "latencies", "done_times", "done", "error", "area",
-                 "area_slots")
+                 "area_slots", "lead_ms", "due")
 
     def __init__(self, frames: Sequence[Dict[str, np.ndarray]], window: int, area: int = RING,
-                 area_slots: Tuple[int, ...] = ()) -> None:
+                 area_slots: Tuple[int, ...] = (), lead_ms: Optional[float] = None) -> None:
         self.frames = frames
+        #: gated admission's lead (pipeit.admission), None when the stream is not gated
+        self.lead_ms = lead_ms
+        #: when the gate opens for the next frame (perf_counter s), None when no frame waits at it
+        self.due: Optional[float] = None
         #: the input area the frames were staged in (:mod:`pipeit.executor.staging`), RING when copied per frame
         self.area = area
         self.area_slots = area_slots  # per frame: its slot in ``area``
@@ -221,9 +224,10 @@ class _Poller:
         except (OSError, ValueError):
             pass  # closed meanwhile: epoll dropped it itself
 
-    def poll(self) -> List[Any]:
+    def poll(self, timeout: float = -1) -> List[Any]:
+        """What is ready, waiting at most ``timeout`` s (negative: until something is)."""
         data = self._data
-        return [data[fd] for fd, _ in self._epoll.poll() if fd in data]
+        return [data[fd] for fd, _ in self._epoll.poll(timeout) if fd in data]
 
     def close(self) -> None:
         self._epoll.close()
@@ -370,6 +374,11 @@ class Pipeline:
         self._areas: Dict[int, _InputArea] = {}  # callers' input areas (add_input_area), by id
         self._next_area = 0
         self._stream: Optional[_Stream] = None  # the stream the dispatcher feeds, if one runs
+        #: gated submits waiting at the door (pipeit.admission), oldest first, each with its lead (ms)
+        self._door: Deque[Tuple[_Frame, float]] = collections.deque()
+        self._door_due: Optional[float] = None  # when the door opens for the first of them (perf_counter s)
+        #: when the dispatcher's wait ends by itself (None: only an event ends it); under the dispatch lock
+        self._poll_until: Optional[float] = None
         self._free0 = _SlotQueue()
         self._lock = threading.Lock()
         self._results: Dict[int, Tuple[_Frame, Dict[str, np.ndarray]]] = {}
@@ -735,7 +744,8 @@ class Pipeline:
         self._wake_r = self._wake_w = -1
 
     # ---- the caller's side -----------------------------------------------------------
-    def submit(self, inputs: Any, out: Any = None) -> Future:
+    def submit(self, inputs: Any, out: Any = None, gated: bool = False,
+               lead_ms: float = DEFAULT_LEAD_MS) -> Future:
         """Queue one frame; blocks while edge 0 has no free slot (backpressure).
 
         ``out``: arrays to receive the outputs (a dict name -> array, or one
@@ -743,6 +753,13 @@ class Pipeline:
         model's); the Future then resolves to that dict, filled, instead of
         fresh copies. For a caller that reuses buffers: no allocation per
         frame. The caller must not touch them until the Future is done.
+
+        ``gated``: the frame waits at the door, behind earlier gated frames,
+        until it can pass every stage without waiting (:mod:`pipeit.admission`,
+        ``lead_ms`` early); the dispatcher lets it in when a worker's reply
+        frees the stage it waits for, or at the time the gate names, so a
+        caller may submit ahead without its frames queueing in the stages.
+        Its latency in :meth:`stats` runs from when it entered.
         """
         self._check_running()
         tensors = self._check_inputs(inputs)
@@ -751,7 +768,7 @@ class Pipeline:
         copyto = np.copyto
         for view, name in zip(self._ring0_views[slot], self._input_names):
             copyto(view, tensors[name], casting="no")  # the one copy the caller's frame costs
-        return self._queue_frame0(slot, outs)
+        return self._queue_frame0(slot, outs, lead_ms=lead_ms if gated else None)
 
     def submit_into(self, fill: Any) -> Future:
         """Queue one frame whose inputs ``fill(views)`` writes straight into edge 0's ring slot.
@@ -893,11 +910,14 @@ class Pipeline:
             raise ExecutorError("the pipeline was closed")
         return slot
 
-    def _queue_frame0(self, slot: int, out: Any = None, area: int = RING) -> Future:
+    def _queue_frame0(self, slot: int, out: Any = None, area: int = RING,
+                      lead_ms: Optional[float] = None) -> Future:
         """Make the frame whose inputs are in ``slot`` (of ring 0, or of input area ``area``) and hand it
-        to a stage-0 worker from this thread.
+        to a stage-0 worker from this thread (or, gated with ``lead_ms``, leave it at the door).
 
-        From the caller's thread: no wake-up of the dispatcher per frame.
+        From the caller's thread: no wake-up of the dispatcher per frame
+        (a gated frame's wakes it only when its door opens before the
+        dispatcher's wait would end by itself).
         """
         future: Future = Future()
         with self._dispatch_lock:
@@ -909,11 +929,39 @@ class Pipeline:
             if self._error is not None:
                 future.set_exception(self._error)
                 return future
-            heapq.heappush(self._ready[0], (fid, frame))
+            if lead_ms is not None:
+                self._door.append((frame, lead_ms))
+                self._open_door()
+                if self._door:
+                    until = self._poll_until
+                    if until is None or self._door_due < until:  # type: ignore[operator]
+                        self._wake()
+            else:
+                heapq.heappush(self._ready[0], (fid, frame))
             self._feed_stage(0)
         return future
 
-    def stream(self, frames: Sequence[Any], window: int) -> Tuple[float, List[float]]:
+    def _open_door(self) -> None:
+        """Let in the gated frames at the door whose time has come, oldest first; note when the next one's comes.
+
+        Under the dispatch lock. The dispatcher's wait is timed in whole ms:
+        a frame less than one away goes now (it waits that little in its
+        worker's queue), a later one when :attr:`_door_due` says.
+        """
+        door = self._door
+        self._door_due = None
+        while door:
+            frame, lead_ms = door[0]
+            delay = self._admission_delay_ms(lead_ms)
+            if math.isfinite(delay) and delay >= 1.0:
+                self._door_due = time.perf_counter() + delay / 1000.0
+                return
+            door.popleft()
+            frame.t_submit = time.perf_counter()  # its latency runs from when it entered
+            heapq.heappush(self._ready[0], (frame.fid, frame))
+
+    def stream(self, frames: Sequence[Any], window: int, gated: bool = False,
+               lead_ms: float = DEFAULT_LEAD_MS) -> Tuple[float, List[float]]:
         """Stream ``frames`` keeping ``window`` in flight; return (fps, per-frame latencies in ms).
 
         What a caller's loop of ``submit`` and ``result`` measures
@@ -925,6 +973,14 @@ class Pipeline:
         read back. Latency runs from when a frame is queued to when it is
         delivered in order. Every frame is checked before the first is queued
         (:class:`InputError`). One stream at a time.
+
+        ``gated``: each frame is also held at the door until it can pass every
+        stage without waiting (:mod:`pipeit.admission`, ``lead_ms`` early),
+        and the dispatcher opens the door itself: when a worker's reply
+        frees the stage the frame waits for, in the same wake-up, or at the
+        time the gate names (as for ``submit(gated=True)``). A caller's thread
+        that slept until then would be woken late on a busy core, and each
+        late wake-up is time the slowest stage sits idle.
         """
         self._check_running()
         if int(window) < 1:
@@ -946,7 +1002,8 @@ class Pipeline:
             except BaseException:
                 staged.close()
                 raise
-        state = _Stream(checked, int(window), area, staged.slot_of if staged is not None else ())
+        state = _Stream(checked, int(window), area, staged.slot_of if staged is not None else (),
+                        lead_ms=float(lead_ms) if gated else None)
         try:
             with self._dispatch_lock:
                 self._raise_if_failed()
@@ -956,6 +1013,8 @@ class Pipeline:
                 t0 = time.perf_counter()
                 self._top_up()
                 self._feed_stage(0)
+                if state.due is not None and (self._poll_until is None or state.due < self._poll_until):
+                    self._wake()  # the dispatcher's wait must now end when the gate opens
             try:
                 while not state.done.wait(0.5):
                     if self._closing:
@@ -984,7 +1043,15 @@ class Pipeline:
         frames = state.frames
         copyto = np.copyto
         area = self._areas.get(state.area) if state.area != RING else None
+        state.due = None
         while state.inflight < state.window and state.next < len(frames):
+            if state.lead_ms is not None:
+                delay = self._admission_delay_ms(state.lead_ms)
+                # The dispatcher's wait is timed in whole ms: a frame less than one away goes now (it
+                # waits that little in its worker's queue), a later one when the wait says.
+                if math.isfinite(delay) and delay >= 1.0:
+                    state.due = time.perf_counter() + delay / 1000.0
+                    return
             if area is not None:  # staged: stage 0 reads the frame where it lies, no ring-0 slot taken
                 slot = state.area_slots[state.next]
                 area.pending += 1
@@ -1004,29 +1071,28 @@ class Pipeline:
             state.inflight += 1
             heapq.heappush(self._ready[0], (fid, frame))
 
-    def admission_delay_ms(self, lead_ms: float = DEFAULT_LEAD_MS) -> float:
+    def _admission_delay_ms(self, lead_ms: float) -> float:
         """Ms until a new frame would pass every stage without waiting, less ``lead_ms`` (<= 0: now).
 
-        For gated admission (:mod:`pipeit.admission`): a stream under a
-        latency limit submits a frame only when this is <= 0, so its frames
-        do not queue before the slowest stage. Reads the dispatcher's view of
-        each worker (the jobs it holds, its moving-average service time).
+        The gate of gated admission (:mod:`pipeit.admission`), under the
+        dispatch lock: the dispatcher's view of each worker (the jobs it
+        holds, its moving-average service time) and of the frames admitted
+        and not yet held by a worker.
         """
-        with self._dispatch_lock:
-            now = time.perf_counter() * 1000.0
-            stages = []
-            frames = []
-            for k, row in enumerate(self._workers):
-                states = []
-                for w in row:
-                    held = len(w.jobs)
-                    began = max(w.jobs[0][2], w.last_done) * 1000.0 if held else now
-                    for i, job in enumerate(w.jobs):
-                        frames.append(FrameState(job[0].fid, k, began + (i + 1) * w.est_ms))
-                    usable = w.fd >= 0 and not w.broken
-                    states.append(WorkerState(began + held * w.est_ms if usable else math.inf, w.est_ms))
-                stages.append(tuple(states))
-                frames.extend(FrameState(fid, k) for fid, _frame in self._ready[k])
+        now = time.perf_counter() * 1000.0
+        stages = []
+        frames = []
+        for k, row in enumerate(self._workers):
+            states = []
+            for w in row:
+                held = len(w.jobs)
+                began = max(w.jobs[0][2], w.last_done) * 1000.0 if held else now
+                for i, job in enumerate(w.jobs):
+                    frames.append(FrameState(job[0].fid, k, began + (i + 1) * w.est_ms))
+                usable = w.fd >= 0 and not w.broken
+                states.append(WorkerState(began + held * w.est_ms if usable else math.inf, w.est_ms))
+            stages.append(tuple(states))
+            frames.extend(FrameState(fid, k) for fid, _frame in self._ready[k])
         return admission_delay_ms(PipelineState(now, tuple(stages), tuple(frames)), lead_ms)
 
     def map(self, frames: Iterable[Any], inflight: Optional[int] = None,
@@ -1047,9 +1113,7 @@ class Pipeline:
         for inputs in frames:
             while len(window) >= limit:
                 yield window.popleft().result()
-            if gated:
-                wait_for_admission(self)
-            window.append(self.submit(inputs))
+            window.append(self.submit(inputs, gated=gated))
             while window and window[0].done():
                 yield window.popleft().result()
         while window:
@@ -1254,7 +1318,13 @@ class Pipeline:
         lock = self._dispatch_lock
         stages = range(len(self._workers) - 1, -1, -1)
         while not self._closing and self._error is None:
-            events = poll()  # one blocking wait: replies, exits and close() (the wake pipe) end it
+            # One blocking wait: replies, exits and close() (the wake pipe) end it, and so does the
+            # gate when it opens for a waiting frame (whole ms, rounded down: epoll rounds up).
+            until = self._poll_until
+            if until is None:
+                events = poll()
+            else:
+                events = poll(max(0.0, math.floor((until - time.perf_counter()) * 1000.0) - 0.5) / 1000.0)
             with lock:
                 exited = []
                 for kind, w in events:
@@ -1272,10 +1342,15 @@ class Pipeline:
                 for w in exited:
                     if w.state != "dead" and not self._closing:
                         self._on_exit(w)
+                if self._door:
+                    self._open_door()
                 if self._stream is not None:
                     self._top_up()
                 for k in stages:
                     self._feed_stage(k)
+                dues = [d for d in (self._door_due, self._stream.due if self._stream is not None else None)
+                        if d is not None]
+                self._poll_until = min(dues) if dues else None
                 completed, self._completed = self._completed, []
             # outside the lock: a caller woken by its result may submit at once
             for future, outputs in completed:
