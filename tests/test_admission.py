@@ -118,12 +118,15 @@ def test_gated_submits_ahead_wait_at_the_door_not_in_the_stages(zoo_models):
     """
     model, plan = _heavy_first_stage(zoo_models)
     frames = frames_for(model, 6)
-    stream = [frames[i % len(frames)] for i in range(24)]
+    stream = [frames[i % len(frames)] for i in range(40)]
     with Pipeline(plan, model, slots=6) as pipe:
-        stream_frames(pipe, stream, 2)  # warm: service estimates settle
+        stream_frames(pipe, stream, 2, gated=True)  # warm: service estimates settle
         p50 = {}
         fps = {}
-        for mode in ("window", "gated", "window", "gated"):
+        # the best of three each: the gate trusts the workers' moving averages, and one spike on the
+        # shared host inflates them for a few frames (a clean-clone run lost a third of the rate once
+        # with two 24-frame rounds each; not reproduced alone)
+        for mode in ("window", "gated") * 3:
             pipe.reset_stats()
             futures = [pipe.submit(f, gated=mode == "gated") for f in stream]
             outputs = [f.result(60) for f in futures]
