@@ -54,6 +54,7 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 
 import numpy as np
 
+from cores.slices import request_short_slice
 from pipeit.admission import DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
@@ -1294,6 +1295,9 @@ class Pipeline:
 
     # ---- the dispatcher thread ---------------------------------------------------------
     def _dispatch(self) -> None:
+        # Woken by a worker's reply on a CPU where another worker computes, the dispatcher must not
+        # wait out that worker's slice: every frame's hand-off waits with it (cores.slices).
+        request_short_slice()
         try:
             self._dispatch_loop()
         except BaseException as err:  # a bug here must not hang callers: fail their frames
