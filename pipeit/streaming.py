@@ -102,7 +102,7 @@ def stream_frames(pipeline: Any, frames: Sequence, window: int, gated: bool = Fa
     now = clock()  # a Future wakes its waiter before it runs its callbacks: the last one may still be on its way
     delivered = [now if math.isnan(done) else done for done in delivered]
     # A frame's latency ends when the pipeline delivers it, not when this loop next looks: the loop
-    # may be asleep at the gate then, and under a latency limit that sleep is not the frame's.
+    # may be blocked in submit then (no free ring slot), and that wait is not the frame's.
     latencies = [(done - start) * 1000.0 for start, done in zip(submitted, delivered)]
     return steady_fps(t0, delivered, window), latencies
 
