@@ -933,10 +933,7 @@ class Pipeline:
             if lead_ms is not None:
                 self._door.append((frame, lead_ms))
                 self._open_door()
-                if self._door:
-                    until = self._poll_until
-                    if until is None or self._door_due < until:  # type: ignore[operator]
-                        self._wake()
+                self._wake_by(self._door_due)
             else:
                 heapq.heappush(self._ready[0], (fid, frame))
             self._feed_stage(0)
@@ -945,17 +942,14 @@ class Pipeline:
     def _open_door(self) -> None:
         """Let in the gated frames at the door whose time has come, oldest first; note when the next one's comes.
 
-        Under the dispatch lock. The dispatcher's wait is timed in whole ms:
-        a frame less than one away goes now (it waits that little in its
-        worker's queue), a later one when :attr:`_door_due` says.
+        Under the dispatch lock.
         """
         door = self._door
         self._door_due = None
         while door:
             frame, lead_ms = door[0]
-            delay = self._admission_delay_ms(lead_ms)
-            if math.isfinite(delay) and delay >= 1.0:
-                self._door_due = time.perf_counter() + delay / 1000.0
+            self._door_due = self._gate_due(lead_ms)
+            if self._door_due is not None:
                 return
             door.popleft()
             frame.t_submit = time.perf_counter()  # its latency runs from when it entered
@@ -1014,8 +1008,7 @@ class Pipeline:
                 t0 = time.perf_counter()
                 self._top_up()
                 self._feed_stage(0)
-                if state.due is not None and (self._poll_until is None or state.due < self._poll_until):
-                    self._wake()  # the dispatcher's wait must now end when the gate opens
+                self._wake_by(state.due)
             try:
                 while not state.done.wait(0.5):
                     if self._closing:
@@ -1047,11 +1040,8 @@ class Pipeline:
         state.due = None
         while state.inflight < state.window and state.next < len(frames):
             if state.lead_ms is not None:
-                delay = self._admission_delay_ms(state.lead_ms)
-                # The dispatcher's wait is timed in whole ms: a frame less than one away goes now (it
-                # waits that little in its worker's queue), a later one when the wait says.
-                if math.isfinite(delay) and delay >= 1.0:
-                    state.due = time.perf_counter() + delay / 1000.0
+                state.due = self._gate_due(state.lead_ms)
+                if state.due is not None:
                     return
             if area is not None:  # staged: stage 0 reads the frame where it lies, no ring-0 slot taken
                 slot = state.area_slots[state.next]
@@ -1071,6 +1061,28 @@ class Pipeline:
                 self._inflight[fid] = frame
             state.inflight += 1
             heapq.heappush(self._ready[0], (fid, frame))
+
+    def _gate_due(self, lead_ms: float) -> Optional[float]:
+        """When the gate opens for the next frame (perf_counter s), or None: it may enter now.
+
+        Under the dispatch lock. The dispatcher's wait is timed in whole ms:
+        a frame less than one away goes now (it waits that little in its
+        worker's queue), a later one when the wait ends. An unknown delay (a
+        stage with no live worker: one restarting) lets it in: the
+        executor's own backpressure and fault handling take over.
+        """
+        delay = self._admission_delay_ms(lead_ms)
+        if math.isfinite(delay) and delay >= 1.0:
+            return time.perf_counter() + delay / 1000.0
+        return None
+
+    def _wake_by(self, due: Optional[float]) -> None:
+        """Wake the dispatcher if a frame's gate opens (``due``) before its wait would end by itself.
+
+        Under the dispatch lock (which guards :attr:`_poll_until`).
+        """
+        if due is not None and (self._poll_until is None or due < self._poll_until):
+            self._wake()
 
     def _admission_delay_ms(self, lead_ms: float) -> float:
         """Ms until a new frame would pass every stage without waiting, less ``lead_ms`` (<= 0: now).
