@@ -48,6 +48,7 @@ import numpy as np
 
 from ai_edge_litert import schema_py_generated as schema
 from pipeit.errors import ModelError, UnsupportedModelError
+from pipeit.sparsity import sparse_levels
 
 __all__ = [
     "ModelT",
@@ -382,6 +383,12 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
                         f"{where}: corrupt model (tensor {t} {_text(tensor.name)!r} holds "
                         f"{size} bytes, its shape needs {expected})"
                     )
+            elif itemsize is not None:  # the runtime densifies it trusting every index: check them first
+                if size % itemsize:
+                    raise ModelError(f"{where}: corrupt model (sparse tensor {t} {_text(tensor.name)!r} holds "
+                                     f"{size} bytes, not a whole number of {itemsize}-byte values)")
+                sparse_levels(shape, size // itemsize, tensor.sparsity,
+                              f"{where}: sparse tensor {t} {_text(tensor.name)!r}")
 
     def check_index(index: int, what: str, optional: bool) -> None:
         if optional and index == -1:

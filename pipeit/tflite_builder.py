@@ -12,7 +12,9 @@ flatbuffers. One recorded graph can be emitted three ways:
   fp16 post-training quantisation produces),
 * fully int8 (int8 activations in and out, per-channel weights), using
   activation ranges from a calibration run of the float model
-  (:mod:`pipeit.quantize`).
+  (:mod:`pipeit.quantize`),
+* float32 with pruned weights stored sparse (CSR over the last axis) behind
+  ``DENSIFY`` ops, as a pruning toolkit's converter writes them.
 
 Weights use a He-style init (``std = gain * sqrt(2 / fan_in)`` before a
 ReLU, ``gain * sqrt(1 / fan_in)`` before a linear output) so activations
@@ -503,29 +505,37 @@ class ModelBuilder:
 
     # ------------------------------------------------------------ emission
     def to_model(self, quant: Optional[Mapping[int, QuantParams]] = None, fp16_weights: bool = False,
-                 all_outputs: bool = False) -> Any:
+                 all_outputs: bool = False, sparse_weights: float = 0.0) -> Any:
         """The schema ``ModelT``: float (``quant=None``) or int8 (``quant`` per activation).
 
         ``all_outputs`` lists every activation tensor as a model output, so one
-        run exposes every intermediate value (calibration).
+        run exposes every intermediate value (calibration). ``sparse_weights``
+        (float only): the fraction of each conv/depthwise/FC filter's
+        smallest-magnitude elements set to zero; the rest are stored in CSR
+        form behind a ``DENSIFY`` op (the model then differs from the dense
+        one by that pruning).
         """
         if not self._inputs or not self._outputs:
             raise ModelError("a model needs at least one input and one output")
         if quant is not None and fp16_weights:
             raise InputError("fp16 weights and int8 quantisation are exclusive")
-        emitter = _Emitter(self, quant, fp16_weights)
+        if not 0.0 <= sparse_weights < 1.0:
+            raise InputError(f"sparse_weights is the fraction of weights pruned, in [0, 1): got {sparse_weights}")
+        if sparse_weights and (quant is not None or fp16_weights):
+            raise InputError("sparse weights are emitted for float32 models only")
+        emitter = _Emitter(self, quant, fp16_weights, sparse_weights)
         outputs = list(self.activation_indices()) if all_outputs else list(self._outputs)
         return emitter.model(outputs)
 
     def to_bytes(self, int8: bool = False, fp16_weights: bool = False, calibration_samples: int = 4,
-                 calibration_seed: int = 0) -> bytes:
+                 calibration_seed: int = 0, sparse_weights: float = 0.0) -> bytes:
         """Serialise to ``.tflite`` bytes; ``int8`` first calibrates the float model."""
         quant = None
         if int8:
             from pipeit.quantize import calibrate  # lazy: it runs the interpreter
 
             quant = calibrate(self, samples=calibration_samples, seed=calibration_seed)
-        return pack_model(self.to_model(quant=quant, fp16_weights=fp16_weights))
+        return pack_model(self.to_model(quant=quant, fp16_weights=fp16_weights, sparse_weights=sparse_weights))
 
 
 def pack_model(model: Any) -> bytes:
@@ -545,6 +555,7 @@ class _Emitter:
     src: ModelBuilder
     quant: Optional[Mapping[int, QuantParams]]
     fp16: bool
+    pruned: float = 0.0  # fraction of each filter pruned, the rest stored sparse (0: dense)
     opcodes: Dict[Tuple[int, int], int] = field(default_factory=dict)
     codes: List[Any] = field(default_factory=list)
     buffers: List[Any] = field(default_factory=list)
@@ -568,15 +579,44 @@ class _Emitter:
         return len(self.buffers) - 1
 
     def tensor(self, name: str, shape: Sequence[int], ttype: int, data: Optional[np.ndarray] = None,
-               q: Any = None) -> int:
+               q: Any = None, sparsity: Any = None) -> int:
         t = schema.TensorT()
         t.name = name
         t.shape = [int(s) for s in shape]
         t.type = ttype
         t.buffer = self.buffer(data)
         t.quantization = q
+        t.sparsity = sparsity
         self.tensors.append(t)
         return len(self.tensors) - 1
+
+    def sparse_tensor(self, name: str, dense: np.ndarray) -> int:
+        """A constant holding ``dense`` pruned by :attr:`pruned`, in CSR form over its last axis.
+
+        TFLite's sparsity format: every axis but the last is DENSE, the last
+        is SPARSE_CSR (per row of the others, ``segments`` are the offsets
+        into ``indices``, the column of each kept value); the buffer holds
+        the kept values only, row by row.
+        """
+        values = np.asarray(dense, dtype=np.float32)
+        keep = np.abs(values) >= np.quantile(np.abs(values), self.pruned) if values.size else np.ones(0, bool)
+        rows = keep.reshape(-1, values.shape[-1])
+        segments = np.concatenate([[0], np.cumsum(rows.sum(axis=1))]).astype(np.int32)
+        indices = np.nonzero(rows)[1].astype(np.int32)
+        dims = []
+        for size in values.shape[:-1]:
+            dims.append(schema.DimensionMetadataT())
+            dims[-1].format, dims[-1].denseSize = schema.DimensionType.DENSE, int(size)
+        csr = schema.DimensionMetadataT()
+        csr.format = schema.DimensionType.SPARSE_CSR
+        csr.arraySegmentsType = csr.arrayIndicesType = schema.SparseIndexVector.Int32Vector
+        csr.arraySegments, csr.arrayIndices = schema.Int32VectorT(), schema.Int32VectorT()
+        csr.arraySegments.values, csr.arrayIndices.values = segments.tolist(), indices.tolist()
+        dims.append(csr)
+        sparsity = schema.SparsityParametersT()
+        sparsity.traversalOrder = list(range(values.ndim))
+        sparsity.dimMetadata = dims
+        return self.tensor(f"{name}/sparse", values.shape, _TT.FLOAT32, values[keep], sparsity=sparsity)
 
     def model(self, outputs: Sequence[int]) -> Any:
         from pipeit import quantize as qz
@@ -618,6 +658,11 @@ class _Emitter:
                     qp = schema.QuantizationParametersT(scale=[float(s) for s in b_scales],
                                                         zeroPoint=[0] * len(b_scales), quantizedDimension=0)
                     idx = self.tensor(rec.name, rec.shape, _TT.INT32, qb, qp)
+                elif rec.role == _WEIGHT and self.pruned:
+                    sparse = self.sparse_tensor(rec.name, rec.data)
+                    idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32)
+                    pre.append(schema.OperatorT(opcodeIndex=self.opcode(_OP.DENSIFY, 1),
+                                                inputs=[sparse], outputs=[idx]))
                 elif rec.role == _WEIGHT and self.fp16:
                     half = self.tensor(f"{rec.name}/fp16", rec.shape, _TT.FLOAT16, rec.data.astype(np.float16))
                     idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32)

@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--int8", action="store_true", help="full int8 quantisation (int8 in and out)")
     parser.add_argument("--fp16-weights", action="store_true",
                         help="store conv/FC weights as float16 behind DEQUANTIZE ops")
+    parser.add_argument("--sparse-weights", type=float, default=0.0, metavar="FRACTION",
+                        help="prune that fraction (0 to 1) of each conv/FC filter and store the rest sparse "
+                        "(CSR) behind DENSIFY ops")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)
@@ -46,14 +49,18 @@ def run(args: argparse.Namespace) -> int:
     zoo.describe(args.name)  # unknown names fail before any work
     if args.seed < 0:
         raise InputError(f"--seed must be >= 0, got {args.seed}")
+    if not 0.0 <= args.sparse_weights < 1.0:
+        raise InputError(f"--sparse-weights is the fraction pruned, 0 <= f < 1: got {args.sparse_weights}")
     check_output_file(args.output, "-o", make_parents=True)
-    data = zoo.build(args.name, int8=args.int8, seed=args.seed, fp16_weights=args.fp16_weights)
+    data = zoo.build(args.name, int8=args.int8, seed=args.seed, fp16_weights=args.fp16_weights,
+                     sparse_weights=args.sparse_weights)
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_bytes(data)
     except OSError as err:
         raise InputError(f"cannot write {args.output}: {err.strerror or err}") from err
-    variant = "int8" if args.int8 else ("fp16-weights" if args.fp16_weights else "float32")
+    variant = "int8" if args.int8 else ("fp16-weights" if args.fp16_weights else
+                                        (f"sparse-weights {args.sparse_weights:g}" if args.sparse_weights else "float32"))
     if args.json:
         emit_json({"name": args.name, "path": str(args.output), "bytes": len(data),
                    "variant": variant, "seed": args.seed})

@@ -25,6 +25,7 @@ from ai_edge_litert import schema_py_generated as schema
 from pipeit.errors import PipeitError
 from pipeit.graph import Layer, LayerGraph
 from pipeit.modelfile import dtype_name, ints, op_name
+from pipeit.sparsity import densify
 
 __all__ = [
     "Unsupported",
@@ -106,7 +107,8 @@ class _Model:
         return dtype_name(self.sub.tensors[t].type)
 
     def const(self, t: int) -> Optional[np.ndarray]:
-        """The value of a constant tensor, following a DEQUANTIZE of fp16 weights; else None."""
+        """The value of a constant tensor, following a DEQUANTIZE of fp16 weights or a DENSIFY of
+        sparse ones; else None."""
         if t < 0:
             return None
         tensor = self.sub.tensors[t]
@@ -116,11 +118,15 @@ class _Model:
             kind = self.dtype(t)
             if kind not in _NUMPY:
                 raise Unsupported(f"constant of type {kind}")
-            raw = np.asarray(data, dtype=np.uint8).tobytes()
-            return np.frombuffer(raw, dtype=_NUMPY[kind]).reshape(self.shape(t)).copy()
+            raw = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=_NUMPY[kind])
+            if tensor.sparsity is not None:
+                return densify(self.shape(t), raw, tensor.sparsity)
+            return raw.reshape(self.shape(t)).copy()
         k = self.producer.get(t)
         if k is not None:
             op = self.sub.operators[k]
+            if op_name(self.model.operatorCodes[int(op.opcodeIndex)]) == "DENSIFY":
+                return self.const(ints(op.inputs)[0])
             if op_name(self.model.operatorCodes[int(op.opcodeIndex)]) == "DEQUANTIZE":
                 src = ints(op.inputs)[0]
                 value = self.const(src)

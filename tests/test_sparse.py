@@ -1,0 +1,235 @@
+"""Pruned models whose weights are stored sparse behind DENSIFY: built, checked when read, densified as
+the runtime densifies them, split and run through a pipeline and on the GPU stage, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+
+from pipeit import zoo
+from pipeit.errors import ModelError
+from pipeit.graph import load_graph
+from pipeit.modelfile import parse_model
+from pipeit.runtime import make_interpreter
+from pipeit.sparsity import densify
+from pipeit.tflite_builder import ModelBuilder, pack_model, single_layer_builder
+from tests.host_helpers import needs_opencl
+from tests.test_executor import TWO, assert_identical, frames_for, make_plan, reference
+
+OP = schema.BuiltinOperator
+DENSE, CSR = schema.DimensionType.DENSE, schema.DimensionType.SPARSE_CSR
+
+#: a 4 x 4 filter with an empty row, and the same values in three layouts the format allows
+W = np.array([[1, 0, 2, 0], [0, 0, 0, 0], [0, 3, 0, 0], [4, 0, 0, 5]], dtype=np.float32)
+LAYOUTS = {
+    # rows dense, columns CSR
+    "csr": dict(order=[0, 1], blocks=None, dims=[(DENSE, 4), (CSR, [0, 2, 2, 3, 5], [0, 2, 1, 0, 3])],
+                values=[1, 2, 3, 4, 5]),
+    # column-major: columns dense, rows CSR within each
+    "csc": dict(order=[1, 0], blocks=None, dims=[(DENSE, 4), (CSR, [0, 2, 3, 4, 5], [0, 3, 2, 0, 3])],
+                values=[1, 4, 3, 2, 5]),
+    # 1 x 2 blocks along the columns: rows dense, blocks CSR, each block's 2 values dense
+    "blocked": dict(order=[0, 1, 2], blocks=[1],
+                    dims=[(DENSE, 4), (CSR, [0, 2, 2, 3, 5], [0, 1, 0, 0, 1]), (DENSE, 2)],
+                    values=[1, 0, 2, 0, 0, 3, 4, 0, 0, 5]),
+}
+
+
+def sparsity_of(layout) -> "schema.SparsityParametersT":
+    sp = schema.SparsityParametersT()
+    sp.traversalOrder, sp.blockMap = list(layout["order"]), layout["blocks"]
+    sp.dimMetadata = []
+    for entry in layout["dims"]:
+        meta = schema.DimensionMetadataT()
+        meta.format = entry[0]
+        if entry[0] == DENSE:
+            meta.denseSize = entry[1]
+        else:
+            meta.arraySegmentsType = meta.arrayIndicesType = schema.SparseIndexVector.Int32Vector
+            meta.arraySegments, meta.arrayIndices = schema.Int32VectorT(), schema.Int32VectorT()
+            meta.arraySegments.values, meta.arrayIndices.values = list(entry[1]), list(entry[2])
+        sp.dimMetadata.append(meta)
+    return sp
+
+
+def fc_model_with(sparsity, values) -> bytes:
+    """A 4 -> 4 fully connected model (no bias) whose filter is the sparse constant given, behind DENSIFY."""
+    b = ModelBuilder(0)
+    b.output(b.fully_connected(b.input("x", (1, 4)), 4))
+    model = b.to_model()
+    sg = model.subgraphs[0]
+    fc = sg.operators[0]
+    weight = sg.tensors[fc.inputs[1]]
+    sparse = schema.TensorT()
+    sparse.name, sparse.shape, sparse.type, sparse.sparsity = "w/sparse", [4, 4], schema.TensorType.FLOAT32, sparsity
+    buf = schema.BufferT()
+    buf.data = np.asarray(values, dtype=np.float32).view(np.uint8)
+    model.buffers.append(buf)
+    sparse.buffer = len(model.buffers) - 1
+    sg.tensors.append(sparse)
+    model.buffers[weight.buffer].data = None
+    weight.buffer = 0
+    zero = np.zeros(4, np.float32)
+    model.buffers[sg.tensors[fc.inputs[2]].buffer].data = zero.view(np.uint8)
+    code = schema.OperatorCodeT(deprecatedBuiltinCode=OP.DENSIFY, version=1, builtinCode=OP.DENSIFY)
+    model.operatorCodes.append(code)
+    sg.operators.insert(0, schema.OperatorT(opcodeIndex=len(model.operatorCodes) - 1,
+                                            inputs=[len(sg.tensors) - 1], outputs=[fc.inputs[1]]))
+    return pack_model(model)
+
+
+def densified_twin(data: bytes) -> bytes:
+    """The same model with every DENSIFY replaced by its dense result (decoded by pipeit.sparsity)."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    sg = model.subgraphs[0]
+    kept = []
+    for op in sg.operators:
+        if model.operatorCodes[op.opcodeIndex].builtinCode != OP.DENSIFY:
+            kept.append(op)
+            continue
+        src = sg.tensors[op.inputs[0]]
+        values = np.frombuffer(np.asarray(model.buffers[src.buffer].data, np.uint8).tobytes(), np.float32)
+        buf = schema.BufferT()
+        buf.data = densify(src.shape, values, src.sparsity).reshape(-1).view(np.uint8)
+        model.buffers.append(buf)
+        sg.tensors[op.outputs[0]].buffer = len(model.buffers) - 1
+    sg.operators = kept
+    return pack_model(model)
+
+
+def run(data: bytes, x: np.ndarray) -> np.ndarray:
+    it = make_interpreter(data)
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_every_layout_densifies_as_the_runtime_does(name):
+    layout = LAYOUTS[name]
+    sparsity = sparsity_of(layout)
+    assert np.array_equal(densify(W.shape, np.asarray(layout["values"], np.float32), sparsity), W)
+    data = fc_model_with(sparsity, layout["values"])
+    x = np.array([[1.0, -2.0, 0.5, 3.0]], dtype=np.float32)
+    np.testing.assert_allclose(run(data, x), x @ W.T, rtol=1e-6)  # the runtime agrees: y = x W^T
+
+
+class TestBuilder:
+    def test_pruned_weights_stored_sparse_behind_densify(self):
+        b = single_layer_builder("conv", (1, 8, 8, 4), out_channels=8, seed=5)
+        dense, sparse = b.to_bytes(), b.to_bytes(sparse_weights=0.5)
+        m = schema.ModelT.InitFromPackedBuf(bytearray(sparse), 0)
+        sg = m.subgraphs[0]
+        assert [m.operatorCodes[o.opcodeIndex].builtinCode for o in sg.operators] == [OP.DENSIFY, OP.CONV_2D]
+        src = sg.tensors[sg.operators[0].inputs[0]]
+        assert src.sparsity is not None and len(m.buffers[src.buffer].data) == 4 * (8 * 3 * 3 * 4) // 2
+        x = np.random.default_rng(1).uniform(-1, 1, (1, 8, 8, 4)).astype(np.float32)
+        got = run(sparse, x)
+        assert np.array_equal(got, run(densified_twin(sparse), x))  # the runtime densified what we decode
+        assert not np.allclose(got, run(dense, x), atol=1e-3)  # and half the weights really are gone
+
+    def test_bad_fractions_and_mixed_modes_are_refused(self):
+        b = single_layer_builder("conv", (1, 8, 8, 4), out_channels=8)
+        from pipeit.errors import InputError
+
+        for bad in (dict(sparse_weights=1.0), dict(sparse_weights=-0.1), dict(sparse_weights=0.5, fp16_weights=True)):
+            with pytest.raises(InputError):
+                b.to_bytes(**bad)
+
+
+class TestCorruptMetadata:
+    @pytest.mark.parametrize("damage, words", [
+        (lambda sp: sp.dimMetadata[1].arrayIndices.values.__setitem__(0, 9), "index outside"),
+        (lambda sp: sp.dimMetadata[1].arraySegments.values.__setitem__(4, 7), "segments"),
+        (lambda sp: setattr(sp, "traversalOrder", [0, 0]), "traversal order"),
+        (lambda sp: sp.dimMetadata[0].__setattr__("denseSize", 5), "dense with 5"),
+    ])
+    def test_refused_when_read_with_one_line(self, tmp_path, damage, words):
+        sparsity = sparsity_of(LAYOUTS["csr"])
+        damage(sparsity)
+        data = fc_model_with(sparsity, LAYOUTS["csr"]["values"])
+        with pytest.raises(ModelError, match=words):
+            parse_model(data, "m.tflite")
+        path = tmp_path / "m.tflite"
+        path.write_bytes(data)
+        result = subprocess.run([sys.executable, "-m", "pipeit", "inspect", str(path)], capture_output=True,
+                                text=True, timeout=120)
+        lines = [ln for ln in result.stderr.splitlines() if not ln.startswith("INFO")]
+        assert result.returncode == 2 and len(lines) == 1 and "sparse tensor" in lines[0], result.stderr
+
+    def test_values_missing_from_the_buffer(self):
+        with pytest.raises(ModelError, match="buffer holds 4"):
+            parse_model(fc_model_with(sparsity_of(LAYOUTS["csr"]), [1, 2, 3, 4]), "m.tflite")
+
+
+@pytest.fixture(scope="module")
+def sparse_v2(tmp_path_factory):
+    """mobilenet_v2 (residual branches) with 60 % of every filter pruned, written by `pipeit zoo`."""
+    path = tmp_path_factory.mktemp("sparse") / "mobilenet_v2_sparse.tflite"
+    result = subprocess.run([sys.executable, "-m", "pipeit", "zoo", "mobilenet_v2", "--sparse-weights", "0.6",
+                             "-o", str(path), "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["variant"] == "sparse-weights 0.6"
+    return path
+
+
+class TestSparseZooModel:
+    def test_densify_ops_are_folded_into_their_layers(self, sparse_v2):
+        graph = load_graph(sparse_v2)
+        dense = load_graph_bytes(zoo.build("mobilenet_v2"), sparse_v2.parent / "dense.tflite")
+        assert [layer.descriptor.op for layer in graph.layers] == [layer.descriptor.op for layer in dense.layers]
+        assert "DENSIFY" not in {layer.descriptor.op for layer in graph.layers}
+        weighted = [layer for layer in graph.layers
+                    if layer.descriptor.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+        assert len(weighted) > 50 and all(len(layer.op_indices) == 2 for layer in weighted)  # its DENSIFY, itself
+        assert graph.total_weight_bytes < 0.6 * dense.total_weight_bytes
+
+    def test_pipeit_run_check_passes(self, sparse_v2, tmp_path):
+        n = len(load_graph(sparse_v2).layers)
+        plan = make_plan(sparse_v2, [((0, n // 3), [("big", (TWO[0],))]), ((n // 3, n), [("little", (TWO[1],))])])
+        plan_path = tmp_path / "plan.json"
+        plan.save(plan_path)
+        result = subprocess.run([sys.executable, "-m", "pipeit", "run", str(plan_path), "--model", str(sparse_v2),
+                                 "--frames", "6", "--warmup", "1", "--check", "--json"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["outputs_match"] is True
+
+    def test_three_stages_through_the_api_equal_the_whole_model(self, sparse_v2):
+        from pipeit.executor import Pipeline
+
+        n = len(load_graph(sparse_v2).layers)
+        plan = make_plan(sparse_v2, [((0, n // 3), [("big", (TWO[0],))]),
+                                     ((n // 3, 2 * n // 3), [("little", (TWO[1],))]),
+                                     ((2 * n // 3, n), [("big", (TWO[0],))])])
+        frames = frames_for(sparse_v2, 4)
+        with Pipeline(plan, sparse_v2) as pipe:
+            got = list(pipe.map(frames))
+        assert_identical(got, reference(sparse_v2, frames))
+
+
+def load_graph_bytes(data: bytes, path):
+    path.write_bytes(data)
+    return load_graph(path)
+
+
+@needs_opencl
+def test_gpu_stage_lowers_sparse_filters(sparse_v2):
+    from pipeit.gpu.check import reference_outputs
+    from pipeit.gpu.device import make_context
+    from pipeit.gpu.stage import GpuStage
+    from pipeit.modelfile import read_model
+    from pipeit.split import extract_layers
+
+    model = read_model(sparse_v2)
+    stage = GpuStage(model, 0, 3, ctx=make_context(None))
+    frame = {t.name: np.random.default_rng(2).uniform(-1, 1, size=t.shape).astype(np.float32) for t in stage.inputs}
+    want = reference_outputs(extract_layers(model, 0, 3).model_bytes, frame)
+    got = stage.run(frame)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4)
