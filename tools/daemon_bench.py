@@ -88,6 +88,22 @@ def _model(name: str, folder: Path) -> Path:
     return path
 
 
+def _probe_model(model: Path, folder: Path) -> Path:
+    """A one-layer model (MEAN over height and width) taking ``model``'s input: the same frames cross
+    the socket and the pipeline, with next to no compute in between."""
+    from pipeit.runtime import make_interpreter
+    from pipeit.tflite_builder import ModelBuilder
+
+    details = make_interpreter(model).get_input_details()
+    if len(details) != 1 or len(details[0]["shape"]) != 4 or np.dtype(details[0]["dtype"]) != np.float32:
+        raise SystemExit("daemon_bench: --latency-model probe needs a model with one 4-d float32 input")
+    probe = ModelBuilder(0, description="daemon_bench probe: MEAN over the input")
+    probe.output(probe.mean(probe.input(details[0]["name"], [int(d) for d in details[0]["shape"]]), (1, 2)))
+    path = folder / "probe.tflite"
+    path.write_bytes(probe.to_bytes())
+    return path
+
+
 def _plan(model: Path, platform_spec: str, strategy: str, folder: Path, file_name: str = "plan.json") -> Path:
     """A plan from a quick profile on this host (the daemon is then given the plan file)."""
     from cores.platform import load_platform
@@ -292,6 +308,11 @@ def main() -> int:
                         help="the plan of the one-at-a-time part (default fastest-cluster: one worker, so every "
                         "frame has the same service time; with replicas a frame goes to either worker, and the "
                         "p50 of that mixture moves with the share each worker got)")
+    parser.add_argument("--latency-model", choices=("same", "probe"), default="same",
+                        help="the model of the one-at-a-time part: the --model (same, the default), or probe: "
+                        "one MEAN layer over the same input (the same frames, no compute between the two halves "
+                        "of the round trip): the transport's own cost, without the model's service-time noise "
+                        "and its eviction of the coordinators' caches")
     parser.add_argument("--latency-gap-ms", type=float, default=0.0,
                         help="idle time before each one-at-a-time request, on both sides (default 0: back to "
                         "back); shows what waking idle threads costs on this host")
@@ -366,9 +387,10 @@ def _bench(args: argparse.Namespace, command: str, folder: Path) -> int:
     per_block = max(1, args.latency_frames // args.blocks)
     gap_s = args.latency_gap_ms / 1000.0
     lat_cpu = _Cpu(here=psutil.Process())
-    latency_plan = plan_path if args.latency_strategy == plan.strategy else \
-        _plan(model, args.platform, args.latency_strategy, folder, "latency-plan.json")
-    with _daemon_here(model, args.platform, latency_plan, folder / "latency.sock", args.window) as server:
+    latency_model = model if args.latency_model == "same" else _probe_model(model, folder)
+    latency_plan = plan_path if args.latency_strategy == plan.strategy and latency_model == model else \
+        _plan(latency_model, args.platform, args.latency_strategy, folder, "latency-plan.json")
+    with _daemon_here(latency_model, args.platform, latency_plan, folder / "latency.sock", args.window) as server:
         pipe = server.engine.current.pipeline
         for i in range(20):
             pipe.run({name: frames[i % 16]})
@@ -416,6 +438,7 @@ def _bench(args: argparse.Namespace, command: str, folder: Path) -> int:
     by_block = {t: [_pct(block(t, b), 50) - _pct(block("in", b), 50) for b in range(args.blocks)]
                 for t in transports}
     doc["latency"] = {
+        "model": args.latency_model if args.latency_model == "same" else "probe: one MEAN layer over the same input",
         "frames_per_side": len(lat["in"]), "blocks": args.blocks, "same_pipeline": True,
         "strategy": args.latency_strategy, "stages": _stages(load_plan(latency_plan)), "gap_ms": args.latency_gap_ms,
         "inprocess_p50_ms": _pct(lat["in"], 50), "inprocess_p99_ms": _pct(lat["in"], 99),
@@ -598,7 +621,8 @@ def _markdown(doc: Dict) -> str:
         "",
         f"| measure | in-process `Pipeline` | {head} | target |",
         "| --- | --- | " + " | ".join("---" for _ in transports) + " | --- |",
-        f"| one request at a time through one pipeline, p50 ms ({lat['frames_per_side']} frames/side, "
+        f"| one request at a time through one pipeline{' (model: ' + lat['model'] + ')' if lat['model'] != 'same' else ''}"
+        f", p50 ms ({lat['frames_per_side']} frames/side, "
         f"alternating blocks{'' if not lat['gap_ms'] else ', %g ms idle before each' % lat['gap_ms']}) "
         f"| {ms(lat['inprocess_p50_ms'])} | "
         + each(lambda t: f"{ms(ls[t]['socket_p50_ms'])}: added **{ms(ls[t]['added_p50_ms'])}** "
