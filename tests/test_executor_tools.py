@@ -42,3 +42,28 @@ def test_short_soak_keeps_every_frame_and_output(zoo_models):
     assert doc["frames_done"] == 50 and doc["mismatches"] == 0
     assert len(doc["cuts"]) == 2  # three stages
     assert doc["rss_mb"]["end"] > 0
+
+
+def test_bench_zoo_reads_the_pipe_it_criterion_both_ways():
+    """With a limit, pipeit is checked against pipe-it's fps always, and only where pipe-it meets the limit."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from bench_zoo import checks
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+
+    def doc(pipe_it_fps: float, pipe_it_meets: bool) -> dict:
+        row = {"efficiency": 0.5, "predicted_fps": 100.0}
+        return {"latency_limit_ms": 20.0, "strategies": [
+            dict(row, name="all-cores", fps=60.0, meets_limit=True),
+            dict(row, name="fastest-cluster", fps=80.0, meets_limit=True),
+            dict(row, name="replicas", fps=120.0, meets_limit=False),
+            dict(row, name="pipe-it", fps=pipe_it_fps, meets_limit=pipe_it_meets),
+            dict(row, name="pipeit", fps=95.0, meets_limit=True)]}
+
+    over = checks(doc(110.0, False), "emulate:big=0@1.0,little=1@0.4")
+    assert over["pipeit >= 1.1 x best plain meeting it"]  # 95 >= 1.1 x 80; replicas missed the limit
+    assert not over["pipeit >= pipe-it"] and over["pipeit >= pipe-it where pipe-it meets it"]
+    met = checks(doc(110.0, True), "emulate:big=0@1.0,little=1@0.4")
+    assert not met["pipeit >= pipe-it"] and not met["pipeit >= pipe-it where pipe-it meets it"]
+    assert checks(doc(90.0, True), "emulate:x")["pipeit >= pipe-it where pipe-it meets it"]

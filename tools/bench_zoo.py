@@ -12,7 +12,9 @@ issue's targets are checked per row and summarised:
 - auto (equal cores): efficiency >= 0.90;
 - emulated big.LITTLE: pipeit >= 1.15 x all-cores;
 - with a latency limit: pipeit meets it at p99, and its fps >= 1.1 x the best of
-  all-cores, fastest-cluster and replicas that meet it, and >= pipe-it's.
+  all-cores, fastest-cluster and replicas that meet it, and >= pipe-it's (read
+  two ways, both reported: against pipe-it's fps always, and only where
+  pipe-it's own plan meets the limit).
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ def checks(doc: dict, platform: str) -> Dict[str, bool]:
         out["pipeit meets limit at p99"] = bool(ours["meets_limit"])
         out["pipeit >= 1.1 x best plain meeting it"] = ours["fps"] >= 1.1 * best_plain
         out["pipeit >= pipe-it"] = ours["fps"] >= by["pipe-it"]["fps"]
+        # Pipe-it plans for throughput alone: where its pipeline breaks the limit, the strict reading
+        # above compares a plan that meets it with one that does not; both readings are reported.
+        out["pipeit >= pipe-it where pipe-it meets it"] = (ours["fps"] >= by["pipe-it"]["fps"]
+                                                           or not by["pipe-it"]["meets_limit"])
     elif platform.startswith("emulate:"):
         out["pipeit >= 1.15 x all-cores"] = ours["fps"] >= 1.15 * by["all-cores"]["fps"]
     else:
