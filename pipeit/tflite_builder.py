@@ -513,7 +513,8 @@ class ModelBuilder:
         (float only): the fraction of each conv/depthwise/FC filter's
         smallest-magnitude elements set to zero; the rest are stored in CSR
         form behind a ``DENSIFY`` op (the model then differs from the dense
-        one by that pruning).
+        one by that pruning); with ``fp16_weights`` too, as float16 behind
+        ``DENSIFY`` then ``DEQUANTIZE``.
         """
         if not self._inputs or not self._outputs:
             raise ModelError("a model needs at least one input and one output")
@@ -521,8 +522,8 @@ class ModelBuilder:
             raise InputError("fp16 weights and int8 quantisation are exclusive")
         if not 0.0 <= sparse_weights < 1.0:
             raise InputError(f"sparse_weights is the fraction of weights pruned, in [0, 1): got {sparse_weights}")
-        if sparse_weights and (quant is not None or fp16_weights):
-            raise InputError("sparse weights are emitted for float32 models only")
+        if sparse_weights and quant is not None:
+            raise InputError("sparse weights are emitted for float models only (float32 or fp16 weights)")
         emitter = _Emitter(self, quant, fp16_weights, sparse_weights)
         outputs = list(self.activation_indices()) if all_outputs else list(self._outputs)
         return emitter.model(outputs)
@@ -531,6 +532,8 @@ class ModelBuilder:
                  calibration_seed: int = 0, sparse_weights: float = 0.0) -> bytes:
         """Serialise to ``.tflite`` bytes; ``int8`` first calibrates the float model."""
         quant = None
+        if int8 and sparse_weights:
+            raise InputError("sparse weights are emitted for float models only (float32 or fp16 weights)")
         if int8:
             from pipeit.quantize import calibrate  # lazy: it runs the interpreter
 
@@ -590,8 +593,9 @@ class _Emitter:
         self.tensors.append(t)
         return len(self.tensors) - 1
 
-    def sparse_tensor(self, name: str, dense: np.ndarray) -> int:
-        """A constant holding ``dense`` pruned by :attr:`pruned`, in CSR form over its last axis.
+    def sparse_tensor(self, name: str, dense: np.ndarray, half: bool = False) -> int:
+        """A constant holding ``dense`` pruned by :attr:`pruned`, in CSR form over its last axis
+        (float16 values if ``half``, else float32).
 
         TFLite's sparsity format: every axis but the last is DENSE, the last
         is SPARSE_CSR (per row of the others, ``segments`` are the offsets
@@ -616,7 +620,9 @@ class _Emitter:
         sparsity = schema.SparsityParametersT()
         sparsity.traversalOrder = list(range(values.ndim))
         sparsity.dimMetadata = dims
-        return self.tensor(f"{name}/sparse", values.shape, _TT.FLOAT32, values[keep], sparsity=sparsity)
+        kept = values[keep].astype(np.float16 if half else np.float32)
+        return self.tensor(f"{name}/sparse", values.shape, _TT.FLOAT16 if half else _TT.FLOAT32, kept,
+                           sparsity=sparsity)
 
     def model(self, outputs: Sequence[int]) -> Any:
         from pipeit import quantize as qz
@@ -659,10 +665,17 @@ class _Emitter:
                                                         zeroPoint=[0] * len(b_scales), quantizedDimension=0)
                     idx = self.tensor(rec.name, rec.shape, _TT.INT32, qb, qp)
                 elif rec.role == _WEIGHT and self.pruned:
-                    sparse = self.sparse_tensor(rec.name, rec.data)
-                    idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32)
+                    # float16 too: DENSIFY to a dense float16 constant, then DEQUANTIZE as above
+                    sparse = self.sparse_tensor(rec.name, rec.data, half=self.fp16)
+                    dense = self.tensor(f"{rec.name}/dense" if self.fp16 else rec.name, rec.shape,
+                                        _TT.FLOAT16 if self.fp16 else _TT.FLOAT32)
                     pre.append(schema.OperatorT(opcodeIndex=self.opcode(_OP.DENSIFY, 1),
-                                                inputs=[sparse], outputs=[idx]))
+                                                inputs=[sparse], outputs=[dense]))
+                    idx = dense
+                    if self.fp16:
+                        idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32)
+                        pre.append(schema.OperatorT(opcodeIndex=self.opcode(_OP.DEQUANTIZE, 3),
+                                                    inputs=[dense], outputs=[idx]))
                 elif rec.role == _WEIGHT and self.fp16:
                     half = self.tensor(f"{rec.name}/fp16", rec.shape, _TT.FLOAT16, rec.data.astype(np.float16))
                     idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32)

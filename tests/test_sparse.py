@@ -93,7 +93,8 @@ def densified_twin(data: bytes) -> bytes:
             kept.append(op)
             continue
         src = sg.tensors[op.inputs[0]]
-        values = np.frombuffer(np.asarray(model.buffers[src.buffer].data, np.uint8).tobytes(), np.float32)
+        dtype = np.float16 if src.type == schema.TensorType.FLOAT16 else np.float32
+        values = np.frombuffer(np.asarray(model.buffers[src.buffer].data, np.uint8).tobytes(), dtype)
         buf = schema.BufferT()
         buf.data = densify(src.shape, values, src.sparsity).reshape(-1).view(np.uint8)
         model.buffers.append(buf)
@@ -133,11 +134,24 @@ class TestBuilder:
         assert np.array_equal(got, run(densified_twin(sparse), x))  # the runtime densified what we decode
         assert not np.allclose(got, run(dense, x), atol=1e-3)  # and half the weights really are gone
 
+    def test_fp16_values_behind_densify_then_dequantize(self):
+        b = single_layer_builder("conv", (1, 8, 8, 4), out_channels=8, seed=6)
+        data = b.to_bytes(sparse_weights=0.5, fp16_weights=True)
+        m = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+        sg = m.subgraphs[0]
+        assert [m.operatorCodes[o.opcodeIndex].builtinCode for o in sg.operators] == \
+            [OP.DENSIFY, OP.DEQUANTIZE, OP.CONV_2D]
+        assert sg.tensors[sg.operators[0].inputs[0]].type == schema.TensorType.FLOAT16
+        x = np.random.default_rng(2).uniform(-1, 1, (1, 8, 8, 4)).astype(np.float32)
+        got = run(data, x)
+        assert np.array_equal(got, run(densified_twin(data), x))
+        np.testing.assert_allclose(got, run(b.to_bytes(sparse_weights=0.5), x), rtol=1e-2, atol=1e-2)
+
     def test_bad_fractions_and_mixed_modes_are_refused(self):
         b = single_layer_builder("conv", (1, 8, 8, 4), out_channels=8)
         from pipeit.errors import InputError
 
-        for bad in (dict(sparse_weights=1.0), dict(sparse_weights=-0.1), dict(sparse_weights=0.5, fp16_weights=True)):
+        for bad in (dict(sparse_weights=1.0), dict(sparse_weights=-0.1), dict(sparse_weights=0.5, int8=True)):
             with pytest.raises(InputError):
                 b.to_bytes(**bad)
 
@@ -174,7 +188,7 @@ def sparse_v2(tmp_path_factory):
     result = subprocess.run([sys.executable, "-m", "pipeit", "zoo", "mobilenet_v2", "--sparse-weights", "0.6",
                              "-o", str(path), "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["variant"] == "sparse-weights 0.6"
+    assert json.loads(result.stdout)["variant"] == "float32, sparse-weights 0.6"
     return path
 
 
@@ -233,3 +247,19 @@ def test_gpu_stage_lowers_sparse_filters(sparse_v2):
     got = stage.run(frame)
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4)
+
+
+@needs_opencl
+def test_gpu_stage_lowers_fp16_sparse_filters(tmp_path):
+    """DENSIFY of float16 values, then DEQUANTIZE: the GPU stage follows both to the filter."""
+    from pipeit.gpu.device import make_context
+    from pipeit.gpu.stage import GpuStage
+    from pipeit.modelfile import read_model
+
+    path = tmp_path / "conv.tflite"
+    path.write_bytes(single_layer_builder("conv", (1, 16, 16, 8), out_channels=16, seed=7)
+                     .to_bytes(sparse_weights=0.7, fp16_weights=True))
+    stage = GpuStage(read_model(path), 0, 1, ctx=make_context(None))
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 16, 16, 8)).astype(np.float32)
+    (got,) = stage.run({stage.inputs[0].name: x}).values()
+    np.testing.assert_allclose(got, run(path.read_bytes(), x), rtol=1e-4, atol=1e-4)

@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
         args.output.write_bytes(data)
     except OSError as err:
         raise InputError(f"cannot write {args.output}: {err.strerror or err}") from err
-    variant = "int8" if args.int8 else ("fp16-weights" if args.fp16_weights else
-                                        (f"sparse-weights {args.sparse_weights:g}" if args.sparse_weights else "float32"))
+    variant = "int8" if args.int8 else ("fp16-weights" if args.fp16_weights else "float32")
+    if args.sparse_weights:
+        variant += f", sparse-weights {args.sparse_weights:g}"
     if args.json:
         emit_json({"name": args.name, "path": str(args.output), "bytes": len(data),
                    "variant": variant, "seed": args.seed})

@@ -125,9 +125,10 @@ def builder(name: str, seed: int = 0) -> Tuple[ModelBuilder, Tensor]:
 
 def build(name: str, int8: bool = False, seed: int = 0, fp16_weights: bool = False,
           sparse_weights: float = 0.0) -> bytes:
-    """``.tflite`` bytes of zoo model ``name`` (float32, fp16 weights, full int8, or float32 with that
-    fraction of each filter pruned and the rest stored sparse behind ``DENSIFY``)."""
-    if sum((bool(int8), bool(fp16_weights), bool(sparse_weights))) > 1:
-        raise InputError("choose one of --int8, --fp16-weights and --sparse-weights")
+    """``.tflite`` bytes of zoo model ``name`` (float32, fp16 weights, or full int8); ``sparse_weights``
+    prunes that fraction of each filter and stores the rest sparse behind ``DENSIFY`` (float32 or
+    fp16 weights)."""
+    if int8 and (fp16_weights or sparse_weights):
+        raise InputError("--int8 takes neither --fp16-weights nor --sparse-weights")
     b, _ = builder(name, seed)
     return b.to_bytes(int8=int8, fp16_weights=fp16_weights, calibration_seed=seed, sparse_weights=sparse_weights)
