@@ -43,7 +43,9 @@ MAC counting (``LayerDescriptor.macs``), documented once here:
 
 ``weight_bytes`` is the stored size of the layer's constant inputs, followed
 through folded constant ops to the buffers they read: fp16 weights behind a
-``DEQUANTIZE`` count 2 bytes per element.
+``DEQUANTIZE`` count 2 bytes per element, sparse weights behind a ``DENSIFY``
+only the values kept (not their CSR indices, nor the dense copy the runtime
+makes when it loads the model: a memory limit under-counts a pruned model).
 """
 
 from __future__ import annotations
