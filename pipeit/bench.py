@@ -551,7 +551,7 @@ def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, 
                          limits=Limits(None, memory_mb))
                  for c in pareto_front(times, platform, memory_mb=memory_mb, admission=admission_for(latency_ms))]
     others = {n: p for n, p in plans.items() if n != "pipeit"}
-    candidates = trial_candidates(plans["pipeit"], others, front, latency_ms)
+    candidates = trial_candidates(plans["pipeit"], others, front, latency_ms, baseline="pipe-it")
     if len(candidates) < 2:
         return plans["pipeit"], None
     spare = 1 if latency_ms is None else 0

@@ -90,12 +90,19 @@ def trial_candidates(
     front: Sequence[Plan] = (),
     latency_ms: Optional[float] = None,
     limit: int = 5,
+    baseline: Optional[str] = None,
 ) -> List[Tuple[str, Plan]]:
     """The DSE's pick first, then front plans near the limit, then the other strategies' plans.
 
     Plans of the same shape (layers, CPUs, threads per stage) are tried
-    once; at most ``limit`` candidates, and under a latency limit one more:
-    the plain strategy predicted to have the lowest latency, if it is
+    once; at most ``limit`` candidates, plus two that the count never
+    keeps out. One is ``baseline``'s plan (the strategy pipeit must match:
+    bench names Pipe-it's), unless it is predicted beyond ``LATENCY_SLACK``
+    x the limit. Under a limit the front plans can fill every place, and
+    a baseline plan that is not among them would then never be measured
+    for pipeit to take (the space pipeit searches holds it). The other,
+    under a latency limit, is the plain strategy predicted to have the
+    lowest latency, if it is
     predicted to meet the limit, whatever the count (the safety net when
     every pipelined plan misses in the trial: a split pipeline's p99 can run
     well above its prediction on a shared host, emulated mobilenet_v2's
@@ -118,6 +125,9 @@ def trial_candidates(
             add(f"front {k + 1}", plan)
     for name, plan in others.items():
         add(name, plan)
+    if baseline in others and (latency_ms is None
+                               or others[baseline].predicted_latency_ms <= LATENCY_SLACK * latency_ms):
+        add(baseline, others[baseline], always=True)  # type: ignore[index]
     if latency_ms is not None:
         meeting = [(plan.predicted_latency_ms, -plan.predicted_fps, name) for name, plan in others.items()
                    if plan.predicted_latency_ms <= latency_ms]

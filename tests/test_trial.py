@@ -198,3 +198,17 @@ def test_trial_under_a_latency_limit_on_two_clusters_keeps_a_plan_that_met_it_wh
         assert chosen["p99_ms"] == min(r["p99_ms"] for r in runs)
     ours = next(s for s in doc["strategies"] if s["name"] == "pipeit")
     assert ours["meets_limit"] is not None
+
+
+def test_the_baseline_is_tried_whatever_the_count_unless_predicted_beyond_the_slack(plans):
+    _platform, _times, by = plans
+    base = next(p for n, p in by.items() if n != "pipeit" and p.shape != by["pipeit"].shape)
+    others = {"all-cores": by["all-cores"], "pipe-it": base}
+    loose = 10 * base.predicted_latency_ms
+    found = trial_candidates(by["pipeit"], others, latency_ms=loose, limit=1, baseline="pipe-it")
+    assert found[0][0] == "pipeit" and base.shape in {p.shape for _label, p in found}
+    found = trial_candidates(by["pipeit"], others, limit=1, baseline="pipe-it")  # no limit: tried as well
+    assert [label for label, _p in found] == ["pipeit", "pipe-it"]
+    beyond = base.predicted_latency_ms / LATENCY_SLACK * 0.999
+    found = trial_candidates(by["pipeit"], others, latency_ms=beyond, limit=1, baseline="pipe-it")
+    assert "pipe-it" not in [label for label, _p in found]
