@@ -5,7 +5,7 @@ the profiler times is generated here, so the repository never carries model
 files. The builder records a small graph (symbolic tensors, float weights as
 numpy arrays) and emits it through the generated TFLite schema object API
 (``ModelT`` ... ``Pack`` ... ``Finish(b"TFL3")``), never by hand-written
-flatbuffers. One recorded graph can be emitted three ways:
+flatbuffers. One recorded graph can be emitted four ways:
 
 * float32 (the reference),
 * float32 with float16 weights behind ``DEQUANTIZE`` ops (what TFLite's
@@ -14,7 +14,8 @@ flatbuffers. One recorded graph can be emitted three ways:
   activation ranges from a calibration run of the float model
   (:mod:`pipeit.quantize`),
 * float32 with pruned weights stored sparse (CSR over the last axis) behind
-  ``DENSIFY`` ops, as a pruning toolkit's converter writes them.
+  ``DENSIFY`` ops, as a pruning toolkit's converter writes them (with fp16
+  weights too: float16 values behind ``DENSIFY`` then ``DEQUANTIZE``).
 
 Weights use a He-style init (``std = gain * sqrt(2 / fan_in)`` before a
 ReLU, ``gain * sqrt(1 / fan_in)`` before a linear output) so activations
