@@ -67,3 +67,23 @@ def test_bench_zoo_reads_the_pipe_it_criterion_both_ways():
     met = checks(doc(110.0, True), "emulate:big=0@1.0,little=1@0.4")
     assert not met["pipeit >= pipe-it"] and not met["pipeit >= pipe-it where pipe-it meets it"]
     assert checks(doc(90.0, True), "emulate:x")["pipeit >= pipe-it where pipe-it meets it"]
+
+
+def test_trial_vs_bench_pairs_candidates_with_the_strategies_the_bench_ran(tmp_path):
+    stage = {"layers": [0, 10], "workers": ["big:1@0"]}
+    split = [{"layers": [0, 4], "workers": ["little:1@1"]}, {"layers": [4, 10], "workers": ["big:1@0"]}]
+    doc = {"model": "m.tflite", "latency_limit_ms": 10.0,
+           "trial": {"runs": [{"label": "pipeit", "stages": "[0,4) little:1 | [4,10) big:1", "p99_ms": 9.8},
+                              {"label": "fastest-cluster", "stages": "[0,10) big:1", "p99_ms": 6.0},
+                              {"label": "front 2", "stages": "[0,5) little:1 | [5,10) big:1", "p99_ms": 12.0}]},
+           "strategies": [{"name": "fastest-cluster", "stages": [stage], "latency_ms": {"p99": 7.0}},
+                          {"name": "pipe-it", "stages": split, "latency_ms": {"p99": 10.5}}]}
+    path = tmp_path / "lat.json"
+    path.write_text(json.dumps([doc]))
+    result = tool("tools/trial_vs_bench.py", str(path), "--pairs")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| m |")]
+    assert len(rows) == 2  # front 2 ran in no bench strategy: no pair
+    assert "| met with room (trial p99 <= 0.95 x limit) | 1 | 1 (100%) |" in result.stdout
+    assert "| met narrowly (0.95-1.00) | 1 | 0 (0%) |" in result.stdout
+    assert tool("tools/trial_vs_bench.py", str(tmp_path / "missing.json")).returncode == 2
