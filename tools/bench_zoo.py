@@ -50,10 +50,15 @@ def bench(model: Path, platform: str, frames: int, rounds: int, latency_x: Optio
     return json.loads(result.stdout)
 
 
+def stages_line(stages: List[dict], sep: str = " | ") -> str:
+    """A bench strategy's ``stages`` in one line, as ``Plan.describe`` writes a plan: ``[a,b) w+w | ...``."""
+    return sep.join(f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(w.split("@")[0] for w in s["workers"])
+                    for s in stages)
+
+
 def _shape(result: dict) -> str:
     """pipeit's stages as ``[a,b) w+w | ...``, and which strategy had the same pipeline."""
-    stages = " \\| ".join(f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(w.split("@")[0] for w in s["workers"])
-                           for s in result["stages"])
+    stages = stages_line(result["stages"], " \\| ")
     return stages + (f" (= {result['same_plan_as']})" if result.get("same_plan_as") else "")
 
 

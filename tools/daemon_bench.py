@@ -553,8 +553,9 @@ def _bench(args: argparse.Namespace, command: str, folder: Path) -> int:
                         future, t0 = window.popleft()
                         outs.append(future.result())
                         in_lat.append((time.perf_counter() - t0) * 1000)
-                    in_wall += time.perf_counter() - t
-                    round_fps["in"].append(len(order) / (time.perf_counter() - t))
+                    wall = time.perf_counter() - t
+                    in_wall += wall
+                    round_fps["in"].append(len(order) / wall)
                     cpu.stop({"here": "tp_inprocess"})
                     service["in"].append([st.measured_ms for st in pipe.stats().stages])
                     in_frames += len(order)

@@ -24,15 +24,10 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_zoo import stages_line  # noqa: E402  (beside this file)
 from pipeit.trial import LATENCY_HEADROOM  # noqa: E402
 
 Pair = Tuple[str, str, str, float, float]  # model, label, stages, trial p99 / limit, bench p99 / limit
-
-
-def _stages(stages: List[dict]) -> str:
-    """A bench strategy's stages written as ``Plan.describe`` writes a trial candidate's."""
-    return " | ".join(f"[{s['layers'][0]},{s['layers'][1]}) " + "+".join(w.split("@")[0] for w in s["workers"])
-                      for s in stages)
 
 
 def pairs(docs: List[dict]) -> List[Pair]:
@@ -41,7 +36,7 @@ def pairs(docs: List[dict]) -> List[Pair]:
         limit = doc.get("latency_limit_ms")
         if not doc.get("trial") or not limit:
             continue
-        bench: Dict[str, dict] = {_stages(s["stages"]): s for s in doc["strategies"]}
+        bench: Dict[str, dict] = {stages_line(s["stages"]): s for s in doc["strategies"]}
         for run in doc["trial"]["runs"]:
             measured = bench.get(run["stages"])
             if measured is not None:
