@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from typing import Optional
+from typing import Optional, Tuple
 
 __all__ = ["SHORT_SLICE_NS", "request_short_slice", "thread_slice_ns"]
 
@@ -64,21 +64,25 @@ class _SchedAttr(ctypes.Structure):
     ]
 
 
-def _libc() -> Optional[ctypes.CDLL]:
+def _syscalls() -> Optional[Tuple[ctypes.CDLL, Tuple[int, int]]]:
+    """libc and this machine's (sched_setattr, sched_getattr) numbers, or None where either is missing."""
+    numbers = _SYSCALLS.get(platform.machine().lower())
+    if numbers is None:
+        return None
     try:
-        return ctypes.CDLL(None, use_errno=True)
+        return ctypes.CDLL(None, use_errno=True), numbers
     except OSError:
         return None
 
 
 def thread_slice_ns(tid: int = 0) -> Optional[int]:
     """The scheduler slice of thread ``tid`` (0: the calling thread) in ns, or None where it cannot be read."""
-    numbers = _SYSCALLS.get(platform.machine().lower())
-    libc = _libc()
-    if numbers is None or libc is None:
+    found = _syscalls()
+    if found is None:
         return None
+    libc, (_set, get) = found
     attr = _SchedAttr()
-    if libc.syscall(numbers[1], int(tid), ctypes.byref(attr), ctypes.sizeof(_SchedAttr), 0) != 0:
+    if libc.syscall(get, int(tid), ctypes.byref(attr), ctypes.sizeof(_SchedAttr), 0) != 0:
         return None
     return int(attr.sched_runtime)
 
@@ -90,10 +94,10 @@ def request_short_slice(tid: int = 0, slice_ns: int = SHORT_SLICE_NS) -> bool:
     False (and the thread unchanged) where the kernel, the architecture or
     the thread's policy does not allow it.
     """
-    numbers = _SYSCALLS.get(platform.machine().lower())
-    libc = _libc()
-    if numbers is None or libc is None or not hasattr(os, "sched_getscheduler"):
+    found = _syscalls()
+    if found is None or not hasattr(os, "sched_getscheduler"):
         return False
+    libc, (set_attr, _get) = found
     try:
         if os.sched_getscheduler(int(tid)) != os.SCHED_OTHER:
             return False
@@ -105,6 +109,6 @@ def request_short_slice(tid: int = 0, slice_ns: int = SHORT_SLICE_NS) -> bool:
     attr.sched_policy = os.SCHED_OTHER
     attr.sched_nice = nice
     attr.sched_runtime = int(slice_ns)
-    if libc.syscall(numbers[0], int(tid), ctypes.byref(attr), 0) != 0:
+    if libc.syscall(set_attr, int(tid), ctypes.byref(attr), 0) != 0:
         return False
     return thread_slice_ns(tid) == int(slice_ns)
