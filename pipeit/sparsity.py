@@ -40,6 +40,7 @@ class SparseLevel:
     size: int  # indices along it (blocks, for a blocked axis)
     segments: Optional[np.ndarray] = None  # CSR only
     indices: Optional[np.ndarray] = None  # CSR only
+    splits: Optional[int] = None  # a block level: the tensor axis whose blocks it indexes within
 
 
 def _vector(vector: Any) -> Optional[np.ndarray]:
@@ -75,10 +76,11 @@ def sparse_levels(shape: Sequence[int], n_values: int, sparsity: Any, what: str 
     for level, axis in enumerate(order):
         meta = dims[level]
         size = block_size[block_map[axis - rank]] if axis >= rank else shape[axis] // block_size.get(axis, 1)
+        splits = block_map[axis - rank] if axis >= rank else None
         if int(meta.format) == _DENSE:
             if int(meta.denseSize) != size:
                 raise bad(f"level {level} is dense with {meta.denseSize} indices, its axis has {size}")
-            out.append(SparseLevel(axis, size))
+            out.append(SparseLevel(axis, size, splits=splits))
             count *= size
             continue
         segments, indices = _vector(meta.arraySegments), _vector(meta.arrayIndices)
@@ -90,7 +92,7 @@ def sparse_levels(shape: Sequence[int], n_values: int, sparsity: Any, what: str 
                       f"for {count} positions and {len(indices)} indices")
         if len(indices) and (indices.min() < 0 or indices.max() >= size):
             raise bad(f"level {level}: an index outside 0..{size - 1}")
-        out.append(SparseLevel(axis, size, segments, indices))
+        out.append(SparseLevel(axis, size, segments, indices, splits))
         count = len(indices)
     if count != n_values:
         raise bad(f"the metadata reaches {count} values, the buffer holds {n_values}")
@@ -120,15 +122,10 @@ def densify(shape: Sequence[int], values: np.ndarray, sparsity: Any) -> np.ndarr
             index = level.indices[positions]  # type: ignore[index]
         coords = {axis: np.repeat(c, repeats) for axis, c in coords.items()}
         coords[level.axis] = index
-    block_map = [int(a) for a in sparsity.blockMap] if sparsity.blockMap is not None else []
-    dense_index = []
-    for axis in range(rank):
-        coordinate = coords[axis]
-        if axis in block_map:
-            inner = rank + block_map.index(axis)
-            size = next(level.size for level in levels if level.axis == inner)
-            coordinate = coordinate * size + coords[inner]
-        dense_index.append(coordinate)
+    dense_index = [coords[axis] for axis in range(rank)]
+    for level in levels:
+        if level.splits is not None:  # block index x block size + index within the block
+            dense_index[level.splits] = dense_index[level.splits] * level.size + coords[level.axis]
     dense = np.zeros(shape, dtype=values.dtype)
     dense[tuple(dense_index)] = values[positions]
     return dense

@@ -665,23 +665,20 @@ class _Emitter:
                     qp = schema.QuantizationParametersT(scale=[float(s) for s in b_scales],
                                                         zeroPoint=[0] * len(b_scales), quantizedDimension=0)
                     idx = self.tensor(rec.name, rec.shape, _TT.INT32, qb, qp)
-                elif rec.role == _WEIGHT and self.pruned:
-                    # float16 too: DENSIFY to a dense float16 constant, then DEQUANTIZE as above
-                    sparse = self.sparse_tensor(rec.name, rec.data, half=self.fp16)
-                    dense = self.tensor(f"{rec.name}/dense" if self.fp16 else rec.name, rec.shape,
-                                        _TT.FLOAT16 if self.fp16 else _TT.FLOAT32)
-                    pre.append(schema.OperatorT(opcodeIndex=self.opcode(_OP.DENSIFY, 1),
-                                                inputs=[sparse], outputs=[dense]))
-                    idx = dense
+                elif rec.role == _WEIGHT and (self.pruned or self.fp16):
+                    # the stored form (sparse behind DENSIFY, float16, or both), then DEQUANTIZE of float16
+                    if self.pruned:
+                        sparse = self.sparse_tensor(rec.name, rec.data, half=self.fp16)
+                        idx = self.tensor(f"{rec.name}/dense" if self.fp16 else rec.name, rec.shape,
+                                          _TT.FLOAT16 if self.fp16 else _TT.FLOAT32)
+                        pre.append(schema.OperatorT(opcodeIndex=self.opcode(_OP.DENSIFY, 1),
+                                                    inputs=[sparse], outputs=[idx]))
+                    else:
+                        idx = self.tensor(f"{rec.name}/fp16", rec.shape, _TT.FLOAT16, rec.data.astype(np.float16))
                     if self.fp16:
-                        idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32)
+                        half, idx = idx, self.tensor(rec.name, rec.shape, _TT.FLOAT32)
                         pre.append(schema.OperatorT(opcodeIndex=self.opcode(_OP.DEQUANTIZE, 3),
-                                                    inputs=[dense], outputs=[idx]))
-                elif rec.role == _WEIGHT and self.fp16:
-                    half = self.tensor(f"{rec.name}/fp16", rec.shape, _TT.FLOAT16, rec.data.astype(np.float16))
-                    idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32)
-                    pre.append(schema.OperatorT(opcodeIndex=self.opcode(_OP.DEQUANTIZE, 3),
-                                                inputs=[half], outputs=[idx]))
+                                                    inputs=[half], outputs=[idx]))
                 else:
                     idx = self.tensor(rec.name, rec.shape, _TT.FLOAT32, rec.data.astype(np.float32))
                 mapping[i] = idx
