@@ -15,10 +15,10 @@ from pipeit import zoo
 from pipeit.errors import ModelError
 from pipeit.graph import load_graph
 from pipeit.modelfile import parse_model
-from pipeit.runtime import make_interpreter
 from pipeit.sparsity import densify
 from pipeit.tflite_builder import ModelBuilder, pack_model, single_layer_builder
 from tests.host_helpers import needs_opencl
+from tests.test_builder import run
 from tests.test_executor import TWO, assert_identical, frames_for, make_plan, reference
 
 OP = schema.BuiltinOperator
@@ -101,13 +101,6 @@ def densified_twin(data: bytes) -> bytes:
         sg.tensors[op.outputs[0]].buffer = len(model.buffers) - 1
     sg.operators = kept
     return pack_model(model)
-
-
-def run(data: bytes, x: np.ndarray) -> np.ndarray:
-    it = make_interpreter(data)
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
@@ -195,7 +188,7 @@ def sparse_v2(tmp_path_factory):
 class TestSparseZooModel:
     def test_densify_ops_are_folded_into_their_layers(self, sparse_v2):
         graph = load_graph(sparse_v2)
-        dense = load_graph_bytes(zoo.build("mobilenet_v2"), sparse_v2.parent / "dense.tflite")
+        dense = load_graph(zoo.build("mobilenet_v2"))
         assert [layer.descriptor.op for layer in graph.layers] == [layer.descriptor.op for layer in dense.layers]
         assert "DENSIFY" not in {layer.descriptor.op for layer in graph.layers}
         weighted = [layer for layer in graph.layers
@@ -225,11 +218,6 @@ class TestSparseZooModel:
         with Pipeline(plan, sparse_v2) as pipe:
             got = list(pipe.map(frames))
         assert_identical(got, reference(sparse_v2, frames))
-
-
-def load_graph_bytes(data: bytes, path):
-    path.write_bytes(data)
-    return load_graph(path)
 
 
 @needs_opencl
