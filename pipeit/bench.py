@@ -353,6 +353,7 @@ def run_bench(
     power_file: Optional[Path] = None,
     trial: bool = True,
     anchor: bool = True,
+    trial_seconds: Optional[float] = None,
 ) -> BenchReport:
     """Plan, start and stream every strategy; see the module docstring for the method.
 
@@ -364,6 +365,9 @@ def run_bench(
     ``trial``: pipeit's plan is chosen by a short measured trial among the
     DSE's pick, its throughput/latency front near the limit and the other
     strategies' plans (:mod:`pipeit.trial`); ``False`` keeps the DSE's pick.
+    ``trial_seconds`` (default :data:`TRIAL_ROUND_S`) is how long each
+    candidate streams per trial round, at the DSE pick's predicted rate:
+    shorter makes a quicker bench and a noisier choice.
 
     ``latency_factor`` sets the limit to that multiple of the fastest
     cluster's measured single-thread frame time (the issue's "twice the big
@@ -391,6 +395,9 @@ def run_bench(
         raise PlanError(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
     if frames < 1 or rounds < 1:
         raise PipeitError("--frames and --rounds must be >= 1")
+    trial_seconds = TRIAL_ROUND_S if trial_seconds is None else trial_seconds
+    if not 0 < trial_seconds <= TRIAL_MAX_SECONDS:
+        raise PipeitError(f"--trial-seconds must be > 0 and at most {TRIAL_MAX_SECONDS:g}, got {trial_seconds:g}")
     model_path = Path(model_path)
     graph = load_graph(model_path)
     check_loads(model_path)  # before any profiling: what only the runtime can judge (op versions, options)
@@ -424,7 +431,8 @@ def run_bench(
     trial_doc = None
     if trial and "pipeit" in plans:
         proposed_doc = {"stages": plans["pipeit"].describe(), "predicted_fps": plans["pipeit"].predicted_fps}
-        chosen, trial_doc = _trial(plans, times, platform, model_path, sha, frames, latency_ms, memory_mb, progress)
+        chosen, trial_doc = _trial(plans, times, platform, model_path, sha, frames, latency_ms, memory_mb, progress,
+                                   trial_seconds)
         plans["pipeit"] = chosen
 
     shapes: Dict[tuple, str] = {}
@@ -530,14 +538,17 @@ def run_bench(
     )
 
 
-#: seconds of frames (at the DSE pick's predicted rate) each trial candidate streams per round
+#: seconds of frames (at the DSE pick's predicted rate) each trial candidate streams per round, by default
 TRIAL_ROUND_S = 1.5
+#: the most a user may ask for (``--trial-seconds``): 3 rounds x every candidate of this each
+TRIAL_MAX_SECONDS = 60.0
 #: and at most this many frames per round, whatever the rate
 TRIAL_MAX_FRAMES = 2000
 
 
 def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, sha: str, frames: int,
-           latency_ms: Optional[float], memory_mb: Optional[float], progress: bool) -> Tuple[Plan, Optional[dict]]:
+           latency_ms: Optional[float], memory_mb: Optional[float], progress: bool,
+           trial_seconds: float = TRIAL_ROUND_S) -> Tuple[Plan, Optional[dict]]:
     """pipeit's plan after a measured trial among candidates (pipeit.trial); the trial's record for the report."""
     from pipeit.dse import admission_for, pareto_front, to_plan
     from pipeit.dse.cost import Limits
@@ -576,9 +587,9 @@ def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, 
     try:
         if host:
             os.sched_setaffinity(0, set(host))
-        # at least ~1.5 s per candidate and round (a few frames of a 50 ms model say nothing on a shared host)
+        # ~1.5 s per candidate and round by default (a few frames of a 50 ms model say nothing on a shared host)
         rate = plans["pipeit"].predicted_fps if math.isfinite(plans["pipeit"].predicted_fps) else 0.0
-        count = min(TRIAL_MAX_FRAMES, max(20, frames // 2, int(math.ceil(TRIAL_ROUND_S * rate))))
+        count = min(TRIAL_MAX_FRAMES, max(20, frames // 2, int(math.ceil(trial_seconds * rate))))
         pool = make_frames(model_path, min(count, 16))  # a few distinct frames, cycled: no 1.5 s of frames in memory
         result = choose_by_trial(candidates, model_path, [pool[i % len(pool)] for i in range(count)], latency_ms,
                                  rounds=3, spare_in_flight=spare, start=start,
@@ -588,7 +599,7 @@ def _trial(plans: Dict[str, Plan], times, platform: Platform, model_path: Path, 
             os.sched_setaffinity(0, feeder)
     _say(progress, f"pipeit plays {result.label}: {result.reason}")
     chosen = dataclasses.replace(result.chosen, strategy="pipeit", latency_limit_ms=latency_ms)
-    return chosen, result.to_json()
+    return chosen, dict(result.to_json(), seconds_per_round=trial_seconds, frames_per_round=count)
 
 
 def format_report(report: BenchReport) -> str:

@@ -20,7 +20,7 @@ def tiny(tmp_path_factory):
 
 def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
     result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "24", "--rounds", "2",
-                     "--cache-dir", str(tmp_path), "--json")
+                     "--cache-dir", str(tmp_path), "--trial-seconds", "0.25", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["model"] == "tiny.tflite"
@@ -59,7 +59,7 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
 def test_bench_with_a_latency_limit_judges_each_strategy(tiny, tmp_path):
     result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
                      "--cache-dir", str(tmp_path), "--latency-x", "3", "--strategies", "fastest-cluster,pipeit",
-                     "--as-profiled", "--json")
+                     "--as-profiled", "--trial-seconds", "0.25", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["latency_limit_ms"] > 0
@@ -76,6 +76,9 @@ def test_bench_with_a_latency_limit_judges_each_strategy(tiny, tmp_path):
     (["FOLDER"], "is a folder, not a model file"),
     (["MODEL", "--latency-x", "-1"], "--latency-x must be > 0"),
     (["MODEL", "--latency-x", "0"], "--latency-x must be > 0"),
+    (["MODEL", "--trial-seconds", "0"], "--trial-seconds must be > 0"),
+    (["MODEL", "--trial-seconds", "nan"], "--trial-seconds must be > 0"),
+    (["MODEL", "--trial-seconds", "1e9"], "at most 60"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
     args = [str(tiny) if a == "MODEL" else str(tmp_path) if a == "FOLDER" else a for a in args]

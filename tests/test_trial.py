@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -162,9 +163,13 @@ def _alive(pid: int) -> bool:
 def test_bench_reports_the_trial_and_the_dse_pick(tiny, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
-         "--cache-dir", str(tmp_path), "--json"], capture_output=True, text=True, timeout=600)
+         "--cache-dir", str(tmp_path), "--trial-seconds", "0.25", "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
+    # each candidate streamed a quarter second of frames at the DSE pick's predicted rate per round
+    rate = doc["proposed"]["predicted_fps"]
+    assert doc["trial"]["seconds_per_round"] == 0.25
+    assert doc["trial"]["frames_per_round"] == min(2000, max(20, 16 // 2, math.ceil(0.25 * rate)))
     assert doc["trial"]["chosen"] in {"pipeit", "all-cores", "fastest-cluster", "replicas", "pipe-it"} or \
         doc["trial"]["chosen"].startswith("front")
     assert len(doc["trial"]["runs"]) >= 2 and doc["proposed"]["predicted_fps"] > 0
@@ -186,7 +191,7 @@ def test_trial_under_a_latency_limit_on_two_clusters_keeps_a_plan_that_met_it_wh
     """Two clusters: the frame feed is pinned to the slower one, the trial's workers to theirs."""
     result = subprocess.run(
         [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "emulate:big=0@1.0,little=1@0.5",
-         "--frames", "16", "--rounds", "1", "--latency-x", "3", "--cache-dir", str(tmp_path),
+         "--frames", "16", "--rounds", "1", "--latency-x", "3", "--cache-dir", str(tmp_path), "--trial-seconds", "0.3",
          "--strategies", "fastest-cluster,replicas,pipeit", "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)

@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-trial", action="store_true",
                         help="keep the DSE's pick for pipeit (default: a short measured trial among the pick, "
                              "its latency/throughput front and the other strategies' plans chooses)")
+    parser.add_argument("--trial-seconds", type=float, metavar="S",
+                        help="how long each trial candidate streams per round (default 1.5; shorter is a quicker "
+                             "bench and a noisier choice)")
     parser.add_argument("--as-profiled", action="store_true",
                         help="plan with the layer times as profiled or predicted (default: each cluster's times "
                              "are rescaled to the whole-model time measured at the start of the run)")
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         strategies=strategies, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         progress=not (args.quiet or args.json), task=task,
         power_file=Path(args.power) if args.power else None,
-        trial=not args.no_trial, anchor=not args.as_profiled,
+        trial=not args.no_trial, anchor=not args.as_profiled, trial_seconds=args.trial_seconds,
     )
     if args.plot:
         _plot(report, args.plot)
