@@ -69,6 +69,21 @@ class LayerDescriptor:
     weight_bytes: int = 0
     activation_bytes: int = 0
     extra: Tuple[Tuple[str, str], ...] = field(default=())
+    #: bytes of weights a worker running the layer holds, where that differs from ``weight_bytes`` (see
+    #: :attr:`held_bytes`); None: the same (weights the layer reads straight from the file)
+    held_weight_bytes: Optional[int] = None
+
+    @property
+    def held_bytes(self) -> int:
+        """Weight bytes a worker holds for this layer: what a memory limit counts.
+
+        Weights behind ``DEQUANTIZE`` or ``DENSIFY`` are held twice: in the
+        stored form (the model file the runtime maps) and in the dense
+        float32 form the runtime makes at load for the layer to compute
+        with; the stored size alone (``weight_bytes``) under-counts an fp16
+        model 2-3x and a pruned one more.
+        """
+        return self.weight_bytes if self.held_weight_bytes is None else self.held_weight_bytes
 
     # ---- derived views the predictors use -------------------------------------------
     @property
@@ -149,4 +164,5 @@ class LayerDescriptor:
             weight_bytes=int(doc.get("weight_bytes", 0)),
             activation_bytes=int(doc.get("activation_bytes", 0)),
             extra=tuple((str(k), str(v)) for k, v in doc.get("extra", [])),
+            held_weight_bytes=None if doc.get("held_weight_bytes") is None else int(doc["held_weight_bytes"]),
         )

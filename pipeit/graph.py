@@ -44,8 +44,11 @@ MAC counting (``LayerDescriptor.macs``), documented once here:
 ``weight_bytes`` is the stored size of the layer's constant inputs, followed
 through folded constant ops to the buffers they read: fp16 weights behind a
 ``DEQUANTIZE`` count 2 bytes per element, sparse weights behind a ``DENSIFY``
-only the values kept (not their CSR indices, nor the dense copy the runtime
-makes when it loads the model: a memory limit under-counts a pruned model).
+only the values kept (not their CSR indices). What a worker holds for such a
+layer is more: the runtime makes the dense float32 tensors the op reads when
+it loads the model, and keeps the file mapped. ``held_weight_bytes`` adds
+those dense tensors to the stored size (it is what a memory limit counts;
+for a layer without folded constant ops it equals ``weight_bytes``).
 """
 
 from __future__ import annotations
@@ -168,6 +171,11 @@ class LayerGraph:
         """Sum of per-layer weight bytes (a constant shared by layers counts once per layer)."""
         return sum(layer.descriptor.weight_bytes for layer in self.layers)
 
+    @property
+    def total_held_weight_bytes(self) -> int:
+        """Weight bytes one worker running the whole model holds (see ``held_weight_bytes``)."""
+        return sum(layer.descriptor.held_bytes for layer in self.layers)
+
     def cut(self, before: int) -> CutPoint:
         """The cut point before layer ``before`` (1 <= before < len(layers))."""
         if not 1 <= before < len(self.layers):
@@ -187,6 +195,7 @@ class LayerGraph:
                     "op_indices": list(layer.op_indices),
                     "macs": layer.descriptor.macs,
                     "weight_bytes": layer.descriptor.weight_bytes,
+                    "held_weight_bytes": layer.descriptor.held_bytes,
                     "inputs": [t.to_json() for t in layer.descriptor.inputs],
                     "outputs": [t.to_json() for t in layer.descriptor.outputs],
                     "descriptor": layer.descriptor.to_json(),
@@ -195,6 +204,7 @@ class LayerGraph:
             ],
             "total_macs": self.total_macs,
             "total_weight_bytes": self.total_weight_bytes,
+            "total_held_weight_bytes": self.total_held_weight_bytes,
             "cuts": [cut.to_json() for cut in self.cuts],
             "pruned_ops": list(self.pruned_ops),
         }
@@ -430,6 +440,10 @@ def _describe(model, k: int, folded: frozenset, producer_op: Dict[int, int], inf
     outputs = [int(t) for t in ints(op.outputs)]
     weights = _weight_tensors(model, k, folded, producer_op)
     weight_bytes = sum(len(model.buffers[int(subgraph.tensors[t].buffer)].data) for t in weights)
+    # the tensors the op itself reads that folded ops make (dense float32 behind DEQUANTIZE/DENSIFY): held
+    # by the runtime beside the stored form
+    made = {t for t in op_inputs if t != -1 and producer_op.get(t) in folded}
+    held_weight_bytes = weight_bytes + sum(info(t).nbytes for t in made) if made else None
     ins = tuple(info(t) for t in act_in)
     outs = tuple(info(t) for t in outputs)
     dtype = (ins or outs)[0].dtype if (ins or outs) else "float32"
@@ -526,6 +540,7 @@ def _describe(model, k: int, folded: frozenset, producer_op: Dict[int, int], inf
         weight_bytes=int(weight_bytes),
         activation_bytes=int(activation_bytes),
         extra=tuple(extra),
+        held_weight_bytes=held_weight_bytes,
         **fields,
     )
 

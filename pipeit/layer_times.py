@@ -16,8 +16,10 @@ Conventions
 * ``cut_bytes[i]`` for ``i = 0..n`` -- bytes crossing the cut before layer
   ``i``: ``cut_bytes[0]`` is the model input, ``cut_bytes[n]`` the model
   output, the others include residual tensors that skip over the cut.
-* ``weight_bytes[i]`` -- constant bytes layer ``i`` holds (a worker serving a
-  stage keeps its stage's weights).
+* ``weight_bytes[i]`` -- constant bytes a worker holds for layer ``i`` (a
+  worker serving a stage keeps its stage's weights): the descriptor's
+  ``held_bytes``, stored plus dense for weights behind ``DEQUANTIZE`` or
+  ``DENSIFY`` (:mod:`pipeit.graph`).
 * ``device_copy[cluster]`` -- for a GPU cluster, the host<->device copy model
   (one direction, :class:`~pipeit.transfer.HopModel`) measured with its layer
   times; the cost model charges it on the cut at each end of a GPU stage.
@@ -271,7 +273,7 @@ class LayerTimes:
             num_layers=n,
             times=times,
             cut_bytes=cut_bytes_of(graph),
-            weight_bytes=tuple(int(layer.descriptor.weight_bytes) for layer in graph.layers),
+            weight_bytes=tuple(int(layer.descriptor.held_bytes) for layer in graph.layers),
             calibration=calibration or Calibration(),
             source=source,
         )
@@ -359,7 +361,7 @@ def layer_times_for(
         num_layers=len(graph.layers),
         times=times,
         cut_bytes=cut_bytes_of(graph),
-        weight_bytes=tuple(int(layer.descriptor.weight_bytes) for layer in graph.layers),
+        weight_bytes=tuple(int(layer.descriptor.held_bytes) for layer in graph.layers),
         source=source,
         device_copy=copies,
     )

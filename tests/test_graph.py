@@ -112,10 +112,13 @@ class TestFoldedConstants:
                 # the weight tensor is stored as fp16 (2 bytes), the bias stays fp32
                 weights = (r.weight_bytes - 4 * r.out_channels) // 4
                 assert d.weight_bytes == 2 * weights + 4 * r.out_channels
+                # a worker holds the fp16 weights (the file) and the float32 ones DEQUANTIZE makes at load
+                assert d.held_bytes == d.weight_bytes + 4 * weights
                 assert ("weight_dtype", "float16+float32") in d.extra
                 assert d.inputs == r.inputs  # weights are not activation inputs
             else:
-                assert d.weight_bytes == r.weight_bytes
+                assert d.weight_bytes == r.weight_bytes == d.held_bytes
+        assert graph.to_json()["total_held_weight_bytes"] == sum(l.descriptor.held_bytes for l in graph.layers)
 
     def test_cut_tensors_never_include_weights(self):
         graph = load_graph(zoo.build("mobilenet_v1", fp16_weights=True))

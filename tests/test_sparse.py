@@ -196,6 +196,34 @@ class TestSparseZooModel:
         assert len(weighted) > 50 and all(len(layer.op_indices) == 2 for layer in weighted)  # its DENSIFY, itself
         assert graph.total_weight_bytes < 0.6 * dense.total_weight_bytes
 
+    def test_a_worker_holds_the_kept_values_and_the_dense_filters(self, sparse_v2, tmp_path):
+        graph = load_graph(sparse_v2)
+        dense = load_graph(zoo.build("mobilenet_v2"))
+        weighted = [i for i, layer in enumerate(dense.layers)
+                    if layer.descriptor.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+        # the runtime densifies each filter to float32 at load and keeps the file mapped: held = stored + dense
+        # filter (the dense model's weights less its float32 biases, one per output channel)
+        for i in weighted:
+            stored, held = graph.layers[i].descriptor.weight_bytes, graph.layers[i].descriptor.held_bytes
+            d = dense.layers[i].descriptor
+            assert held - stored == d.weight_bytes - 4 * d.out_channels
+        assert all(layer.descriptor.held_bytes == layer.descriptor.weight_bytes
+                   for layer in dense.layers)  # nothing folded: held is what is stored
+        # a memory limit counts what is held: between the stored and the held size, nothing fits
+        from cores.platform import load_platform
+        from pipeit.dse import plan_pipeline
+        from pipeit.errors import PlanError
+        from pipeit.layer_times import LayerTimes
+        from tests.daemon_helpers import write_times
+
+        times = LayerTimes.load(write_times(sparse_v2, "auto", tmp_path / "t.json"))
+        assert sum(times.weight_bytes) == graph.total_held_weight_bytes
+        between = (graph.total_weight_bytes + graph.total_held_weight_bytes) / 2 / 2**20
+        with pytest.raises(PlanError, match="weights alone need"):
+            plan_pipeline(times, load_platform("auto"), memory_mb=between)
+        plan = plan_pipeline(times, load_platform("auto"), memory_mb=1.01 * graph.total_held_weight_bytes / 2**20)
+        assert sum(len(s.workers) for s in plan.stages) == 1
+
     def test_pipeit_run_check_passes(self, sparse_v2, tmp_path):
         n = len(load_graph(sparse_v2).layers)
         plan = make_plan(sparse_v2, [((0, n // 3), [("big", (TWO[0],))]), ((n // 3, n), [("little", (TWO[1],))])])

@@ -55,7 +55,9 @@ def render(graph: LayerGraph) -> str:
         table,
         "",
         f"layers: {len(graph.layers)}   total MACs: {graph.total_macs:,}   "
-        f"weight bytes: {graph.total_weight_bytes:,}",
+        f"weight bytes: {graph.total_weight_bytes:,}"
+        + (f" (held by a worker: {graph.total_held_weight_bytes:,})"
+           if graph.total_held_weight_bytes != graph.total_weight_bytes else ""),
         f"inputs: {ins}",
         f"outputs: {outs}",
     ]
