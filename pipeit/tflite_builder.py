@@ -87,6 +87,9 @@ _INT8_VERSIONS = {
     _OP.LOGISTIC: 2,
     _OP.RESHAPE: 1,
     _OP.HARD_SWISH: 1,
+    _OP.RESIZE_BILINEAR: 2,
+    _OP.RESIZE_NEAREST_NEIGHBOR: 2,
+    _OP.DEPTH_TO_SPACE: 2,
 }
 
 # Tensor roles: what a tensor is decides how each emission mode stores it.
@@ -462,6 +465,38 @@ class ModelBuilder:
         self._op(_OP.PAD, (x.index, pi), (y.index,), _OPT.PadOptions, schema.PadOptionsT())
         return y
 
+    def resize(self, x: Tensor, size: Sequence[int], mode: str = "bilinear", align_corners: bool = False,
+               half_pixel_centers: bool = False, name: Optional[str] = None) -> Tensor:
+        """RESIZE_BILINEAR or RESIZE_NEAREST_NEIGHBOR of an NHWC tensor to ``size`` = (height, width)."""
+        self._check(x, 4)
+        if mode not in ("bilinear", "nearest"):
+            raise InputError(f"resize: mode must be bilinear or nearest, got {mode!r}")
+        if align_corners and half_pixel_centers:
+            raise InputError("resize: align_corners and half_pixel_centers exclude each other")
+        height, width = (int(v) for v in size)
+        name = self._unique(name, f"resize_{mode}")
+        si = self._const(f"{name}/size", np.asarray([height, width], dtype=np.int32), _PARAM)
+        y = self._act(name, (x.shape[0], height, width, x.shape[3]))
+        if mode == "bilinear":
+            code, opt_type, opts = _OP.RESIZE_BILINEAR, _OPT.ResizeBilinearOptions, schema.ResizeBilinearOptionsT()
+        else:
+            code, opt_type = _OP.RESIZE_NEAREST_NEIGHBOR, _OPT.ResizeNearestNeighborOptions
+            opts = schema.ResizeNearestNeighborOptionsT()
+        opts.alignCorners, opts.halfPixelCenters = bool(align_corners), bool(half_pixel_centers)
+        self._op(code, (x.index, si), (y.index,), opt_type, opts)
+        return y
+
+    def depth_to_space(self, x: Tensor, block: int, name: Optional[str] = None) -> Tensor:
+        """DEPTH_TO_SPACE: channels in groups of ``block``² become ``block`` x ``block`` pixels (NHWC)."""
+        self._check(x, 4)
+        n, h, w, c = x.shape
+        if block < 2 or c % (block * block):
+            raise InputError(f"depth_to_space: {c} channels do not split into {block} x {block} blocks")
+        y = self._act(self._unique(name, "depth_to_space"), (n, h * block, w * block, c // (block * block)))
+        self._op(_OP.DEPTH_TO_SPACE, (x.index,), (y.index,), _OPT.DepthToSpaceOptions,
+                 schema.DepthToSpaceOptionsT(blockSize=int(block)))
+        return y
+
     def hard_swish(self, x: Tensor, name: Optional[str] = None) -> Tensor:
         """HARD_SWISH (MobileNetV3's activation)."""
         self._check(x)
@@ -707,7 +742,8 @@ class _Emitter:
 # ---------------------------------------------------------------- single layers
 #: op kinds :func:`single_layer_builder` knows
 SINGLE_LAYER_OPS = ("conv", "depthwise", "fc", "max_pool", "avg_pool", "add", "mul", "concat",
-                    "mean", "pad", "softmax", "reshape", "hard_swish", "logistic")
+                    "mean", "pad", "softmax", "reshape", "hard_swish", "logistic", "resize_bilinear",
+                    "resize_nearest", "depth_to_space")
 
 
 def single_layer_builder(op: str, input_shape: Sequence[int], out_channels: Optional[int] = None,
@@ -721,6 +757,10 @@ def single_layer_builder(op: str, input_shape: Sequence[int], out_channels: Opti
     depthwise conv, as TFLite represents it. ``add``/``mul``/``concat`` take
     two inputs of ``input_shape``. ``fc`` takes ``input_shape`` as
     ``[rows, in]`` (or any shape; its last axis is the input width).
+    ``resize_bilinear``/``resize_nearest`` scale height and width by
+    ``stride`` on the grid ``padding`` names (``SAME``: half-pixel centres,
+    ``VALID``: aligned corners, anything else: neither); ``depth_to_space``
+    takes ``stride`` as its block size.
     """
     shape = tuple(int(s) for s in input_shape)
     if op not in SINGLE_LAYER_OPS:
@@ -757,6 +797,15 @@ def single_layer_builder(op: str, input_shape: Sequence[int], out_channels: Opti
         y = b.reshape(x, (shape[0], -1))
     elif op == "hard_swish":
         y = b.hard_swish(x)
+    elif op in ("resize_bilinear", "resize_nearest"):
+        # ``stride`` is the scale: 2 doubles height and width (``padding`` picks the sampling grid:
+        # SAME the half-pixel centres, VALID the corners aligned, anything else neither)
+        scale = _pair(stride)
+        grid = str(padding).upper()
+        y = b.resize(x, (shape[1] * scale[0], shape[2] * scale[1]), op.split("_")[1],
+                     align_corners=grid == "VALID", half_pixel_centers=grid == "SAME")
+    elif op == "depth_to_space":
+        y = b.depth_to_space(x, _pair(stride)[0])
     else:
         y = b.logistic(x)
     b.output(y)

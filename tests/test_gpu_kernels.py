@@ -75,12 +75,33 @@ OTHER_CASES = [
     dict(op="reshape", input_shape=(1, 3, 3, 4)),
     dict(op="hard_swish", input_shape=(1, 6, 5, 4)),
     dict(op="logistic", input_shape=(1, 6, 5, 4)),
+    # resize: stride is the scale, padding the sampling grid (SAME half-pixel centres, VALID aligned corners)
+    dict(op="resize_bilinear", input_shape=(1, 5, 7, 3), stride=2, padding="SAME"),
+    dict(op="resize_bilinear", input_shape=(2, 6, 4, 5), stride=3, padding="VALID"),
+    dict(op="resize_bilinear", input_shape=(1, 9, 9, 4), stride=(1, 2), padding="none"),
+    dict(op="resize_nearest", input_shape=(1, 5, 7, 3), stride=2, padding="SAME"),
+    dict(op="resize_nearest", input_shape=(2, 6, 4, 5), stride=3, padding="VALID"),
+    dict(op="resize_nearest", input_shape=(1, 9, 9, 4), stride=(1, 2), padding="none"),
+    dict(op="depth_to_space", input_shape=(1, 5, 6, 8), stride=2),
+    dict(op="depth_to_space", input_shape=(2, 3, 4, 18), stride=3),
 ]
 
 
-@pytest.mark.parametrize("layer", OTHER_CASES, ids=lambda d: d["op"])
+@pytest.mark.parametrize("layer", OTHER_CASES, ids=lambda d: "-".join(str(d.get(k, "")) for k in ("op", "padding")))
 def test_other_kernels_match_tflite(ctx, layer):
     result = _check(ctx, **layer)
+    assert result.error is not None and result.error <= TOL, result
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("grid", [dict(), dict(align_corners=True), dict(half_pixel_centers=True)])
+def test_resize_to_sizes_that_are_not_multiples(ctx, mode, grid):
+    """Down in one axis, up by 5/3 in the other: positions between pixels at every fraction."""
+    from pipeit.tflite_builder import ModelBuilder
+
+    b = ModelBuilder(seed=4)
+    b.output(b.resize(b.input("x", (1, 9, 6, 3)), (4, 10), mode, **grid))
+    result = check_layer(read_model(b.to_bytes()), 0, ctx, None, "fp32")
     assert result.error is not None and result.error <= TOL, result
 
 

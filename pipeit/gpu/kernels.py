@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Mapping, Sequence, Tuple
 
+import numpy as np
+
 __all__ = [
     "Precision",
     "FP32",
@@ -42,6 +44,8 @@ __all__ = [
     "unary",
     "concat_copy",
     "pad",
+    "resize",
+    "depth_to_space",
     "softmax",
 ]
 
@@ -684,6 +688,84 @@ __kernel void pad(__global const store_t* x, __global store_t* out) {
   if (j0 >= 0 && j0 < I0 && j1 >= 0 && j1 < I1 && j2 >= 0 && j2 < I2 && j3 >= 0 && j3 < I3)
     v = LD(x, ((j0 * I1 + j1) * I2 + j2) * I3 + j3);
   ST(out, gid, v);
+}
+"""
+
+
+def _f32(value: float) -> str:
+    """An OpenCL float literal of ``value`` rounded to float32 (as TFLite computes its scales)."""
+    return f"{float(np.float32(value))!r}f"
+
+
+def resize(in_shape: Sequence[int], out_shape: Sequence[int], mode: str, align_corners: bool,
+           half_pixel_centers: bool, precision: Precision) -> str:
+    """RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR (NHWC), one item per output element.
+
+    The sampling positions follow TFLite's reference kernels: the scale is
+    ``in / out`` (``(in - 1) / (out - 1)`` with aligned corners), computed in
+    float32; bilinear weights come from the unclamped position, nearest
+    rounds (aligned corners) or floors it. Contraction into fma is off so
+    that a position lands on the same side of a pixel as on the CPU.
+    """
+    n, h, w, c = (int(v) for v in in_shape)
+    oh, ow = int(out_shape[1]), int(out_shape[2])
+
+    def scale(size_in: int, size_out: int) -> float:
+        if align_corners and size_out > 1:
+            return np.float32(size_in - 1) / np.float32(size_out - 1)
+        return np.float32(size_in) / np.float32(size_out)
+
+    d = dict(TOTAL=n * oh * ow * c, H=h, W=w, C=c, OH=oh, OW=ow, SY=_f32(scale(h, oh)), SX=_f32(scale(w, ow)),
+             BILINEAR=int(mode == "bilinear"), ALIGN=int(align_corners), HALF=int(half_pixel_centers))
+    return "#pragma OPENCL FP_CONTRACT OFF\n" + header(precision) + _defines(d) + """
+__kernel void resize(__global const store_t* x, __global store_t* out) {
+  const int gid = get_global_id(0);
+  if (gid >= TOTAL) return;
+  const int c = gid % C;
+  int r = gid / C;
+  const int ox = r % OW; r /= OW;
+  const int oy = r % OH;
+  const int base = (r / OH) * H;
+#if BILINEAR
+  const float fy = HALF ? ((float)oy + 0.5f) * SY - 0.5f : (float)oy * SY;
+  const float fx = HALF ? ((float)ox + 0.5f) * SX - 0.5f : (float)ox * SX;
+  const int y0 = max((int)floor(fy), 0), y1 = min((int)ceil(fy), H - 1);
+  const int x0 = max((int)floor(fx), 0), x1 = min((int)ceil(fx), W - 1);
+  const float dy = fy - (float)y0, dx = fx - (float)x0;
+  const float v = (float)LD(x, ((base + y0) * W + x0) * C + c) * (1.0f - dy) * (1.0f - dx)
+                + (float)LD(x, ((base + y1) * W + x0) * C + c) * dy * (1.0f - dx)
+                + (float)LD(x, ((base + y0) * W + x1) * C + c) * (1.0f - dy) * dx
+                + (float)LD(x, ((base + y1) * W + x1) * C + c) * dy * dx;
+  ST(out, gid, (real)v);
+#else
+  const float off = HALF ? 0.5f : 0.0f;
+  int iy = ALIGN ? (int)round(((float)oy + off) * SY) : (int)floor(((float)oy + off) * SY);
+  int ix = ALIGN ? (int)round(((float)ox + off) * SX) : (int)floor(((float)ox + off) * SX);
+  iy = min(iy, H - 1); ix = min(ix, W - 1);
+  if (HALF) { iy = max(iy, 0); ix = max(ix, 0); }
+  ST(out, gid, LD(x, ((base + iy) * W + ix) * C + c));
+#endif
+}
+"""
+
+
+def depth_to_space(in_shape: Sequence[int], block: int, precision: Precision) -> str:
+    """DEPTH_TO_SPACE (NHWC): output pixel (y, x) channel c reads input (y / B, x / B), channel
+    ((y % B) * B + x % B) * C_out + c."""
+    n, h, w, c = (int(v) for v in in_shape)
+    cout = c // (block * block)
+    d = dict(TOTAL=n * h * w * c, H=h, W=w, C=c, B=int(block), OW=w * block, OC=cout, OH=h * block)
+    return header(precision) + _defines(d) + """
+__kernel void depth_to_space(__global const store_t* x, __global store_t* out) {
+  const int gid = get_global_id(0);
+  if (gid >= TOTAL) return;
+  const int c = gid % OC;
+  int r = gid / OC;
+  const int ox = r % OW; r /= OW;
+  const int oy = r % OH;
+  const int n = r / OH;
+  const int ic = ((oy % B) * B + ox % B) * OC + c;
+  ST(out, gid, LD(x, ((n * H + oy / B) * W + ox / B) * C + ic));
 }
 """
 

@@ -40,7 +40,8 @@ _BINARY = ("ADD", "MUL", "SUB", "MAXIMUM", "MINIMUM", "PRELU")
 _UNARY = ("RELU", "RELU6", "RELU_N1_TO_1", "TANH", "LOGISTIC", "HARD_SWISH")
 SUPPORTED_OPS = frozenset(
     ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
-     "MEAN", "CONCATENATION", "PAD", "RESHAPE", "SQUEEZE", "SOFTMAX") + _BINARY + _UNARY
+     "MEAN", "CONCATENATION", "PAD", "RESHAPE", "SQUEEZE", "SOFTMAX", "RESIZE_BILINEAR",
+     "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE") + _BINARY + _UNARY
 )
 _ACTS = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
 _NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64,
@@ -260,6 +261,21 @@ def lower_layer(model: "schema.ModelT", layer: Layer, helper: Optional[_Model] =
     if name in ("RESHAPE", "SQUEEZE"):
         return LayerSpec(kind="reshape", **{**base, "inputs": tuple(act_inputs[:1]),
                                             "in_shapes": base["in_shapes"][:1]})
+    if name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"):
+        in_shape = m.shape(ins[0])
+        if len(in_shape) != 4 or len(out_shape) != 4:
+            raise Unsupported(f"{name} of a rank-{len(in_shape)} tensor")
+        align = bool(getattr(options, "alignCorners", False))
+        half = bool(getattr(options, "halfPixelCenters", False))
+        mode = "bilinear" if name == "RESIZE_BILINEAR" else "nearest"
+        return LayerSpec(kind="resize", attrs={"mode": mode, "align_corners": align, "half_pixel_centers": half},
+                         **{**base, "inputs": tuple(act_inputs[:1]), "in_shapes": base["in_shapes"][:1]})
+    if name == "DEPTH_TO_SPACE":
+        in_shape = m.shape(ins[0])
+        block = int(getattr(options, "blockSize", 0) or 0)
+        if len(in_shape) != 4 or block < 1 or in_shape[3] % (block * block):
+            raise Unsupported(f"DEPTH_TO_SPACE of {tuple(in_shape)} with block size {block}")
+        return LayerSpec(kind="depth_to_space", attrs={"block": block}, **base)
     if name == "SOFTMAX":
         depth = out_shape[-1] if out_shape else 1
         beta = float(getattr(options, "beta", 1.0) or 1.0)

@@ -218,6 +218,18 @@ class LayerProgram:
         self._add(K.pad(a["in4"], a["out4"], a["before"], self.precision), "pad", glob, loc,
                   [("in", 0), ("out", 0)])
 
+    def _build_resize(self) -> None:
+        a = self.spec.attrs
+        glob, loc = _launch_1d(self.spec.out_size, self.config)
+        source = K.resize(self.spec.in_shapes[0], self.spec.out_shape, str(a["mode"]), bool(a["align_corners"]),
+                          bool(a["half_pixel_centers"]), self.precision)
+        self._add(source, "resize", glob, loc, [("in", 0), ("out", 0)])
+
+    def _build_depth_to_space(self) -> None:
+        glob, loc = _launch_1d(self.spec.out_size, self.config)
+        self._add(K.depth_to_space(self.spec.in_shapes[0], int(self.spec.attrs["block"]), self.precision),
+                  "depth_to_space", glob, loc, [("in", 0), ("out", 0)])
+
     def _build_softmax(self) -> None:
         a = self.spec.attrs
         glob, loc = _launch_1d(int(a["rows"]), self.config)
