@@ -90,6 +90,9 @@ _INT8_VERSIONS = {
     _OP.RESIZE_BILINEAR: 2,
     _OP.RESIZE_NEAREST_NEIGHBOR: 2,
     _OP.DEPTH_TO_SPACE: 2,
+    _OP.STRIDED_SLICE: 2,
+    _OP.SLICE: 2,
+    _OP.TRANSPOSE: 2,
 }
 
 # Tensor roles: what a tensor is decides how each emission mode stores it.
@@ -495,6 +498,63 @@ class ModelBuilder:
         y = self._act(self._unique(name, "depth_to_space"), (n, h * block, w * block, c // (block * block)))
         self._op(_OP.DEPTH_TO_SPACE, (x.index,), (y.index,), _OPT.DepthToSpaceOptions,
                  schema.DepthToSpaceOptionsT(blockSize=int(block)))
+        return y
+
+    def strided_slice(self, x: Tensor, begin: Sequence[int], end: Sequence[int], strides: Sequence[int],
+                      begin_mask: int = 0, end_mask: int = 0, shrink_axis_mask: int = 0,
+                      name: Optional[str] = None) -> Tensor:
+        """STRIDED_SLICE with numpy's slicing rules (a mask bit leaves that axis' begin or end open;
+        a shrink bit takes the element at ``begin`` and drops the axis)."""
+        self._check(x)
+        rank = len(x.shape)
+        if not len(begin) == len(end) == len(strides) == rank or 0 in strides:
+            raise InputError(f"strided_slice: begin, end and strides need {rank} entries, strides non-zero")
+        parts: List[Any] = []
+        for axis in range(rank):
+            if shrink_axis_mask >> axis & 1:
+                parts.append(int(begin[axis]))
+            else:
+                parts.append(slice(None if begin_mask >> axis & 1 else int(begin[axis]),
+                                   None if end_mask >> axis & 1 else int(end[axis]), int(strides[axis])))
+        try:
+            shape = np.empty(x.shape, dtype=np.uint8)[tuple(parts)].shape
+        except IndexError as err:
+            raise InputError(f"strided_slice: {err}") from None
+        name = self._unique(name, "strided_slice")
+        operands = [x.index] + [self._const(f"{name}/{what}", np.asarray(v, dtype=np.int32), _PARAM)
+                                for what, v in (("begin", begin), ("end", end), ("strides", strides))]
+        if not shape:
+            raise InputError("strided_slice: every axis shrunk (a scalar output)")
+        y = self._act(name, shape)
+        opts = schema.StridedSliceOptionsT()
+        opts.beginMask, opts.endMask, opts.shrinkAxisMask = int(begin_mask), int(end_mask), int(shrink_axis_mask)
+        self._op(_OP.STRIDED_SLICE, operands, (y.index,), _OPT.StridedSliceOptions, opts)
+        return y
+
+    def slice(self, x: Tensor, begin: Sequence[int], size: Sequence[int], name: Optional[str] = None) -> Tensor:
+        """SLICE: ``size[i]`` elements from ``begin[i]`` on each axis (-1: to the end)."""
+        self._check(x)
+        if not len(begin) == len(size) == len(x.shape):
+            raise InputError(f"slice: begin and size need {len(x.shape)} entries")
+        shape = [d - int(b) if int(n) == -1 else int(n) for d, b, n in zip(x.shape, begin, size)]
+        if any(int(b) < 0 or int(b) + n > d for d, b, n in zip(x.shape, begin, shape)):
+            raise InputError(f"slice: begin {list(begin)} size {list(size)} is outside {x.shape}")
+        name = self._unique(name, "slice")
+        bi = self._const(f"{name}/begin", np.asarray(begin, dtype=np.int32), _PARAM)
+        si = self._const(f"{name}/size", np.asarray(size, dtype=np.int32), _PARAM)
+        y = self._act(name, shape)
+        self._op(_OP.SLICE, (x.index, bi, si), (y.index,), _OPT.SliceOptions, schema.SliceOptionsT())
+        return y
+
+    def transpose(self, x: Tensor, perm: Sequence[int], name: Optional[str] = None) -> Tensor:
+        """TRANSPOSE: output axis ``i`` is input axis ``perm[i]``."""
+        self._check(x)
+        if sorted(int(p) for p in perm) != list(range(len(x.shape))):
+            raise InputError(f"transpose: {list(perm)} is not a permutation of {len(x.shape)} axes")
+        name = self._unique(name, "transpose")
+        pi = self._const(f"{name}/perm", np.asarray(perm, dtype=np.int32), _PARAM)
+        y = self._act(name, [x.shape[int(p)] for p in perm])
+        self._op(_OP.TRANSPOSE, (x.index, pi), (y.index,), _OPT.TransposeOptions, schema.TransposeOptionsT())
         return y
 
     def hard_swish(self, x: Tensor, name: Optional[str] = None) -> Tensor:

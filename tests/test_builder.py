@@ -300,3 +300,48 @@ class TestRefusals:
         a = b.conv2d(x, 2, name="same")
         c = b.conv2d(a, 2, name="same")
         assert a.name != c.name
+
+
+#: (method, arguments, the numpy expression the runtime must agree with) on a 1x7x5x4 input
+DATA_MOVEMENT = [
+    ("strided_slice", dict(begin=[0, 1, 0, 1], end=[1, 6, 5, 4], strides=[1, 2, 1, 1]),
+     lambda x: x[0:1, 1:6:2, 0:5, 1:4]),
+    ("strided_slice", dict(begin=[0, -1, 4, 0], end=[1, 0, 0, 3], strides=[1, -1, -2, 1], begin_mask=0b0001,
+                           end_mask=0b0010), lambda x: x[:1, -1::-1, 4:0:-2, 0:3]),
+    ("strided_slice", dict(begin=[0, 2, 0, 0], end=[1, 3, 5, 4], strides=[1, 1, 1, 2], shrink_axis_mask=0b0010),
+     lambda x: x[0:1, 2, 0:5, 0:4:2]),
+    ("slice", dict(begin=[0, 1, 1, 0], size=[1, -1, 3, 2]), lambda x: x[0:1, 1:, 1:4, 0:2]),
+    ("transpose", dict(perm=[0, 3, 1, 2]), lambda x: x.transpose(0, 3, 1, 2)),
+]
+
+
+@pytest.mark.parametrize("method, kwargs, expect", DATA_MOVEMENT, ids=lambda v: v if isinstance(v, str) else "")
+def test_slices_and_transpose_follow_numpys_rules_and_quantise(method, kwargs, expect):
+    b = ModelBuilder(seed=1)
+    b.output(getattr(b, method)(b.input("x", (1, 7, 5, 4)), **kwargs))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 7, 5, 4)).astype(np.float32)
+    want = expect(x)
+    got = run(b.to_bytes(), x)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    # int8: input and output share their parameters, so the int8 op copies the same elements
+    it = make_interpreter(b.to_bytes(int8=True))
+    detail = it.get_input_details()[0]
+    xq = np.random.default_rng(1).integers(-128, 128, size=detail["shape"]).astype(np.int8)
+    it.set_tensor(detail["index"], xq)
+    it.invoke()
+    assert np.array_equal(it.get_tensor(it.get_output_details()[0]["index"]), expect(xq))
+
+
+@pytest.mark.parametrize("method, kwargs", [
+    ("strided_slice", dict(begin=[0, 0], end=[1, 1], strides=[1, 1])),
+    ("strided_slice", dict(begin=[0, 0, 0, 0], end=[1, 1, 1, 1], strides=[1, 0, 1, 1])),
+    ("strided_slice", dict(begin=[0, 0, 0, 0], end=[1, 1, 1, 1], strides=[1, 1, 1, 1], shrink_axis_mask=0b1111)),
+    ("slice", dict(begin=[0, 5, 0, 0], size=[1, 3, 1, 1])),
+    ("transpose", dict(perm=[0, 1, 1, 2])),
+    ("resize", dict(size=(4, 4), align_corners=True, half_pixel_centers=True)),
+    ("depth_to_space", dict(block=3)),
+])
+def test_data_movement_refuses_what_the_runtime_cannot_run(method, kwargs):
+    b = ModelBuilder()
+    with pytest.raises(InputError):
+        getattr(b, method)(b.input("x", (1, 7, 5, 4)), **kwargs)

@@ -105,6 +105,32 @@ def test_resize_to_sizes_that_are_not_multiples(ctx, mode, grid):
     assert result.error is not None and result.error <= TOL, result
 
 
+@pytest.mark.parametrize("index", range(5))
+def test_slices_and_transpose_gather_what_tflite_copies(ctx, index):
+    """STRIDED_SLICE (masks, negative strides, a shrunk axis), SLICE and TRANSPOSE: bit for bit."""
+    from pipeit.tflite_builder import ModelBuilder
+    from tests.test_builder import DATA_MOVEMENT
+
+    method, kwargs, _expect = DATA_MOVEMENT[index]
+    b = ModelBuilder(seed=1)
+    b.output(getattr(b, method)(b.input("x", (1, 7, 5, 4)), **kwargs))
+    result = check_layer(read_model(b.to_bytes()), 0, ctx, None, "fp32")
+    assert result.error == 0.0, result
+
+
+def test_a_strided_slice_with_a_new_axis_stays_on_the_cpu(ctx):
+    from pipeit.gpu.lowering import Unsupported, lower_layer
+    from pipeit.graph import graph_from_model
+    from pipeit.tflite_builder import ModelBuilder
+
+    b = ModelBuilder(seed=1)
+    b.output(b.strided_slice(b.input("x", (1, 7, 5, 4)), [0, 0, 0, 0], [1, 7, 5, 4], [1, 1, 1, 1]))
+    model = read_model(b.to_bytes())
+    model.subgraphs[0].operators[0].builtinOptions.newAxisMask = 0b0100
+    with pytest.raises(Unsupported, match="new axis"):
+        lower_layer(model, graph_from_model(model, sha256="").layers[0])
+
+
 def test_depthwise_vector_variant(ctx):
     result = _check(ctx, {"VEC": 4, "WG": 64}, op="depthwise", input_shape=(1, 10, 10, 8))
     assert result.error <= TOL

@@ -46,6 +46,7 @@ __all__ = [
     "pad",
     "resize",
     "depth_to_space",
+    "gather",
     "softmax",
 ]
 
@@ -766,6 +767,17 @@ __kernel void depth_to_space(__global const store_t* x, __global store_t* out) {
   const int n = r / OH;
   const int ic = ((oy % B) * B + ox % B) * OC + c;
   ST(out, gid, LD(x, ((n * H + oy / B) * W + ox / B) * C + ic));
+}
+"""
+
+
+def gather(total: int, precision: Precision) -> str:
+    """``out[i] = x[index[i]]``: slices and transposes, their index table made on the host."""
+    return header(precision) + _defines({"TOTAL": int(total)}) + """
+__kernel void gather(__global const store_t* x, __global const int* index, __global store_t* out) {
+  const int gid = get_global_id(0);
+  if (gid >= TOTAL) return;
+  ST(out, gid, LD(x, index[gid]));
 }
 """
 

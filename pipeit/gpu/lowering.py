@@ -11,7 +11,8 @@ layers an infinite GPU time and keep them on a CPU cluster.
 
 Unsupported on purpose: anything not float32 (int8/uint8 activations or
 weights: quantised kernels are a CPU job here), ops without a template,
-MEAN over axes other than H and W, non-zero PADV2 constants.
+MEAN over axes other than H and W, non-zero PADV2 constants, slices with
+run-time bounds or STRIDED_SLICE's ellipsis and new-axis masks.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ __all__ = [
 
 _BINARY = ("ADD", "MUL", "SUB", "MAXIMUM", "MINIMUM", "PRELU")
 _UNARY = ("RELU", "RELU6", "RELU_N1_TO_1", "TANH", "LOGISTIC", "HARD_SWISH")
+#: data movement run as a gather through an index table made on the host (:func:`_gather_table`)
+_GATHERED = ("STRIDED_SLICE", "SLICE", "TRANSPOSE")
 SUPPORTED_OPS = frozenset(
     ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
      "MEAN", "CONCATENATION", "PAD", "RESHAPE", "SQUEEZE", "SOFTMAX", "RESIZE_BILINEAR",
-     "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE") + _BINARY + _UNARY
+     "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE") + _GATHERED + _BINARY + _UNARY
 )
 _ACTS = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
 _NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64,
@@ -276,12 +279,56 @@ def lower_layer(model: "schema.ModelT", layer: Layer, helper: Optional[_Model] =
         if len(in_shape) != 4 or block < 1 or in_shape[3] % (block * block):
             raise Unsupported(f"DEPTH_TO_SPACE of {tuple(in_shape)} with block size {block}")
         return LayerSpec(kind="depth_to_space", attrs={"block": block}, **base)
+    if name in _GATHERED:
+        table = _gather_table(m, name, ins, options)
+        if table.size != int(np.prod(out_shape)):
+            raise Unsupported(f"{name} gives {table.size} elements where its output holds {int(np.prod(out_shape))}")
+        return LayerSpec(kind="gather", consts={"index": table},
+                         **{**base, "inputs": tuple(act_inputs[:1]), "in_shapes": base["in_shapes"][:1]})
     if name == "SOFTMAX":
         depth = out_shape[-1] if out_shape else 1
         beta = float(getattr(options, "beta", 1.0) or 1.0)
         return LayerSpec(kind="softmax", attrs={"rows": int(np.prod(out_shape)) // depth,
                                                 "depth": int(depth), "beta": beta}, **base)
     raise Unsupported(f"{name} has no GPU kernel")  # pragma: no cover - SUPPORTED_OPS guards
+
+
+def _gather_table(m: _Model, name: str, ins: List[int], options) -> np.ndarray:
+    """For each output element of a slice or transpose, the flat index of the input element it copies.
+
+    The op is applied to the input's flat indices on the host (numpy's
+    slicing rules are TFLite's for these ops), so the kernel is one gather.
+    """
+    shape = m.shape(ins[0])
+    operands = [m.const(t) if t >= 0 else None for t in ins[1:]]
+    if any(v is None for v in operands):
+        raise Unsupported(f"{name} with run-time {'perm' if name == 'TRANSPOSE' else 'bounds'}")
+    flat = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    values = [np.asarray(v).reshape(-1).astype(np.int64) for v in operands]
+    try:
+        if name == "TRANSPOSE":
+            picked = flat.transpose([int(p) % len(shape) for p in values[0]])
+        elif name == "SLICE":
+            begin, size = values
+            picked = flat[tuple(slice(int(b), None if int(n) == -1 else int(b) + int(n)) for b, n in zip(begin, size))]
+        else:
+            if getattr(options, "ellipsisMask", 0) or getattr(options, "newAxisMask", 0) or getattr(options, "offset", False):
+                raise Unsupported("STRIDED_SLICE with an ellipsis, a new axis or offset bounds")
+            begin, end, strides = values
+            masks = [int(getattr(options, k, 0) or 0) for k in ("beginMask", "endMask", "shrinkAxisMask")]
+            parts: List[object] = []
+            for axis in range(len(shape)):
+                if masks[2] >> axis & 1:
+                    parts.append(int(begin[axis]))
+                else:
+                    parts.append(slice(None if masks[0] >> axis & 1 else int(begin[axis]),
+                                       None if masks[1] >> axis & 1 else int(end[axis]), int(strides[axis])))
+            picked = flat[tuple(parts)]
+    except (IndexError, ValueError) as err:
+        raise Unsupported(f"{name}: {err}") from None
+    if flat.size >= 2**31:
+        raise Unsupported(f"{name} of {flat.size} elements (the index table is int32)")
+    return np.ascontiguousarray(picked, dtype=np.int32).reshape(-1)
 
 
 def _lower_conv(m: _Model, name: str, ins: List[int], options, base: dict) -> LayerSpec:

@@ -72,11 +72,13 @@ class LayerProgram:
         builder()
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _const(self, name: str, value: np.ndarray) -> None:
+    def _const(self, name: str, value: np.ndarray, dtype: Optional[np.dtype] = None) -> None:
+        """A read-only device buffer of ``value``, in the storage type unless ``dtype`` says (an index table)."""
         cl = self.ctx.cl
-        data = np.ascontiguousarray(value, dtype=self.storage)
+        dtype = self.storage if dtype is None else np.dtype(dtype)
+        data = np.ascontiguousarray(value, dtype=dtype)
         if data.size == 0:
-            data = np.zeros(1, self.storage)
+            data = np.zeros(1, dtype)
         self.consts[name] = cl.Buffer(self.ctx.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
                                       hostbuf=data)
 
@@ -229,6 +231,12 @@ class LayerProgram:
         glob, loc = _launch_1d(self.spec.out_size, self.config)
         self._add(K.depth_to_space(self.spec.in_shapes[0], int(self.spec.attrs["block"]), self.precision),
                   "depth_to_space", glob, loc, [("in", 0), ("out", 0)])
+
+    def _build_gather(self) -> None:
+        self._const("index", self.spec.consts["index"], np.int32)
+        glob, loc = _launch_1d(self.spec.out_size, self.config)
+        self._add(K.gather(self.spec.out_size, self.precision), "gather", glob, loc,
+                  [("in", 0), ("const", "index"), ("out", 0)])
 
     def _build_softmax(self) -> None:
         a = self.spec.attrs
