@@ -137,3 +137,27 @@ def test_gpu_layer_times_for_the_dse(ctx):
     assert float_times[1] == 0.0  # RESHAPE aliases its input buffer: no kernel runs
     int8_times = gpu_layer_times(read_model(b.to_bytes(int8=True)), ctx, repeats=1)
     assert all(t == math.inf for t in int8_times)
+
+
+def test_an_upsampling_head_runs_whole_on_the_gpu_stage(ctx):
+    """Conv, DEPTH_TO_SPACE, RESIZE_BILINEAR (half-pixel), a skip ADD, STRIDED_SLICE with a shrunk axis,
+    TRANSPOSE and SLICE, as a detection or segmentation head chains them: one GPU stage, the model's outputs."""
+    from pipeit.tflite_builder import ModelBuilder
+
+    b = ModelBuilder(seed=9)
+    x = b.input("image", (1, 12, 10, 3))
+    low = b.conv2d(x, 16, kernel=3, stride=2)  # 6 x 5 x 16
+    up = b.depth_to_space(low, 2)  # 12 x 10 x 4
+    wide = b.resize(b.conv2d(low, 4, kernel=1), (12, 10), "bilinear", half_pixel_centers=True)
+    mixed = b.add(up, wide)
+    b.output(b.transpose(b.strided_slice(mixed, [0, 1, 0, 0], [1, 12, 10, 3], [1, 2, 1, 1], shrink_axis_mask=0b0001),
+                         [2, 0, 1]))  # 3 x 6 x 10
+    b.output(b.slice(b.resize(mixed, (5, 4), "nearest", align_corners=True), [0, 1, 0, 1], [1, -1, 4, 2]))
+    model = read_model(b.to_bytes())
+    n = len(graph_from_model(model, sha256="").layers)
+    x_in = random_inputs(extract_layers(model, 0, n).inputs, seed=2)
+    want = reference_outputs(b.to_bytes(), x_in)
+    got = GpuStage(model, 0, n, ctx=ctx).run(x_in)
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name].shape == value.shape and relative_error(got[name], value) <= TOL
