@@ -24,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from pipeit.errors import ModelError, PipeitError
 
@@ -161,6 +161,24 @@ class SlowedInterpreter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._interpreter, name)
+
+
+def invoke_frames(interpreter: Any, frames: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Each frame (inputs by tensor name) through ``interpreter``, one after another: outputs by name.
+
+    The reference a split or a GPU stage is held to: the whole model, frame
+    by frame, in the runtime (``get_tensor`` copies, so results outlive the
+    next invoke).
+    """
+    inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+    outputs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
+    results = []
+    for frame in frames:
+        for name, value in frame.items():
+            interpreter.set_tensor(inputs[name], value)
+        interpreter.invoke()
+        results.append({name: interpreter.get_tensor(index) for name, index in outputs.items()})
+    return results
 
 
 def check_loads(

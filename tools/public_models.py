@@ -115,7 +115,7 @@ def main() -> int:
     from pipeit.errors import PipeitError
     from pipeit.frames import random_frames
     from pipeit.graph import load_graph
-    from pipeit.runtime import check_loads, make_interpreter
+    from pipeit.runtime import check_loads, invoke_frames, make_interpreter
 
     args.cache.mkdir(parents=True, exist_ok=True)
     models = fetch_models(args.cache)
@@ -144,15 +144,7 @@ def main() -> int:
             continue
         n = len(graph.layers)
         frames = random_frames(graph.inputs, args.frames)
-        interpreter = make_interpreter(path)
-        ins = {d["name"]: d["index"] for d in interpreter.get_input_details()}
-        outs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
-        want = []
-        for frame in frames:
-            for name, value in frame.items():
-                interpreter.set_tensor(ins[name], value)
-            interpreter.invoke()
-            want.append({name: interpreter.get_tensor(index).copy() for name, index in outs.items()})
+        want = invoke_frames(make_interpreter(path), frames)
         verdicts = []
         for k in (2, 3, 5):
             cuts = sorted(rng.sample(range(1, n), k - 1))
@@ -160,7 +152,7 @@ def main() -> int:
             failures += problem is not None
             verdicts.append("identical" if problem is None else f"**{problem}** (cuts {cuts})")
         gpu_text = gpu_check(path, n) if gpu else "-"
-        print(f"| {path.stem} | {n} | {len(outs)} | {' / '.join(verdicts)} | {gpu_text} | "
+        print(f"| {path.stem} | {n} | {len(graph.outputs)} | {' / '.join(verdicts)} | {gpu_text} | "
               f"{time.time() - start:.0f} |", flush=True)
     return 1 if failures else 0
 

@@ -272,9 +272,9 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
     worst: Optional[float] = None
     bound = args.tolerance if gpu_stage_list else 0.0
     if args.check:
-        from pipeit.runtime import make_interpreter
+        from pipeit.runtime import invoke_frames, make_interpreter
 
-        reference = _reference_outputs(make_interpreter(model_path, num_threads=1), frames)
+        reference = invoke_frames(make_interpreter(model_path, num_threads=1), frames)
         worst = 0.0
         for n, out in enumerate(outputs):
             ref = reference[n % len(frames)]
@@ -345,14 +345,3 @@ def _relative_error(out: Dict[str, Any], ref: Dict[str, Any]) -> float:
 
     return max_relative_error(out, ref)
 
-
-def _reference_outputs(interpreter: Any, frames: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
-    outputs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
-    results = []
-    for frame in frames:
-        for name, value in frame.items():
-            interpreter.set_tensor(inputs[name], value)
-        interpreter.invoke()
-        results.append({name: interpreter.get_tensor(index) for name, index in outputs.items()})
-    return results
