@@ -31,7 +31,7 @@ from pipeit.executor.gpu_worker import GpuOptions
 from pipeit.gpu.calibration import CalibrationPolicy, Table, max_relative_error
 from pipeit.graph import load_graph
 from pipeit.plan import Plan, StageSpec, WorkerSpec, file_sha256
-from pipeit.runtime import make_interpreter
+from pipeit.runtime import invoke_frames, make_interpreter
 from tests.host_helpers import needs_opencl
 
 CPUS = tuple(sorted(os.sched_getaffinity(0)))
@@ -62,16 +62,7 @@ def frames_for(model: Path, count: int, seed: int = 0) -> List[Dict[str, np.ndar
 
 
 def reference(model: Path, frames: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
-    interpreter = make_interpreter(model)
-    ins = {d["name"]: d["index"] for d in interpreter.get_input_details()}
-    outs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
-    results = []
-    for frame in frames:
-        for name, value in frame.items():
-            interpreter.set_tensor(ins[name], value)
-        interpreter.invoke()
-        results.append({n: interpreter.get_tensor(i) for n, i in outs.items()})
-    return results
+    return invoke_frames(make_interpreter(model), frames)
 
 
 def errors(got: List[Dict[str, np.ndarray]], want: List[Dict[str, np.ndarray]]) -> List[float]:
