@@ -93,6 +93,7 @@ _INT8_VERSIONS = {
     _OP.STRIDED_SLICE: 2,
     _OP.SLICE: 2,
     _OP.TRANSPOSE: 2,
+    _OP.TRANSPOSE_CONV: 3,
 }
 
 # Tensor roles: what a tensor is decides how each emission mode stores it.
@@ -307,6 +308,30 @@ class ModelBuilder:
         opts = schema.Conv2DOptionsT(padding=pad, strideW=sw, strideH=sh, fusedActivationFunction=act,
                                      dilationWFactor=dw, dilationHFactor=dh)
         self._op(_OP.CONV_2D, (x.index, wi, bi), (y.index,), _OPT.Conv2DOptions, opts)
+        return y
+
+    def transpose_conv(self, x: Tensor, out_channels: int, kernel: Any = 3, stride: Any = 2,
+                       padding: str = "SAME", activation: str = "NONE", bias: bool = True, gain: float = 1.0,
+                       name: Optional[str] = None) -> Tensor:
+        """TRANSPOSE_CONV (an upsampling conv): output ``H * stride`` (SAME) or ``(H - 1) * stride + kernel``
+        (VALID) high, weights ``[out, kh, kw, in]``, an optional bias and fused activation."""
+        self._check(x, 4)
+        kh, kw = _pair(kernel)
+        sh, sw = _pair(stride)
+        n, h, w, cin = x.shape
+        same = _same_or_valid(padding) == PADDINGS["SAME"]
+        oh, ow = (h * sh, w * sw) if same else ((h - 1) * sh + kh, (w - 1) * sw + kw)
+        name = self._unique(name, "transpose_conv")
+        si = self._const(f"{name}/output_shape", np.asarray([n, oh, ow, out_channels], dtype=np.int32), _PARAM)
+        wi = self._const(f"{name}/weights", self._weights((out_channels, kh, kw, cin), kh * kw * cin, activation, gain),
+                         _WEIGHT, 0)
+        operands = [si, wi, x.index]
+        if bias:
+            operands.append(self._const(f"{name}/bias", self._bias(out_channels), _BIAS))
+        y = self._act(name, (n, oh, ow, out_channels))
+        opts = schema.TransposeConvOptionsT(padding=_same_or_valid(padding), strideW=sw, strideH=sh,
+                                            fusedActivationFunction=_activation(activation))
+        self._op(_OP.TRANSPOSE_CONV, operands, (y.index,), _OPT.TransposeConvOptions, opts)
         return y
 
     def depthwise_conv2d(self, x: Tensor, kernel: Any = 3, stride: Any = 1, padding: str = "SAME",
@@ -739,7 +764,9 @@ class _Emitter:
         for op in src._ops:
             ins: List[int] = []
             pre: List[Any] = []
-            in_scale = self.quant[op.inputs[0]].scale if int8 else 1.0
+            # the first activation operand sets the bias scale (TRANSPOSE_CONV's comes after its output shape)
+            first = next((i for i in op.inputs if src._tensors[i].role == _ACT), op.inputs[0])
+            in_scale = self.quant[first].scale if int8 else 1.0
             w_scales: Optional[np.ndarray] = None
             for i in op.inputs:
                 if i in mapping:
@@ -803,7 +830,7 @@ class _Emitter:
 #: op kinds :func:`single_layer_builder` knows
 SINGLE_LAYER_OPS = ("conv", "depthwise", "fc", "max_pool", "avg_pool", "add", "mul", "concat",
                     "mean", "pad", "softmax", "reshape", "hard_swish", "logistic", "resize_bilinear",
-                    "resize_nearest", "depth_to_space")
+                    "resize_nearest", "depth_to_space", "transpose_conv")
 
 
 def single_layer_builder(op: str, input_shape: Sequence[int], out_channels: Optional[int] = None,
@@ -820,7 +847,8 @@ def single_layer_builder(op: str, input_shape: Sequence[int], out_channels: Opti
     ``resize_bilinear``/``resize_nearest`` scale height and width by
     ``stride`` on the grid ``padding`` names (``SAME``: half-pixel centres,
     ``VALID``: aligned corners, anything else: neither); ``depth_to_space``
-    takes ``stride`` as its block size.
+    takes ``stride`` as its block size; ``transpose_conv`` upsamples by
+    ``stride``.
     """
     shape = tuple(int(s) for s in input_shape)
     if op not in SINGLE_LAYER_OPS:
@@ -866,6 +894,8 @@ def single_layer_builder(op: str, input_shape: Sequence[int], out_channels: Opti
                      align_corners=grid == "VALID", half_pixel_centers=grid == "SAME")
     elif op == "depth_to_space":
         y = b.depth_to_space(x, _pair(stride)[0])
+    elif op == "transpose_conv":
+        y = b.transpose_conv(x, out_channels or shape[-1], kernel, stride, padding, activation)
     else:
         y = b.logistic(x)
     b.output(y)

@@ -345,3 +345,23 @@ def test_data_movement_refuses_what_the_runtime_cannot_run(method, kwargs):
     b = ModelBuilder()
     with pytest.raises(InputError):
         getattr(b, method)(b.input("x", (1, 7, 5, 4)), **kwargs)
+
+
+@pytest.mark.parametrize("padding, shape", [("SAME", (1, 10, 12, 6)), ("VALID", (1, 11, 13, 6))])
+def test_transpose_conv_upsamples_and_keeps_its_weights_in_every_form(padding, shape):
+    b = ModelBuilder(seed=3)
+    b.output(b.transpose_conv(b.input("x", (1, 5, 6, 4)), 6, kernel=3, stride=2, padding=padding))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 5, 6, 4)).astype(np.float32)
+    want = run(b.to_bytes(), x)
+    assert want.shape == shape
+    # fp16 weights behind DEQUANTIZE: the same layer within fp16's rounding
+    np.testing.assert_allclose(run(b.to_bytes(fp16_weights=True), x), want, rtol=1e-2, atol=1e-2)
+    # int8 (bias scaled by the input's scale, not the output shape operand's): close to the float layer
+    it = make_interpreter(b.to_bytes(int8=True))
+    d_in, d_out = it.get_input_details()[0], it.get_output_details()[0]
+    si, zi = d_in["quantization"]
+    so, zo = d_out["quantization"]
+    it.set_tensor(d_in["index"], np.clip(np.rint(x / si + zi), -128, 127).astype(np.int8))
+    it.invoke()
+    got = (it.get_tensor(d_out["index"]).astype(np.float32) - zo) * so
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.98

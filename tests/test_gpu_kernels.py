@@ -82,6 +82,10 @@ OTHER_CASES = [
     dict(op="resize_nearest", input_shape=(1, 5, 7, 3), stride=2, padding="SAME"),
     dict(op="resize_nearest", input_shape=(2, 6, 4, 5), stride=3, padding="VALID"),
     dict(op="resize_nearest", input_shape=(1, 9, 9, 4), stride=(1, 2), padding="none"),
+    dict(op="transpose_conv", input_shape=(1, 5, 6, 4), out_channels=6, kernel=3, stride=2, padding="SAME"),
+    dict(op="transpose_conv", input_shape=(2, 4, 3, 5), out_channels=3, kernel=4, stride=2, padding="SAME",
+         activation="RELU"),
+    dict(op="transpose_conv", input_shape=(1, 3, 3, 4), out_channels=7, kernel=2, stride=(3, 1), padding="VALID"),
     dict(op="depth_to_space", input_shape=(1, 5, 6, 8), stride=2),
     dict(op="depth_to_space", input_shape=(2, 3, 4, 18), stride=3),
 ]

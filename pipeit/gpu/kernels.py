@@ -38,6 +38,7 @@ __all__ = [
     "winograd_output",
     "winograd_weights",
     "depthwise",
+    "transpose_conv",
     "pool",
     "mean_hw",
     "binary",
@@ -518,6 +519,42 @@ __kernel void depthwise(__global const store_t* in, __global const store_t* w,
   const int ox = p % OW; p /= OW;
   const int oy = p % OH;
   const int n = p / OH;""" + body + """
+}
+"""
+
+
+def transpose_conv(shape: Mapping[str, int], activation: str, precision: Precision) -> str:
+    """TRANSPOSE_CONV, one item per output element: the input pixels whose stride lands on it, times
+    weights ``[COUT, KH, KW, CIN]``, plus bias, then the activation (accumulated in float)."""
+    d = dict(shape)
+    d["TOTAL"] = shape["N"] * shape["OH"] * shape["OW"] * shape["COUT"]
+    return header(precision) + _defines(d) + _act(activation) + """
+__kernel void transpose_conv(__global const store_t* x, __global const store_t* w, __global const store_t* bias,
+                             __global store_t* out) {
+  const int gid = get_global_id(0);
+  if (gid >= TOTAL) return;
+  const int co = gid % COUT;
+  int r = gid / COUT;
+  const int ox = r % OW; r /= OW;
+  const int oy = r % OH;
+  const int n = r / OH;
+  float acc = 0.0f;
+  for (int fy = 0; fy < KH; ++fy) {
+    const int ty = oy + PT - fy;
+    if (ty < 0 || ty % SH) continue;
+    const int iy = ty / SH;
+    if (iy >= H) continue;
+    for (int fx = 0; fx < KW; ++fx) {
+      const int tx = ox + PL - fx;
+      if (tx < 0 || tx % SW) continue;
+      const int ix = tx / SW;
+      if (ix >= W) continue;
+      const int xb = ((n * H + iy) * W + ix) * CIN;
+      const int wb = ((co * KH + fy) * KW + fx) * CIN;
+      for (int ci = 0; ci < CIN; ++ci) acc += (float)LD(x, xb + ci) * (float)LD(w, wb + ci);
+    }
+  }
+  ST(out, gid, ACT((real)(acc + (float)LD(bias, co))));
 }
 """
 

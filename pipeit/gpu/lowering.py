@@ -42,7 +42,7 @@ _UNARY = ("RELU", "RELU6", "RELU_N1_TO_1", "TANH", "LOGISTIC", "HARD_SWISH")
 #: data movement run as a gather through an index table made on the host (:func:`_gather_table`)
 _GATHERED = ("STRIDED_SLICE", "SLICE", "TRANSPOSE")
 SUPPORTED_OPS = frozenset(
-    ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
+    ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
      "MEAN", "CONCATENATION", "PAD", "RESHAPE", "SQUEEZE", "SOFTMAX", "RESIZE_BILINEAR",
      "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE") + _GATHERED + _BINARY + _UNARY
 )
@@ -194,6 +194,8 @@ def lower_layer(model: "schema.ModelT", layer: Layer, helper: Optional[_Model] =
 
     if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         return _lower_conv(m, name, ins, options, base)
+    if name == "TRANSPOSE_CONV":
+        return _lower_transpose_conv(m, ins, options, base)
     if name == "FULLY_CONNECTED":
         w = m.const(ins[1])
         if w is None or w.ndim != 2 or w.dtype != np.float32:
@@ -291,6 +293,34 @@ def lower_layer(model: "schema.ModelT", layer: Layer, helper: Optional[_Model] =
         return LayerSpec(kind="softmax", attrs={"rows": int(np.prod(out_shape)) // depth,
                                                 "depth": int(depth), "beta": beta}, **base)
     raise Unsupported(f"{name} has no GPU kernel")  # pragma: no cover - SUPPORTED_OPS guards
+
+
+def _lower_transpose_conv(m: _Model, ins: List[int], options, base: dict) -> LayerSpec:
+    """TRANSPOSE_CONV: operands (output shape, weights [Cout, KH, KW, Cin], input, bias?).
+
+    Its padding is TFLite's: that of a conv from the output back to the
+    input (:func:`same_padding` on the output size), the part before taken.
+    """
+    w = m.const(ins[1])
+    if w is None or w.dtype != np.float32 or w.ndim != 4:
+        raise Unsupported("TRANSPOSE_CONV without constant float weights")
+    n, h, w_, cin = _pad4(m.shape(ins[2]))
+    out = base["out_shape"]
+    if len(out) != 4:
+        raise Unsupported("TRANSPOSE_CONV with a run-time output shape")
+    cout, kh, kw, wcin = (int(v) for v in w.shape)
+    if wcin != cin or out[3] != cout:
+        raise Unsupported(f"TRANSPOSE_CONV weights {tuple(w.shape)} do not fit {cin} -> {out[3]} channels")
+    bias = m.const(ins[3]) if len(ins) > 3 and ins[3] >= 0 else None
+    bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32).reshape(-1)
+    padding = "SAME" if int(options.padding) == schema.Padding.SAME else "VALID"
+    sh, sw = int(options.strideH), int(options.strideW)
+    _, pt = same_padding(int(out[1]), kh, sh, 1, padding)
+    _, pl = same_padding(int(out[2]), kw, sw, 1, padding)
+    geometry = dict(N=n, H=h, W=w_, CIN=cin, OH=int(out[1]), OW=int(out[2]), COUT=cout, KH=kh, KW=kw,
+                    SH=sh, SW=sw, PT=pt, PL=pl)
+    return LayerSpec(kind="transpose_conv", activation=_activation(options), geometry=geometry,
+                     consts={"w": np.ascontiguousarray(w), "bias": bias}, **base)
 
 
 def _gather_table(m: _Model, name: str, ins: List[int], options) -> np.ndarray:

@@ -173,6 +173,13 @@ class LayerProgram:
         self._add(K.depthwise(g, {"VEC": vec}, self.spec.activation, self.precision), "depthwise", glob, loc,
                   [("in", 0), ("const", "w"), ("const", "bias"), ("out", 0)])
 
+    def _build_transpose_conv(self) -> None:
+        self._const("w", self.spec.consts["w"])
+        self._const("bias", self.spec.consts["bias"])
+        glob, loc = _launch_1d(self.spec.out_size, self.config)
+        self._add(K.transpose_conv(self.spec.geometry, self.spec.activation, self.precision), "transpose_conv",
+                  glob, loc, [("in", 0), ("const", "w"), ("const", "bias"), ("out", 0)])
+
     def _build_pool(self) -> None:
         glob, loc = _launch_1d(self.spec.out_size, self.config)
         source = K.pool(str(self.spec.attrs["pool"]), self.spec.geometry, self.spec.activation,
