@@ -46,7 +46,8 @@ __all__ = [
 FIXED_OUTPUT_PARAMS = {"SOFTMAX": (1.0 / 256.0, -128), "LOGISTIC": (1.0 / 256.0, -128)}
 #: int8 kernels that require input and output parameters to be equal
 SHARED_PARAM_OPS = ("MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "PAD", "CONCATENATION", "RESIZE_BILINEAR",
-                    "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "STRIDED_SLICE", "SLICE", "TRANSPOSE")
+                    "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "STRIDED_SLICE", "SLICE", "TRANSPOSE",
+                    "SPACE_TO_DEPTH", "MIRROR_PAD")
 
 
 def calibration_inputs(builder: "ModelBuilder", samples: int, seed: int) -> List[Dict[int, np.ndarray]]:

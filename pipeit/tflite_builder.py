@@ -94,6 +94,8 @@ _INT8_VERSIONS = {
     _OP.SLICE: 2,
     _OP.TRANSPOSE: 2,
     _OP.TRANSPOSE_CONV: 3,
+    _OP.SPACE_TO_DEPTH: 2,
+    _OP.MIRROR_PAD: 2,
 }
 
 # Tensor roles: what a tensor is decides how each emission mode stores it.
@@ -523,6 +525,37 @@ class ModelBuilder:
         y = self._act(self._unique(name, "depth_to_space"), (n, h * block, w * block, c // (block * block)))
         self._op(_OP.DEPTH_TO_SPACE, (x.index,), (y.index,), _OPT.DepthToSpaceOptions,
                  schema.DepthToSpaceOptionsT(blockSize=int(block)))
+        return y
+
+    def space_to_depth(self, x: Tensor, block: int, name: Optional[str] = None) -> Tensor:
+        """SPACE_TO_DEPTH: each ``block`` x ``block`` patch of pixels becomes one pixel of ``block``² x the channels."""
+        self._check(x, 4)
+        n, h, w, c = x.shape
+        if block < 2 or h % block or w % block:
+            raise InputError(f"space_to_depth: {h} x {w} does not split into {block} x {block} blocks")
+        y = self._act(self._unique(name, "space_to_depth"), (n, h // block, w // block, c * block * block))
+        self._op(_OP.SPACE_TO_DEPTH, (x.index,), (y.index,), _OPT.SpaceToDepthOptions,
+                 schema.SpaceToDepthOptionsT(blockSize=int(block)))
+        return y
+
+    def mirror_pad(self, x: Tensor, paddings: Sequence[Sequence[int]], mode: str = "REFLECT",
+                   name: Optional[str] = None) -> Tensor:
+        """MIRROR_PAD: ``REFLECT`` (the edge not repeated) or ``SYMMETRIC`` (repeated), as numpy's pad."""
+        self._check(x)
+        pads = np.asarray(paddings, dtype=np.int32)
+        modes = {"REFLECT": schema.MirrorPadMode.REFLECT, "SYMMETRIC": schema.MirrorPadMode.SYMMETRIC}
+        if mode not in modes:
+            raise InputError(f"mirror_pad: mode must be REFLECT or SYMMETRIC, got {mode!r}")
+        edge = 1 if mode == "REFLECT" else 0
+        if pads.shape != (len(x.shape), 2) or (pads < 0).any() or \
+                any(int(p.max()) > size - edge for p, size in zip(pads, x.shape)):
+            raise InputError(f"mirror_pad: paddings must be {len(x.shape)} [before, after] pairs each at most "
+                             f"the axis size{' - 1' if edge else ''}")
+        name = self._unique(name, "mirror_pad")
+        pi = self._const(f"{name}/paddings", pads, _PARAM)
+        y = self._act(name, [s + int(p[0]) + int(p[1]) for s, p in zip(x.shape, pads)])
+        self._op(_OP.MIRROR_PAD, (x.index, pi), (y.index,), _OPT.MirrorPadOptions,
+                 schema.MirrorPadOptionsT(mode=modes[mode]))
         return y
 
     def strided_slice(self, x: Tensor, begin: Sequence[int], end: Sequence[int], strides: Sequence[int],

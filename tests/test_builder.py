@@ -312,6 +312,10 @@ DATA_MOVEMENT = [
      lambda x: x[0:1, 2, 0:5, 0:4:2]),
     ("slice", dict(begin=[0, 1, 1, 0], size=[1, -1, 3, 2]), lambda x: x[0:1, 1:, 1:4, 0:2]),
     ("transpose", dict(perm=[0, 3, 1, 2]), lambda x: x.transpose(0, 3, 1, 2)),
+    ("mirror_pad", dict(paddings=[[0, 0], [2, 1], [0, 3], [0, 0]], mode="REFLECT"),
+     lambda x: np.pad(x, [(0, 0), (2, 1), (0, 3), (0, 0)], mode="reflect")),
+    ("mirror_pad", dict(paddings=[[0, 0], [3, 1], [5, 0], [1, 2]], mode="SYMMETRIC"),
+     lambda x: np.pad(x, [(0, 0), (3, 1), (5, 0), (1, 2)], mode="symmetric")),
 ]
 
 
@@ -340,6 +344,9 @@ def test_slices_and_transpose_follow_numpys_rules_and_quantise(method, kwargs, e
     ("transpose", dict(perm=[0, 1, 1, 2])),
     ("resize", dict(size=(4, 4), align_corners=True, half_pixel_centers=True)),
     ("depth_to_space", dict(block=3)),
+    ("space_to_depth", dict(block=2)),
+    ("mirror_pad", dict(paddings=[[0, 0], [7, 0], [0, 0], [0, 0]], mode="REFLECT")),
+    ("mirror_pad", dict(paddings=[[0, 0], [1, 0], [0, 0], [0, 0]], mode="EDGE")),
 ])
 def test_data_movement_refuses_what_the_runtime_cannot_run(method, kwargs):
     b = ModelBuilder()
@@ -365,3 +372,12 @@ def test_transpose_conv_upsamples_and_keeps_its_weights_in_every_form(padding, s
     it.invoke()
     got = (it.get_tensor(d_out["index"]).astype(np.float32) - zo) * so
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.98
+
+
+def test_space_to_depth_is_numpys_block_reshape_and_quantises():
+    b = ModelBuilder(seed=1)
+    b.output(b.space_to_depth(b.input("x", (2, 6, 4, 3)), 2))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 6, 4, 3)).astype(np.float32)
+    want = x.reshape(2, 3, 2, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 3, 2, 12)
+    assert np.array_equal(run(b.to_bytes(), x), want)
+    assert run(b.to_bytes(int8=True), np.zeros((2, 6, 4, 3), np.int8)).shape == (2, 3, 2, 12)

@@ -109,15 +109,19 @@ def test_resize_to_sizes_that_are_not_multiples(ctx, mode, grid):
     assert result.error is not None and result.error <= TOL, result
 
 
-@pytest.mark.parametrize("index", range(5))
-def test_slices_and_transpose_gather_what_tflite_copies(ctx, index):
-    """STRIDED_SLICE (masks, negative strides, a shrunk axis), SLICE and TRANSPOSE: bit for bit."""
+@pytest.mark.parametrize("index", range(8))
+def test_slices_transpose_and_mirror_pads_gather_what_tflite_copies(ctx, index):
+    """STRIDED_SLICE (masks, negative strides, a shrunk axis), SLICE, TRANSPOSE, MIRROR_PAD both ways and
+    SPACE_TO_DEPTH: bit for bit."""
     from pipeit.tflite_builder import ModelBuilder
     from tests.test_builder import DATA_MOVEMENT
 
-    method, kwargs, _expect = DATA_MOVEMENT[index]
     b = ModelBuilder(seed=1)
-    b.output(getattr(b, method)(b.input("x", (1, 7, 5, 4)), **kwargs))
+    if index < len(DATA_MOVEMENT):
+        method, kwargs, _expect = DATA_MOVEMENT[index]
+        b.output(getattr(b, method)(b.input("x", (1, 7, 5, 4)), **kwargs))
+    else:
+        b.output(b.space_to_depth(b.input("x", (2, 6, 4, 3)), 2))
     result = check_layer(read_model(b.to_bytes()), 0, ctx, None, "fp32")
     assert result.error == 0.0, result
 

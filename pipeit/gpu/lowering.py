@@ -39,8 +39,9 @@ __all__ = [
 
 _BINARY = ("ADD", "MUL", "SUB", "MAXIMUM", "MINIMUM", "PRELU")
 _UNARY = ("RELU", "RELU6", "RELU_N1_TO_1", "TANH", "LOGISTIC", "HARD_SWISH")
-#: data movement run as a gather through an index table made on the host (:func:`_gather_table`)
-_GATHERED = ("STRIDED_SLICE", "SLICE", "TRANSPOSE")
+#: data movement run as a gather through an index table made on the host (:func:`_gather_table`): numpy
+#: applies the op to the flat indices (TFLite follows numpy for these)
+_GATHERED = ("STRIDED_SLICE", "SLICE", "TRANSPOSE", "SPACE_TO_DEPTH", "MIRROR_PAD")
 SUPPORTED_OPS = frozenset(
     ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
      "MEAN", "CONCATENATION", "PAD", "RESHAPE", "SQUEEZE", "SOFTMAX", "RESIZE_BILINEAR",
@@ -330,6 +331,13 @@ def _gather_table(m: _Model, name: str, ins: List[int], options) -> np.ndarray:
     slicing rules are TFLite's for these ops), so the kernel is one gather.
     """
     shape = m.shape(ins[0])
+    if name == "SPACE_TO_DEPTH":
+        block = int(getattr(options, "blockSize", 0) or 0)
+        n, h, w, c = _pad4(shape)
+        if len(shape) != 4 or block < 1 or h % block or w % block:
+            raise Unsupported(f"SPACE_TO_DEPTH of {tuple(shape)} with block size {block}")
+        flat = np.arange(n * h * w * c, dtype=np.int64).reshape(n, h // block, block, w // block, block, c)
+        return np.ascontiguousarray(flat.transpose(0, 1, 3, 2, 4, 5), dtype=np.int32).reshape(-1)
     operands = [m.const(t) if t >= 0 else None for t in ins[1:]]
     if any(v is None for v in operands):
         raise Unsupported(f"{name} with run-time {'perm' if name == 'TRANSPOSE' else 'bounds'}")
@@ -338,6 +346,10 @@ def _gather_table(m: _Model, name: str, ins: List[int], options) -> np.ndarray:
     try:
         if name == "TRANSPOSE":
             picked = flat.transpose([int(p) % len(shape) for p in values[0]])
+        elif name == "MIRROR_PAD":
+            mode = "symmetric" if int(getattr(options, "mode", 0) or 0) == schema.MirrorPadMode.SYMMETRIC else "reflect"
+            pads = values[0].reshape(-1, 2)
+            picked = np.pad(flat, [(int(a), int(b)) for a, b in pads], mode=mode)
         elif name == "SLICE":
             begin, size = values
             picked = flat[tuple(slice(int(b), None if int(n) == -1 else int(b) + int(n)) for b, n in zip(begin, size))]
