@@ -185,6 +185,19 @@ class TestCalibratorOnARealStage:
         assert switch is not None and switch.reason == "entropy" and switch.value > policy.entropy_k
         assert cal.level == 1 and cal.baseline is None  # the new table learns its own baseline
 
+    def test_inputs_that_move_the_entropy_raise_nothing_on_the_last_table(self, stage_case):
+        """At fp32 there is nothing to step up to: the entropy shift is the inputs, not the kernels."""
+        fp32, _, frames, _ = stage_case
+        cal = Calibrator((FP32,), CalibrationPolicy(tolerance=1e-4, every=1, check_every=1000, baseline=4,
+                                                    patience=2))
+        for n in range(4):
+            assert cal.observe(n, fp32.run(frames[n])) is None
+        shifted = [{k: v * 40.0 for k, v in frames[n].items()} for n in (6, 7, 6, 7)]
+        mean, std = cal.baseline
+        assert abs(output_entropy(fp32.run(shifted[0])) - mean) > 6.0 * max(std, 1e-3 * mean)
+        assert all(cal.observe(4 + n, fp32.run(x)) is None for n, x in enumerate(shifted))
+        assert cal.switches == []
+
     def test_the_last_table_failing_is_said_once(self, stage_case):
         fp32, _, frames, refs = stage_case
         cal = Calibrator((FP32,), CalibrationPolicy(tolerance=0.0, every=1, check_every=1))
