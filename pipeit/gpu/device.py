@@ -28,8 +28,12 @@ from pipeit.errors import PipeitError
 
 try:  # optional dependency, guarded where used
     import pyopencl as cl
-except ImportError:  # pragma: no cover - exercised only where pyopencl is missing
+
+    _IMPORT_PROBLEM = ""
+except ImportError as _err:  # pragma: no cover - exercised only where pyopencl is missing
     cl = None
+    # installed but broken (one of its own dependencies missing, say) reads differently from absent
+    _IMPORT_PROBLEM = "" if getattr(_err, "name", None) == "pyopencl" else f"{_err}"
 
 __all__ = [
     "ENV_DEVICE",
@@ -61,6 +65,8 @@ def opencl_available() -> bool:
 def require_opencl() -> Any:
     """The pyopencl module, or a :class:`GpuError` with the install hint."""
     if cl is None:
+        if _IMPORT_PROBLEM:
+            raise GpuError(f"the GPU path needs pyopencl, which does not import: {_IMPORT_PROBLEM} ({INSTALL_HINT})")
         raise GpuError(f"the GPU path needs pyopencl, which is not installed: {INSTALL_HINT}")
     return cl
 
