@@ -307,7 +307,7 @@ def _lower_transpose_conv(m: _Model, ins: List[int], options, base: dict) -> Lay
         raise Unsupported("TRANSPOSE_CONV without constant float weights")
     n, h, w_, cin = _pad4(m.shape(ins[2]))
     out = base["out_shape"]
-    if len(out) != 4:
+    if len(out) != 4 or m.const(ins[0]) is None:
         raise Unsupported("TRANSPOSE_CONV with a run-time output shape")
     cout, kh, kw, wcin = (int(v) for v in w.shape)
     if wcin != cin or out[3] != cout:
