@@ -578,11 +578,11 @@ class ModelBuilder:
             shape = np.empty(x.shape, dtype=np.uint8)[tuple(parts)].shape
         except IndexError as err:
             raise InputError(f"strided_slice: {err}") from None
+        if not shape:
+            raise InputError("strided_slice: every axis shrunk (a scalar output)")
         name = self._unique(name, "strided_slice")
         operands = [x.index] + [self._const(f"{name}/{what}", np.asarray(v, dtype=np.int32), _PARAM)
                                 for what, v in (("begin", begin), ("end", end), ("strides", strides))]
-        if not shape:
-            raise InputError("strided_slice: every axis shrunk (a scalar output)")
         y = self._act(name, shape)
         opts = schema.StridedSliceOptionsT()
         opts.beginMask, opts.endMask, opts.shrinkAxisMask = int(begin_mask), int(end_mask), int(shrink_axis_mask)

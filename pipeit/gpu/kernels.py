@@ -531,13 +531,8 @@ def transpose_conv(shape: Mapping[str, int], activation: str, precision: Precisi
     return header(precision) + _defines(d) + _act(activation) + """
 __kernel void transpose_conv(__global const store_t* x, __global const store_t* w, __global const store_t* bias,
                              __global store_t* out) {
-  const int gid = get_global_id(0);
-  if (gid >= TOTAL) return;
-  const int co = gid % COUT;
-  int r = gid / COUT;
-  const int ox = r % OW; r /= OW;
-  const int oy = r % OH;
-  const int n = r / OH;
+""" + _nhwc_item("COUT") + """
+  const int co = c;
   float acc = 0.0f;
   for (int fy = 0; fy < KH; ++fy) {
     const int ty = oy + PT - fy;
@@ -559,6 +554,19 @@ __kernel void transpose_conv(__global const store_t* x, __global const store_t* 
 """
 
 
+def _nhwc_item(channels: str) -> str:
+    """The opening of a kernel with one item per NHWC output element: ``gid`` split into ``n, oy, ox, c``
+    (``channels`` names the macro of the output's channel count; ``OH``/``OW`` its height and width)."""
+    return f"""  const int gid = get_global_id(0);
+  if (gid >= TOTAL) return;
+  const int c = gid % {channels};
+  int r = gid / {channels};
+  const int ox = r % OW; r /= OW;
+  const int oy = r % OH;
+  const int n = r / OH;
+"""
+
+
 def pool(kind: str, shape: Mapping[str, int], activation: str, precision: Precision) -> str:
     """Max or average pooling; the average counts only taps inside the input (as TFLite)."""
     if kind not in ("max", "avg"):
@@ -567,13 +575,7 @@ def pool(kind: str, shape: Mapping[str, int], activation: str, precision: Precis
     d.update(TOTAL=shape["N"] * shape["OH"] * shape["OW"] * shape["C"], IS_MAX=int(kind == "max"))
     return header(precision) + _defines(d) + _act(activation) + """
 __kernel void pool(__global const store_t* in, __global store_t* out) {
-  const int gid = get_global_id(0);
-  if (gid >= TOTAL) return;
-  const int c = gid % C;
-  int p = gid / C;
-  const int ox = p % OW; p /= OW;
-  const int oy = p % OH;
-  const int n = p / OH;
+""" + _nhwc_item("C") + """
 #if IS_MAX
   real acc = -INFINITY;
 #else
@@ -757,13 +759,8 @@ def resize(in_shape: Sequence[int], out_shape: Sequence[int], mode: str, align_c
              BILINEAR=int(mode == "bilinear"), ALIGN=int(align_corners), HALF=int(half_pixel_centers))
     return "#pragma OPENCL FP_CONTRACT OFF\n" + header(precision) + _defines(d) + """
 __kernel void resize(__global const store_t* x, __global store_t* out) {
-  const int gid = get_global_id(0);
-  if (gid >= TOTAL) return;
-  const int c = gid % C;
-  int r = gid / C;
-  const int ox = r % OW; r /= OW;
-  const int oy = r % OH;
-  const int base = (r / OH) * H;
+""" + _nhwc_item("C") + """
+  const int base = n * H;
 #if BILINEAR
   const float fy = HALF ? ((float)oy + 0.5f) * SY - 0.5f : (float)oy * SY;
   const float fx = HALF ? ((float)ox + 0.5f) * SX - 0.5f : (float)ox * SX;
@@ -795,13 +792,7 @@ def depth_to_space(in_shape: Sequence[int], block: int, precision: Precision) ->
     d = dict(TOTAL=n * h * w * c, H=h, W=w, C=c, B=int(block), OW=w * block, OC=cout, OH=h * block)
     return header(precision) + _defines(d) + """
 __kernel void depth_to_space(__global const store_t* x, __global store_t* out) {
-  const int gid = get_global_id(0);
-  if (gid >= TOTAL) return;
-  const int c = gid % OC;
-  int r = gid / OC;
-  const int ox = r % OW; r /= OW;
-  const int oy = r % OH;
-  const int n = r / OH;
+""" + _nhwc_item("OC") + """
   const int ic = ((oy % B) * B + ox % B) * OC + c;
   ST(out, gid, LD(x, ((n * H + oy / B) * W + ox / B) * C + ic));
 }
