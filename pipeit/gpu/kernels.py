@@ -46,7 +46,6 @@ __all__ = [
     "concat_copy",
     "pad",
     "resize",
-    "depth_to_space",
     "gather",
     "softmax",
 ]
@@ -780,21 +779,6 @@ __kernel void resize(__global const store_t* x, __global store_t* out) {
   if (HALF) { iy = max(iy, 0); ix = max(ix, 0); }
   ST(out, gid, LD(x, ((base + iy) * W + ix) * C + c));
 #endif
-}
-"""
-
-
-def depth_to_space(in_shape: Sequence[int], block: int, precision: Precision) -> str:
-    """DEPTH_TO_SPACE (NHWC): output pixel (y, x) channel c reads input (y / B, x / B), channel
-    ((y % B) * B + x % B) * C_out + c."""
-    n, h, w, c = (int(v) for v in in_shape)
-    cout = c // (block * block)
-    d = dict(TOTAL=n * h * w * c, H=h, W=w, C=c, B=int(block), OW=w * block, OC=cout, OH=h * block)
-    return header(precision) + _defines(d) + """
-__kernel void depth_to_space(__global const store_t* x, __global store_t* out) {
-""" + _nhwc_item("OC") + """
-  const int ic = ((oy % B) * B + ox % B) * OC + c;
-  ST(out, gid, LD(x, ((n * H + oy / B) * W + ox / B) * C + ic));
 }
 """
 

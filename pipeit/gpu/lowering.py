@@ -41,11 +41,11 @@ _BINARY = ("ADD", "MUL", "SUB", "MAXIMUM", "MINIMUM", "PRELU")
 _UNARY = ("RELU", "RELU6", "RELU_N1_TO_1", "TANH", "LOGISTIC", "HARD_SWISH")
 #: data movement run as a gather through an index table made on the host (:func:`_gather_table`): numpy
 #: applies the op to the flat indices (TFLite follows numpy for these)
-_GATHERED = ("STRIDED_SLICE", "SLICE", "TRANSPOSE", "SPACE_TO_DEPTH", "MIRROR_PAD")
+_GATHERED = ("STRIDED_SLICE", "SLICE", "TRANSPOSE", "SPACE_TO_DEPTH", "DEPTH_TO_SPACE", "MIRROR_PAD")
 SUPPORTED_OPS = frozenset(
     ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D",
      "MEAN", "CONCATENATION", "PAD", "RESHAPE", "SQUEEZE", "SOFTMAX", "RESIZE_BILINEAR",
-     "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE") + _GATHERED + _BINARY + _UNARY
+     "RESIZE_NEAREST_NEIGHBOR") + _GATHERED + _BINARY + _UNARY
 )
 _ACTS = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
 _NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64,
@@ -276,12 +276,6 @@ def lower_layer(model: "schema.ModelT", layer: Layer, helper: Optional[_Model] =
         mode = "bilinear" if name == "RESIZE_BILINEAR" else "nearest"
         return LayerSpec(kind="resize", attrs={"mode": mode, "align_corners": align, "half_pixel_centers": half},
                          **{**base, "inputs": tuple(act_inputs[:1]), "in_shapes": base["in_shapes"][:1]})
-    if name == "DEPTH_TO_SPACE":
-        in_shape = m.shape(ins[0])
-        block = int(getattr(options, "blockSize", 0) or 0)
-        if len(in_shape) != 4 or block < 1 or in_shape[3] % (block * block):
-            raise Unsupported(f"DEPTH_TO_SPACE of {tuple(in_shape)} with block size {block}")
-        return LayerSpec(kind="depth_to_space", attrs={"block": block}, **base)
     if name in _GATHERED:
         table = _gather_table(m, name, ins, options)
         if table.size != int(np.prod(out_shape)):
@@ -331,13 +325,20 @@ def _gather_table(m: _Model, name: str, ins: List[int], options) -> np.ndarray:
     slicing rules are TFLite's for these ops), so the kernel is one gather.
     """
     shape = m.shape(ins[0])
-    if name == "SPACE_TO_DEPTH":
+    if name in ("SPACE_TO_DEPTH", "DEPTH_TO_SPACE"):
+        # one is the other's inverse: space_to_depth reads input blocks (n, h/B, B, w/B, B, c) in the order
+        # (n, h/B, w/B, B, B, c); depth_to_space reads input (n, h, w, B, B, c/B^2) in the order (n, h, B, w, B, c)
         block = int(getattr(options, "blockSize", 0) or 0)
         n, h, w, c = _pad4(shape)
-        if len(shape) != 4 or block < 1 or h % block or w % block:
-            raise Unsupported(f"SPACE_TO_DEPTH of {tuple(shape)} with block size {block}")
-        flat = np.arange(n * h * w * c, dtype=np.int64).reshape(n, h // block, block, w // block, block, c)
-        return np.ascontiguousarray(flat.transpose(0, 1, 3, 2, 4, 5), dtype=np.int32).reshape(-1)
+        to_depth = name == "SPACE_TO_DEPTH"
+        if len(shape) != 4 or block < 1 or (h % block or w % block if to_depth else c % (block * block)):
+            raise Unsupported(f"{name} of {tuple(shape)} with block size {block}")
+        flat = np.arange(n * h * w * c, dtype=np.int64)
+        if to_depth:
+            picked = flat.reshape(n, h // block, block, w // block, block, c).transpose(0, 1, 3, 2, 4, 5)
+        else:
+            picked = flat.reshape(n, h, w, block, block, c // (block * block)).transpose(0, 1, 3, 2, 4, 5)
+        return np.ascontiguousarray(picked, dtype=np.int32).reshape(-1)
     operands = [m.const(t) if t >= 0 else None for t in ins[1:]]
     if any(v is None for v in operands):
         raise Unsupported(f"{name} with run-time {'perm' if name == 'TRANSPOSE' else 'bounds'}")

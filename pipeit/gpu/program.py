@@ -234,11 +234,6 @@ class LayerProgram:
                           bool(a["half_pixel_centers"]), self.precision)
         self._add(source, "resize", glob, loc, [("in", 0), ("out", 0)])
 
-    def _build_depth_to_space(self) -> None:
-        glob, loc = _launch_1d(self.spec.out_size, self.config)
-        self._add(K.depth_to_space(self.spec.in_shapes[0], int(self.spec.attrs["block"]), self.precision),
-                  "depth_to_space", glob, loc, [("in", 0), ("out", 0)])
-
     def _build_gather(self) -> None:
         self._const("index", self.spec.consts["index"], np.int32)
         glob, loc = _launch_1d(self.spec.out_size, self.config)
