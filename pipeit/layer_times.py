@@ -27,7 +27,8 @@ Conventions
 
 GPU setups (``gpu:1``) never take a predictor's times (predictors are fitted
 on CPU interpreters) nor a per-setup calibration derived from CPU whole-model
-runs: their rows are the tuned kernels' device times, from the profile's
+runs: their rows are the tuned kernels' device times with each layer's
+launches charged at the measured launch overhead, from the profile's
 ``gpu:1`` rows or measured on the fly (:mod:`pipeit.gpu.measure`).
 
 :func:`layer_times_for` is the one seam through which the CLI asks the

@@ -784,6 +784,9 @@ def profile_gpu(
                 print(f"[profile] timing {len(todo)} layers of {path.name} on {setup} ({cluster.core_type})",
                       file=sys.stderr, flush=True)
             measured = measure_gpu_times(data, cluster, table)
+            if progress:
+                print(f"[profile] {measured.device}: launch overhead {measured.launch_ms * 1e3:.1f} us per kernel "
+                      "launch, charged to each layer", file=sys.stderr, flush=True)
             for key, layer in todo:
                 ms = measured.times[layer.index]
                 ok = ms == ms and ms != float("inf")
