@@ -135,6 +135,7 @@ class GpuStage:
             else:
                 self._buffers[spec.outputs[0]] = self._alloc(spec.out_shape)
         self._host_out = {t: np.empty(helper.shape(t), self.storage) for t in outputs}
+        self._bind()
 
     def _alloc(self, shape: Sequence[int]) -> Any:
         cl = self.ctx.cl
@@ -156,13 +157,13 @@ class GpuStage:
             data = np.ascontiguousarray(value, dtype=self.storage)
             cl.enqueue_copy(self.ctx.queue, self._buffers[t], data)
 
-    def _enqueue_layers(self) -> List[List[Any]]:
-        events = []
+    def _bind(self) -> None:
+        """Point every launch at this stage's buffers, once: they are the same for every frame."""
         for spec, program in zip(self.specs, self.programs):
-            ins = [self._buffers[t] for t in spec.inputs]
-            outs = [self._buffers[t] for t in spec.outputs]
-            events.append(program.enqueue(self.ctx.queue, ins, outs))
-        return events
+            program.bind([self._buffers[t] for t in spec.inputs], [self._buffers[t] for t in spec.outputs])
+
+    def _enqueue_layers(self) -> List[List[Any]]:
+        return [program.enqueue_bound(self.ctx.queue) for program in self.programs]
 
     def _download(self) -> Dict[str, np.ndarray]:
         cl = self.ctx.cl
