@@ -116,6 +116,13 @@ for _name, _value in vars(schema.TensorType).items():  # newer schema types, nam
     if not _name.startswith("_") and isinstance(_value, int) and _value not in DTYPE_NAMES:
         DTYPE_NAMES[_value] = _name.lower()
 
+#: types the runtime's Python API can hand to numpy (``get_input_details`` raises on the others,
+#: bfloat16 and types newer than the API); a model input or output of any other type is refused
+NUMPY_DTYPES = frozenset({
+    "float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+    "uint64", "bool", "complex64", "complex128", "string", "int4", "resource", "variant",
+})
+
 # bytes per element of types whose constant buffers can be size-checked
 _ITEMSIZE = {
     "float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1,
@@ -399,10 +406,17 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
                 f"there are {n_tensors})"
             )
 
-    for t in ints(subgraph.inputs):
+    for i, t in enumerate(ints(subgraph.inputs)):
         check_index(int(t), "model input", False)
+        _check_io_tensor(tensors[t], f"{where}: model input {i} (tensor {t})")
+        if constant[t]:
+            raise UnsupportedModelError(
+                f"{where}: model input {i} (tensor {t} {tensor_name(tensors[t])!r}) is a constant weight; "
+                "the runtime would use the stored value whatever a frame fed, so this model cannot be pipelined"
+            )
     for i, t in enumerate(ints(subgraph.outputs)):
         check_index(t, "model output", False)
+        _check_io_tensor(tensors[t], f"{where}: model output {i} (tensor {t})")
         if constant[t]:
             raise UnsupportedModelError(
                 f"{where}: model output {i} (tensor {t} {tensor_name(tensors[t])!r}) is a constant "
@@ -427,17 +441,66 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
         for t in ints(op.intermediates):
             check_index(int(t), f"operator {k} intermediate", False)
         reads = set(ints(op.inputs))
+        name = op_name(model.operatorCodes[int(op.opcodeIndex)])
         for t in ints(op.outputs):
             check_index(int(t), f"operator {k} output", False)
             if int(t) in reads:
                 raise ModelError(
-                    f"{where}: corrupt model (operator {k} "
-                    f"{op_name(model.operatorCodes[int(op.opcodeIndex)])} both reads and writes "
+                    f"{where}: corrupt model (operator {k} {name} both reads and writes "
                     f"tensor {int(t)} {tensor_name(tensors[int(t)])!r}, which the runtime refuses)"
                 )
+            if tensors[int(t)].isVariable:
+                raise UnsupportedModelError(
+                    f"{where}: operator {k} {name} writes tensor {int(t)} {tensor_name(tensors[int(t)])!r}, "
+                    "a variable (state) tensor; a stage would keep its own copy, so this model cannot be split"
+                )
             available[int(t)] = True
+        if name in ("DEQUANTIZE", "DENSIFY") and op.inputs is not None and len(op.inputs) and op.outputs is not None:
+            _check_unpacked_shape(tensors, int(op.inputs[0]), [int(t) for t in op.outputs], constant,
+                                  f"{where}: operator {k} {name}")
     for t in subgraph.outputs:
         if not available[int(t)]:
             raise ModelError(
                 f"{where}: corrupt model (output tensor {int(t)} is never written)"
+            )
+    _check_outputs_read_inputs(subgraph, operators, tensors, where)
+
+
+def _check_io_tensor(tensor, where: str) -> None:
+    """A model input or output must be one the runtime's Python API can name and hold in numpy."""
+    if isinstance(tensor.name, bytes):
+        try:
+            tensor.name.split(b"\x00", 1)[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsupportedModelError(f"{where}: its name is not UTF-8 text, which the runtime's "
+                                        "Python API cannot report, so frames cannot be fed to it") from None
+    if dtype_name(tensor.type) not in NUMPY_DTYPES:
+        raise UnsupportedModelError(f"{where}: dtype {dtype_name(tensor.type)} has no numpy type in the "
+                                    "runtime's Python API, so frames cannot be fed to it or read from it")
+
+
+def _check_unpacked_shape(tensors, source: int, outputs: List[int], constant: List[bool], where: str) -> None:
+    """DEQUANTIZE or DENSIFY of a weight: the output has the weight's shape (the runtime fills it
+    from the stored weight trusting the declared shape, and read past the file on a bigger one)."""
+    if not 0 <= source < len(tensors) or not constant[source] or len(outputs) != 1:
+        return
+    stored = [] if tensors[source].shape is None else [int(d) for d in tensors[source].shape]
+    declared = [] if tensors[outputs[0]].shape is None else [int(d) for d in tensors[outputs[0]].shape]
+    if stored != declared:
+        raise ModelError(f"{where}: corrupt model (weight {tensor_name(tensors[source])!r} has shape {stored}, "
+                         f"its unpacked copy {tensor_name(tensors[outputs[0]])!r} is declared {declared})")
+
+
+def _check_outputs_read_inputs(subgraph, operators, tensors, where: str) -> None:
+    """Every model output must depend on a model input: one computed from weights alone is a layer
+    with no input, and a stage holding only it would have nothing to run on."""
+    fed = {int(t) for t in ints(subgraph.inputs)}
+    for op in operators:
+        if any(int(t) in fed for t in ints(op.inputs)):
+            fed.update(int(t) for t in ints(op.outputs))
+    for i, t in enumerate(ints(subgraph.outputs)):
+        if int(t) not in fed:
+            raise UnsupportedModelError(
+                f"{where}: model output {i} (tensor {int(t)} {tensor_name(tensors[int(t)])!r}) is computed from "
+                "weights alone, not from any model input; stages run on frames, so this model cannot be pipelined"
             )

@@ -206,6 +206,10 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
     )
 
 
+#: the longest field a profile may hold (a model row's layer keys: about 60 bytes a layer)
+MAX_FIELD_BYTES = 1 << 26
+
+
 def _read_one(path: Path) -> List[ProfileRow]:
     if not path.is_file():
         raise ProfileError(f"{path}: no such profile file")
@@ -218,6 +222,9 @@ def _read_one(path: Path) -> List[ProfileRow]:
 
 def parse_profile_text(text: str, name: str = "<profile>") -> List[ProfileRow]:
     """Parse CSV text (kept apart from file reading so tests can work on strings)."""
+    # A whole-model or stage row lists every layer key in one field: past ~900 layers that is more than
+    # the csv module's default 128 KiB field limit. The limit is process-wide; it is only ever raised.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_BYTES))
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
+
 from pipeit.errors import ModelError, PipeitError
 
 __all__ = [
@@ -135,7 +137,7 @@ def make_interpreter(
         interpreter = cls(**kwargs)
         if allocate:
             interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, MemoryError) as err:  # MemoryError: std::bad_alloc on absurd shapes
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         prefix = f"{name}: " if name else ""
         raise ModelError(f"{prefix}the runtime cannot load this model: {first}") from err
@@ -195,7 +197,50 @@ def check_loads(
     """
     with native_stderr_silenced():
         interpreter = make_interpreter(model, num_threads=1, backend=backend, where=where)
-    del interpreter
+        del interpreter
+        _check_stored_shapes(model, where, backend)
+
+
+def _check_stored_shapes(model: Union[str, Path, bytes, bytearray], where: Optional[str],
+                         backend: Optional[str]) -> None:
+    """Every computed tensor's stored shape must be the one the runtime computes.
+
+    pipeit sizes cuts, rings and stage inputs from the shapes stored in the
+    file, while the runtime recomputes them when it prepares each operator,
+    and XNNPACK does not look at the stored ones of the tensors it runs. A
+    model whose stored shape is missing or stale therefore runs whole, but
+    its stages would not load. The runtime's own shapes come from an
+    interpreter without delegates, in which every operator is prepared.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    name = where if where is not None else ("model bytes" if isinstance(model, (bytes, bytearray)) else str(model))
+    cls = _interpreter_class(backend_name(backend))
+    resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
+    if resolver is None:
+        return
+    try:
+        plain = cls(model_content=bytes(data), num_threads=1,
+                    experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        plain.allocate_tensors()
+        computed = {int(d["index"]): [int(x) for x in d["shape"]] for d in plain.get_tensor_details()}
+    except (ValueError, RuntimeError, MemoryError, TypeError):  # the delegated build is what must load
+        return
+    graph = schema.Model.GetRootAs(bytes(data), 0).Subgraphs(0)
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        for t in (int(x) for x in op.OutputsAsNumpy()) if op.OutputsLength() else ():
+            if t < 0 or t not in computed:
+                continue
+            tensor = graph.Tensors(t)
+            stored = [int(x) for x in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+            if stored != computed[t] and int(np.prod(computed[t])) > 0:
+                label = (tensor.Name() or b"").split(b"\x00", 1)[0].decode("utf-8", "replace")
+                prefix = f"{name}: " if name else ""
+                raise ModelError(f"{prefix}tensor {t} {label!r} is stored with shape {stored}, but the runtime "
+                                 f"computes {computed[t]}; pipeit cuts models at their stored shapes, so "
+                                 "re-export the model with its shapes")
 
 
 @contextlib.contextmanager

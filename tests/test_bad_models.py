@@ -115,6 +115,56 @@ def empty_reshape() -> bytes:
     return serialize_model(model)
 
 
+def with_constant_input(model) -> None:
+    sg = model.subgraphs[0]
+    sg.inputs = list(sg.inputs) + [next(i for i, t in enumerate(sg.tensors) if t.name == b"stem/bias")]
+
+
+def tensor_edited(which: bytes, **fields):
+    """The good model with the fields of the tensor named ``which`` replaced."""
+    def edit(model) -> None:
+        tensor = next(t for t in model.subgraphs[0].tensors if t.name == which)
+        for key, value in fields.items():
+            setattr(tensor, key, value)
+    return lambda: edited(edit)
+
+
+def unpacked_weight(kind: str) -> bytes:
+    """fp16 weights behind DEQUANTIZE (or sparse behind DENSIFY) whose unpacked copy is declared
+    bigger than the weight: the runtime filled it reading past the file (SIGBUS) or failed to allocate."""
+    b = ModelBuilder(seed=1)
+    x = b.input("input", (1, 12, 12, 8))
+    b.output(b.conv2d(b.conv2d(x, 8, 1, name="c1"), 8, 1, name="c2"))
+    data = b.to_bytes(fp16_weights=True) if kind == "fp16" else b.to_bytes(sparse_weights=0.5)
+    model = read_model(data)
+    for t in model.subgraphs[0].tensors:
+        if t.name == b"c2/weights":
+            t.shape = [8, 30209, 1, 8] if kind == "fp16" else [8, 2147483647, 1, 1]
+    return serialize_model(model)
+
+
+def weight_only_output() -> bytes:
+    """An fp16 weight's DEQUANTIZE output listed as a model output: a layer with no input."""
+    b = ModelBuilder(seed=1)
+    x = b.input("input", (1, 12, 12, 3))
+    b.output(b.conv2d(x, 8, 3, name="c1"))
+    model = read_model(b.to_bytes(fp16_weights=True))
+    sg = model.subgraphs[0]
+    sg.outputs = list(sg.outputs) + [int(ops_named(model, "DEQUANTIZE")[0].outputs[0])]
+    return serialize_model(model)
+
+
+def bfloat16_io() -> bytes:
+    b = ModelBuilder(seed=7)
+    x = b.input("ix", (1, 4, 4, 2))
+    b.output(b.reshape(b.reshape(x, (1, 32), name="r1"), (1, 4, 8), name="r2"))
+    model = read_model(b.to_bytes())
+    for t in model.subgraphs[0].tensors:
+        if t.name in (b"ix", b"r1", b"r2"):
+            t.type = schema.TensorType.BFLOAT16
+    return serialize_model(model)
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("good") / "small.tflite"
@@ -140,6 +190,16 @@ BAD_FILES = {
     "unknown-op": (lambda: edited(lambda m: with_opcode(m, 9999)), ["builtin op code 9999"]),
     "in-place": (lambda: edited(with_in_place_add), ["both reads and writes", "'project'"]),
     "constant-output": (lambda: edited(with_constant_output), ["model output 1", "'stem/bias'"]),
+    "constant-input": (lambda: edited(with_constant_input), ["model input 1", "'stem/bias'", "constant"]),
+    "variable-activation": (tensor_edited(b"dw", isVariable=True), ["'dw'", "variable"]),
+    "fp16-unpacked-shape": (lambda: unpacked_weight("fp16"), ["DEQUANTIZE", "'c2/weights'", "30209"]),
+    "sparse-unpacked-shape": (lambda: unpacked_weight("sparse"), ["DENSIFY", "'c2/weights'"]),
+    "weights-only-output": (weight_only_output, ["model output 1", "weights alone"]),
+    "non-utf8-input": (tensor_edited(b"input", name=b"in\xffput"), ["model input 0", "UTF-8"]),
+    "bfloat16-io": (bfloat16_io, ["model input 0", "bfloat16"]),
+    # a stored shape the runtime recomputes: the whole model runs, its stages would not load
+    "stale-shape": (tensor_edited(b"dw", shape=[1, 8, 8, 9]), ["'dw'", "[1, 8, 8, 9]", "[1, 8, 8, 8]"]),
+    "no-shape": (tensor_edited(b"dw", shape=None, hasRank=False), ["'dw'", "stored with shape []"]),
     # only the runtime knows these: the commands build the model once in it
     "op-version": (lambda: edited(lambda m: with_opcode(
         m, schema.BuiltinOperator.CONV_2D, version=99, op=0)),
@@ -147,13 +207,15 @@ BAD_FILES = {
     "stride-0": (lambda: edited(with_stride_0), ["the runtime cannot load this model", "stride"]),
     "empty-reshape": (empty_reshape, ["the runtime cannot load this model", "RESHAPE"]),
 }
-RUNTIME_REFUSED = ("op-version", "stride-0", "empty-reshape")
+RUNTIME_REFUSED = ("op-version", "stride-0", "empty-reshape", "stale-shape")
 
 
 class TestBadFiles:
     @pytest.mark.parametrize("case, command", [(case, "inspect") for case in sorted(BAD_FILES)]
                              + [(case, "split") for case in ("empty", "custom", "subgraphs",
-                                                             "unknown-op", "constant-output")]
+                                                             "unknown-op", "constant-output", "no-shape",
+                                                             "variable-activation", "weights-only-output")]
+                             + [(case, "plan") for case in ("constant-input", "non-utf8-input", "bfloat16-io")]
                              + [(case, c) for case in RUNTIME_REFUSED for c in ("split", "profile")]
                              + [("op-version", c) for c in ("plan", "predict", "bench")])
     def test_refused(self, tmp_path, case, command):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,6 +96,17 @@ class TestProfileTable:
             parse_profile_text(lines[0] + "\nlayer,x\n")
         with pytest.raises(ProfileError, match="unknown measurement kind"):
             parse_profile_text(lines[0] + "\n" + lines[1].replace("layer,", "blob,", 1))
+
+    def test_a_model_row_of_thousands_of_layers_reads_back(self, profiled):
+        """A model row lists every layer key in one field; 3000 layers overflowed csv's 128 KiB limit."""
+        _, _, out, rows = profiled
+        model_row = next(r for r in rows if r.kind == "model")
+        long_row = replace(model_row, layer_keys=model_row.layer_keys * 3000)
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow(long_row.to_csv())
+        text = out.read_text().splitlines()[0] + "\n" + buffer.getvalue()
+        assert len(text) > 200_000
+        assert parse_profile_text(text)[0].layer_keys == long_row.layer_keys
 
     def test_other_platform_refused_unless_forced(self, profiled, tmp_path):
         _, _, out, _ = profiled
