@@ -22,6 +22,7 @@ from pipeit.gpu.calibration import (
     choose_ladder,
     load_tables,
     max_relative_error,
+    outputs_equal,
     output_entropy,
     save_tables,
     tables_from_accuracy,
@@ -122,6 +123,17 @@ class TestSignals:
         assert top1_agreement(got, want, 1e-6) == 0.5
         assert top1_agreement(got, want, 0.0) == 0.0
         assert max_relative_error({"a": got}, {"a": want}) == pytest.approx(1.0)
+
+    def test_a_nan_or_an_infinity_is_never_a_small_error(self):
+        want = {"y": np.array([1.0, 2.0, 3.0], np.float32)}
+        assert max_relative_error({"y": np.array([np.nan, 200.0, -7.0], np.float32)}, want) == math.inf
+        assert max_relative_error({"y": np.array([1.0, 2.0, np.inf], np.float32)}, want) == math.inf
+        assert max_relative_error({"y": np.array([1.0, 2.0, 3.3], np.float32)}, want) == pytest.approx(0.1, rel=1e-6)
+        odd = {"y": np.array([np.nan, -np.inf, 3.0], np.float32)}
+        assert max_relative_error(odd, odd) == 0.0 and outputs_equal(odd, odd)
+        assert not outputs_equal({"y": np.array([np.nan, 1.0, 3.0], np.float32)}, odd)
+        assert not outputs_equal({"y": want["y"].astype(np.float64)}, want)  # the same values, other bits
+        assert not outputs_equal({"z": want["y"]}, want)
 
 
 @pytest.fixture(scope="module")

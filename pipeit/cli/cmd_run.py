@@ -222,8 +222,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Path) -> int:
-    import numpy as np
-
     from pipeit.cli.output import emit_json, format_table
     from pipeit.executor.pipeline import Pipeline, coordinator_cpus, model_io
     from pipeit.streaming import frames_in_flight
@@ -241,6 +239,12 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
     with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" is no news before an input error
         inputs = model_io(model_path)[0]
     frames = load_frames(args.input, inputs, args.seed)
+    bound = args.tolerance if gpu_stage_list else 0.0
+    check = None
+    if args.check:  # the whole model's outputs first: each streamed output is compared as it arrives
+        from pipeit.runtime import invoke_frames, make_interpreter
+
+        check = _OutputCheck(invoke_frames(make_interpreter(model_path, num_threads=1), frames), bound)
     host = coordinator_cpus(plan.platform)
     feeder = os.sched_getaffinity(0)
     with Pipeline(plan, model_path, slots=args.slots, gpu=gpu) as pipe:
@@ -252,42 +256,24 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         inflight = args.inflight
         if gated and inflight is None:
             inflight = frames_in_flight(plan)  # as pipeit bench streams a plan under a latency limit
-        # Frames are fed and outputs dropped as they come: a huge --frames/--warmup runs until done or
-        # Ctrl-C instead of first building lists that size in memory. Only --check keeps the outputs.
+        # Frames are fed and outputs dropped (or checked) as they come: a huge --frames/--warmup runs
+        # until done or Ctrl-C, in constant memory, instead of first building lists that size.
         if args.warmup:
             collections.deque(pipe.map((frames[i % len(frames)] for i in range(args.warmup)), inflight,
                                        gated=gated), maxlen=0)
             pipe.reset_stats()
         streamed = pipe.map((frames[i % len(frames)] for i in range(args.frames)), inflight, gated=gated)
-        if args.check:
-            outputs = list(streamed)
+        if check is not None:
+            for out in streamed:
+                check.add(out)
         else:
             collections.deque(streamed, maxlen=0)
-            outputs = []
         stats = pipe.stats()
     if host:
         os.sched_setaffinity(0, feeder)
-    match: Optional[bool] = None
-    mismatched: List[int] = []
-    worst: Optional[float] = None
-    bound = args.tolerance if gpu_stage_list else 0.0
-    if args.check:
-        from pipeit.runtime import invoke_frames, make_interpreter
-
-        reference = invoke_frames(make_interpreter(model_path, num_threads=1), frames)
-        worst = 0.0
-        for n, out in enumerate(outputs):
-            ref = reference[n % len(frames)]
-            if set(ref) != set(out):
-                mismatched.append(n)
-                worst = float("inf")
-                continue
-            exact = all(np.array_equal(ref[k], out[k]) for k in ref)
-            error = 0.0 if exact else _relative_error(out, ref)
-            worst = max(worst, error)
-            if not exact and not error <= bound:
-                mismatched.append(n)
-        match = not mismatched
+    match = None if check is None else not check.mismatched
+    worst = None if check is None else check.worst
+    mismatched = [] if check is None else check.first
     doc = stats.to_json()
     doc.update({
         "plan": str(plan_path), "model": str(model_path), "strategy": plan.strategy,
@@ -314,7 +300,7 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         if match is not None:
             how = f"within relative error {bound:g} (max {worst:.2e})" if gpu_stage_list else "bit for bit"
             print(f"outputs match the whole model {how}" if match else
-                  f"outputs DIFFER from the whole model on {len(mismatched)} frame(s), first {mismatched[:5]} "
+                  f"outputs DIFFER from the whole model on {check.mismatched} frame(s), first {mismatched[:5]} "
                   f"(max relative error {worst:.2e}, allowed {bound:g})")
     return 0 if match in (None, True) else 1
 
@@ -339,9 +325,31 @@ def _gpu_options(args: argparse.Namespace, plan: Any) -> Any:
                       calibrate=not args.no_calibrate)
 
 
-def _relative_error(out: Dict[str, Any], ref: Dict[str, Any]) -> float:
-    """The worst ``max|out - ref| / max|ref|`` over the outputs (shape mismatch: infinity)."""
-    from pipeit.gpu.calibration import max_relative_error
+class _OutputCheck:
+    """``--check``: each streamed output against the whole model's for its frame, kept as counts.
 
-    return max_relative_error(out, ref)
+    Output ``n`` came from frame ``n % len(reference)``. Only the number of
+    frames that differ, the first few of them and the worst relative error
+    are kept, so a long checked run does not hold its outputs in memory.
+    Equal means the same bits where NaN matches NaN (:func:`outputs_equal`).
+    """
+
+    def __init__(self, reference: List[Dict[str, Any]], bound: float) -> None:
+        self.reference, self.bound = reference, bound
+        self.count = self.mismatched = 0
+        self.first: List[int] = []
+        self.worst = 0.0
+
+    def add(self, out: Dict[str, Any]) -> None:
+        from pipeit.gpu.calibration import max_relative_error, outputs_equal
+
+        n, self.count = self.count, self.count + 1
+        ref = self.reference[n % len(self.reference)]
+        equal = outputs_equal(out, ref)
+        error = 0.0 if equal else (max_relative_error(out, ref) if set(ref) == set(out) else float("inf"))
+        self.worst = max(self.worst, error)
+        if not equal and not (self.bound > 0 and error <= self.bound):  # no bound: bit for bit or a miss
+            self.mismatched += 1
+            if len(self.first) < 5:
+                self.first.append(n)
 

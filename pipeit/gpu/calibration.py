@@ -48,6 +48,7 @@ __all__ = [
     "output_entropy",
     "top1_agreement",
     "max_relative_error",
+    "outputs_equal",
     "tables_from_accuracy",
     "save_tables",
     "load_tables",
@@ -242,19 +243,47 @@ def output_entropy(outputs: Mapping[str, np.ndarray]) -> float:
 
 
 def max_relative_error(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> float:
-    """``max|got - want| / max|want|`` per tensor, the worst over ``want``'s tensors."""
+    """``max|got - want| / max|want|`` per tensor, the worst over ``want``'s tensors.
+
+    Values equal as they stand (infinities included) and NaN against NaN
+    count as no error; a NaN or an infinity against anything else is an
+    infinite error (``max`` would otherwise pass a NaN over silently, and
+    an output of NaNs would "match" any reference). The scale is the
+    largest finite ``|want|``.
+    """
     worst = 0.0
     for name, ref in want.items():
         ref64 = np.asarray(ref, dtype=np.float64)
         out64 = np.asarray(got[name], dtype=np.float64)
         if ref64.shape != out64.shape:
             return math.inf
-        if ref64.size == 0:
+        same = (out64 == ref64) | (np.isnan(out64) & np.isnan(ref64))
+        if same.all():
             continue
-        diff = float(np.max(np.abs(out64 - ref64)))
-        scale = float(np.max(np.abs(ref64)))
+        diffs = np.abs(out64 - ref64)[~same]
+        if not np.isfinite(diffs).all():
+            return math.inf
+        finite = np.abs(ref64[np.isfinite(ref64)])
+        scale = float(finite.max()) if finite.size else 0.0
+        diff = float(diffs.max())
         worst = max(worst, diff / scale if scale > 0 else diff)
     return worst
+
+
+def outputs_equal(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> bool:
+    """The same tensors with the same shapes and values, NaN equal to NaN in the same place."""
+    if set(got) != set(want):
+        return False
+    for name, ref in want.items():
+        ref_arr, out_arr = np.asarray(ref), np.asarray(got[name])
+        if ref_arr.shape != out_arr.shape or ref_arr.dtype != out_arr.dtype:
+            return False
+        if ref_arr.dtype.kind in "fc":
+            if not np.array_equal(ref_arr, out_arr, equal_nan=True):
+                return False
+        elif not np.array_equal(ref_arr, out_arr):
+            return False
+    return True
 
 
 def top1_agreement(got: np.ndarray, want: np.ndarray, tolerance: float = 0.0) -> float:
