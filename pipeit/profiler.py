@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from cores.model import CoreSetup, Platform
+from pipeit.children import start_shielded
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
 from pipeit.profile_table import ProfileRow, ProfileWriter, read_profile, row_identity
@@ -471,7 +472,7 @@ class SetupWorker:
             target=_worker_main, args=(child, self.cpus, setup.cores, exclusive, slow), daemon=True,
             name=f"pipeit-profile-{setup}",
         )
-        self.process.start()
+        start_shielded(self.process)
         child.close()
         if not self._conn.poll(60):
             self.close()

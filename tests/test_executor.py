@@ -234,7 +234,39 @@ class TestRefusals:
                 pipe.submit({name: value.astype(np.float64)})
             with pytest.raises(InputError, match="do not match"):
                 pipe.submit({"nope": value})
+            with pytest.raises(InputError, match="do not match"):  # a key that is no name at all
+                pipe.submit({name: value, 1: value})
             assert_identical([pipe.run(frames[0], 60)], reference(v2, frames[:1]))  # still usable
+        with pytest.raises(ExecutorError, match="not running"):
+            next(pipe.map(frames))
+        with pytest.raises(ExecutorError, match="closed"):
+            pipe.start()
+
+    def test_a_pipeline_never_closed_is_closed_at_exit(self, v2, tmp_path):
+        """A script that forgets close(): workers stop, rings and stage files go, nothing restarts."""
+        n = len(load_graph(v2).layers)
+        plan_path = tmp_path / "plan.json"
+        make_plan(v2, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])]).save(plan_path)
+        script = (
+            "import sys, numpy as np\n"
+            "from pipeit.executor import Pipeline\n"
+            "from pipeit.plan import load_plan\n"
+            f"p = Pipeline(load_plan({str(plan_path)!r}), {str(v2)!r}).start()\n"
+            "x = np.zeros(p.inputs[0].shape, np.float32)\n"
+            "p.run({p.inputs[0].name: x}, 60)\n"
+            "print(*(w.process.pid for w in p._all_workers()))\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "leaked" not in err, err
+        workers = [int(pid) for pid in out.split()]
+        assert len(workers) == 2
+        time.sleep(0.5)
+        assert not [pid for pid in workers if _alive(pid)]
+        assert not glob.glob(f"/dev/shm/pipeit_{proc.pid}_*")
+        assert not glob.glob(os.path.join(tempfile.gettempdir(), f"pipeit-stages-{proc.pid}-*"))
 
     def test_a_model_whose_hash_differs_from_the_plan_is_refused(self, v2, tmp_path):
         n = len(load_graph(v2).layers)

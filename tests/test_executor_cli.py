@@ -227,7 +227,8 @@ def test_a_plan_that_is_not_what_pipeit_writes_exits_2_with_one_line(planned, tm
     assert message in line
 
 
-@pytest.mark.parametrize("signum,emulated", [(signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGTERM, False)])
+@pytest.mark.parametrize("signum,emulated", [(signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGTERM, False),
+                                            (signal.SIGHUP, True)])
 def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
     plan_path, _ = request.getfixturevalue("planned_emulated" if emulated else "planned")
     # the plain plan: 2 stages of one worker; the emulated one: 1 stage of one worker over both CPUs

@@ -12,13 +12,16 @@ Every user mistake (a :class:`pipeit.errors.PipeitError` or a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import warnings
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from cores.errors import CoresError
 from pipeit import __version__
@@ -66,11 +69,43 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"pipeit: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+#: signals that stop a command the way Ctrl-C does: a batch script's ``kill`` or ``timeout``
+#: (SIGTERM), a closed terminal or dropped ssh session (SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stops_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while a command runs, so every command unwinds
+    through its ``finally`` blocks (workers stopped, rings unlinked, cgroups removed) instead of the
+    process dying where it stands. ``pipeit serve`` installs its own handlers (drain, reload) inside."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            try:
+                previous[signum] = signal.signal(signum, _stop_like_ctrl_c)
+            except (ValueError, OSError):
+                pass
     try:
-        with warnings.catch_warnings():
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        parser = build_parser()  # imports every command: a Ctrl-C here is no bug either
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("pipeit: interrupted", file=sys.stderr)
+        return 130
+    try:
+        with warnings.catch_warnings(), _stops_unwind():
             warnings.showwarning = _one_line_warning
             return int(args.run(args) or 0)
     except USER_ERRORS as err:

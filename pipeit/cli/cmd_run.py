@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import signal
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -192,11 +191,6 @@ def _load_npy(path: Path) -> Any:
     return data
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    # SIGTERM takes the same clean path as Ctrl-C: unwind, stop workers, unlink rings.
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     from pipeit.plan import load_plan
 
@@ -214,11 +208,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = resolve_model(plan_path, plan.model, args.model)
     if model_path.is_dir():
         raise ModelError(f"{model_path}: is a folder, not a model file")
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return _stream(args, plan, plan_path, model_path)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return _stream(args, plan, plan_path, model_path)  # SIGTERM/SIGHUP unwind as Ctrl-C (pipeit.cli.main)
 
 
 def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Path) -> int:

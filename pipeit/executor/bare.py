@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
 
+from pipeit.children import start_shielded
 from pipeit.errors import ExecutorError
 
 __all__ = ["BareRun", "run_bare"]
@@ -143,7 +144,7 @@ def run_bare(
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_bare_main, args=(str(model_path), int(cpu), int(warmup), backend, child, slow),
                                name=f"pipeit-bare-cpu{cpu}", daemon=True)
-            proc.start()
+            start_shielded(proc)
             child.close()
             procs.append((cpu, proc, parent))
         for cpu, proc, conn in procs:

@@ -31,6 +31,7 @@ replicas: one worker served all of them).
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import functools
@@ -46,16 +47,18 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from cores.slices import request_short_slice
 from pipeit.admission import DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms
+from pipeit.children import start_shielded
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
@@ -390,6 +393,7 @@ class Pipeline:
         self._closing = False
         self._closed = False
         self._started = False
+        self._exit_hook: Optional[Callable[[], None]] = None
         self._thread: Optional[threading.Thread] = None
         self._wake_r = self._wake_w = -1
         # An entered cores.emulation.Throttles to share (the caller closes it), else made here if needed.
@@ -413,9 +417,12 @@ class Pipeline:
 
     def start(self) -> "Pipeline":
         """Check the model, split it, make the rings, start and await every worker."""
+        if self._closed:
+            raise ExecutorError("this pipeline was closed; make a new Pipeline to run the plan again")
         if self._started:
             return self
         self._started = True
+        self._exit_hook = _close_at_exit(self)
         try:
             self._start()
         except BaseException:
@@ -637,7 +644,7 @@ class Pipeline:
             target=worker_main, args=(worker.config, child),
             name=f"pipeit-stage{worker.config.stage}-w{worker.config.worker}", daemon=True,
         )
-        process.start()
+        start_shielded(process)
         child.close()
         worker.process, worker.conn, worker.state = process, parent, "starting"
         worker.jobs.clear()
@@ -685,6 +692,9 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        if self._exit_hook is not None:
+            atexit.unregister(self._exit_hook)
+            self._exit_hook = None
         with _signals_deferred():
             self._close()
 
@@ -1121,6 +1131,7 @@ class Pipeline:
         """
         if inflight is not None and inflight < 1:
             raise ExecutorError(f"inflight must be >= 1, got {inflight}")
+        self._check_running()
         limit = inflight if inflight is not None else 2 * sum(r.slots for r in self._rings)
         window: Deque[Future] = collections.deque()
         for inputs in frames:
@@ -1158,7 +1169,7 @@ class Pipeline:
         unknown = set(inputs) - set(expected)
         missing = set(expected) - set(inputs)
         if unknown or missing:
-            raise InputError(f"input names {sorted(inputs)} do not match the model's {sorted(expected)}")
+            raise InputError(f"input names {sorted(inputs, key=repr)} do not match the model's {sorted(expected)}")
         out = {}
         for name, info in expected.items():
             value = inputs[name]
@@ -1179,7 +1190,7 @@ class Pipeline:
                 raise InputError(f"this model has {len(expected)} outputs; pass out= as a dict name -> array")
             out = {self.outputs[0].name: out}
         if set(out) != set(expected):
-            raise InputError(f"out= names {sorted(out)} do not match the model's outputs {sorted(expected)}")
+            raise InputError(f"out= names {sorted(out, key=repr)} do not match the model's outputs {sorted(expected)}")
         for name, info in expected.items():
             value = out[name]
             if (not isinstance(value, np.ndarray) or tuple(value.shape) != tuple(info.shape)
@@ -1626,14 +1637,34 @@ def _remove_stale_stage_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _close_at_exit(pipeline: "Pipeline") -> Callable[[], None]:
+    """Register a hook that closes ``pipeline`` when the interpreter exits, if no one has.
+
+    Without it a script that never closes its pipeline leaves the exit to
+    multiprocessing, which kills the workers first: the dispatcher took
+    that for crashes and restarted them, and the cgroups and stage files
+    stayed. atexit runs hooks last-registered first, so this one runs
+    before multiprocessing's. It holds the pipeline weakly.
+    """
+    ref = weakref.ref(pipeline)
+
+    def hook() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.close()
+
+    atexit.register(hook)
+    return hook
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM in a ``with`` block (main thread only), then re-deliver them."""
+    """Hold SIGINT/SIGTERM/SIGHUP in a ``with`` block (main thread only), then re-deliver them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: List[int] = []
-    watched = (signal.SIGINT, signal.SIGTERM)
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {}
     for signum in watched:
         try:

@@ -26,12 +26,12 @@ for a worker on a cluster of kind ``"gpu"``), chosen by :func:`make_runner`.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from pipeit.children import ignore_shielded
 from pipeit.executor.routes import EdgeLayout, StageRoute
 
 __all__ = ["WorkerConfig", "RingRef", "TfliteRunner", "make_runner", "worker_main", "pin_process", "HEAVY_MODULES"]
@@ -231,8 +231,8 @@ def _input_area_record(mapping: bool, area: int, slots: int, stride: int, areas:
 
 def worker_main(config: WorkerConfig, conn: Any) -> None:
     """Pin, then load, then serve frames until told to stop or the main process goes away."""
-    # Ctrl-C reaches the whole process group; the main process decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C and hang-up reach the whole process group; the main process decides when workers stop.
+    ignore_shielded()
     heavy = tuple(m for m in HEAVY_MODULES if m in sys.modules)
     try:
         pin_process(config.cpus)

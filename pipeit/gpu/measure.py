@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from cores.model import Cluster
+from pipeit.children import start_shielded
 from pipeit.dse.cost import DEFAULT_DEVICE_COPY
 from pipeit.errors import PipeitError
 from pipeit.gpu.device import GpuError
@@ -240,7 +241,7 @@ def measure_gpu_times(model: Union[str, Path, bytes], cluster: Cluster, tuning: 
     proc = ctx.Process(target=_child, args=(child, data, cluster.device, cpus,
                                             None if tuning is None else str(tuning), precision),
                        daemon=True, name=f"pipeit-gpu-times-{cluster.name}")
-    proc.start()
+    start_shielded(proc)
     child.close()
     try:
         if not parent.poll(timeout_s):
