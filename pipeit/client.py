@@ -102,6 +102,7 @@ class Client:
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= wire.MAX_SLOTS:
             raise DaemonError(f"slots must be an integer in 1..{wire.MAX_SLOTS}, not {slots!r}", "bad_request")
         check_timeout(timeout)
+        self.timeout = timeout  # each receive() waits at most this long for its whole reply (None: forever)
         self.socket_path = str(socket_path)
         self.max_reply_bytes = int(max_reply_bytes)
         self.transport = transport
@@ -172,8 +173,7 @@ class Client:
                 buffers = wire.encode_request(request_id, op, tensors)
             wire.send_message(self._conn(), buffers)
         except OSError as err:
-            self.close()
-            raise DaemonError(f"lost the connection to {self.socket_path}: {err.strerror or err}") from err
+            self._refusal_or_lost(err)
         if slot is not None:
             self._slot_of[request_id] = slot
         return request_id
@@ -205,8 +205,7 @@ class Client:
             try:
                 wire.send_message(self._conn(), wire.encode(header))
             except OSError as err:
-                self.close()
-                raise DaemonError(f"lost the connection to {self.socket_path}: {err.strerror or err}") from err
+                self._refusal_or_lost(err)
             message = self.receive(request_id)
             fds, inbox.fds = inbox.fds, []
         except DaemonError as err:
@@ -313,14 +312,20 @@ class Client:
         the message's tensors are these arrays. A tensor that does not fit
         its array (or has none) is received into a fresh array.
         """
+        reader = wire.PacedReader(self._conn())
+        reader.limit(self.timeout)  # the whole reply within the timeout, however slowly its bytes come
         while request_id not in self._early:
             try:
-                header = wire.read_head(self._conn(), self.max_reply_bytes, self._inbox)
+                header = wire.read_head(reader, self.max_reply_bytes, self._inbox)
                 if header is None:
                     self.close()
                     raise DaemonError(f"the daemon at {self.socket_path} closed the connection")
-                message = wire.Message(header, self._body(header, out if header.id == request_id else None))
-            except socket.timeout:
+                if header.ok is None:  # e.g. an echo of the request: no pipeit daemon answers without "ok"
+                    self.close()
+                    raise DaemonError(f"{self.socket_path} answered with a message that is not a pipeit reply "
+                                      "(no \"ok\" field): is it a `pipeit serve` socket?", "malformed")
+                message = wire.Message(header, self._body(header, out if header.id == request_id else None, reader))
+            except (socket.timeout, wire.MessageTimeout):
                 raise DaemonError(f"no reply from {self.socket_path} in time", "unavailable") from None
             except (OSError, wire.ProtocolError) as err:
                 self.close()
@@ -366,7 +371,23 @@ class Client:
             tensors[name] = array
         return tensors
 
-    def _body(self, header: wire.Header, out: Optional[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    def _refusal_or_lost(self, err: OSError) -> None:
+        """A send failed: if the daemon refused the connection first ("too many clients"), say that, not
+        the broken pipe the refusal caused. Always raises."""
+        sock = self._conn()
+        try:
+            reader = wire.PacedReader(sock)
+            reader.limit(0.5)
+            header = wire.read_head(reader, 1 << 16, self._inbox)
+        except (OSError, wire.ProtocolError):
+            header = None
+        self.close()
+        if header is not None and header.ok is False and header.id is None:
+            _raise(wire.Message(header, {}))
+        raise DaemonError(f"lost the connection to {self.socket_path}: {err.strerror or err}") from err
+
+    def _body(self, header: wire.Header, out: Optional[Mapping[str, np.ndarray]],
+              reader: Any = None) -> Dict[str, np.ndarray]:
         tensors: Dict[str, np.ndarray] = {}
         for spec in header.tensors:
             array = out.get(spec.name) if out else None
@@ -374,7 +395,8 @@ class Client:
                     and array.dtype == wire.DTYPES[spec.dtype] and array.flags.c_contiguous and array.flags.writeable):
                 array = np.empty(spec.shape, dtype=wire.DTYPES[spec.dtype])
             if array.nbytes:
-                wire.read_body_into(self._conn(), memoryview(array).cast("B"), self._inbox)
+                wire.read_body_into(reader if reader is not None else self._conn(), memoryview(array).cast("B"),
+                                    self._inbox)
             tensors[spec.name] = array
         return tensors
 

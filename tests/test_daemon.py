@@ -282,6 +282,15 @@ def test_world_writable_socket_directory_is_refused(files, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "world-writable" in done.stderr and "Traceback" not in done.stderr
+    # a private folder inside an open one (no sticky bit) could itself be renamed away and replaced
+    inner = open_dir / "mine"
+    inner.mkdir(mode=0o750)
+    os.chmod(inner, 0o750)
+    done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--platform", PLATFORM,
+                           "--times", str(times), "--socket", str(inner / "s.sock")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"lies inside {open_dir}" in done.stderr
 
 
 def test_replies_never_wait_on_a_client_and_keep_their_order(files, tmp_path):
@@ -463,3 +472,189 @@ def test_the_gate_hands_turns_over_first_come_first_served():
     assert order == [0, 1, 2, 3]
     gate.enter()  # free again: taken at once
     gate.leave()
+
+
+def test_a_client_that_pauses_reading_gets_every_reply(daemon, files):
+    """The reader's limit on a slow body once was a socket timeout, shared with the writer: a reply
+    sent while a body trickled in to a client that then paused reading for over a second timed out,
+    and the connection's queued replies were dropped. Here a client sends 300 status requests, then
+    30 infers whose bodies come in two parts, and reads in 1 MiB bursts a 1.2 s pause apart:
+    every reply comes, in order."""
+    _, model, _ = files
+    frame = _frames(1, seed=13)[0]
+    want = reference(model, frame)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket_path))
+    sent = list(range(1, 1501)) + list(range(5000, 5030))
+
+    def send() -> None:
+        s.sendall(b"".join(bytes(b) for rid in sent[:1500] for b in wire.encode_request(rid, "status")))
+        for rid in sent[1500:]:
+            head, body = _request_bytes(rid, frame)
+            s.sendall(head + body[:1000])
+            time.sleep(0.05)
+            s.sendall(body[1000:])
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    received = bytearray()
+    deadline = time.monotonic() + 60
+    s.settimeout(2.0)
+    while time.monotonic() < deadline:
+        time.sleep(1.2)
+        try:
+            chunk = s.recv(1 << 20)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        received += chunk
+        if not sender.is_alive() and len(received) and _whole_messages(received) == len(sent):
+            break
+    sender.join(10)
+    s.close()
+    got = []
+    view = memoryview(bytes(received))
+    while view.nbytes:
+        head_len, body_len = wire.decode_prefix(bytes(view[:wire.PREFIX_BYTES]), 1 << 22)
+        end = wire.PREFIX_BYTES + head_len + body_len
+        got.append(wire.decode_message(bytes(view[:end]), 1 << 22))
+        view = view[end:]
+    assert [m.header.id for m in got] == sent
+    assert all(m.header.ok for m in got)
+    for m in got[-30:]:
+        np.testing.assert_array_equal(m.tensors["fc"], want)
+
+
+def _whole_messages(data: bytes) -> int:
+    count, at = 0, 0
+    while len(data) - at >= wire.PREFIX_BYTES:
+        head_len, body_len = wire.decode_prefix(bytes(data[at:at + wire.PREFIX_BYTES]), 1 << 22)
+        end = at + wire.PREFIX_BYTES + head_len + body_len
+        if end > len(data):
+            break
+        count, at = count + 1, end
+    return count
+
+
+def test_a_client_that_never_reads_stalls_only_itself(daemon, files):
+    """Requests are read only while fewer than MAX_QUEUED_REPLIES replies wait unsent: a status
+    flood that is never read fills the flooder's own socket (its sends block) instead of the
+    daemon's memory (about 4 KiB a reply, 4 MiB/s unchecked), and everyone else is served."""
+    _, model, _ = files
+    frame = _frames(1, seed=14)[0]
+    flooder = socket.socket(socket.AF_UNIX)
+    flooder.connect(str(daemon.socket_path))
+    request = b"".join(bytes(b) for b in wire.encode_request(7, "status")) * 64
+    stop = threading.Event()
+
+    def flood() -> None:
+        try:
+            while not stop.is_set():
+                flooder.sendall(request)
+        except OSError:
+            pass
+
+    proc = psutil.Process(daemon.proc.pid)
+    before = proc.memory_info().rss
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        time.sleep(6)
+        grown = proc.memory_info().rss - before
+        with Client(daemon.socket_path) as c:
+            np.testing.assert_array_equal(c.infer({"image": frame})["fc"], reference(model, frame))
+        assert grown < 12 << 20, f"the daemon grew {grown >> 20} MiB under a never-read status flood"
+    finally:
+        stop.set()
+        flooder.shutdown(socket.SHUT_RDWR)
+        flooder.close()
+        thread.join(10)
+
+
+def test_one_process_cannot_hold_every_connection(daemon):
+    """Idle connections are allowed, but one process gets at most --max-clients-per-peer (16) of them:
+    the next is refused in one reply, and other processes are still let in."""
+    held = []
+    try:
+        for _ in range(16):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(daemon.socket_path))
+            held.append(s)
+        with Client(daemon.socket_path) as c:
+            with pytest.raises(DaemonError, match="already holds 16 connections"):
+                c.status()
+        done = subprocess.run([sys.executable, "-m", "pipeit", "status", "--socket", str(daemon.socket_path),
+                               "--json"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    finally:
+        for s in held:
+            s.close()
+
+
+def _fake_server(path, handle):
+    """A Unix socket server of one connection in a thread, answering with ``handle(conn)``."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def test_the_client_says_when_the_socket_is_no_pipeit_daemon(tmp_path):
+    """An echo server sends the request back: a message without "ok" is no daemon's reply."""
+    path = tmp_path / "echo.sock"
+    _fake_server(path, lambda conn: conn.sendall(conn.recv(65536)))
+    with Client(path, timeout=10) as c:
+        with pytest.raises(DaemonError, match="not a pipeit reply"):
+            c.status()
+
+
+def test_the_client_timeout_bounds_the_whole_reply(tmp_path):
+    """A peer that dribbles a reply a byte at a time: --timeout is a deadline, not a limit per recv."""
+    reply = b"".join(bytes(b) for b in wire.encode(wire.Header(id=1, op="status", ok=True, info={"x": "y" * 200})))
+
+    def dribble(conn) -> None:
+        conn.recv(65536)
+        for i in range(len(reply)):
+            conn.sendall(reply[i:i + 1])
+            time.sleep(0.2)
+
+    path = tmp_path / "drip.sock"
+    _fake_server(path, dribble)
+    t0 = time.monotonic()
+    with Client(path, timeout=1.0) as c:
+        with pytest.raises(DaemonError, match="in time"):
+            c.status()
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("header, words", [
+    (wire.Header(id=3, op="status", ok=True), "reply fields"),
+    (wire.Header(id=3, op="status", slot=0), "takes no tensors and no slot"),
+    (wire.Header(id=3, op="attach", info={"slots": 2, "name": "../../etc/passwd"}), "nothing else"),
+])
+def test_a_request_with_fields_its_operation_does_not_take_is_refused(daemon, header, words):
+    """What PROTOCOL.md says a request is: anything else is a bad_request, and the connection stays."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket_path))
+    s.settimeout(30)
+    try:
+        s.sendall(b"".join(bytes(b) for b in wire.encode(header)))
+        reply = wire.read_message(s, 1 << 20)
+        assert reply.header.id == 3 and reply.header.ok is False
+        assert reply.header.error["code"] == "bad_request" and words in reply.header.error["message"]
+        s.sendall(b"".join(bytes(b) for b in wire.encode_request(4, "status")))
+        assert wire.read_message(s, 1 << 22).header.ok
+    finally:
+        s.close()

@@ -51,6 +51,10 @@ def register(subparsers) -> None:
                         help="switch only when the new plan predicts this much more fps than the current "
                         "plan, predicted from the same times; raised by switches that gained less "
                         "(default 0.05)")
+    parser.add_argument("--max-clients", type=int, default=64, metavar="N",
+                        help="connections served at once (default 64; more are refused with 'unavailable')")
+    parser.add_argument("--max-clients-per-peer", type=int, default=16, metavar="N",
+                        help="connections one client process may hold (default 16)")
     parser.add_argument("--no-replan", action="store_true", help="measure and report, never re-plan")
     parser.add_argument("--slots", type=int, default=4, metavar="N", help="ring slots per pipeline edge")
     parser.add_argument("--reject-rate", type=float, default=10.0, metavar="R",
@@ -71,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.daemon.state import PlanSource
     from pipeit.errors import InputError
 
-    if args.per_client < 1 or args.slots < 1 or args.sustain < 1:
-        raise InputError("--per-client, --slots and --sustain must be >= 1")
+    if min(args.per_client, args.slots, args.sustain, args.max_clients, args.max_clients_per_peer) < 1:
+        raise InputError("--per-client, --slots, --sustain, --max-clients and --max-clients-per-peer must be >= 1")
     check_slots_bound(args.slots)
     if not 0 < args.window_s <= MAX_WINDOW_S or not 0 < args.drift < 10:
         raise InputError(f"--window-s must be in (0, {MAX_WINDOW_S:g}] seconds and --drift in (0, 10)")
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
                           window_s=args.window_s, sustain=args.sustain, threshold=args.drift,
                           replan=not args.no_replan, slots=args.slots, cooldown_windows=args.cooldown,
                           switch_margin=args.switch_margin, reject_rate=args.reject_rate,
-                          reject_burst=args.reject_burst)
+                          reject_burst=args.reject_burst, max_clients=args.max_clients,
+                          max_clients_per_peer=args.max_clients_per_peer)
     server = Server(config, args.model, platform, source)
     server.start()
     return server.serve_forever()

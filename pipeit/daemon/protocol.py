@@ -36,9 +36,11 @@ import fcntl
 import json
 import math
 import os
+import select
 import socket
 import struct
 import termios
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -57,6 +59,8 @@ __all__ = [
     "OPS",
     "ERROR_CODES",
     "ProtocolError",
+    "MessageTimeout",
+    "PacedReader",
     "TensorSpec",
     "Header",
     "Message",
@@ -490,6 +494,72 @@ def decode_message(data: bytes, max_body: int) -> Message:
 
 
 # ---------------------------------------------------------------------------- sockets
+
+
+class MessageTimeout(ProtocolError):
+    """A message that stopped arriving part way (:class:`PacedReader`'s limit passed)."""
+
+
+class PacedReader:
+    """The read side of a connection, with time limits that leave the socket itself blocking.
+
+    The daemon reads a connection in one thread and writes it in another. A
+    socket timeout (``settimeout``) is a property of the socket, shared by
+    both: the reader's one-second limit on a slow body made the writer's
+    ``sendmsg`` to a client that paused reading time out too, and the
+    connection's queued replies were dropped. This wrapper waits in
+    ``poll`` before each ``recv`` instead, until :attr:`deadline`
+    (``time.monotonic()``, None: no limit), and raises a "truncated"
+    :class:`ProtocolError` when it passes. :meth:`limit_after_first_bytes`
+    arms the limit when a message's first bytes arrive: a connection may
+    stay idle between messages, but not in the middle of one.
+    """
+
+    __slots__ = ("sock", "deadline", "_window")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline: Optional[float] = None
+        self._window: Optional[float] = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def limit(self, seconds: Optional[float]) -> None:
+        """Everything read from now on must come within ``seconds`` (None: no limit)."""
+        self._window = None
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def limit_after_first_bytes(self, seconds: float) -> None:
+        """No limit until some bytes arrive; from then on, everything within ``seconds``."""
+        self.deadline, self._window = None, seconds
+
+    def _wait(self) -> None:
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left > 0:
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLIN | select.POLLPRI)
+            if poller.poll(left * 1000.0):
+                return
+        raise MessageTimeout("the rest of the message did not arrive in time", "truncated")
+
+    def _arm(self, got: int) -> None:
+        if got and self._window is not None:
+            self.deadline, self._window = time.monotonic() + self._window, None
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._wait()
+        got = self.sock.recv_into(buffer, nbytes, flags)
+        self._arm(got)
+        return got
+
+    def recvmsg_into(self, buffers: Any, ancbufsize: int = 0, flags: int = 0) -> Any:
+        self._wait()
+        result = self.sock.recvmsg_into(buffers, ancbufsize, flags)
+        self._arm(result[0])
+        return result
 
 
 def recv_exactly(sock: socket.socket, view: memoryview) -> None:

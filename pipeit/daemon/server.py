@@ -80,6 +80,15 @@ _log = logging.getLogger("pipeit.daemon")
 _LATENCY_KEEP = 4096
 #: a request's body that is not all in the socket when its slot is free must arrive within this (seconds)
 SLOW_BODY_S = 1.0
+#: replies a connection may have queued and unsent before its requests stop being read: a client that
+#: sends and never reads then stalls itself (its socket fills), not the daemon's memory or descriptors
+MAX_QUEUED_REPLIES = 64
+#: on SIGTERM, how long all connections together get to take their last replies before they are cut
+FLUSH_S = 5.0
+#: re-plan events kept for status (the log has them all)
+MAX_EVENTS = 1000
+#: events that changed the pipeline (``status``'s "replans")
+SWITCH_KINDS = ("switch", "revert", "reload", "restart")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ class ServerConfig:
     group: Optional[str] = None
     per_client: int = 4
     max_clients: int = 64
+    #: connections one client process may hold (idle ones included): one process cannot take every slot
+    max_clients_per_peer: int = 16
     window_s: float = 2.0
     sustain: int = 3
     threshold: float = 0.15
@@ -262,7 +273,8 @@ class _Connection:
 
     def __init__(self, server: "Server", sock: socket.socket, number: int, peer: Optional[int] = None):
         self.server = server
-        self.sock = sock
+        self.sock = sock  # written by the writer (blocking, never a timeout: see wire.PacedReader)
+        self.reader = wire.PacedReader(sock)  # what the reader thread reads through, with its time limits
         self.number = number
         self.peer = peer  # the client's pid (its reject budget), where the kernel told
         # The in-flight allowance: ``per_client`` tokens in a C-level queue (taking one blocks while the
@@ -359,6 +371,8 @@ class _Connection:
                     self.reply_ready.wait()
                 item = self.replies.popleft()
                 self._writing = item != "close"
+                if len(self.replies) == MAX_QUEUED_REPLIES - 1:
+                    self.reply_ready.notify_all()  # the reader may be waiting for room (_await_reply_room)
             if item == "close":
                 break
             buffers, request = item
@@ -376,6 +390,27 @@ class _Connection:
         with self.reply_ready:
             self.done.set()
         self._shut()
+
+    def _await_reply_room(self) -> bool:
+        """Before reading the next request: wait while :data:`MAX_QUEUED_REPLIES` replies are unsent
+        (False: the connection closed meanwhile)."""
+        if len(self.replies) < MAX_QUEUED_REPLIES:
+            return True
+        with self.reply_ready:
+            while len(self.replies) >= MAX_QUEUED_REPLIES and not self.closed and not self.done.is_set():
+                self.reply_ready.wait(0.5)
+        return not self.closed
+
+    def abort(self) -> None:
+        """Cut the connection now (a client that does not take its replies when the daemon stops):
+        a writer blocked on it fails, drops what is left and closes."""
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        with self.reply_ready:
+            self.reply_ready.notify_all()
 
     def _shut(self) -> None:
         self.closed = True
@@ -397,8 +432,12 @@ class _Connection:
         server = self.server
         try:
             while not self.closed:
+                if not self._await_reply_room():
+                    break
                 try:
-                    header = wire.read_head(self.sock, server.max_body(), self.inbox)
+                    self.reader.limit_after_first_bytes(SLOW_BODY_S)  # idle between messages, not inside one
+                    header = wire.read_head(self.reader, server.max_body(), self.inbox)
+                    self.reader.limit(None)
                     if header is None:
                         self._quiesce()  # a client may half-close and still read its answers
                         break
@@ -434,6 +473,12 @@ class _Connection:
             self.reply((wire.encode_error(rid, "bad_request", f"request {what}; ops: {', '.join(wire.OPS)}"),
                         None))
             return rid is not None
+        problem = _request_problem(header)
+        if problem:
+            server.count("rejected")
+            self._skip_body(header)
+            self.reply((wire.encode_error(rid, "bad_request", problem, header.op), None))
+            return True
         if header.op in ("attach", "detach"):
             self._skip_body(header)
             if header.op == "attach":
@@ -448,8 +493,7 @@ class _Connection:
             if header.op == "status":
                 self.reply((wire.encode_reply(rid, "status", info=server.status()), None))
             else:
-                threading.Thread(target=server._replan_request, args=(self, rid), daemon=True,
-                                 name="pipeit-replan-request").start()
+                server.replan_for_client(self, rid)
             return True
         # A stream of infer requests repeats one header (the inbox hands back the same tensor specs):
         # checked once per model and layout, not per frame.
@@ -640,7 +684,7 @@ class _Connection:
         """Read past the body of a request that is answered without it (the stream stays in step)."""
         if header.body_bytes:
             scratch = self._stage(min(header.body_bytes, 1 << 16))
-            self._in_time(header, lambda: wire.discard(self.sock, header.body_bytes, scratch, self.inbox))
+            self._in_time(header, lambda: wire.discard(self.reader, header.body_bytes, scratch, self.inbox))
 
     def _in_time(self, header: wire.Header, read: Any) -> None:
         """``read()`` the rest of a body, which must come within :data:`SLOW_BODY_S` (else "truncated").
@@ -649,14 +693,14 @@ class _Connection:
         slot, a drain on SIGTERM. An honest one's body is already in the
         socket or on its way (a local ``sendmsg`` in progress).
         """
-        self.sock.settimeout(SLOW_BODY_S)
+        self.reader.limit(SLOW_BODY_S)  # the whole body, not each recv: a dribbling client is cut off too
         try:
             read()
-        except socket.timeout:
+        except wire.MessageTimeout:
             raise wire.ProtocolError(f"the request's body did not arrive within {SLOW_BODY_S} s", "truncated",
                                      header.id) from None
         finally:
-            self.sock.settimeout(None)
+            self.reader.limit(None)
 
     def _stage(self, nbytes: int) -> memoryview:
         """The connection's staging buffer, at least ``nbytes`` (allocated once, bounded by the model's inputs)."""
@@ -678,7 +722,7 @@ class _Connection:
         into its connection's staging buffer first (one copy), before its
         turn, within the same limit.
         """
-        sock, inbox, server = self.sock, self.inbox, self.server
+        sock, inbox, server = self.reader, self.inbox, self.server
         need = header.body_bytes - inbox.pending
         trickle = need > 0 and wire.queued_bytes(sock) < need
         staged: Optional[Dict[str, np.ndarray]] = None
@@ -744,6 +788,7 @@ class Server:
         self.draining = False
         self.counters: Dict[str, int] = collections.Counter()
         self.events: List[ReplanEvent] = []
+        self._client_replan = False  # a client's replan is running (replan_for_client)
         self._t0 = time.monotonic()
         self._planned: Optional[Planned] = None
         self._factors: Dict[str, float] = {}
@@ -905,8 +950,14 @@ class Server:
             connections = list(self._connections.values())
         for conn in connections:  # writers flush what is queued, then close
             conn.reply("close")
+        flushed_by = time.monotonic() + FLUSH_S  # one limit for all: clients that do not read add no time
         for conn in connections:
-            conn.done.wait(5.0)
+            conn.done.wait(max(0.0, flushed_by - time.monotonic()))
+        for conn in connections:
+            if not conn.done.is_set():
+                conn.abort()
+        for conn in connections:
+            conn.done.wait(1.0)
         self._stop.set()
         # A re-plan or reload under way may be starting a pipeline: let it finish (the engine then
         # refuses it and closes it) so that no worker or segment outlives the daemon.
@@ -956,17 +1007,22 @@ class Server:
         """Serve an accepted connection (or refuse it when the daemon is full or stopping)."""
         sock.setblocking(True)
         wire.tune_socket(sock)
+        why = ""
         with self._lock:
+            mine = sum(1 for c in self._connections.values() if pid is not None and c.peer == pid)
             if len(self._connections) >= self.config.max_clients or self.draining:
-                busy = True
+                busy, why = True, "too many clients, or shutting down"
+            elif mine >= self.config.max_clients_per_peer:
+                busy, why = True, f"this process already holds {mine} connections (the most one may hold)"
             else:
                 busy = False
                 self._next_conn += 1
                 conn = _Connection(self, sock, self._next_conn, pid)
                 self._connections[conn.number] = conn
         if busy:
+            self.count("refused_connections")
             try:
-                wire.send_message(sock, wire.encode_error(None, "unavailable", "too many clients, or shutting down"))
+                wire.send_message(sock, wire.encode_error(None, "unavailable", why))
             except OSError:
                 pass
             sock.close()
@@ -1189,7 +1245,8 @@ class Server:
             "requests": {"served": self.counters["served"], "failed": self.counters["failed"],
                          "rejected": self.counters["rejected"], "inflight": self.engine.inflight(),
                          "clients": len(self._connections), "connections": self.counters["connections"],
-                         "throttled": self.counters["throttled"]},
+                         "throttled": self.counters["throttled"],
+                         "refused_connections": self.counters["refused_connections"]},
             "frame_areas": {"open": sum(1 for c in list(self._connections.values()) if c.area is not None),
                             "created": self.counters["areas_created"], "closed": self.counters["areas_closed"]},
             "fps": len(recent) / self.config.window_s if recent else 0.0,
@@ -1200,7 +1257,7 @@ class Server:
             "clusters": clusters,
             "max_temp_c": snap.max_temp_c if snap is not None else None,
             "online": list(snap.online) if snap is not None and snap.online is not None else None,
-            "replans": len([e for e in self.events if e.kind in ("switch", "revert", "reload", "restart")]),
+            "replans": self.counters["replans"],
             "switch_cooldown_windows": self._policy.cooling,
             "switch_margin": self._policy.current_margin,
             "events": [e.to_json() for e in self.events[-50:]],
@@ -1257,6 +1314,10 @@ class Server:
                             layout_before, layout_after, measured_fps, predicted_fps)
         with self._lock:
             self.events.append(event)
+            if event.kind in SWITCH_KINDS:
+                self.counters["replans"] += 1
+            if len(self.events) > MAX_EVENTS:  # the log keeps every one; status shows the last 50
+                del self.events[:len(self.events) - MAX_EVENTS]
         return event
 
     def _monitor_loop(self) -> None:
@@ -1512,12 +1573,26 @@ class Server:
             return self._add_event("switch", f"{reason}; {why}", fps_before, before, new.number, old_layout,
                                    new_layout, measured, plan.predicted_fps)
 
+    def replan_for_client(self, conn: _Connection, rid: int) -> None:
+        """A client's ``replan``, on its own thread; one at a time: asked while one runs, it is refused."""
+        with self._lock:
+            busy, self._client_replan = self._client_replan, True
+        if busy:
+            conn.reply((wire.encode_error(rid, "unavailable", "a re-plan asked for by a client is under way; "
+                                          "ask again when it is answered", "replan"), None))
+            return
+        threading.Thread(target=self._replan_request, args=(conn, rid), daemon=True,
+                         name="pipeit-replan-request").start()
+
     def _replan_request(self, conn: _Connection, rid: int) -> None:
         try:
             event = self.replan("requested by a client", {})
             conn.reply((wire.encode_reply(rid, "replan", info=event.to_json()), None))
         except Exception as err:  # noqa: BLE001 -- answer, whatever happened
             conn.reply((wire.encode_error(rid, "internal", f"re-plan failed: {err}", "replan"), None))
+        finally:
+            with self._lock:
+                self._client_replan = False
 
     def _reload(self) -> None:
         """SIGHUP: read the model and plan source again and switch to what they give."""
@@ -1547,6 +1622,18 @@ class Server:
 
 class _StaleArea(PipeitError):
     """A frame finished after its connection's frame area was dropped (answered ``reattach``)."""
+
+
+def _request_problem(header: wire.Header) -> str:
+    """What makes a well-formed header no request of its operation ("" when nothing): reply fields,
+    tensors or a slot where the operation takes none, an attach ``info`` other than ``{"slots": N}``."""
+    if header.ok is not None or header.error is not None:
+        return 'a request carries no "ok" or "error" (reply fields)'
+    if header.op != "infer" and (header.tensors or header.slot is not None):
+        return f"{header.op} takes no tensors and no slot"
+    if header.op == "attach" and set(header.info or {}) - {"slots"}:
+        return 'attach takes "info": {"slots": N} and nothing else'
+    return ""
 
 
 def _release(item: Any) -> None:

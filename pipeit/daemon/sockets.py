@@ -4,7 +4,9 @@ A Unix socket's permissions are its only access control. If the directory
 holding it were world-writable, anyone could replace the socket with their
 own between two starts and catch the frames clients send, so such a
 directory is refused outright (``/tmp`` included; use ``/run/pipeit`` as the
-systemd unit does, or a folder of your own).
+systemd unit does, or a folder of your own), and so is a directory inside a
+world-writable one that lacks the sticky bit (the directory itself could be
+renamed away and replaced).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def check_socket_dir(path: Union[str, Path]) -> Path:
             f"socket directory {folder} is world-writable (mode {stat.S_IMODE(info.st_mode):o}); "
             "use a directory only the daemon's user and group can write, e.g. /run/pipeit"
         )
+    for above in folder.parents:
+        # anyone may rename a folder inside a world-writable one without the sticky bit (as /tmp has):
+        # the socket's own folder could be swapped for theirs, socket and all
+        try:
+            mode = above.stat().st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise SocketError(
+                f"socket directory {folder} lies inside {above}, which anyone may write (mode "
+                f"{stat.S_IMODE(mode):o}, no sticky bit), so anyone could swap {folder} for their own; "
+                "use a path whose every folder only its owner (or root) can change, e.g. /run/pipeit"
+            )
     return folder
 
 
