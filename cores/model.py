@@ -15,6 +15,9 @@ from cores.sysfs import MAX_CPU_ID
 
 __all__ = ["Cluster", "Platform", "CoreSetup"]
 
+#: the slowest emulated cluster: 1/100 of a core (slower, a frame takes minutes and the padding
+#: timers overflow; no board's slowest core is that far behind its fastest)
+MIN_SPEED = 0.01
 #: highest CPU number a platform document may name: the same bound as a sysfs CPU list's
 MAX_CPU = MAX_CPU_ID
 #: highest clock a platform document may give, in kHz (100 GHz: no CPU clocks near it)
@@ -111,8 +114,8 @@ class Cluster:
             if value is not None and (not _is_int(value) or not 0 < value <= top):
                 raise PlatformError(f"{where}: {key!r} must be null or an integer in 1..{top}, got {_short(value)}")
         speed = doc.get("speed", 1.0)
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.0 < speed <= 1.0:
-            raise PlatformError(f"{where}: 'speed' must be a number in (0, 1], got {_short(speed)}")
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not MIN_SPEED <= speed <= 1.0:
+            raise PlatformError(f"{where}: 'speed' must be a number in [{MIN_SPEED:g}, 1], got {_short(speed)}")
         kind = doc.get("kind", "cpu")
         if kind not in ("cpu", "gpu"):
             raise PlatformError(f"{where}: 'kind' must be \"cpu\" or \"gpu\", got {_short(kind)}")
@@ -160,6 +163,9 @@ class Platform:
     def __post_init__(self) -> None:
         if not self.clusters:
             raise PlatformError(f"platform {self.source!r} has no clusters")
+        if not any(c.kind == "cpu" for c in self.clusters):
+            raise PlatformError(f"platform {self.source!r} has no CPU cluster (a GPU stage needs a CPU "
+                                "to drive it, and the model's other layers one to run on)")
         names = [c.name for c in self.clusters]
         if len(set(names)) != len(names):
             raise PlatformError(f"platform {self.source!r}: duplicate cluster names {names}")

@@ -32,7 +32,7 @@ from typing import AbstractSet, List, Optional, Sequence, Tuple
 from cores.boards import load_board
 from cores.errors import PlatformError
 from cores.jsonfile import JsonFileError, read_json
-from cores.model import Cluster, Platform
+from cores.model import MIN_SPEED, Cluster, Platform
 from cores.sysfs import PathLike, format_cpu_list, parse_cpu_list
 from cores.topology import detect_topology
 
@@ -163,9 +163,9 @@ def parse_emulate_spec(text: str) -> List[EmulatedCluster]:
             factor = float(factor_text) if at else 1.0
         except ValueError:
             raise PlatformError(f"emulate spec: cluster {name!r} factor {factor_text!r} is not a number") from None
-        if not (0.0 < factor <= 1.0):
+        if not (MIN_SPEED <= factor <= 1.0):
             raise PlatformError(
-                f"emulate spec: cluster {name!r} factor {factor_text} is outside (0, 1]"
+                f"emulate spec: cluster {name!r} factor {factor_text} is outside [{MIN_SPEED:g}, 1]"
             )
         if any(n == name for n, _, _ in out):
             raise PlatformError(f"emulate spec: cluster name {name!r} appears twice")
@@ -202,7 +202,7 @@ def emulated_platform(text: str, sysfs_root: Optional[PathLike] = None) -> Platf
                 core_type=first.core_type,
                 cpus=cpus,
                 max_freq_khz=max(freqs) if freqs else None,
-                capacity=int(round(base_capacity * factor)),
+                capacity=max(1, int(round(base_capacity * factor))),
                 speed=factor,
             )
         )

@@ -9,6 +9,7 @@ information ("no cpufreq here"), not an error.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -22,6 +23,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: (NR_CPUS); the margin keeps odd hosts working while a typo such as
 #: ``0-99999999`` is refused instead of building a set of 10^8 ids.
 MAX_CPU_ID = 65535
+#: the most of one sysfs or procfs file read (a 1024-CPU /proc/cpuinfo is about 1 MiB)
+MAX_FILE_BYTES = 4 << 20
 
 
 def parse_cpu_list(text: str) -> Tuple[int, ...]:
@@ -84,12 +87,34 @@ class SysRoot:
         return self.path(path).exists()
 
     def text(self, path: str, fallback: Optional[str] = None) -> Optional[str]:
-        """The file's stripped text, or ``fallback`` when it cannot be read."""
+        """The file's stripped text, or ``fallback`` when it cannot be read.
+
+        Only a regular file is read (sysfs and procfs files are), and at most
+        :data:`MAX_FILE_BYTES` of it: in a tree given with ``--sysfs`` a FIFO
+        would block the read forever and ``/dev/zero`` would fill memory.
+        """
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            with open(self.path(path), "r", encoding="utf-8", errors="replace") as handle:
-                return handle.read().strip()
+            descriptor = os.open(self.path(path), flags)
         except OSError:
             return fallback
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return fallback
+            os.set_blocking(descriptor, True)
+            chunks, size = [], 0
+            while size < MAX_FILE_BYTES:  # procfs hands a file over a page or so per read
+                chunk = os.read(descriptor, MAX_FILE_BYTES - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            data = b"".join(chunks)
+        except OSError:
+            return fallback
+        finally:
+            os.close(descriptor)
+        return data.decode("utf-8", errors="replace").strip()
 
     def integer(self, path: str, fallback: Optional[int] = None) -> Optional[int]:
         """The file as an integer, or ``fallback`` when missing or not a number."""

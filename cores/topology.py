@@ -57,8 +57,8 @@ from cores.cputypes import (
     ProcessorInfo, known_positive, parse_cpuinfo, per_mhz, processor_from_midr, speed_rank,
 )
 from cores.errors import PlatformError
-from cores.model import Cluster, Platform
-from cores.sysfs import PathLike, SysRoot, format_cpu_list
+from cores.model import MAX_CAPACITY, MAX_FREQ_KHZ, Cluster, Platform
+from cores.sysfs import MAX_CPU_ID, PathLike, SysRoot, format_cpu_list
 
 __all__ = ["CpuRecord", "Topology", "detect_topology", "detect_platform"]
 
@@ -122,19 +122,29 @@ class Topology:
 
 
 def _online_cpus(root: SysRoot, info: Dict[int, ProcessorInfo]) -> Tuple[int, ...]:
+    folders = {int(name[3:]) for name in root.listdir(CPU_DIR)
+               if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) <= MAX_CPU_ID}
     online = root.cpu_list(f"{CPU_DIR}/online")
     if online:
-        return online
+        # A CPU the list names without a cpuN folder has nothing to read: no cluster is made up for it
+        # (a tree without any cpuN folder is taken at its word).
+        kept = tuple(cpu for cpu in online if cpu in folders) if folders else online
+        return kept or online
     # Old or trimmed trees: every cpuN folder that is not marked offline.
     found = []
-    for name in root.listdir(CPU_DIR):
-        if name.startswith("cpu") and name[3:].isdigit():
-            cpu = int(name[3:])
-            if root.integer(f"{CPU_DIR}/{name}/online", 1) == 1:
-                found.append(cpu)
+    for cpu in sorted(folders):
+        if root.integer(f"{CPU_DIR}/cpu{cpu}/online", 1) == 1:
+            found.append(cpu)
     if found:
         return tuple(sorted(found))
-    return tuple(sorted(info))
+    return tuple(sorted(cpu for cpu in info if cpu <= MAX_CPU_ID))
+
+
+def _plausible(value: Optional[int], top: int) -> Optional[int]:
+    """A capacity or clock the platform documents can hold (1..``top``); else unknown (None):
+    a driver's 0 or -1, or a number no CPU has (which a platform file would then refuse)."""
+    value = known_positive(value)
+    return value if value is not None and value <= top else None
 
 
 def _freq_domains(root: SysRoot) -> Dict[int, Tuple[Tuple[int, ...], Optional[int]]]:
@@ -232,8 +242,8 @@ def _record(
     return CpuRecord(
         cpu=cpu,
         core_type=core_type,
-        max_freq_khz=known_positive(max_freq),
-        capacity=known_positive(root.integer(f"{base}/cpu_capacity")),
+        max_freq_khz=_plausible(max_freq, MAX_FREQ_KHZ),
+        capacity=_plausible(root.integer(f"{base}/cpu_capacity"), MAX_CAPACITY),
         freq_domain=domain,
         cluster_id=cluster_id,
         package_id=root.integer(f"{base}/topology/physical_package_id"),

@@ -68,6 +68,14 @@ def _number(value: object, what: str) -> float:
     return float(value)
 
 
+def _finite(value: object, what: str) -> float:
+    """A finite JSON number >= 0: a worker's time per frame (an infinite one is no worker pipeit plans)."""
+    number = _number(value, what)
+    if number == math.inf:
+        raise PlanError(f"{what} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def _string(value: object, what: str) -> str:
     """A JSON string (a model path, a hash, a strategy name: ``str()`` of a list is none of them)."""
     if not isinstance(value, str):
@@ -117,7 +125,7 @@ class WorkerSpec:
             cluster=str(doc["cluster"]),
             cpus=tuple(_integer(c, "a worker's CPU") for c in doc["cpus"]),
             threads=_integer(doc["threads"], "a worker's threads"),
-            predicted_ms=_number(doc["predicted_ms"], "a worker's predicted_ms"),
+            predicted_ms=_finite(doc["predicted_ms"], "a worker's predicted_ms"),
         )
 
 

@@ -118,9 +118,9 @@ def frames_in_flight(plan: Plan) -> int:
     """
     total = 0
     for stage in plan.stages:
-        times = [w.predicted_ms for w in stage.workers if w.predicted_ms and w.predicted_ms > 0]
+        times = [w.predicted_ms for w in stage.workers if 0 < w.predicted_ms < math.inf]
         slowest = max(times) if times else 0.0
         for worker in stage.workers:
-            own = worker.predicted_ms if worker.predicted_ms and worker.predicted_ms > 0 else slowest
+            own = worker.predicted_ms if 0 < worker.predicted_ms < math.inf else slowest
             total += max(1, math.ceil(slowest / own - 1e-9)) if own else 1
     return max(1, total)

@@ -121,6 +121,19 @@ class Calibration:
         return (float(coef[0]), float(coef[1]), -float(coef[2]) if wake else 0.0)
 
 
+def _calibration_entry(setup: object, values: object) -> Tuple[float, float, float]:
+    """A file's calibration coefficients for ``setup``, as :meth:`Calibration.fit` makes them: three
+    finite numbers, the scale > 0 and the per-MB term >= 0 (else predictions go NaN or negative)."""
+    if not isinstance(values, list) or len(values) != 3 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
+        raise ValueError(f"calibration of {setup!r} must be a list of 3 finite numbers, got {values!r:.60}")
+    scale, per_mb, per_layer = (float(x) for x in values)
+    if scale <= 0 or per_mb < 0:
+        raise ValueError(f"calibration of {setup!r}: the scale must be > 0 and the per-MB term >= 0, "
+                         f"got {values!r:.60}")
+    return scale, per_mb, per_layer
+
+
 class Predictor:
     """Base class: validation, calibration, JSON persistence. Subclasses implement
     ``_fit_layers(rows)``, ``_predict_layer(descriptor, setup)``, ``_state()``, ``_load_state(doc)``."""
@@ -297,11 +310,7 @@ class Predictor:
                 validate()
             obj.fingerprint_ = str(doc["fingerprint"])
             obj.setups_ = tuple(CoreSetup.parse(s) for s in doc["setups"])
-            obj.calibration_ = {
-                str(k): tuple(float(x) for x in v) for k, v in doc.get("calibration", {}).items()
-            }
-            if any(len(v) != 3 for v in obj.calibration_.values()):
-                raise ValueError("calibration entries need 3 coefficients")
+            obj.calibration_ = {str(k): _calibration_entry(k, v) for k, v in doc.get("calibration", {}).items()}
             obj._load_fitted_state(doc["state"])
         except PredictorError:
             raise

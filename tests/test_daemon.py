@@ -658,3 +658,31 @@ def test_a_request_with_fields_its_operation_does_not_take_is_refused(daemon, he
         assert wire.read_message(s, 1 << 22).header.ok
     finally:
         s.close()
+
+
+def test_a_plan_predicting_an_infinite_rate_is_served_and_reported(files, tmp_path):
+    """Plan files may hold Infinity for a predicted rate or latency; JSON replies cannot: status says null."""
+    import json as _json
+
+    _, model, times = files
+    plan_path = tmp_path / "plan.json"
+    done = subprocess.run([sys.executable, "-m", "pipeit", "plan", str(model), "--platform", PLATFORM, "--times",
+                           str(times), "-o", str(plan_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = _json.loads(plan_path.read_text())
+    doc["predicted"]["fps"] = float("inf")
+    plan_path.write_text(_json.dumps(doc))
+    folder = tmp_path / "d"
+    folder.mkdir(mode=0o750)
+    os.chmod(folder, 0o750)
+    from tests.daemon_helpers import Daemon, assert_clean_exit
+
+    daemon = Daemon(["--model", str(model), "--platform", PLATFORM, "--plan", str(plan_path)], folder / "d.sock",
+                    env={"PIPEIT_STATE_DIR": str(folder / "state")})
+    with daemon:
+        with Client(daemon.socket_path) as c:
+            status = c.status()
+            assert status["plan"]["predicted"]["fps"] is None
+            frame = _frames(1, seed=15)[0]
+            np.testing.assert_array_equal(c.infer({"image": frame})["fc"], reference(model, frame))
+    assert_clean_exit(daemon)

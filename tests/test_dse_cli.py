@@ -123,3 +123,27 @@ def test_absurd_finite_layer_times_are_one_line_and_exit_2(model_and_times, tmp_
     assert done.returncode == 2
     assert "a layer may take" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_profile_from_another_platform_is_used_but_said(model_and_times, tmp_path):
+    """predict and fit refuse another platform's file without --force; plan uses it (planning for a
+    board from this host's times is a use) but says so in one warning line."""
+    from pipeit.profile_table import ProfileRow, ProfileWriter
+
+    model, _ = model_and_times
+    graph = load_graph(model)
+    platform = load_platform(SPEC)
+    path = tmp_path / "elsewhere.csv"
+    writer = ProfileWriter(path)
+    seen = set()
+    for layer in graph.layers:
+        key = layer.descriptor.key_string()
+        for setup in platform.setups():
+            if (key, setup) not in seen:
+                seen.add((key, setup))
+                writer.write(ProfileRow("layer", model.stem, layer.index, layer.index + 1, setup, key, 1.0, 0.01, 5,
+                                        "0" * 16, descriptor=layer.descriptor))
+    done = pipeit("plan", model, "--platform", SPEC, "--profile", path, "-o", tmp_path / "plan.json")
+    assert done.returncode == 0, done.stderr
+    warning, = [line for line in done.stderr.splitlines() if line.startswith("pipeit: warning:")]
+    assert "measured on another platform" in warning and str(path) in warning

@@ -213,6 +213,9 @@ def _set_layers(doc, layers):
     (lambda doc: doc["stages"][0]["workers"][0].update(cpus=[str(c) for c in doc["stages"][0]["workers"][0]["cpus"]]),
      "a worker's CPU must be an integer, got '"),
     (lambda doc: doc["stages"][0]["workers"][0].update(threads=1.0), "a worker's threads must be an integer, got 1.0"),
+    # an infinite worker time hung run (frames in flight from inf/inf) and broke the daemon's status JSON
+    (lambda doc: json.dumps(doc).replace('"predicted_ms": ', '"predicted_ms": Infinity, "x": ', 1),
+     "a worker's predicted_ms must be a finite number"),
     (lambda doc: doc["stages"][0].update(layers=[0, float(doc["stages"][0]["layers"][1])]),
      "a stage's layer index must be an integer"),
     (lambda doc: _set_layers(doc, [doc["stages"][-1]["layers"][0], 999]),

@@ -210,7 +210,7 @@ class TestPlatformFile:
         ({"cpus": []}, "'cpus' must be a non-empty list"),
         ({"cpus": [0, 0]}, "lists a CPU twice"),
         ({"cpus": [100000]}, "not a CPU number 0..65535"),
-        ({"speed": -1}, "'speed' must be a number in (0, 1]"),  # was a platform with a negative speed
+        ({"speed": -1}, "'speed' must be a number in [0.01, 1]"),  # was a platform with a negative speed
         ({"speed": "fast"}, "'speed' must be a number"),
         ({"kind": "tpu"}, "'kind' must be"),
         ({"name": "big+little"}, "without '+' or ':'"),
@@ -221,6 +221,11 @@ class TestPlatformFile:
         doc = {"source": "mine", "clusters": [{"name": "big", "core_type": "A76", "cpus": [0], **cluster}]}
         path = write(tmp_path / "p.json", json.dumps(doc))
         assert message in one_error_line(capsys, ["topology", "--platform", path], path)
+
+    def test_a_platform_of_gpus_only_is_refused(self, tmp_path, capsys):
+        doc = {"source": "mine", "clusters": [{"name": "g", "core_type": "GPU", "cpus": [0], "kind": "gpu"}]}
+        path = write(tmp_path / "p.json", json.dumps(doc))
+        assert "has no CPU cluster" in one_error_line(capsys, ["topology", "--platform", path], path)
 
     @pytest.mark.parametrize("text", ["[]", "{}", '"x"', '{"clusters": 5}', '{"clusters": [5]}',
                                       '{"clusters": [], "source": "x"}'])
@@ -262,7 +267,7 @@ class TestBoardFile:
         doc = {"soc": "x", "clusters": [{"name": "cpu", "core_type": "A53", "cpus": [0], "speed": -2}]}
         path = write(boards / "neg.json", json.dumps(doc))
         line = one_error_line(capsys, ["topology", "--platform", "board:neg"], path)
-        assert "'speed' must be a number in (0, 1], got -2" in line
+        assert "'speed' must be a number in [0.01, 1], got -2" in line
 
     def test_the_shipped_boards_all_load(self):
         from cores.boards import list_boards, load_board

@@ -173,6 +173,10 @@ class TestContract:
             predictor_from_json(dict(doc, state={"coef": 3}))
         with pytest.raises(PredictorError, match="not a pipeit predictor"):
             predictor_from_json({"kind": kind})
+        # calibration coefficients once went in unchecked: NaN or negative predictions, "total: nan ms"
+        for coef in (["nan", 0, 0], [float("inf"), 0, 0], [-1, 0, 0], [1, -1, 0], [True, False, False], [1, 0]):
+            with pytest.raises(PredictorError, match="calibration of 'big:1'"):
+                predictor_from_json(dict(doc, calibration={"big:1": coef}))
         with pytest.raises(PredictorError, match="no such"):
             load_predictor(tmp_path / "missing.json")
 

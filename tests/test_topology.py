@@ -383,8 +383,9 @@ class TestSpecs:
 
     @pytest.mark.parametrize("spec, words", [
         ("emulate:big=0@1.0,little=0@0.4", "appears twice"),
-        ("emulate:big=0@0", "outside (0, 1]"),
-        ("emulate:big=0@1.5", "outside (0, 1]"),
+        ("emulate:big=0@0", "outside [0.01, 1]"),
+        ("emulate:big=0@1.5", "outside [0.01, 1]"),
+        ("emulate:big=0@5e-324", "outside [0.01, 1]"),  # a denormal once overflowed the padding timers
         ("emulate:big=99@1.0", "does not have online"),
         ("emulate:big=0@x", "not a number"),
         ("emulate:=0", "NAME=CPUS@FACTOR"),
@@ -447,8 +448,8 @@ class TestCli:
     @pytest.mark.parametrize("args, words", [
         (("--platform", "emulate:big=0@1.0,little=0@0.4"), "appears twice"),
         (("--platform", "emulate:big=0@1.0,little=64@0.4"), "does not have online"),
-        (("--platform", "emulate:big=0@1.0,little=1@1.4"), "outside (0, 1]"),
-        (("--platform", "emulate:big=0@1.0,little=1@0"), "outside (0, 1]"),
+        (("--platform", "emulate:big=0@1.0,little=1@1.4"), "outside [0.01, 1]"),
+        (("--platform", "emulate:big=0@1.0,little=1@0"), "outside [0.01, 1]"),
         (("--platform", "board:nosuch"), "known boards: "),
         (("--sysfs", "/nonexistent/root"), "not a readable folder"),
         (("--platform", "emulate:big=0-99999999"), "beyond the largest CPU id"),
@@ -459,3 +460,33 @@ class TestCli:
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert words in result.stderr
+
+
+class TestTreesThatLie:
+    """A --sysfs tree is input like any file: special files, CPUs without folders, impossible values."""
+
+    def test_a_fifo_or_dev_zero_in_the_tree_is_a_missing_value(self, tmp_path):
+        root = _copy(tmp_path, "rk3588")
+        capacity = root / CPU_DIR / "cpu0/cpu_capacity"
+        capacity.unlink()
+        os.mkfifo(capacity)  # a plain read would wait for a writer forever
+        cpuinfo = root / "proc" / "cpuinfo"
+        cpuinfo.unlink()
+        cpuinfo.symlink_to("/dev/zero")  # a plain read would fill memory
+        platform = detect_topology(root).platform
+        assert platform.cpus == tuple(range(8))
+
+    def test_a_cpu_listed_online_without_a_folder_makes_no_cluster(self, tmp_path):
+        root = _copy(tmp_path, "rk3588")
+        _write(root / CPU_DIR / "online", "0-7,12")
+        shape, fastest = _shape(root)
+        assert shape == RK3588_SHAPE and fastest == "big0"
+
+    def test_capacities_and_clocks_no_cpu_has_are_unknown(self, tmp_path):
+        root = _copy(tmp_path, "rk3588")
+        _write(root / CPU_DIR / "cpu0/cpu_capacity", str(10 ** 30))
+        _set_max_freq(root, [1], 10 ** 20)
+        platform = detect_topology(root).platform
+        little = platform.cluster("little")
+        assert little.capacity is not None and little.capacity <= 1024
+        Platform.from_json(platform.to_json())  # what topology --json writes loads back

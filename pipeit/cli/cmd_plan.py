@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from pipeit.cli.output import check_output_file, check_plot_file, emit_json, format_table
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if times.num_layers != len(graph.layers):
             raise PlanError(f"{args.times} has {times.num_layers} layers, {args.model} has {len(graph.layers)}")
     else:
+        _warn_if_measured_elsewhere(args, platform)
         times = layer_times_for(graph, platform, predictor=args.predictor, profile=args.profile,
                                 model=args.model, tuning=args.tuning)
     if args.save_times:
@@ -113,3 +115,29 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(["fps", "latency ms", "memory MB", "stages"],
                            [[c.fps, c.latency_ms, c.memory_bytes / MB, c.describe()] for c in front]))
     return 0
+
+
+def _warn_if_measured_elsewhere(args: argparse.Namespace, platform: Any) -> None:
+    """A profile or predictor from another platform or runtime is used as it is (planning for a board
+    from this host's times is what ``board:`` platforms are for), but said once on stderr: its times
+    do not know, say, that an emulated cluster here runs at a tenth of the speed it was measured at."""
+    import warnings
+
+    from pipeit.profiler import platform_fingerprint_for
+
+    if str(platform.source).startswith("board:"):
+        return  # the documented stand-in: this host's times on a board's clusters
+    here = platform_fingerprint_for(platform)
+    if args.predictor:
+        from predictors import load_predictor
+
+        theirs = {getattr(load_predictor(args.predictor), "fingerprint_", here)}
+        name = args.predictor
+    else:
+        from pipeit.profile_table import read_profile
+
+        theirs = {row.fingerprint for row in read_profile(args.profile, force=True).rows}
+        name = args.profile
+    if theirs - {here}:
+        warnings.warn(f"{name} was measured on another platform or runtime (fingerprint "
+                      f"{sorted(theirs - {here})[0][:12]}, this platform {here[:12]}); its times are used as they are")

@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         for r in failed[:5]:
             print(f"  not measured: {r.model} {r.kind}[{r.start}:{r.end}] on {r.setup}: {r.status}",
                   file=sys.stderr)
+    if rows and len(failed) == len(rows):  # nothing usable came of it: a script must not go on to plan
+        print(f"pipeit: error: every measurement failed (first: {failed[0].status})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -45,6 +45,7 @@ import collections
 import functools
 import heapq
 import logging
+import math
 import os
 import queue
 import selectors
@@ -1188,7 +1189,11 @@ class Server:
             return None
 
     def status(self) -> dict:
-        """The document ``pipeit status`` prints (see docs/PROTOCOL.md)."""
+        """The document ``pipeit status`` prints (see docs/PROTOCOL.md); non-finite numbers (a plan
+        that predicts an infinite rate) are null, as JSON has no infinity."""
+        return _finite_or_null(self._status())
+
+    def _status(self) -> dict:
         generation = self.engine.current
         stats = self._window_stats
         latencies = list(self._latencies)
@@ -1622,6 +1627,17 @@ class Server:
 
 class _StaleArea(PipeitError):
     """A frame finished after its connection's frame area was dropped (answered ``reattach``)."""
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _request_problem(header: wire.Header) -> str:
