@@ -43,6 +43,8 @@ def parse_cpu_list(text: str) -> Tuple[int, ...]:
         if not part:
             raise PlatformError(f"malformed CPU list {text!r}")
         lo, sep, hi = part.partition("-")
+        if not (lo.strip().isascii() and (not sep or hi.strip().isascii())):  # int() takes "٣" as 3
+            raise PlatformError(f"malformed CPU list {text!r}")
         try:
             first = int(lo)
             last = int(hi) if sep else first

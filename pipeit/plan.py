@@ -121,12 +121,19 @@ class WorkerSpec:
 
     @classmethod
     def from_json(cls, doc: dict) -> "WorkerSpec":
-        return cls(
+        worker = cls(
             cluster=str(doc["cluster"]),
             cpus=tuple(_integer(c, "a worker's CPU") for c in doc["cpus"]),
             threads=_integer(doc["threads"], "a worker's threads"),
             predicted_ms=_finite(doc["predicted_ms"], "a worker's predicted_ms"),
         )
+        if len(set(worker.cpus)) != len(worker.cpus):
+            raise PlanError(f"a worker lists a CPU twice: {list(worker.cpus)}")
+        if worker.threads > max(len(worker.cpus), 1):
+            # pipeit gives a worker one thread per core; more only contend (1000 on one CPU was taken)
+            raise PlanError(f"a worker has {worker.threads} threads on {len(worker.cpus)} CPU(s); "
+                            "pipeit runs one thread per core")
+        return worker
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,7 @@ class Plan:
         if not isinstance(doc, dict):
             raise PlanError(f"{where}: not a plan (expected a JSON object)")
         version = doc.get("version")
-        if version != PLAN_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version != PLAN_VERSION:  # true == 1
             raise PlanError(
                 f"{where}: plan version {version!r} is not supported (this pipeit reads {PLAN_VERSION})"
             )

@@ -213,6 +213,10 @@ def _set_layers(doc, layers):
     (lambda doc: doc["stages"][0]["workers"][0].update(cpus=[str(c) for c in doc["stages"][0]["workers"][0]["cpus"]]),
      "a worker's CPU must be an integer, got '"),
     (lambda doc: doc["stages"][0]["workers"][0].update(threads=1.0), "a worker's threads must be an integer, got 1.0"),
+    (lambda doc: doc["stages"][0]["workers"][0].update(threads=1000), "1000 threads on 1 CPU(s)"),
+    (lambda doc: doc["stages"][0]["workers"][0].update(cpus=doc["stages"][0]["workers"][0]["cpus"] * 2),
+     "lists a CPU twice"),
+    (lambda doc: doc.update(version=True), "plan version True is not supported"),
     # an infinite worker time hung run (frames in flight from inf/inf) and broke the daemon's status JSON
     (lambda doc: json.dumps(doc).replace('"predicted_ms": ', '"predicted_ms": Infinity, "x": ', 1),
      "a worker's predicted_ms must be a finite number"),

@@ -386,6 +386,7 @@ class TestSpecs:
         ("emulate:big=0@0", "outside [0.01, 1]"),
         ("emulate:big=0@1.5", "outside [0.01, 1]"),
         ("emulate:big=0@5e-324", "outside [0.01, 1]"),  # a denormal once overflowed the padding timers
+        ("emulate:big=\u0663", "malformed CPU list"),  # an Arabic-Indic 3: int() took it for CPU 3
         ("emulate:big=99@1.0", "does not have online"),
         ("emulate:big=0@x", "not a number"),
         ("emulate:=0", "NAME=CPUS@FACTOR"),
