@@ -686,3 +686,25 @@ def test_a_plan_predicting_an_infinite_rate_is_served_and_reported(files, tmp_pa
             frame = _frames(1, seed=15)[0]
             np.testing.assert_array_equal(c.infer({"image": frame})["fc"], reference(model, frame))
     assert_clean_exit(daemon)
+
+
+def test_serve_nice_reaches_the_daemon_and_its_workers(files, tmp_path):
+    """--nice N: set before any thread or worker starts, so every one of them runs at N (positive here:
+    a test may not run as root; the systemd unit uses -5 for the same path)."""
+    _, model, times = files
+    folder = tmp_path / "n"
+    folder.mkdir(mode=0o750)
+    os.chmod(folder, 0o750)
+    with serving(model, times, PLATFORM, folder, "--nice", "7") as daemon:
+        with Client(daemon.socket_path) as c:
+            c.status()
+        tree = [psutil.Process(daemon.proc.pid)] + psutil.Process(daemon.proc.pid).children(recursive=True)
+        workers = [p for p in tree if "spawn_main" in " ".join(p.cmdline())]
+        assert workers
+        for proc in tree:
+            for thread in proc.threads():
+                assert os.getpriority(os.PRIO_PROCESS, thread.id) == 7, (proc.cmdline(), thread.id)
+    done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--times", str(times),
+                           "--platform", PLATFORM, "--socket", str(folder / "x.sock"), "--nice", "40"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--nice must be in -20..19" in done.stderr
