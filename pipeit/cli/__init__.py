@@ -12,20 +12,19 @@ Every user mistake (a :class:`pipeit.errors.PipeitError` or a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import importlib
 import os
 import pkgutil
 import signal
 import sys
-import threading
 import warnings
-from typing import Iterator, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from cores.errors import CoresError
 from pipeit import __version__
 from pipeit.errors import PipeitError
+from pipeit.signals import handled
 
 __all__ = ["main", "build_parser", "USER_ERRORS", "EXIT_USAGE", "one_line"]
 
@@ -78,23 +77,11 @@ def _stop_like_ctrl_c(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def _stops_unwind() -> Iterator[None]:
+def _stops_unwind() -> Any:
     """SIGTERM and SIGHUP raise KeyboardInterrupt while a command runs, so every command unwinds
     through its ``finally`` blocks (workers stopped, rings unlinked, cgroups removed) instead of the
     process dying where it stands. ``pipeit serve`` installs its own handlers (drain, reload) inside."""
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            try:
-                previous[signum] = signal.signal(signum, _stop_like_ctrl_c)
-            except (ValueError, OSError):
-                pass
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    return handled(STOP_SIGNALS, _stop_like_ctrl_c)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

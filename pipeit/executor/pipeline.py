@@ -59,6 +59,7 @@ import numpy as np
 from cores.slices import request_short_slice
 from pipeit.admission import DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms
 from pipeit.children import start_shielded
+from pipeit.signals import handled
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
@@ -1660,22 +1661,11 @@ def _close_at_exit(pipeline: "Pipeline") -> Callable[[], None]:
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM/SIGHUP in a ``with`` block (main thread only), then re-deliver them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: List[int] = []
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {}
-    for signum in watched:
-        try:
-            previous[signum] = signal.signal(signum, lambda n, _f: caught.append(n))
-        except (ValueError, OSError):
-            pass
     try:
-        yield
+        with handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), lambda n, _f: caught.append(n)):
+            yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         for signum in caught:
             os.kill(os.getpid(), signum)
 
