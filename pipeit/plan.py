@@ -129,7 +129,7 @@ class WorkerSpec:
         )
         if len(set(worker.cpus)) != len(worker.cpus):
             raise PlanError(f"a worker lists a CPU twice: {list(worker.cpus)}")
-        if worker.threads > max(len(worker.cpus), 1):
+        if max(len(worker.cpus), 1) < worker.threads <= MAX_THREADS:  # beyond MAX_THREADS: the plan's own check
             # pipeit gives a worker one thread per core; more only contend (1000 on one CPU was taken)
             raise PlanError(f"a worker has {worker.threads} threads on {len(worker.cpus)} CPU(s); "
                             "pipeit runs one thread per core")
