@@ -234,6 +234,8 @@ def _check_stored_shapes(model: Union[str, Path, bytes, bytearray], where: Optio
             if t < 0 or t not in computed:
                 continue
             tensor = graph.Tensors(t)
+            if tensor.ShapeSignatureLength() and any(int(x) < 0 for x in tensor.ShapeSignatureAsNumpy()):
+                continue  # a dynamic dimension: the runtime settles it per invoke, not when it prepares
             stored = [int(x) for x in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
             if stored != computed[t] and int(np.prod(computed[t])) > 0:
                 label = (tensor.Name() or b"").split(b"\x00", 1)[0].decode("utf-8", "replace")
