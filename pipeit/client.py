@@ -387,7 +387,7 @@ class Client:
         raise DaemonError(f"lost the connection to {self.socket_path}: {err.strerror or err}") from err
 
     def _body(self, header: wire.Header, out: Optional[Mapping[str, np.ndarray]],
-              reader: Any = None) -> Dict[str, np.ndarray]:
+              reader: "wire.PacedReader") -> Dict[str, np.ndarray]:
         tensors: Dict[str, np.ndarray] = {}
         for spec in header.tensors:
             array = out.get(spec.name) if out else None
@@ -395,8 +395,7 @@ class Client:
                     and array.dtype == wire.DTYPES[spec.dtype] and array.flags.c_contiguous and array.flags.writeable):
                 array = np.empty(spec.shape, dtype=wire.DTYPES[spec.dtype])
             if array.nbytes:
-                wire.read_body_into(reader if reader is not None else self._conn(), memoryview(array).cast("B"),
-                                    self._inbox)
+                wire.read_body_into(reader, memoryview(array).cast("B"), self._inbox)
             tensors[spec.name] = array
         return tensors
 

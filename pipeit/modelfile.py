@@ -65,6 +65,7 @@ __all__ = [
     "dtype_name",
     "ints",
     "tensor_name",
+    "utf8_name",
     "DTYPE_NAMES",
 ]
 
@@ -466,14 +467,22 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
     _check_outputs_read_inputs(subgraph, operators, tensors, where)
 
 
+def utf8_name(tensor: "schema.TensorT") -> bool:
+    """Whether the runtime's Python API can decode the name it reports (up to a NUL byte)."""
+    if not isinstance(tensor.name, bytes):
+        return True
+    try:
+        tensor.name.split(b"\x00", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _check_io_tensor(tensor, where: str) -> None:
     """A model input or output must be one the runtime's Python API can name and hold in numpy."""
-    if isinstance(tensor.name, bytes):
-        try:
-            tensor.name.split(b"\x00", 1)[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise UnsupportedModelError(f"{where}: its name is not UTF-8 text, which the runtime's "
-                                        "Python API cannot report, so frames cannot be fed to it") from None
+    if not utf8_name(tensor):
+        raise UnsupportedModelError(f"{where}: its name is not UTF-8 text, which the runtime's "
+                                    "Python API cannot report, so frames cannot be fed to it")
     if dtype_name(tensor.type) not in NUMPY_DTYPES:
         raise UnsupportedModelError(f"{where}: dtype {dtype_name(tensor.type)} has no numpy type in the "
                                     "runtime's Python API, so frames cannot be fed to it or read from it")

@@ -100,6 +100,7 @@ def make_interpreter(
     allocate: bool = True,
     where: Optional[str] = None,
     slow: Any = None,
+    delegates: bool = True,
 ) -> Any:
     """Build an interpreter from a path or from model bytes, tensors allocated.
 
@@ -109,12 +110,19 @@ def make_interpreter(
     ``""`` for no name, where the caller's message already says which model.
     ``slow`` (a :class:`cores.emulation.SlowCore`): the process runs on an
     emulated slowed cluster, and every ``invoke`` is padded to its speed
-    (:class:`SlowedInterpreter`).
+    (:class:`SlowedInterpreter`). ``delegates=False``: the builtin kernels
+    alone, no XNNPACK, every operator prepared by its own kernel (a backend
+    that cannot say so is a :class:`ModelError`).
     """
     if num_threads < 1:
         raise PipeitError(f"num_threads must be >= 1, got {num_threads}")
     cls = _interpreter_class(backend_name(backend))
     kwargs: dict = {"num_threads": int(num_threads)}
+    if not delegates:
+        resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
+        if resolver is None:
+            raise ModelError(f"runtime {backend_name(backend)!r} cannot build an interpreter without delegates")
+        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if isinstance(model, (bytes, bytearray)):
         kwargs["model_content"] = bytes(model)
         name = "model bytes"
@@ -214,19 +222,14 @@ def _check_stored_shapes(model: Union[str, Path, bytes, bytearray], where: Optio
     """
     from ai_edge_litert import schema_py_generated as schema
 
+    try:
+        plain = make_interpreter(model, num_threads=1, backend=backend, where=where, delegates=False)
+    except ModelError:  # the delegated build is what must load; this one only checks shapes where it can
+        return
+    computed = {int(d["index"]): [int(x) for x in d["shape"]] for d in plain.get_tensor_details()}
+    del plain
     data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
     name = where if where is not None else ("model bytes" if isinstance(model, (bytes, bytearray)) else str(model))
-    cls = _interpreter_class(backend_name(backend))
-    resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
-    if resolver is None:
-        return
-    try:
-        plain = cls(model_content=bytes(data), num_threads=1,
-                    experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        plain.allocate_tensors()
-        computed = {int(d["index"]): [int(x) for x in d["shape"]] for d in plain.get_tensor_details()}
-    except (ValueError, RuntimeError, MemoryError, TypeError):  # the delegated build is what must load
-        return
     graph = schema.Model.GetRootAs(bytes(data), 0).Subgraphs(0)
     for o in range(graph.OperatorsLength()):
         op = graph.Operators(o)

@@ -39,6 +39,7 @@ from pipeit.modelfile import (
     read_model_bytes,
     serialize_model,
     tensor_name,
+    utf8_name,
 )
 
 __all__ = [
@@ -328,7 +329,7 @@ def _check_unique_names(tensors, crossing: List[Tuple[int, Optional[int]]], wher
                 f"{where}: {place(t, before)} but has no name; stages exchange tensors by name, "
                 "so this cut cannot be made"
             )
-        if not _utf8_name(tensors[t]):
+        if not utf8_name(tensors[t]):
             raise SplitError(
                 f"{where}: {place(t, before)} but its name {tensor_name(tensors[t])!r} is not "
                 "valid UTF-8, which the runtime cannot report; stages exchange tensors by name, "
@@ -346,17 +347,6 @@ def _check_unique_names(tensors, crossing: List[Tuple[int, Optional[int]]], wher
                 f"{', '.join(str(i) for i in shared[:-1])} and {shared[-1]} ({place(t, before)}); "
                 "stages exchange tensors by name, so this cut cannot be made"
             )
-
-
-def _utf8_name(tensor) -> bool:
-    """Whether the runtime's Python API can decode the name it reports (up to a NUL byte)."""
-    if not isinstance(tensor.name, bytes):
-        return True
-    try:
-        tensor.name.split(b"\x00", 1)[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _all_producers(operators) -> Dict[int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, Tuple
 
 from pipeit.cli.output import check_output_file, check_plot_file, emit_json, format_table
 
@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         if times.num_layers != len(graph.layers):
             raise PlanError(f"{args.times} has {times.num_layers} layers, {args.model} has {len(graph.layers)}")
     else:
-        _warn_if_measured_elsewhere(args, platform)
-        times = layer_times_for(graph, platform, predictor=args.predictor, profile=args.profile,
+        predictor, profile = _load_source(args)
+        _warn_if_measured_elsewhere(predictor, profile, args.predictor or args.profile, platform)
+        times = layer_times_for(graph, platform, predictor=predictor, profile=profile,
                                 model=args.model, tuning=args.tuning)
     if args.save_times:
         try:
@@ -117,7 +118,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_if_measured_elsewhere(args: argparse.Namespace, platform: Any) -> None:
+def _load_source(args: argparse.Namespace) -> Tuple[Any, Any]:
+    """``(predictor, profile)``: the one the command was given, read once, the other None."""
+    if args.predictor:
+        from predictors import load_predictor
+
+        return load_predictor(args.predictor), None
+    if args.profile:
+        from pipeit.profile_table import read_profile
+
+        return None, read_profile(args.profile, force=True)
+    return None, None
+
+
+def _warn_if_measured_elsewhere(predictor: Any, profile: Any, name: str, platform: Any) -> None:
     """A profile or predictor from another platform or runtime is used as it is (planning for a board
     from this host's times is what ``board:`` platforms are for), but said once on stderr: its times
     do not know, say, that an emulated cluster here runs at a tenth of the speed it was measured at."""
@@ -125,19 +139,13 @@ def _warn_if_measured_elsewhere(args: argparse.Namespace, platform: Any) -> None
 
     from pipeit.profiler import platform_fingerprint_for
 
-    if str(platform.source).startswith("board:"):
+    if str(platform.source).startswith("board:") or (predictor is None and profile is None):
         return  # the documented stand-in: this host's times on a board's clusters
     here = platform_fingerprint_for(platform)
-    if args.predictor:
-        from predictors import load_predictor
-
-        theirs = {getattr(load_predictor(args.predictor), "fingerprint_", here)}
-        name = args.predictor
+    if predictor is not None:
+        theirs = {getattr(predictor, "fingerprint_", here)}
     else:
-        from pipeit.profile_table import read_profile
-
-        theirs = {row.fingerprint for row in read_profile(args.profile, force=True).rows}
-        name = args.profile
+        theirs = {row.fingerprint for row in profile.rows}
     if theirs - {here}:
         warnings.warn(f"{name} was measured on another platform or runtime (fingerprint "
                       f"{sorted(theirs - {here})[0][:12]}, this platform {here[:12]}); its times are used as they are")

@@ -124,24 +124,23 @@ def set_nice(value: int) -> None:
     On Linux a nice value belongs to a thread and is inherited by the
     threads and processes it creates: set here on every thread there is,
     before the daemon starts its own, it covers the readers, the dispatcher
-    and every pinned worker. Why:
-    on a board whose cores all run workers, the client processes (cameras,
-    sensors) compete with them; measured on this project's 2-core host, the
-    daemon's fps against the in-process pipeline went from 0.88-0.89 to
-    0.94-0.95 at -5 (docs/BENCHMARKS.md, fifteenth session).
+    and every pinned worker. Why: on a board whose cores all run workers,
+    the client processes (cameras, sensors) compete with them; measured on
+    this project's 2-core host, the daemon's fps against the in-process
+    pipeline went from 0.88-0.91 to 0.91-0.95 at -5 (docs/BENCHMARKS.md,
+    fifteenth session).
     """
     from pipeit.errors import InputError
 
     if not -20 <= value <= 19:
         raise InputError(f"--nice must be in -20..19, got {value}")
     try:
-        # every thread already there too (an imported library's idle pool), then the ones to come
+        # every thread there is (this one and an imported library's idle pool); later ones inherit it
         for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, value)
             except ProcessLookupError:
                 pass
-        os.setpriority(os.PRIO_PROCESS, 0, value)
     except PermissionError:
         raise InputError(f"cannot set nice {value}: permission denied (a negative value needs root or "
                          "CAP_SYS_NICE; the systemd unit sets Nice= itself)") from None
