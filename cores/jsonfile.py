@@ -17,14 +17,16 @@ This module is in :mod:`cores`, the lowest package: it imports nothing from
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any, List, Union
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_INT", "JsonFileError", "read_json", "read_text",
-           "parse_json"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_INT", "JsonFileError", "read_at_most", "read_json",
+           "read_text", "parse_json"]
 
 #: Largest JSON file read, in bytes. The biggest file pipeit writes (a GPU
 #: tuning file with trial histories, a predictor over a large profile) is a
@@ -122,6 +124,29 @@ def _depth_over(doc: Any, limit: int) -> bool:
     return False
 
 
+def read_at_most(path: Union[str, Path], limit: int, *, regular_only: bool = False) -> bytes:
+    """The first ``limit`` bytes of ``path`` (all of it if shorter); ``OSError`` as ``open`` raises it.
+
+    Opened without blocking, then read blocking: a named pipe no one writes
+    to opens at once and reads as empty instead of hanging the command; a
+    pipe with a writer (``--plan <(...)``) is read as it comes. The limit
+    is what keeps a pipe or ``/dev/zero``, which have no size to stat, from
+    filling memory. ``regular_only``: anything but a regular file is an
+    ``OSError`` (a sysfs tree's files are all regular; a FIFO there with a
+    writer that never writes would still block).
+    """
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if regular_only and not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read(limit)
+
+
 def read_text(path: Union[str, Path], what: str, *, max_bytes: int = MAX_JSON_BYTES) -> str:
     """The UTF-8 text of ``path``, at most ``max_bytes`` of it; :class:`JsonFileError` otherwise.
 
@@ -132,14 +157,7 @@ def read_text(path: Union[str, Path], what: str, *, max_bytes: int = MAX_JSON_BY
     """
     path = Path(path)
     try:
-        # Opened without blocking, then read blocking: a named pipe no one writes to opens at once and
-        # reads as empty (refused below) instead of hanging the command; a pipe with a writer
-        # (``--plan <(...)``) is read as it comes.
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        os.set_blocking(descriptor, True)
-        with os.fdopen(descriptor, "rb") as handle:
-            # Read at most one byte past the limit: a pipe or /dev/zero has no size to stat.
-            data = handle.read(max_bytes + 1)
+        data = read_at_most(path, max_bytes + 1)  # one byte past the limit tells a file over it
     except FileNotFoundError:
         raise JsonFileError(path, what, "no such file", "missing") from None
     except IsADirectoryError:

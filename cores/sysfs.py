@@ -9,11 +9,11 @@ information ("no cpufreq here"), not an error.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from cores.errors import PlatformError
+from cores.jsonfile import read_at_most
 
 __all__ = ["SysRoot", "parse_cpu_list", "format_cpu_list", "MAX_CPU_ID"]
 
@@ -95,27 +95,10 @@ class SysRoot:
         :data:`MAX_FILE_BYTES` of it: in a tree given with ``--sysfs`` a FIFO
         would block the read forever and ``/dev/zero`` would fill memory.
         """
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            descriptor = os.open(self.path(path), flags)
+            data = read_at_most(self.path(path), MAX_FILE_BYTES, regular_only=True)
         except OSError:
             return fallback
-        try:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                return fallback
-            os.set_blocking(descriptor, True)
-            chunks, size = [], 0
-            while size < MAX_FILE_BYTES:  # procfs hands a file over a page or so per read
-                chunk = os.read(descriptor, MAX_FILE_BYTES - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            data = b"".join(chunks)
-        except OSError:
-            return fallback
-        finally:
-            os.close(descriptor)
         return data.decode("utf-8", errors="replace").strip()
 
     def integer(self, path: str, fallback: Optional[int] = None) -> Optional[int]:
