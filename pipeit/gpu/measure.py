@@ -128,8 +128,10 @@ def measure_copy(ctx: Any, sizes: Sequence[int] = COPY_SIZES, repeats: int = 7) 
     return fit_hop_model(points, source=f"measured on {ctx.info.name}")
 
 
-#: frames of the timed stage (after one warm-up), and the most seconds spent on them
-OVERHEAD_FRAMES = 9
+#: frames of the timed stage, after warm-up frames (pocl finishes its builds at the first launch),
+#: and the most seconds spent on them
+OVERHEAD_WARMUP = 3
+OVERHEAD_FRAMES = 21
 OVERHEAD_MAX_S = 5.0
 
 
@@ -181,7 +183,8 @@ def measure_launch_overhead(model: Any, ctx: Any, table: Any, times: Sequence[fl
     inputs = {t.name: rng.uniform(-1, 1, t.shape).astype(np.float32) for t in stage.inputs}
     walls: List[float] = []
     try:
-        stage.run(inputs)  # warm-up: pocl finishes its builds at the first launch
+        for _ in range(OVERHEAD_WARMUP):  # pocl finishes its builds at the first launch
+            stage.run(inputs)
         deadline = time.perf_counter() + OVERHEAD_MAX_S
         while len(walls) < OVERHEAD_FRAMES and (len(walls) < 2 or time.perf_counter() < deadline):
             t0 = time.perf_counter()
