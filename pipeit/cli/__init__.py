@@ -70,18 +70,27 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 #: signals that stop a command the way Ctrl-C does: a batch script's ``kill`` or ``timeout``
 #: (SIGTERM), a closed terminal or dropped ssh session (SIGHUP)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+SIGNALS_LIKE_CTRL_C = (signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP taken the Ctrl-C way: code that unwinds on Ctrl-C unwinds on it too, and
+    the command still exits with the shell's code for that signal (128 + its number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _stop_like_ctrl_c(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise StopSignal(signum)
 
 
 def _stops_unwind() -> Any:
     """SIGTERM and SIGHUP raise KeyboardInterrupt while a command runs, so every command unwinds
     through its ``finally`` blocks (workers stopped, rings unlinked, cgroups removed) instead of the
     process dying where it stands. ``pipeit serve`` installs its own handlers (drain, reload) inside."""
-    return handled(STOP_SIGNALS, _stop_like_ctrl_c)
+    return handled(SIGNALS_LIKE_CTRL_C, _stop_like_ctrl_c)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -98,6 +107,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         print(f"pipeit: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
+    except StopSignal as stop:
+        print(f"pipeit: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("pipeit: interrupted", file=sys.stderr)
         return 130
