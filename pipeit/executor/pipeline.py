@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import functools
 import heapq
 import math
@@ -42,7 +41,6 @@ import os
 import queue
 import select
 import shutil
-import signal
 import socket
 import tempfile
 import threading
@@ -59,7 +57,7 @@ import numpy as np
 from cores.slices import request_short_slice
 from pipeit.admission import DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms
 from pipeit.children import start_shielded
-from pipeit.signals import handled
+from pipeit.signals import deferred
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
@@ -696,7 +694,7 @@ class Pipeline:
         if self._exit_hook is not None:
             atexit.unregister(self._exit_hook)
             self._exit_hook = None
-        with _signals_deferred():
+        with deferred():
             self._close()
 
     def _close(self) -> None:
@@ -1656,18 +1654,6 @@ def _close_at_exit(pipeline: "Pipeline") -> Callable[[], None]:
 
     atexit.register(hook)
     return hook
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP in a ``with`` block (main thread only), then re-deliver them."""
-    caught: List[int] = []
-    try:
-        with handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), lambda n, _f: caught.append(n)):
-            yield
-    finally:
-        for signum in caught:
-            os.kill(os.getpid(), signum)
 
 
 def _ranges(ids: Sequence[int]) -> str:
