@@ -17,6 +17,7 @@ This module is in :mod:`cores`, the lowest package: it imports nothing from
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import math
@@ -169,10 +170,13 @@ def read_text(path: Union[str, Path], what: str, *, max_bytes: int = MAX_JSON_BY
     if len(data) > max_bytes:
         raise JsonFileError(path, what, f"larger than the {max_bytes // (1024 * 1024)} MB a JSON file may have",
                             "unreadable")
+    # an editor on another system may save a byte-order mark first: it is not data
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8")
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as err:
-        raise JsonFileError(path, what, f"not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start}",
+        offset = skip + err.start
+        raise JsonFileError(path, what, f"not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset}",
                             "syntax") from None
 
 

@@ -42,6 +42,18 @@ _DTYPE_BYTES = {
     "int32": 4, "int64": 8, "bool": 1, "float64": 8,
 }
 
+#: a count read back from a file (MACs, bytes) must fit int64: the predictors square and multiply
+#: them in numpy, where a hand-edited 1e300 overflowed into warnings and a predictor of nonsense
+MAX_COUNT = 2 ** 63 - 1
+
+
+def _count(value: object, name: str) -> int:
+    """``value`` as a count in 0..MAX_COUNT (ValueError naming ``name`` otherwise)."""
+    count = int(value)  # type: ignore[call-overload]
+    if count != value or not 0 <= count <= MAX_COUNT:
+        raise ValueError(f"{name} must be a whole number in 0..2**63-1, got {value!r}")
+    return count
+
 
 @dataclass(frozen=True)
 class LayerDescriptor:
@@ -160,9 +172,10 @@ class LayerDescriptor:
             depth_multiplier=doc.get("depth_multiplier"),
             groups=int(doc.get("groups", 1)),
             activation=str(doc.get("activation", "NONE")),
-            macs=int(doc.get("macs", 0)),
-            weight_bytes=int(doc.get("weight_bytes", 0)),
-            activation_bytes=int(doc.get("activation_bytes", 0)),
+            macs=_count(doc.get("macs", 0), "macs"),
+            weight_bytes=_count(doc.get("weight_bytes", 0), "weight_bytes"),
+            activation_bytes=_count(doc.get("activation_bytes", 0), "activation_bytes"),
             extra=tuple((str(k), str(v)) for k, v in doc.get("extra", [])),
-            held_weight_bytes=None if doc.get("held_weight_bytes") is None else int(doc["held_weight_bytes"]),
+            held_weight_bytes=(None if doc.get("held_weight_bytes") is None
+                               else _count(doc["held_weight_bytes"], "held_weight_bytes")),
         )

@@ -63,6 +63,9 @@ COLUMNS = (
 )
 KINDS = ("layer", "stage", "model")
 
+#: the shortest time a row may say was measured (ms: one nanosecond, below any clock's resolution here)
+MIN_MEASURED_MS = 1e-6
+
 PathLike = Union[str, Path]
 
 
@@ -177,11 +180,13 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
         raise ProfileError(f"{where}: malformed descriptor: {err.reason}") from None
     except ValueError as err:
         raise ProfileError(f"{where}: malformed value: {err}") from err
-    if doc["status"] == "ok" and not (math.isfinite(median_ms) and 0 <= median_ms <= MAX_LAYER_MS):
+    if doc["status"] == "ok" and not (math.isfinite(median_ms) and (median_ms == 0 or
+                                                                     MIN_MEASURED_MS <= median_ms <= MAX_LAYER_MS)):
         # the profiler writes a failed measurement as "failed: ..." with a nan time, never as "ok"; a time
-        # past MAX_LAYER_MS (days) is a hand edit, and fitting on it gives a predictor of nonsense
+        # past MAX_LAYER_MS (days) or under a nanosecond is a hand edit, and fitting on it overflows
         raise ProfileError(f"{where}: median_ms {doc['median_ms']!r} of a row with status ok is not a "
-                           f"time in ms (a finite number in 0..{MAX_LAYER_MS:g}); fix or re-profile that row")
+                           f"time in ms (0, or a number in {MIN_MEASURED_MS:g}..{MAX_LAYER_MS:g}); "
+                           "fix or re-profile that row")
     try:
         setup = CoreSetup.parse(doc["setup"])
     except Exception as err:  # PlatformError from cores: a bad cell in a file
@@ -214,7 +219,8 @@ def _read_one(path: Path) -> List[ProfileRow]:
     if not path.is_file():
         raise ProfileError(f"{path}: no such profile file")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a profile saved again by a spreadsheet starts with a byte-order mark; it is not data
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise ProfileError(f"{path}: cannot read profile: {err}") from err
     return parse_profile_text(text, str(path))

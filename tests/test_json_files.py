@@ -73,6 +73,14 @@ class TestReader:
         with pytest.raises(JsonFileError, match=r"not UTF-8 text: byte 0xe9 at offset 13"):
             read_json(path, "test")
 
+    def test_a_byte_order_mark_is_not_data(self, tmp_path):
+        path = tmp_path / "bom.json"
+        path.write_bytes(b'\xef\xbb\xbf{"name": "caf\xc3\xa9"}\r\n')
+        assert read_json(path, "test") == {"name": "caf\u00e9"}
+        path.write_bytes(b'\xef\xbb\xbf{"name": "caf\xe9"}')
+        with pytest.raises(JsonFileError, match=r"not UTF-8 text: byte 0xe9 at offset 16"):
+            read_json(path, "test")
+
     def test_missing_file(self, tmp_path):
         with pytest.raises(JsonFileError, match="no such file") as info:
             read_json(tmp_path / "none.json", "test")

@@ -97,6 +97,24 @@ class TestProfileTable:
         with pytest.raises(ProfileError, match="unknown measurement kind"):
             parse_profile_text(lines[0] + "\n" + lines[1].replace("layer,", "blob,", 1))
 
+    def test_hand_edits_that_overflowed_the_fit_are_refused(self, profiled):
+        """A time under a nanosecond and a MAC count past int64 fitted into numpy overflow warnings."""
+        _, _, out, _ = profiled
+        lines = out.read_text().splitlines()
+        layer = next(l for l in lines if l.startswith("layer,"))
+        cells = next(csv.reader([layer]))
+        cells[7] = "1e-300"
+        tiny_time = io.StringIO()
+        csv.writer(tiny_time).writerow(cells)
+        with pytest.raises(ProfileError, match=r"median_ms '1e-300' .* not a time in ms"):
+            parse_profile_text(lines[0] + "\n" + tiny_time.getvalue())
+        cells = next(csv.reader([layer]))
+        cells[12] = json.dumps({**json.loads(cells[12]), "macs": 1.5e300})
+        huge_macs = io.StringIO()
+        csv.writer(huge_macs).writerow(cells)
+        with pytest.raises(ProfileError, match=r"macs must be a whole number"):
+            parse_profile_text(lines[0] + "\n" + huge_macs.getvalue())
+
     def test_a_model_row_of_thousands_of_layers_reads_back(self, profiled):
         """A model row lists every layer key in one field; 3000 layers overflowed csv's 128 KiB limit."""
         _, _, out, rows = profiled
@@ -122,6 +140,13 @@ class TestProfileTable:
         with pytest.raises(ProfileError, match="2 different platforms"):
             read_profile([out, other])
         assert len(read_profile([out, other], force=True)) == len(rows) + 1
+
+    def test_a_profile_saved_by_a_spreadsheet_reads_back(self, profiled, tmp_path):
+        """A spreadsheet writes a byte-order mark and CRLF line ends; neither is data."""
+        _, _, out, rows = profiled
+        resaved = tmp_path / "resaved.csv"
+        resaved.write_bytes(b"\xef\xbb\xbf" + out.read_text().replace("\n", "\r\n").encode())
+        assert [r.to_csv() for r in read_profile(resaved).rows] == [r.to_csv() for r in rows]
 
     def test_missing_file(self, tmp_path):
         with pytest.raises(ProfileError, match="no such profile"):
