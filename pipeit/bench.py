@@ -384,6 +384,7 @@ def run_bench(
     from pipeit.executor.pipeline import coordinator_cpus
     from pipeit.executor.stats import percentile
     from pipeit.graph import load_graph
+    from pipeit.profiler import check_measurable
     from pipeit.runtime import check_loads
     from pipeit.satisfaction import energy_per_frame_mj, make_task, plan_accuracy, score_runs
 
@@ -401,6 +402,7 @@ def run_bench(
     model_path = Path(model_path)
     graph = load_graph(model_path)
     check_loads(model_path)  # before any profiling: what only the runtime can judge (op versions, options)
+    check_measurable(platform, "bench runs every strategy on this machine")  # a board's CPUs this host lacks
     sha = file_sha256(model_path)
     times = obtain_layer_times(graph, platform, model_path, profile, predictor, cache_dir, progress)
     ideal, single = measure_ideal(model_path, platform, progress)

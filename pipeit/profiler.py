@@ -524,13 +524,14 @@ def wait_for_quiet(cpus: Sequence[int], max_wait_s: float, busy_pct: float) -> b
             return False
 
 
-def check_measurable(platform: Platform) -> None:
+def check_measurable(platform: Platform, doing: str = "profiling measures this machine") -> None:
     """Refuse to time on a platform whose CPUs this process cannot all run on.
 
     Why: rows are stamped with the platform's fingerprint, so timing a
     ``board:`` description (or a platform file of another machine) on this
     host would produce a profile that later passes for the board's. Every
-    CPU of every CPU cluster must be one this process may use.
+    CPU of every CPU cluster must be one this process may use. ``doing``
+    says, in the message, why this machine's CPUs are the ones that count.
     """
     from cores.sysfs import format_cpu_list
 
@@ -540,8 +541,8 @@ def check_measurable(platform: Platform) -> None:
     if missing:
         raise ProfileError(
             f"platform {platform.source!r} has CPU(s) {format_cpu_list(missing)} that this process cannot run on "
-            f"(it may use {format_cpu_list(allowed)}): profiling measures this machine, so describe it as it is "
-            "(--platform auto or emulate:...), or profile on the board itself"
+            f"(it may use {format_cpu_list(allowed)}): {doing}, so describe it as it is "
+            "(--platform auto or emulate:...), or run this on the board itself"
         )
 
 

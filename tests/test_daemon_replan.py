@@ -215,7 +215,7 @@ def test_stable_platform_does_not_flap(tmp_path):
             doc = c.status()
     switches = [e for e in doc["events"] if e["kind"] == "switch"]
     assert len(switches) <= 1, (doc["events"], d.log())
-    assert doc["generation"] == generation + len(switches)
+    assert doc["generation"] == generation + len(switches), (doc["events"], d.log())
     assert doc["requests"]["served"] == served and doc["requests"]["failed"] == 0
     stage = doc["stages"][0]
     assert len(stage["worker_ms"]) == len(stage["workers"]) and stage["queue_depth"] is not None

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def _document(args: argparse.Namespace) -> dict:
     platform = load_platform(args.platform, sysfs_root=args.sysfs)
-    topo = detect_topology(args.sysfs) if args.platform == "auto" else None
+    topo = detect_topology(args.sysfs) if platform.source == "auto" else None
     clusters = []
     for cluster in platform.clusters:
         entry = cluster.to_json()
