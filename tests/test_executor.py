@@ -155,6 +155,58 @@ class TestPipelineOutputs:
         assert all(count > 0 for count in stats.stages[0].worker_frames), stats.stages[0].worker_frames
 
 
+class TestFutures:
+    """What a Python caller may do with the Futures: cancel one, chain work in a done-callback."""
+
+    def test_a_cancelled_future_drops_its_output_and_every_other_frame_completes(self, v2, v2_frames):
+        """set_result on the cancelled Future raised in the dispatcher: the pipeline failed, and the frames
+        done in the same batch were never resolved."""
+        frames, want = v2_frames
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, n), [("cpu", (TWO[0],)), ("cpu", (TWO[1],))])], ONE_CLUSTER)
+        with Pipeline(plan, v2) as pipe:
+            futures = [pipe.submit(frames[i % len(frames)]) for i in range(8)]
+            assert futures[-1].cancel() and futures[3].cancel()
+            kept = [i for i in range(8) if i not in (3, 7)]
+            got = [futures[i].result(60) for i in kept]
+            after = pipe.run(frames[0], timeout=60)  # the pipeline goes on
+        assert_identical(got + [after], [want[i % len(frames)] for i in kept] + [want[0]])
+
+    def test_a_done_callback_may_submit_but_never_waits_on_the_pipeline(self, v2, v2_frames):
+        """Callbacks run on the dispatcher's thread: a submit there that waited for a slot waited for that
+        very thread, and the pipeline stopped for good."""
+        frames, want = v2_frames
+        n = len(load_graph(v2).layers)
+        plan = make_plan(v2, [((0, n), [("cpu", (TWO[0],))])], ONE_CLUSTER)
+        outcomes: List[object] = []
+        chained: List = []
+
+        def chain(_future) -> None:
+            for _ in range(12):  # more than the first ring's free slots: the later ones are refused, not waited for
+                try:
+                    chained.append(pipe.submit(frames[1]))
+                    outcomes.append("queued")
+                except ExecutorError as err:
+                    outcomes.append(str(err))
+            try:
+                pipe.run(frames[1])
+            except ExecutorError as err:
+                outcomes.append(str(err))
+
+        with Pipeline(plan, v2, slots=1) as pipe:
+            first = pipe.submit(frames[0])
+            first.add_done_callback(chain)
+            assert_identical([first.result(60)], [want[0]])
+            deadline = time.monotonic() + 60
+            while len(outcomes) < 13 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert outcomes[0] == "queued", outcomes
+            assert any("done-callback found every slot" in str(o) for o in outcomes[1:12]), outcomes
+            assert "run() from a Future's done-callback" in str(outcomes[12]), outcomes
+            assert_identical([f.result(60) for f in chained] + [pipe.run(frames[2], timeout=60)],
+                             [want[1]] * len(chained) + [want[2]])
+
+
 class TestFaults:
     def test_kill_9_of_a_stage_worker_mid_stream_loses_no_frame(self, v2, v2_frames):
         frames, want = v2_frames

@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
@@ -730,8 +730,8 @@ class Pipeline:
         if self._stream is not None:
             self._stream.finish(error)
         for frame in list(self._inflight.values()):
-            if frame.future is not None and not frame.future.done():
-                frame.future.set_exception(error)
+            if frame.future is not None:
+                _settle(frame.future, error=error)
         self._inflight.clear()
         self._ring0_views = []  # views of edge 0's segment: dropped so that it can be unmapped
         with self._dispatch_lock:  # a caller may be in submit_area: it then finds no area, not a closed fd
@@ -770,6 +770,11 @@ class Pipeline:
         frees the stage it waits for, or at the time the gate names, so a
         caller may submit ahead without its frames queueing in the stages.
         Its latency in :meth:`stats` runs from when it entered.
+
+        The Future's done-callbacks run on the dispatcher's thread: keep them
+        short and never wait there for another frame (a ``submit`` there is
+        refused when it would have to wait for a slot, and ``run`` always is).
+        A Future cancelled before its frame is done only drops the output.
         """
         self._check_running()
         tensors = self._check_inputs(inputs)
@@ -913,6 +918,16 @@ class Pipeline:
     def _take_slot0(self) -> int:
         """A free slot of edge 0, waiting for one (backpressure); raises if the pipeline failed or closed."""
         self._raise_if_failed()
+        if self._on_dispatcher():
+            # A done-callback (they run on the dispatcher's thread) may submit while a slot is free; waiting
+            # for one there would wait for the very thread that gives slots back.
+            slot = self._free0.take_nowait()
+            if slot is None:
+                self._raise_if_failed()
+                raise ExecutorError("submit() from a Future's done-callback found every slot of the first ring "
+                                    "in use; waiting there would stop the pipeline (callbacks run on its "
+                                    "dispatcher thread): submit from another thread")
+            return slot
         # No timeout: a released slot, _fail and close() all put something in this queue.
         slot = self._free0.get()
         if slot < 0:
@@ -937,7 +952,7 @@ class Pipeline:
                 frame = _Frame(fid, future, time.perf_counter(), slot, out, area)
                 self._inflight[fid] = frame
             if self._error is not None:
-                future.set_exception(self._error)
+                _settle(future, error=self._error)
                 return future
             if lead_ms is not None:
                 self._door.append((frame, lead_ms))
@@ -1143,8 +1158,15 @@ class Pipeline:
             yield window.popleft().result()
 
     def run(self, inputs: Any, timeout: Optional[float] = None) -> Dict[str, np.ndarray]:
-        """One frame, synchronously."""
+        """One frame, synchronously (not from a Future's done-callback: see :meth:`submit`)."""
+        if self._on_dispatcher():
+            raise ExecutorError("run() from a Future's done-callback would wait for the dispatcher thread it "
+                                "runs on: submit() there and take the result elsewhere")
         return self.submit(inputs).result(timeout)
+
+    def _on_dispatcher(self) -> bool:
+        """Whether this is the dispatcher's thread (where Futures' done-callbacks run)."""
+        return self._thread is not None and self._thread is threading.current_thread()
 
     def _check_inputs(self, inputs: Any) -> Dict[str, np.ndarray]:
         if isinstance(inputs, dict):
@@ -1380,7 +1402,7 @@ class Pipeline:
                 completed, self._completed = self._completed, []
             # outside the lock: a caller woken by its result may submit at once
             for future, outputs in completed:
-                future.set_result(outputs)
+                _settle(future, outputs)
 
     def _watch(self, w: _Worker) -> None:
         if self._selector is not None:
@@ -1621,8 +1643,8 @@ class Pipeline:
         if state is not None:
             state.finish(self._error)
         for frame in frames:
-            if frame.future is not None and not frame.future.done():
-                frame.future.set_exception(self._error)
+            if frame.future is not None:
+                _settle(frame.future, error=self._error)
         self._free0.close()
 
 
@@ -1654,6 +1676,18 @@ def _close_at_exit(pipeline: "Pipeline") -> Callable[[], None]:
 
     atexit.register(hook)
     return hook
+
+
+def _settle(future: Future, outputs: Any = None, error: Optional[BaseException] = None) -> None:
+    """Resolve a frame's Future with its outputs or ``error``; one its caller cancelled (no longer wants
+    the frame) is left as it is, rather than raising in the dispatcher and stranding the frames after it."""
+    try:
+        if error is None:
+            future.set_result(outputs)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
 
 
 def _ranges(ids: Sequence[int]) -> str:
