@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -53,7 +54,11 @@ def read_arrays(path: Union[str, Path]) -> Union[Any, Dict[str, Any]]:
     path = Path(path)
     _check_numpy_file(path)
     _check_declared_size(path)
-    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+    # what numpy's header parser and zip reader raise on bytes that are not theirs: a header that does
+    # not parse (SyntaxError, tokenize.TokenError), a shape past a C long (OverflowError), fields of the
+    # wrong kind (TypeError, KeyError), nesting past the stack (RecursionError)
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, SyntaxError,
+                  tokenize.TokenError, OverflowError, TypeError, KeyError, RecursionError)
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):

@@ -354,6 +354,18 @@ def test_npy_with_a_huge_header_is_one_line(tmp_path, capsys):
     refused_in_process(capsys, ["infer", "--socket", tmp_path / "s", "--input", path], "big.npy")
 
 
+@pytest.mark.parametrize("header", [
+    b"{garbage: (((( }",  # numpy's tokenizer: tokenize.TokenError
+    b"{'descr': '<f4', 'fortran_order': False, 'shape': (1180591620717411303424,), }",  # OverflowError
+])
+def test_npy_whose_header_numpy_cannot_parse_is_one_line(tmp_path, capsys, header):
+    """Both were tracebacks: the header parser raises more than ValueError on bytes that are not its own."""
+    path = tmp_path / "odd.npy"
+    header += b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 16)
+    refused_in_process(capsys, ["infer", "--socket", tmp_path / "s", "--input", path], "not a readable .npy")
+
+
 def test_a_pickle_is_called_what_it_is_and_never_loaded(tmp_path, capsys):
     marker = tmp_path / "pwned"
     path = tmp_path / "x.npy"
