@@ -6,8 +6,9 @@
 
 One client is one connection; requests on it are answered in the order the
 daemon finishes them, matched by id. :meth:`Client.infer_many` keeps several
-frames in flight for throughput. A client is not meant to be shared between
-threads without a lock of the caller's.
+frames in flight for throughput. Threads may share a client: its calls take
+turns on one lock (a thread waiting in :meth:`Client.receive` holds it until
+its reply comes), so one connection per thread is the faster way.
 
 Frames travel one of two ways (``transport``):
 
@@ -28,9 +29,11 @@ daemon reloaded with a model whose inputs or outputs differ answers
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -87,6 +90,18 @@ def _refused(path: str) -> str:
     return f"no daemon listens on {path} (a socket left by one that stopped?); start `pipeit serve`"
 
 
+def _one_at_a_time(method: Any) -> Any:
+    """Run ``method`` holding the client's lock: two threads interleaving an ``attach`` or a reply's
+    bytes got each other's frame areas and outputs, silently."""
+
+    @functools.wraps(method)
+    def locked(self: "Client", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Client:
     """A connection to the daemon at ``socket_path``; ``timeout`` (s) bounds each wait for a reply.
 
@@ -117,6 +132,7 @@ class Client:
         self._early: Dict[int, wire.Message] = {}
         self._inbox = wire.Inbox()
         self._infer = wire.Encoder("infer")  # the header is built once per input layout
+        self._lock = threading.RLock()  # see _one_at_a_time
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         wire.tune_socket(sock)  # a whole frame fits the send buffer: one copy, no ping-pong with the reader
         sock.settimeout(timeout)
@@ -134,6 +150,7 @@ class Client:
         self._sock: Optional[socket.socket] = sock
 
     # ---- plumbing ----------------------------------------------------------------------
+    @_one_at_a_time
     def close(self) -> None:
         """Close the connection and unmap the frame area (the daemon drops its side when it sees the close)."""
         self._drop_area()
@@ -152,6 +169,7 @@ class Client:
             raise DaemonError("the client is closed")
         return self._sock
 
+    @_one_at_a_time
     def send(self, op: str, tensors: Optional[Mapping[str, np.ndarray]] = None) -> int:
         """Send one request; returns its id (pair with :meth:`receive`).
 
@@ -173,7 +191,7 @@ class Client:
                 buffers = wire.encode_request(request_id, op, tensors)
             wire.send_message(self._conn(), buffers)
         except OSError as err:
-            self._refusal_or_lost(err)
+            self._refusal_or_lost(err, request_id)
         if slot is not None:
             self._slot_of[request_id] = slot
         return request_id
@@ -184,6 +202,7 @@ class Client:
         """``"shm"`` while a frame area is attached, else ``"inline"``."""
         return "shm" if self._area is not None else "inline"
 
+    @_one_at_a_time
     def attach(self, slots: Optional[int] = None) -> Optional[AreaLayout]:
         """Ask the daemon for a frame area (replacing any held) and map it; returns its layout.
 
@@ -191,6 +210,10 @@ class Client:
         ``"shm"`` client raises :class:`DaemonError`; any other goes inline
         from then on (why: :attr:`shm_refused`) and gets None.
         """
+        self._conn()  # closed: say so (an "auto" client would otherwise take it for a refusal, and go inline)
+        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
+                                  or not 1 <= slots <= wire.MAX_SLOTS):
+            raise DaemonError(f"slots must be an integer in 1..{wire.MAX_SLOTS}, not {slots!r}", "bad_request")
         if self._slot_of or self._reserved:
             raise DaemonError("attach with frames in flight or slots reserved: receive their replies first",
                               "bad_request")
@@ -198,14 +221,14 @@ class Client:
         request_id = next(self._ids)
         # the count goes in "info", which every daemon's schema takes: one without frame areas answers
         # "unknown operation" (bad_request) and keeps the connection, and an "auto" client goes inline
-        header = wire.Header(id=request_id, op="attach", info={"slots": int(slots or self.slots)})
+        header = wire.Header(id=request_id, op="attach", info={"slots": slots or self.slots})
         inbox = self._inbox
         inbox.capture_fds = True  # the reply's descriptor comes with its first byte: read ahead with recvmsg
         try:
             try:
                 wire.send_message(self._conn(), wire.encode(header))
             except OSError as err:
-                self._refusal_or_lost(err)
+                self._refusal_or_lost(err, request_id)
             message = self.receive(request_id)
             fds, inbox.fds = inbox.fds, []
         except DaemonError as err:
@@ -231,10 +254,12 @@ class Client:
         self._free = list(range(layout.slots - 1, -1, -1))
         return layout
 
+    @_one_at_a_time
     def detach(self) -> None:
         """Give the frame area back (frames go inline until the next :meth:`attach`)."""
-        if self._slot_of:
-            raise DaemonError("detach with frames in flight: receive their replies first", "bad_request")
+        if self._slot_of or self._reserved:
+            raise DaemonError("detach with frames in flight or slots reserved: receive their replies (or submit "
+                              "the reserved slots) first", "bad_request")
         if self._area is None:
             return
         self._drop_area()
@@ -245,6 +270,7 @@ class Client:
         """Why an ``"auto"`` client sends inline (the daemon refused ``attach``), or None."""
         return self._shm_refused
 
+    @_one_at_a_time
     def reserve(self) -> Tuple[int, Dict[str, np.ndarray]]:
         """A free slot and its input arrays, for a producer that writes a frame straight into the area.
 
@@ -265,6 +291,7 @@ class Client:
         self._reserved.add(slot)
         return slot, self._area.inputs[slot]
 
+    @_one_at_a_time
     def submit(self, slot: int) -> int:
         """Send the frame written into a :meth:`reserve`-d slot; returns its request id (pair with :meth:`receive`)."""
         if slot not in self._reserved:
@@ -303,6 +330,7 @@ class Client:
             np.copyto(views[name], array, casting="no")
         return self._free.pop()
 
+    @_one_at_a_time
     def receive(self, request_id: int, out: Optional[Mapping[str, np.ndarray]] = None) -> wire.Message:
         """The reply to ``request_id`` (replies to other ids read meanwhile are kept).
 
@@ -312,6 +340,7 @@ class Client:
         the message's tensors are these arrays. A tensor that does not fit
         its array (or has none) is received into a fresh array.
         """
+        _check_out(out)  # before a byte is read: a reply left half-read puts the connection out of step
         reader = wire.PacedReader(self._conn())
         reader.limit(self.timeout)  # the whole reply within the timeout, however slowly its bytes come
         while request_id not in self._early:
@@ -371,9 +400,10 @@ class Client:
             tensors[name] = array
         return tensors
 
-    def _refusal_or_lost(self, err: OSError) -> None:
-        """A send failed: if the daemon refused the connection first ("too many clients"), say that, not
-        the broken pipe the refusal caused. Always raises."""
+    def _refusal_or_lost(self, err: OSError, request_id: int) -> None:
+        """A send failed: if the daemon refused the connection ("too many clients") or this very request
+        (a frame too large, answered before its bytes were all read) first, say that, not the broken
+        pipe the refusal caused. Always raises."""
         sock = self._conn()
         try:
             reader = wire.PacedReader(sock)
@@ -382,7 +412,7 @@ class Client:
         except (OSError, wire.ProtocolError):
             header = None
         self.close()
-        if header is not None and header.ok is False and header.id is None:
+        if header is not None and header.ok is False and header.id in (None, request_id):
             _raise(wire.Message(header, {}))
         raise DaemonError(f"lost the connection to {self.socket_path}: {err.strerror or err}") from err
 
@@ -400,6 +430,7 @@ class Client:
         return tensors
 
     # ---- operations --------------------------------------------------------------------
+    @_one_at_a_time
     def infer(self, inputs: Union[np.ndarray, Mapping[str, np.ndarray]],
               out: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
         """Run one frame; ``inputs`` is a dict name -> array (or one array, named by the daemon's model).
@@ -410,6 +441,7 @@ class Client:
         Through the frame area, a ``reattach`` answer (the daemon reloaded a
         model with other inputs or outputs) attaches again and resends once.
         """
+        _check_out(out)  # before the frame is sent
         named = self._named(inputs)
         try:
             return self.receive(self.send("infer", named), out).tensors
@@ -432,10 +464,12 @@ class Client:
         while pending:
             yield self.receive(pending.popleft()).tensors
 
+    @_one_at_a_time
     def status(self) -> Dict[str, Any]:
         """The daemon's status document (fps, latency, stages, plan, clusters, re-plans)."""
         return dict(self.receive(self.send("status")).header.info or {})
 
+    @_one_at_a_time
     def replan(self) -> Dict[str, Any]:
         """Ask for a re-plan now; returns the event (``kind`` says whether the pipeline switched)."""
         return dict(self.receive(self.send("replan")).header.info or {})
@@ -450,6 +484,12 @@ class Client:
                                   "bad_request")
             self._input_name = plan_inputs[0]["name"]
         return {self._input_name: np.asarray(inputs)}
+
+
+def _check_out(out: Any) -> None:
+    """``out`` must be None or a mapping name -> array (see :meth:`Client.receive`)."""
+    if out is not None and not isinstance(out, Mapping):
+        raise TypeError(f"out must be a dict name -> array (or None), not {type(out).__name__}")
 
 
 def _close_fds(fds: List[int]) -> None:

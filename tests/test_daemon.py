@@ -128,6 +128,16 @@ def test_a_frame_over_the_size_limit_is_refused_naming_the_input(daemon, inputs,
     assert expected in str(err.value) and "exceeds the limit" in str(err.value)
 
 
+def test_a_frame_too_large_for_the_socket_buffer_is_refused_not_a_broken_pipe(daemon):
+    """The daemon answers too_large before reading the body and closes: the client's send then broke, and
+    the client said "Broken pipe" instead of the answer waiting in the socket."""
+    big = {"image": np.zeros((1, 32, 32, 16 * 128), np.float32)}  # 8 MB: more than a socket buffer takes
+    for _ in range(3):
+        with Client(daemon.socket_path, transport="inline") as c, pytest.raises(DaemonError) as err:
+            c.infer(big)
+        assert err.value.code == "too_large", err.value
+
+
 def test_status_document(daemon):
     with Client(daemon.socket_path) as c:
         c.infer(_frames(1, 3)[0])
@@ -149,6 +159,14 @@ def test_cli_infer_and_status(daemon, files, tmp_path):
                           timeout=60)
     assert done.returncode == 0, done.stderr
     with np.load(tmp_path / "out.npz") as out:
+        np.testing.assert_array_equal(out["fc"], reference(model, frame))
+    # written under exactly the name given (numpy's savez would add ".npz", and the report named the other file)
+    done = subprocess.run(run + ["infer", "--socket", str(daemon.socket_path), "--input", str(tmp_path / "x.npy"),
+                                 "-o", str(tmp_path / "result")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and f"saved -> {tmp_path / 'result'}" in done.stdout, done.stderr
+    assert not (tmp_path / "result.npz").exists()
+    with np.load(tmp_path / "result") as out:
         np.testing.assert_array_equal(out["fc"], reference(model, frame))
     done = subprocess.run(run + ["status", "--socket", str(daemon.socket_path), "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

@@ -344,3 +344,48 @@ def test_replies_to_slots_of_a_dropped_area_are_errors_not_empty_outputs(daemon,
             assert err.value.code == "reattach"
         np.testing.assert_array_equal(c.infer({"image": frame})["fc"], reference(model, frame))
         assert c.transport_in_use == "shm"
+
+
+def test_threads_sharing_one_client_each_get_their_own_outputs(daemon, files):
+    """Two threads raced on the first attach and on each other's replies: outputs came back wrong, silently."""
+    _, model, _ = files
+    frames = _frames(4, seed=21)
+    want = [reference(model, f) for f in frames]
+    wrong: list = []
+
+    def stream(client, offset):
+        for i in range(24):
+            k = (i + offset) % len(frames)
+            got = client.infer(frames[k])["fc"]
+            if not np.array_equal(got, want[k]):
+                wrong.append(k)
+
+    for transport in ("auto", "inline"):
+        with Client(daemon.socket_path, transport=transport) as c:
+            threads = [threading.Thread(target=stream, args=(c, t)) for t in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert not any(t.is_alive() for t in threads)
+    assert wrong == []
+
+
+def test_client_misuse_is_refused_before_anything_is_sent(daemon, files):
+    _, model, _ = files
+    frame = _frames(1, seed=22)[0]
+    with Client(daemon.socket_path, transport="inline") as c:
+        with pytest.raises(TypeError, match="out must be a dict"):
+            c.infer(frame, out=np.zeros((1, 10), np.float32))  # was sent, then its reply left half-read
+        np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))  # still in step
+    with Client(daemon.socket_path) as c:
+        with pytest.raises(DaemonError, match="slots must be an integer"):
+            c.attach(0)
+        slot, _views = c.reserve()
+        with pytest.raises(DaemonError, match="slots reserved"):
+            c.detach()  # the reserved slot would have been dropped without a word
+        c.submit(slot)
+    c = Client(daemon.socket_path)
+    c.close()
+    with pytest.raises(DaemonError, match="closed"):
+        c.attach()  # an "auto" client took its own closed socket for a refusal and went inline

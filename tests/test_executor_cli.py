@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -10,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import psutil
@@ -22,8 +23,9 @@ from tests.test_executor import TWO, make_plan
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 
 
-def pipeit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeit", *args], capture_output=True, text=True, timeout=timeout)
+def pipeit(*args: str, timeout: float = 120, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeit", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +170,13 @@ def test_unusable_input_files_exit_2_with_one_line(planned, tmp_path, make, mess
     given = next(tmp_path.glob("frames.*"))
     line = _one_error_line(pipeit("run", str(plan_path), "--input", str(given), "--frames", "2"))
     assert message in line
+
+
+def test_an_empty_input_name_is_refused_not_read_as_the_current_folder(planned, tmp_path):
+    plan_path, _ = planned
+    (tmp_path / "stray.npy").write_bytes(b"not numpy")  # what the current folder's files were read as
+    line = _one_error_line(pipeit("run", str(plan_path), "--input", "", "--frames", "2", cwd=tmp_path))
+    assert "--input needs random, a file or a folder name" in line
 
 
 def test_run_reads_frames_from_npz_by_input_name(planned, tmp_path):

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     parser.add_argument("--socket", required=True, metavar="S", help="the daemon's socket")
     parser.add_argument("--input", required=True, metavar="x.npy",
                         help=".npy (the model's one input) or .npz (one array per input name)")
-    parser.add_argument("-o", "--output", metavar="out.npz", help="save the outputs here")
+    parser.add_argument("-o", "--output", metavar="out.npz",
+                        help="save the outputs here, as an .npz archive under exactly this name")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
     parser.add_argument("--transport", choices=("auto", "inline", "shm"), default="auto",
                         help="how the frame travels: shared memory the daemon passes over the socket (shm), "
@@ -37,18 +38,19 @@ def run(args: argparse.Namespace) -> int:
 
     check_timeout(args.timeout, "--timeout")
     if args.output is not None:
-        # np.savez adds .npz to a name without it: check the file it will really write
-        if not args.output.strip():
-            raise InputError("-o needs a file name, got an empty one")
-        saved = args.output if str(args.output).endswith(".npz") else f"{args.output}.npz"
-        check_output_file(saved, "-o", (args.input,))
+        check_output_file(args.output, "-o", (args.input,))
+    if not args.input.strip():  # Path("") is the current folder
+        raise InputError("--input needs a file name, got an empty one")
     inputs = read_arrays(Path(args.input))  # one InputError for any unreadable file, objects included
     with Client(args.socket, timeout=args.timeout, transport=args.transport, slots=1) as client:
         outputs = client.infer(inputs)
         transport = client.transport_in_use
     if args.output:
         try:
-            np.savez(args.output, **outputs)
+            # through a file object: written as named (np.savez adds ".npz" to a name, even to /dev/null
+            # or a FIFO, and the file written would not be the one reported)
+            with open(args.output, "wb") as handle:
+                np.savez(handle, **outputs)
         except OSError as err:
             raise InputError(f"{args.output}: cannot write ({err.strerror or err})") from err
     summary = {

@@ -88,6 +88,8 @@ def load_frames(source: str, inputs: tuple, seed: int = 0) -> List[Dict[str, Any
         if seed < 0:  # numpy's seeding refuses it deep inside; say so here, in the option's words
             raise InputError(f"--seed must be >= 0, got {seed}")
         return random_frames(inputs, 4, seed)
+    if not source.strip():  # Path("") is the current folder: its files were read as frames
+        raise InputError("--input needs random, a file or a folder name, got an empty one")
     path = Path(source)
     if path.is_dir():
         found = _folder_frames(path, inputs)
