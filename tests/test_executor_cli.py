@@ -179,6 +179,17 @@ def test_an_empty_input_name_is_refused_not_read_as_the_current_folder(planned, 
     assert "--input needs random, a file or a folder name" in line
 
 
+def test_run_takes_frames_saved_in_the_other_byte_order(planned, tmp_path):
+    """`pipeit infer` took a big-endian .npy and `run` refused it: the values are the same floats."""
+    plan_path, model = planned
+    frame = np.random.default_rng(6).uniform(-1, 1, size=(1, 224, 224, 3)).astype(">f4")
+    np.save(tmp_path / "be.npy", frame)
+    result = pipeit("run", str(plan_path), "--input", str(tmp_path / "be.npy"), "--frames", "2", "--warmup", "0",
+                    "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outputs_match"] is True
+
+
 def test_run_reads_frames_from_npz_by_input_name(planned, tmp_path):
     plan_path, model = planned
     frames = np.random.default_rng(5).uniform(-1, 1, size=(2, 1, 224, 224, 3)).astype(np.float32)

@@ -166,9 +166,14 @@ def _checked_frame(where: Path, arrays: Dict[str, Any], inputs: tuple) -> Dict[s
     """The frame, contiguous, once every input's array has the model's shape and dtype."""
     import numpy as np
 
+    frame = {}
     for info in inputs:
-        _check_array(where, arrays[info.name], info, named=len(inputs) > 1)
-    return {info.name: np.ascontiguousarray(arrays[info.name]) for info in inputs}
+        array = arrays[info.name]
+        if array.dtype.byteorder not in "=|" and array.dtype.newbyteorder("=") == np.dtype(info.dtype):
+            array = array.astype(np.dtype(info.dtype))  # saved on a machine of the other byte order: same values
+        _check_array(where, array, info, named=len(inputs) > 1)
+        frame[info.name] = np.ascontiguousarray(array)
+    return frame
 
 
 def _check_array(where: Path, array: Any, info: Any, named: bool) -> None:
