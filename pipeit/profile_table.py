@@ -324,13 +324,24 @@ class ProfileWriter:
         except OSError as err:
             raise ProfileError(f"{self.path}: cannot write the profile ({err.strerror or err})") from err
         self._writer = csv.writer(self._handle)
+        self._failed = False
         if new:
-            self._writer.writerow(COLUMNS)
-            self._flush()
+            try:
+                self._write_cells(COLUMNS)
+            except ProfileError:
+                self.close()
+                raise
 
     def write(self, row: ProfileRow) -> None:
-        self._writer.writerow(row.to_csv())
-        self._flush()
+        self._write_cells(row.to_csv())
+
+    def _write_cells(self, cells: Sequence[str]) -> None:
+        try:
+            self._writer.writerow(cells)
+            self._flush()
+        except OSError as err:  # a full disk, say: name the file (the CLI would blame standard output)
+            self._failed = True
+            raise ProfileError(f"{self.path}: cannot write the profile ({err.strerror or err})") from err
 
     def write_all(self, rows: Iterable[ProfileRow]) -> None:
         for row in rows:
@@ -346,7 +357,11 @@ class ProfileWriter:
             # a device such as /dev/null, or a file system without fsync: nothing to make durable
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError as err:  # the buffered rest of a row that already failed to write
+            if not self._failed:
+                raise ProfileError(f"{self.path}: cannot write the profile ({err.strerror or err})") from err
 
     def __enter__(self) -> "ProfileWriter":
         return self

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 
 __all__ = ["register", "run"]
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.daemon.sockets import check_socket_path
     from pipeit.daemon.state import PlanSource
     from pipeit.errors import InputError
+    from pipeit.signals import handled
 
     if min(args.per_client, args.slots, args.sustain, args.max_clients, args.max_clients_per_peer) < 1:
         raise InputError("--per-client, --slots, --sustain, --max-clients and --max-clients-per-peer must be >= 1")
@@ -114,7 +116,13 @@ def run(args: argparse.Namespace) -> int:
                           reject_burst=args.reject_burst, max_clients=args.max_clients,
                           max_clients_per_peer=args.max_clients_per_peer)
     server = Server(config, args.model, platform, source)
-    server.start()
+    # `systemctl reload` may come while the daemon still plans or profiles (minutes on a first start): it
+    # stopped the daemon there (exit 129). It is kept, and the model and plan are read again once serving.
+    reloads: list = []
+    with handled([signal.SIGHUP], lambda signum, _frame: reloads.append(signum)):
+        server.start()
+    if reloads:
+        server.request_reload()
     return server.serve_forever()
 
 

@@ -20,6 +20,13 @@ in the daemon's environment withholds it, so a quota cut is seen only
 through the measured times, as a co-runner taking cores would be (the
 drift path, measured by ``tools/replan_bench.py --hide-speed``).
 
+The model a pipeline runs is the engine's private copy of the file, taken
+when a plan for it was first launched (:meth:`Engine._model_for`): a restart
+after a worker died, or a re-plan, keeps running the model the daemon
+loaded even if the file on disk was replaced or deleted meanwhile (as a
+deployment does just before ``systemctl reload``). SIGHUP is what reads the
+file again.
+
 Switch timing: each :class:`Generation` records how long its pipeline took
 to start (split, spawn, model load, first ready) and the engine logs it with
 the drain time of the old one, so the cost of a switch shows in the log.
@@ -27,8 +34,10 @@ the drain time of the old one, so the cost of a switch shows in the log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import Future
@@ -37,13 +46,17 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from cores.model import Platform
-from pipeit.errors import ExecutorError, PipeitError
+from pipeit.errors import ExecutorError, PipeitError, PlanError
 from pipeit.plan import Plan
+from pipeit.tempdirs import make_private_dir, remove_orphans
 
 __all__ = ["Engine", "Generation", "HIDE_SPEED_ENV"]
 
 #: set to 1 in the daemon's environment to keep emulated clusters' current speeds from its monitor
 HIDE_SPEED_ENV = "PIPEIT_HIDE_EMULATED_SPEED"
+
+#: the start of the folder holding the engine's copies of the model (then the pid: pipeit.tempdirs)
+MODEL_DIR_PREFIX = "pipeit-model-"
 
 _log = logging.getLogger("pipeit.daemon")
 
@@ -85,6 +98,8 @@ class Engine:
         self._switching = threading.Lock()
         self._closed = False
         self._hide_speed = os.environ.get(HIDE_SPEED_ENV, "") not in ("", "0")
+        self._copies: Dict[str, Path] = {}  # model sha256 -> the engine's copy of that model
+        self._copy_dir: Optional[Path] = None
 
     # ---- life cycle ------------------------------------------------------------------
     def start(self, plan: Plan) -> Generation:
@@ -110,12 +125,40 @@ class Engine:
         # Given throttles are shared, not owned: the pipeline attaches every worker it spawns (restarts
         # and spread threads too) and leaves them in place on close; the engine closes them, once, at the end.
         began = time.monotonic()
-        pipeline = Pipeline(plan, self.model_path, slots=self.slots, max_restarts=self.max_restarts,
+        pipeline = Pipeline(plan, self._model_for(plan), slots=self.slots, max_restarts=self.max_restarts,
                             throttle=False, throttles=self._throttles)
         pipeline.start()
         self._numbers += 1
         now = time.monotonic()
         return Generation(self._numbers, plan, pipeline, now, start_s=now - began)
+
+    def _model_for(self, plan: Plan) -> Path:
+        """The engine's copy of the model ``plan`` was made for, copied from :attr:`model_path` the first
+        time (and refused if that file is no longer the model the plan names)."""
+        copy = self._copies.get(plan.model_sha256)
+        if copy is not None and copy.is_file():
+            return copy
+        try:
+            data = self.model_path.read_bytes()
+        except OSError as err:
+            raise PlanError(f"{self.model_path}: cannot read the model ({err.strerror or err})") from None
+        if hashlib.sha256(data).hexdigest() != plan.model_sha256:
+            raise PlanError(f"{self.model_path}: the file changed since it was planned for (sha256 "
+                            f"{plan.model_sha256[:12]}...); send SIGHUP to load it again")
+        if self._copy_dir is None:
+            remove_orphans(MODEL_DIR_PREFIX)  # copies of daemons that were killed
+            self._copy_dir = make_private_dir(MODEL_DIR_PREFIX)
+        folder = self._copy_dir / plan.model_sha256[:16]
+        folder.mkdir(exist_ok=True)
+        copy = folder / self.model_path.name  # the same name as the user's file, in messages too
+        copy.write_bytes(data)
+        self._copies[plan.model_sha256] = copy
+        return copy
+
+    def _drop_copies_but(self, keep: Tuple[str, ...]) -> None:
+        """Remove the copies of models no running pipeline was made for (after a switch)."""
+        for sha in [s for s in self._copies if s not in keep]:
+            shutil.rmtree(self._copies.pop(sha).parent, ignore_errors=True)
 
     def close(self) -> None:
         """Close every pipeline (their in-flight frames fail) and remove the throttles."""
@@ -126,6 +169,9 @@ class Engine:
             self._retired.clear()
         for generation in generations:
             generation.pipeline.close()
+        if self._copy_dir is not None:
+            shutil.rmtree(self._copy_dir, ignore_errors=True)
+            self._copy_dir, self._copies = None, {}
         if self._throttles is not None:
             throttles, self._throttles = self._throttles, None
             throttles.close()
@@ -317,6 +363,9 @@ class Engine:
                              self.drain_timeout_s)
             old.pipeline.close()
             _log.info("pipeline %d drained and closed in %.2f s", old.number, time.monotonic() - drain_began)
+            with self._lock:
+                running = [g for g in (self._current, *self._retired.values()) if g is not None]
+            self._drop_copies_but(tuple(g.plan.model_sha256 for g in running))
             return old, new
 
     def restart_if_failed(self) -> Optional[str]:

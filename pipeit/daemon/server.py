@@ -60,6 +60,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cores.errors import CoresError
 from cores.model import Platform
 from pipeit.daemon import protocol as wire
 from pipeit.daemon.engine import Engine
@@ -69,7 +70,7 @@ from pipeit.daemon.replan import (
 )
 from pipeit.daemon.peers import DEFAULT_REJECT_BURST, DEFAULT_REJECT_RATE, PeerBudgets, RejectBudget, peer_pid
 from pipeit.daemon.shm import AreaLayout, FrameArea, shm_supported
-from pipeit.daemon.sockets import bind_socket, check_socket_dir, remove_socket
+from pipeit.daemon.sockets import bind_socket, check_socket_dir
 from pipeit.daemon.state import PlanSource, Planned, make_plan, obtain_plan
 from pipeit.errors import PipeitError
 from pipeit.executor.stats import percentile
@@ -924,6 +925,15 @@ class Server:
         except OSError:
             pass
 
+    def request_reload(self) -> None:
+        """Read the model and plan source again, as SIGHUP does (handled by :meth:`serve_forever`)."""
+        self._pending_signals.append(signal.SIGHUP)
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"s")
+            except OSError:
+                pass
+
     def request_stop(self) -> None:
         self._pending_signals.append(signal.SIGTERM)
         if self._wake_w >= 0:
@@ -937,9 +947,8 @@ class Server:
         with self._lock:
             self.draining = True  # from here on _admit() refuses: the count below can only fall
         if self._listener is not None:
-            self._listener.close()
+            self._listener.stop(self.config.socket_path)  # the socket file goes before the path's lock
             self._listener = None
-            remove_socket(self.config.socket_path)
         deadline = time.monotonic() + self.config.drain_timeout_s
         while time.monotonic() < deadline:
             with self._lock:
@@ -1114,7 +1123,12 @@ class Server:
         """The pipeline would not take a frame: answer it with ``error``; start a fresh pipeline if it failed."""
         request.handed = True
         self._finish(request, None, error)
-        reason = self.engine.restart_if_failed()
+        try:
+            reason = self.engine.restart_if_failed()
+        except PipeitError as err:  # the failed pipeline stays; the next refused frame tries again
+            _log.error("a fresh pipeline did not start: %s", err)
+            self._add_event("failed", f"restart failed: {err}", None)
+            return
         if reason:
             self._add_event("restart", reason, None)
 
@@ -1606,9 +1620,16 @@ class Server:
             fps_before = self._window_fps
             before = generation.number if generation else 0
             try:
+                if self.draining:
+                    _log.info("reload skipped: the daemon is stopping")
+                    return
                 planned = obtain_plan(self.model_path, self.platform, self.source)
+                if self.draining:  # a SIGTERM came while the plan was made: no new pipeline now
+                    _log.info("reload abandoned: the daemon is stopping")
+                    return
                 _old, new = self.engine.switch(planned.plan)
-            except PipeitError as err:
+            except (PipeitError, CoresError, OSError) as err:  # a plan naming a cluster this platform lacks, a
+                # full state directory: the file the user changed is wrong, not the daemon that serves
                 _log.error("reload failed, the old pipeline keeps serving: %s", err)
                 self._add_event("failed", f"reload failed: {err}", fps_before, before, before)
                 return

@@ -12,6 +12,7 @@ renamed away and replaced).
 from __future__ import annotations
 
 import errno
+import fcntl
 import grp
 import os
 import socket
@@ -74,6 +75,7 @@ def check_socket_path(path: Union[str, Path], group: Optional[Union[str, int]] =
     path = Path(path)
     check_socket_dir(path)
     _gid(group)
+    os.close(_lock_path(path))  # held by another daemon, maybe still planning or profiling
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
@@ -110,23 +112,72 @@ def _is_live(path: Path) -> bool:
         probe.close()
 
 
-def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None, backlog: int = 64) -> socket.socket:
+class Listener(socket.socket):
+    """The daemon's listening socket, and the lock on ``<path>.lock`` that makes its path its own while
+    it lives (:func:`_lock_path`). :meth:`stop` ends both, in the order that keeps the path ours."""
+
+    __slots__ = ("lock_fd",)
+
+    def stop(self, path: Union[str, Path]) -> None:
+        """Stop listening, remove the socket file, then let the path go: while the lock is held no
+        other daemon can have bound there, so the file removed is this daemon's own."""
+        self.close()
+        remove_socket(path)
+        lock_fd = getattr(self, "lock_fd", -1)
+        if lock_fd >= 0:
+            self.lock_fd = -1
+            os.close(lock_fd)
+
+
+def _lock_path(path: Path) -> int:
+    """An exclusive lock on ``<path>.lock`` (its descriptor), or SocketError if another daemon holds it.
+
+    Checking for a live socket, removing a stale one and binding are three
+    steps: two daemons starting at once both passed the check, and the
+    second unlinked the first's socket, leaving a daemon no client could
+    reach. A daemon holds the lock from before the check until it stops.
+    """
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise SocketError(f"cannot open {lock}: {err.strerror or err}") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SocketError(f"{path}: another daemon is starting or serving there (it holds {lock})") from None
+    return fd
+
+
+def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None, backlog: int = 64) -> Listener:
     """A listening socket at ``path``, mode 0660, group ``group`` (name or id; None: ours).
 
     A stale socket file (no one listening) is replaced; a live one or any
-    other kind of file is refused.
+    other kind of file is refused, and so is a path another daemon has
+    locked (:func:`_lock_path`).
     """
     path = Path(path)
     check_socket_dir(path)
     gid = _gid(group)
+    lock_fd = _lock_path(path)
+    try:
+        return _bind_locked(path, gid, backlog, lock_fd)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _bind_locked(path: Path, gid: int, backlog: int, lock_fd: int) -> Listener:
     if path.exists() or path.is_symlink():
         mode = path.lstat().st_mode
         if not stat.S_ISSOCK(mode):
             raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
         if _is_live(path):
             raise SocketError(f"{path}: another daemon is listening there")
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path.unlink(missing_ok=True)
+    sock = Listener(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.lock_fd = -1  # set once listening: until then the caller releases its lock on failure
     # The umask makes the socket 0660 from the moment it exists (no window with wider access).
     old_umask = os.umask(0o117)
     try:
@@ -146,6 +197,7 @@ def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None,
         what = "set group of" if err.errno == errno.EPERM else "set mode of"
         raise SocketError(f"cannot {what} {path}: {err.strerror or err}") from err
     sock.listen(backlog)
+    sock.lock_fd = lock_fd
     return sock
 
 

@@ -116,9 +116,23 @@ def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) ->
     csv = folder / "profile.csv"
     _log.info("no plan, predictor or profile given: profiling %s on %s into %s", model.name, platform.source, csv)
     spec = TimingSpec(max_repeats=max(source.profile_repeats, 9), max_seconds=1.0)
-    profile_models([model], platform, csv, spec=spec, stages=0, progress=False)
+    # Measured into a file of this process's own, put in place whole: a profile cut short (a full disk,
+    # a kill, another daemon on the same state directory) never becomes the cache every later start reads.
+    partial = folder / f".profile.csv.{os.getpid()}"
+    try:
+        partial.unlink(missing_ok=True)
+        profile_models([model], platform, partial, spec=spec, stages=0, progress=False)
+        os.replace(partial, csv)
+    except OSError as err:
+        raise PlanError(f"cannot write the profile in the state directory {folder}: {err.strerror or err}") from err
+    finally:
+        partial.unlink(missing_ok=True)
     times = layer_times_for(graph, platform, profile=str(csv), model=model)
-    times.save(cached)
+    try:
+        times.save(cached)
+    except OSError as err:  # the cache is a convenience: serve anyway, and say why the next start profiles again
+        _log.warning("cannot cache the layer times in %s (%s); the next start profiles again", cached,
+                     err.strerror or err)
     return times, f"profiled here, cached in {folder}"
 
 

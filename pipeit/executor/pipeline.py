@@ -42,7 +42,6 @@ import queue
 import select
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import weakref
@@ -58,6 +57,7 @@ from cores.slices import request_short_slice
 from pipeit.admission import DEFAULT_LEAD_MS, FrameState, PipelineState, WorkerState, admission_delay_ms
 from pipeit.children import start_shielded
 from pipeit.signals import deferred
+from pipeit.tempdirs import make_private_dir, remove_orphans
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import ExecutorError, InputError, PlanError
 from pipeit.executor.ring import ShmRing
@@ -480,8 +480,8 @@ class Pipeline:
             throttles = Throttles(plan.platform)
             throttles.__enter__()
             self._throttles, self._own_throttles = throttles, True
-        _remove_stale_stage_dirs()
-        self._tmpdir = tempfile.mkdtemp(prefix=f"{_STAGE_DIR_PREFIX}{os.getpid()}-")
+        remove_orphans(_STAGE_DIR_PREFIX)  # left by a process that was killed (SIGKILL skips ``close``)
+        self._tmpdir = str(make_private_dir(_STAGE_DIR_PREFIX))
         stage_files = []
         for part in parts:
             path = Path(self._tmpdir) / f"stage{part.index}.tflite"
@@ -1646,16 +1646,6 @@ class Pipeline:
             if frame.future is not None:
                 _settle(frame.future, error=self._error)
         self._free0.close()
-
-
-def _remove_stale_stage_dirs() -> None:
-    """Remove stage-model folders left by a process that was killed (SIGKILL skips ``close``)."""
-    import psutil
-
-    for path in Path(tempfile.gettempdir()).glob(f"{_STAGE_DIR_PREFIX}*-*"):
-        pid_text = path.name[len(_STAGE_DIR_PREFIX):].split("-", 1)[0]
-        if pid_text.isdigit() and not psutil.pid_exists(int(pid_text)):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _close_at_exit(pipeline: "Pipeline") -> Callable[[], None]:

@@ -1,0 +1,155 @@
+"""The daemon's life around its files: the model replaced on disk, reloads that fail, signals during
+start-up, and two daemons asked for one socket path. Real pipelines, real `pipeit serve` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cores.platform import load_platform
+from pipeit.client import Client
+from pipeit.daemon.engine import Engine
+from pipeit.daemon.sockets import SocketError, bind_socket, check_socket_path
+from pipeit.dse import plan_pipeline
+from pipeit.layer_times import LayerTimes
+from pipeit.plan import file_sha256
+from pipeit.errors import ProfileError
+from pipeit.profile_table import ProfileRow, ProfileWriter
+from tests.daemon_helpers import Daemon, build_model, reference, write_times
+
+PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed
+
+
+@pytest.fixture
+def served(tmp_path):
+    os.chmod(tmp_path, 0o750)
+    model = build_model(tmp_path / "tiny.tflite")
+    times = write_times(model, PLATFORM, tmp_path / "times.json")
+    return tmp_path, model, times
+
+
+def _frame(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 32, 32, 16)).astype(np.float32)
+
+
+def test_a_model_replaced_on_disk_does_not_break_a_restart(served):
+    """A worker that died too often made the engine start a fresh pipeline from the file on disk: replaced
+    there (a deployment copying the next model in before `systemctl reload`), the start failed and the
+    daemon refused every request from then on."""
+    folder, model, times = served
+    platform = load_platform(PLATFORM)
+    plan = plan_pipeline(LayerTimes.load(times), platform, strategy="replicas", model=str(model),
+                         model_sha256=file_sha256(model))
+    frame = _frame(1)
+    want = reference(model, frame)
+    engine = Engine(model, platform)
+    try:
+        engine.start(plan)
+        build_model(model, layers=4)  # another model under the same name
+        model.unlink()  # ...or none at all
+        _old, new = engine.switch(plan)  # what a restart does
+        np.testing.assert_array_equal(new.pipeline.run({"image": frame}, timeout=60)["fc"], want)
+        copies = list(Path(new.pipeline.model_path).parents)[1]
+        assert copies.name.startswith(f"pipeit-model-{os.getpid()}-")
+    finally:
+        engine.close()
+    assert not copies.exists()  # the engine's copy goes with it
+
+
+def _log_has(daemon: Daemon, text: str, timeout: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in daemon.log():
+            return True
+        if daemon.proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _events(client: Client, kind: str, timeout: float = 60.0) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in client.status()["events"] if e["kind"] == kind]
+        if found:
+            return found
+        time.sleep(0.1)
+    return []
+
+
+def test_sighup_while_the_daemon_profiles_is_a_reload_once_it_serves(served):
+    """`systemctl reload` during a first start's profiling stopped the daemon (exit 129)."""
+    folder, model, _times = served
+    daemon = Daemon(["--model", str(model), "--platform", PLATFORM], folder / "p.sock",
+                    env={"PIPEIT_STATE_DIR": str(folder / "state")})
+    try:
+        assert _log_has(daemon, "profiling"), daemon.log()
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_ready()
+        with Client(daemon.socket_path) as c:
+            assert _events(c, "reload"), daemon.log()
+            frame = _frame(2)
+            np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_reload_to_a_plan_naming_a_cluster_this_platform_lacks_fails_and_keeps_serving(served):
+    """It was an uncaught PlatformError in the reload thread: no "reload failed" line, no event."""
+    folder, model, times = served
+    plan_path = folder / "plan.json"
+    plan = plan_pipeline(LayerTimes.load(times), load_platform(PLATFORM), strategy="pipe-it", model=str(model),
+                         model_sha256=file_sha256(model))
+    plan.save(plan_path)
+    frame = _frame(3)
+    with Daemon(["--model", str(model), "--platform", PLATFORM, "--plan", str(plan_path)], folder / "r.sock",
+                env={"PIPEIT_STATE_DIR": str(folder / "state")}) as daemon:
+        doc = json.loads(plan_path.read_text())
+        for stage in doc["stages"]:
+            for worker in stage["workers"]:
+                worker["cluster"] = "nope"
+        plan_path.write_text(json.dumps(doc))
+        daemon.proc.send_signal(signal.SIGHUP)
+        with Client(daemon.socket_path) as c:
+            failed = _events(c, "failed")
+            assert failed and "reload failed" in failed[0]["reason"] and "nope" in failed[0]["reason"], failed
+            np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+        assert "Traceback" not in daemon.log()
+
+
+def test_one_socket_path_belongs_to_one_daemon(tmp_path):
+    """Two daemons starting at once both passed the live-socket check, and stopping one could unlink the
+    other's socket: the path is now locked while a daemon holds it, and let go only after its file is."""
+    os.chmod(tmp_path, 0o750)
+    path = tmp_path / "one.sock"
+    first = bind_socket(path)
+    try:
+        with pytest.raises(SocketError, match="another daemon is starting or serving"):
+            check_socket_path(path)
+        path.unlink()  # someone removed the first daemon's socket file
+        with pytest.raises(SocketError, match="another daemon is starting or serving"):
+            bind_socket(path)
+    finally:
+        first.stop(path)
+    second = bind_socket(path)  # the path is free once the first daemon is gone
+    assert path.exists()
+    second.stop(path)
+    assert not path.exists()
+    bind_socket(path).stop(path)  # and free again
+
+
+def test_a_profile_that_cannot_be_written_names_its_file(tmp_path):
+    """A full disk was reported as "cannot write standard output" (the error carried no file name)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    row = ProfileRow(kind="model", model="m", start=0, end=1, setup=load_platform(PLATFORM).setups()[0], key="k",
+                     median_ms=1.0, spread=0.0, repeats=3, fingerprint="f" * 16, layer_keys=("k",))
+    with pytest.raises(ProfileError, match="/dev/full: cannot write the profile"):
+        with ProfileWriter("/dev/full") as writer:
+            writer.write(row)
