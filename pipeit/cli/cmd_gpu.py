@@ -98,6 +98,17 @@ def _check_layers(model, layers, graph=None) -> None:
             raise InputError(f"layer {i} is outside 0..{len(graph.layers) - 1}")
 
 
+def _require_precision(ctx, precision: str) -> None:
+    """Refuse half arithmetic up front on a device without ``cl_khr_fp16``: every kernel would fail to
+    build, and a tune or check made only of failures is no answer."""
+    from pipeit.gpu import kernels as K
+    from pipeit.gpu.device import GpuError
+
+    if K.PRECISIONS[precision].needs_fp16 and not ctx.info.fp16:
+        raise GpuError(f"--precision {precision}: {ctx.info.name} lacks cl_khr_fp16, so half arithmetic is not "
+                       f"available (fp16-storage works on any device)")
+
+
 def run(args: argparse.Namespace) -> int:
     device = getattr(args, "device_sub", None) or args.device
     as_json = bool(args.json or getattr(args, "json_sub", False))
@@ -209,6 +220,7 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
     from tqdm import tqdm
 
     from pipeit.gpu.autotune import tune_model
+    from pipeit.gpu.configcheck import check_tuning_configs
     from pipeit.gpu.device import make_context
     from pipeit.gpu.tuner import TuningFile
     from pipeit.modelfile import read_model
@@ -223,6 +235,8 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
     _check_layers(model, layers)
     tuning = TuningFile.load(args.output) if args.output.exists() else TuningFile()
     ctx = make_context(device)
+    _require_precision(ctx, args.precision)
+    check_tuning_configs(tuning, str(args.output), model, ctx.info)
     with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False) as bar:
         results = tune_model(model, ctx, tuning, trials=args.trials, strategy=args.strategy,
                              precision=args.precision, seed=args.seed, retune=args.retune,
@@ -255,12 +269,16 @@ def _check(args: argparse.Namespace, device, as_json: bool) -> int:
         raise InputError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     model = read_model(args.model)
     ctx = make_context(device)
+    _require_precision(ctx, args.precision)
     layers = _layers(args.layers) or distinct_layers(model)
     graph = graph_from_model(model, sha256="")
     _check_layers(model, layers, graph)
     configs = {}
     if args.tuning is not None:
+        from pipeit.gpu.configcheck import check_tuning_configs
+
         tuning = TuningFile.load(args.tuning)
+        check_tuning_configs(tuning, str(args.tuning), model, ctx.info)  # refused whole, before any check
         for i in layers:
             found = tuning.config_for(ctx.info, graph.layers[i].descriptor, args.precision)
             if found is not None:

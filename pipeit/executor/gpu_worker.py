@@ -37,10 +37,19 @@ def gpu_stages(plan: Any) -> Tuple[int, ...]:
 
 
 def check_gpu_devices(plan: Any) -> None:
-    """Refuse, in one line, a plan whose GPU clusters have no OpenCL device here (before any process starts)."""
+    """Refuse, in one line, a plan whose GPU clusters have no OpenCL device here (before any process starts).
+
+    A plan with GPU stages also clears the pocl cache folders that killed GPU workers of earlier
+    pipelines left behind (:func:`~pipeit.gpu.device.remove_stale_pocl_dirs`).
+    """
     from pipeit.errors import ExecutorError, PipeitError
 
-    for k in gpu_stages(plan):
+    stages = gpu_stages(plan)
+    if stages:
+        from pipeit.gpu.device import remove_stale_pocl_dirs
+
+        remove_stale_pocl_dirs()
+    for k in stages:
         for worker in plan.stages[k].workers:
             cluster = plan.platform.cluster(worker.cluster)
             if getattr(cluster, "kind", "cpu") != "gpu":
@@ -88,6 +97,7 @@ class GpuOptions:
         from pipeit.gpu.calibration import CalibrationPolicy, choose_ladder
 
         ladder = choose_ladder(tuple(self.tables.get(tuple(layers), ())), self.tolerance)
+        _check_stage_configs(model_path, (int(layers[0]), int(layers[1])), device, self.tuning, ladder)
         policy = None
         if self.calibrate:
             policy = (self.policy or CalibrationPolicy(tolerance=self.tolerance)).to_json()
@@ -98,6 +108,27 @@ class GpuOptions:
         )
 
 
+def _check_stage_configs(model_path: str, layers: Tuple[int, int], device: Optional[str],
+                         tuning_path: Optional[str], ladder: Tuple[Any, ...]) -> None:
+    """Refuse, in the main process before any worker starts, a tuning file or a table with a kernel config
+    that does not fit one of the stage's layers on its device (one line naming the file and the layer),
+    instead of a worker failing its start with a bare ``ZeroDivisionError`` or an OpenCL error."""
+    from pipeit.gpu.configcheck import check_table_configs, check_tuning_configs
+    from pipeit.gpu.device import select_device
+    from pipeit.modelfile import read_model
+
+    if not tuning_path and not any(t.configs for t in ladder):
+        return
+    info = select_device(device)
+    model = read_model(model_path)
+    start, end = layers
+    if tuning_path:
+        from pipeit.gpu.tuner import TuningFile
+
+        check_tuning_configs(TuningFile.load(tuning_path), str(tuning_path), model, info, range(start, end))
+    check_table_configs(ladder, model, start, end, info)
+
+
 class GpuRunner:
     """A stage's layers on an OpenCL device, calibrated on sampled frames (the runner interface).
 
@@ -105,7 +136,8 @@ class GpuRunner:
     the frame's result is the CPU's (exact) one, and the next frame runs on
     the next more precise table, built then (its kernels compile on that
     frame: seconds on pocl, tens of milliseconds on a GPU driver with a
-    binary cache).
+    binary cache). When the last table fails, there is none left: every
+    later frame runs on the CPU reference (:attr:`on_cpu`).
     """
 
     def __init__(self, config: Any) -> None:
@@ -139,6 +171,9 @@ class GpuRunner:
             self._reference = TfliteRunner(config)
         self._frames = 0
         self._notes: List[dict] = []
+        #: set once the ladder's last (most precise) table failed a CPU check: from then on the stage's
+        #: TFLite sub-model answers every frame, as the GPU's outputs are known to be wrong
+        self.on_cpu = False
         # the first launch compiles the work-group functions (pocl): do it before "ready"
         self.stage.run({t.name: np.zeros(t.shape, np.float32) for t in self.stage.inputs})
 
@@ -166,6 +201,8 @@ class GpuRunner:
     def run(self, inputs: Mapping[str, Any]) -> Dict[str, Any]:
         frame = self._frames
         self._frames += 1
+        if self.on_cpu:
+            return self._cpu(inputs)
         outputs = self.stage.run(inputs)
         calibrator = self.calibrator
         kind = calibrator.sample(frame) if calibrator is not None else None
@@ -181,7 +218,23 @@ class GpuRunner:
         if switch.to_level != self.level:
             self.level = switch.to_level
             self.stage = self._build(self.level)
+        else:
+            self._fall_back_to_cpu(note)
         return reference if reference is not None else outputs
+
+    def _fall_back_to_cpu(self, note: dict) -> None:
+        """The most precise table degraded: serve every later frame from the TFLite sub-model.
+
+        Keeping the GPU stage would serve outputs the worker knows to be wrong
+        on every frame between two checks; the reference interpreter exists
+        already (a degradation needs calibration, and calibration has it), so
+        the stage stays correct, at the CPU's speed.
+        """
+        start, end = self._spec.layers
+        self.on_cpu = True
+        note["fallback"] = "cpu"
+        note["message"] = (f"{note['message']}: layers [{start}, {end}) run on the CPU (TFLite) "
+                           f"from now on")
 
     def take_notes(self) -> Tuple[dict, ...]:
         """Calibration switches since the last call (the worker sends them to the main process)."""

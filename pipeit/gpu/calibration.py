@@ -74,6 +74,8 @@ class Table:
     precisions: Mapping[int, str] = field(default_factory=dict, compare=False)
     error: float = math.nan
     ms: float = math.nan
+    #: where the table was read (file and position), for errors about its configs; not serialised
+    origin: str = field(default="", compare=False)
 
     def to_json(self) -> dict:
         return {
@@ -115,7 +117,7 @@ class Table:
                 numbers.append(float(value))
             else:
                 raise GpuError(f"{where}: {key!r} must be a finite number >= 0 or null, got {value!r}")
-        return cls(doc["name"], storage, configs, precisions, numbers[0], numbers[1])
+        return cls(doc["name"], storage, configs, precisions, numbers[0], numbers[1], origin=where)
 
     @property
     def is_fp32(self) -> bool:

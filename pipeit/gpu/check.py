@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ai_edge_litert import schema_py_generated as schema
-from pipeit.gpu.device import GpuContext
+from pipeit.gpu import kernels as K
+from pipeit.gpu.device import GpuContext, GpuError
 from pipeit.gpu.lowering import Unsupported, lower_layer
 from pipeit.gpu.space import Config
 from pipeit.gpu.stage import GpuStage
@@ -80,12 +81,22 @@ def check_layer(model: "schema.ModelT", layer: int, ctx: GpuContext, config: Opt
         lower_layer(model, graph.layers[layer])
     except Unsupported as err:
         return LayerCheck(layer, op, (), precision, None, str(err))
+    if K.PRECISIONS[precision].needs_fp16 and not ctx.info.fp16:  # the device's fault, not this layer's
+        raise GpuError(f"{ctx.info.name} lacks cl_khr_fp16: half arithmetic is not available")
+    # the stage first: a layer that cannot run on this device is said before the reference runs it
+    try:
+        stage = GpuStage(model, layer, layer + 1, ctx=ctx,
+                         configs=None if config is None else {layer: config}, precision=precision)
+    except (GpuError, ctx.cl.Error) as err:  # too big for the device, or out of its memory
+        return LayerCheck(layer, op, (), precision, None,
+                          f"does not run on {ctx.info.name}: {str(err).splitlines()[0]}")
     sub = extract_layers(model, layer, layer + 1)
     inputs = random_inputs(sub.inputs, seed)
     want = reference_outputs(sub.model_bytes, inputs)
-    stage = GpuStage(model, layer, layer + 1, ctx=ctx,
-                     configs=None if config is None else {layer: config}, precision=precision)
-    got = stage.run(inputs)
+    try:
+        got = stage.run(inputs)
+    except ctx.cl.Error as err:  # out of device resources at run time: this layer fails here, the check goes on
+        return LayerCheck(layer, op, (), precision, None, f"failed on {ctx.info.name}: {str(err).splitlines()[0]}")
     error = max(relative_error(got[name], want[name]) for name in want)
     used = tuple(sorted(stage.configs[layer].items()))
     return LayerCheck(layer, op, used, precision, error)

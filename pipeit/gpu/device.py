@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cores.opencl import match_device
 from pipeit.errors import PipeitError
+from pipeit.tempdirs import remove_orphans
 
 try:  # optional dependency, guarded where used
     import pyopencl as cl
@@ -199,9 +200,23 @@ def select_device(spec: Optional[str] = None) -> DeviceInfo:
     return match_device(str(spec).strip(), devices, GpuError)
 
 
+#: the start of every per-process pocl cache folder's name (then the pid, a dash, mkdtemp's suffix)
+POCL_DIR_PREFIX = "pipeit-pocl-"
+
+
+def remove_stale_pocl_dirs() -> List[str]:
+    """Remove pocl cache folders of processes that are gone; return their paths.
+
+    A process removes its own folder at exit (atexit), which a killed GPU
+    worker (SIGKILL, a crash) never reaches; a pipeline with a GPU stage
+    calls this when it starts, as it does for its stage folders.
+    """
+    return [str(path) for path in remove_orphans(POCL_DIR_PREFIX)]
+
+
 def _ensure_pocl_cache_dir() -> str:
     """Give this process its own pocl kernel cache (pocl reads it when it first loads)."""
-    marker = f"pipeit-pocl-{os.getpid()}-"
+    marker = f"{POCL_DIR_PREFIX}{os.getpid()}-"
     current = os.environ.get("POCL_CACHE_DIR", "")
     if current and os.path.basename(current).startswith(marker) and os.path.isdir(current):
         return current

@@ -29,6 +29,7 @@ __all__ = [
     "FP16",
     "PRECISIONS",
     "ACTIVATIONS",
+    "MAX_INDEX",
     "header",
     "conv_direct",
     "im2col",
@@ -72,6 +73,9 @@ FP32 = Precision("fp32", "float", "float")
 FP16_STORAGE = Precision("fp16-storage", "half", "float")
 FP16 = Precision("fp16", "half", "half")
 PRECISIONS: Dict[str, Precision] = {p.name: p for p in (FP32, FP16_STORAGE, FP16)}
+
+#: the largest element index or work-item id a kernel handles: they compute ids and offsets in ``int``
+MAX_INDEX = 2**31 - 1
 
 #: fused/standalone activations a kernel epilogue can apply
 ACTIVATIONS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1", "TANH")

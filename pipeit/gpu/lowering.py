@@ -35,6 +35,8 @@ __all__ = [
     "support_table",
     "SUPPORTED_OPS",
     "same_padding",
+    "GEOMETRY_KEYS",
+    "PADDING_KEYS",
 ]
 
 _BINARY = ("ADD", "MUL", "SUB", "MAXIMUM", "MINIMUM", "PRELU")
@@ -50,6 +52,22 @@ SUPPORTED_OPS = frozenset(
 _ACTS = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
 _NUMPY = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64,
           "int8": np.int8, "uint8": np.uint8}
+
+
+_CONV_KEYS = ("N", "H", "W", "CIN", "OH", "OW", "COUT", "KH", "KW", "SH", "SW", "DH", "DW", "PT", "PL", "GROUPS")
+#: the shape constants each kind's :attr:`LayerSpec.geometry` holds (kinds not named hold none): what a
+#: tuning file's history must give for the cost model to read a layer it has not lowered itself
+GEOMETRY_KEYS: Dict[str, Tuple[str, ...]] = {
+    "conv": _CONV_KEYS,
+    "depthwise": _CONV_KEYS + ("DM",),
+    "transpose_conv": ("N", "H", "W", "CIN", "OH", "OW", "COUT", "KH", "KW", "SH", "SW", "PT", "PL"),
+    "gemm": ("M", "N", "K"),
+    "pool": ("N", "H", "W", "C", "OH", "OW", "KH", "KW", "SH", "SW", "PT", "PL"),
+    "mean": ("N", "H", "W", "C"),
+    **{kind: () for kind in ("binary", "unary", "concat", "pad", "reshape", "resize", "gather", "softmax")},
+}
+#: geometry entries that may be 0 (padding before); every other one is a size, stride or count >= 1
+PADDING_KEYS = frozenset(("PT", "PL"))
 
 
 class Unsupported(PipeitError):
@@ -142,10 +160,27 @@ class _Model:
         return None
 
 
+#: fused activations TFLite's float kernels clamp to; every other *known* one (TANH, SIGN_BIT) they ignore
+_CLAMPS = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+#: fused activations TFLite's float kernels leave unbounded: CalculateActivationRange gives them
+#: (lowest, max), so CONV_2D, DEPTHWISE_CONV_2D, ADD, MUL, pooling, TRANSPOSE_CONV... output the raw value
+_IGNORED_BY_TFLITE = ("TANH", "SIGN_BIT")
+
+
 def _activation(options) -> str:
+    """The epilogue the kernel must apply: what TFLite's float kernel does, not what the option names.
+
+    TFLite applies a fused TANH or SIGN_BIT nowhere in its float kernels (ops
+    that accept one at all leave the output as is, FULLY_CONNECTED refuses
+    the model), so the GPU must not apply it either or its outputs would
+    differ from the CPU stages'. An activation value the schema does not
+    know stays unsupported.
+    """
     value = int(getattr(options, "fusedActivationFunction", 0) or 0) if options is not None else 0
     name = _ACTS.get(value, str(value))
-    if name not in ("NONE", "RELU", "RELU6", "RELU_N1_TO_1", "TANH"):
+    if name in _IGNORED_BY_TFLITE:
+        return "NONE"
+    if name not in _CLAMPS:
         raise Unsupported(f"fused activation {name}")
     return name
 
@@ -170,9 +205,22 @@ def _broadcast_strides(shape: Sequence[int], out: Sequence[int]) -> Tuple[int, .
     return tuple(strides)
 
 
+#: the most elements a tensor the kernels read or write may have: they index it with a 32-bit ``int``
+MAX_ELEMENTS = 2**31 - 1
+
+
 def lower_layer(model: "schema.ModelT", layer: Layer, helper: Optional[_Model] = None) -> LayerSpec:
     """The :class:`LayerSpec` of ``layer``, or :class:`Unsupported` with the reason."""
-    m = helper or _Model(model)
+    spec = _lower(model, layer, helper or _Model(model))
+    sizes = [int(np.prod(s)) for s in spec.in_shapes] + [spec.out_size]
+    sizes += [int(v.size) for v in spec.consts.values()]
+    if max(sizes) > MAX_ELEMENTS:
+        raise Unsupported(f"{spec.op} has a tensor of {max(sizes)} elements; the kernels index with 32-bit "
+                          f"int (at most {MAX_ELEMENTS})")
+    return spec
+
+
+def _lower(model: "schema.ModelT", layer: Layer, m: _Model) -> LayerSpec:
     op = m.sub.operators[layer.op_index]
     name = op_name(model.operatorCodes[int(op.opcodeIndex)])
     if name not in SUPPORTED_OPS:

@@ -54,11 +54,11 @@ class LayerProgram:
     fit the layer.
     """
 
-    def __init__(self, ctx: GpuContext, spec: LayerSpec, config: Config,
+    def __init__(self, ctx: Optional[GpuContext], spec: LayerSpec, config: Config,
                  precision: K.Precision = K.FP32) -> None:
-        if precision.needs_fp16 and not ctx.info.fp16:
+        if ctx is not None and precision.needs_fp16 and not ctx.info.fp16:
             raise GpuError(f"{ctx.info.name} lacks cl_khr_fp16: half arithmetic is not available")
-        self.ctx = ctx
+        self.ctx = ctx  # None: a dry run (launch_geometry) that writes sources but builds nothing
         self.spec = spec
         self.config = dict(config)
         self.precision = precision
@@ -71,9 +71,23 @@ class LayerProgram:
             raise GpuError(f"no GPU program for layer kind {spec.kind!r}")
         builder()
 
+    @classmethod
+    def launch_geometry(cls, spec: LayerSpec, config: Config, precision: K.Precision = K.FP32
+                        ) -> Tuple[Launch, ...]:
+        """The launches (name, global and local sizes; no kernel) this config makes for this layer.
+
+        A dry run of the same builders that run a layer, without a device: no
+        buffer is made and no source compiled, so checking a config read from
+        a file applies exactly the rules (and launch sizes) a real run would.
+        Raises ``ValueError`` for a config that does not fit the layer.
+        """
+        return tuple(cls(None, spec, config, precision).launches)
+
     # ---- helpers ---------------------------------------------------------------------------
     def _const(self, name: str, value: np.ndarray, dtype: Optional[np.dtype] = None) -> None:
         """A read-only device buffer of ``value``, in the storage type unless ``dtype`` says (an index table)."""
+        if self.ctx is None:
+            return
         cl = self.ctx.cl
         dtype = self.storage if dtype is None else np.dtype(dtype)
         data = np.ascontiguousarray(value, dtype=dtype)
@@ -83,13 +97,22 @@ class LayerProgram:
                                       hostbuf=data)
 
     def _scratch(self, name: str, elements: int) -> None:
+        if int(elements) > K.MAX_INDEX:
+            raise ValueError(f"its {name!r} buffer would hold {int(elements)} elements, more than the kernels' "
+                             f"32-bit int indices reach ({K.MAX_INDEX})")
+        if self.ctx is None:
+            return
         cl = self.ctx.cl
         self.scratch[name] = cl.Buffer(self.ctx.context, cl.mem_flags.READ_WRITE,
                                        max(int(elements), 1) * self.storage.itemsize)
 
     def _add(self, source: str, name: str, global_size, local_size, args: Sequence[Arg]) -> None:
-        program = self.ctx.program(source)
-        kernel = self.ctx.cl.Kernel(program, name)
+        if any(int(n) > K.MAX_INDEX for n in global_size):
+            raise ValueError(f"{name} would launch {tuple(global_size)} work items, more than the kernels' "
+                             f"32-bit int ids reach ({K.MAX_INDEX})")
+        kernel = None
+        if self.ctx is not None:
+            kernel = self.ctx.cl.Kernel(self.ctx.program(source), name)
         self.launches.append(Launch(name, kernel, tuple(global_size),
                                     None if local_size is None else tuple(local_size), tuple(args)))
 
@@ -112,8 +135,11 @@ class LayerProgram:
         m = g["N"] * g["OH"] * g["OW"]
         if algo == "direct":
             cout_g, cin_g = g["COUT"] // g["GROUPS"], g["CIN"] // g["GROUPS"]
-            if cout_g % int(cfg["CO"]) or (int(cfg["VEC"]) == 4 and cin_g % 4):
-                raise ValueError(f"direct conv config {cfg} does not fit {g}")
+            if int(cfg["CO"]) < 1 or cout_g % int(cfg["CO"]):
+                raise ValueError(f"direct conv CO={cfg['CO']} does not divide the {cout_g} output channels per group")
+            if int(cfg["VEC"]) not in (1, 4) or (int(cfg["VEC"]) == 4 and cin_g % 4):
+                raise ValueError(f"direct conv VEC={cfg['VEC']} must be 1, or 4 with input channels per group "
+                                 f"({cin_g}) a multiple of 4")
             self._const("w", spec.consts["w"])
             total = m * g["COUT"] // int(cfg["CO"])
             glob, loc = _launch_1d(total, cfg)
@@ -164,6 +190,8 @@ class LayerProgram:
     def _build_depthwise(self) -> None:
         g, cfg = self.spec.geometry, self.config
         vec = int(cfg.get("VEC", 1))
+        if vec not in (1, 4):
+            raise ValueError(f"depthwise VEC={vec} must be 1 or 4")
         if vec == 4 and (g["DM"] != 1 or g["COUT"] % 4):
             raise ValueError("depthwise VEC=4 needs depth multiplier 1 and channels % 4 == 0")
         self._const("w", self.spec.consts["w"])

@@ -10,7 +10,7 @@ configs that can at least be built.
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List
+from typing import Dict, FrozenSet, List
 
 from pipeit.gpu.lowering import LayerSpec
 
@@ -24,6 +24,9 @@ __all__ = [
     "default_config",
     "heuristic_config",
     "config_key",
+    "config_keys",
+    "gemm_local_bytes",
+    "MAX_PARAM",
 ]
 
 Config = Dict[str, object]
@@ -39,11 +42,33 @@ GEMM_CHOICES = {
 #: 1-D work-group sizes (0: leave it to the OpenCL runtime)
 WG_CHOICES = (0, 32, 64, 128, 256)
 _DIRECT_CO = (1, 2, 4, 8)
+#: largest value a config parameter may take: kernels bake them in as C ``int`` constants
+MAX_PARAM = 2**31 - 1
 
 
 def config_key(config: Config) -> str:
     """Canonical text of a config (sorted keys), for dictionaries and tuning files."""
     return ",".join(f"{k}={config[k]}" for k in sorted(config))
+
+
+def config_keys(spec: LayerSpec, algo: object = None) -> FrozenSet[str]:
+    """The parameters a config of this layer (and convolution ``algo``) has: no more, no fewer.
+
+    Taken from the configs this module makes, so a config read from a file
+    is held to the same shape as one the tuner proposes.
+    """
+    if spec.kind == "conv":
+        if algo == "direct":
+            return frozenset(default_config(spec))
+        return frozenset(("algo",) + tuple(GEMM_CHOICES))
+    if spec.kind == "gemm":
+        return frozenset(GEMM_CHOICES)
+    return frozenset(default_config(spec))
+
+
+def gemm_local_bytes(tm: int, tn: int, tk: int, itemsize: int = 4) -> int:
+    """Local memory a local-memory GEMM work-group stages: a TK x TM tile of A and a TK x TN tile of B."""
+    return tk * (tm + tn) * itemsize
 
 
 def conv_algorithms(spec: LayerSpec) -> List[str]:
@@ -68,7 +93,7 @@ def gemm_space(max_work_group: int = 256, local_mem_bytes: int = 32768) -> List[
         threads = (tm // wm) * (tn // wn)
         if threads < 4 or threads > max_work_group:
             continue
-        if local and tk * (tm + tn) * 4 > local_mem_bytes:
+        if local and gemm_local_bytes(tm, tn, tk) > local_mem_bytes:
             continue
         out.append({"TM": tm, "TN": tn, "TK": tk, "WM": wm, "WN": wn, "LOCAL": local})
     return out

@@ -20,10 +20,10 @@ from ai_edge_litert import schema_py_generated as schema
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import InputError, SplitError
 from pipeit.gpu import kernels as K
-from pipeit.gpu.device import GpuContext, make_context
+from pipeit.gpu.device import GpuContext, GpuError, make_context
 from pipeit.gpu.lowering import LayerSpec, Unsupported, _Model, lower_layer
 from pipeit.gpu.program import LayerProgram
-from pipeit.gpu.space import Config, heuristic_config
+from pipeit.gpu.space import Config, config_key, heuristic_config
 from pipeit.graph import LayerGraph, graph_from_model
 from pipeit.modelfile import ModelSource, dtype_name, ints, read_model, tensor_name
 
@@ -86,8 +86,6 @@ class GpuStage:
                 config = dict(configs[spec.layer])
             elif tuning is not None:
                 config = tuning.config_for(self.ctx.info, layer.descriptor, precision)
-            if config is None:
-                config = heuristic_config(spec)
             name = (precisions or {}).get(spec.layer, precision)
             if name not in K.PRECISIONS:
                 raise InputError(f"unknown precision {name!r} for layer {spec.layer}")
@@ -95,11 +93,30 @@ class GpuStage:
             if p.storage != storage:
                 raise InputError(f"layer {spec.layer}: precision {name} stores {p.storage}, but this "
                                  f"stage keeps tensors in {storage} (precision {precision!r})")
+            if config is None:
+                config = heuristic_config(spec)
+            self._check_config(spec, layer.descriptor.op, config, p)
             self.configs[spec.layer] = config
             self.precisions[spec.layer] = p
             self.programs.append(LayerProgram(self.ctx, spec, config, p))
         self.storage = np.dtype(K.PRECISIONS[precision].numpy_storage)
         self._plan_tensors(helper)
+
+    def _check_config(self, spec: LayerSpec, op: str, config: Config, precision: K.Precision) -> None:
+        """Refuse a config that does not fit its layer or this device, in one line.
+
+        Commands check files when they load them (naming the file); this is
+        the same check for configs handed over in code, so a bad one never
+        reaches the kernel builders (a ``ZeroDivisionError``) or the driver;
+        a heuristic config is checked too (a layer too big for its scratch
+        buffers is refused here, before anything is allocated).
+        """
+        from pipeit.gpu.configcheck import config_problem
+
+        info = self.ctx.info
+        problem = config_problem(spec, config, info.max_work_group_size, info.local_mem_bytes, precision)
+        if problem:
+            raise GpuError(f"layer {spec.layer} ({op}): config {config_key(config)}: {problem}")
 
     # ---- tensors -------------------------------------------------------------------------
     def _plan_tensors(self, helper: _Model) -> None:

@@ -43,7 +43,7 @@ from pipeit.gpu import kernels as K
 from pipeit.gpu.costmodel import (ALGOS as _ALGOS, NUMERIC_KEYS as _NUMERIC, BoostedTrees, Ridge,
                                   TransferModel, features, layer_features, onehot_features)
 from pipeit.gpu.device import DeviceInfo, GpuContext, GpuError
-from pipeit.gpu.lowering import LayerSpec
+from pipeit.gpu.lowering import GEOMETRY_KEYS, PADDING_KEYS, LayerSpec
 from pipeit.gpu.space import Config, config_key
 
 __all__ = [
@@ -475,6 +475,12 @@ class TuningFile:
                 _check_history(entry["history"], f"{where}: entry {k} history")
             if not math.isfinite(float(entry["ms"])) or entry["ms"] < 0:
                 raise TuningError(f"{where}: entry {k} has an invalid time {entry['ms']!r}")
+            untuned = entry.get("untuned_ms")
+            if untuned is not None and not _is_time(untuned):
+                raise TuningError(f"{where}: entry {k} has an invalid untuned_ms {untuned!r} "
+                                  f"(a finite number >= 0, or absent)")
+            if entry["trials"] < 0:
+                raise TuningError(f"{where}: entry {k} has a negative trial count {entry['trials']!r}")
             out.entries[(entry["device"], entry["descriptor"], entry["precision"])] = dict(entry)
         out.devices = {str(k): dict(v) if isinstance(v, dict) else {} for k, v in devices.items()}
         return out
@@ -506,21 +512,53 @@ def _check_config(config: object, where: str) -> None:
             raise TuningError(f"{where} has invalid parameter {key}={value!r}")
 
 
+def _is_time(value: object) -> bool:
+    """A duration in ms as a file may hold it: a finite number >= 0 (not a bool, not a string)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= 0)
+
+
+def _check_geometry(kind: str, geometry: object, where: str) -> None:
+    """The shape constants of a recorded layer: its kind's keys, sizes >= 1, padding >= 0.
+
+    A transfer prior reads them as a lowered layer's (divides by GROUPS,
+    takes logs of sizes), so a missing key or a zero would be a ``KeyError``
+    or a ``ZeroDivisionError`` in the middle of a later ``gpu tune``.
+    """
+    if kind not in GEOMETRY_KEYS:
+        raise TuningError(f"{where}: unknown layer kind {kind!r}; known: {', '.join(sorted(GEOMETRY_KEYS))}")
+    if not isinstance(geometry, dict):
+        raise TuningError(f"{where}: 'geometry' must map names to integers")
+    missing = [key for key in GEOMETRY_KEYS[kind] if key not in geometry]
+    if missing:  # keys beyond the kind's are not read: left alone
+        raise TuningError(f"{where}: a {kind} geometry needs {', '.join(GEOMETRY_KEYS[kind])} "
+                          f"(missing {', '.join(missing)})")
+    for key, value in sorted(geometry.items()):
+        least = 0 if key in PADDING_KEYS else 1
+        if not _is_int(value) or not least <= value < 2**31:
+            raise TuningError(f"{where}: geometry {key}={value!r} must be an integer >= {least}")
+
+
 def _check_history(hist: object, where: str) -> None:
     """An entry's recorded trials: kind, integer geometry and output shape, configs with ms or null."""
+    from pipeit.gpu.configcheck import shape_problem
+
     if not isinstance(hist, dict) or not isinstance(hist.get("kind"), str):
         raise TuningError(f"{where}: needs an object with a 'kind'")
     geometry, shape, trials = hist.get("geometry"), hist.get("out_shape"), hist.get("trials")
-    if not isinstance(geometry, dict) or not all(_is_int(v) for v in geometry.values()):
-        raise TuningError(f"{where}: 'geometry' must map names to integers")
+    _check_geometry(hist["kind"], geometry, where)
     if not isinstance(shape, list) or not all(_is_int(v) and v > 0 for v in shape):
         raise TuningError(f"{where}: 'out_shape' must be a list of positive integers")
     if not isinstance(trials, list):
         raise TuningError(f"{where}: 'trials' must be a list")
+    spec = LayerSpec(-1, "", hist["kind"], (), (), (), tuple(shape), geometry=dict(geometry))
     for j, t in enumerate(trials):
         if not isinstance(t, dict):
             raise TuningError(f"{where}: trial {j} is not an object")
         _check_config(t.get("config"), f"{where}: trial {j}")
+        problem = shape_problem(spec, t["config"])
+        if problem:
+            raise TuningError(f"{where}: trial {j} config {config_key(t['config']) or '{}'}: {problem}")
         ms = t.get("ms")
         if ms is not None and (not isinstance(ms, (int, float)) or isinstance(ms, bool)
                                or not math.isfinite(ms) or ms <= 0):
