@@ -9,16 +9,30 @@ Usage: tools/bench-board.sh --model FILE [--platform SPEC] [--frames N] [--outpu
 
   --model FILE     the .tflite to benchmark (e.g. from `pipeit zoo mobilenet_v1 -o m.tflite`)
   --platform SPEC  platform spec (default: auto)
-  --frames N       frames per strategy (default: 200)
+  --frames N       frames per strategy, a positive integer (default: 200)
   --output FILE    the Markdown report (default: bench-<hostname>-<date>.md)
-  --pipeit CMD     the pipeit command (default: pipeit on PATH, else .venv/bin/pipeit)
+  --pipeit CMD     the pipeit command (default: pipeit on PATH, else this checkout's .venv/bin/pipeit)
   --dry-run        print the commands instead of running them
   --help           this text
 
 The report holds the board (pipeit topology), the runtime, the governor and temperatures
-before and after, and `pipeit bench --json` for every strategy.
+before and after, and `pipeit bench --json` for every strategy. It is written to a temporary
+file next to REPORT.md and moved into place only when every step succeeded: a failed run leaves
+no report (and an earlier REPORT.md untouched).
 USAGE
 }
+
+die() {  # die STATUS MESSAGE: one line on stderr, exit STATUS
+    echo "bench-board.sh: $2" >&2
+    exit "$1"
+}
+
+need() {  # need WHAT OPTION [VALUE]: exit 2 with one line unless the option has a non-empty value
+    [ "$#" -ge 3 ] && [ -n "$3" ] && return 0
+    die 2 "$2 needs $1 (see --help)"
+}
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 MODEL=""
 PLATFORM="auto"
@@ -29,22 +43,25 @@ DRY=0
 
 while [ "$#" -gt 0 ]; do
     case "$1" in
-        --model) MODEL="${2:?--model needs a file}"; shift 2 ;;
-        --platform) PLATFORM="${2:?--platform needs a spec}"; shift 2 ;;
-        --frames) FRAMES="${2:?--frames needs a number}"; shift 2 ;;
-        --output) OUTPUT="${2:?--output needs a file}"; shift 2 ;;
-        --pipeit) PIPEIT="${2:?--pipeit needs a command}"; shift 2 ;;
+        --model) need "a file" "$@"; MODEL="$2"; shift 2 ;;
+        --platform) need "a spec" "$@"; PLATFORM="$2"; shift 2 ;;
+        --frames) need "a number" "$@"; FRAMES="$2"; shift 2 ;;
+        --output) need "a file" "$@"; OUTPUT="$2"; shift 2 ;;
+        --pipeit) need "a command" "$@"; PIPEIT="$2"; shift 2 ;;
         --dry-run) DRY=1; shift ;;
         -h|--help) usage; exit 0 ;;
-        *) echo "bench-board.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) die 2 "unknown option $1 (see --help)" ;;
     esac
 done
 
-[ -n "$MODEL" ] || { echo "bench-board.sh: --model is required (see --help)" >&2; exit 2; }
-[ -f "$MODEL" ] || { echo "bench-board.sh: $MODEL: no such model file" >&2; exit 2; }
-case "$FRAMES" in ''|*[!0-9]*) echo "bench-board.sh: --frames must be a positive integer" >&2; exit 2 ;; esac
+[ -n "$MODEL" ] || die 2 "--model is required (see --help)"
+[ -f "$MODEL" ] || die 2 "$MODEL: no such model file"
+case "$FRAMES" in
+    [1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]|[1-9][0-9][0-9][0-9][0-9]|[1-9][0-9][0-9][0-9][0-9][0-9]) ;;
+    *) die 2 "--frames must be a positive integer (1 to 999999), not '$FRAMES'" ;;
+esac
 if [ -z "$PIPEIT" ]; then
-    if command -v pipeit >/dev/null 2>&1; then PIPEIT="pipeit"; else PIPEIT=".venv/bin/pipeit"; fi
+    if command -v pipeit >/dev/null 2>&1; then PIPEIT="pipeit"; else PIPEIT="$HERE/.venv/bin/pipeit"; fi
 fi
 [ -n "$OUTPUT" ] || OUTPUT="bench-$(hostname)-$(date +%Y%m%d-%H%M).md"
 
@@ -69,7 +86,7 @@ if [ "$DRY" -eq 1 ]; then
     exit 0
 fi
 
-{
+report() {  # the report on stdout; returns non-zero as soon as a pipeit step fails
     echo "# pipeit benchmark: $(basename "$MODEL") on $(hostname)"
     echo
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -srm), $FRAMES frames per strategy"
@@ -77,7 +94,7 @@ fi
     echo "## Board"
     echo
     echo '```'
-    "$PIPEIT" topology --platform "$PLATFORM"
+    "$PIPEIT" topology --platform "$PLATFORM" || { echo "bench-board.sh: pipeit topology failed" >&2; return 1; }
     echo '```'
     echo
     echo "## Governors and temperatures before"
@@ -88,11 +105,21 @@ fi
     echo "## Results"
     echo
     echo '```json'
-    "$PIPEIT" bench "$MODEL" --platform "$PLATFORM" --frames "$FRAMES" --json
+    "$PIPEIT" bench "$MODEL" --platform "$PLATFORM" --frames "$FRAMES" --json \
+        || { echo "bench-board.sh: pipeit bench failed" >&2; return 1; }
     echo '```'
     echo
     echo "## Temperatures after"
     echo
     temps
-} > "$OUTPUT"
+}
+
+TMP="$(mktemp "$OUTPUT.partial.XXXXXX")" || die 1 "cannot create a file next to $OUTPUT"
+trap 'rm -f "$TMP"' EXIT
+if ! report > "$TMP"; then
+    die 1 "the run failed: no report written to $OUTPUT"
+fi
+chmod "$(printf '%o' "$(( 0666 & ~$(umask) ))")" "$TMP"  # mktemp made it 0600
+mv -f "$TMP" "$OUTPUT"
+trap - EXIT
 echo "report -> $OUTPUT"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Profile the reference zoo (and the user's own models) on this board, fit the
-# predictor, and store both in the state directory where `pipeit serve` looks.
+# Profile the reference zoo (and the user's own models) on this board and fit the predictor
+# into <state directory>/board/. The daemon does not look there by itself: hand the predictor
+# to tools/install-service.sh --predictor (or to `pipeit serve --predictor`), as printed at the end.
 set -euo pipefail
 
 usage() {
@@ -9,19 +10,33 @@ Usage: tools/profile-board.sh [--model FILE]... [--platform SPEC] [--zoo NAMES] 
                               [--pipeit CMD] [--dry-run] [--help]
 
   --model FILE     also profile this .tflite (repeatable)
-  --platform SPEC  platform spec (default: auto)
+  --platform SPEC  platform spec (default: auto); serve with the same one
   --zoo NAMES      comma-separated zoo models to profile (default: all of `pipeit zoo --list`)
   --kind KIND      predictor kind for `pipeit fit` (default: pipeit's default)
-  --pipeit CMD     the pipeit command (default: pipeit on PATH, else .venv/bin/pipeit)
-  --dry-run        print each command instead of running it
+  --pipeit CMD     the pipeit command (default: pipeit on PATH, else this checkout's .venv/bin/pipeit)
+  --dry-run        print each command instead of running it (the same list a real run does)
   --help           this text
 
 Results go to $PIPEIT_STATE_DIR (default ~/.local/state/pipeit)/board/:
 profile.csv (rows appended as measured: an interrupted run resumes), predictor.json.
+`pipeit serve` does not read that folder by itself; give it the predictor, as the last line
+prints: sudo tools/install-service.sh --model MODEL --predictor .../board/predictor.json
+(it copies the file into the service's state directory), or pipeit serve --predictor FILE.
 Progress bars are shown by `pipeit profile` on stderr.
 USAGE
 }
 
+die() {  # die STATUS MESSAGE: one line on stderr, exit STATUS
+    echo "profile-board.sh: $2" >&2
+    exit "$1"
+}
+
+need() {  # need WHAT OPTION [VALUE]: exit 2 with one line unless the option has a non-empty value
+    [ "$#" -ge 3 ] && [ -n "$3" ] && return 0
+    die 2 "$2 needs $1 (see --help)"
+}
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PLATFORM="auto"
 ZOO=""
 KIND=""
@@ -31,19 +46,19 @@ MODELS=()
 
 while [ "$#" -gt 0 ]; do
     case "$1" in
-        --model) MODELS+=("${2:?--model needs a file}"); shift 2 ;;
-        --platform) PLATFORM="${2:?--platform needs a spec}"; shift 2 ;;
-        --zoo) ZOO="${2:?--zoo needs names}"; shift 2 ;;
-        --kind) KIND="${2:?--kind needs a name}"; shift 2 ;;
-        --pipeit) PIPEIT="${2:?--pipeit needs a command}"; shift 2 ;;
+        --model) need "a file" "$@"; MODELS+=("$2"); shift 2 ;;
+        --platform) need "a spec" "$@"; PLATFORM="$2"; shift 2 ;;
+        --zoo) need "names" "$@"; ZOO="$2"; shift 2 ;;
+        --kind) need "a name" "$@"; KIND="$2"; shift 2 ;;
+        --pipeit) need "a command" "$@"; PIPEIT="$2"; shift 2 ;;
         --dry-run) DRY=1; shift ;;
         -h|--help) usage; exit 0 ;;
-        *) echo "profile-board.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) die 2 "unknown option $1 (see --help)" ;;
     esac
 done
 
 if [ -z "$PIPEIT" ]; then
-    if command -v pipeit >/dev/null 2>&1; then PIPEIT="pipeit"; else PIPEIT=".venv/bin/pipeit"; fi
+    if command -v pipeit >/dev/null 2>&1; then PIPEIT="pipeit"; else PIPEIT="$HERE/.venv/bin/pipeit"; fi
 fi
 STATE="${PIPEIT_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/pipeit}/board"
 WORK="$STATE/zoo"
@@ -52,14 +67,32 @@ WORK="$STATE/zoo"
 . "$(dirname "$0")/board-lib.sh"
 
 for model in "${MODELS[@]+"${MODELS[@]}"}"; do
-    [ -f "$model" ] || { echo "profile-board.sh: $model: no such model file" >&2; exit 2; }
+    [ -f "$model" ] || die 2 "$model: no such model file"
 done
 
-run mkdir -p "$WORK"
+# The zoo's names, asked of pipeit in a dry run too (it only lists), so that a dry run shows
+# exactly the models a real run builds, and unknown or empty names are refused up front.
+LISTING="$("$PIPEIT" zoo --list)" || die 1 "cannot list the zoo with '$PIPEIT zoo --list' (give --pipeit CMD)"
+KNOWN=()
+while read -r name _; do
+    case "$name" in ''|name|-*) continue ;; esac  # the table's header and rule
+    KNOWN+=("$name")
+done <<< "$LISTING"
+[ "${#KNOWN[@]}" -gt 0 ] || die 1 "'$PIPEIT zoo --list' listed no models"
 if [ -z "$ZOO" ]; then
-    if [ "$DRY" -eq 1 ]; then ZOO="mobilenet_v1"; else ZOO="$("$PIPEIT" zoo --list | awk '{print $1}' | paste -sd, -)"; fi
+    NAMES=("${KNOWN[@]}")
+else
+    case "$ZOO" in ,*|*,|*,,*) die 2 "--zoo '$ZOO': empty model name" ;; esac
+    IFS=',' read -r -a NAMES <<< "$ZOO"
+    SEEN=","
+    for name in "${NAMES[@]}"; do
+        case " ${KNOWN[*]} " in *" $name "*) ;; *) die 2 "--zoo: unknown zoo model '$name' (known: ${KNOWN[*]})" ;; esac
+        case "$SEEN" in *",$name,"*) die 2 "--zoo: '$name' given twice" ;; esac
+        SEEN+="$name,"
+    done
 fi
-IFS=',' read -r -a NAMES <<< "$ZOO"
+
+run mkdir -p "$WORK"
 FILES=()
 step=0
 total=$(( ${#NAMES[@]} + 2 ))
@@ -80,4 +113,8 @@ if [ -n "$KIND" ]; then
 else
     run "$PIPEIT" fit "$STATE/profile.csv" -o "$STATE/predictor.json"
 fi
-echo "done. Serve with: pipeit serve --model MODEL --predictor $STATE/predictor.json --socket /run/pipeit/pipeit.sock"
+PLATFORM_OPT=""
+[ "$PLATFORM" = "auto" ] || PLATFORM_OPT=" --platform $(printf '%q' "$PLATFORM")"
+echo "done. The predictor is $STATE/predictor.json; the daemon uses it only when given it:"
+echo "  as a service: sudo tools/install-service.sh --model MODEL$PLATFORM_OPT --predictor $(printf '%q' "$STATE/predictor.json")"
+echo "  by hand:      pipeit serve --model MODEL$PLATFORM_OPT --predictor $(printf '%q' "$STATE/predictor.json") --socket ~/pipeit/pipeit.sock"
