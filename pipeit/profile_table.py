@@ -216,6 +216,8 @@ MAX_FIELD_BYTES = 1 << 26
 
 
 def _read_one(path: Path) -> List[ProfileRow]:
+    if path.is_dir():
+        raise ProfileError(f"{path}: is a folder, not a profile file")
     if not path.is_file():
         raise ProfileError(f"{path}: no such profile file")
     try:

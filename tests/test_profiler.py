@@ -151,6 +151,8 @@ class TestProfileTable:
     def test_missing_file(self, tmp_path):
         with pytest.raises(ProfileError, match="no such profile"):
             read_profile(tmp_path / "nope.csv")
+        with pytest.raises(ProfileError, match="is a folder, not a profile file"):
+            read_profile(tmp_path)
 
 
 # ---- timing and workers ----------------------------------------------------------------------
