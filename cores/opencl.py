@@ -59,16 +59,19 @@ def opencl_devices() -> Tuple[OpenClDevice, ...]:
     except Exception as err:  # cl.Error (e.g. PLATFORM_NOT_FOUND_KHR from the ICD loader)
         raise OpenClUnavailable(f"no OpenCL platform found ({str(err).strip() or type(err).__name__})") from None
     out = []
+    skipped = []  # why a platform gave no device: the only clue when none is found
     for platform in platforms:
         try:
             devices = platform.get_devices()
-        except Exception:  # a platform without devices (ICD installed, no hardware)
+        except Exception as err:  # a platform without devices (ICD installed, no hardware), or a broken one
+            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            skipped.append(f"{str(platform.name).strip()}: {why}")
             continue
         for device in devices:
             out.append(OpenClDevice(len(out), str(device.name).strip(), str(platform.name).strip(),
                                     _type_name(cl, int(device.type))))
     if not out:
-        raise OpenClUnavailable("no OpenCL device found")
+        raise OpenClUnavailable("no OpenCL device found" + (f" ({'; '.join(skipped)})" if skipped else ""))
     return tuple(out)
 
 

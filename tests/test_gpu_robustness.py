@@ -402,3 +402,20 @@ def test_a_pipeline_start_removes_pocl_folders_of_dead_workers(conv_pool, tmp_pa
         for path in (dead, live):
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+def test_a_home_that_cannot_hold_a_cache_still_compiles_kernels(conv_pool, tmp_path):
+    """pyopencl's kernel cache under ~/.cache: with HOME a file (or read-only, as for a service user), every
+    GPU command ended in a traceback from the cache; the process now caches in a private folder."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
+    env["HOME"] = str(home)
+    done = subprocess.run([sys.executable, "-m", "pipeit", "gpu", "check", str(conv_pool), "--layers", "0"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "ok" in done.stdout

@@ -25,9 +25,35 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from cores.opencl import match_device
 from pipeit.errors import PipeitError
-from pipeit.tempdirs import remove_orphans
+from pipeit.tempdirs import make_private_dir, remove_orphans
+
+def _ensure_writable_cache_home() -> None:
+    """Give this process a private ``$XDG_CACHE_HOME`` where the usual one cannot be written.
+
+    pyopencl (and pytools under it) keep compiled kernels under
+    ``$XDG_CACHE_HOME`` (default ``~/.cache``) and fail with a traceback
+    where that cannot be made: a HOME that is a file or read-only, as for a
+    service user under ``ProtectHome=read-only``. A private folder there
+    only costs the cache across runs; it is removed at exit.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    try:
+        os.makedirs(base, exist_ok=True)
+        usable = os.access(base, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        remove_orphans(CACHE_DIR_PREFIX)  # those of killed processes
+        private = make_private_dir(CACHE_DIR_PREFIX)
+        os.environ["XDG_CACHE_HOME"] = str(private)
+        atexit.register(shutil.rmtree, str(private), True)
+
+
+#: the start of a private cache folder's name (then the pid: pipeit.tempdirs)
+CACHE_DIR_PREFIX = "pipeit-cache-"
 
 try:  # optional dependency, guarded where used
+    _ensure_writable_cache_home()  # before the import: pytools opens its caches as pyopencl loads
     import pyopencl as cl
 
     _IMPORT_PROBLEM = ""
