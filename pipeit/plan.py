@@ -259,6 +259,7 @@ class Plan:
             raise PlanError(f"{where}: plan has no stages")
         expected = 0
         used = set()
+        used_gpus: set = set()
         for i, stage in enumerate(self.stages):
             start, end = stage.layers
             if start != expected or end <= start:
@@ -270,6 +271,16 @@ class Plan:
                 # "big+little": one worker over several CPU clusters (the all-cores strategy)
                 clusters = [self.platform.cluster(name) for name in worker.cluster.split("+")]
                 on_cpus = all(c.kind == "cpu" for c in clusters)
+                if not on_cpus:
+                    # a GPU cluster is one worker (setup gpu:1, docs/GPU.md): joined to a CPU cluster it
+                    # silently ran TFLite on the CPU, and two workers on it shared one device
+                    if len(clusters) > 1:
+                        raise PlanError(f"{where}: stage {i} worker {worker.cluster!r} joins a GPU cluster to "
+                                        "others; a GPU worker is one GPU cluster")
+                    if worker.cluster in used_gpus:
+                        raise PlanError(f"{where}: GPU cluster {worker.cluster!r} is given to two workers; it "
+                                        "runs one")
+                    used_gpus.add(worker.cluster)
                 missing = set(worker.cpus) - {cpu for c in clusters for cpu in c.cpus}
                 if missing and on_cpus:
                     raise PlanError(

@@ -195,6 +195,23 @@ class TestPlanner:
         worker = [w for s in plan.stages for w in s.workers if w.cluster == "gpu"][0]
         assert worker.cpus == (1,) and worker.threads == 1
 
+    def test_a_plan_file_giving_the_gpu_to_two_workers_or_joining_it_to_a_cpu_cluster_is_refused(self):
+        """Both ran: two workers shared one device, and "gpu+big" silently ran TFLite on the CPU."""
+        from pipeit.plan import Plan
+
+        platform = load_platform(SPEC)
+        plan = plan_pipeline(_table([0.5] * 6), platform, model="m.tflite", model_sha256="ab", hop=FREE)
+        doc = plan.to_json()
+        stage = next(s for s in doc["stages"] if any(w["cluster"] == "gpu" for w in s["workers"]))
+        gpu_worker = next(w for w in stage["workers"] if w["cluster"] == "gpu")
+        stage["workers"].append(dict(gpu_worker))
+        with pytest.raises(PlanError, match="GPU cluster 'gpu' is given to two workers"):
+            Plan.from_json(doc)
+        stage["workers"].pop()
+        gpu_worker["cluster"] = "gpu+big"
+        with pytest.raises(PlanError, match="joins a GPU cluster to others"):
+            Plan.from_json(doc)
+
     def test_unsupported_layers_never_run_on_the_gpu(self):
         platform = load_platform(SPEC)
         row = [0.1] * 6
