@@ -271,3 +271,45 @@ def test_tune_model_records_history_and_builds_a_prior_on_pocl(tmp_path):
     spec = lower_layer(parsed, graph_from_model(parsed, sha256="").layers[0])
     bad = Measurer(ctx, spec, repeats=1).measure({"algo": "direct", "CO": 3, "VEC": 1, "WG": 0})
     assert bad.status in (TrialStatus.INVALID, TrialStatus.BUILD_ERROR) and bad.ms is None
+
+
+def test_each_tuned_layer_is_recorded_as_it_finishes(tmp_path):
+    """`gpu tune` saved only at the end: a Ctrl-C after minutes of tuning kept nothing."""
+    pytest.importorskip("pyopencl")
+    from pipeit.gpu.autotune import tune_model
+    from pipeit.gpu.device import make_context
+    from pipeit.tflite_builder import ModelBuilder
+
+    b = ModelBuilder(seed=0)
+    x = b.conv2d(b.input("x", (1, 8, 8, 8)), 8, kernel=1)
+    b.output(b.conv2d(x, 16, kernel=1))
+    model = tmp_path / "two.tflite"
+    model.write_bytes(b.to_bytes())
+    tuning = TuningFile()
+    path = tmp_path / "tuning.json"
+    saved = []
+
+    def recorded() -> None:
+        tuning.save(path)
+        saved.append(len(TuningFile.load(path).to_json()["entries"]))
+
+    tune_model(str(model), make_context(), tuning, trials=2, strategy="random", batch_size=2, repeats=1,
+               recorded=recorded)
+    assert saved == [1, 2]
+
+
+def test_saving_to_a_fifo_writes_into_it_and_leaves_it_a_fifo(tmp_path):
+    """The save went through a temporary file renamed over the target: over /dev/null, as root, too."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    TuningFile().save(fifo)
+    reader.join(30)
+    assert json.loads(got[0])["version"] == TuningFile().to_json()["version"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -237,11 +237,14 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
     ctx = make_context(device)
     _require_precision(ctx, args.precision)
     check_tuning_configs(tuning, str(args.output), model, ctx.info)
+    # Saved before tuning (a folder that cannot take it is found now, not after minutes of trials) and
+    # after every layer (an interrupted run keeps the layers it finished); a write error is one line.
+    tuning.save(args.output)
     with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False) as bar:
         results = tune_model(model, ctx, tuning, trials=args.trials, strategy=args.strategy,
                              precision=args.precision, seed=args.seed, retune=args.retune,
-                             layers=layers, progress=bar.update)
-    tuning.save(args.output)  # a write error here is the tuning file's own one-line error
+                             layers=layers, progress=bar.update, recorded=lambda: tuning.save(args.output))
+    tuning.save(args.output)
     if as_json:
         emit_json({"device": ctx.info.to_json(), "fingerprint": ctx.info.fingerprint(),
                    "tuning_file": str(args.output), "strategy": args.strategy,

@@ -49,8 +49,13 @@ def tune_model(source: Union[ModelSource, "schema.ModelT"], ctx: GpuContext, tun
                trials: int = 32, strategy: str = "model", precision: str = "fp32", seed: int = 0,
                retune: bool = False, batch_size: int = 4, repeats: int = 3,
                layers: Optional[List[int]] = None,
-               progress: Optional[Callable[[int], None]] = None) -> List[LayerTuning]:
-    """Tune each distinct supported layer (or only ``layers``); record the best in ``tuning``."""
+               progress: Optional[Callable[[int], None]] = None,
+               recorded: Optional[Callable[[], None]] = None) -> List[LayerTuning]:
+    """Tune each distinct supported layer (or only ``layers``); record the best in ``tuning``.
+
+    ``recorded()`` is called after each layer's result is recorded: the CLI
+    saves the file there, so an interrupted run keeps the layers it finished.
+    """
     model = source if isinstance(source, schema.ModelT) else read_model(source)
     graph = graph_from_model(model, sha256="")
     helper = _Model(model)
@@ -95,6 +100,8 @@ def tune_model(source: Union[ModelSource, "schema.ModelT"], ctx: GpuContext, tun
             continue
         tuning.record(ctx.info, layer.descriptor, precision, best.config_dict, best.ms, strategy,
                       len(done), untuned.ms if untuned.ok else None, spec=spec, history=done)
+        if recorded is not None:
+            recorded()
         results.append(LayerTuning(layer.index, op, best.ms, untuned.ms if untuned.ok else None,
                                    len(done), failed, best.config_dict))
     return results

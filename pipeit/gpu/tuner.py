@@ -440,12 +440,21 @@ class TuningFile:
 
     def save(self, path: Union[str, Path]) -> None:
         p = Path(path)
+        tmp = p.with_name(p.name + ".tmp")
+        text = json.dumps(self.to_json(), indent=1) + "\n"
         try:
+            if p.exists() and not p.is_file():  # /dev/null, a FIFO: written as they are, never renamed over
+                with open(p, "w") as handle:
+                    handle.write(text)
+                return
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+            tmp.write_text(text)
             tmp.replace(p)
         except OSError as err:
+            try:
+                tmp.unlink(missing_ok=True)  # a full disk leaves no half-written .tmp beside the file
+            except OSError:
+                pass
             raise TuningError(f"cannot write tuning file {p}: {err.strerror or err}") from err
 
     @classmethod
