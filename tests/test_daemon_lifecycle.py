@@ -153,3 +153,21 @@ def test_a_profile_that_cannot_be_written_names_its_file(tmp_path):
     with pytest.raises(ProfileError, match="/dev/full: cannot write the profile"):
         with ProfileWriter("/dev/full") as writer:
             writer.write(row)
+
+
+def test_cached_times_for_another_layer_count_are_profiled_again(served):
+    """A times.json of another model in the cache stopped every start ("plan stage 0 covers layers ...")."""
+    folder, model, _times = served
+    from pipeit.daemon.state import cache_folder
+
+    state = folder / "state"
+    other = build_model(folder / "other.tflite", layers=3)
+    cached = cache_folder(load_platform(PLATFORM), file_sha256(model), root=state) / "times.json"
+    cached.parent.mkdir(parents=True)
+    write_times(other, PLATFORM, cached)
+    with Daemon(["--model", str(model), "--platform", PLATFORM], folder / "c.sock",
+                env={"PIPEIT_STATE_DIR": str(state)}) as daemon:
+        with Client(daemon.socket_path) as c:
+            frame = _frame(4)
+            np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+        assert "ignoring unreadable cached times" in daemon.log()

@@ -103,7 +103,10 @@ def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) ->
     cached = folder / "times.json"
     if cached.is_file():
         try:
-            return LayerTimes.load(cached), f"cached times {cached}"
+            times = LayerTimes.load(cached)
+            if times.num_layers != len(graph.layers):  # copied in by hand, or layers counted otherwise now
+                raise PlanError(f"{cached}: times for {times.num_layers} layers, the model has {len(graph.layers)}")
+            return times, f"cached times {cached}"
         except PipeitError as err:
             _log.warning("ignoring unreadable cached times (%s); profiling again", err)
     try:
