@@ -32,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -684,8 +685,13 @@ def run_jobs(
     spec: TimingSpec,
     done: Optional[set] = None,
     progress: bool = True,
+    stop: Optional[threading.Event] = None,
 ) -> List[ProfileRow]:
-    """Measure every (job, setup) not in ``done``; rows are written as they come."""
+    """Measure every (job, setup) not in ``done``; rows are written as they come.
+
+    ``stop``: checked before each measurement; once set, :class:`ProfileError`
+    (a daemon stopping while a reload profiles must not wait for all of it).
+    """
     from tqdm import tqdm
 
     done = set() if done is None else done
@@ -702,6 +708,8 @@ def run_jobs(
             if ident in done:  # a duplicate inside this batch
                 bar.update(1)
                 continue
+            if stop is not None and stop.is_set():
+                raise ProfileError("profiling stopped: asked to stop")
             bar.set_postfix_str(f"{job.model}:{job.kind}[{job.start}:{job.end}] {setup}", refresh=False)
             timing = pool.measure(setup, job.model_bytes, spec)
             row = _row(job, setup, timing, fingerprint)
@@ -826,8 +834,12 @@ def profile_models(
     force: bool = False,
     progress: bool = True,
     tuning: Optional[Union[str, Path]] = None,
+    stop: Optional[threading.Event] = None,
 ) -> List[ProfileRow]:
-    """Profile ``models`` on ``platform`` (GPU setups included); append to ``out``; return the new rows."""
+    """Profile ``models`` on ``platform`` (GPU setups included); append to ``out``; return the new rows.
+
+    ``stop``: see :func:`run_jobs` (the CPU measurements stop early; GPU ones are few).
+    """
     out = Path(out)
     chosen = resolve_setups(platform, setups)
     on_gpu = gpu_setups(platform, setups)
@@ -837,6 +849,6 @@ def profile_models(
     for path in models:
         jobs.extend(model_jobs(path, stages=stages))
     with WorkerPool(platform, chosen) as pool, ProfileWriter(out) as writer:
-        rows = run_jobs(jobs, pool, chosen, writer, fingerprint, spec, done, progress)
+        rows = run_jobs(jobs, pool, chosen, writer, fingerprint, spec, done, progress, stop)
         rows += profile_gpu(models, platform, on_gpu, writer, fingerprint, done, tuning, progress)
         return rows

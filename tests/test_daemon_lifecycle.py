@@ -62,10 +62,10 @@ def test_a_model_replaced_on_disk_does_not_break_a_restart(served):
     assert not copies.exists()  # the engine's copy goes with it
 
 
-def _log_has(daemon: Daemon, text: str, timeout: float = 90.0) -> bool:
+def _log_has(daemon: Daemon, text: str, timeout: float = 90.0, times: int = 1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in daemon.log():
+        if daemon.log().count(text) >= times:
             return True
         if daemon.proc.poll() is not None:
             return False
@@ -171,3 +171,25 @@ def test_cached_times_for_another_layer_count_are_profiled_again(served):
             frame = _frame(4)
             np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
         assert "ignoring unreadable cached times" in daemon.log()
+
+
+def test_sigterm_while_a_reload_profiles_stops_at_once(served):
+    """The stop waited for the reload's profiling, up to the whole drain timeout (60 s), then started
+    nothing; profiling now stops at its next measurement."""
+    folder, _model, _times = served
+    model = build_model(folder / "small.tflite", layers=1, size=16)
+    daemon = Daemon(["--model", str(model), "--platform", PLATFORM], folder / "t.sock",
+                    env={"PIPEIT_STATE_DIR": str(folder / "state")})
+    try:
+        daemon.wait_ready()
+        build_model(model, layers=30, size=64, channels=64)  # a new model to profile: seconds of measurements
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert _log_has(daemon, "profiling small.tflite", timeout=30, times=2), daemon.log()
+        time.sleep(0.5)
+        began = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.proc.wait(60)
+        assert time.monotonic() - began < 20, daemon.log()
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert "reload abandoned: the daemon is stopping (profiling stopped" in daemon.log()

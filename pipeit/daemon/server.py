@@ -788,6 +788,7 @@ class Server:
         self.source = source
         self.engine = Engine(self.model_path, platform, slots=config.slots, drain_timeout_s=config.drain_timeout_s)
         self.draining = False
+        self._stopping = threading.Event()  # set when shutdown begins (see _reload)
         self.counters: Dict[str, int] = collections.Counter()
         self.events: List[ReplanEvent] = []
         self._client_replan = False  # a client's replan is running (replan_for_client)
@@ -944,6 +945,7 @@ class Server:
 
     def shutdown(self) -> None:
         """Stop accepting, answer every frame already accepted, then remove everything we made."""
+        self._stopping.set()  # a reload that is profiling stops at its next measurement
         with self._lock:
             self.draining = True  # from here on _admit() refuses: the count below can only fall
         if self._listener is not None:
@@ -1623,13 +1625,16 @@ class Server:
                 if self.draining:
                     _log.info("reload skipped: the daemon is stopping")
                     return
-                planned = obtain_plan(self.model_path, self.platform, self.source)
+                planned = obtain_plan(self.model_path, self.platform, self.source, stop=self._stopping)
                 if self.draining:  # a SIGTERM came while the plan was made: no new pipeline now
                     _log.info("reload abandoned: the daemon is stopping")
                     return
                 _old, new = self.engine.switch(planned.plan)
             except (PipeitError, CoresError, OSError) as err:  # a plan naming a cluster this platform lacks, a
                 # full state directory: the file the user changed is wrong, not the daemon that serves
+                if self.draining:  # profiling cut short by a SIGTERM: nothing failed
+                    _log.info("reload abandoned: the daemon is stopping (%s)", err)
+                    return
                 _log.error("reload failed, the old pipeline keeps serving: %s", err)
                 self._add_event("failed", f"reload failed: {err}", fps_before, before, before)
                 return

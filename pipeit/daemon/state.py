@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -87,7 +88,8 @@ def make_plan(times: LayerTimes, platform: Platform, model: Union[str, Path], mo
                          memory_mb=source.memory_mb, model=str(model), model_sha256=model_sha256)
 
 
-def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) -> tuple:
+def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str,
+               stop: Optional[threading.Event] = None) -> tuple:
     from pipeit.graph import load_graph
     from pipeit.layer_times import layer_times_for
 
@@ -124,7 +126,7 @@ def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) ->
     partial = folder / f".profile.csv.{os.getpid()}"
     try:
         partial.unlink(missing_ok=True)
-        profile_models([model], platform, partial, spec=spec, stages=0, progress=False)
+        profile_models([model], platform, partial, spec=spec, stages=0, progress=False, stop=stop)
         os.replace(partial, csv)
     except OSError as err:
         raise PlanError(f"cannot write the profile in the state directory {folder}: {err.strerror or err}") from err
@@ -139,11 +141,13 @@ def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str) ->
     return times, f"profiled here, cached in {folder}"
 
 
-def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource) -> Planned:
+def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
+                stop: Optional[threading.Event] = None) -> Planned:
     """The plan to serve: the given file, or one made by the DSE from given, cached or fresh times.
 
     With a plan file, layer times for later re-plans come from the state
     directory if it holds some for this platform and model (None otherwise).
+    ``stop``: set, it ends a profiling run early (a ProfileError).
     """
     model = Path(model)
     if not model.is_file():
@@ -166,7 +170,7 @@ def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource)
             except PipeitError:
                 times = None
         return Planned(plan, times, f"plan {source.plan}")
-    times, how = _times_for(model, platform, source, sha)
+    times, how = _times_for(model, platform, source, sha, stop)
     plan = make_plan(times, platform, model, sha, source)
     if not (source.predictor or source.profile or source.times):
         try:
