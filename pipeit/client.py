@@ -43,7 +43,7 @@ from pipeit.daemon import protocol as wire
 from pipeit.daemon.shm import AreaLayout, FrameArea
 from pipeit.errors import PipeitError
 
-__all__ = ["Client", "DaemonError", "DEFAULT_MAX_REPLY_BYTES", "TRANSPORTS", "check_timeout"]
+__all__ = ["Client", "DaemonError", "ReplyTimeout", "DEFAULT_MAX_REPLY_BYTES", "TRANSPORTS", "check_timeout"]
 
 #: how frames travel: see the module docstring
 TRANSPORTS = ("auto", "inline", "shm")
@@ -61,6 +61,11 @@ class DaemonError(PipeitError):
     def __init__(self, message: str, code: str = "unavailable"):
         super().__init__(message)
         self.code = code
+
+
+class ReplyTimeout(DaemonError):
+    """No reply within the client's timeout (code ``unavailable``): the daemon is slow or stuck, which
+    says nothing about what it supports (an ``"auto"`` client that times out attaching stays on shm)."""
 
 
 #: the longest wait for a reply a client may ask for (a socket timeout is bounded by the C library)
@@ -234,7 +239,8 @@ class Client:
         except DaemonError as err:
             fds, inbox.fds = inbox.fds, []
             _close_fds(fds)
-            if self.transport == "shm" or err.code not in ("bad_request", "unavailable"):
+            if self.transport == "shm" or err.code not in ("bad_request", "unavailable") \
+                    or isinstance(err, ReplyTimeout):
                 raise
             self._shm_refused = str(err)
             return None
@@ -355,7 +361,7 @@ class Client:
                                       "(no \"ok\" field): is it a `pipeit serve` socket?", "malformed")
                 message = wire.Message(header, self._body(header, out if header.id == request_id else None, reader))
             except (socket.timeout, wire.MessageTimeout):
-                raise DaemonError(f"no reply from {self.socket_path} in time", "unavailable") from None
+                raise ReplyTimeout(f"no reply from {self.socket_path} in time", "unavailable") from None
             except (OSError, wire.ProtocolError) as err:
                 self.close()
                 raise DaemonError(f"lost the connection to {self.socket_path}: {err}") from err
@@ -456,13 +462,25 @@ class Client:
         """Outputs of each frame in order, keeping up to ``window`` frames in flight."""
         if window < 1:
             raise DaemonError("window must be >= 1", "bad_request")
-        pending: Deque[int] = collections.deque()
+        pending: Deque[Tuple[int, Mapping[str, np.ndarray]]] = collections.deque()
         for frame in frames:
-            pending.append(self.send("infer", self._named(frame)))
+            named = self._named(frame)
+            pending.append((self.send("infer", named), named))
             if len(pending) >= window:
-                yield self.receive(pending.popleft()).tensors
+                yield self._received_or_resent(*pending.popleft())
         while pending:
-            yield self.receive(pending.popleft()).tensors
+            yield self._received_or_resent(*pending.popleft())
+
+    def _received_or_resent(self, request_id: int, named: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The outputs of ``request_id``; a frame answered ``reattach`` (the daemon reloaded a model with
+        other inputs or outputs) is sent again, through a new frame area, as :meth:`infer` does."""
+        try:
+            return self.receive(request_id).tensors
+        except DaemonError as err:
+            if err.code != "reattach" or self.transport == "inline":
+                raise
+            self._shm_refused = None
+            return self.receive(self.send("infer", named)).tensors
 
     @_one_at_a_time
     def status(self) -> Dict[str, Any]:

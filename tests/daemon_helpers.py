@@ -15,7 +15,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_model(path: Path, layers: int = 6, size: int = 32, channels: int = 16) -> Path:
+def build_model(path: Path, layers: int = 6, size: int = 32, channels: int = 16, classes: int = 10) -> Path:
     from pipeit.tflite_builder import ModelBuilder
 
     b = ModelBuilder(seed=0)
@@ -23,7 +23,7 @@ def build_model(path: Path, layers: int = 6, size: int = 32, channels: int = 16)
     for _ in range(layers):
         x = b.conv2d(x, channels, kernel=3, activation="RELU")
     x = b.mean(x)
-    b.output(b.fully_connected(x, 10))
+    b.output(b.fully_connected(x, classes))
     path.write_bytes(b.to_bytes())
     return path
 

@@ -657,6 +657,18 @@ def test_the_client_timeout_bounds_the_whole_reply(tmp_path):
     assert time.monotonic() - t0 < 5
 
 
+def test_an_auto_client_that_times_out_attaching_does_not_go_inline_for_good(tmp_path):
+    """A slow daemon's silence was taken for "no frame areas here": every later frame went inline."""
+    from pipeit.client import ReplyTimeout
+
+    path = tmp_path / "mute.sock"
+    _fake_server(path, lambda conn: (conn.recv(65536), time.sleep(3)))
+    with Client(path, timeout=0.5, transport="auto") as c:
+        with pytest.raises(ReplyTimeout, match="in time"):
+            c.attach()
+        assert c.shm_refused is None
+
+
 @pytest.mark.parametrize("header, words", [
     (wire.Header(id=3, op="status", ok=True), "reply fields"),
     (wire.Header(id=3, op="status", slot=0), "takes no tensors and no slot"),

@@ -389,3 +389,31 @@ def test_client_misuse_is_refused_before_anything_is_sent(daemon, files):
     c.close()
     with pytest.raises(DaemonError, match="closed"):
         c.attach()  # an "auto" client took its own closed socket for a refusal and went inline
+
+
+def test_infer_many_resends_frames_a_reload_made_stale(files, tmp_path):
+    """A reload to a model with other outputs makes the client's frame area stale: `infer` attached again and
+    resent, `infer_many` raised reattach and lost the frames in its window."""
+    model = build_model(tmp_path / "m.tflite")
+    times = write_times(model, PLATFORM, tmp_path / "times.json")
+    frames = _frames(4, seed=31)
+    d = serving(model, times, PLATFORM, tmp_path, "--no-replan", socket_name="many.sock")
+    with d:
+        before = [reference(model, f) for f in frames]
+        with Client(d.socket_path, transport="shm") as c, Client(d.socket_path, transport="inline") as watcher:
+            stream = c.infer_many((frames[i % 4] for i in range(16)), window=3)
+            np.testing.assert_array_equal(next(stream)["fc"], before[0])
+            build_model(model, classes=12)  # the same input, another output: the area no longer fits
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while not [e for e in watcher.status()["events"] if e["kind"] in ("reload", "failed")] \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            after = [reference(model, f) for f in frames]
+            outputs = list(stream)
+        assert len(outputs) == 15
+        for i, out in enumerate(outputs, start=1):  # each frame answered once, by one model or the other
+            want = before[i % 4] if out["fc"].shape == before[0].shape else after[i % 4]
+            np.testing.assert_array_equal(out["fc"], want)
+        assert outputs[-1]["fc"].shape == (1, 12)
+    assert d.proc.returncode == 0
