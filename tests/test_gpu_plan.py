@@ -212,6 +212,22 @@ class TestPlanner:
         with pytest.raises(PlanError, match="joins a GPU cluster to others"):
             Plan.from_json(doc)
 
+    def test_run_says_when_no_table_of_its_tables_file_is_for_a_gpu_stage(self):
+        """A stage takes only the tables of exactly its layers: others were ignored without a word."""
+        from pipeit.cli.cmd_run import _warn_unused_tables
+        from pipeit.executor.gpu_worker import gpu_stages
+
+        plan = plan_pipeline(_table([0.5] * 6), load_platform(SPEC), model="m.tflite", model_sha256="ab", hop=FREE)
+        (stage,) = gpu_stages(plan)
+        own = tuple(plan.stages[stage].layers)
+        with pytest.warns(UserWarning, match=r"tables for layers \[5, 9\), which no GPU stage"):
+            _warn_unused_tables("t.json", {(5, 9): (), own: ()}, plan)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _warn_unused_tables("t.json", {own: ()}, plan)  # every table used: nothing to say
+
     def test_unsupported_layers_never_run_on_the_gpu(self):
         platform = load_platform(SPEC)
         row = [0.1] * 6

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -311,6 +312,7 @@ def _gpu_options(args: argparse.Namespace, plan: Any) -> Any:
         from pipeit.gpu.calibration import load_tables
 
         tables = load_tables(args.gpu_tables, plan.model_sha256)
+        _warn_unused_tables(args.gpu_tables, tables, plan)
     from pipeit.gpu.measure import find_tuning
 
     tuning = find_tuning(args.gpu_tuning)  # as `pipeit plan`: the given file, else the state dir's
@@ -320,6 +322,20 @@ def _gpu_options(args: argparse.Namespace, plan: Any) -> Any:
         TuningFile.load(tuning)  # a corrupt file is refused here, whole, before any worker starts
     return GpuOptions(tuning=str(tuning) if tuning else None, tables=tables, tolerance=args.tolerance,
                       calibrate=not args.no_calibrate)
+
+
+def _warn_unused_tables(path: str, tables: Any, plan: Any) -> None:
+    """Say so when no table of ``--gpu-tables`` is for a GPU stage of the plan: a stage takes only the
+    tables of exactly its layer range, so such a run quietly ran the default fp32 kernels."""
+    from pipeit.executor.gpu_worker import gpu_stages
+
+    ranges = [tuple(plan.stages[k].layers) for k in gpu_stages(plan)]
+    unused = sorted(r for r in tables if tuple(r) not in ranges)
+    if unused:
+        have = ", ".join(f"[{a}, {b})" for a, b in unused)
+        want = ", ".join(f"[{a}, {b})" for a, b in ranges) or "none"
+        warnings.warn(f"{path} has tables for layers {have}, which no GPU stage of this plan runs "
+                      f"(its GPU stages: {want}); they are not used")
 
 
 class _OutputCheck:
