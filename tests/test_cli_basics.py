@@ -31,3 +31,31 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert "pipeit" in capsys.readouterr().out
+
+
+_WITHOUT_LITERT = '''
+import sys
+class _Absent:
+    """ai-edge-litert as on a 32-bit ARM board, where it has no build."""
+    def find_spec(self, name, path=None, target=None):
+        if name == "ai_edge_litert" or name.startswith("ai_edge_litert."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Absent())
+'''
+
+
+def test_without_ai_edge_litert_every_command_says_why_in_one_line(tmp_path):
+    """pipeit reads models through the schema ai-edge-litert ships; without it (32-bit ARM) every command
+    was an ImportError traceback."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "sitecustomize.py").write_text(_WITHOUT_LITERT)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]))
+    for args in (["--help"], ["inspect", "m.tflite"]):
+        done = subprocess.run([sys.executable, "-m", "pipeit", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [done.stderr.strip()] and "ai-edge-litert is not installed" in done.stderr

@@ -93,6 +93,12 @@ def _stops_unwind() -> Any:
     return handled(SIGNALS_LIKE_CTRL_C, _stop_like_ctrl_c)
 
 
+#: why pipeit cannot run without ai-edge-litert, whatever runtime runs the models: the TFLite model
+#: schema pipeit reads and writes models through comes with it (not with tflite-runtime)
+_NO_SCHEMA = ("pipeit reads and writes models through the TFLite schema that ai-edge-litert provides, "
+              "and ai-edge-litert is not installed (it has no build for 32-bit ARM: use a 64-bit OS there)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         parser = build_parser()  # imports every command: a Ctrl-C here is no bug either
@@ -100,6 +106,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("pipeit: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("ai_edge_litert"):
+            raise
+        print(f"pipeit: error: {_NO_SCHEMA}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with warnings.catch_warnings(), _stops_unwind():
             warnings.showwarning = _one_line_warning
@@ -115,6 +126,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as err:  # a command that imports the schema only when it runs
+        if not (err.name or "").startswith("ai_edge_litert"):
+            raise
+        print(f"pipeit: error: {_NO_SCHEMA}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:
         if err.errno not in _FULL_DISK:
             raise
