@@ -915,28 +915,24 @@ class Server:
             self.shutdown()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            for fd in (self._wake_r, self._wake_w):
+            wake_fds, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
+            for fd in wake_fds:  # a late request_stop() must not write into a reused descriptor
                 os.close(fd)
         return 0
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._pending_signals.append(signum)
-        try:
-            os.write(self._wake_w, b"s")
-        except OSError:
-            pass
+        self._ask(signum)
 
     def request_reload(self) -> None:
         """Read the model and plan source again, as SIGHUP does (handled by :meth:`serve_forever`)."""
-        self._pending_signals.append(signal.SIGHUP)
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"s")
-            except OSError:
-                pass
+        self._ask(signal.SIGHUP)
 
     def request_stop(self) -> None:
-        self._pending_signals.append(signal.SIGTERM)
+        self._ask(signal.SIGTERM)
+
+    def _ask(self, signum: int) -> None:
+        """Queue ``signum`` for :meth:`serve_forever`'s loop and wake it (when it runs)."""
+        self._pending_signals.append(signum)
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"s")
