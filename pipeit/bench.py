@@ -52,6 +52,7 @@ from pipeit.errors import PipeitError, PlanError
 from pipeit.plan import Plan, file_sha256
 from pipeit.satisfaction import Accuracy, Satisfaction, Task
 from pipeit.streaming import frames_in_flight, stream_frames
+from pipeit.strategies import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
@@ -65,7 +66,6 @@ __all__ = [
     "default_cache_dir",
 ]
 
-STRATEGIES = ("all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit")
 
 
 def default_cache_dir() -> Path:

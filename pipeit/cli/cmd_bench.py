@@ -11,7 +11,7 @@ __all__ = ["register", "run"]
 
 
 def register(subparsers) -> None:
-    from pipeit.bench import STRATEGIES
+    from pipeit.strategies import STRATEGIES
 
     parser = subparsers.add_parser(
         "bench",

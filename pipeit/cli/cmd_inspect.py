@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from pipeit.cli.output import emit_json, format_table
-from pipeit.graph import LayerGraph, load_graph
-from pipeit.runtime import check_loads
+
+if TYPE_CHECKING:  # the graph module brings networkx and the schema: imported when a command runs
+    from pipeit.graph import LayerGraph
 
 __all__ = ["register", "run"]
 
@@ -69,6 +71,9 @@ def render(graph: LayerGraph) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeit.graph import load_graph
+    from pipeit.runtime import check_loads
+
     graph = load_graph(args.model)
     check_loads(args.model)  # op versions, options and shapes only the runtime can judge
     if args.json:

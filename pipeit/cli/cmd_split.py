@@ -7,8 +7,6 @@ from pathlib import Path
 
 from pipeit.cli.output import emit_json
 from pipeit.errors import SplitError
-from pipeit.runtime import check_loads
-from pipeit.split import MANIFEST_NAME, STAGE_FILE, manifest, parse_cuts, split_model, write_split
 
 __all__ = ["register", "run"]
 
@@ -32,6 +30,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeit.runtime import check_loads
+    from pipeit.split import manifest, parse_cuts, split_model, write_split
+
     _check_folder(args.output, args.model)
     cuts = parse_cuts(args.at)
     stages = split_model(args.model, cuts)
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 def _check_folder(folder: str, model: str) -> None:
     """Refuse an empty -o (it would write into the working folder) and a folder where writing the
     split would overwrite or remove the model itself (a model named like a stage file or the manifest)."""
+    from pipeit.split import MANIFEST_NAME, STAGE_FILE
+
     if not str(folder).strip():
         raise SplitError("-o needs a folder name, got an empty one")
     model_path = Path(model)
