@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -372,7 +373,10 @@ class TestEmulatedPlatform:
         finally:
             for pipe in pipes.values():
                 pipe.close()
-        ratio = min(service["little"]) / min(service["big"])
+        # the median round of each: one round spoiled either way (a burst of host noise, or a round run while
+        # the host's other load paused: a big-core round of 0.84 ms among 1.55s once broke the bound) moves
+        # neither side
+        ratio = statistics.median(service["little"]) / statistics.median(service["big"])
         print(f"little/big service ratio {ratio:.2f} ({service})")
         assert 1.5 <= ratio <= 2.3, service
 
