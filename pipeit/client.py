@@ -155,13 +155,24 @@ class Client:
         self._sock: Optional[socket.socket] = sock
 
     # ---- plumbing ----------------------------------------------------------------------
-    @_one_at_a_time
     def close(self) -> None:
-        """Close the connection and unmap the frame area (the daemon drops its side when it sees the close)."""
-        self._drop_area()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        """Close the connection and unmap the frame area (the daemon drops its side when it sees the close).
+
+        From another thread too: a thread waiting for a reply is woken at once
+        (the socket is shut down first, without the lock it holds) and gets a
+        DaemonError; the area is unmapped only once no call is using it.
+        """
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._lock:
+            self._drop_area()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
     def __enter__(self) -> "Client":
         return self

@@ -669,6 +669,30 @@ def test_an_auto_client_that_times_out_attaching_does_not_go_inline_for_good(tmp
         assert c.shm_refused is None
 
 
+def test_close_from_another_thread_wakes_a_thread_waiting_for_its_reply(tmp_path):
+    """Calls take turns on the client's lock, and close() must not wait behind a receive() that holds it
+    for as long as the timeout: it shuts the socket down first."""
+    path = tmp_path / "mute2.sock"
+    _fake_server(path, lambda conn: (conn.recv(65536), time.sleep(30)))
+    c = Client(path, timeout=60)
+    errors: list = []
+
+    def wait_for_reply() -> None:
+        try:
+            c.status()
+        except DaemonError as err:
+            errors.append(err)
+
+    waiter = threading.Thread(target=wait_for_reply)
+    waiter.start()
+    time.sleep(0.5)
+    began = time.monotonic()
+    c.close()
+    waiter.join(10)
+    assert not waiter.is_alive() and errors, "the waiting thread was not woken"
+    assert time.monotonic() - began < 5
+
+
 @pytest.mark.parametrize("header, words", [
     (wire.Header(id=3, op="status", ok=True), "reply fields"),
     (wire.Header(id=3, op="status", slot=0), "takes no tensors and no slot"),
