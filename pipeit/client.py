@@ -119,8 +119,7 @@ class Client:
                  max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES, transport: str = "auto", slots: int = 4):
         if transport not in TRANSPORTS:
             raise DaemonError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}", "bad_request")
-        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= wire.MAX_SLOTS:
-            raise DaemonError(f"slots must be an integer in 1..{wire.MAX_SLOTS}, not {slots!r}", "bad_request")
+        _check_slots(slots)
         check_timeout(timeout)
         self.timeout = timeout  # each receive() waits at most this long for its whole reply (None: forever)
         self.socket_path = str(socket_path)
@@ -227,9 +226,8 @@ class Client:
         from then on (why: :attr:`shm_refused`) and gets None.
         """
         self._conn()  # closed: say so (an "auto" client would otherwise take it for a refusal, and go inline)
-        if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int)
-                                  or not 1 <= slots <= wire.MAX_SLOTS):
-            raise DaemonError(f"slots must be an integer in 1..{wire.MAX_SLOTS}, not {slots!r}", "bad_request")
+        if slots is not None:
+            _check_slots(slots)
         if self._slot_of or self._reserved:
             raise DaemonError("attach with frames in flight or slots reserved: receive their replies first",
                               "bad_request")
@@ -513,6 +511,12 @@ class Client:
                                   "bad_request")
             self._input_name = plan_inputs[0]["name"]
         return {self._input_name: np.asarray(inputs)}
+
+
+def _check_slots(slots: Any) -> None:
+    """A frame-area slot count must be an integer in 1..MAX_SLOTS (the constructor's and attach()'s)."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= wire.MAX_SLOTS:
+        raise DaemonError(f"slots must be an integer in 1..{wire.MAX_SLOTS}, not {slots!r}", "bad_request")
 
 
 def _check_out(out: Any) -> None:

@@ -325,8 +325,8 @@ def _gpu_options(args: argparse.Namespace, plan: Any) -> Any:
 
 
 def _warn_unused_tables(path: str, tables: Any, plan: Any) -> None:
-    """Say so when no table of ``--gpu-tables`` is for a GPU stage of the plan: a stage takes only the
-    tables of exactly its layer range, so such a run quietly ran the default fp32 kernels."""
+    """Say so when ``--gpu-tables`` holds tables for a layer range no GPU stage of the plan runs: a stage
+    takes only the tables of exactly its range, so those were ignored without a word."""
     from pipeit.executor.gpu_worker import gpu_stages
 
     ranges = [tuple(plan.stages[k].layers) for k in gpu_stages(plan)]
