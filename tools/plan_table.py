@@ -11,10 +11,19 @@ profiled:
   1- and 2-thread times give: ``p = 2 * (1 - t2 / t1)`` clipped to [0, 1],
   ``t_k = t_1 * ((1 - p) + p / k)``.
 
+``--platform SPEC`` (repeatable) adds rows for a platform of THIS host whose
+layer times come straight from ``--profile`` (no scaling: the profile must
+hold that platform's setups, e.g. one made with ``pipeit profile --platform
+SPEC``); ``--boards ''`` leaves the scaled boards out. ``--save-times DIR``
+writes each row's layer times as ``DIR/<model>@<board or platform>.json``, the
+table ``pipeit plan MODEL --platform board:B --times FILE`` reads, so every
+row can be planned (and plotted) with the real command.
+
 Zoo models are built once and cached under ``build/zoo``. Prints the table
 and checks ``pipeit >= pipe-it >= all-cores`` (fps) on every row.
 
     .venv/bin/python tools/plan_table.py --predictor /tmp/pred_mech.json [--json]
+    .venv/bin/python tools/plan_table.py --profile zoo-emu.csv --boards '' --platform emulate:big=0@1.0,little=1@0.4
 """
 
 from __future__ import annotations
@@ -87,25 +96,41 @@ def main() -> int:
     parser.add_argument("--factors", default=str(ROOT / "tools" / "core_factors.json"))
     parser.add_argument("--models", default=None, help="comma-separated zoo models (default: all)")
     parser.add_argument("--boards", default=",".join(BOARDS))
+    parser.add_argument("--platform", action="append", default=[], dest="platforms",
+                        help="a platform of this host planned with the profile's own times (repeatable; "
+                             "needs --profile)")
     parser.add_argument("--cache", default=str(ROOT / "build" / "zoo"))
     parser.add_argument("--latency-x", type=float, default=2.0,
                         help="also plan pipeit under this multiple of fastest-cluster's latency (default 2; 0: skip)")
+    parser.add_argument("--save-times", metavar="DIR", help="write each row's layer times here (for pipeit plan --times)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from pipeit.zoo import list_models
 
+    if args.platforms and not args.profile:
+        parser.error("--platform needs --profile (times measured on that platform)")
     factors = json.loads(Path(args.factors).read_text())
     models = args.models.split(",") if args.models else list_models()
+    boards = [b for b in args.boards.split(",") if b]
     rows: List[dict] = []
     failures: List[str] = []
     try:
         for model in models:
             graph = load_graph(str(zoo_file(model, Path(args.cache))))
-            host = layer_times_for(graph, HOST, predictor=args.predictor, profile=args.profile)
-            for board in args.boards.split(","):
-                platform = load_platform(f"board:{board}")
-                times = board_times(host, platform, factors)
+            targets = []
+            if boards:
+                host = layer_times_for(graph, HOST, predictor=args.predictor, profile=args.profile)
+                for board in boards:
+                    platform = load_platform(f"board:{board}")
+                    targets.append((board, platform, board_times(host, platform, factors)))
+            for spec in args.platforms:
+                platform = load_platform(spec)
+                targets.append((spec, platform, layer_times_for(graph, platform, profile=args.profile)))
+            for board, platform, times in targets:
                 row = {"model": model, "board": board, "strategies": {}}
+                if args.save_times:
+                    Path(args.save_times).mkdir(parents=True, exist_ok=True)
+                    times.save(Path(args.save_times) / f"{model}@{board.replace('/', '_')}.json")
                 for name in ORDER:
                     c = best_candidate(times, platform, name)
                     row["strategies"][name] = {"fps": c.fps, "latency_ms": c.latency_ms, "plan": c.describe()}
@@ -129,10 +154,15 @@ def main() -> int:
     if args.json:
         print(json.dumps({"rows": rows, "failures": failures, "factors": args.factors}, indent=2))
         return 0
-    print("Predicted fps / latency ms (p99 model) per strategy; per-layer times scaled from this host "
-          "(tools/core_factors.json, a stand-in until board profiles exist).\n")
+    if boards:
+        print("Predicted fps / latency ms (p99 model) per strategy; boards' per-layer times scaled from this "
+              "host (tools/core_factors.json, a stand-in until board profiles exist).")
+    if args.platforms:
+        print("Platforms of this host (" + ", ".join(args.platforms) + "): per-layer times measured "
+              f"({args.profile}).")
+    print()
     lim = f"pipeit, latency <= {args.latency_x:g}x fastest-cluster"
-    print("| model | board | " + " | ".join(ORDER) + f" | {lim} | its plan |")
+    print("| model | board or platform | " + " | ".join(ORDER) + f" | {lim} | its plan |")
     print("| --- | --- | " + " | ".join("---:" for _ in ORDER) + " | ---: | --- |")
     for row in rows:
         cells = [f"{row['strategies'][k]['fps']:.1f} / {row['strategies'][k]['latency_ms']:.0f}" for k in ORDER]
