@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,9 +18,10 @@ from pipeit.tflite_builder import ModelBuilder
 from tests.model_helpers import dead_branch_builder
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeit", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def cli(pipeit_in_process):
+    """This file makes some 60 CLI calls: in process (conftest's ``pipeit_in_process``)."""
+    return pipeit_in_process
 
 
 def assert_clean_refusal(result, *words):
@@ -218,7 +217,7 @@ class TestBadFiles:
                              + [(case, "plan") for case in ("constant-input", "non-utf8-input", "bfloat16-io")]
                              + [(case, c) for case in RUNTIME_REFUSED for c in ("split", "profile")]
                              + [("op-version", c) for c in ("plan", "predict", "bench")])
-    def test_refused(self, tmp_path, case, command):
+    def test_refused(self, cli, tmp_path, case, command):
         make, words = BAD_FILES[case]
         path = tmp_path / f"{case}.tflite"
         path.write_bytes(make())
@@ -232,10 +231,10 @@ class TestBadFiles:
         assert_clean_refusal(cli(command, path, *extra), str(path), *words)
         assert not (tmp_path / "out").exists()
 
-    def test_missing_file(self, tmp_path):
+    def test_missing_file(self, cli, tmp_path):
         assert_clean_refusal(cli("inspect", tmp_path / "nope.tflite"), "no such model file")
 
-    def test_directory(self, tmp_path):
+    def test_directory(self, cli, tmp_path):
         assert_clean_refusal(cli("inspect", "--json", tmp_path), "not a regular file")
 
 
@@ -248,14 +247,14 @@ class TestBadCuts:
         ("two", ["'two'", "not an integer"]),
         ("1,,3", ["not an integer"]),
     ])
-    def test_refused(self, model_path, tmp_path, at, words):
+    def test_refused(self, cli, model_path, tmp_path, at, words):
         assert len(load_graph(model_path).layers) == 7
         assert_clean_refusal(cli("split", model_path, "--at", at, "-o", tmp_path / "out"), *words)
         assert not (tmp_path / "out").exists()
 
 
 class TestUnusualModels:
-    def test_a_one_layer_model_cannot_be_split(self, tmp_path):
+    def test_a_one_layer_model_cannot_be_split(self, cli, tmp_path):
         b = ModelBuilder(seed=6)
         b.output(b.conv2d(b.input("x", (1, 8, 8, 3)), 4, 3))
         path = tmp_path / "one.tflite"
@@ -263,7 +262,7 @@ class TestUnusualModels:
         assert_clean_refusal(cli("split", path, "--at", "1", "-o", tmp_path / "out"),
                              str(path), "one layer and cannot be split")
 
-    def test_inspect_escapes_names_that_would_break_lines(self, tmp_path):
+    def test_inspect_escapes_names_that_would_break_lines(self, cli, tmp_path):
         def rename(model):
             for tensor in model.subgraphs[0].tensors:
                 tensor.name = {b"input": b"in\nput", b"probs": b"pro\tbs"}.get(tensor.name, tensor.name)
@@ -276,7 +275,7 @@ class TestUnusualModels:
         assert "outputs: 'pro\\tbs' 1x4 float32" in result.stdout.splitlines()
         assert "\t" not in result.stdout
 
-    def test_dead_ops_are_left_out_and_the_split_runs(self, tmp_path):
+    def test_dead_ops_are_left_out_and_the_split_runs(self, cli, tmp_path):
         path = tmp_path / "dead.tflite"
         path.write_bytes(dead_branch_builder().to_bytes())
         result = cli("inspect", path)
@@ -288,7 +287,7 @@ class TestUnusualModels:
 
 
 class TestInspectAndSplit:
-    def test_inspect_table(self, model_path):
+    def test_inspect_table(self, cli, model_path):
         result = cli("inspect", model_path)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -297,7 +296,7 @@ class TestInspectAndSplit:
         graph = load_graph(model_path)
         assert f"total MACs: {graph.total_macs:,}" in result.stdout
 
-    def test_inspect_json(self, model_path):
+    def test_inspect_json(self, cli, model_path):
         result = cli("inspect", model_path, "--json")
         assert result.returncode == 0, result.stderr
         doc = json.loads(result.stdout)
@@ -313,7 +312,7 @@ class TestInspectAndSplit:
         assert [[t["name"] for t in c["tensors"]] for c in doc["cuts"][:3]] == \
             [["stem"], ["stem", "dw"], ["stem", "project"]]
 
-    def test_split_writes_stages_and_manifest(self, model_path, tmp_path):
+    def test_split_writes_stages_and_manifest(self, cli, model_path, tmp_path):
         out = tmp_path / "stages"
         result = cli("split", model_path, "--at", "2,4", "-o", out)
         assert result.returncode == 0, result.stderr
@@ -324,7 +323,7 @@ class TestInspectAndSplit:
         assert [s["layers"] for s in doc["stages"]] == [[0, 2], [2, 4], [4, 7]]
         assert [t["name"] for t in doc["stages"][1]["inputs"]] == ["stem", "dw"]
 
-    def test_split_json_is_the_manifest(self, model_path, tmp_path):
+    def test_split_json_is_the_manifest(self, cli, model_path, tmp_path):
         out = tmp_path / "s"
         result = cli("split", model_path, "--at", "3", "-o", out, "--json")
         assert result.returncode == 0, result.stderr

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from tests.daemon_helpers import build_model
 
 
 def run_cli(*args, timeout=600):
@@ -15,13 +14,13 @@ def run_cli(*args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_model(tmp_path_factory.mktemp("bench") / "tiny.tflite", layers=6, size=48, channels=24)
+def tiny(bench_model):
+    return bench_model
 
 
-def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
+def test_bench_reports_every_strategy_against_the_ideal(tiny, bench_cache):
     result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "24", "--rounds", "2",
-                     "--cache-dir", str(tmp_path), "--trial-seconds", "0.25", "--json")
+                     "--cache-dir", str(bench_cache), "--trial-seconds", "0.25", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["model"] == "tiny.tflite"
@@ -52,14 +51,14 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, tmp_path):
     # on one cluster, all-cores and fastest-cluster are the same pipeline (all cores of it)
     assert by_name["fastest-cluster"]["same_plan_as"] == "all-cores"
     # the profile was cached where asked, so a second run would not profile again
-    assert list(tmp_path.glob("profiles/*.csv"))
+    assert list(bench_cache.glob("profiles/*.csv"))
     # the plans were made with the layer times re-anchored to the whole-model time measured in this run
     assert set(doc["time_scale"]) == {"cpu"} and 0.2 < doc["time_scale"]["cpu"] < 5.0
 
 
-def test_bench_with_a_latency_limit_judges_each_strategy(tiny, tmp_path):
+def test_bench_with_a_latency_limit_judges_each_strategy(tiny, bench_cache):
     result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
-                     "--cache-dir", str(tmp_path), "--latency-x", "3", "--strategies", "fastest-cluster,pipeit",
+                     "--cache-dir", str(bench_cache), "--latency-x", "3", "--strategies", "fastest-cluster,pipeit",
                      "--as-profiled", "--trial-seconds", "0.25", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -83,11 +82,11 @@ def test_bench_with_a_latency_limit_judges_each_strategy(tiny, tmp_path):
     # before any profiling: a board's description on a host without its CPUs (was a profiling line first)
     (["MODEL", "--platform", "board:rk3588"], "that this process cannot run on"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message, pipeit_in_process):
     args = [str(tiny) if a == "MODEL" else str(tmp_path) if a == "FOLDER" else a for a in args]
     if "board:rk3588" in args and set(range(8)) <= os.sched_getaffinity(0):
         pytest.skip("this machine has the board's eight CPUs")
-    result = run_cli("bench", *args, "--cache-dir", str(tmp_path), timeout=120)
+    result = pipeit_in_process("bench", *args, "--cache-dir", tmp_path)
     assert result.returncode == 2
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("INFO:")]
     assert len(lines) == 1 and message in lines[0], result.stderr

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cores.model import Cluster, CoreSetup, Platform
-from pipeit.dse import CostModel, Limits, StagePlan, best_candidate, optimal_plan, throttle_jitter_ms
-from pipeit.errors import PlanError
+from pipeit.dse import CostModel, StagePlan, best_candidate, throttle_jitter_ms
 from pipeit.layer_times import LayerTimes
 from pipeit.transfer import HopModel
 

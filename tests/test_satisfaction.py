@@ -32,7 +32,6 @@ from pipeit.satisfaction import (
     plan_accuracy,
     score_runs,
 )
-from tests.daemon_helpers import build_model
 
 ms = st.floats(min_value=0.0, max_value=1e5, allow_nan=False)
 pos = st.floats(min_value=1e-3, max_value=1e5, allow_nan=False)
@@ -250,14 +249,14 @@ def run_cli(*args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_model(tmp_path_factory.mktemp("sat") / "tiny.tflite", layers=6, size=40, channels=16)
+def tiny(bench_model):
+    return bench_model
 
 
-def test_bench_scores_every_strategy_for_the_task(tiny, tmp_path):
+def test_bench_scores_every_strategy_for_the_task(tiny, bench_cache):
     result = run_cli("bench", str(tiny), "--platform", "emulate:big=0@1.0,little=1@0.5", "--frames", "16",
                      "--rounds", "1", "--strategies", "fastest-cluster,replicas,pipe-it", "--task", "background",
-                     "--energy-weight", "0.8", "--cache-dir", str(tmp_path), "--json")
+                     "--energy-weight", "0.8", "--cache-dir", str(bench_cache), "--no-trial", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["task"]["name"] == "background" and doc["task"]["default"] is False
@@ -289,9 +288,9 @@ def test_bench_scores_every_strategy_for_the_task(tiny, tmp_path):
         assert s["satisfaction"]["energy"] == pytest.approx(best / s["satisfaction"]["energy_mj"])
 
 
-def test_bench_without_a_task_states_the_default(tiny, tmp_path):
+def test_bench_without_a_task_states_the_default(tiny, bench_cache):
     result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "8", "--rounds", "1",
-                     "--strategies", "fastest-cluster", "--cache-dir", str(tmp_path))
+                     "--strategies", "fastest-cluster", "--cache-dir", str(bench_cache), "--no-trial")
     assert result.returncode == 0, result.stderr
     assert "satisfaction for task interactive" in result.stdout and "the default task" in result.stdout
     assert "mJ/frame" in result.stdout and "satisf" in result.stdout
@@ -306,18 +305,18 @@ def test_bench_without_a_task_states_the_default(tiny, tmp_path):
     (["--power", "BADPOWER"], "version"),
     (["--power", "MISSING"], "cannot read"),
 ])
-def test_bad_task_or_power_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
+def test_bad_task_or_power_input_is_one_line_and_exit_2(tiny, tmp_path, args, message, pipeit_in_process):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"version": 9, "board": "x", "cores": {}}))
     args = [str(bad) if a == "BADPOWER" else str(tmp_path / "none.json") if a == "MISSING" else a for a in args]
-    result = run_cli("bench", str(tiny), *args, "--cache-dir", str(tmp_path), timeout=120)
+    result = pipeit_in_process("bench", tiny, *args, "--cache-dir", tmp_path)
     assert result.returncode == 2
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("INFO:")]
     assert len(lines) == 1 and message in lines[-1], result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_an_unknown_task_name_is_refused_by_the_parser(tiny, tmp_path):
-    result = run_cli("bench", str(tiny), "--task", "batch", "--cache-dir", str(tmp_path), timeout=120)
+def test_an_unknown_task_name_is_refused_by_the_parser(tiny, tmp_path, pipeit_in_process):
+    result = pipeit_in_process("bench", tiny, "--task", "batch", "--cache-dir", tmp_path)
     assert result.returncode == 2 and "invalid choice: 'batch'" in result.stderr
     assert "Traceback" not in result.stderr

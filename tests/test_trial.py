@@ -14,13 +14,13 @@ from pipeit.dse import pareto_front, plan_pipeline, to_plan
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.trial import LATENCY_HEADROOM, LATENCY_SLACK, TrialRun, _pick, choose_by_trial, trial_candidates
-from tests.daemon_helpers import build_model, write_times
+from tests.daemon_helpers import write_times
 from tests.host_helpers import needs_cgroups
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_model(tmp_path_factory.mktemp("trial") / "tiny.tflite", layers=6, size=40, channels=16)
+def tiny(bench_model):
+    return bench_model
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +160,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_bench_reports_the_trial_and_the_dse_pick(tiny, tmp_path):
+def test_bench_reports_the_trial_and_the_dse_pick(tiny, bench_cache):
     result = subprocess.run(
         [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
-         "--cache-dir", str(tmp_path), "--trial-seconds", "0.25", "--json"], capture_output=True, text=True, timeout=600)
+         "--cache-dir", str(bench_cache), "--trial-seconds", "0.25", "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     # each candidate streamed a quarter second of frames at the DSE pick's predicted rate per round
@@ -180,18 +180,18 @@ def test_bench_reports_the_trial_and_the_dse_pick(tiny, tmp_path):
                       for s in ours["stages"]) == chosen["stages"]
     plain = subprocess.run(
         [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "auto", "--frames", "8", "--rounds", "1",
-         "--cache-dir", str(tmp_path), "--strategies", "replicas,pipeit", "--no-trial", "--json"],
+         "--cache-dir", str(bench_cache), "--strategies", "replicas,pipeit", "--no-trial", "--json"],
         capture_output=True, text=True, timeout=600)
     assert plain.returncode == 0, plain.stderr
     assert "trial" not in json.loads(plain.stdout)
 
 
 @needs_cgroups
-def test_trial_under_a_latency_limit_on_two_clusters_keeps_a_plan_that_met_it_when_one_did(tiny, tmp_path):
+def test_trial_under_a_latency_limit_on_two_clusters_keeps_a_plan_that_met_it_when_one_did(tiny, bench_cache):
     """Two clusters: the frame feed is pinned to the slower one, the trial's workers to theirs."""
     result = subprocess.run(
         [sys.executable, "-m", "pipeit", "bench", str(tiny), "--platform", "emulate:big=0@1.0,little=1@0.5",
-         "--frames", "16", "--rounds", "1", "--latency-x", "3", "--cache-dir", str(tmp_path), "--trial-seconds", "0.3",
+         "--frames", "16", "--rounds", "1", "--latency-x", "3", "--cache-dir", str(bench_cache), "--trial-seconds", "0.3",
          "--strategies", "fastest-cluster,replicas,pipeit", "--json"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
