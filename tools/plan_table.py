@@ -169,7 +169,8 @@ def main() -> int:
         mark = "" if row["order_ok"] else " (!)"
         limited = row.get("limited") or {}
         if "fps" in limited:
-            extra = f"{limited['fps']:.1f} / {limited['latency_ms']:.0f} | {limited['plan']}"
+            plan = limited["plan"].replace("|", "\\|")  # a stage separator inside a Markdown cell
+            extra = f"{limited['fps']:.1f} / {limited['latency_ms']:.0f} | {plan}"
         else:
             extra = "- | " + limited.get("error", "-")
         print(f"| {row['model']} | {row['board']}{mark} | " + " | ".join(cells) + f" | {extra} |")
