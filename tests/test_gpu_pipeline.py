@@ -186,6 +186,37 @@ class TestCalibrationInPipelines:
         assert max(errs) <= TOLERANCE  # and every frame after it ran on fp32
         assert my_segments() == [] and not any(alive(pid) for pid in pids)
 
+    def test_a_worker_that_fell_back_to_the_cpu_restarts_on_the_cpu(self, tmp_path):
+        """Tolerance 0 on the only table (fp32): the first checked frame fails and the worker falls back
+        to TFLite. Killed, its successor starts there: its outputs are the runtime's, bit for bit, and
+        it records no second fallback (it once went back to the GPU and failed its first check again)."""
+        from pipeit.tflite_builder import ModelBuilder
+
+        m = ModelBuilder(seed=3)
+        x = m.conv2d(m.input("x", (1, 8, 8, 16)), 16, kernel=3, activation="NONE")
+        m.output(m.conv2d(x, 8, kernel=1))
+        model = tmp_path / "two_convs.tflite"
+        model.write_bytes(m.to_bytes())
+        plan = make_plan(model, [((0, 1), "gpu"), ((1, 2), "big")])
+        exact = GpuOptions(tolerance=0.0, policy=CalibrationPolicy(tolerance=0.0, every=1, check_every=1))
+        frames = frames_for(model, 4, seed=7)
+        want = reference(model, frames)
+        order = [i % len(frames) for i in range(12)]
+        with Pipeline(plan, model, gpu=exact) as pipe:
+            got = list(pipe.map(frames[i] for i in order[:4]))
+            fallbacks = pipe.gpu_switches()
+            victim = pipe.worker_pids()[(0, 0)]
+            futures = [pipe.submit(frames[i]) for i in order[4:8]]
+            _kill_while_busy(pipe, (0, 0))
+            futures += [pipe.submit(frames[i]) for i in order[8:]]
+            got += [f.result(120) for f in futures]
+            assert pipe.worker_pids()[(0, 0)] != victim
+            stats = pipe.stats()
+        assert [note.get("fallback") for note in fallbacks] == ["cpu"]
+        assert stats.stages[0].restarts == 1
+        assert stats.stages[0].switches == fallbacks  # the new worker did not fall back a second time
+        assert errors(got, [want[i] for i in order]) == [0.0] * len(order)
+
     def test_no_opencl_device_is_one_clear_error_before_any_worker(self, v2):
         platform = Platform((Cluster("big", "host", (HOST,)),
                              Cluster("gpu", "opencl", (GPU_HOST,), kind="gpu", device="no-such-device")),

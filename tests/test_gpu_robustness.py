@@ -110,7 +110,7 @@ class TestFusedActivationsAsTflite:
 class TestLastRungFallsBackToTheCpu:
     """A GPU worker whose most precise table fails a CPU check answers every later frame from TFLite."""
 
-    def _runner(self, tmp_path: Path):
+    def _runner(self, tmp_path: Path, on_cpu: bool = False):
         from pipeit.executor.gpu_worker import GpuWorkerSpec, GpuRunner
         from pipeit.executor.worker import WorkerConfig
         from pipeit.gpu.calibration import CalibrationPolicy
@@ -124,7 +124,7 @@ class TestLastRungFallsBackToTheCpu:
         sub.write_bytes(extract_layers(read_model(whole), 0, 1).model_bytes)
         # tolerance 0: the fp32 kernels sum in another order than TFLite, so the first check fails
         policy = CalibrationPolicy(tolerance=0.0, every=1, check_every=1).to_json()
-        spec = GpuWorkerSpec(model_path=str(whole), layers=(0, 1), policy=policy)
+        spec = GpuWorkerSpec(model_path=str(whole), layers=(0, 1), policy=policy, on_cpu=on_cpu)
         config = WorkerConfig(stage=0, worker=0, cpus=(0,), threads=1, model_path=str(sub), route=None,
                               ring_in=None, ring_out=None, gpu=spec)
         return GpuRunner(config)
@@ -146,6 +146,19 @@ class TestLastRungFallsBackToTheCpu:
         for frame, want in zip(frames[1:], cpu[1:]):
             assert outputs_equal(runner.run(frame), want)
         assert runner.take_notes() == ()
+
+    def test_a_worker_restarted_after_the_fallback_starts_on_the_cpu(self, tmp_path):
+        """The pipeline restarts a dead worker from its spec, which records the fallback: without it the
+        new worker served the GPU's known-wrong outputs again until its first check."""
+        from pipeit.gpu.calibration import outputs_equal
+
+        runner = self._runner(tmp_path, on_cpu=True)
+        assert runner.on_cpu
+        rng = np.random.default_rng(6)
+        for _ in range(3):
+            frame = {"x": rng.uniform(-1, 1, (1, 8, 8, 16)).astype(np.float32)}
+            assert outputs_equal(runner.run(frame), runner._cpu(frame))
+        assert runner.take_notes() == ()  # no check ran, nothing degraded again
 
 
 # ---- kernel configs from files, checked against their layer and the device ------------------------

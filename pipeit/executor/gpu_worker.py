@@ -73,6 +73,9 @@ class GpuWorkerSpec:
     ladder: Tuple[dict, ...] = ()  # Table.to_json() per rung, loosest first; () = fp32 only
     policy: Optional[dict] = None  # CalibrationPolicy.to_json(); None = no run-time calibration
     start_level: int = 0  # the rung to start on (a restarted worker keeps the rung it had reached)
+    #: the worker's GPU outputs failed a CPU check on the last rung: a restarted worker answers from TFLite
+    #: at once, rather than serving wrong outputs again until its first check
+    on_cpu: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,15 +168,16 @@ class GpuRunner:
         self.level = level
         self.stage = self._build(level)
         self._reference: Any = None
-        if self.calibrator is not None:
+        if self.calibrator is not None or spec.on_cpu:
             from pipeit.executor.worker import TfliteRunner
 
             self._reference = TfliteRunner(config)
         self._frames = 0
         self._notes: List[dict] = []
         #: set once the ladder's last (most precise) table failed a CPU check: from then on the stage's
-        #: TFLite sub-model answers every frame, as the GPU's outputs are known to be wrong
-        self.on_cpu = False
+        #: TFLite sub-model answers every frame, as the GPU's outputs are known to be wrong (a restarted
+        #: worker inherits it through its spec)
+        self.on_cpu = bool(spec.on_cpu)
         # the first launch compiles the work-group functions (pocl): do it before "ready"
         self.stage.run({t.name: np.zeros(t.shape, np.float32) for t in self.stage.inputs})
 

@@ -537,7 +537,8 @@ class Pipeline:
         return options.spec_for(str(self.model_path), tuple(part.layers), cluster.device)
 
     def _on_note(self, w: _Worker, fid: int, notes: Sequence[dict]) -> None:
-        """A GPU worker's calibration switches: kept for stats, logged, and remembered for a restart."""
+        """A GPU worker's calibration switches and CPU fallback: kept for stats, logged, and remembered
+        for a restart."""
         import dataclasses
         import logging
 
@@ -550,6 +551,8 @@ class Pipeline:
             level = note.get("to_level")
             if w.config.gpu is not None and isinstance(level, int) and level > w.config.gpu.start_level:
                 w.config = dataclasses.replace(w.config, gpu=dataclasses.replace(w.config.gpu, start_level=level))
+            if w.config.gpu is not None and note.get("fallback") == "cpu" and not w.config.gpu.on_cpu:
+                w.config = dataclasses.replace(w.config, gpu=dataclasses.replace(w.config.gpu, on_cpu=True))
 
     def gpu_switches(self) -> Tuple[dict, ...]:
         """Every GPU calibration switch since start, in order (also in ``stats().stages[k].switches``)."""
