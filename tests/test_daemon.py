@@ -311,6 +311,30 @@ def test_world_writable_socket_directory_is_refused(files, tmp_path):
     assert f"lies inside {open_dir}" in done.stderr
 
 
+def test_a_state_directory_others_can_write_is_refused(files, tmp_path):
+    """The daemon plans from the times it cached there: a folder anyone may fill (or swap) would let
+    anyone choose its plan."""
+    from pipeit.cli import main
+
+    _, model, times = files
+    plan = tmp_path / "plan.json"
+    assert main(["plan", str(model), "--platform", PLATFORM, "--times", str(times), "-o", str(plan)]) == 0
+    sockets = tmp_path / "sock"
+    sockets.mkdir(mode=0o750)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    for state, words in ((open_dir, "is world-writable"), (open_dir / "state", f"lies inside {open_dir}")):
+        done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--platform", PLATFORM,
+                               "--plan", str(plan), "--socket", str(sockets / "s.sock")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PIPEIT_STATE_DIR": str(state)})
+        lines = [line for line in done.stderr.splitlines() if not line.startswith("INFO:")]
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert words in lines[0] and "PIPEIT_STATE_DIR" in lines[0], done.stderr
+        assert not (sockets / "s.sock").exists() and not (open_dir / "state").exists()
+
+
 def test_replies_never_wait_on_a_client_and_keep_their_order(files, tmp_path):
     """The reply callback runs on the executor's dispatcher thread: it sends what the socket takes at
     once and hands the rest to the connection's writer, so a client that does not read stalls only

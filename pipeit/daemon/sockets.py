@@ -18,11 +18,12 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 from pipeit.errors import PipeitError
 
-__all__ = ["SocketError", "SOCKET_MODE", "check_socket_dir", "check_socket_path", "bind_socket", "remove_socket"]
+__all__ = ["SocketError", "SOCKET_MODE", "check_socket_dir", "check_socket_path", "swappable_ancestor",
+           "bind_socket", "remove_socket"]
 
 SOCKET_MODE = 0o660
 #: the kernel's limit on sun_path (108 bytes with the terminating NUL)
@@ -52,20 +53,32 @@ def check_socket_dir(path: Union[str, Path]) -> Path:
             f"socket directory {folder} is world-writable (mode {stat.S_IMODE(info.st_mode):o}); "
             "use a directory only the daemon's user and group can write, e.g. /run/pipeit"
         )
-    for above in folder.parents:
-        # anyone may rename a folder inside a world-writable one without the sticky bit (as /tmp has):
-        # the socket's own folder could be swapped for theirs, socket and all
+    swappable = swappable_ancestor(folder)
+    if swappable is not None:
+        above, mode = swappable
+        raise SocketError(
+            f"socket directory {folder} lies inside {above}, which anyone may write (mode "
+            f"{mode:o}, no sticky bit), so anyone could swap {folder} for their own; "
+            "use a path whose every folder only its owner (or root) can change, e.g. /run/pipeit"
+        )
+    return folder
+
+
+def swappable_ancestor(folder: Union[str, Path]) -> Optional[Tuple[Path, int]]:
+    """The first folder above ``folder`` that anyone may write without the sticky bit, and its mode.
+
+    Anyone may rename an entry of such a folder (``/tmp`` has the sticky bit
+    to prevent exactly that), so ``folder`` could be swapped for theirs,
+    with whatever it holds. None when every folder above is safe.
+    """
+    for above in Path(folder).absolute().parents:
         try:
             mode = above.stat().st_mode
         except OSError:
             continue
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-            raise SocketError(
-                f"socket directory {folder} lies inside {above}, which anyone may write (mode "
-                f"{stat.S_IMODE(mode):o}, no sticky bit), so anyone could swap {folder} for their own; "
-                "use a path whose every folder only its owner (or root) can change, e.g. /run/pipeit"
-            )
-    return folder
+            return above, stat.S_IMODE(mode)
+    return None
 
 
 def check_socket_path(path: Union[str, Path], group: Optional[Union[str, int]] = None) -> Path:

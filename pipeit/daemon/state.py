@@ -27,7 +27,7 @@ from pipeit.errors import PipeitError, PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.plan import Plan, file_sha256, load_plan
 
-__all__ = ["ENV_STATE_DIR", "state_dir", "cache_folder", "PlanSource", "Planned", "obtain_plan", "make_plan"]
+__all__ = ["ENV_STATE_DIR", "state_dir", "check_state_dir", "cache_folder", "PlanSource", "Planned", "obtain_plan", "make_plan"]
 
 ENV_STATE_DIR = "PIPEIT_STATE_DIR"
 _log = logging.getLogger("pipeit.daemon")
@@ -40,6 +40,41 @@ def state_dir() -> Path:
         return Path(given)
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "pipeit"
+
+
+def check_state_dir(root: Optional[Path] = None) -> Path:
+    """Refuse a state directory that other users could fill: the daemon plans from what it finds there.
+
+    Layer times and plans are read back from it on every start, so a
+    world-writable one (``PIPEIT_STATE_DIR=/tmp`` say) would let anyone
+    choose the daemon's plan, and one inside a world-writable folder without
+    the sticky bit could be swapped whole. A folder not made yet is checked
+    through the folders above it (the daemon makes it, as its own).
+    """
+    import stat
+
+    from pipeit.daemon.sockets import swappable_ancestor
+
+    root = root or state_dir()
+    try:
+        info = root.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as err:
+        raise PlanError(f"cannot inspect the state directory {root}: {err.strerror or err}") from err
+    if info is not None:
+        if not stat.S_ISDIR(info.st_mode):
+            raise PlanError(f"the state directory {root} is not a directory (set ${ENV_STATE_DIR})")
+        if info.st_mode & stat.S_IWOTH:
+            raise PlanError(f"the state directory {root} is world-writable (mode {stat.S_IMODE(info.st_mode):o}): "
+                            "anyone could plant the times the daemon plans from; use a folder only its user "
+                            f"can write (set ${ENV_STATE_DIR})")
+    swappable = swappable_ancestor(root)
+    if swappable is not None:
+        above, mode = swappable
+        raise PlanError(f"the state directory {root} lies inside {above}, which anyone may write (mode {mode:o}, "
+                        f"no sticky bit), so anyone could swap it for their own; set ${ENV_STATE_DIR}")
+    return root
 
 
 def cache_folder(platform: Platform, model_sha256: str, root: Optional[Path] = None) -> Path:
@@ -101,7 +136,7 @@ def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str,
         return layer_times_for(graph, platform, predictor=source.predictor, model=model), f"predictor {source.predictor}"
     if source.profile:
         return layer_times_for(graph, platform, profile=source.profile, model=model), f"profile {source.profile}"
-    folder = cache_folder(platform, sha)
+    folder = cache_folder(platform, sha, check_state_dir())
     cached = folder / "times.json"
     if cached.is_file():
         try:
@@ -162,7 +197,7 @@ def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
             for worker in stage.workers:
                 for name in worker.cluster.split("+"):
                     platform.cluster(name)  # a cluster this platform lacks: PlatformError, one line
-        cached = cache_folder(platform, sha) / "times.json"
+        cached = cache_folder(platform, sha, check_state_dir()) / "times.json"
         times = None
         if cached.is_file():
             try:
