@@ -165,14 +165,7 @@ class TestCalibrationInPipelines:
                            policy=CalibrationPolicy(tolerance=1e-5, every=2, check_every=2, baseline=2))
         order = [i % len(frames) for i in range(16)]
         with Pipeline(plan, v2, gpu=loose) as pipe:
-            got = list(pipe.map(frames[i] for i in order[:6]))
-            first = pipe.gpu_switches()
-            victim = pipe.worker_pids()[(1, 0)]
-            futures = [pipe.submit(frames[i]) for i in order[6:10]]
-            _kill_while_busy(pipe, (1, 0))  # it holds a frame: the frame must not be lost
-            futures += [pipe.submit(frames[i]) for i in order[10:]]
-            got += [f.result(120) for f in futures]
-            assert pipe.worker_pids()[(1, 0)] != victim
+            got, first = _stream_killing_once(pipe, frames, order, (1, 0), warm=6, kill_after=10)
             pids = list(pipe.worker_pids().values())
             stats = pipe.stats()
         assert len(first) == 1
@@ -203,14 +196,7 @@ class TestCalibrationInPipelines:
         want = reference(model, frames)
         order = [i % len(frames) for i in range(12)]
         with Pipeline(plan, model, gpu=exact) as pipe:
-            got = list(pipe.map(frames[i] for i in order[:4]))
-            fallbacks = pipe.gpu_switches()
-            victim = pipe.worker_pids()[(0, 0)]
-            futures = [pipe.submit(frames[i]) for i in order[4:8]]
-            _kill_while_busy(pipe, (0, 0))
-            futures += [pipe.submit(frames[i]) for i in order[8:]]
-            got += [f.result(120) for f in futures]
-            assert pipe.worker_pids()[(0, 0)] != victim
+            got, fallbacks = _stream_killing_once(pipe, frames, order, (0, 0), warm=4, kill_after=8)
             stats = pipe.stats()
         assert [note.get("fallback") for note in fallbacks] == ["cpu"]
         assert stats.stages[0].restarts == 1
@@ -297,6 +283,22 @@ class TestRunCommand:
         bad = subprocess.run([sys.executable, "-m", "pipeit", "gpu", "accuracy", str(model), "--range", f"0:{n + 5}",
                               "-o", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and "--range" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _stream_killing_once(pipe: Pipeline, frames: List[Dict[str, np.ndarray]], order: Sequence[int],
+                         key: Tuple[int, int], warm: int, kill_after: int) -> Tuple[list, Tuple[dict, ...]]:
+    """Stream ``frames[i] for i in order``: the first ``warm`` through ``map`` (the GPU switches so far are
+    taken then), then SIGKILL worker ``key`` while it holds one of the frames up to ``kill_after``, which
+    must not be lost. Returns every output in order, and those switches."""
+    got = list(pipe.map(frames[i] for i in order[:warm]))
+    switches = pipe.gpu_switches()
+    victim = pipe.worker_pids()[key]
+    futures = [pipe.submit(frames[i]) for i in order[warm:kill_after]]
+    _kill_while_busy(pipe, key)
+    futures += [pipe.submit(frames[i]) for i in order[kill_after:]]
+    got += [f.result(120) for f in futures]
+    assert pipe.worker_pids()[key] != victim
+    return got, switches
 
 
 def _kill_while_busy(pipe: Pipeline, key: Tuple[int, int]) -> None:
