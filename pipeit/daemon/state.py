@@ -27,7 +27,8 @@ from pipeit.errors import PipeitError, PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.plan import Plan, file_sha256, load_plan
 
-__all__ = ["ENV_STATE_DIR", "state_dir", "check_state_dir", "cache_folder", "PlanSource", "Planned", "obtain_plan", "make_plan"]
+__all__ = ["ENV_STATE_DIR", "state_dir", "check_state_dir", "cache_folder", "PlanSource", "Planned", "obtain_plan",
+           "make_plan"]
 
 ENV_STATE_DIR = "PIPEIT_STATE_DIR"
 _log = logging.getLogger("pipeit.daemon")
