@@ -102,7 +102,8 @@ def main() -> int:
     parser.add_argument("--cache", default=str(ROOT / "build" / "zoo"))
     parser.add_argument("--latency-x", type=float, default=2.0,
                         help="also plan pipeit under this multiple of fastest-cluster's latency (default 2; 0: skip)")
-    parser.add_argument("--save-times", metavar="DIR", help="write each row's layer times here (for pipeit plan --times)")
+    parser.add_argument("--save-times", metavar="DIR",
+                        help="write each row's layer times here (for pipeit plan --times)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from pipeit.zoo import list_models
