@@ -22,15 +22,8 @@ no report (and an earlier REPORT.md untouched).
 USAGE
 }
 
-die() {  # die STATUS MESSAGE: one line on stderr, exit STATUS
-    echo "bench-board.sh: $2" >&2
-    exit "$1"
-}
-
-need() {  # need WHAT OPTION [VALUE]: exit 2 with one line unless the option has a non-empty value
-    [ "$#" -ge 3 ] && [ -n "$3" ] && return 0
-    die 2 "$2 needs $1 (see --help)"
-}
+# shellcheck source=board-lib.sh
+. "$(dirname "$0")/board-lib.sh"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 

@@ -28,15 +28,8 @@ Needs root (except with --dry-run). Clients must be in group "pipeit" to use the
 USAGE
 }
 
-die() {  # die STATUS MESSAGE: one line on stderr, exit STATUS
-    echo "install-service.sh: $2" >&2
-    exit "$1"
-}
-
-need() {  # need WHAT OPTION [VALUE]: exit 2 with one line unless the option has a non-empty value
-    [ "$#" -ge 3 ] && [ -n "$3" ] && return 0
-    die 2 "$2 needs $1 (see --help)"
-}
+# shellcheck source=board-lib.sh
+. "$(dirname "$0")/board-lib.sh"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL=""
@@ -127,9 +120,6 @@ SERVE_ARGS="$ARGS"
 if [ -n "$PREDICTOR" ]; then SERVE_ARGS="--predictor /var/lib/pipeit/predictor.json${ARGS:+ $ARGS}"; fi
 
 # --- changes ------------------------------------------------------------------------------
-# shellcheck source=board-lib.sh
-. "$(dirname "$0")/board-lib.sh"
-
 write() {  # write FILE: stdin -> FILE
     if [ "$DRY" -eq 1 ]; then
         echo "would write $1:"

@@ -26,15 +26,8 @@ Progress bars are shown by `pipeit profile` on stderr.
 USAGE
 }
 
-die() {  # die STATUS MESSAGE: one line on stderr, exit STATUS
-    echo "profile-board.sh: $2" >&2
-    exit "$1"
-}
-
-need() {  # need WHAT OPTION [VALUE]: exit 2 with one line unless the option has a non-empty value
-    [ "$#" -ge 3 ] && [ -n "$3" ] && return 0
-    die 2 "$2 needs $1 (see --help)"
-}
+# shellcheck source=board-lib.sh
+. "$(dirname "$0")/board-lib.sh"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PLATFORM="auto"
@@ -62,9 +55,6 @@ if [ -z "$PIPEIT" ]; then
 fi
 STATE="${PIPEIT_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/pipeit}/board"
 WORK="$STATE/zoo"
-
-# shellcheck source=board-lib.sh
-. "$(dirname "$0")/board-lib.sh"
 
 for model in "${MODELS[@]+"${MODELS[@]}"}"; do
     [ -f "$model" ] || die 2 "$model: no such model file"

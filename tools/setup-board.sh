@@ -25,15 +25,8 @@ runtime that is missing or broken stops here with one line); print `pipeit topol
 USAGE
 }
 
-die() {  # die STATUS MESSAGE: one line on stderr, exit STATUS
-    echo "setup-board.sh: $2" >&2
-    exit "$1"
-}
-
-need() {  # need WHAT OPTION [VALUE]: exit 2 with one line unless the option has a non-empty value
-    [ "$#" -ge 3 ] && [ -n "$3" ] && return 0
-    die 2 "$2 needs $1 (see --help)"
-}
+# shellcheck source=board-lib.sh
+. "$(dirname "$0")/board-lib.sh"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SOURCE="$HERE"
@@ -53,9 +46,6 @@ while [ "$#" -gt 0 ]; do
         *) die 2 "unknown option $1 (see --help)" ;;
     esac
 done
-
-# shellcheck source=board-lib.sh
-. "$(dirname "$0")/board-lib.sh"
 
 EXTRA=""
 case "$(uname -m)" in
