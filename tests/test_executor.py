@@ -165,9 +165,18 @@ class TestFutures:
         frames, want = v2_frames
         n = len(load_graph(v2).layers)
         plan = make_plan(v2, [((0, n), [("cpu", (TWO[0],)), ("cpu", (TWO[1],))])], ONE_CLUSTER)
-        with Pipeline(plan, v2) as pipe:
-            futures = [pipe.submit(frames[i % len(frames)]) for i in range(8)]
-            assert futures[-1].cancel() and futures[3].cancel()
+        with Pipeline(plan, v2, slots=8) as pipe:
+            # the workers are stopped while the frames go in, so none is done before it is cancelled (a
+            # clean-clone run once finished frame 3 before the loop ended); 8 slots: no submit waits on them
+            pids = list(pipe.worker_pids().values())
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                futures = [pipe.submit(frames[i % len(frames)]) for i in range(8)]
+                assert futures[-1].cancel() and futures[3].cancel()
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
             kept = [i for i in range(8) if i not in (3, 7)]
             got = [futures[i].result(60) for i in kept]
             after = pipe.run(frames[0], timeout=60)  # the pipeline goes on
