@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, List, Union
 
 __all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_INT", "JsonFileError", "read_at_most", "read_json",
-           "read_text", "parse_json"]
+           "read_text", "parse_json", "finite_or_null"]
 
 #: Largest JSON file read, in bytes. The biggest file pipeit writes (a GPU
 #: tuning file with trial histories, a predictor over a large profile) is a
@@ -232,3 +232,15 @@ def read_json(path: Union[str, Path], what: str, *, allow_nonfinite: bool = Fals
     and says which field is wrong (a power file); that loader must then check.
     """
     return parse_json(read_text(path, what, max_bytes=max_bytes), path, what, allow_nonfinite=allow_nonfinite)
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None, through dicts, lists and tuples:
+    JSON has no NaN or Infinity, and a strict parser refuses the ``NaN`` Python's json module writes."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value

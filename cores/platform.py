@@ -49,6 +49,8 @@ __all__ = [
     "load_platform",
 ]
 
+#: an emulated cluster's speed factor: ASCII digits, a point, an exponent (0.4, 1, .5, 4e-1)
+_FACTOR = re.compile(r"\s*(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*\Z", re.ASCII)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 EmulatedCluster = Tuple[str, Tuple[int, ...], float]
 
@@ -159,10 +161,10 @@ def parse_emulate_spec(text: str) -> List[EmulatedCluster]:
             raise PlatformError(f"emulate spec: cluster {name!r}: {err}") from None
         if not cpus:
             raise PlatformError(f"emulate spec: cluster {name!r} names no CPUs")
-        try:
-            factor = float(factor_text) if at else 1.0
-        except ValueError:
-            raise PlatformError(f"emulate spec: cluster {name!r} factor {factor_text!r} is not a number") from None
+        # a plain decimal: float() also takes "١", "0.5_0", "nan" and "inf"
+        if at and not _FACTOR.match(factor_text):
+            raise PlatformError(f"emulate spec: cluster {name!r} factor {factor_text!r} is not a number")
+        factor = float(factor_text) if at else 1.0
         if not (MIN_SPEED <= factor <= 1.0):
             raise PlatformError(
                 f"emulate spec: cluster {name!r} factor {factor_text} is outside [{MIN_SPEED:g}, 1]"

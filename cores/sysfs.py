@@ -27,6 +27,12 @@ MAX_CPU_ID = 65535
 MAX_FILE_BYTES = 4 << 20
 
 
+def _is_decimal(text: str) -> bool:
+    """Whether ``text`` (spaces around allowed) is a run of ASCII digits."""
+    text = text.strip()
+    return bool(text) and text.isascii() and text.isdigit()
+
+
 def parse_cpu_list(text: str) -> Tuple[int, ...]:
     """Parse the kernel's CPU list format (``0-3,6,8-9``) into sorted CPU ids.
 
@@ -43,7 +49,8 @@ def parse_cpu_list(text: str) -> Tuple[int, ...]:
         if not part:
             raise PlatformError(f"malformed CPU list {text!r}")
         lo, sep, hi = part.partition("-")
-        if not (lo.strip().isascii() and (not sep or hi.strip().isascii())):  # int() takes "٣" as 3
+        # plain ASCII digits only: int() also takes "٣" as 3 and "1_0" as 10
+        if not (_is_decimal(lo) and (not sep or _is_decimal(hi))):
             raise PlatformError(f"malformed CPU list {text!r}")
         try:
             first = int(lo)

@@ -69,6 +69,18 @@ MAX_LAYER_MS = 1e9
 MAX_BYTES = 1 << 50
 
 
+#: the largest calibration scale: stage times a million times the sum of their layers' are a hand edit,
+#: and a scale near the float limit overflows every sum the cost model takes
+MAX_CALIBRATION_SCALE = 1e6
+
+
+def _json_number(value: object, what: str) -> float:
+    """A JSON number (``float()`` would also take "1" or true)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PlanError(f"{what} must hold numbers, got {value!r:.40}")
+    return float(value)
+
+
 def _json_int(value: object, what: str) -> int:
     """A JSON integer, as pipeit writes counts and byte sizes (``int()`` would take 2.7, "3" or true)."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -90,10 +102,12 @@ class Calibration:
     stage_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise PlanError(f"layer times: calibration scale must be > 0, got {self.scale!r}")
-        if not (math.isfinite(self.stage_ms) and self.stage_ms >= 0):
-            raise PlanError(f"layer times: calibration stage_ms must be >= 0, got {self.stage_ms!r}")
+        if not (0 < self.scale <= MAX_CALIBRATION_SCALE):
+            raise PlanError(f"layer times: calibration scale must be in (0, {MAX_CALIBRATION_SCALE:g}], "
+                            f"got {self.scale!r}")
+        if not (0 <= self.stage_ms <= MAX_LAYER_MS):
+            raise PlanError(f"layer times: calibration stage_ms must be in [0, {MAX_LAYER_MS:g}] ms, "
+                            f"got {self.stage_ms!r}")
 
     def to_json(self) -> dict:
         return {"scale": self.scale, "stage_ms": self.stage_ms}
@@ -212,20 +226,24 @@ class LayerTimes:
     def from_json(cls, doc: object, where: str = "layer times") -> "LayerTimes":
         if not isinstance(doc, dict):
             raise PlanError(f"{where}: expected a JSON object")
-        if doc.get("version") != LAYER_TIMES_VERSION:
+        version = doc.get("version")
+        if isinstance(version, bool) or version != LAYER_TIMES_VERSION:  # true == 1 in Python
             raise PlanError(f"{where}: layer-times version {doc.get('version')!r} is not {LAYER_TIMES_VERSION}")
         try:
             times = {
-                CoreSetup.parse(k): tuple(math.inf if v is None else float(v) for v in row)
+                CoreSetup.parse(k): tuple(math.inf if v is None else _json_number(v, "times") for v in row)
                 for k, row in dict(doc["times"]).items()
             }
             cal = doc.get("calibration") or {}
+            if not isinstance(cal, dict):
+                raise PlanError(f"{where}: calibration must be an object, got {cal!r:.40}")
             return cls(
                 num_layers=_json_int(doc["num_layers"], "num_layers"),
                 times=times,
                 cut_bytes=tuple(_json_int(v, "cut_bytes") for v in doc["cut_bytes"]),
                 weight_bytes=tuple(_json_int(v, "weight_bytes") for v in doc["weight_bytes"]),
-                calibration=Calibration(float(cal.get("scale", 1.0)), float(cal.get("stage_ms", 0.0))),
+                calibration=Calibration(_json_number(cal.get("scale", 1.0), "calibration scale"),
+                                        _json_number(cal.get("stage_ms", 0.0), "calibration stage_ms")),
                 source=str(doc.get("source", "")),
                 device_copy={str(k): HopModel.from_json(v, f"{where}: device_copy {k}")
                              for k, v in dict(doc.get("device_copy") or {}).items()},

@@ -127,6 +127,8 @@ class WorkerSpec:
             threads=_integer(doc["threads"], "a worker's threads"),
             predicted_ms=_finite(doc["predicted_ms"], "a worker's predicted_ms"),
         )
+        if not worker.cpus:
+            raise PlanError("a worker lists no CPUs")
         if len(set(worker.cpus)) != len(worker.cpus):
             raise PlanError(f"a worker lists a CPU twice: {list(worker.cpus)}")
         if max(len(worker.cpus), 1) < worker.threads <= MAX_THREADS:  # beyond MAX_THREADS: the plan's own check

@@ -92,6 +92,12 @@ class HopModel:
         return cls(values[0], values[1], str(doc.get("source", where)))
 
 
+#: the largest tensor (1 PiB) and hop time (about 11.6 days) a transfer table may hold: beyond them a
+#: row is a hand edit, not a measurement
+MAX_HOP_BYTES = 1 << 50
+MAX_HOP_MS = 1e9
+
+
 def fit_hop_model(points: Iterable[Tuple[float, float]], source: str = "measured") -> HopModel:
     """Least-squares line through measured ``(bytes, ms)`` points, clipped to non-negative terms.
 
@@ -104,8 +110,10 @@ def fit_hop_model(points: Iterable[Tuple[float, float]], source: str = "measured
     if not pts:
         raise PlanError(f"{source}: no (bytes, ms) points to fit a hop model to")
     for b, ms in pts:
-        if not (math.isfinite(b) and math.isfinite(ms)) or b < 0 or ms < 0:
-            raise PlanError(f"{source}: bad hop measurement ({b!r} bytes, {ms!r} ms)")
+        # bounded as well as finite: the fit's sums of squares overflow to nan near the float limit
+        if not (0 <= b <= MAX_HOP_BYTES and 0 <= ms <= MAX_HOP_MS):
+            raise PlanError(f"{source}: bad hop measurement ({b!r} bytes, {ms!r} ms): want 0..{MAX_HOP_BYTES} "
+                            f"bytes and 0..{MAX_HOP_MS:g} ms")
     n = len(pts)
     mean_b = sum(b for b, _ in pts) / n
     mean_ms = sum(ms for _, ms in pts) / n

@@ -239,7 +239,8 @@ class Predictor:
         return setup
 
     def _predict_raw(self, descriptor: LayerDescriptor, setup: CoreSetup) -> float:
-        value = float(self._predict_layer(descriptor, setup))
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is the one error said
+            value = float(self._predict_layer(descriptor, setup))
         if not math.isfinite(value):
             raise PredictorError(f"{self.name}: non-finite prediction for {descriptor.op} on {setup}")
         return max(value, MIN_MS)

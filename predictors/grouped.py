@@ -95,9 +95,16 @@ _PROBE = LayerDescriptor("ADD", (TensorInfo("x", (1, 1, 1, 1), "float32"),),
                          (TensorInfo("y", (1, 1, 1, 1), "float32"),))
 
 
-def load_coefs(doc: object, setups: Sequence[CoreSetup], generic: Generic) -> Dict[str, List[float]]:
-    """A file's ``{"group|setup": [coef, ...]}``, validated: finite numbers, a generic model per setup
-    with as many coefficients as ``generic`` gives features.
+#: the largest coefficient a file may hold: far beyond any fit (features are MACs, bytes, counts; times
+#: are ms), and small enough that a prediction cannot overflow to inf
+MAX_COEFFICIENT = 1e30
+
+
+def load_coefs(doc: object, setups: Sequence[CoreSetup], generic: Generic,
+               nonnegative: bool = False) -> Dict[str, List[float]]:
+    """A file's ``{"group|setup": [coef, ...]}``, validated: finite numbers (``nonnegative``: none below
+    zero, for models a non-negative solver fits: a negative one is a hand edit that predicts every layer
+    at the floor), a generic model per setup with as many coefficients as ``generic`` gives features.
 
     Checked on load so a malformed file is refused with one line naming it, not
     by a ``KeyError`` or numpy's shape error at the first prediction; a
@@ -110,6 +117,12 @@ def load_coefs(doc: object, setups: Sequence[CoreSetup], generic: Generic) -> Di
         if not isinstance(values, list) or not values or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
             raise ValueError(f"coefficients of {key!r} must be a non-empty list of finite numbers")
+        if max(abs(x) for x in values) > MAX_COEFFICIENT:
+            raise ValueError(f"coefficients of {key!r} must be within +-{MAX_COEFFICIENT:g} (no fit makes "
+                             f"more), got {max(values, key=abs)!r}")
+        if nonnegative and min(values) < 0:
+            raise ValueError(f"coefficients of {key!r} must be >= 0 (a non-negative fit makes them), "
+                             f"got {min(values)!r}")
         out[str(key)] = [float(x) for x in values]
     missing = [str(s) for s in setups if f"{FALLBACK}|{s}" not in out]
     if missing:
@@ -143,6 +156,8 @@ class GroupedLinearPredictor(Predictor):
     generic: Generic
     solver: Solver
     min_extra_rows: int = 2
+    #: whether ``solver`` keeps coefficients >= 0 (then a file's negative one is refused on load)
+    nonnegative_fit: bool = True
 
     def _fit_layers(self, rows: List[ProfileRow]) -> None:
         cls = type(self)
@@ -158,4 +173,5 @@ class GroupedLinearPredictor(Predictor):
         return {"coef": self.coef_}
 
     def _load_fitted_state(self, doc: dict) -> None:
-        self.coef_ = load_coefs(doc["coef"], self.setups_, type(self).generic)
+        cls = type(self)
+        self.coef_ = load_coefs(doc["coef"], self.setups_, cls.generic, cls.nonnegative_fit)

@@ -532,7 +532,7 @@ class MechPredictor(Predictor):
                 raise ValueError(f"bad tile record for {fam}: {t}")
             tiles[str(fam)] = t
         self.tiles_ = tiles
-        self.coef_ = load_coefs(doc["coef"], self.setups_, _generic)
+        self.coef_ = load_coefs(doc["coef"], self.setups_, _generic, nonnegative=True)  # robust_relative_nnls
         # files written before k-core setups were derived from one core / before the DRAM term
         self.derived_ = {str(k): str(v) for k, v in doc.get("derived", {}).items()}
         for setup, base in self.derived_.items():

@@ -62,3 +62,4 @@ class PipeItPredictor(GroupedLinearPredictor):
     generic = staticmethod(_generic)
     solver = staticmethod(relative_lstsq)
     min_extra_rows = 2
+    nonnegative_fit = False  # least squares: a negative coefficient is a fit's own result

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -30,11 +28,13 @@ def model_and_times(zoo_models, tmp_path_factory):
     return model, path
 
 
-def pipeit(*args):
-    return subprocess.run([sys.executable, "-m", "pipeit", *map(str, args)], capture_output=True, text=True)
+@pytest.fixture
+def pipeit(pipeit_in_process):
+    """``pipeit plan`` in this process: planning starts no worker, and the entry point is tested elsewhere."""
+    return pipeit_in_process
 
 
-def test_plan_writes_a_valid_plan(model_and_times, tmp_path):
+def test_plan_writes_a_valid_plan(pipeit, model_and_times, tmp_path):
     model, times = model_and_times
     out = tmp_path / "plan.json"
     done = pipeit("plan", model, "--platform", SPEC, "--times", times, "-o", out, "--json", "--pareto")
@@ -49,7 +49,7 @@ def test_plan_writes_a_valid_plan(model_and_times, tmp_path):
     assert all(a["latency_ms"] > b["latency_ms"] for a, b in zip(front, front[1:]))
 
 
-def test_latency_limit_and_plot(model_and_times, tmp_path):
+def test_latency_limit_and_plot(pipeit, model_and_times, tmp_path):
     model, times = model_and_times
     out = tmp_path / "plan.json"
     png = tmp_path / "timeline.png"
@@ -68,14 +68,38 @@ def test_latency_limit_and_plot(model_and_times, tmp_path):
     (["--memory-mb", "0.01"], "weights alone need"),
     (["--latency-ms", "-4"], "must be a positive number"),
 ])
-def test_bad_input_is_one_line_and_exit_2(model_and_times, tmp_path, extra, message):
+def test_bad_input_is_one_line_and_exit_2(pipeit, model_and_times, tmp_path, extra, message):
     model, times = model_and_times
     done = pipeit("plan", model, "--platform", SPEC, "--times", times, "-o", tmp_path / "p.json", *extra)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_times_for_another_model_is_refused(model_and_times, zoo_models, tmp_path):
+@pytest.mark.parametrize("outputs, message", [
+    (("-o", "same.png", "--plot", "same.png"), "-o and --plot name the same file"),  # the PNG replaced the plan
+    (("-o", "p.json", "--save-times", "t.json", "--plot", "t.json"), "--save-times and --plot name the same file"),
+    (("-o", "p.json", "--save-times", "p.json"), "-o and --save-times name the same file"),
+])
+def test_two_outputs_in_one_file_are_refused(pipeit, model_and_times, tmp_path, outputs, message):
+    model, times = model_and_times
+    done = pipeit("plan", model, "--platform", SPEC, "--times", times,
+                  *[tmp_path / a if not a.startswith("-") else a for a in outputs])
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_platform_file_is_an_input_too(pipeit, model_and_times, tmp_path):
+    """``-o`` naming the ``--platform`` file wrote a plan over it, exit 0."""
+    model, times = model_and_times
+    board = tmp_path / "board.json"
+    board.write_text(json.dumps(load_platform(SPEC).to_json()))
+    before = board.read_bytes()
+    done = pipeit("plan", model, "--platform", board, "--times", times, "-o", board)
+    assert done.returncode == 2 and f"-o {board} is also the input {board}" in done.stderr, done.stderr
+    assert board.read_bytes() == before
+
+
+def test_times_for_another_model_is_refused(pipeit, model_and_times, zoo_models, tmp_path):
     _, times = model_and_times
     done = pipeit("plan", zoo_models("mobilenet_v1"), "--platform", SPEC, "--times", times, "-o", tmp_path / "p.json")
     assert done.returncode == 2 and "layers" in done.stderr
@@ -93,7 +117,7 @@ def _edited_times(path, tmp_path, value, setups="all"):
 
 
 @pytest.mark.parametrize("strategy", ["all-cores", "replicas", "fastest-cluster", "pipe-it"])
-def test_a_layer_no_setup_can_run_is_one_line_and_exit_2(model_and_times, tmp_path, strategy):
+def test_a_layer_no_setup_can_run_is_one_line_and_exit_2(pipeit, model_and_times, tmp_path, strategy):
     model, times = model_and_times
     edited = _edited_times(times, tmp_path, None)
     out = tmp_path / "p.json"
@@ -105,7 +129,7 @@ def test_a_layer_no_setup_can_run_is_one_line_and_exit_2(model_and_times, tmp_pa
 
 
 @pytest.mark.parametrize("strategy", ["pipeit", "pipe-it"])
-def test_a_setup_that_cannot_run_a_layer_is_planned_around(model_and_times, tmp_path, strategy):
+def test_a_setup_that_cannot_run_a_layer_is_planned_around(pipeit, model_and_times, tmp_path, strategy):
     model, times = model_and_times
     edited = _edited_times(times, tmp_path, None, setups=["little:1"])
     out = tmp_path / "p.json"
@@ -116,7 +140,7 @@ def test_a_setup_that_cannot_run_a_layer_is_planned_around(model_and_times, tmp_
     assert not any(w.cluster == "little" and s.layers[0] <= 3 < s.layers[1] for s in plan.stages for w in s.workers)
 
 
-def test_absurd_finite_layer_times_are_one_line_and_exit_2(model_and_times, tmp_path):
+def test_absurd_finite_layer_times_are_one_line_and_exit_2(pipeit, model_and_times, tmp_path):
     model, times = model_and_times
     edited = _edited_times(times, tmp_path, 1e308)
     done = pipeit("plan", model, "--platform", SPEC, "--times", edited, "-o", tmp_path / "p.json")
@@ -125,7 +149,7 @@ def test_absurd_finite_layer_times_are_one_line_and_exit_2(model_and_times, tmp_
     assert len(done.stderr.splitlines()) == 1
 
 
-def test_a_profile_from_another_platform_is_used_but_said(model_and_times, tmp_path):
+def test_a_profile_from_another_platform_is_used_but_said(pipeit, model_and_times, tmp_path):
     """predict and fit refuse another platform's file without --force; plan uses it (planning for a
     board from this host's times is a use) but says so in one warning line."""
     from pipeit.profile_table import ProfileRow, ProfileWriter

@@ -286,7 +286,7 @@ def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
             proc.kill()
             proc.wait()
     # the shell's code for the signal (128 + its number), as a script running ``timeout pipeit ...`` expects
-    assert proc.returncode == 128 + signum
+    assert proc.returncode == 128 + signum, stderr
     expected_line = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     assert "Traceback" not in stderr and expected_line in stderr, stderr
     for worker in workers:

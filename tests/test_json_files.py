@@ -312,6 +312,10 @@ class TestPredictorFile:
         ({"coef": {"*|cpu:1": ["1", 2]}}, "non-empty list of finite numbers"),
         ({"coef": {"*|cpu:1": [1.0]}}, "the generic model of cpu:1 needs 2 coefficients, has 1"),  # numpy's error
         ({"coef": []}, "'coef' must be an object"),
+        # a non-negative fit never makes one: every layer was predicted at the floor, a plan at 2222 fps
+        ({"coef": {"*|cpu:1": [-1.0, -1.0]}}, "must be >= 0 (a non-negative fit makes them), got -1.0"),
+        # the prediction overflowed: numpy's overflow warning, then an error line naming no file
+        ({"coef": {"*|cpu:1": [1e308, 1e308]}}, "must be within +-1e+30 (no fit makes more), got 1e+308"),
     ])
     def test_a_malformed_state(self, tmp_path, capsys, model, state, message):
         doc = {"format": "pipeit-predictor", "version": 1, "kind": "flops", "params": {}, "fingerprint": "x",
@@ -355,7 +359,15 @@ class TestLayerTimesFile:
         (lambda d: d.update(num_layers=2.0), "num_layers must hold integers"),  # was accepted as 2
         (lambda d: d.update(times=[]), "malformed layer times"),
         (lambda d: d.update(times={"cpu:1": "fast"}), "malformed layer times"),
-        (lambda d: d.update(calibration={"scale": -1}), "calibration scale must be > 0"),
+        (lambda d: d.update(calibration={"scale": -1}), "calibration scale must be in (0, 1e+06]"),
+        # near the float limit: overflow warnings, then "no setup can run" (scale) or a 300-digit latency
+        (lambda d: d.update(calibration={"scale": 1e308}), "calibration scale must be in (0, 1e+06]"),
+        (lambda d: d.update(calibration={"stage_ms": 1e308}), "calibration stage_ms must be in [0, 1e+09] ms"),
+        (lambda d: d.update(calibration={"scale": "2"}), "calibration scale must hold numbers"),
+        (lambda d: d.update(calibration=[1.0]), "calibration must be an object"),
+        (lambda d: d["times"].__setitem__(next(iter(d["times"])), ["1"] * d["num_layers"]),
+         "times must hold numbers"),
+        (lambda d: d.update(version=True), "layer-times version True is not 1"),  # true == 1 in Python
     ])
     def test_structurally_wrong(self, tmp_path, capsys, model, layer_times, edit, message):
         doc = json.loads(json.dumps(layer_times))
@@ -433,6 +445,12 @@ class TestTransferTable:
         path = tmp_path / "hops.csv"
         path.write_bytes(b"bytes,ms\n4096,0.1\xff\n")
         assert "not UTF-8 text" in self.run(capsys, model, layer_times, tmp_path, path)
+
+    def test_a_row_near_the_float_limit_is_refused_naming_the_file(self, tmp_path, capsys, model, layer_times):
+        """The fit's sums of squares overflowed: "hop model: fixed_ms ... got nan", no file named."""
+        path = tmp_path / "hops.csv"
+        path.write_text("bytes,ms\n4096,1e300\n8192,2e300\n")
+        assert "bad hop measurement (4096.0 bytes, 1e+300 ms)" in self.run(capsys, model, layer_times, tmp_path, path)
 
 
 class TestPowerFile:

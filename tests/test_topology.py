@@ -56,7 +56,7 @@ class TestCpuLists:
         assert format_cpu_list((0, 1, 2, 3, 6, 8, 9)) == "0-3,6,8-9"
         assert parse_cpu_list("") == ()
 
-    @pytest.mark.parametrize("bad", ["a", "3-1", "1,,2", "-1"])
+    @pytest.mark.parametrize("bad", ["a", "3-1", "1,,2", "-1", "0_1", "1_0", "0-1_0", "+1", "٣"])
     def test_malformed(self, bad):
         with pytest.raises(PlatformError):
             parse_cpu_list(bad)
@@ -436,6 +436,23 @@ class TestCli:
         for key in ("name", "core_type", "cpus", "max_freq_khz", "capacity"):
             assert key in doc["clusters"][0]
 
+    def test_a_tree_shows_its_offline_cpus_and_smt(self):
+        """The detection's own facts were shown for ``auto`` alone, never for a ``--sysfs`` tree."""
+        text = run_cli("topology", "--sysfs", str(FIXTURES / "rk3399-cpu5-offline")).stdout
+        assert "offline CPUs: 5" in text
+        doc = json.loads(run_cli("topology", "--sysfs", str(FIXTURES / "intel-i7-1260p"), "--json").stdout)
+        assert doc["smt"] is True and doc["arch"] == "x86" and doc["offline"] == []
+        assert {c["name"]: c["threads_per_core"] for c in doc["clusters"]} == {"little": 1, "big": 2}
+
+    def test_a_saved_document_gets_no_facts_of_another_tree(self, tmp_path):
+        """``topology --json`` writes source "auto": read back, it was given this tree's offline CPUs."""
+        saved = tmp_path / "board.json"
+        saved.write_text(run_cli("topology", "--sysfs", str(FIXTURES / "rpi4"), "--json").stdout)
+        doc = json.loads(run_cli("topology", "--platform", str(saved), "--sysfs",
+                                 str(FIXTURES / "rk3399-cpu5-offline"), "--json").stdout)
+        assert [c["cpus"] for c in doc["clusters"]] == [[0, 1, 2, 3]]
+        assert not {"offline", "smt", "arch"} & set(doc)
+
     def test_table_on_host(self):
         result = run_cli("topology")
         assert result.returncode == 0, result.stderr
@@ -454,6 +471,10 @@ class TestCli:
         (("--platform", "board:nosuch"), "known boards: "),
         (("--sysfs", "/nonexistent/root"), "not a readable folder"),
         (("--platform", "emulate:big=0-99999999"), "beyond the largest CPU id"),
+        (("--platform", "emulate:big=0_1"), "malformed CPU list '0_1'"),  # was CPU 1 (int() takes "0_1")
+        (("--platform", "emulate:big=0@\u0661"), "is not a number"),      # was 1.0 (float() takes "١")
+        (("--platform", "emulate:big=0@.5_0"), "is not a number"),
+        (("--platform", "emulate:big=0@nan"), "is not a number"),
     ])
     def test_bad_input_exits_2(self, args, words):
         result = run_cli("topology", *args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeit.cli.output import check_plot_file, emit_json
+from pipeit.cli.output import check_plot_file, emit_json, platform_file
 
 __all__ = ["register", "run"]
 
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         # checked here, in the option's own words: bench turns it into --latency-ms after a measurement
         raise PlanError(f"--latency-x must be > 0 (a finite factor), got {args.latency_x:g}")
     if args.plot:
-        check_plot_file(args.plot, "--plot", (args.model, args.profile, args.predictor, args.power))
+        check_plot_file(args.plot, "--plot",
+                        (args.model, args.profile, args.predictor, args.power, platform_file(args.platform)))
     if args.cache_dir is not None:
         _check_cache_dir(args.cache_dir)
     strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, Tuple
 
-from pipeit.cli.output import check_output_file, check_plot_file, emit_json, format_table
+from pipeit.cli.output import (check_distinct_outputs, check_output_file, check_plot_file, emit_json, format_table,
+                               platform_file)
 
 __all__ = ["register", "run"]
 
@@ -55,12 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.strategy not in STRATEGIES:
         raise PlanError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    inputs = (args.model, args.predictor, args.profile, args.times, args.transfer, args.tuning)
+    inputs = (args.model, args.predictor, args.profile, args.times, args.transfer, args.tuning,
+              platform_file(args.platform))
     check_output_file(args.output, "-o", inputs)
     if args.save_times:
         check_output_file(args.save_times, "--save-times", inputs)
-        if os.path.abspath(args.save_times) == os.path.abspath(args.output):
-            raise PlanError(f"--save-times and -o name the same file {args.output}; give two file names")
+    check_distinct_outputs((("-o", args.output), ("--save-times", args.save_times), ("--plot", args.plot)))
     if args.plot:
         check_plot_file(args.plot, "--plot", inputs)
     graph = load_graph(args.model)

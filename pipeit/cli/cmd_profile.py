@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeit.cli.output import check_output_file, emit_json
+from pipeit.cli.output import check_output_file, emit_json, platform_file
 from pipeit.errors import ProfileError
 
 __all__ = ["register", "run"]
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep < 0:
         raise ProfileError("--sweep N needs N >= 0")
     _check_counts(args)
-    check_output_file(args.output, "-o", [*args.models, args.tuning], make_parents=True)
+    check_output_file(args.output, "-o", [*args.models, args.tuning, platform_file(args.platform)],
+                      make_parents=True)
     min_repeats = min(DEFAULT_MIN_REPEATS, args.repeats) if args.min_repeats is None else args.min_repeats
     spec = TimingSpec(min_repeats=min_repeats, max_repeats=args.repeats, seed=args.seed)
     platform = load_platform(args.platform)

@@ -29,7 +29,10 @@ def register(subparsers) -> None:
 
 def _document(args: argparse.Namespace) -> dict:
     platform = load_platform(args.platform, sysfs_root=args.sysfs)
-    topo = detect_topology(args.sysfs) if platform.source == "auto" else None
+    # the facts of a detection (arch, offline CPUs, SMT) belong to a detected platform only: by what was
+    # asked for, not by the source it reports ("sysfs:ROOT" with --sysfs; a saved `--json` says "auto")
+    detected = (args.platform or "auto").strip() == "auto"
+    topo = detect_topology(args.sysfs) if detected else None
     clusters = []
     for cluster in platform.clusters:
         entry = cluster.to_json()

@@ -8,8 +8,9 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, TextIO
+from typing import Any, Iterable, List, Optional, Sequence, TextIO, Tuple
 
+from cores.jsonfile import finite_or_null
 from pipeit.errors import InputError
 
 
@@ -17,16 +18,17 @@ def emit_json(document: Any, stream: Optional[TextIO] = None) -> None:
     """Print one JSON document (the ``--json`` contract: nothing else on stdout)."""
     # resolved at call time: a default of sys.stdout would pin the stream seen at import
     stream = sys.stdout if stream is None else stream
-    json.dump(document, stream, indent=2, sort_keys=False, default=_default)
+    # strict JSON: a value that is not finite (a NaN output, an empty percentile) is null, not NaN
+    json.dump(finite_or_null(document), stream, indent=2, sort_keys=False, default=_default, allow_nan=False)
     stream.write("\n")
 
 
 def _default(value: Any) -> Any:
     # numpy scalars and tuples of them turn up in reports; make them plain.
     if hasattr(value, "item"):
-        return value.item()
+        return finite_or_null(value.item())
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return finite_or_null(value.tolist())
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
@@ -65,6 +67,38 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def platform_file(spec: Optional[str]) -> Optional[str]:
+    """The file a ``--platform`` spec names, or None for ``auto``, ``board:`` and ``emulate:``: an input
+    that an output option must not overwrite, like any other."""
+    text = (spec or "auto").strip()
+    if text == "auto" or text.startswith(("board:", "emulate:")):
+        return None
+    return text
+
+
+def check_distinct_outputs(outputs: Sequence[Tuple[str, Any]]) -> None:
+    """One :class:`~pipeit.errors.InputError` line when two output options (``(option, path)``, None
+    for one not given) name one file: the second write would silently replace the first."""
+    seen: List[Tuple[str, Any]] = []
+    for option, path in outputs:
+        if path is None or not str(os.fspath(path)).strip():
+            continue
+        for earlier_option, earlier in seen:
+            if _same_file(path, earlier):
+                raise InputError(f"{earlier_option} and {option} name the same file {path}; give two file names")
+        seen.append((option, path))
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    """Whether two names are one file: the same absolute name, or (both existing) the same inode."""
+    if os.path.abspath(os.fspath(a)) == os.path.abspath(os.fspath(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def check_output_file(
@@ -112,11 +146,7 @@ def check_output_file(
         for given in inputs:
             if given is None or not str(os.fspath(given)):
                 continue
-            try:
-                same = os.path.samefile(out, given)
-            except (OSError, ValueError):
-                same = False
-            if same:
+            if _same_file(out, given):
                 raise InputError(f"{option} {out} is also the input {given}; writing it would destroy that "
                                  f"input -- give another file name")
     parent = out.absolute().parent
