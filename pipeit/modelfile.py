@@ -425,6 +425,8 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
                 "this model cannot be pipelined"
             )
 
+    _check_io_names(tensors, ints(subgraph.inputs), ints(subgraph.outputs), where)
+
     available = [False] * n_tensors
     for t in ints(subgraph.inputs):
         available[int(t)] = True
@@ -486,6 +488,27 @@ def _check_io_tensor(tensor, where: str) -> None:
     if dtype_name(tensor.type) not in NUMPY_DTYPES:
         raise UnsupportedModelError(f"{where}: dtype {dtype_name(tensor.type)} has no numpy type in the "
                                     "runtime's Python API, so frames cannot be fed to it or read from it")
+
+
+def _check_io_names(tensors, inputs: List[int], outputs: List[int], where: str) -> None:
+    """Frames are fed and results returned by the names the runtime reports: a model input or output
+    needs one of its own among the inputs and outputs. Inner tensors' names do not matter: a stage
+    renames those it hands over when they are missing or shared (pipeit.split)."""
+    holders: Dict[str, List[int]] = {}
+    for t in dict.fromkeys(inputs + outputs):  # a tensor both input and output, or listed twice, is one
+        holders.setdefault(tensor_name(tensors[t]), []).append(t)
+    for kind, listed in (("input", inputs), ("output", outputs)):
+        for i, t in enumerate(listed):
+            name = tensor_name(tensors[t])
+            if name == "":
+                raise UnsupportedModelError(f"{where}: model {kind} {i} (tensor {t}) has no name; frames are "
+                                            "fed and results returned by name, so this model cannot be run")
+            others = [k for k in holders[name] if k != t]
+            if others:
+                raise UnsupportedModelError(
+                    f"{where}: model {kind} {i} (tensor {t}) is named {name!r} like model input/output tensor "
+                    f"{', '.join(str(k) for k in others)}; frames are fed and results returned by name, "
+                    "so this model cannot be run")
 
 
 def _check_unpacked_shape(tensors, source: int, outputs: List[int], constant: List[bool], where: str) -> None:

@@ -204,9 +204,11 @@ def check_loads(
     bytes for a big model: the runtime maps the file instead of copying it.
     """
     with native_stderr_silenced():
+        # shapes first: XNNPACK allocates (and touches) the stored sizes, so a stale shape of gigabytes
+        # cost that much memory and a minute before the same one-line refusal
+        _check_stored_shapes(model, where, backend)
         interpreter = make_interpreter(model, num_threads=1, backend=backend, where=where)
         del interpreter
-        _check_stored_shapes(model, where, backend)
 
 
 def _check_stored_shapes(model: Union[str, Path, bytes, bytearray], where: Optional[str],

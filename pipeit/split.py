@@ -245,11 +245,9 @@ def _extract(
         raise SplitError(
             f"{where}: layers [{start}, {end}) produce nothing the rest of the model uses"
         )
-    n = len(graph.layers)
-    crossing = [(t, start if start > 0 else None) for t in stage_inputs if t not in model_inputs]
-    crossing += [(t, end if end < n else None) for t in stage_outputs]
-    crossing += [(t, None) for t in stage_inputs if t in model_inputs]
-    _check_unique_names(tensors, crossing, where)
+    model_io = set(model_inputs) | set(model_outputs)
+    _check_io_names(tensors, [t for t in stage_inputs + stage_outputs if t in model_io], where)
+    exchange = exchange_names(tensors, model_io)
 
     # re-index tensors, buffers and opcodes
     tensor_map = {t: i for i, t in enumerate(sorted(used))}
@@ -258,6 +256,8 @@ def _extract(
     new_tensors = []
     for t in sorted(used):
         tensor = copy.copy(tensors[t])
+        if t in exchange:
+            tensor.name = exchange[t].encode("utf-8")
         old = int(tensor.buffer)
         data = model.buffers[old].data if old else None
         if data is not None and len(data) > 0:
@@ -299,7 +299,7 @@ def _extract(
 
     def info(t: int) -> TensorInfo:
         tensor = tensors[t]
-        name = tensor_name(tensor) if tensor.name is not None else f"tensor_{t}"
+        name = exchange.get(t) or (tensor_name(tensor) if tensor.name is not None else f"tensor_{t}")
         return TensorInfo(name, tuple(ints(tensor.shape)), dtype_name(tensor.type))
 
     return StageModel(
@@ -312,41 +312,40 @@ def _extract(
     )
 
 
-def _check_unique_names(tensors, crossing: List[Tuple[int, Optional[int]]], where: str) -> None:
-    """Stages hand tensors over by name, so an exchanged name must be unambiguous.
+def _check_io_names(tensors, io: List[int], where: str) -> None:
+    """A model input or output a stage feeds or returns must be named (by name it is fed and
+    returned); :func:`pipeit.modelfile.parse_model` refuses such a model already, a ModelT built in
+    code is checked here."""
+    for t in io:
+        if tensor_name(tensors[t]) == "" or not utf8_name(tensors[t]):
+            raise SplitError(f"{where}: tensor {t} is a model input or output but has no name the runtime can "
+                             "report; frames are fed and results returned by name, so this model cannot be run")
 
-    ``crossing`` pairs each exchanged tensor with the layer it is cut before
-    (None: a model input or output). Names are compared as the runtime
-    reports them (cut at a NUL byte), which is how stages look them up.
+
+def exchange_names(tensors, model_io: Set[int]) -> Dict[int, str]:
+    """New names for the inner tensors stages could not hand over by their own, by tensor index.
+
+    Stages exchange tensors by the names the runtime reports. An inner tensor with no name, one that
+    is not UTF-8, or one another tensor shares (converters do write such models) gets
+    ``pipeit:tensorN`` (N its index in the model, so every stage picks the same name), made unique
+    against every name in the model. Model inputs and outputs keep theirs: the user feeds and reads
+    them by name.
     """
-    def place(t: int, before: Optional[int]) -> str:
-        return (f"tensor {t} crosses the cut before layer {before}" if before is not None
-                else f"tensor {t} is a model input or output")
-
-    for t, before in crossing:
-        if tensor_name(tensors[t]) == "":
-            raise SplitError(
-                f"{where}: {place(t, before)} but has no name; stages exchange tensors by name, "
-                "so this cut cannot be made"
-            )
-        if not utf8_name(tensors[t]):
-            raise SplitError(
-                f"{where}: {place(t, before)} but its name {tensor_name(tensors[t])!r} is not "
-                "valid UTF-8, which the runtime cannot report; stages exchange tensors by name, "
-                "so this cut cannot be made"
-            )
-    holders: Dict[str, List[int]] = {}
-    for i, tensor in enumerate(tensors):
-        holders.setdefault(tensor_name(tensor), []).append(i)
-    for t, before in crossing:
-        name = tensor_name(tensors[t])
-        if len(holders[name]) > 1:
-            shared = holders[name]
-            raise SplitError(
-                f"{where}: tensor name {name!r} is shared by tensors "
-                f"{', '.join(str(i) for i in shared[:-1])} and {shared[-1]} ({place(t, before)}); "
-                "stages exchange tensors by name, so this cut cannot be made"
-            )
+    names = [tensor_name(tensor) for tensor in tensors]
+    count: Dict[str, int] = {}
+    for name in names:
+        count[name] = count.get(name, 0) + 1
+    taken = set(names)
+    out: Dict[int, str] = {}
+    for t, tensor in enumerate(tensors):
+        if t in model_io or (names[t] != "" and utf8_name(tensor) and count[names[t]] == 1):
+            continue
+        new = f"pipeit:tensor{t}"
+        while new in taken:
+            new += "_"
+        taken.add(new)
+        out[t] = new
+    return out
 
 
 def _all_producers(operators) -> Dict[int, int]:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
+import resource
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -230,6 +233,21 @@ class TestBadFiles:
                            "--cache-dir", tmp_path / "out"]}.get(command, [])
         assert_clean_refusal(cli(command, path, *extra), str(path), *words)
         assert not (tmp_path / "out").exists()
+
+    def test_a_stale_shape_of_gigabytes_is_refused_before_anything_allocates_it(self, tmp_path):
+        """XNNPACK allocated the stored 2 GiB before the shape check ran: 2 GB of memory (a minute and
+        16 GB for a 16 GiB shape) for the same one line. Under a 1.5 GiB address-space limit that build
+        failed with another message; the check now comes first, and holds within the limit."""
+        path = tmp_path / "stale.tflite"
+        path.write_bytes(tensor_edited(b"dw", shape=[1, 8, 1 << 23, 8])())  # 2 GiB of float32
+        limit = 3 << 29
+
+        def limited() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        result = subprocess.run([sys.executable, "-m", "pipeit", "inspect", str(path)], capture_output=True,
+                                text=True, timeout=120, preexec_fn=limited)
+        assert_clean_refusal(result, "'dw' is stored with shape [1, 8, 8388608, 8]", "computes [1, 8, 8, 8]")
 
     def test_missing_file(self, cli, tmp_path):
         assert_clean_refusal(cli("inspect", tmp_path / "nope.tflite"), "no such model file")

@@ -123,6 +123,27 @@ class TestPipelineOutputs:
         assert all(s.measured_ms and s.measured_ms > 0 for s in stats.stages)
         assert stats.latency_p50_ms <= stats.latency_p99_ms
 
+    def test_tensors_named_alike_are_handed_over_under_their_new_names(self, tmp_path):
+        """Two activations named "a", the first forwarded past a stage: the plan was made, and `run`
+        refused it (stages exchange tensors by name); the split now renames them for the hand-over."""
+        from pipeit.modelfile import read_model, serialize_model
+        from tests.test_split import two_branch_builder
+
+        model = read_model(two_branch_builder().to_bytes())
+        for tensor in model.subgraphs[0].tensors:
+            if tensor.name == b"b":
+                tensor.name = b"a"
+        path = tmp_path / "alike.tflite"
+        path.write_bytes(serialize_model(model))
+        n = len(load_graph(path).layers)
+        plan = make_plan(path, [((0, 2), [("big", (TWO[0],))]), ((2, 3), [("little", (TWO[1],))]),
+                                ((3, n), [("big", (TWO[0],))])])
+        frames = frames_for(path, 4)
+        with Pipeline(plan, path) as pipe:
+            assert pipe.routes[1].forwards, "the middle stage should forward the first 'a'"
+            got = list(pipe.map(frames))
+        assert_identical(got, reference(path, frames))
+
     def test_int8_two_stages_are_bit_identical(self, zoo_models):
         model = zoo_models("mobilenet_v2", int8=True)
         frames = frames_for(model, 4, seed=1)

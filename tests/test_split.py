@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeit.errors import InputError, SplitError
+from pipeit.errors import InputError, ModelError, SplitError
 from pipeit.graph import load_graph
 from pipeit.modelfile import op_name, read_model, serialize_model
 from pipeit.runtime import make_interpreter
@@ -362,67 +362,63 @@ class TestCutValidation:
         with pytest.raises(InputError, match="dtype"):
             run_chain(stages, {"image": np.zeros((1, 12, 12, 4), np.float64)})
 
-    def test_ambiguous_tensor_names_are_refused(self):
-        model = read_model(two_branch_builder().to_bytes())
-        for tensor in model.subgraphs[0].tensors:
-            if tensor.name == b"b":
-                tensor.name = b"a"  # two activations now share the name "a"
-        data = serialize_model(model)
-        with pytest.raises(SplitError, match="'a' is shared"):
-            split_model(data, [2])
-        # a cut that exchanges only unambiguous names is fine
-        stages = split_model(data, [4])
-        assert [t.name for t in stages[1].inputs] == ["sum"]
-
-    def test_name_refusals_say_which_file_tensor_and_cut(self, tmp_path):
+    @staticmethod
+    def renamed(edit) -> Tuple[bytes, Dict[bytes, int]]:
+        """two_branch_builder's model with ``edit(tensors, index)`` applied (``index``: name -> tensor)."""
         model = read_model(two_branch_builder().to_bytes())
         tensors = model.subgraphs[0].tensors
         index = {t.name: i for i, t in enumerate(tensors)}
-        tensors[index[b"b"]].name = b"a"
-        path = tmp_path / "dup.tflite"
-        path.write_bytes(serialize_model(model))
-        with pytest.raises(SplitError) as info:
-            split_model(path, [2])
-        assert str(info.value) == (
-            f"{path}: tensor name 'a' is shared by tensors {index[b'a']} and {index[b'b']} "
-            f"(tensor {index[b'a']} crosses the cut before layer 2); stages exchange tensors by "
-            "name, so this cut cannot be made")
-        tensors[index[b"b"]].name = b""
-        path.write_bytes(serialize_model(model))
-        with pytest.raises(SplitError, match=f"^{path}: tensor {index[b'b']} crosses the cut "
-                                             "before layer 2 but has no name"):
-            split_model(path, [2])
-        with pytest.raises(SplitError, match=f"^{path}: tensor {index[b'b']} crosses the cut before"):
-            extract_layers(path, 1, 2)  # what profiling a layer runs into
+        edit(tensors, index)
+        return serialize_model(model), index
 
-    def test_names_are_compared_as_the_runtime_reports_them(self):
-        model = read_model(two_branch_builder().to_bytes())
-        for tensor in model.subgraphs[0].tensors:
-            if tensor.name == b"b":
-                tensor.name = b"b\x00tail"  # the runtime reads "b"
-        data = serialize_model(model)
-        stages = split_model(data, [2])
-        assert [t.name for t in stages[0].outputs] == ["a", "b"]
-        assert [t.name for t in stages[1].inputs] == ["a", "b"]
+    @staticmethod
+    def assert_cut_runs(data: bytes, cuts, names) -> None:
+        """The cut is made, hands over ``names``, and the chain is bit-identical to the whole model."""
+        stages = split_model(data, cuts)
+        assert [t.name for t in stages[1].inputs] == names
         feeds = random_feeds(load_graph(data))
         assert_bit_identical(run_chain(stages, feeds), run_whole(data, feeds))
-        # and a name that only clashes once cut at its NUL is refused
-        for tensor in model.subgraphs[0].tensors:
-            if tensor.name == b"b\x00tail":
-                tensor.name = b"a\x00tail"
-        with pytest.raises(SplitError, match="'a' is shared"):
-            split_model(serialize_model(model), [2])
 
-    def test_a_name_the_runtime_cannot_decode_is_refused(self):
+    def test_a_shared_name_is_replaced_at_the_cut(self):
+        """Two activations named "a" (converters write such models): the cut before layer 2 was refused,
+        and a plan the DSE made there failed only in `pipeit run`."""
+        data, index = self.renamed(lambda tensors, index: setattr(tensors[index[b"b"]], "name", b"a"))
+        self.assert_cut_runs(data, [2], [f"pipeit:tensor{index[b'a']}", f"pipeit:tensor{index[b'b']}"])
+        self.assert_cut_runs(data, [4], ["sum"])  # names that are unique stay as they are
+        assert extract_layers(data, 1, 2).inputs[0].name == f"pipeit:tensor{index[b'a']}"  # profiling a layer
+
+    def test_a_missing_or_undecodable_name_is_replaced_at_the_cut(self):
+        for name in (b"", b"b\xe4"):
+            data, index = self.renamed(lambda tensors, index: setattr(tensors[index[b"b"]], "name", name))
+            self.assert_cut_runs(data, [2], ["a", f"pipeit:tensor{index[b'b']}"])
+
+    def test_names_are_compared_as_the_runtime_reports_them(self):
+        data, _ = self.renamed(lambda tensors, index: setattr(tensors[index[b"b"]], "name", b"b\x00tail"))
+        self.assert_cut_runs(data, [2], ["a", "b"])  # the runtime reads "b": unique
+        data, index = self.renamed(lambda tensors, index: setattr(tensors[index[b"b"]], "name", b"a\x00tail"))
+        self.assert_cut_runs(data, [2], [f"pipeit:tensor{index[b'a']}", f"pipeit:tensor{index[b'b']}"])
+
+    def test_a_new_name_steers_clear_of_the_names_in_the_model(self):
+        def edit(tensors, index):
+            tensors[index[b"b"]].name = b"a"
+            tensors[index[b"sum"]].name = f"pipeit:tensor{index[b'a']}".encode()
+        data, index = self.renamed(edit)
+        self.assert_cut_runs(data, [2], [f"pipeit:tensor{index[b'a']}_", f"pipeit:tensor{index[b'b']}"])
+
+    def test_model_inputs_and_outputs_keep_their_names_and_must_have_their_own(self, tmp_path):
+        """A model input named like its output ran through `inspect` and `plan`, then `run` refused it."""
         model = read_model(two_branch_builder().to_bytes())
-        for i, tensor in enumerate(model.subgraphs[0].tensors):
-            if tensor.name == b"b":
-                tensor.name, index = b"b\xe4", i
-        data = serialize_model(model)
-        with pytest.raises(SplitError, match=f"tensor {index} crosses the cut before layer 2 but "
-                                             "its name 'b\ufffd' is not valid UTF-8"):
-            split_model(data, [2])
-        assert len(split_model(data, [4])) == 2  # a cut the tensor does not cross is fine
+        sg = model.subgraphs[0]
+        sg.tensors[sg.inputs[0]].name = sg.tensors[sg.outputs[0]].name
+        path = tmp_path / "clash.tflite"
+        path.write_bytes(serialize_model(model))
+        clash = f"^{path}: model input 0 \\(tensor 0\\) is named 'probs' like model input/output tensor"
+        with pytest.raises(ModelError, match=clash):
+            load_graph(path)
+        sg.tensors[sg.inputs[0]].name = b""
+        path.write_bytes(serialize_model(model))
+        with pytest.raises(ModelError, match=f"^{path}: model input 0 .* has no name"):
+            load_graph(path)
 
     def test_a_one_layer_model_cannot_be_split(self):
         b = ModelBuilder(seed=6)
