@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -99,6 +100,21 @@ def test_garbage_gets_an_error_reply_then_close(daemon):
     s.close()
 
 
+def test_a_request_without_an_id_is_told_so_then_closed(daemon):
+    """As PROTOCOL.md now says: the reply has id null (nothing to tie it to), so the connection ends."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket_path))
+    s.settimeout(10)
+    try:
+        s.sendall(b"".join(bytes(b) for b in wire.encode(wire.Header(id=None, op="status"))))
+        message = wire.read_message(s, 1 << 20)
+        assert message.header.id is None and message.header.error["code"] == "bad_request"
+        assert "request has no id" in message.header.error["message"]
+        assert wire.read_message(s, 1 << 20) is None  # closed by the daemon
+    finally:
+        s.close()
+
+
 def test_wrong_shape_is_refused_and_the_connection_stays_usable(daemon, files):
     _, model, _ = files
     with Client(daemon.socket_path) as c:
@@ -147,6 +163,20 @@ def test_status_document(daemon):
     assert {c["name"] for c in doc["clusters"]} == {"big", "little"}
     assert set(doc["latency_ms"]) >= {"p50", "p95", "p99"}
     assert doc["inputs"] == [{"name": "image", "shape": [1, 32, 32, 16], "dtype": "float32"}]
+
+
+def test_cli_infer_json_is_strict_json_for_a_nan_output(daemon, tmp_path):
+    """An all-NaN frame gave ``"max": NaN``, which a strict JSON parser (jq, JavaScript) refuses."""
+    np.save(tmp_path / "nan.npy", np.full((1, 32, 32, 16), np.nan, np.float32))
+    done = subprocess.run([sys.executable, "-m", "pipeit", "infer", "--socket", str(daemon.socket_path), "--input",
+                           str(tmp_path / "nan.npy"), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in --json output:\n{done.stdout}")
+
+    doc = json.loads(done.stdout, parse_constant=refuse)
+    assert None in [v for out in doc["outputs"].values() for v in out.values()], doc
 
 
 def test_cli_infer_and_status(daemon, files, tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from pipeit.layer_times import LayerTimes
 from pipeit.plan import file_sha256
 from pipeit.errors import ProfileError
 from pipeit.profile_table import ProfileRow, ProfileWriter
-from tests.daemon_helpers import Daemon, build_model, reference, write_times
+from tests.daemon_helpers import ROOT, Daemon, build_model, reference, write_times
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed
 
@@ -142,6 +144,34 @@ def test_one_socket_path_belongs_to_one_daemon(tmp_path):
     second.stop(path)
     assert not path.exists()
     bind_socket(path).stop(path)  # and free again
+
+
+def test_a_daemon_still_profiling_keeps_its_socket_path(served):
+    """The path was locked only when the socket was bound: a second daemon started while the first
+    profiled took the path and served, and the first failed after its minutes of profiling."""
+    folder, model, times = served
+    path = folder / "p.sock"
+    first = Daemon(["--model", str(model), "--platform", PLATFORM], path, env={"PIPEIT_STATE_DIR": str(folder / "p")})
+    try:
+        deadline = time.monotonic() + 60
+        while "profiling" not in first.log() and time.monotonic() < deadline and first.proc.poll() is None:
+            time.sleep(0.05)
+        first.proc.send_signal(signal.SIGSTOP)  # held where it profiles: the socket is not there yet
+        assert not path.exists(), first.log()
+        second = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--platform",
+                                 PLATFORM, "--times", str(times), "--socket", str(path)],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                env={**os.environ, "PIPEIT_STATE_DIR": str(folder / "p2")})
+        assert second.returncode == 2, second.stderr
+        assert "another daemon is starting or serving there" in second.stderr.strip().splitlines()[-1]
+        first.proc.send_signal(signal.SIGCONT)
+        first.wait_ready()
+        with Client(path) as c:
+            frame = _frame(5)
+            np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+        assert first.stop() == 0, first.log()
 
 
 def test_a_profile_that_cannot_be_written_names_its_file(tmp_path):

@@ -115,6 +115,48 @@ def test_over_budget_sender_waits_and_others_do_not(tmp_path):
     assert leftovers(d.proc.pid) == []
 
 
+def test_out_of_descriptors_a_client_is_told_and_the_daemon_does_not_spin(tmp_path):
+    """accept() failing with EMFILE left the connection queued, so select() reported it again at once:
+    a loop at 100 % CPU, nothing logged, and a client waiting unanswered."""
+    import psutil
+
+    from pipeit.client import Client
+
+    folder, model, times = daemon_files(tmp_path, PLATFORM)
+    d = serving(model, times, PLATFORM, folder, "--no-replan")
+    with d:
+        daemon = psutil.Process(d.proc.pid)
+        limit = daemon.num_fds() + 6
+        daemon.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+        held, refusal = [], b""
+        try:
+            for _ in range(40):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(str(d.socket_path))
+                held.append(sock)
+                sock.settimeout(0.3)  # a connection served says nothing first; a refused one is told at once
+                try:
+                    refusal = sock.recv(4096)
+                except socket.timeout:
+                    continue
+                break
+            assert b"unavailable" in refusal and b"no file descriptor left" in refusal, refusal
+            before = sum(daemon.cpu_times()[:2])
+            time.sleep(1.0)
+            assert sum(daemon.cpu_times()[:2]) - before < 0.5  # was a whole core
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while daemon.num_fds() >= limit - 1 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the daemon notices the closed connections and lets their descriptors go
+        with Client(d.socket_path) as client:
+            assert client.status()["requests"] is not None  # served again once descriptors are free
+    assert d.proc.returncode == 0, d.log()
+    assert "cannot accept clients: Too many open files" in d.log()
+    assert leftovers(d.proc.pid) == []
+
+
 @pytest.mark.parametrize("option", [["--reject-rate", "-1"], ["--reject-burst", "0"]])
 def test_bad_reject_budget_is_one_line_and_exit_2(tmp_path, option):
     folder, model, times = daemon_files(tmp_path, PLATFORM)

@@ -327,6 +327,10 @@ class TestCachedHeaders:
         tricky = b'{"id":1,"op":"status","id":7}'  # JSON keeps the last "id": never cached
         assert inbox.decode_header(tricky, 0).id == 7
         assert inbox.decode_header(b'{"id":2,"op":"status","id":7}', 0).id == 7
+        # "\u0069d" is "id" once decoded: the cache answered 5 where JSON says 1
+        escaped = b'{"id":1,"op":"status","\\u0069d":1}'
+        assert inbox.decode_header(escaped, 0).id == 1
+        assert inbox.decode_header(b'{"id":5,"op":"status","\\u0069d":1}', 0).id == 1
 
 
 class TestHeadThenBody:

@@ -609,8 +609,9 @@ class Inbox:
         Exact, not a heuristic: ``{"id":N`` + the same remaining bytes is the
         same JSON document but for ``N``, once ``N`` is a JSON integer (ASCII
         digits, no leading zero) and the rest names no other ``"id"`` (a
-        repeated key would override it). Only headers without ``error`` and
-        ``info`` are remembered (those are mutable dicts, and rare).
+        repeated key would override it) and has no escape at all (``"\\u0069d"``
+        spells ``"id"`` too). Only headers without ``error`` and ``info`` are
+        remembered (those are mutable dicts, and rare).
         """
         digits, suffix = _split_id(data)
         template = self._templates.get(suffix) if digits is not None else None
@@ -620,7 +621,7 @@ class Inbox:
                 return Header(request_id, template.op, template.tensors, template.ok, None, None, template.slot)
         header = decode_header(data, body_bytes)
         if digits is not None and header.error is None and header.info is None and header.id == int(digits) \
-                and b'"id"' not in suffix:
+                and b'"id"' not in suffix and b"\\" not in suffix:
             if len(self._templates) >= self.TEMPLATES:
                 self._templates.clear()
             self._templates[suffix] = header

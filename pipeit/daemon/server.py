@@ -42,10 +42,10 @@ thus crosses no thread of the daemon but its reader and the dispatcher
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import heapq
 import logging
-import math
 import os
 import queue
 import selectors
@@ -61,6 +61,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cores.errors import CoresError
+from cores.jsonfile import finite_or_null
 from cores.model import Platform
 from pipeit.daemon import protocol as wire
 from pipeit.daemon.engine import Engine
@@ -70,7 +71,7 @@ from pipeit.daemon.replan import (
 )
 from pipeit.daemon.peers import DEFAULT_REJECT_BURST, DEFAULT_REJECT_RATE, PeerBudgets, RejectBudget, peer_pid
 from pipeit.daemon.shm import AreaLayout, FrameArea, shm_supported
-from pipeit.daemon.sockets import bind_socket, check_socket_dir
+from pipeit.daemon.sockets import bind_socket, claim_socket_path
 from pipeit.daemon.state import PlanSource, Planned, make_plan, obtain_plan
 from pipeit.errors import PipeitError
 from pipeit.executor.stats import percentile
@@ -89,6 +90,10 @@ MAX_QUEUED_REPLIES = 64
 FLUSH_S = 5.0
 #: re-plan events kept for status (the log has them all)
 MAX_EVENTS = 1000
+#: accept() errors that say the process (or system) has no descriptor left for a connection
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: how long the daemon stops listening once out of descriptors (connections wait in the backlog)
+ACCEPT_PAUSE_S = 0.25
 #: events that changed the pipeline (``status``'s "replans")
 SWITCH_KINDS = ("switch", "revert", "reload", "restart")
 
@@ -793,6 +798,8 @@ class Server:
         self.events: List[ReplanEvent] = []
         self._client_replan = False  # a client's replan is running (replan_for_client)
         self._t0 = time.monotonic()
+        self._fds_warned = 0.0  # when the last "out of descriptors" line was logged
+        self._spare_fd = -1  # a descriptor kept for refusing a client when all others are in use
         self._planned: Optional[Planned] = None
         self._factors: Dict[str, float] = {}
         self._expected: Tuple[Optional[float], ...] = ()
@@ -845,26 +852,36 @@ class Server:
     # ---- start and stop ----------------------------------------------------------------
     def start(self) -> None:
         """Plan, start the pipeline, bind the socket (in that order: a client never waits on a cold start)."""
-        check_socket_dir(self.config.socket_path)  # refuse a bad socket place before minutes of planning
-        planned = obtain_plan(self.model_path, self.platform, self.source)
-        self._planned = planned
-        _log.info("plan from %s: %d stage(s), %s, predicted %.1f fps", planned.source, len(planned.plan.stages),
-                  planned.plan.strategy, planned.plan.predicted_fps)
-        generation = self.engine.start(planned.plan)
-        self._set_expected(planned.plan)
+        # the path is ours before minutes of planning: a second daemon started meanwhile is refused now
+        lock_fd = claim_socket_path(self.config.socket_path, self.config.group)
         try:
-            from cores.monitor import Monitor
-
-            self._monitor = Monitor(self.platform, speeds=self.engine.speed_source)  # emulated: quota = speed
-        except Exception as err:  # noqa: BLE001 -- readings are optional, serving is not
-            _log.warning("no platform monitor (%s)", err)
-        snap = self._snapshot()
-        if snap is not None:
-            self._detector.rebase(snap.online, [(c.name, c.max_freq_khz) for c in snap.clusters],
-                                  [(c.name, c.speed) for c in snap.clusters])
-        try:
-            self._listener = bind_socket(self.config.socket_path, self.config.group)
+            planned = obtain_plan(self.model_path, self.platform, self.source)
+            self._planned = planned
+            _log.info("plan from %s: %d stage(s), %s, predicted %.1f fps", planned.source,
+                      len(planned.plan.stages), planned.plan.strategy, planned.plan.predicted_fps)
         except BaseException:
+            os.close(lock_fd)
+            raise
+        try:
+            generation = self.engine.start(planned.plan)
+            self._set_expected(planned.plan)
+            try:
+                from cores.monitor import Monitor
+
+                self._monitor = Monitor(self.platform, speeds=self.engine.speed_source)  # emulated: quota = speed
+            except Exception as err:  # noqa: BLE001 -- readings are optional, serving is not
+                _log.warning("no platform monitor (%s)", err)
+            snap = self._snapshot()
+            if snap is not None:
+                self._detector.rebase(snap.online, [(c.name, c.max_freq_khz) for c in snap.clusters],
+                                      [(c.name, c.speed) for c in snap.clusters])
+        except BaseException:
+            os.close(lock_fd)
+            self.engine.close()
+            raise
+        try:
+            self._listener = bind_socket(self.config.socket_path, self.config.group, lock_fd=lock_fd)
+        except BaseException:  # the lock is closed by bind_socket
             self.engine.close()
             raise
         _log.info("serving %s (pipeline %d) on %s", self.model_path.name, generation.number,
@@ -885,14 +902,24 @@ class Server:
         self._listener.setblocking(False)
         selector.register(self._listener, selectors.EVENT_READ, "accept")
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._spare_fd = _open_spare()
+        paused_until = None  # out of descriptors, even the spare: not listening until then
         try:
             while not self._stop.is_set():
                 timeout = 1.0
                 if self._parked:
                     timeout = min(timeout, max(0.0, self._parked[0][0] - time.monotonic()))
+                if paused_until is not None:
+                    if time.monotonic() >= paused_until:
+                        selector.register(self._listener, selectors.EVENT_READ, "accept")
+                        paused_until = None
+                    else:
+                        timeout = min(timeout, max(0.0, paused_until - time.monotonic()))
                 for key, _ in selector.select(timeout=timeout):
                     if key.data == "accept":
-                        self._accept()
+                        if not self._accept():
+                            selector.unregister(self._listener)
+                            paused_until = time.monotonic() + ACCEPT_PAUSE_S
                     else:
                         try:
                             while os.read(self._wake_r, 64):
@@ -915,6 +942,9 @@ class Server:
             self.shutdown()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self._spare_fd >= 0:
+                os.close(self._spare_fd)
+                self._spare_fd = -1
             wake_fds, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
             for fd in wake_fds:  # a late request_stop() must not write into a reused descriptor
                 os.close(fd)
@@ -978,11 +1008,23 @@ class Server:
         _log.info("stopped: %d request(s) served, %d rejected", self.counters["served"], self.counters["rejected"])
 
     # ---- connections -------------------------------------------------------------------
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Take one waiting connection; False when the process is out of descriptors (then the
+        caller stops listening a while: the connection stays queued, and select() would report it
+        again at once, a loop at 100 % CPU)."""
         try:
             sock, _ = self._listener.accept()  # type: ignore[union-attr]
-        except (BlockingIOError, OSError):
-            return
+        except BlockingIOError:
+            return True
+        except OSError as err:
+            if err.errno not in _OUT_OF_DESCRIPTORS:
+                return True
+            self.count("out_of_descriptors")
+            if self.counters["out_of_descriptors"] == 1 or time.monotonic() - self._fds_warned > 60:
+                self._fds_warned = time.monotonic()
+                _log.warning("cannot accept clients: %s (%d connections open) -- raise the open-file limit "
+                             "(LimitNOFILE) or lower --max-clients", err.strerror or err, len(self._connections))
+            return self._refuse_with_spare()
         pid = peer_pid(sock)
         wait = self._budgets.wait_s(pid, time.monotonic())
         if wait > 0 and pid is not None:
@@ -993,6 +1035,25 @@ class Server:
                 sock.close()  # its budget is spent and it already has enough connections waiting
             return
         self._open(sock, pid)
+
+    def _refuse_with_spare(self) -> bool:
+        """Out of descriptors: give up the spare one for as long as it takes to accept the waiting
+        client and tell it so (it would otherwise wait in the backlog, unanswered); False when even
+        that failed (the caller then stops listening for :data:`ACCEPT_PAUSE_S`)."""
+        if self._spare_fd < 0:
+            self._spare_fd = _open_spare()
+            return False
+        os.close(self._spare_fd)
+        self._spare_fd = -1
+        try:
+            sock, _ = self._listener.accept()  # type: ignore[union-attr]
+        except OSError:
+            sock = None
+        if sock is not None:
+            self.count("refused_connections")
+            _refuse(sock, "the daemon has no file descriptor left for another connection")
+        self._spare_fd = _open_spare()
+        return sock is not None and self._spare_fd >= 0
 
     def _unpark_due(self) -> None:
         """Open the parked connections whose peer has a token again (the others wait on)."""
@@ -1029,11 +1090,7 @@ class Server:
                 self._connections[conn.number] = conn
         if busy:
             self.count("refused_connections")
-            try:
-                wire.send_message(sock, wire.encode_error(None, "unavailable", why))
-            except OSError:
-                pass
-            sock.close()
+            _refuse(sock, why)
             return
         self.count("connections")
         conn.start()
@@ -1203,7 +1260,7 @@ class Server:
     def status(self) -> dict:
         """The document ``pipeit status`` prints (see docs/PROTOCOL.md); non-finite numbers (a plan
         that predicts an infinite rate) are null, as JSON has no infinity."""
-        return _finite_or_null(self._status())
+        return finite_or_null(self._status())
 
     def _status(self) -> dict:
         generation = self.engine.current
@@ -1651,17 +1708,6 @@ class _StaleArea(PipeitError):
     """A frame finished after its connection's frame area was dropped (answered ``reattach``)."""
 
 
-def _finite_or_null(value: Any) -> Any:
-    """``value`` with every float that is not finite replaced by None, through dicts, lists and tuples."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
-    return value
-
-
 def _request_problem(header: wire.Header) -> str:
     """What makes a well-formed header no request of its operation ("" when nothing): reply fields,
     tensors or a slot where the operation takes none, an attach ``info`` other than ``{"slots": N}``."""
@@ -1672,6 +1718,23 @@ def _request_problem(header: wire.Header) -> str:
     if header.op == "attach" and set(header.info or {}) - {"slots"}:
         return 'attach takes "info": {"slots": N} and nothing else'
     return ""
+
+
+def _refuse(sock: socket.socket, why: str) -> None:
+    """One ``unavailable`` reply on a connection not served, then close it."""
+    try:
+        wire.send_message(sock, wire.encode_error(None, "unavailable", why))
+    except OSError:
+        pass
+    sock.close()
+
+
+def _open_spare() -> int:
+    """A descriptor held in reserve (on /dev/null), -1 if none is left."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def _release(item: Any) -> None:

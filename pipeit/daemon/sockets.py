@@ -22,8 +22,8 @@ from typing import Optional, Tuple, Union
 
 from pipeit.errors import PipeitError
 
-__all__ = ["SocketError", "SOCKET_MODE", "check_socket_dir", "check_socket_path", "swappable_ancestor",
-           "bind_socket", "remove_socket"]
+__all__ = ["SocketError", "SOCKET_MODE", "check_socket_dir", "check_socket_path", "claim_socket_path",
+           "swappable_ancestor", "bind_socket", "remove_socket"]
 
 SOCKET_MODE = 0o660
 #: the kernel's limit on sun_path (108 bytes with the terminating NUL)
@@ -84,22 +84,36 @@ def swappable_ancestor(folder: Union[str, Path]) -> Optional[Tuple[Path, int]]:
 def check_socket_path(path: Union[str, Path], group: Optional[Union[str, int]] = None) -> Path:
     """Everything :func:`bind_socket` would refuse, without binding: the directory (see
     :func:`check_socket_dir`), a path that exists and is not a socket, a socket another daemon
-    listens on, and an unknown ``group``. For a daemon to check before it starts any work."""
+    listens on or has claimed, and an unknown ``group``. For a quick check before any work."""
+    os.close(claim_socket_path(path, group))
+    return Path(path)
+
+
+def claim_socket_path(path: Union[str, Path], group: Optional[Union[str, int]] = None) -> int:
+    """:func:`check_socket_path`, keeping the path's lock: its descriptor, for :func:`bind_socket`.
+
+    A daemon claims its path before it plans, so that a second one started meanwhile is refused at
+    once, not after the first has spent minutes profiling (and then the first, once it binds).
+    """
     path = Path(path)
     check_socket_dir(path)
     _gid(group)
-    os.close(_lock_path(path))  # held by another daemon, maybe still planning or profiling
+    lock_fd = _lock_path(path)  # held by another daemon, maybe still planning or profiling
     try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return path
-    except OSError as err:
-        raise SocketError(f"cannot inspect {path}: {err.strerror or err}") from err
-    if not stat.S_ISSOCK(mode):
-        raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
-    if _is_live(path):
-        raise SocketError(f"{path}: another daemon is listening there")
-    return path
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            return lock_fd
+        except OSError as err:
+            raise SocketError(f"cannot inspect {path}: {err.strerror or err}") from err
+        if not stat.S_ISSOCK(mode):
+            raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
+        if _is_live(path):
+            raise SocketError(f"{path}: another daemon is listening there")
+        return lock_fd
+    except BaseException:
+        os.close(lock_fd)
+        raise
 
 
 def _gid(group: Optional[Union[str, int]]) -> int:
@@ -163,17 +177,25 @@ def _lock_path(path: Path) -> int:
     return fd
 
 
-def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None, backlog: int = 64) -> Listener:
+def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None, backlog: int = 64,
+                lock_fd: Optional[int] = None) -> Listener:
     """A listening socket at ``path``, mode 0660, group ``group`` (name or id; None: ours).
 
     A stale socket file (no one listening) is replaced; a live one or any
     other kind of file is refused, and so is a path another daemon has
-    locked (:func:`_lock_path`).
+    locked (:func:`_lock_path`). ``lock_fd``: the lock :func:`claim_socket_path` took (it is the
+    listener's from then on, closed here on failure); None takes it now.
     """
     path = Path(path)
-    check_socket_dir(path)
-    gid = _gid(group)
-    lock_fd = _lock_path(path)
+    try:
+        check_socket_dir(path)
+        gid = _gid(group)
+    except BaseException:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise
+    if lock_fd is None:
+        lock_fd = _lock_path(path)
     try:
         return _bind_locked(path, gid, backlog, lock_fd)
     except BaseException:

@@ -20,7 +20,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from cores.model import Platform
 from pipeit.errors import PipeitError, PlanError
@@ -124,15 +124,15 @@ def make_plan(times: LayerTimes, platform: Platform, model: Union[str, Path], mo
                          memory_mb=source.memory_mb, model=str(model), model_sha256=model_sha256)
 
 
-def _times_for(model: Path, platform: Platform, source: PlanSource, sha: str,
+def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, sha: str,
                stop: Optional[threading.Event] = None) -> tuple:
-    from pipeit.graph import load_graph
     from pipeit.layer_times import layer_times_for
 
     if source.times:
         times = LayerTimes.load(source.times)
+        if times.num_layers != len(graph.layers):
+            raise PlanError(f"{source.times} has {times.num_layers} layers, {model} has {len(graph.layers)}")
         return times, f"times {source.times}"
-    graph = load_graph(str(model))
     if source.predictor:
         return layer_times_for(graph, platform, predictor=source.predictor, model=model), f"predictor {source.predictor}"
     if source.profile:
@@ -185,10 +185,17 @@ def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
     directory if it holds some for this platform and model (None otherwise).
     ``stop``: set, it ends a profiling run early (a ProfileError).
     """
+    from pipeit.graph import load_graph
+    from pipeit.runtime import check_loads
+
     model = Path(model)
     if not model.is_file():
         raise PlanError(f"{model}: no such model file")
     sha = file_sha256(model)
+    # the user's file, checked before any plan is made or read: a pipeline would only load the daemon's
+    # private copy, after a log line saying it planned, and name that copy in its error
+    graph = load_graph(str(model))
+    check_loads(model)
     if source.plan:
         plan = load_plan(source.plan)
         if plan.model_sha256 != sha:
@@ -206,7 +213,7 @@ def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
             except PipeitError:
                 times = None
         return Planned(plan, times, f"plan {source.plan}")
-    times, how = _times_for(model, platform, source, sha, stop)
+    times, how = _times_for(model, graph, platform, source, sha, stop)
     plan = make_plan(times, platform, model, sha, source)
     if not (source.predictor or source.profile or source.times):
         try:
