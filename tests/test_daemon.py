@@ -18,7 +18,8 @@ import pytest
 
 from pipeit.client import Client, DaemonError
 from pipeit.daemon import protocol as wire
-from tests.daemon_helpers import ROOT, daemon_files, daemon_for_module, leftovers, reference, serving
+from tests.daemon_helpers import (ROOT, build_model, daemon_files, daemon_for_module, leftovers, reference,
+                                  serving, write_times)
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
 
@@ -339,6 +340,28 @@ def test_world_writable_socket_directory_is_refused(files, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"lies inside {open_dir}" in done.stderr
+
+
+@pytest.mark.parametrize("given, words", [
+    ("garbage", "not a TFLite model"),  # was "plan from times ..." and then an error naming the private copy
+    ("other", "has 5 layers"),           # times for another layer count: planned, then refused by the pipeline
+])
+def test_a_model_that_does_not_fit_is_refused_before_planning(files, tmp_path, given, words):
+    _, model, times = files
+    sockets = tmp_path / "sock"
+    sockets.mkdir(mode=0o750)
+    if given == "garbage":
+        model = tmp_path / "garbage.tflite"
+        model.write_bytes(b"\x93NUMPY garbage, not a model")
+    else:
+        times = write_times(build_model(tmp_path / "other.tflite", layers=3), PLATFORM, tmp_path / "other.json")
+    done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--platform", PLATFORM,
+                           "--times", str(times), "--socket", str(sockets / "s.sock")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PIPEIT_STATE_DIR": str(tmp_path / "state")})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and str(model) in lines[0], done.stderr
 
 
 def test_a_state_directory_others_can_write_is_refused(files, tmp_path):
