@@ -211,7 +211,13 @@ def obtain_layer_times(
         from pipeit.profiler import platform_fingerprint_for, profile_models
 
         folder = (cache_dir or default_cache_dir()) / "profiles"
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # /proc/x, a read-only or immutable folder: the user's path, one line
+            from pipeit.errors import ProfileError
+
+            raise ProfileError(f"cannot create the profile cache folder {folder}: {err.strerror or err} "
+                               "(give --cache-dir a folder you can write)") from None
         fingerprint = platform_fingerprint_for(platform)
         profile = folder / f"{fingerprint}-{graph.sha256[:16]}.csv"
         _say(progress, f"profiling {model_path.name} on {platform.source} (cached in {profile})")

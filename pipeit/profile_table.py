@@ -52,6 +52,7 @@ __all__ = [
     "ProfileRow",
     "ProfileTable",
     "read_profile",
+    "read_rows",
     "supersede",
     "ProfileWriter",
     "row_identity",
@@ -215,6 +216,22 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
 MAX_FIELD_BYTES = 1 << 26
 
 
+def _check_one_model_per_name(rows: Sequence[ProfileRow], paths: Sequence[PathLike]) -> None:
+    """Rows name a model by its file name: two different models of one name (their whole-model rows
+    list other layers) would be read as one, the rows of one of them superseding the other's."""
+    seen: Dict[str, Tuple[str, ...]] = {}
+    for row in rows:
+        if row.kind == "model" and seen.setdefault(row.model, row.layer_keys) != row.layer_keys:
+            raise ProfileError(f"{', '.join(map(str, paths))}: two different models are named {row.model!r} "
+                               "(their whole-model rows list other layers); profile them under different file names")
+
+
+def read_rows(path: PathLike) -> List[ProfileRow]:
+    """One profile file's rows as written, checked row by row but not against each other or a
+    platform (:func:`read_profile` does that); ``[]`` for a file with a header and no rows."""
+    return _read_one(Path(path))
+
+
 def _read_one(path: Path) -> List[ProfileRow]:
     if path.is_dir():
         raise ProfileError(f"{path}: is a folder, not a profile file")
@@ -275,6 +292,7 @@ def read_profile(
     rows: List[ProfileRow] = []
     for p in paths:
         rows.extend(_read_one(Path(p)))
+    _check_one_model_per_name(rows, paths)
     rows = supersede(rows)
     if not rows:
         raise ProfileError(f"{', '.join(map(str, paths))}: the profile has no rows")
@@ -319,22 +337,27 @@ class ProfileWriter:
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         try:
-            new = not self.path.exists() or self.path.stat().st_size == 0
+            measured = self.path.is_file() and self.path.stat().st_size > 0
+        except OSError:
+            measured = False
+        # a header without rows (left by an older pipeit stopped early) is started afresh, not appended to
+        new = not measured or not read_rows(self.path)
+        try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", newline="", encoding="utf-8")
+            self._handle = open(self.path, "w" if new else "a", newline="", encoding="utf-8")
         except OSError as err:
             raise ProfileError(f"{self.path}: cannot write the profile ({err.strerror or err})") from err
         self._writer = csv.writer(self._handle)
         self._failed = False
-        if new:
-            try:
-                self._write_cells(COLUMNS)
-            except ProfileError:
-                self.close()
-                raise
+        # the header goes out with the first row: a run stopped before its first measurement leaves an
+        # empty file, which the next run starts afresh, not a header-only one it would take as a profile
+        self._header_due = new
 
     def write(self, row: ProfileRow) -> None:
+        if self._header_due:
+            self._header_due = False
+            self._write_cells(COLUMNS)
         self._write_cells(row.to_csv())
 
     def _write_cells(self, cells: Sequence[str]) -> None:

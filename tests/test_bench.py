@@ -71,6 +71,7 @@ def test_bench_with_a_latency_limit_judges_each_strategy(tiny, bench_cache):
 @pytest.mark.parametrize("args, message", [
     (["missing.tflite"], "no such model file"),
     (["MODEL", "--strategies", "fastest,pipeit"], "unknown strategy"),
+    (["MODEL", "--strategies", ""], "unknown strategy ''"),  # was every strategy, exit 0
     (["MODEL", "--frames", "0"], "must be >= 1"),
     (["MODEL", "--platform", "emulate:big=0@1.0,little=0@0.4"], "CPU"),
     (["FOLDER"], "is a folder, not a model file"),
@@ -91,6 +92,16 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message, pipeit_
     lines = [l for l in result.stderr.splitlines() if l.strip() and not l.startswith("INFO:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["/proc/pipeit-nope", "/proc/self/pipeit-nope/cache"])
+def test_a_cache_folder_that_cannot_be_made_is_one_line(tiny, where, pipeit_in_process):
+    """Its parent exists and is a folder, but nothing can be made there: a FileNotFoundError traceback
+    after the measuring started."""
+    result = pipeit_in_process("bench", tiny, "--cache-dir", where, "--frames", "1", "--rounds", "1")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pipeit: error: --cache-dir {where}: cannot create {where}: "), lines[0]
 
 
 class TestCoordinatorPlacement:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -19,7 +20,7 @@ from cores.platform import load_platform
 from pipeit.cli import main
 from pipeit.errors import ModelError, ProfileError
 from pipeit.modelfile import op_name, read_model, serialize_model
-from pipeit.profile_table import ProfileRow, ProfileWriter, parse_profile_text, read_profile
+from pipeit.profile_table import COLUMNS, ProfileRow, ProfileWriter, parse_profile_text, read_profile
 from pipeit.profiler import (
     SetupWorker, TimingSpec, WorkerPool, model_jobs, profile_models,
     time_model,
@@ -336,6 +337,7 @@ class TestCommandLine:
             ["fit", str(root / "missing.csv"), "-o", str(tmp_path / "x.json")],
             ["profile", str(paths[0]), "-o", str(out), "--setup", "nosuch:1", "--no-progress"],
             ["eval", str(out), "--holdout", "resnet"],
+            ["eval", str(out), "--setup", f"{one_core.cluster}:7"],  # was a table of nan, exit 0
         ]
         for argv in cases:
             assert main(argv) == 2, argv
@@ -379,6 +381,45 @@ class TestCommandLine:
                 "--repeats", "3", "--min-repeats", "3"]
         assert main(argv) == 2
         assert "another platform" in capsys.readouterr().err
+
+    def test_a_run_stopped_before_its_first_row_leaves_nothing_that_blocks_the_next(self, profiled, one_core,
+                                                                                   tmp_path, capsys):
+        """The header was written on open: a run stopped in its first second left a header-only file
+        that every later run (and bench's cache) refused as "the profile has no rows"."""
+        _, paths, _, _ = profiled
+        out = tmp_path / "stopped.csv"
+        with ProfileWriter(out):
+            pass  # stopped before any measurement
+        assert out.read_text() == ""
+        out.write_text(",".join(COLUMNS) + "\n")  # what an older pipeit left
+        argv = ["profile", str(paths[0]), "-o", str(out), "--setup", str(one_core), "--no-progress",
+                "--repeats", "3", "--min-repeats", "3", "--stages", "0", "--json"]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["failed"] == 0
+        assert out.read_text().count(",".join(COLUMNS)) == 1 and read_profile(out).models() == ["tiny0"]
+
+    def test_two_models_of_one_name_are_refused(self, profiled, one_core, tmp_path, capsys):
+        """Rows name a model by its file stem: another tiny0.tflite had its stage and model rows skipped as
+        measured, and eval over two files kept one model's rows under the name."""
+        _, paths, out, _ = profiled
+        other = tmp_path / "elsewhere" / "tiny0.tflite"
+        other.parent.mkdir()
+        other.write_bytes(paths[1].read_bytes())  # tiny1's layers, named tiny0
+        common = ["--setup", str(one_core), "--no-progress", "--repeats", "3", "--min-repeats", "3"]
+        copy = tmp_path / "copy.csv"
+        copy.write_text(out.read_text())
+        for argv in (["profile", str(other), "-o", str(copy), *common],
+                     ["profile", str(paths[0]), str(other), "-o", str(tmp_path / "new.csv"), *common]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "two different models named 'tiny0'" in err and err.count("\n") == 1, err
+        assert copy.read_text() == out.read_text() and not (tmp_path / "new.csv").exists()
+        renamed = tmp_path / "renamed.csv"
+        with ProfileWriter(renamed) as writer:
+            writer.write_all(dataclasses.replace(r, model="tiny0") for r in read_profile(out).rows
+                             if r.model == "tiny1")
+        assert main(["eval", str(out), str(renamed)]) == 2
+        assert "two different models are named 'tiny0'" in capsys.readouterr().err
 
     def test_a_board_that_is_not_this_machine_is_not_profiled(self, profiled, tmp_path, capsys):
         """A board's CPUs this host lacks: its rows would carry the board's fingerprint, so refuse, even for a

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                         (args.model, args.profile, args.predictor, args.power, platform_file(args.platform)))
     if args.cache_dir is not None:
         _check_cache_dir(args.cache_dir)
-    strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES
+    strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies is not None else STRATEGIES
     task = _task(args)
     platform = load_platform(args.platform)
     report = run_bench(
@@ -160,3 +160,7 @@ def _check_cache_dir(text: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"--cache-dir {text}: {existing} is not a folder")
+    try:  # made now, as bench would after a minute of measuring: /proc, a read-only or immutable parent
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--cache-dir {text}: cannot create {folder}: {err.strerror or err}") from None

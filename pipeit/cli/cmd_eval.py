@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_file(args.plot, "--plot", args.profiles)
     table = read_profile(args.profiles, force=args.force)
+    missing = [str(s) for s in setups or () if s not in table.setups()]
+    if missing:  # every metric came out nan, exit 0
+        raise PredictorError(f"{', '.join(map(str, args.profiles))} has no rows for setup(s) {', '.join(missing)} "
+                             f"(it has {', '.join(str(s) for s in table.setups())})")
     results, layers, models = evaluate(table, kinds, args.holdout, args.min_ms, setups)
     if args.plot:
         from predictors.plots import scatter_plot

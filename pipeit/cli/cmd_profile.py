@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform
     from pipeit.profile_table import ProfileWriter, read_profile
     from pipeit.profiler import (
-        TimingSpec, WorkerPool, existing_rows, gpu_setups, model_jobs, platform_fingerprint_for,
+        TimingSpec, WorkerPool, check_model_names, existing_rows, gpu_setups, model_jobs, platform_fingerprint_for,
         profile_gpu, resolve_setups, run_jobs,
     )
 
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = []
     for path in args.models:
         jobs.extend(model_jobs(path, stages=args.stages))
+    check_model_names(jobs, out)
     progress = not args.no_progress
     with WorkerPool(platform, setups) as pool, ProfileWriter(out) as writer:
         rows = run_jobs(jobs, pool, setups, writer, fingerprint, spec, done, progress)
