@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from cores.platform import load_platform
@@ -76,7 +77,12 @@ def refused_in_process(capsys, argv, *words):
 
 
 def pipeit_shm():
-    return {n for n in os.listdir("/dev/shm") if n.startswith("pipeit_")} if os.path.isdir("/dev/shm") else set()
+    """pipeit's shared-memory segments whose process is gone: the refused command's would be among them
+    (it has exited), while another pipeit running on the host meanwhile keeps its own alive."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    names = [n for n in os.listdir("/dev/shm") if n.startswith("pipeit_")]
+    return {n for n in names if not n.split("_")[1].isdigit() or not psutil.pid_exists(int(n.split("_")[1]))}
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,17 @@ def test_other_kernels_match_tflite(ctx, layer):
     assert result.error is not None and result.error <= TOL, result
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 2.0])
+def test_softmax_keeps_its_beta(ctx, beta):
+    """A beta of 0 (a uniform distribution in the runtime) was read as 1: a plain softmax, error 0.99."""
+    from pipeit.tflite_builder import ModelBuilder
+
+    b = ModelBuilder(seed=5)
+    b.output(b.softmax(b.input("x", (2, 6)), beta=beta))
+    result = check_layer(read_model(b.to_bytes()), 0, ctx, None, "fp32")
+    assert result.error is not None and result.error <= TOL, result
+
+
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("grid", [dict(), dict(align_corners=True), dict(half_pixel_centers=True)])
 def test_resize_to_sizes_that_are_not_multiples(ctx, mode, grid):

@@ -298,6 +298,27 @@ def test_each_tuned_layer_is_recorded_as_it_finishes(tmp_path):
     assert saved == [1, 2]
 
 
+def test_a_tuning_file_of_a_model_with_a_reshape_reads_back(tmp_path):
+    """RESHAPE runs no kernel: its trials, kept at 0 ms, made pipeit refuse the file it had just written."""
+    pytest.importorskip("pyopencl")
+    from pipeit.gpu.autotune import tune_model
+    from pipeit.gpu.device import make_context
+    from pipeit.tflite_builder import ModelBuilder
+
+    b = ModelBuilder(seed=0)
+    x = b.conv2d(b.input("x", (1, 4, 4, 8)), 8, kernel=1)
+    b.output(b.fully_connected(b.reshape(x, (1, -1)), 5))
+    model = tmp_path / "flatten.tflite"
+    model.write_bytes(b.to_bytes())
+    tuning = TuningFile()
+    tune_model(str(model), make_context(), tuning, trials=2, strategy="random", batch_size=2, repeats=1)
+    path = tmp_path / "tuning.json"
+    tuning.save(path)
+    entries = TuningFile.load(path).to_json()["entries"]
+    assert any(e["descriptor"].startswith("RESHAPE") for e in entries)
+    assert all("history" not in e for e in entries if e["descriptor"].startswith("RESHAPE"))
+
+
 def test_saving_to_a_fifo_writes_into_it_and_leaves_it_a_fifo(tmp_path):
     """The save went through a temporary file renamed over the target: over /dev/null, as root, too."""
     import os

@@ -160,7 +160,15 @@ def _check_cache_dir(text: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"--cache-dir {text}: {existing} is not a folder")
-    try:  # made now, as bench would after a minute of measuring: /proc, a read-only or immutable parent
-        folder.mkdir(parents=True, exist_ok=True)
+    # tried now, as bench would make it after a minute of measuring (/proc, a read-only or immutable parent),
+    # and taken away again: a command refused later (a bad model, say) leaves nothing behind
+    made = []
+    try:
+        for missing in reversed([folder, *folder.parents][:len(folder.relative_to(existing).parts)]):
+            missing.mkdir()
+            made.append(missing)
     except OSError as err:
         raise InputError(f"--cache-dir {text}: cannot create {folder}: {err.strerror or err}") from None
+    finally:
+        for created in reversed(made):
+            created.rmdir()

@@ -332,7 +332,8 @@ def _lower(model: "schema.ModelT", layer: Layer, m: _Model) -> LayerSpec:
                          **{**base, "inputs": tuple(act_inputs[:1]), "in_shapes": base["in_shapes"][:1]})
     if name == "SOFTMAX":
         depth = out_shape[-1] if out_shape else 1
-        beta = float(getattr(options, "beta", 1.0) or 1.0)
+        # the runtime's own beta, 0 included (a uniform distribution): "or 1.0" turned 0 into a plain softmax
+        beta = 1.0 if getattr(options, "beta", None) is None else float(options.beta)
         return LayerSpec(kind="softmax", attrs={"rows": int(np.prod(out_shape)) // depth,
                                                 "depth": int(depth), "beta": beta}, **base)
     raise Unsupported(f"{name} has no GPU kernel")  # pragma: no cover - SUPPORTED_OPS guards

@@ -395,7 +395,8 @@ class TuningFile:
                  "config": dict(config), "ms": float(ms), "strategy": strategy, "trials": int(trials)}
         if untuned_ms is not None:
             entry["untuned_ms"] = float(untuned_ms)
-        if spec is not None and history:
+        # a layer that runs no kernel (RESHAPE, SQUEEZE) times 0 ms: no prior for anything, so no history
+        if spec is not None and history and any(t.ok and t.ms is not None and t.ms > 0 for t in history):
             entry["history"] = {
                 "kind": spec.kind, "geometry": {k: int(v) for k, v in spec.geometry.items()},
                 "out_shape": [int(v) for v in spec.out_shape],
@@ -569,6 +570,7 @@ def _check_history(hist: object, where: str) -> None:
         if problem:
             raise TuningError(f"{where}: trial {j} config {config_key(t['config']) or '{}'}: {problem}")
         ms = t.get("ms")
+        # 0 is a layer with no kernel, as files written before such layers kept no history hold it
         if ms is not None and (not isinstance(ms, (int, float)) or isinstance(ms, bool)
-                               or not math.isfinite(ms) or ms <= 0):
+                               or not math.isfinite(ms) or ms < 0):
             raise TuningError(f"{where}: trial {j} has an invalid time {ms!r}")
