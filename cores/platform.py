@@ -47,6 +47,7 @@ __all__ = [
     "detected_platform",
     "allowed_cpus_only",
     "load_platform",
+    "platform_file",
 ]
 
 #: an emulated cluster's speed factor: ASCII digits, a point, an exponent (0.4, 1, .5, 4e-1)
@@ -281,6 +282,13 @@ def _from_file(path: Path) -> Platform:
         raise PlatformError(f"{path}: not a JSON platform file ({err.detail})") from None
     platform = Platform.from_json(doc, where=str(path))
     return Platform(clusters=platform.clusters, source=str(doc.get("source", f"file:{path}")))
+
+
+def platform_file(spec: Optional[str]) -> Optional[str]:
+    """The file a ``--platform`` spec names (None for ``auto``, ``board:`` and ``emulate:``): an input
+    that a command's output must not overwrite, like any other."""
+    spec = (spec or "auto").strip()
+    return None if spec == "auto" or spec.startswith(("board:", "emulate:")) else spec
 
 
 def load_platform(spec: str = "auto", sysfs_root: Optional[PathLike] = None) -> Platform:

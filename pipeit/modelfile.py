@@ -66,6 +66,7 @@ __all__ = [
     "ints",
     "tensor_name",
     "utf8_name",
+    "check_io_names",
     "DTYPE_NAMES",
 ]
 
@@ -425,7 +426,7 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
                 "this model cannot be pipelined"
             )
 
-    _check_io_names(tensors, ints(subgraph.inputs), ints(subgraph.outputs), where)
+    check_io_names(tensors, ints(subgraph.inputs), ints(subgraph.outputs), where)
 
     available = [False] * n_tensors
     for t in ints(subgraph.inputs):
@@ -481,19 +482,24 @@ def utf8_name(tensor: "schema.TensorT") -> bool:
 
 
 def _check_io_tensor(tensor, where: str) -> None:
-    """A model input or output must be one the runtime's Python API can name and hold in numpy."""
-    if not utf8_name(tensor):
-        raise UnsupportedModelError(f"{where}: its name is not UTF-8 text, which the runtime's "
-                                    "Python API cannot report, so frames cannot be fed to it")
+    """A model input or output must be one the runtime's Python API can hold in numpy (its name:
+    :func:`check_io_names`)."""
     if dtype_name(tensor.type) not in NUMPY_DTYPES:
         raise UnsupportedModelError(f"{where}: dtype {dtype_name(tensor.type)} has no numpy type in the "
                                     "runtime's Python API, so frames cannot be fed to it or read from it")
 
 
-def _check_io_names(tensors, inputs: List[int], outputs: List[int], where: str) -> None:
+def check_io_names(tensors, inputs: List[int], outputs: List[int], where: str) -> None:
     """Frames are fed and results returned by the names the runtime reports: a model input or output
-    needs one of its own among the inputs and outputs. Inner tensors' names do not matter: a stage
-    renames those it hands over when they are missing or shared (pipeit.split)."""
+    needs one of its own among the inputs and outputs, in UTF-8 (the runtime's Python API cannot
+    report another). Inner tensors' names do not matter: a stage renames those it hands over when
+    they are missing or shared (pipeit.split)."""
+    for kind, listed in (("input", inputs), ("output", outputs)):
+        for i, t in enumerate(listed):
+            if not utf8_name(tensors[t]):
+                raise UnsupportedModelError(f"{where}: model {kind} {i} (tensor {t}): its name is not UTF-8 text, "
+                                            "which the runtime's Python API cannot report, so frames cannot be "
+                                            "fed to it")
     holders: Dict[str, List[int]] = {}
     for t in dict.fromkeys(inputs + outputs):  # a tensor both input and output, or listed twice, is one
         holders.setdefault(tensor_name(tensors[t]), []).append(t)

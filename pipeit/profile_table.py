@@ -53,6 +53,7 @@ __all__ = [
     "ProfileTable",
     "read_profile",
     "read_rows",
+    "table_of",
     "supersede",
     "ProfileWriter",
     "row_identity",
@@ -226,6 +227,18 @@ def _check_one_model_per_name(rows: Sequence[ProfileRow], paths: Sequence[PathLi
                                "(their whole-model rows list other layers); profile them under different file names")
 
 
+def _has_rows(path: Path) -> bool:
+    """Whether a regular file holds a line beyond its first (the header): read two lines, not the file."""
+    try:
+        if not path.is_file():
+            return False
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            handle.readline()
+            return any(line.strip() for line in iter(handle.readline, ""))
+    except OSError:
+        return False
+
+
 def read_rows(path: PathLike) -> List[ProfileRow]:
     """One profile file's rows as written, checked row by row but not against each other or a
     platform (:func:`read_profile` does that); ``[]`` for a file with a header and no rows."""
@@ -292,6 +305,16 @@ def read_profile(
     rows: List[ProfileRow] = []
     for p in paths:
         rows.extend(_read_one(Path(p)))
+    return table_of(rows, paths, fingerprint, force)
+
+
+def table_of(
+    rows: Sequence[ProfileRow],
+    paths: Sequence[PathLike],
+    fingerprint: Optional[str] = None,
+    force: bool = False,
+) -> ProfileTable:
+    """:func:`read_profile` for rows already read from ``paths`` (named in its errors)."""
     _check_one_model_per_name(rows, paths)
     rows = supersede(rows)
     if not rows:
@@ -336,12 +359,8 @@ class ProfileWriter:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
-        try:
-            measured = self.path.is_file() and self.path.stat().st_size > 0
-        except OSError:
-            measured = False
         # a header without rows (left by an older pipeit stopped early) is started afresh, not appended to
-        new = not measured or not read_rows(self.path)
+        new = not _has_rows(self.path)
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)

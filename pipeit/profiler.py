@@ -42,7 +42,7 @@ from cores.model import CoreSetup, Platform
 from pipeit.children import start_shielded
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
-from pipeit.profile_table import ProfileRow, ProfileWriter, read_profile, read_rows, row_identity
+from pipeit.profile_table import ProfileRow, ProfileWriter, read_rows, row_identity, table_of
 
 __all__ = [
     "TimingSpec",
@@ -814,29 +814,25 @@ def profile_gpu(
     return rows
 
 
-def check_model_names(jobs: Sequence[Job], out: Path) -> None:
-    """Stage and whole-model rows are told apart by model name (the file's stem): two different
-    models of one name -- ``a/tiny.tflite`` and ``c/tiny.tflite`` -- would share them, the second
-    model's skipped as measured already. One :class:`ProfileError` line instead."""
-    known: Dict[str, Tuple[str, ...]] = {}
-    if out.is_file() and out.stat().st_size > 0:
-        for row in read_rows(out):
-            if row.kind == "model":
-                known.setdefault(row.model, row.layer_keys)
-    for job in jobs:
-        if job.kind == "model" and known.setdefault(job.model, job.layer_keys) != job.layer_keys:
-            raise ProfileError(f"two different models named {job.model!r} would share their stage and whole-model "
-                               f"rows in {out} (rows name a model by its file name); rename one file or give "
-                               "another -o")
-
-
-def existing_rows(out: Path, fingerprint: str, force: bool) -> set:
+def existing_rows(out: Path, fingerprint: str, force: bool, jobs: Sequence[Job] = ()) -> set:
     """Identities of the good rows already in ``out`` (for resuming; failed and noisy
     rows are measured again, except GPU rows marked :data:`NO_GPU_KERNEL`: the GPU
-    will not grow a kernel on a re-run); refuses another platform's file."""
-    if not out.exists() or out.stat().st_size == 0 or not read_rows(out):  # a header alone: nothing done yet
+    will not grow a kernel on a re-run); refuses another platform's file.
+
+    Stage and whole-model rows are told apart by model name (the file's stem): a job of a model
+    whose name another model holds -- ``a/tiny.tflite`` and ``c/tiny.tflite``, in ``out`` or among
+    ``jobs`` -- would have its rows skipped as measured already, so it is refused instead.
+    """
+    rows = read_rows(out) if out.is_file() and out.stat().st_size > 0 else []
+    known: Dict[str, Tuple[str, ...]] = {}
+    for item in [*rows, *jobs]:
+        if item.kind == "model" and known.setdefault(item.model, item.layer_keys) != item.layer_keys:
+            raise ProfileError(f"two different models named {item.model!r} would share their stage and whole-model "
+                               f"rows in {out} (rows name a model by its file name); rename one file or give "
+                               "another -o")
+    if not rows:  # none, or a header alone: nothing done yet
         return set()
-    table = read_profile(out, fingerprint=fingerprint, force=force)
+    table = table_of(rows, [out], fingerprint=fingerprint, force=force)
     return {r.identity() for r in table.rows if r.ok or r.status == NO_GPU_KERNEL}
 
 
@@ -860,11 +856,10 @@ def profile_models(
     chosen = resolve_setups(platform, setups)
     on_gpu = gpu_setups(platform, setups)
     fingerprint = platform_fingerprint_for(platform)
-    done = existing_rows(out, fingerprint, force)
     jobs: List[Job] = []
     for path in models:
         jobs.extend(model_jobs(path, stages=stages))
-    check_model_names(jobs, out)
+    done = existing_rows(out, fingerprint, force, jobs)
     with WorkerPool(platform, chosen) as pool, ProfileWriter(out) as writer:
         rows = run_jobs(jobs, pool, chosen, writer, fingerprint, spec, done, progress, stop)
         rows += profile_gpu(models, platform, on_gpu, writer, fingerprint, done, tuning, progress)

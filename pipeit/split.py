@@ -32,6 +32,7 @@ from pipeit.errors import InputError, SplitError
 from pipeit.graph import LayerGraph, graph_from_model
 from pipeit.modelfile import (
     ModelSource,
+    check_io_names,
     dtype_name,
     ints,
     parse_model,
@@ -245,9 +246,8 @@ def _extract(
         raise SplitError(
             f"{where}: layers [{start}, {end}) produce nothing the rest of the model uses"
         )
-    model_io = set(model_inputs) | set(model_outputs)
-    _check_io_names(tensors, [t for t in stage_inputs + stage_outputs if t in model_io], where)
-    exchange = exchange_names(tensors, model_io)
+    check_io_names(tensors, model_inputs, model_outputs, where)  # a ModelT built in code is not validated
+    exchange = exchange_names(tensors, set(model_inputs) | set(model_outputs))
 
     # re-index tensors, buffers and opcodes
     tensor_map = {t: i for i, t in enumerate(sorted(used))}
@@ -310,16 +310,6 @@ def _extract(
         outputs=tuple(info(t) for t in stage_outputs),
         model_outputs=tuple(info(t).name for t in model_outputs),
     )
-
-
-def _check_io_names(tensors, io: List[int], where: str) -> None:
-    """A model input or output a stage feeds or returns must be named (by name it is fed and
-    returned); :func:`pipeit.modelfile.parse_model` refuses such a model already, a ModelT built in
-    code is checked here."""
-    for t in io:
-        if tensor_name(tensors[t]) == "" or not utf8_name(tensors[t]):
-            raise SplitError(f"{where}: tensor {t} is a model input or output but has no name the runtime can "
-                             "report; frames are fed and results returned by name, so this model cannot be run")
 
 
 def exchange_names(tensors, model_io: Set[int]) -> Dict[int, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeit.cli.output import check_plot_file, emit_json, platform_file
+from pipeit.cli.output import check_plot_file, emit_json
 
 __all__ = ["register", "run"]
 
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cores.platform import load_platform
+    from cores.platform import load_platform, platform_file
     from pipeit.bench import STRATEGIES, format_report, run_bench
     from pipeit.errors import ModelError, PlanError
 

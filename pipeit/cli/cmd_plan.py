@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Tuple
 
-from pipeit.cli.output import (check_distinct_outputs, check_output_file, check_plot_file, emit_json, format_table,
-                               platform_file)
+from pipeit.cli.output import check_distinct_outputs, check_output_file, check_plot_file, emit_json, format_table
 
 __all__ = ["register", "run"]
 
@@ -43,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cores.platform import load_platform
+    from cores.platform import load_platform, platform_file
     from pipeit.dse import STRATEGIES, pareto_front, plan_pipeline
     from pipeit.dse.cost import MB
     from pipeit.errors import PlanError

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeit.cli.output import check_output_file, emit_json, platform_file
+from pipeit.cli.output import check_output_file, emit_json
 from pipeit.errors import ProfileError
 
 __all__ = ["register", "run"]
@@ -48,10 +48,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cores.platform import load_platform
+    from cores.platform import load_platform, platform_file
     from pipeit.profile_table import ProfileWriter, read_profile
     from pipeit.profiler import (
-        TimingSpec, WorkerPool, check_model_names, existing_rows, gpu_setups, model_jobs, platform_fingerprint_for,
+        TimingSpec, WorkerPool, existing_rows, gpu_setups, model_jobs, platform_fingerprint_for,
         profile_gpu, resolve_setups, run_jobs,
     )
 
@@ -69,11 +69,10 @@ def run(args: argparse.Namespace) -> int:
     on_gpu = gpu_setups(platform, args.setup)
     fingerprint = platform_fingerprint_for(platform)
     out = Path(args.output)
-    done = existing_rows(out, fingerprint, args.force)
     jobs = []
     for path in args.models:
         jobs.extend(model_jobs(path, stages=args.stages))
-    check_model_names(jobs, out)
+    done = existing_rows(out, fingerprint, args.force, jobs)
     progress = not args.no_progress
     with WorkerPool(platform, setups) as pool, ProfileWriter(out) as writer:
         rows = run_jobs(jobs, pool, setups, writer, fingerprint, spec, done, progress)

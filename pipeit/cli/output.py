@@ -69,15 +69,6 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def platform_file(spec: Optional[str]) -> Optional[str]:
-    """The file a ``--platform`` spec names, or None for ``auto``, ``board:`` and ``emulate:``: an input
-    that an output option must not overwrite, like any other."""
-    text = (spec or "auto").strip()
-    if text == "auto" or text.startswith(("board:", "emulate:")):
-        return None
-    return text
-
-
 def check_distinct_outputs(outputs: Sequence[Tuple[str, Any]]) -> None:
     """One :class:`~pipeit.errors.InputError` line when two output options (``(option, path)``, None
     for one not given) name one file: the second write would silently replace the first."""

@@ -859,10 +859,6 @@ class Server:
             self._planned = planned
             _log.info("plan from %s: %d stage(s), %s, predicted %.1f fps", planned.source,
                       len(planned.plan.stages), planned.plan.strategy, planned.plan.predicted_fps)
-        except BaseException:
-            os.close(lock_fd)
-            raise
-        try:
             generation = self.engine.start(planned.plan)
             self._set_expected(planned.plan)
             try:
@@ -877,7 +873,7 @@ class Server:
                                       [(c.name, c.speed) for c in snap.clusters])
         except BaseException:
             os.close(lock_fd)
-            self.engine.close()
+            self.engine.close()  # nothing to close when planning failed
             raise
         try:
             self._listener = bind_socket(self.config.socket_path, self.config.group, lock_fd=lock_fd)

@@ -100,20 +100,27 @@ def claim_socket_path(path: Union[str, Path], group: Optional[Union[str, int]] =
     _gid(group)
     lock_fd = _lock_path(path)  # held by another daemon, maybe still planning or profiling
     try:
-        try:
-            mode = path.lstat().st_mode
-        except FileNotFoundError:
-            return lock_fd
-        except OSError as err:
-            raise SocketError(f"cannot inspect {path}: {err.strerror or err}") from err
-        if not stat.S_ISSOCK(mode):
-            raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
-        if _is_live(path):
-            raise SocketError(f"{path}: another daemon is listening there")
+        _stale_socket(path)
         return lock_fd
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _stale_socket(path: Path) -> bool:
+    """Whether a socket no one listens on is at ``path`` (False: nothing is); SocketError for any
+    other file there, or a socket a daemon listens on."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise SocketError(f"cannot inspect {path}: {err.strerror or err}") from err
+    if not stat.S_ISSOCK(mode):
+        raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
+    if _is_live(path):
+        raise SocketError(f"{path}: another daemon is listening there")
+    return True
 
 
 def _gid(group: Optional[Union[str, int]]) -> int:
@@ -204,12 +211,7 @@ def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None,
 
 
 def _bind_locked(path: Path, gid: int, backlog: int, lock_fd: int) -> Listener:
-    if path.exists() or path.is_symlink():
-        mode = path.lstat().st_mode
-        if not stat.S_ISSOCK(mode):
-            raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
-        if _is_live(path):
-            raise SocketError(f"{path}: another daemon is listening there")
+    if _stale_socket(path):
         path.unlink(missing_ok=True)
     sock = Listener(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.lock_fd = -1  # set once listening: until then the caller releases its lock on failure
