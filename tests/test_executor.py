@@ -392,7 +392,7 @@ class TestEmulatedPlatform:
             for pipe in pipes.values():
                 pipe.start()
                 assert pipe.throttles is None  # padding alone: no cgroup made, no privilege needed
-            for _ in range(3):  # alternating rounds: a burst of host noise spoils one round, not the ratio
+            for _ in range(5):  # alternating rounds: a burst of host noise spoils a round or two, not the ratio
                 for cluster, pipe in pipes.items():
                     pipe.submit(frame).result(timeout=30)
                     pipe.reset_stats()
@@ -403,9 +403,9 @@ class TestEmulatedPlatform:
         finally:
             for pipe in pipes.values():
                 pipe.close()
-        # the median round of each: one round spoiled either way (a burst of host noise, or a round run while
-        # the host's other load paused: a big-core round of 0.84 ms among 1.55s once broke the bound) moves
-        # neither side
+        # the median round of each: two rounds spoiled either way (a burst of host noise, or a round run while
+        # the host's other load paused: a big-core round of 0.84 ms among 1.55s once broke the bound; with three
+        # rounds, big 0.94, 1.52, 1.35 against little 1.65-1.75 did too) move neither side
         ratio = statistics.median(service["little"]) / statistics.median(service["big"])
         print(f"little/big service ratio {ratio:.2f} ({service})")
         assert 1.5 <= ratio <= 2.3, service
