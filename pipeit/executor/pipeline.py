@@ -511,8 +511,12 @@ class Pipeline:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.reset_stats()
-        self._thread = threading.Thread(target=self._dispatch, name="pipeit-dispatcher", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._dispatch, name="pipeit-dispatcher", daemon=True)
+        # a stop signal inside Thread.start() left a thread that close() could not join (RuntimeError, a
+        # traceback, exit 1 and segments left): held until the dispatcher runs and close() knows it
+        with deferred():
+            thread.start()
+            self._thread = thread
 
     # ---- GPU stages (pipeit.executor.gpu_worker) -------------------------------------------
     def _check_gpu_clusters(self) -> None:
