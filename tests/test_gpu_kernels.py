@@ -12,8 +12,9 @@ import pytest
 
 pytest.importorskip("pyopencl")
 
-from pipeit.gpu.check import check_layer, relative_error  # noqa: E402
+from pipeit.gpu.check import check_layer, reference_outputs, relative_error  # noqa: E402
 from pipeit.gpu.device import make_context  # noqa: E402
+from pipeit.gpu.stage import GpuStage  # noqa: E402
 from pipeit.modelfile import read_model  # noqa: E402
 from pipeit.tflite_builder import single_layer_model  # noqa: E402
 
@@ -153,6 +154,35 @@ def test_a_strided_slice_with_a_new_axis_stays_on_the_cpu(ctx):
 def test_depthwise_vector_variant(ctx):
     result = _check(ctx, {"VEC": 4, "WG": 64}, op="depthwise", input_shape=(1, 10, 10, 8))
     assert result.error <= TOL
+
+
+NAN_CASES = [
+    (dict(op="conv", input_shape=(1, 6, 6, 4), out_channels=8, activation="RELU"),
+     {"algo": "direct", "CO": 4, "VEC": 4, "WG": 0}),
+    (dict(op="conv", input_shape=(1, 6, 6, 4), out_channels=8, activation="RELU6"),
+     {"algo": "im2col", **TILES, "LOCAL": 1}),
+    (dict(op="conv", input_shape=(1, 6, 6, 4), out_channels=8, activation="RELU6"),
+     {"algo": "winograd", **TILES, "LOCAL": 0}),
+    (dict(op="conv", input_shape=(1, 6, 6, 4), out_channels=8, kernel=1, activation="RELU"),
+     {"algo": "gemm", **TILES, "LOCAL": 1}),
+    (dict(op="depthwise", input_shape=(1, 6, 6, 8), activation="RELU6"), {"VEC": 4, "WG": 64}),
+    (dict(op="depthwise", input_shape=(1, 6, 6, 3), activation="RELU"), None),
+    (dict(op="fc", input_shape=(2, 12), out_channels=5, activation="RELU"), None),
+]
+
+
+@pytest.mark.parametrize("layer,config", NAN_CASES)
+def test_fused_relus_pass_a_nan_through_as_tflite_does(ctx, layer, config):
+    """A NaN in the input stays NaN through a fused RELU/RELU6, where fmax would turn it into 0."""
+    data = single_layer_model(**layer)
+    x = np.ones(layer["input_shape"], np.float32)
+    x.flat[5] = np.nan
+    want = reference_outputs(data, {"input": x})
+    stage = GpuStage(read_model(data), 0, 1, ctx=ctx, configs=None if config is None else {0: config})
+    got = stage.run({"input": x})
+    for name, value in want.items():
+        assert np.isnan(value).any()
+        np.testing.assert_array_equal(np.isnan(got[name]), np.isnan(value))
 
 
 def test_fp16_storage_is_close_but_not_exact(ctx):

@@ -110,9 +110,11 @@ def header(precision: Precision) -> str:
         ]
     lines += [
         "#define ACT_NONE(x) (x)",
-        "#define ACT_RELU(x) fmax((x),(real)0)",
-        "#define ACT_RELU6(x) fmin(fmax((x),(real)0),(real)6)",
-        "#define ACT_RELU_N1_TO_1(x) fmin(fmax((x),(real)-1),(real)1)",
+        # comparisons, not fmax/fmin: a NaN passes through as TFLite's fused activations pass it
+        "#define CLAMP_KEEP_NAN(x,lo,hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))",
+        "#define ACT_RELU(x) ((x) < (real)0 ? (real)0 : (x))",
+        "#define ACT_RELU6(x) CLAMP_KEEP_NAN((x),(real)0,(real)6)",
+        "#define ACT_RELU_N1_TO_1(x) CLAMP_KEEP_NAN((x),(real)-1,(real)1)",
         "#define ACT_TANH(x) tanh(x)",
     ]
     return "\n".join(lines) + "\n"
@@ -669,9 +671,9 @@ __kernel void binary(__global const store_t* x, __global const store_t* y, __glo
 
 
 _UNARY_EXPR = {
-    "RELU": "fmax(a, (real)0)",
-    "RELU6": "fmin(fmax(a, (real)0), (real)6)",
-    "RELU_N1_TO_1": "fmin(fmax(a, (real)-1), (real)1)",
+    "RELU": "ACT_RELU(a)",
+    "RELU6": "ACT_RELU6(a)",
+    "RELU_N1_TO_1": "ACT_RELU_N1_TO_1(a)",
     "TANH": "tanh(a)",
     "LOGISTIC": "(real)1 / ((real)1 + exp(-a))",
     "HARD_SWISH": "a * fmin(fmax(a + (real)3, (real)0), (real)6) / (real)6",
