@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, List, Union
 
 __all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSON_INT", "JsonFileError", "read_at_most", "read_json",
-           "read_text", "parse_json", "finite_or_null"]
+           "read_text", "parse_json", "finite_or_null", "is_version"]
 
 #: Largest JSON file read, in bytes. The biggest file pipeit writes (a GPU
 #: tuning file with trial histories, a predictor over a large profile) is a
@@ -232,6 +232,12 @@ def read_json(path: Union[str, Path], what: str, *, allow_nonfinite: bool = Fals
     and says which field is wrong (a power file); that loader must then check.
     """
     return parse_json(read_text(path, what, max_bytes=max_bytes), path, what, allow_nonfinite=allow_nonfinite)
+
+
+def is_version(value: Any, expected: int) -> bool:
+    """Whether a document's ``version`` field is the integer ``expected``: ``true`` and ``1.0`` equal 1 in
+    Python, but no pipeit ever wrote them, so a file that holds them was not written by one."""
+    return type(value) is int and value == expected
 
 
 def finite_or_null(value: Any) -> Any:

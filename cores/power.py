@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
 from cores.errors import CoresError
-from cores.jsonfile import JsonFileError, read_json
+from cores.jsonfile import JsonFileError, is_version, read_json
 from cores.model import Cluster, Platform
 
 __all__ = [
@@ -197,7 +197,7 @@ def parse_power_document(doc: object, where: str = "power file") -> BoardPower:
     unknown = sorted(set(doc) - {"version", "board", "description", "cores", "gpu"})
     if unknown:
         raise PowerError(f"{where}: unknown key {unknown[0]!r}")
-    if doc.get("version") != POWER_VERSION:
+    if not is_version(doc.get("version"), POWER_VERSION):
         raise PowerError(f"{where}: version {doc.get('version')!r} is not {POWER_VERSION}")
     board = doc.get("board")
     if not isinstance(board, str) or not board:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
-from cores.jsonfile import JsonFileError, read_json
+from cores.jsonfile import JsonFileError, is_version, read_json
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PipeitError, PlanError
 from pipeit.transfer import HopModel
@@ -227,7 +227,7 @@ class LayerTimes:
         if not isinstance(doc, dict):
             raise PlanError(f"{where}: expected a JSON object")
         version = doc.get("version")
-        if isinstance(version, bool) or version != LAYER_TIMES_VERSION:  # true == 1 in Python
+        if not is_version(version, LAYER_TIMES_VERSION):
             raise PlanError(f"{where}: layer-times version {doc.get('version')!r} is not {LAYER_TIMES_VERSION}")
         try:
             times = {

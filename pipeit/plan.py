@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-from cores.jsonfile import JsonFileError, read_json
+from cores.jsonfile import JsonFileError, is_version, read_json
 from cores.model import Platform
 from pipeit.errors import PlanError
 
@@ -222,7 +222,7 @@ class Plan:
         if not isinstance(doc, dict):
             raise PlanError(f"{where}: not a plan (expected a JSON object)")
         version = doc.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version != PLAN_VERSION:  # true == 1
+        if not is_version(version, PLAN_VERSION):
             raise PlanError(
                 f"{where}: plan version {version!r} is not supported (this pipeit reads {PLAN_VERSION})"
             )

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Type, Union
 
-from cores.jsonfile import JsonFileError, read_json
+from cores.jsonfile import JsonFileError, is_version, read_json
 from cores.model import CoreSetup
 from pipeit.errors import PredictorError
 from predictors.base import FORMAT, VERSION, Predictor, as_setup
@@ -56,7 +56,7 @@ def predictor_from_json(doc: object, where: str = "predictor") -> Predictor:
     """A fitted predictor from its JSON document (validated: format, version, kind)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise PredictorError(f"{where}: not a pipeit predictor file")
-    if doc.get("version") != VERSION:
+    if not is_version(doc.get("version"), VERSION):
         raise PredictorError(
             f"{where}: predictor file version {doc.get('version')!r}, this pipeit reads version {VERSION}; "
             "re-run `pipeit fit`"

@@ -180,6 +180,8 @@ BAD_CONFIGS = [
     (0, {"algo": "direct", "CO": 1, "VEC": 1, "WG": 100_000}, "is over the device's limit of"),
     (0, {**GOOD_GEMM, "TM": 4096, "TN": 4096, "TK": 4096, "LOCAL": 1}, "is over the device's limit of"),
     (0, {**GOOD_GEMM, "TM": "x"}, "TM='x' is not an integer"),
+    (0, {**GOOD_GEMM, "TM": 256, "TN": 256, "WM": 256, "WN": 256, "LOCAL": 0}, "WM*WN=65536 accumulators"),
+    (0, {"algo": "direct", "CO": 4096, "VEC": 1, "WG": 0}, "CO=4096 accumulators"),
     (1, {"WG": 1 << 20}, "is over the device's limit of"),
     (1, {"algo": "gemm", "TM": 8}, "has TM, algo, which this layer's kernels do not take"),
 ]

@@ -147,6 +147,35 @@ class TestReader:
         assert result.returncode == 0, result.stderr
 
 
+class TestVersionFields:
+    """``true == 1`` and ``1.0 == 1`` in Python; a version field must be the integer itself."""
+
+    def test_is_version(self):
+        from cores.jsonfile import is_version
+
+        assert is_version(1, 1) and not is_version(True, 1) and not is_version(1.0, 1)
+        assert not is_version("1", 1) and not is_version(None, 1) and not is_version(2, 1)
+
+    @pytest.mark.parametrize("version", [True, 1.0, "1"])
+    def test_a_tuning_file(self, version):
+        from pipeit.gpu.tuner import TuningError, TuningFile
+
+        doc = TuningFile().to_json()
+        TuningFile.from_json(doc)
+        with pytest.raises(TuningError, match="version"):
+            TuningFile.from_json({**doc, "version": version})
+
+    @pytest.mark.parametrize("version", [True, 1.0])
+    def test_a_power_file(self, version):
+        from cores.power import PowerError, parse_power_document
+
+        doc = json.loads((REPO / "cores" / "power" / "rpi4.json").read_text())
+        assert doc["version"] == 1
+        parse_power_document(doc)
+        with pytest.raises(PowerError, match="version"):
+            parse_power_document({**doc, "version": version})
+
+
 # ---- every loader, through the CLI command that reads its file -------------------------------
 
 

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from cores.jsonfile import JsonFileError, read_json
+from cores.jsonfile import JsonFileError, is_version, read_json
 from pipeit.errors import InputError
 from pipeit.gpu.device import GpuError
 
@@ -434,7 +434,7 @@ def load_tables(path: Union[str, Path], model_sha256: Optional[str] = None) -> D
         raise GpuError(f"{where}: cannot read the GPU tables file ({err.reason})") from None
     if not isinstance(doc, dict) or doc.get("kind") != "pipeit-gpu-tables":
         raise GpuError(f"{where}: not a pipeit GPU tables file")
-    if doc.get("version") != TABLES_VERSION:
+    if not is_version(doc.get("version"), TABLES_VERSION):
         raise GpuError(f"{where}: GPU tables version {doc.get('version')!r}, this pipeit reads {TABLES_VERSION}")
     sha = doc.get("model_sha256", "")
     if model_sha256 and sha and sha != model_sha256:

@@ -36,6 +36,9 @@ _LEAST = {"CO": 1, "VEC": 1, "TM": 1, "TN": 1, "TK": 1, "WM": 1, "WN": 1}
 _OPTIONAL = frozenset(("WG", "LOCAL"))
 #: parameters with a fixed set of values
 _CHOICES = {"VEC": (1, 4), "LOCAL": (0, 1)}
+#: most accumulators one work item may hold (WM*WN, or CO): the kernels unroll over them, and a
+#: 256x256 block took pocl 105 s to compile; the search itself never goes above 32
+MAX_REGISTER_BLOCK = 64
 
 
 def shape_problem(spec: LayerSpec, config: Mapping[str, object]) -> Optional[str]:
@@ -64,6 +67,11 @@ def shape_problem(spec: LayerSpec, config: Mapping[str, object]) -> Optional[str
             return f"{key}={value!r} is not an integer in [{_LEAST.get(key, 0)}, {MAX_PARAM}]"
         if key in _CHOICES and value not in _CHOICES[key]:
             return f"{key}={value} is not one of {', '.join(map(str, _CHOICES[key]))}"
+    block = config["WM"] * config["WN"] if "WM" in config and "WN" in config else config.get("CO", 1)
+    if block > MAX_REGISTER_BLOCK:
+        what = "WM*WN" if "WM" in config else "CO"
+        return (f"{what}={block} accumulators per work item is over the kernels' limit of "
+                f"{MAX_REGISTER_BLOCK}")
     return None
 
 

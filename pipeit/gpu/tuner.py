@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from cores.jsonfile import JsonFileError, read_json
+from cores.jsonfile import JsonFileError, is_version, read_json
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PipeitError
 from pipeit.gpu import kernels as K
@@ -463,7 +463,7 @@ class TuningFile:
         """Validate everything first; any defect refuses the whole file."""
         if not isinstance(doc, dict):
             raise TuningError(f"{where}: not a JSON object")
-        if doc.get("version") != TUNING_VERSION:
+        if not is_version(doc.get("version"), TUNING_VERSION):
             raise TuningError(f"{where}: version {doc.get('version')!r}, expected {TUNING_VERSION}")
         devices, entries = doc.get("devices"), doc.get("entries")
         if not isinstance(devices, dict) or not isinstance(entries, list):
