@@ -70,6 +70,8 @@ class TestTablesFile:
         (lambda d: d["stages"][0].update(layers=[5, 5]), "start < end"),
         (lambda d: d["stages"][0]["tables"][0].update(storage="fp8"), "storage must be"),
         (lambda d: d["stages"][0]["tables"][0].update(precisions={"4": "fp8"}), "unknown precisions"),
+        (lambda d: d["stages"][0]["tables"][0].update(precisions={"4": "fp32"}), "layer 4's precision fp32 stores float"),
+        (lambda d: d.update(version=True), "version True"),
         (lambda d: d["stages"][0]["tables"][0].update(error=-1), "'error' must be"),
         (lambda d: d["stages"][0]["tables"][0].update(colour="red"), "unknown table fields"),
         (lambda d: d["stages"][0]["tables"][0]["configs"].update({"x": {}}), "layer keys must be integers"),

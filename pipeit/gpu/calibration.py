@@ -37,6 +37,7 @@ import numpy as np
 from cores.jsonfile import JsonFileError, is_version, read_json
 from pipeit.errors import InputError
 from pipeit.gpu.device import GpuError
+from pipeit.gpu.kernels import PRECISIONS
 
 __all__ = [
     "Table",
@@ -108,6 +109,11 @@ class Table:
         bad = sorted(v for v in precisions.values() if v not in _PRECISIONS)
         if bad:
             raise GpuError(f"{where}: unknown precisions {bad}; choose from {', '.join(_PRECISIONS)}")
+        stores = PRECISIONS[storage].storage  # a stage keeps every tensor in one type: said here, not in a worker
+        for layer, name in sorted(precisions.items()):
+            if PRECISIONS[name].storage != stores:
+                raise GpuError(f"{where}: layer {layer}'s precision {name} stores {PRECISIONS[name].storage}, "
+                               f"but the table's storage {storage} keeps tensors in {stores}")
         numbers = []
         for key in ("error", "ms"):
             value = doc.get(key)
