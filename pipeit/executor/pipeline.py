@@ -1408,8 +1408,7 @@ class Pipeline:
                 self._poll_until = min(dues) if dues else None
                 completed, self._completed = self._completed, []
             # outside the lock: a caller woken by its result may submit at once
-            for future, outputs in completed:
-                _settle(future, outputs)
+            _settle_all(completed)
 
     def _watch(self, w: _Worker) -> None:
         if self._selector is not None:
@@ -1685,6 +1684,15 @@ def _settle(future: Future, outputs: Any = None, error: Optional[BaseException] 
             future.set_exception(error)
     except InvalidStateError:
         pass
+
+
+def _settle_all(completed: List[Tuple[Future, Any]]) -> None:
+    """Resolve the completed frames' Futures, emptying ``completed``. In a function of its own so that no
+    variable of the dispatcher's loop keeps the last frame's outputs while it waits: in the daemon they view
+    a client's frame area, whose mapping then outlived the client's connection."""
+    for future, outputs in completed:  # in order: a caller may wait on its frames one by one
+        _settle(future, outputs)
+    completed.clear()
 
 
 def _ranges(ids: Sequence[int]) -> str:
