@@ -1544,8 +1544,9 @@ class Server:
     def _fill_fps_after(self, number: int, stats: Any) -> None:
         with self._lock:
             for i, event in enumerate(self.events):
-                if event.fps_after is None and event.generation_after == number and event.kind != "skipped" \
-                        and stats.frames:
+                # a skipped or failed re-plan changed no pipeline: it has no "after" to measure
+                if event.fps_after is None and event.generation_after == number \
+                        and event.kind not in ("skipped", "failed") and stats.frames:
                     self.events[i] = ReplanEvent(**{**event.__dict__, "fps_after": stats.fps})
                     _log.info("after %s (%s): %.1f fps (was %s)", event.kind, event.reason, stats.fps,
                               "n/a" if event.fps_before is None else f"{event.fps_before:.1f}")
