@@ -184,7 +184,7 @@ def time_model(
     start = time.monotonic()
     previous = None
     while True:
-        for _ in range(spec.batch):
+        for _ in range(min(spec.batch, spec.max_repeats - len(walls))):  # --repeats is a maximum
             d0 = _run_delay_ns() if waited else 0
             c0 = time.process_time_ns()
             t0 = time.perf_counter_ns()
@@ -326,7 +326,7 @@ def _time_pool(interpreter, threads: int, spec: TimingSpec) -> Timing:
     invokes = 0
     clocks = _thread_clocks()
     while True:
-        for _ in range(spec.batch):
+        for _ in range(min(spec.batch, spec.max_repeats - len(samples))):  # --repeats is a maximum
             r0 = _cpu_ns(clocks) if clocks else None
             c0 = time.process_time_ns()
             elapsed, count = _invoke_for(interpreter, window_ns)

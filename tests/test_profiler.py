@@ -161,7 +161,14 @@ class TestProfileTable:
 def test_time_model_times_a_real_model():
     t = time_model(tiny_model(), 1, QUICK)
     assert t.status == "ok" and t.median_ms > 0 and math.isfinite(t.spread)
-    assert QUICK.min_repeats <= t.repeats <= QUICK.max_repeats + QUICK.batch
+    assert QUICK.min_repeats <= t.repeats <= QUICK.max_repeats
+
+
+def test_max_repeats_is_a_maximum_not_rounded_up_to_a_batch():
+    """``profile --repeats 2`` took a whole batch of 5 runs."""
+    spec = TimingSpec(warmup=1, min_repeats=1, max_repeats=2, batch=5, attempts=1, min_clean=1, quiet_wait_s=0.0)
+    for _ in range(3):
+        assert time_model(tiny_model(), 1, spec).repeats <= 2
 
 
 def _measure_beside_a_hog(worker, layer, spec, cpu: int):
