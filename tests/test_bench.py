@@ -24,6 +24,7 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, bench_cache):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["model"] == "tiny.tflite"
+    assert "[bench] round 2/2" in result.stderr  # --json keeps stdout for the document, not progress off
     assert doc["ideal_fps"] > 0 and doc["ideal_interleaved_fps"] > 0
     names = [s["name"] for s in doc["strategies"]]
     assert names == ["all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit"]
@@ -59,10 +60,11 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, bench_cache):
 def test_bench_with_a_latency_limit_judges_each_strategy(tiny, bench_cache):
     result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "16", "--rounds", "1",
                      "--cache-dir", str(bench_cache), "--latency-x", "3", "--strategies", "fastest-cluster,pipeit",
-                     "--as-profiled", "--trial-seconds", "0.25", "--json")
+                     "--as-profiled", "--trial-seconds", "0.25", "--json", "--quiet")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["latency_limit_ms"] > 0
+    assert "[bench]" not in result.stderr  # --quiet
     assert doc["time_scale"] == {}  # --as-profiled: planned with the profile's own times
     for s in doc["strategies"]:
         assert s["meets_limit"] == (s["latency_ms"]["p99"] <= doc["latency_limit_ms"])

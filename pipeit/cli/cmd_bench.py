@@ -56,7 +56,8 @@ def register(subparsers) -> None:
                         help="plan with the layer times as profiled or predicted (default: each cluster's times "
                              "are rescaled to the whole-model time measured at the start of the run)")
     parser.add_argument("--plot", metavar="FILE.png", help="fps and latency per strategy (needs matplotlib)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout (progress stays on stderr)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(run=run)
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         profile=Path(args.profile) if args.profile else None,
         predictor=Path(args.predictor) if args.predictor else None,
         strategies=strategies, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        progress=not (args.quiet or args.json), task=task,
+        progress=not args.quiet, task=task,
         power_file=Path(args.power) if args.power else None,
         trial=not args.no_trial, anchor=not args.as_profiled, trial_seconds=args.trial_seconds,
     )
