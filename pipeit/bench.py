@@ -203,25 +203,34 @@ def obtain_layer_times(
     progress: bool = True,
 ):
     """Per-layer times for every CPU setup: from the predictor, the profile, or a fresh cached profile."""
-    from pipeit.layer_times import layer_times_for
+    from pipeit.layer_times import layer_times_for, warn_if_measured_elsewhere
 
     if predictor is not None:
-        return layer_times_for(graph, platform, predictor=predictor, model=model_path)
-    if profile is None:
-        from pipeit.profiler import platform_fingerprint_for, profile_models
+        from predictors import load_predictor
 
-        folder = (cache_dir or default_cache_dir()) / "profiles"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:  # /proc/x, a read-only or immutable folder: the user's path, one line
-            from pipeit.errors import ProfileError
+        fitted = load_predictor(predictor)
+        warn_if_measured_elsewhere(fitted, None, str(predictor), platform)
+        return layer_times_for(graph, platform, predictor=fitted, model=model_path)
+    if profile is not None:
+        from pipeit.profile_table import read_profile
 
-            raise ProfileError(f"cannot create the profile cache folder {folder}: {err.strerror or err} "
-                               "(give --cache-dir a folder you can write)") from None
-        fingerprint = platform_fingerprint_for(platform)
-        profile = folder / f"{fingerprint}-{graph.sha256[:16]}.csv"
-        _say(progress, f"profiling {model_path.name} on {platform.source} (cached in {profile})")
-        profile_models([model_path], platform, profile, progress=progress)
+        table = read_profile(profile, force=True)
+        warn_if_measured_elsewhere(None, table, str(profile), platform)
+        return layer_times_for(graph, platform, profile=table, model=model_path)
+    from pipeit.profiler import platform_fingerprint_for, profile_models
+
+    folder = (cache_dir or default_cache_dir()) / "profiles"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # /proc/x, a read-only or immutable folder: the user's path, one line
+        from pipeit.errors import ProfileError
+
+        raise ProfileError(f"cannot create the profile cache folder {folder}: {err.strerror or err} "
+                           "(give --cache-dir a folder you can write)") from None
+    fingerprint = platform_fingerprint_for(platform)
+    profile = folder / f"{fingerprint}-{graph.sha256[:16]}.csv"
+    _say(progress, f"profiling {model_path.name} on {platform.source} (cached in {profile})")
+    profile_models([model_path], platform, profile, progress=progress)
     return layer_times_for(graph, platform, profile=profile, model=model_path)
 
 

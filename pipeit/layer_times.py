@@ -41,7 +41,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from cores.jsonfile import JsonFileError, is_version, read_json
 from cores.model import CoreSetup, Platform
@@ -55,6 +55,7 @@ __all__ = [
     "LayerTimes",
     "cut_bytes_of",
     "layer_times_for",
+    "warn_if_measured_elsewhere",
 ]
 
 LAYER_TIMES_VERSION = 1
@@ -308,6 +309,31 @@ def cut_bytes_of(graph) -> Tuple[int, ...]:
     first = sum(t.nbytes for t in graph.inputs)
     last = sum(t.nbytes for t in graph.outputs)
     return (first,) + tuple(interior[i] for i in range(1, n)) + (last,)
+
+
+def warn_if_measured_elsewhere(predictor: Any, profile: Any, name: str, platform: Platform) -> None:
+    """Say once on stderr when a profile or predictor comes from another platform or runtime.
+
+    ``plan`` and ``bench`` use it anyway (planning for a board from this
+    host's times is what ``board:`` platforms are for, and those say
+    nothing), but its times do not know, say, that an emulated cluster here
+    runs at a tenth of the speed it was measured at. ``predict`` and ``fit``
+    refuse such a file without ``--force`` instead.
+    """
+    import warnings
+
+    from pipeit.profiler import platform_fingerprint_for
+
+    if str(platform.source).startswith("board:") or (predictor is None and profile is None):
+        return  # the documented stand-in: this host's times on a board's clusters
+    here = platform_fingerprint_for(platform)
+    if predictor is not None:
+        theirs = {getattr(predictor, "fingerprint_", here)}
+    else:
+        theirs = {row.fingerprint for row in profile.rows}
+    if theirs - {here}:
+        warnings.warn(f"{name} was measured on another platform or runtime (fingerprint "
+                      f"{sorted(theirs - {here})[0][:12]}, this platform {here[:12]}); its times are used anyway")
 
 
 def layer_times_for(

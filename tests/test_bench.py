@@ -175,3 +175,28 @@ class TestAnchorToMeasured:
 
         with pytest.raises(PlanError, match="finite number > 0"):
             self._times().rescaled({"big": float("nan")})
+
+
+def test_a_profile_from_another_platform_is_used_but_said(tiny, tmp_path):
+    """As `plan` does; bench took it without a word (predict and fit refuse it without --force)."""
+    from cores.platform import load_platform
+    from pipeit.graph import load_graph
+    from pipeit.profile_table import ProfileRow, ProfileWriter
+
+    graph = load_graph(tiny)
+    path = tmp_path / "elsewhere.csv"
+    writer = ProfileWriter(path)
+    seen = set()
+    for layer in graph.layers:
+        for setup in load_platform("auto").setups():
+            key = layer.descriptor.key_string()
+            if (key, setup) not in seen:
+                seen.add((key, setup))
+                writer.write(ProfileRow("layer", tiny.stem, layer.index, layer.index + 1, setup, key, 1.0, 0.01, 5,
+                                        "0" * 16, descriptor=layer.descriptor))
+    result = run_cli("bench", str(tiny), "--platform", "auto", "--profile", str(path), "--frames", "8",
+                     "--rounds", "1", "--strategies", "pipeit", "--no-trial", "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    warning, = [line for line in result.stderr.splitlines() if line.startswith("pipeit: warning:")]
+    assert "measured on another platform" in warning and str(path) in warning
+    assert json.loads(result.stdout)["strategies"][0]["fps"] > 0

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.dse.cost import MB
     from pipeit.errors import PlanError
     from pipeit.graph import load_graph
-    from pipeit.layer_times import LayerTimes, layer_times_for
+    from pipeit.layer_times import LayerTimes, layer_times_for, warn_if_measured_elsewhere
     from pipeit.plan import file_sha256
     from pipeit.runtime import check_loads
     from pipeit.transfer import DEFAULT_HOP, load_hop_model
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             raise PlanError(f"{args.times} has {times.num_layers} layers, {args.model} has {len(graph.layers)}")
     else:
         predictor, profile = _load_source(args)
-        _warn_if_measured_elsewhere(predictor, profile, args.predictor or args.profile, platform)
+        warn_if_measured_elsewhere(predictor, profile, args.predictor or args.profile, platform)
         times = layer_times_for(graph, platform, predictor=predictor, profile=profile,
                                 model=args.model, tuning=args.tuning)
     if args.save_times:
@@ -128,23 +128,3 @@ def _load_source(args: argparse.Namespace) -> Tuple[Any, Any]:
 
         return None, read_profile(args.profile, force=True)
     return None, None
-
-
-def _warn_if_measured_elsewhere(predictor: Any, profile: Any, name: str, platform: Any) -> None:
-    """A profile or predictor from another platform or runtime is used as it is (planning for a board
-    from this host's times is what ``board:`` platforms are for), but said once on stderr: its times
-    do not know, say, that an emulated cluster here runs at a tenth of the speed it was measured at."""
-    import warnings
-
-    from pipeit.profiler import platform_fingerprint_for
-
-    if str(platform.source).startswith("board:") or (predictor is None and profile is None):
-        return  # the documented stand-in: this host's times on a board's clusters
-    here = platform_fingerprint_for(platform)
-    if predictor is not None:
-        theirs = {getattr(predictor, "fingerprint_", here)}
-    else:
-        theirs = {row.fingerprint for row in profile.rows}
-    if theirs - {here}:
-        warnings.warn(f"{name} was measured on another platform or runtime (fingerprint "
-                      f"{sorted(theirs - {here})[0][:12]}, this platform {here[:12]}); its times are used as they are")
