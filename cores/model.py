@@ -143,12 +143,11 @@ class CoreSetup:
         name, sep, count = text.rpartition(":")
         if not sep or not name:
             raise PlatformError(f"setup {text!r} is not CLUSTER:K")
-        try:
-            cores = int(count)
-        except ValueError:
-            raise PlatformError(f"setup {text!r}: core count {count!r} is not an integer") from None
-        if cores < 1:
-            raise PlatformError(f"setup {text!r}: core count must be >= 1")
+        if not (count.isascii() and count.isdigit()):  # int() also takes "+3", "3_0", " 3" and "٣"
+            raise PlatformError(f"setup {text!r}: core count {count!r} is not an integer")
+        cores = int(count)
+        if not 1 <= cores <= MAX_CPU + 1:
+            raise PlatformError(f"setup {text!r}: core count must be in 1..{MAX_CPU + 1}")
         return cls(name, cores)
 
 

@@ -182,6 +182,8 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
         raise ProfileError(f"{where}: malformed descriptor: {err.reason}") from None
     except ValueError as err:
         raise ProfileError(f"{where}: malformed value: {err}") from err
+    if not 0 <= start < end:  # a range of layers [start, end): the profiler never writes an empty one
+        raise ProfileError(f"{where}: layer range [{start}, {end}) is not 0 <= start < end")
     if doc["status"] == "ok" and not (math.isfinite(median_ms) and (median_ms == 0 or
                                                                      MIN_MEASURED_MS <= median_ms <= MAX_LAYER_MS)):
         # the profiler writes a failed measurement as "failed: ..." with a nan time, never as "ok"; a time

@@ -97,6 +97,16 @@ class TestProfileTable:
             parse_profile_text(lines[0] + "\nlayer,x\n")
         with pytest.raises(ProfileError, match="unknown measurement kind"):
             parse_profile_text(lines[0] + "\n" + lines[1].replace("layer,", "blob,", 1))
+        for start, end in (("3", "2"), ("1", "1"), ("-1", "0")):  # fit took these, as layers of no range
+            cells = lines[1].split(",")
+            cells[2], cells[3] = start, end
+            with pytest.raises(ProfileError, match=r":2: layer range .* is not 0 <= start < end"):
+                parse_profile_text("\n".join([lines[0], ",".join(cells)] + lines[2:]))
+        for setup in ("cpu:+2", "cpu:1_0", "cpu:\u0663", "cpu:65537", "cpu:0"):
+            cells = lines[1].split(",")
+            cells[4] = setup
+            with pytest.raises(ProfileError, match=":2: setup"):
+                parse_profile_text("\n".join([lines[0], ",".join(cells)] + lines[2:]))
 
     def test_hand_edits_that_overflowed_the_fit_are_refused(self, profiled):
         """A time under a nanosecond and a MAC count past int64 fitted into numpy overflow warnings."""
