@@ -125,6 +125,10 @@ def _depth_over(doc: Any, limit: int) -> bool:
     return False
 
 
+#: bytes read at a time by :func:`read_at_most`
+_READ_CHUNK = 1 << 20
+
+
 def read_at_most(path: Union[str, Path], limit: int, *, regular_only: bool = False) -> bytes:
     """The first ``limit`` bytes of ``path`` (all of it if shorter); ``OSError`` as ``open`` raises it.
 
@@ -145,7 +149,15 @@ def read_at_most(path: Union[str, Path], limit: int, *, regular_only: bool = Fal
         os.close(descriptor)
         raise
     with os.fdopen(descriptor, "rb") as handle:
-        return handle.read(limit)
+        # in pieces: read(limit) sets aside ``limit`` bytes first, 64 MiB for a plan of 1 kB
+        chunks, left = [], limit
+        while left > 0:
+            chunk = handle.read(min(left, _READ_CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
 
 
 def read_text(path: Union[str, Path], what: str, *, max_bytes: int = MAX_JSON_BYTES) -> str:

@@ -255,9 +255,10 @@ def native_stderr_silenced() -> Iterator[None]:
     """Mute file descriptor 2 while probing: the runtime's C++ log lines
     ("INFO: Created ... delegate") are noise in a check, not news for the user."""
     try:
-        sys.stderr.flush()
+        if sys.stderr is not None:  # None where the process was started with fd 2 closed
+            sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): just run
+    except (OSError, ValueError):  # no usable fd 2 (closed, or embedded interpreters): just run
         yield
         return
     try:

@@ -296,6 +296,71 @@ def test_run_with_a_huge_frame_count_streams_without_building_lists(tiny):
     assert proc.returncode == 130 and "Traceback" not in err, err
 
 
+# ---- limits of the process: descriptors, file size, memory, closed stderr -------------------------
+
+
+def _limited(which, value):
+    """A ``preexec_fn`` that sets a soft resource limit in the child (the hard one stays)."""
+    import resource
+
+    def apply():
+        sigint_as_default()
+        resource.setrlimit(which, (value, resource.getrlimit(which)[1]))
+    return apply
+
+
+def _run_under(tiny, preexec_fn, stderr=subprocess.PIPE):
+    proc = subprocess.run([sys.executable, "-m", "pipeit", "run", str(tiny["plan"]), "--model", str(tiny["model"]),
+                           "--frames", "20", "--warmup", "0"], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                          stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec_fn, timeout=120)
+    return proc
+
+
+@pytest.mark.parametrize("limit", [8, 12, 16])
+def test_run_out_of_descriptors_is_one_line_and_leaves_no_segment(tiny, limit):
+    """At 8 a ring's segment was created and left in /dev/shm for good (the standard library starts its
+    resource tracker after creating it); at 12-16 a worker's pipe failed with a 30-line traceback."""
+    import resource
+
+    before = pipeit_shm()
+    refused(_run_under(tiny, _limited(resource.RLIMIT_NOFILE, limit)), "open files")
+    assert pipeit_shm() <= before
+
+
+def test_run_under_a_file_size_limit_is_refused_before_any_segment(tiny):
+    """The segment could not be sized (EFBIG), and the resource tracker printed a KeyError traceback of
+    its own after pipeit's error line."""
+    import resource
+
+    before = pipeit_shm()
+    refused(_run_under(tiny, _limited(resource.RLIMIT_FSIZE, 1024)), "ulimit -f")
+    assert pipeit_shm() <= before
+
+
+def test_run_with_stderr_closed_runs(tiny):
+    """It crashed at its first message (sys.stderr is None), exit 1 and not a word on stdout either."""
+    result = _run_under(tiny, lambda: (sigint_as_default(), os.close(2)), stderr=None)
+    assert result.returncode == 0
+    assert "20 frames" in result.stdout
+
+
+def test_reading_a_small_json_file_does_not_set_aside_its_bound(tmp_path):
+    """``read(limit)`` reserved 64 MiB for a 1 kB plan: a MemoryError under ``ulimit -v 200000``."""
+    import tracemalloc
+
+    from cores.jsonfile import read_json
+
+    path = tmp_path / "small.json"
+    path.write_text('{"a": [1, 2, 3]}')
+    tracemalloc.start()
+    try:
+        assert read_json(path, "test") == {"a": [1, 2, 3]}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+
+
 # ---- pipeit serve: refused before any planning or worker --------------------------------------
 
 def serve(tiny, tmp_path, *extra):

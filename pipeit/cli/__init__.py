@@ -56,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: write errors that say the disk is full, not that pipeit is wrong
 _FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+#: the system or this process ran out of descriptors or memory: the environment, said in one line
+_NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+def _out_of(err: BaseException) -> str:
+    """What ran out, and the limit to raise where it is this process's own (ulimit -n, ulimit -v)."""
+    import resource
+
+    def limit(which: int, option: str) -> str:
+        soft = resource.getrlimit(which)[0]
+        return "" if soft == resource.RLIM_INFINITY else f" (the limit is {soft}: raise it with {option})"
+
+    if isinstance(err, MemoryError):
+        return "out of memory" + limit(resource.RLIMIT_AS, "ulimit -v")
+    if err.errno == errno.EMFILE:
+        return "too many open files" + limit(resource.RLIMIT_NOFILE, "ulimit -n")
+    return f"out of system resources: {err}"
 
 
 def one_line(message: str) -> str:
@@ -99,7 +116,29 @@ _NO_SCHEMA = ("pipeit reads and writes models through the TFLite schema that ai-
               "and ai-edge-litert is not installed (it has no build for 32-bit ARM: use a 64-bit OS there)")
 
 
+def _open_standard_descriptors() -> None:
+    """Point a closed stdin, stdout or stderr at /dev/null (``pipeit run 2>&-``).
+
+    A closed descriptor 2 is the number the next file opened gets: the
+    runtime's native log line would then be written into a model file, an
+    output or a shared-memory ring; and Python's ``sys.stderr`` is None, so
+    the commands' messages crashed (``'NoneType' object has no attribute
+    'flush'``, exit 1, nothing said).
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _open_standard_descriptors()
     try:
         parser = build_parser()  # imports every command: a Ctrl-C here is no bug either
         args = parser.parse_args(argv)
@@ -131,7 +170,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"pipeit: error: {_NO_SCHEMA}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as err:
+        print(f"pipeit: error: {_out_of(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:
+        if err.errno in _NO_RESOURCES:
+            print(f"pipeit: error: {one_line(_out_of(err))}", file=sys.stderr)
+            return EXIT_USAGE
         if err.errno not in _FULL_DISK:
             raise
         # stdout (or a file being written) on a full disk: the environment, not a bug in pipeit

@@ -15,8 +15,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import resource
 import secrets
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -54,6 +55,34 @@ def _check_room(size: int, edge: int, slots: int) -> None:
     free = stat.f_bavail * stat.f_frsize
     if size > free:
         raise ExecutorError(_room_hint(size, edge, slots, free))
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and size > limit:
+        # SharedMemory would create the segment, fail to size it (EFBIG), and unregister a name it never
+        # registered: the resource tracker then prints a KeyError traceback of its own
+        raise ExecutorError(f"cannot create shared memory for edge {edge}: its ring of {slots} slots needs "
+                            f"{size / 2**20:.1f} MB, over this process's file size limit of {limit} bytes "
+                            "(ulimit -f)")
+
+
+def _create_segment(name: str, size: int) -> shared_memory.SharedMemory:
+    """``SharedMemory(name, create=True, size)``, leaving no segment behind when it fails.
+
+    The standard library creates and maps the segment before it starts the
+    resource tracker; where that fails (no descriptor left: EMFILE) it
+    raised with the segment created and known to no one. The tracker is
+    started first, and a segment of ours left by any failure is unlinked.
+    """
+    resource_tracker.ensure_running()
+    try:
+        return shared_memory.SharedMemory(name=name, create=True, size=size)
+    except FileExistsError:
+        raise  # someone else's segment of that name: not ours to remove
+    except BaseException:
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+        except OSError:
+            pass  # never created, already unlinked, or segments live elsewhere on this system
+        raise
 
 
 def _reserve(name: str, size: int, edge: int, slots: int) -> None:
@@ -89,7 +118,7 @@ class ShmRing:
             if create:
                 name = name or f"{SHM_PREFIX}{os.getpid()}_e{layout.index}_{secrets.token_hex(4)}"
                 _check_room(size, layout.index, self.slots)
-                self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+                self._shm = _create_segment(name, size)
                 try:
                     _reserve(self._shm.name, size, layout.index, self.slots)
                 except ExecutorError:
