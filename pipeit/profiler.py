@@ -489,7 +489,11 @@ class SetupWorker:
             self._conn.send(("time", model_bytes, spec))
             kind, value = self._conn.recv()
         except (EOFError, OSError) as err:
-            raise ProfileError(f"profiling worker for {self.setup} died: {err}") from err
+            self.process.join(1.0)
+            code = self.process.exitcode
+            how = (f"killed by {_signal_name(-code)}" if code is not None and code < 0 else
+                   f"exit code {code}" if code is not None else str(err) or type(err).__name__)
+            raise ProfileError(f"profiling worker for {self.setup} died ({how})") from err
         return value
 
     def close(self) -> None:
@@ -502,6 +506,15 @@ class SetupWorker:
             self.process.terminate()
             self.process.join(5)
         self._conn.close()
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _better(a: Timing, b: Timing) -> bool:

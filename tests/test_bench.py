@@ -25,6 +25,7 @@ def test_bench_reports_every_strategy_against_the_ideal(tiny, bench_cache):
     doc = json.loads(result.stdout)
     assert doc["model"] == "tiny.tflite"
     assert "[bench] round 2/2" in result.stderr  # --json keeps stdout for the document, not progress off
+    assert "INFO:" not in result.stderr  # the runtime's delegate line, once per bare run of the ideal
     assert doc["ideal_fps"] > 0 and doc["ideal_interleaved_fps"] > 0
     names = [s["name"] for s in doc["strategies"]]
     assert names == ["all-cores", "fastest-cluster", "replicas", "pipe-it", "pipeit"]
@@ -79,6 +80,10 @@ def test_bench_with_a_latency_limit_judges_each_strategy(tiny, bench_cache):
     (["FOLDER"], "is a folder, not a model file"),
     (["MODEL", "--latency-x", "-1"], "--latency-x must be > 0"),
     (["MODEL", "--latency-x", "0"], "--latency-x must be > 0"),
+    # without the pipeit strategy these went unchecked: "latency limit -1.0 ms", exit 0
+    (["MODEL", "--latency-ms", "-1", "--strategies", "replicas"], "--latency-ms must be a positive number"),
+    (["MODEL", "--latency-ms", "nan", "--strategies", "replicas"], "--latency-ms must be a positive number"),
+    (["MODEL", "--memory-mb", "0", "--strategies", "replicas"], "--memory-mb must be a positive number"),
     (["MODEL", "--trial-seconds", "0"], "--trial-seconds must be > 0"),
     (["MODEL", "--trial-seconds", "nan"], "--trial-seconds must be > 0"),
     (["MODEL", "--trial-seconds", "1e9"], "at most 60"),

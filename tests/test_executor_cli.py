@@ -109,6 +109,7 @@ def test_run_reads_frames_from_npy_and_prints_a_table(planned, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "outputs match the whole model" in result.stdout
     assert "measured ms" in result.stdout
+    assert "INFO:" not in result.stderr  # the runtime's delegate line: no news to the user
 
 
 @pytest.mark.parametrize("array", [np.zeros((1, 224, 224, 1), np.float32), np.zeros((1, 224, 224, 3), np.float64)])

@@ -7,6 +7,8 @@ import dataclasses
 import io
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,6 +220,18 @@ def test_contention_filter_marks_runs_without_their_cores_noisy(platform, one_co
     assert not row.ok
     # Without the filter (a throttled, emulated cluster is descheduled on purpose) runs are used.
     assert time_model(tiny_model(), 1, spec, exclusive=False).status == "ok"
+
+
+def test_a_worker_that_dies_is_named_with_how(platform, one_core):
+    """The message ended in an empty ``str(EOFError())``: "profiling worker for cpu:1 died: "."""
+    worker = SetupWorker(platform, one_core)
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.process.join(10)
+        with pytest.raises(ProfileError, match=r"profiling worker for .* died \(killed by SIGKILL\)$"):
+            worker.measure(tiny_model(), QUICK)
+    finally:
+        worker.close()
 
 
 def test_worker_is_pinned_every_thread(platform, one_core):

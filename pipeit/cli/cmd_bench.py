@@ -65,6 +65,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform, platform_file
     from pipeit.bench import STRATEGIES, format_report, run_bench
+    from pipeit.dse.cost import Limits
     from pipeit.errors import ModelError, PlanError
 
     model = Path(args.model)
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_x is not None and not 0 < args.latency_x < float("inf"):
         # checked here, in the option's own words: bench turns it into --latency-ms after a measurement
         raise PlanError(f"--latency-x must be > 0 (a finite factor), got {args.latency_x:g}")
+    # before any measuring: without the pipeit strategy nothing else would ever check them
+    Limits(latency_ms=args.latency_ms, memory_mb=args.memory_mb)
     if args.plot:
         check_plot_file(args.plot, "--plot",
                         (args.model, args.profile, args.predictor, args.power, platform_file(args.platform)))

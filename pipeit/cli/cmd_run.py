@@ -234,15 +234,16 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         gpu = _gpu_options(args, plan)
     from pipeit.runtime import native_stderr_silenced
 
-    with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" is no news before an input error
-        inputs = model_io(model_path)[0]
+    inputs = model_io(model_path)[0]
     frames = load_frames(args.input, inputs, args.seed)
     bound = args.tolerance if gpu_stage_list else 0.0
     check = None
     if args.check:  # the whole model's outputs first: each streamed output is compared as it arrives
         from pipeit.runtime import invoke_frames, make_interpreter
 
-        check = _OutputCheck(invoke_frames(make_interpreter(model_path, num_threads=1), frames), bound)
+        with native_stderr_silenced():  # no worker or thread writes to stderr yet: the runtime's INFO line goes
+            reference = make_interpreter(model_path, num_threads=1)
+        check = _OutputCheck(invoke_frames(reference, frames), bound)
     host = coordinator_cpus(plan.platform)
     feeder = os.sched_getaffinity(0)
     with Pipeline(plan, model_path, slots=args.slots, gpu=gpu) as pipe:

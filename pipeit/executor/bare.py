@@ -71,9 +71,10 @@ def _bare_main(model_path: str, cpu: int, warmup: int, backend: Optional[str], c
         pin_process((cpu,))
         import numpy as np
 
-        from pipeit.runtime import make_interpreter
+        from pipeit.runtime import make_interpreter, native_stderr_silenced
 
-        interpreter = make_interpreter(model_path, num_threads=1, backend=backend, slow=slow)
+        with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" line, once per process
+            interpreter = make_interpreter(model_path, num_threads=1, backend=backend, slow=slow)
         feeds = []
         rng = np.random.default_rng(cpu)
         for d in interpreter.get_input_details():

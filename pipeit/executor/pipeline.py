@@ -103,10 +103,20 @@ class StagePart:
 
 
 def model_io(model: Union[str, Path, bytes]) -> Tuple[Tuple[TensorInfo, ...], Tuple[TensorInfo, ...]]:
-    """The whole model's input and output tensors, as the runtime sees them."""
+    """The whole model's input and output tensors, as the runtime sees them.
+
+    Read from an interpreter with no delegate and no tensors allocated: the
+    XNNPACK delegate would print its "INFO: Created ..." line on this
+    process's stderr, and allocating a big model's tensors costs memory
+    only to read names, shapes and types.
+    """
+    from pipeit.errors import ModelError
     from pipeit.runtime import make_interpreter
 
-    interpreter = make_interpreter(model, num_threads=1)
+    try:
+        interpreter = make_interpreter(model, num_threads=1, allocate=False, delegates=False)
+    except ModelError:  # a runtime that cannot leave its delegates out
+        interpreter = make_interpreter(model, num_threads=1)
 
     def infos(details: List[dict]) -> Tuple[TensorInfo, ...]:
         return tuple(
