@@ -148,10 +148,21 @@ def make_interpreter(
     except (ValueError, RuntimeError, MemoryError) as err:  # MemoryError: std::bad_alloc on absurd shapes
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         prefix = f"{name}: " if name else ""
-        raise ModelError(f"{prefix}the runtime cannot load this model: {first}") from err
+        raise ModelError(f"{prefix}the runtime cannot load this model: {first}{_memory_limit_hint()}") from err
     if slow is not None:
         return SlowedInterpreter(interpreter, slow, int(num_threads))
     return interpreter
+
+
+def _memory_limit_hint() -> str:
+    """Where this process's address space is limited (``ulimit -v``), say so: the runtime reports an
+    allocation it could not make as a delegate that "failed to prepare", which reads as the model's fault."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    return f" (this process may use {soft / 2**20:.0f} MiB of address space: ulimit -v)"
 
 
 class SlowedInterpreter:

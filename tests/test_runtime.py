@@ -153,3 +153,27 @@ class TestWhere:
             make_interpreter(b"\x00" * 64)
         with pytest.raises(ModelError, match="^the runtime cannot load"):
             make_interpreter(b"\x00" * 64, where="")
+
+
+def test_a_model_refused_under_an_address_space_limit_says_the_limit(tmp_path):
+    """Under ``ulimit -v`` XNNPACK's failed allocation reads "Node number 31 (TfLiteXNNPackDelegate) failed
+    to prepare": the model's fault, by its words. The limit is named beside it."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "big.tflite"
+    b = ModelBuilder(seed=0)
+    b.output(b.conv2d(b.input("x", (1, 1024, 1024, 64)), 64, kernel=1))  # 256 MiB in, 256 MiB out
+    model.write_bytes(b.to_bytes())
+    code = ("import resource\n"
+            "from pipeit.errors import ModelError\n"
+            "from pipeit.runtime import make_interpreter\n"
+            "size = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')][0] << 10\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (size + (200 << 20), resource.RLIM_INFINITY))\n"
+            "try:\n"
+            f"    make_interpreter({str(model)!r})\n"
+            "except ModelError as err:\n"
+            "    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "the runtime cannot load this model" in done.stdout and "ulimit -v" in done.stdout, (done.stdout,
+                                                                                                 done.stderr)
