@@ -434,3 +434,31 @@ def test_a_home_that_cannot_hold_a_cache_still_compiles_kernels(conv_pool, tmp_p
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "ok" in done.stdout
+
+
+def test_a_gpu_stage_hands_tensors_over_by_the_names_the_split_gives(ctx):
+    """An inner tensor with no name or a shared one is renamed ``pipeit:tensorN`` in the stage files; the GPU
+    stage kept the raw name, so a plan with a GPU stage next to a CPU one failed at its first worker ("stage
+    has no input 'pipeit:tensor9'"), and `gpu check`/`gpu accuracy` raised a KeyError."""
+    from pipeit.gpu.check import check_layer
+    from pipeit.gpu.stage import GpuStage
+    from pipeit.graph import load_graph
+    from pipeit.modelfile import serialize_model
+    from pipeit.split import split_model
+    from tests.test_split import two_branch_builder
+
+    model = read_model(two_branch_builder().to_bytes())
+    tensors = model.subgraphs[0].tensors
+    index = {t.name: i for i, t in enumerate(tensors)}
+    tensors[index[b"b"]].name = b"a"  # shared
+    tensors[index[b"sum"]].name = b""  # none
+    data = serialize_model(model)
+    n = len(load_graph(data).layers)
+    for cut in range(1, n):
+        stages = split_model(data, [cut])
+        head, tail = GpuStage(data, 0, cut, ctx=ctx), GpuStage(data, cut, n, ctx=ctx)
+        assert sorted(t.name for t in head.outputs) == sorted(t.name for t in stages[0].outputs), cut
+        assert sorted(t.name for t in tail.inputs) == sorted(t.name for t in stages[1].inputs), cut
+    for layer in range(n):
+        result = check_layer(read_model(data), layer, ctx)
+        assert result.error is None or result.error <= 1e-4, result

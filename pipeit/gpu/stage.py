@@ -26,6 +26,7 @@ from pipeit.gpu.program import LayerProgram
 from pipeit.gpu.space import Config, config_key, heuristic_config
 from pipeit.graph import LayerGraph, graph_from_model
 from pipeit.modelfile import ModelSource, dtype_name, ints, read_model, tensor_name
+from pipeit.split import exchange_names
 
 __all__ = ["GpuStage", "StageTiming"]
 
@@ -136,9 +137,13 @@ class GpuStage:
         model_outputs = set(ints(sub.outputs))
         outputs = [t for t in produced if t in later or t in model_outputs]
 
+        # the names a neighbouring CPU stage hands tensors over by: the runtime's (cut at NUL), or the one the
+        # split gives a tensor whose own name is empty, not UTF-8 or shared
+        renamed = exchange_names(sub.tensors, set(ints(sub.inputs)) | set(ints(sub.outputs)))
+
         def info(t: int) -> TensorInfo:
-            # the runtime's name (cut at NUL): a neighbouring CPU stage hands tensors over by it
-            return TensorInfo(tensor_name(sub.tensors[t]), helper.shape(t), dtype_name(sub.tensors[t].type))
+            name = renamed.get(t) or tensor_name(sub.tensors[t])
+            return TensorInfo(name, helper.shape(t), dtype_name(sub.tensors[t].type))
 
         self._in_ids, self._out_ids = inputs, outputs
         self.inputs: Tuple[TensorInfo, ...] = tuple(info(t) for t in inputs)
