@@ -194,10 +194,14 @@ def invoke_frames(interpreter: Any, frames: Sequence[Mapping[str, Any]]) -> List
     inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
     outputs = {d["name"]: d["index"] for d in interpreter.get_output_details()}
     results = []
-    for frame in frames:
-        for name, value in frame.items():
-            interpreter.set_tensor(inputs[name], value)
-        interpreter.invoke()
+    for number, frame in enumerate(frames):
+        try:
+            for name, value in frame.items():
+                interpreter.set_tensor(inputs[name], value)
+            interpreter.invoke()
+        except (ValueError, RuntimeError) as err:  # a frame the model cannot take (a GATHER index out of range)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"the whole model fails on frame {number}: {first}") from None
         results.append({name: interpreter.get_tensor(index) for name, index in outputs.items()})
     return results
 

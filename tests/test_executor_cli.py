@@ -294,3 +294,28 @@ def test_signal_mid_stream_stops_cleanly(request, signum, emulated):
         assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
     assert glob.glob(f"/dev/shm/pipeit_{proc.pid}_*") == []
     assert glob.glob(f"/sys/fs/cgroup/**/pipeit-{proc.pid}-*", recursive=True) == []
+
+
+def test_a_scalar_input_from_a_file_stays_a_scalar(tmp_path):
+    """np.ascontiguousarray made a 0-d input 1-d: the file's frame was refused as "(1,) float32, the model
+    takes () float32", and with --check the reference raised a traceback."""
+    from pipeit.cli.cmd_run import load_frames
+    from pipeit.descriptor import TensorInfo
+
+    inputs = (TensorInfo("x", (1, 4), "float32"), TensorInfo("s", (), "float32"))
+    np.savez(tmp_path / "f.npz", x=np.ones((1, 4), np.float32), s=np.float32(2.5))
+    frame, = load_frames(str(tmp_path / "f.npz"), inputs)
+    assert frame["s"].shape == () and frame["s"] == np.float32(2.5)
+
+
+def test_a_frame_the_whole_model_cannot_run_is_one_error():
+    """``run --check`` runs the whole model on the frames first: a frame it refuses (a GATHER index out of
+    range) was a RuntimeError traceback."""
+    from pipeit.errors import ModelError
+    from pipeit.runtime import invoke_frames, make_interpreter
+    from pipeit.tflite_builder import single_layer_model
+
+    interpreter = make_interpreter(single_layer_model("conv", (1, 6, 6, 4), out_channels=4))
+    with pytest.raises(ModelError, match="^the whole model fails on frame 1: "):
+        invoke_frames(interpreter, [{"input": np.zeros((1, 6, 6, 4), np.float32)},
+                                    {"input": np.zeros((1, 5, 6, 4), np.float32)}])

@@ -75,6 +75,25 @@ class TestBare:
         with pytest.raises(ExecutorError, match="seconds"):
             run_bare(small, CPUS[:1], seconds=0)
 
+    def test_a_model_with_a_bool_input_runs(self, small, tmp_path):
+        """Its random feed took np.iinfo of every dtype that is not a float: bench refused any model with
+        a bool input ("Invalid integer data type 'b'") that profiles, plans and runs."""
+        from ai_edge_litert import schema_py_generated as schema
+
+        from pipeit.executor.bare import run_bare
+        from pipeit.modelfile import read_model, serialize_model
+
+        model = read_model(small.read_bytes())
+        graph = model.subgraphs[0]
+        flag = schema.TensorT()
+        flag.name, flag.shape, flag.type, flag.buffer = b"flag", [1, 4], schema.TensorType.BOOL, 0
+        graph.tensors.append(flag)
+        graph.inputs = list(graph.inputs) + [len(graph.tensors) - 1]  # an input no layer reads
+        path = tmp_path / "with_flag.tflite"
+        path.write_bytes(serialize_model(model))
+        run = run_bare(path, CPUS[:1], seconds=0.2, warmup=1)
+        assert run.frames[0] > 0
+
     def test_a_model_the_runtime_cannot_load_names_the_cpu(self, tmp_path):
         from pipeit.executor.bare import run_bare
 

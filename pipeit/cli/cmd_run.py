@@ -173,7 +173,8 @@ def _checked_frame(where: Path, arrays: Dict[str, Any], inputs: tuple) -> Dict[s
         if array.dtype.byteorder not in "=|" and array.dtype.newbyteorder("=") == np.dtype(info.dtype):
             array = array.astype(np.dtype(info.dtype))  # saved on a machine of the other byte order: same values
         _check_array(where, array, info, named=len(inputs) > 1)
-        frame[info.name] = np.ascontiguousarray(array)
+        # not np.ascontiguousarray: it makes a 0-d input (a scalar) 1-d
+        frame[info.name] = array if array.flags.c_contiguous else array.copy(order="C")
     return frame
 
 

@@ -71,20 +71,16 @@ def _bare_main(model_path: str, cpu: int, warmup: int, backend: Optional[str], c
         pin_process((cpu,))
         import numpy as np
 
+        from pipeit.descriptor import TensorInfo
+        from pipeit.frames import random_frames
         from pipeit.runtime import make_interpreter, native_stderr_silenced
 
         with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" line, once per process
             interpreter = make_interpreter(model_path, num_threads=1, backend=backend, slow=slow)
-        feeds = []
-        rng = np.random.default_rng(cpu)
-        for d in interpreter.get_input_details():
-            shape, dtype = tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"])
-            if dtype.kind == "f":
-                value = rng.uniform(-1, 1, shape).astype(dtype)
-            else:
-                info = np.iinfo(dtype)
-                value = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
-            feeds.append((d["index"], value))
+        details = interpreter.get_input_details()
+        infos = [TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for d in details]
+        frame_in = random_frames(infos, 1, seed=cpu)[0]  # the pipelines' own frames: bool inputs included
+        feeds = [(d["index"], frame_in[info.name]) for d, info in zip(details, infos)]
         outs = [(d["index"], np.empty(tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"])))
                 for d in interpreter.get_output_details()]
 
