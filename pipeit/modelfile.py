@@ -453,6 +453,11 @@ def _validate_subgraph(model: "schema.ModelT", subgraph, where: str) -> None:
                     f"{where}: corrupt model (operator {k} {name} both reads and writes "
                     f"tensor {int(t)} {tensor_name(tensors[int(t)])!r}, which the runtime refuses)"
                 )
+            if constant[int(t)]:
+                raise ModelError(
+                    f"{where}: corrupt model (operator {k} {name} writes tensor {int(t)} "
+                    f"{tensor_name(tensors[int(t)])!r}, which holds constant data)"
+                )
             if tensors[int(t)].isVariable:
                 raise UnsupportedModelError(
                     f"{where}: operator {k} {name} writes tensor {int(t)} {tensor_name(tensors[int(t)])!r}, "

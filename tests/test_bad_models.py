@@ -156,6 +156,16 @@ def weight_only_output() -> bytes:
     return serialize_model(model)
 
 
+def with_written_constant(model) -> None:
+    """Activation "dw", which an operator writes, given constant data: the runtime crashed on it (SIGSEGV),
+    and inspect read a graph with a layer folded into its neighbour as a "constant op"."""
+    tensor = next(t for t in model.subgraphs[0].tensors if t.name == b"dw")
+    buffer = schema.BufferT()
+    buffer.data = np.zeros(int(np.prod(tensor.shape)) * 4, np.uint8)
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
+
+
 def bfloat16_io() -> bytes:
     b = ModelBuilder(seed=7)
     x = b.input("ix", (1, 4, 4, 2))
@@ -194,6 +204,7 @@ BAD_FILES = {
     "constant-output": (lambda: edited(with_constant_output), ["model output 1", "'stem/bias'"]),
     "constant-input": (lambda: edited(with_constant_input), ["model input 1", "'stem/bias'", "constant"]),
     "variable-activation": (tensor_edited(b"dw", isVariable=True), ["'dw'", "variable"]),
+    "written-constant": (lambda: edited(with_written_constant), ["writes tensor", "'dw'", "constant data"]),
     "fp16-unpacked-shape": (lambda: unpacked_weight("fp16"), ["DEQUANTIZE", "'c2/weights'", "30209"]),
     "sparse-unpacked-shape": (lambda: unpacked_weight("sparse"), ["DENSIFY", "'c2/weights'"]),
     "weights-only-output": (weight_only_output, ["model output 1", "weights alone"]),
@@ -216,7 +227,8 @@ class TestBadFiles:
     @pytest.mark.parametrize("case, command", [(case, "inspect") for case in sorted(BAD_FILES)]
                              + [(case, "split") for case in ("empty", "custom", "subgraphs",
                                                              "unknown-op", "constant-output", "no-shape",
-                                                             "variable-activation", "weights-only-output")]
+                                                             "variable-activation", "weights-only-output",
+                                                             "written-constant")]
                              + [(case, "plan") for case in ("constant-input", "non-utf8-input", "bfloat16-io")]
                              + [(case, c) for case in RUNTIME_REFUSED for c in ("split", "profile")]
                              + [("op-version", c) for c in ("plan", "predict", "bench")])
