@@ -155,6 +155,17 @@ def test_a_frame_too_large_for_the_socket_buffer_is_refused_not_a_broken_pipe(da
         assert err.value.code == "too_large", err.value
 
 
+def test_connections_one_after_another_are_served_at_once(daemon):
+    """Accepting a connection returned None, which the accept loop read as "out of descriptors": it stopped
+    listening for 0.25 s after every connection, so each one-shot `pipeit infer` or `status` that followed
+    another within that time waited up to 250 ms for its answer."""
+    t0 = time.perf_counter()
+    for _ in range(8):
+        with Client(daemon.socket_path, transport="inline") as c:
+            c.status()
+    assert time.perf_counter() - t0 < 1.5  # 8 x 0.25 s before; about 10 ms now
+
+
 def test_status_document(daemon):
     with Client(daemon.socket_path) as c:
         c.infer(_frames(1, 3)[0])

@@ -1029,8 +1029,9 @@ class Server:
                 self._park_until(time.monotonic() + wait, sock, pid)
             else:
                 sock.close()  # its budget is spent and it already has enough connections waiting
-            return
+            return True
         self._open(sock, pid)
+        return True  # (None, falsy, stopped the listening for 0.25 s after every connection)
 
     def _refuse_with_spare(self) -> bool:
         """Out of descriptors: give up the spare one for as long as it takes to accept the waiting
