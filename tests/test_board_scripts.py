@@ -48,6 +48,9 @@ def test_setup_board_dry_run_installs_into_a_venv_and_sets_governor_only_on_requ
     assert f"-m pip install {ROOT}" in done.stdout
     assert "pipeit topology" in done.stdout and "governor" not in done.stdout
     assert "performance" in _run(TOOLS / "setup-board.sh", "--dry-run", "--governor").stdout
+    # the GPU needs pyopencl, which only the gpu extra brings: without it a board never had a GPU cluster
+    assert "\\[gpu\\]" not in done.stdout
+    assert f"-m pip install {ROOT}\\[gpu\\]" in _run(TOOLS / "setup-board.sh", "--dry-run", "--gpu").stdout
 
 
 def test_profile_board_dry_run_profiles_zoo_and_user_model_into_the_state_dir(tmp_path):
@@ -132,11 +135,11 @@ def test_profile_board_prints_the_install_command_that_install_service_takes(tmp
     model = build_model(tmp_path / "m.tflite", layers=1, size=8, channels=4)
     venv = _fake_venv(tmp_path / "venv")
     done = _run(TOOLS / "install-service.sh", "--dry-run", "--model", model, "--predictor", predictor,
-                "--venv", venv, "--unit-dir", tmp_path, "--args", "--nice -10")
+                "--venv", venv, "--unit-dir", tmp_path, "--args", "--max-clients 16")
     assert done.returncode == 0, done.stderr
     assert f"install -m 0640 -o pipeit -g pipeit {predictor} /var/lib/pipeit/predictor.json" in done.stdout
     env = _written(done.stdout, "/etc/pipeit/pipeit.env")
-    assert "PIPEIT_ARGS=--predictor /var/lib/pipeit/predictor.json --nice -10\n" in env
+    assert "PIPEIT_ARGS=--predictor /var/lib/pipeit/predictor.json --max-clients 16\n" in env
     unit = _written(done.stdout, tmp_path / "pipeit.service")
     assert "Environment=PIPEIT_STATE_DIR=/var/lib/pipeit" in unit  # the predictor lies in the daemon's state dir
 
@@ -164,6 +167,17 @@ def test_install_service_checks_the_venv_before_changing_anything(tmp_path):
     assert done.stdout.rstrip().endswith("nothing was changed. Run it as root without --dry-run to install.")
 
 
+def test_install_service_refuses_what_would_fail_only_after_changes(tmp_path):
+    """A missing --unit-dir was found after the user, group and /etc/pipeit were made (a half-installed
+    system); --nice in --args makes the service fail and restart for ever (no CAP_SYS_NICE in the unit)."""
+    model = build_model(tmp_path / "m.tflite", layers=1, size=8, channels=4)
+    venv = _fake_venv(tmp_path / "v")
+    for extra, words in ((["--unit-dir", tmp_path / "none"], "no such directory (--unit-dir)"),
+                         (["--args", "--nice -10"], "--nice cannot work in the service")):
+        done = _run(TOOLS / "install-service.sh", "--dry-run", "--model", model, "--venv", venv, *extra)
+        assert done.returncode == 2 and done.stdout == "" and words in done.stderr, done.stdout + done.stderr
+
+
 def test_setup_board_and_install_service_default_to_the_same_venv(tmp_path):
     setup = _run(TOOLS / "setup-board.sh", "--dry-run")
     assert f"would run: python3 -m venv {ROOT}/.venv\n" in setup.stdout
@@ -183,6 +197,7 @@ def test_install_service_unit_from_an_odd_checkout_path_is_valid(tmp_path, odd):
     venv = _fake_venv(checkout / ".venv")
     model = build_model(tmp_path / "m.tflite", layers=1, size=8, channels=4)
     units = tmp_path / "units"
+    units.mkdir()
     done = _run(checkout / "tools" / "install-service.sh", "--dry-run", "--model", model, "--unit-dir", units)
     assert done.returncode == 0, done.stderr
     unit = _written(done.stdout, units / "pipeit.service")
@@ -190,7 +205,6 @@ def test_install_service_unit_from_an_odd_checkout_path_is_valid(tmp_path, odd):
     assert "Documentation=file://" in unit and " " not in unit.split("Documentation=")[1].splitlines()[0]
     if shutil.which("systemd-analyze") is None:
         return
-    units.mkdir()
     (units / "pipeit.service").write_text(unit)
     verify = subprocess.run(["systemd-analyze", "verify", str(units / "pipeit.service")], capture_output=True, text=True,
                             timeout=60)
@@ -270,6 +284,7 @@ def test_setup_board_sets_pipeit_runtime_on_32bit_arm_for_its_own_steps(tmp_path
     env = {"PIPEIT_RUNTIME": "", **_fake_arm(tmp_path)}
     dry = _run(TOOLS / "setup-board.sh", "--dry-run", env=env)
     assert "\\[tflite-runtime\\]" in dry.stdout and "export PIPEIT_RUNTIME=tflite-runtime" in dry.stdout
+    assert "\\[tflite-runtime\\,gpu\\]" in _run(TOOLS / "setup-board.sh", "--dry-run", "--gpu", env=env).stdout
     assert "== runtime check (PIPEIT_RUNTIME=tflite-runtime)" in dry.stdout
     if _has_module("tflite_runtime"):
         return
@@ -294,7 +309,8 @@ def test_missing_option_value_is_one_line_and_exit_2(script, option):
 def _fake_pipeit(tmp_path, bench_fails: bool) -> Path:
     fake = tmp_path / "pipeit"
     bench = 'echo \'{"partial":\'; exit 3' if bench_fails else 'echo "{}"'
-    fake.write_text(f'#!/bin/sh\ncase "$1" in topology) echo "board: fake" ;; bench) {bench} ;; esac\n')
+    fake.write_text(f'#!/bin/sh\ncase "$1" in topology) echo "board: fake" ;; bench) {bench} ;; '
+                    f'--version) echo "pipeit 9 (runtime fake==1)" ;; esac\n')
     fake.chmod(0o755)
     return fake
 
@@ -319,6 +335,7 @@ def test_bench_board_failed_run_leaves_no_report(tmp_path):
     assert list(report.parent.iterdir()) == [report]
     text = report.read_text()
     assert text.count("```") % 2 == 0 and "## Temperatures after" in text
+    assert "pipeit 9 (runtime fake==1)" in text  # the runtime, as its help says
 
 
 # --- profile-board.sh's zoo list ------------------------------------------------------------------

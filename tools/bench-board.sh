@@ -9,7 +9,7 @@ Usage: tools/bench-board.sh --model FILE [--platform SPEC] [--frames N] [--outpu
 
   --model FILE     the .tflite to benchmark (e.g. from `pipeit zoo mobilenet_v1 -o m.tflite`)
   --platform SPEC  platform spec (default: auto)
-  --frames N       frames per strategy, a positive integer (default: 200)
+  --frames N       frames per strategy in each of bench's 3 rounds, a positive integer (default: 200)
   --output FILE    the Markdown report (default: bench-<hostname>-<date>.md)
   --pipeit CMD     the pipeit command (default: pipeit on PATH, else this checkout's .venv/bin/pipeit)
   --dry-run        print the commands instead of running them
@@ -82,7 +82,9 @@ fi
 report() {  # the report on stdout; returns non-zero as soon as a pipeit step fails
     echo "# pipeit benchmark: $(basename "$MODEL") on $(hostname)"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -srm), $FRAMES frames per strategy"
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(uname -srm), $FRAMES frames per strategy and round"
+    echo
+    "$PIPEIT" --version || { echo "bench-board.sh: pipeit --version failed" >&2; return 1; }  # pipeit and its runtime
     echo
     echo "## Board"
     echo

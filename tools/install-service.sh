@@ -18,8 +18,10 @@ Usage: tools/install-service.sh --model FILE [--predictor FILE] [--platform SPEC
                     (default: $PIPEIT_RUNTIME, else tflite-runtime on 32-bit ARM, else pipeit's default)
   --venv DIR        the virtual environment holding pipeit (default: this checkout's .venv,
                     where tools/setup-board.sh installs it); DIR/bin/pipeit must exist
-  --args "..."      extra `pipeit serve` options, e.g. "--nice -10 --max-clients 16"; split at
-                    whitespace (no quoting: an option value cannot contain a space)
+  --args "..."      extra `pipeit serve` options, e.g. "--max-clients 16 --per-client 8"; split
+                    at whitespace (no quoting: an option value cannot contain a space). Not --nice:
+                    the unit's Nice= sets the priority (-5), and the service has no capability to
+                    change it
   --unit-dir DIR    where to write the unit (default: /etc/systemd/system)
   --dry-run         check everything, print what would be done, change nothing
   --help            this text
@@ -76,6 +78,11 @@ case " $ARGS " in
     *" --model "*|*" --model="*|*" --socket "*|*" --socket="*|*" --group "*|*" --group="*|*" --platform "*|*" --platform="*)
         die 2 "--args: --model, --platform, --socket and --group are set by the unit; use this script's options" ;;
 esac
+case " $ARGS " in
+    *" --nice "*|*" --nice="*)
+        die 2 "--args: --nice cannot work in the service (no CAP_SYS_NICE); edit Nice= in the unit instead" ;;
+esac
+[ -d "$UNIT_DIR" ] || die 2 "$UNIT_DIR: no such directory (--unit-dir)"
 if [ -n "$PREDICTOR" ]; then
     case " $ARGS " in
         *" --plan"*|*" --predictor"*|*" --profile"*|*" --times"*)

@@ -6,11 +6,13 @@ set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-Usage: tools/setup-board.sh [--venv DIR] [--source DIR] [--governor] [--check] [--dry-run] [--help]
+Usage: tools/setup-board.sh [--venv DIR] [--source DIR] [--gpu] [--governor] [--check] [--dry-run] [--help]
 
   --venv DIR     where to create the virtual environment (default: this checkout's .venv,
                  where the other board scripts look for it)
   --source DIR   the pipeit source tree to install (default: this script's repository)
+  --gpu          also install pyopencl (the "gpu" extra), so that `--platform auto` finds the
+                 board's OpenCL GPU; the vendor's OpenCL driver (ICD) must be installed already
   --governor     set the cpufreq governor of every policy to "performance" (needs root;
                  stable clocks make profiles and benchmarks repeatable; lost at reboot)
   --check        only the runtime check and the topology, in an existing venv
@@ -32,6 +34,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SOURCE="$HERE"
 VENV="$HERE/.venv"  # the same default as install-service.sh and the --pipeit default of the others
 GOVERNOR=0
+GPU=0
 CHECK=0
 DRY=0
 
@@ -40,6 +43,7 @@ while [ "$#" -gt 0 ]; do
         --venv) need "a directory" "$@"; VENV="$2"; shift 2 ;;
         --source) need "a directory" "$@"; SOURCE="$2"; shift 2 ;;
         --governor) GOVERNOR=1; shift ;;
+        --gpu) GPU=1; shift ;;
         --check) CHECK=1; shift ;;
         --dry-run) DRY=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -47,12 +51,16 @@ while [ "$#" -gt 0 ]; do
     esac
 done
 
-EXTRA=""
+EXTRAS=""
+ARM32=0
 case "$(uname -m)" in
     armv7l|armv6l)  # ai-edge-litert has no 32-bit ARM wheels
-        EXTRA="[tflite-runtime]"
+        ARM32=1
+        EXTRAS="tflite-runtime"
         export PIPEIT_RUNTIME=tflite-runtime ;;  # for the runtime check and topology below
 esac
+if [ "$GPU" -eq 1 ]; then EXTRAS="${EXTRAS:+$EXTRAS,}gpu"; fi
+EXTRA="${EXTRAS:+[$EXTRAS]}"
 
 if [ "$CHECK" -eq 1 ]; then
     [ "$DRY" -eq 1 ] || [ -x "$VENV/bin/python" ] || die 1 "$VENV: no virtual environment (run without --check first)"
@@ -67,7 +75,7 @@ else
     run "$VENV/bin/python" -m pip install --upgrade pip
     echo "== installing pipeit from $SOURCE"
     run "$VENV/bin/python" -m pip install "$SOURCE$EXTRA"
-    if [ -n "$EXTRA" ]; then
+    if [ "$ARM32" -eq 1 ]; then
         echo "== 32-bit ARM: using the tflite-runtime backend (set for the steps below; for your shell:)"
         echo "   export PIPEIT_RUNTIME=tflite-runtime"
     fi

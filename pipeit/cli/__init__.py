@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipeit",
         description="Predict, plan, split and stream CNN inference across a board's core clusters.",
     )
-    parser.add_argument("--version", action="version", version=f"pipeit {__version__}")
+    parser.add_argument("--version", action="version", version=_version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _command_modules():
@@ -135,6 +135,17 @@ def _open_standard_descriptors() -> None:
                 os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, closefd=False))
+
+
+def _version_text() -> str:
+    """``pipeit X (runtime NAME==V)``: a report or a bug needs both (the runtime is part of every
+    profile's fingerprint)."""
+    try:
+        from pipeit.runtime import runtime_info
+
+        return f"pipeit {__version__} (runtime {runtime_info()})"
+    except PipeitError as err:  # PIPEIT_RUNTIME names no backend pipeit knows
+        return f"pipeit {__version__} (runtime: {err})"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
