@@ -57,9 +57,9 @@ def chain_check(model: Path, split_dir: Path) -> None:
     expected = {d["name"]: whole.get_tensor(d["index"]) for d in whole.get_output_details()}
     chained = run_chain(stages, {detail["name"]: frame})
     same = all(np.array_equal(expected[name], chained[name]) for name in expected)
-    print(f"chained {len(stages)} stage sub-models: outputs match the whole model: "
+    print(f"demo: chained {len(stages)} stage sub-models: outputs match the whole model: "
           f"{'yes, bit-identical' if same else 'NO'}")
-    print(f"whole model, 1 thread: median {statistics.median(times):.2f} ms over {len(times)} runs")
+    print(f"demo: whole model, 1 thread: median {statistics.median(times):.2f} ms over {len(times)} runs")
     if not same:
         sys.exit("demo: the split is not exact")
 
@@ -81,7 +81,7 @@ def main() -> int:
     pipeit("zoo", args.model, "-o", str(model))
     doc = json.loads(pipeit("inspect", str(model), "--json", capture=True))
     layers = len(doc["layers"])
-    print(f"{layers} layers, {doc['total_macs'] / 1e9:.3f} G MACs; "
+    print(f"demo, from the JSON: {layers} layers, {doc['total_macs'] / 1e9:.3f} G MACs; "
           f"first layers: " + ", ".join(l["op"] for l in doc["layers"][:4]) + ", ...")
     cuts = f"{layers // 3},{2 * layers // 3}"
     split_dir = work / "split"

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         help="leave-one-model-out accuracy of every predictor",
         description="Hold out each model in turn (or only --holdout), fit every predictor on the "
         "rest (layers the held-out model contains are removed from training), and report "
-        "per-layer MAPE, RMSPE, the share within +-10 %%, per-op errors and whole-model errors.",
+        "per-layer MAPE, RMSPE, the share within +-10 %, per-op errors and whole-model errors.",
     )
     parser.add_argument("profiles", metavar="PROFILE", nargs="+", help="profile CSV files")
     parser.add_argument("--holdout", action="append", metavar="MODEL",

@@ -29,7 +29,7 @@ def require_within(strategy: str, candidate: Candidate, limits: Limits) -> Candi
     if limits.memory_mb is not None and candidate.memory_bytes > limits.memory_mb * MB:
         raise PlanError(
             f"strategy {strategy!r} needs {candidate.memory_bytes / MB:.2f} MB of weights, "
-            f"over the {limits.memory_mb:g} MB memory limit"
+            f"over the {limits.memory_mb:g} MiB memory limit"
         )
     return candidate
 

@@ -809,7 +809,7 @@ def optimal_plan(
         least = sum(cost.times.weight_bytes) + cost.worker_bytes
         if least > limits.memory_mb * MB:
             raise PlanError(
-                f"no plan fits in {limits.memory_mb:g} MB: the model's weights alone need {least / MB:.2f} MB "
+                f"no plan fits in {limits.memory_mb:g} MiB: the model's weights alone need {least / MB:.2f} MiB "
                 "in one worker (fp16 or pruned weights count twice: stored, and dense as the runtime holds them)"
             )
     search.run()
