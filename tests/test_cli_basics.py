@@ -74,3 +74,18 @@ def test_the_help_imports_no_model_machinery():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", done.stdout
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["fit", "p.csv", "-o", "x.json", "--kind", "bogus"], "pipeit fit: error: argument --kind: invalid choice"),
+    ([], "pipeit: error: the following arguments are required: COMMAND"),
+    (["gpu", "tune"], "pipeit gpu tune: error: the following arguments are required: model"),
+    (["run", "--frames", "many", "plan.json"], "pipeit run: error: argument --frames: invalid int value"),
+])
+def test_a_bad_command_line_is_one_line(capsys, argv, words):
+    """argparse printed its usage block first: three to six lines for one mistake."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(words) and "--help)" in err, err

@@ -19,7 +19,7 @@ import pkgutil
 import signal
 import sys
 import warnings
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, NoReturn, Optional, Sequence
 
 from cores.errors import CoresError
 from pipeit import __version__
@@ -40,8 +40,16 @@ def _command_modules() -> List[str]:
     )
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad command line said in one line like every other bad input (its usage
+    block is what ``--help`` is for); subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="pipeit",
         description="Predict, plan, split and stream CNN inference across a board's core clusters.",
     )
