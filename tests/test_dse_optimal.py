@@ -140,7 +140,7 @@ class TestSearchDetails:
     def test_memory_below_weights_is_refused(self):
         platform = Platform((Cluster("big", "a", (0, 1)),))
         table = LayerTimes(1, {CoreSetup("big", 1): (1.0,), CoreSetup("big", 2): (0.6,)}, (0, 0), (3 * 1024 * 1024,))
-        with pytest.raises(PlanError, match="weights alone need 3.00 MB"):
+        with pytest.raises(PlanError, match="weights alone need 3.00 MiB"):
             optimal_plan(CostModel(table), platform, Limits(memory_mb=2.0))
 
     def test_memory_limit_trades_replicas_for_a_pipeline(self):
