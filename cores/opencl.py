@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple, Type
 
-from cores.errors import PlatformError
+from cores.errors import PlatformError, first_line
 
 __all__ = ["OpenClDevice", "OpenClUnavailable", "opencl_devices", "match_device", "find_device", "first_gpu"]
 
@@ -64,7 +64,7 @@ def opencl_devices() -> Tuple[OpenClDevice, ...]:
         try:
             devices = platform.get_devices()
         except Exception as err:  # a platform without devices (ICD installed, no hardware), or a broken one
-            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            why = first_line(err)
             skipped.append(f"{str(platform.name).strip()}: {why}")
             continue
         for device in devices:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from cores.errors import first_line
 from cores.model import CoreSetup, Platform
 from pipeit.children import start_shielded
 from pipeit.descriptor import LayerDescriptor
@@ -446,7 +447,7 @@ def _worker_main(conn, cpus: Tuple[int, ...], threads: int, exclusive: bool = Tr
             timing = time_model(data, threads, spec, exclusive, slow)
             conn.send(("ok", timing))
         except Exception as err:  # a layer the runtime refuses is a failed row, not a crash
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            text = first_line(err)
             conn.send(("ok", Timing(float("nan"), float("nan"), 0, f"failed: {text[:200]}")))
 
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from cores.errors import first_line, process_limit_hint
+from pipeit.descriptor import TensorInfo
 from pipeit.errors import ModelError, PipeitError
 
 __all__ = [
@@ -146,23 +149,15 @@ def make_interpreter(
         if allocate:
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError, MemoryError) as err:  # MemoryError: std::bad_alloc on absurd shapes
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         prefix = f"{name}: " if name else ""
-        raise ModelError(f"{prefix}the runtime cannot load this model: {first}{_memory_limit_hint()}") from err
+        # under ulimit -v the runtime says an allocation it could not make as a node that "failed to prepare",
+        # which reads as the model's fault: the limit is named beside it
+        limit = process_limit_hint(resource.RLIMIT_AS, "ulimit -v")
+        raise ModelError(f"{prefix}the runtime cannot load this model: {first}{limit}") from err
     if slow is not None:
         return SlowedInterpreter(interpreter, slow, int(num_threads))
     return interpreter
-
-
-def _memory_limit_hint() -> str:
-    """Where this process's address space is limited (``ulimit -v``), say so: the runtime reports an
-    allocation it could not make as a delegate that "failed to prepare", which reads as the model's fault."""
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft == resource.RLIM_INFINITY:
-        return ""
-    return f" (this process may use {soft / 2**20:.0f} MiB of address space: ulimit -v)"
 
 
 class SlowedInterpreter:
@@ -184,6 +179,12 @@ class SlowedInterpreter:
         return getattr(self._interpreter, name)
 
 
+def tensor_infos(details: Sequence[Mapping[str, Any]]) -> Tuple[TensorInfo, ...]:
+    """The runtime's ``get_input_details()``/``get_output_details()`` as TensorInfo records."""
+    return tuple(TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name)
+                 for d in details)
+
+
 def invoke_frames(interpreter: Any, frames: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """Each frame (inputs by tensor name) through ``interpreter``, one after another: outputs by name.
 
@@ -200,7 +201,7 @@ def invoke_frames(interpreter: Any, frames: Sequence[Mapping[str, Any]]) -> List
                 interpreter.set_tensor(inputs[name], value)
             interpreter.invoke()
         except (ValueError, RuntimeError) as err:  # a frame the model cannot take (a GATHER index out of range)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise ModelError(f"the whole model fails on frame {number}: {first}") from None
         results.append({name: interpreter.get_tensor(index) for name, index in outputs.items()})
     return results

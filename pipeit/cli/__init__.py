@@ -21,7 +21,7 @@ import sys
 import warnings
 from typing import Any, List, NoReturn, Optional, Sequence
 
-from cores.errors import CoresError
+from cores.errors import CoresError, process_limit_hint
 from pipeit import __version__
 from pipeit.errors import PipeitError
 from pipeit.signals import handled
@@ -72,14 +72,10 @@ def _out_of(err: BaseException) -> str:
     """What ran out, and the limit to raise where it is this process's own (ulimit -n, ulimit -v)."""
     import resource
 
-    def limit(which: int, option: str) -> str:
-        soft = resource.getrlimit(which)[0]
-        return "" if soft == resource.RLIM_INFINITY else f" (the limit is {soft}: raise it with {option})"
-
     if isinstance(err, MemoryError):
-        return "out of memory" + limit(resource.RLIMIT_AS, "ulimit -v")
+        return "out of memory" + process_limit_hint(resource.RLIMIT_AS, "ulimit -v")
     if err.errno == errno.EMFILE:
-        return "too many open files" + limit(resource.RLIMIT_NOFILE, "ulimit -n")
+        return "too many open files" + process_limit_hint(resource.RLIMIT_NOFILE, "ulimit -n")
     return f"out of system resources: {err}"
 
 

@@ -71,14 +71,13 @@ def _bare_main(model_path: str, cpu: int, warmup: int, backend: Optional[str], c
         pin_process((cpu,))
         import numpy as np
 
-        from pipeit.descriptor import TensorInfo
         from pipeit.frames import random_frames
-        from pipeit.runtime import make_interpreter, native_stderr_silenced
+        from pipeit.runtime import make_interpreter, native_stderr_silenced, tensor_infos
 
         with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" line, once per process
             interpreter = make_interpreter(model_path, num_threads=1, backend=backend, slow=slow)
         details = interpreter.get_input_details()
-        infos = [TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for d in details]
+        infos = tensor_infos(details)
         frame_in = random_frames(infos, 1, seed=cpu)[0]  # the pipelines' own frames: bool inputs included
         feeds = [(d["index"], frame_in[info.name]) for d, info in zip(details, infos)]
         outs = [(d["index"], np.empty(tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"])))

@@ -111,19 +111,13 @@ def model_io(model: Union[str, Path, bytes]) -> Tuple[Tuple[TensorInfo, ...], Tu
     only to read names, shapes and types.
     """
     from pipeit.errors import ModelError
-    from pipeit.runtime import make_interpreter
+    from pipeit.runtime import make_interpreter, tensor_infos
 
     try:
         interpreter = make_interpreter(model, num_threads=1, allocate=False, delegates=False)
     except ModelError:  # a runtime that cannot leave its delegates out
         interpreter = make_interpreter(model, num_threads=1)
-
-    def infos(details: List[dict]) -> Tuple[TensorInfo, ...]:
-        return tuple(
-            TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name) for d in details
-        )
-
-    return infos(interpreter.get_input_details()), infos(interpreter.get_output_details())
+    return tensor_infos(interpreter.get_input_details()), tensor_infos(interpreter.get_output_details())
 
 
 class _SlotQueue:

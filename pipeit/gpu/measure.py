@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
+from cores.errors import first_line
 from cores.model import Cluster
 from pipeit.children import start_shielded
 from pipeit.dse.cost import DEFAULT_DEVICE_COPY
@@ -221,7 +222,7 @@ def _child(conn, model_bytes: bytes, device: Optional[str], cpus: Tuple[int, ...
         charged = tuple(float(t) + n * launch_ms if math.isfinite(t) else float(t) for t, n in zip(times, launches))
         conn.send(("ok", (charged, copy.to_json(), ctx.info.name, launch_ms)))
     except Exception as err:  # one clear line travels back; the parent raises it
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err)
         conn.send(("error", text))
     finally:
         conn.close()
