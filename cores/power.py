@@ -17,6 +17,8 @@ Document (version 1)::
      "gpu": {"name": "Mali-T628 MP6", "active_w": 2.0, "idle_w": 0.1,
              "source": "...", "estimate": true}}            # "gpu" optional
 
+A file the user measured on their own board (``--power FILE``) says
+``"estimate": false`` for its figures; the shipped files are all estimates.
 A file that fails validation anywhere is refused whole with one line
 (:class:`PowerError`), never half-used.
 
@@ -146,11 +148,17 @@ class PlatformPower:
         """True when any cluster uses a generic placeholder rather than a board figure."""
         return any(c.power.source.startswith("placeholder") for c in self.clusters)
 
+    @property
+    def estimated(self) -> bool:
+        """True when any cluster's figure is an estimate (placeholders included), not a measurement."""
+        return any(c.power.estimate for c in self.clusters)
+
     def to_json(self) -> dict:
         return {
             "platform": self.platform,
             "board": self.board,
             "placeholder": self.placeholder,
+            "estimate": self.estimated,
             "clusters": {c.cluster: {"kind": c.kind, **c.power.to_json()} for c in self.clusters},
         }
 
@@ -182,12 +190,14 @@ def _unit(where: str, doc: object, gpu: bool = False) -> UnitPower:
     source = doc.get("source")
     if not isinstance(source, str) or not source.strip():
         raise PowerError(f"{where}: every figure needs a non-empty 'source'")
-    if doc.get("estimate") is not True:
-        raise PowerError(f"{where}: 'estimate' must be true (figures are estimates, not measurements of this board)")
+    estimate = doc.get("estimate")
+    if not isinstance(estimate, bool):
+        raise PowerError(f"{where}: 'estimate' must be true (a figure from elsewhere) or false (measured on this "
+                         f"board), got {estimate!r}")
     freq = doc.get("freq_khz")
     if freq is not None and (isinstance(freq, bool) or not isinstance(freq, int) or freq <= 0):
         raise PowerError(f"{where}: freq_khz must be a positive integer, got {freq!r}")
-    return UnitPower(values["active_w"], values["idle_w"], source.strip(), True)
+    return UnitPower(values["active_w"], values["idle_w"], source.strip(), estimate)
 
 
 def parse_power_document(doc: object, where: str = "power file") -> BoardPower:

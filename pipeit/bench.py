@@ -657,5 +657,6 @@ def format_report(report: BenchReport) -> str:
             text += "\nenergy: " + ("board power file " + report.power["board"] if report.power.get("board")
                                     else "no power file for this platform") + (
                 "; placeholder figures, see docs/SATISFACTION.md" if report.power.get("placeholder")
-                else "; estimates, see docs/SATISFACTION.md")
+                else "; estimates, see docs/SATISFACTION.md" if report.power.get("estimate", True)
+                else "; measured figures")
     return text

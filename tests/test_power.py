@@ -46,6 +46,7 @@ class TestShippedFiles:
         assert types <= {t for t, _ in power.cores}
         for _, unit in power.cores:
             assert 0 < unit.idle_w < unit.active_w < 10 and unit.estimate and unit.source
+        assert power.gpu is None or power.gpu.estimate  # every shipped figure is an estimate
         # a board:NAME platform uses the file's own figures, no placeholder
         chosen = power_for_platform(load_board(name))
         assert chosen.board == name and not chosen.placeholder
@@ -72,7 +73,8 @@ class TestMalformedFilesAreRefused:
         (lambda d: d.update(extra=1), "unknown key 'extra'"),
         (lambda d: d["cores"]["Cortex-A7"].pop("source"), "source"),
         (lambda d: d["cores"]["Cortex-A7"].update(source="  "), "source"),
-        (lambda d: d["cores"]["Cortex-A7"].update(estimate=False), "estimate"),
+        (lambda d: d["cores"]["Cortex-A7"].update(estimate="yes"), "estimate"),
+        (lambda d: d["cores"]["Cortex-A7"].update(estimate=1), "estimate"),
         (lambda d: d["cores"]["Cortex-A7"].pop("estimate"), "estimate"),
         (lambda d: d["cores"]["Cortex-A7"].update(idle_w=0.5), "idle_w <= active_w"),
         (lambda d: d["cores"]["Cortex-A7"].update(active_w=0), "active_w > 0"),
@@ -149,6 +151,21 @@ class TestPlatformsWithoutAFile:
         xu4 = load_board("odroid-xu4")
         power = power_for_platform(xu4, table=load_power_file(path))
         assert power.board == "test" and power.of("big").active_w == 1.3
+        assert power.estimated and power.to_json()["estimate"] is True
+
+    def test_a_measured_file_says_so(self, tmp_path):
+        doc = good_doc()
+        for unit in [*doc["cores"].values(), doc["gpu"]]:
+            unit["estimate"] = False  # the user measured these on their board
+        path = tmp_path / "measured.json"
+        path.write_text(json.dumps(doc))
+        power = power_for_platform(load_board("odroid-xu4"), table=load_power_file(path))
+        assert not power.placeholder and not power.estimated and power.to_json()["estimate"] is False
+        assert not power.of("little").estimate
+        # one figure left as an estimate makes the whole an estimate
+        doc["cores"]["Cortex-A7"]["estimate"] = True
+        path.write_text(json.dumps(doc))
+        assert power_for_platform(load_board("odroid-xu4"), table=load_power_file(path)).estimated
 
 
 class TestAveragePower:

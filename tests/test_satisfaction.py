@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cores.boards import load_board
 from cores.model import Cluster, Platform
+from cores.platform import load_platform
 from cores.power import power_for_platform
 from pipeit.executor.stats import PipelineStats, StageStats
 from pipeit.plan import Plan, StageSpec, WorkerSpec
@@ -295,6 +296,19 @@ def test_bench_without_a_task_states_the_default(tiny, bench_cache):
     assert "satisfaction for task interactive" in result.stdout and "the default task" in result.stdout
     assert "mJ/frame" in result.stdout and "satisf" in result.stdout
     assert "placeholder" in result.stdout
+
+
+def test_bench_with_a_measured_power_file_says_so(tiny, bench_cache, tmp_path):
+    host = load_platform("auto").cpu_clusters[0].core_type
+    measured = {"version": 1, "board": "my-board", "description": "measured with a USB meter",
+                "cores": {host: {"active_w": 2.0, "idle_w": 0.3, "source": "USB meter", "estimate": False}}}
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps(measured))
+    result = run_cli("bench", str(tiny), "--platform", "auto", "--frames", "8", "--rounds", "1",
+                     "--strategies", "fastest-cluster", "--cache-dir", str(bench_cache), "--no-trial",
+                     "--power", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "energy: board power file my-board; measured figures" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
