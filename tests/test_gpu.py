@@ -226,3 +226,26 @@ def test_tune_cli_writes_and_reuses_a_tuning_file(tmp_path, capsys):
     out.write_text("[]")
     assert main(["gpu", "tune", str(model), "-o", str(out)]) == 2
     assert "not a JSON object" in capsys.readouterr().err
+
+
+def test_tune_without_output_writes_the_file_plan_and_check_read(tmp_path, capsys, monkeypatch):
+    from pipeit.tflite_builder import single_layer_model
+
+    model = tmp_path / "conv.tflite"
+    model.write_bytes(single_layer_model("conv", (1, 12, 12, 8), out_channels=16, kernel=1))
+    state = tmp_path / "state"
+    monkeypatch.setenv("PIPEIT_STATE_DIR", str(state))
+    monkeypatch.chdir(tmp_path)
+    assert main(["gpu", "check", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tuning_file"] is None  # nothing tuned yet: heuristic configs
+    assert main(["gpu", "tune", str(model), "--trials", "2", "--strategy", "random", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tuning_file"] == str(state / "tuning.json") and (state / "tuning.json").is_file()
+    assert not (tmp_path / "tuning.json").exists()  # not the working directory
+    entry = json.loads((state / "tuning.json").read_text())["entries"][0]
+    assert main(["gpu", "check", str(model), "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["tuning_file"] == str(state / "tuning.json")
+    assert checked["layers"][0]["config"] == entry["config"]
+    assert main(["gpu", "check", str(model)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"configs: {state / 'tuning.json'}")

@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tune.add_argument("--trials", type=int, default=32, help="configs measured per layer (default 32)")
     tune.add_argument("--strategy", default="model", choices=("random", "model"),
                       help="random search, or cost-model guided (default)")
-    tune.add_argument("-o", "--output", type=Path, default=Path("tuning.json"),
-                      help="tuning file to update (default tuning.json; reused if it exists)")
+    tune.add_argument("-o", "--output", type=Path, default=None,
+                      help="tuning file to update, reused if it exists (default $PIPEIT_STATE_DIR/tuning.json, "
+                           "the one profile, plan and run read when given no --tuning)")
     tune.add_argument("--precision", default="fp32", choices=("fp32", "fp16-storage", "fp16"))
     tune.add_argument("--layers", help="only these layer indices (comma list)")
     tune.add_argument("--retune", action="store_true", help="tune layers the file already has")
@@ -68,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = sub.add_parser("check", help="compare each distinct layer with its TFLite sub-model")
     check.add_argument("model", type=Path, help="a float32 .tflite model")
     check.add_argument("--layers", help="only these layer indices (comma list)")
-    check.add_argument("--tuning", type=Path, help="use the configs of this tuning file")
+    check.add_argument("--tuning", type=Path,
+                       help="use the configs of this tuning file (default: $PIPEIT_STATE_DIR/tuning.json if present)")
     check.add_argument("--precision", default="fp32", choices=("fp32", "fp16-storage", "fp16"))
     check.add_argument("--tolerance", type=float, default=1e-4, help="relative error allowed")
     check.add_argument("--device", dest="device_sub", help=argparse.SUPPRESS)
@@ -222,32 +224,34 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
     from pipeit.gpu.autotune import tune_model
     from pipeit.gpu.configcheck import check_tuning_configs
     from pipeit.gpu.device import make_context
+    from pipeit.gpu.measure import default_tuning_path
     from pipeit.gpu.tuner import TuningFile
     from pipeit.modelfile import read_model
 
+    output = args.output if args.output is not None else default_tuning_path()
     if args.trials < 1:
         raise InputError(f"--trials must be >= 1, got {args.trials}")
     if args.seed < 0:
         raise InputError(f"--seed must be >= 0, got {args.seed}")
-    check_output_file(args.output, "-o", (args.model,), make_parents=True)  # the tuning file makes its folder
+    check_output_file(output, "-o", (args.model,), make_parents=True)  # the tuning file makes its folder
     model = read_model(args.model)
     layers = _layers(args.layers)
     _check_layers(model, layers)
-    tuning = TuningFile.load(args.output) if args.output.exists() else TuningFile()
+    tuning = TuningFile.load(output) if output.exists() else TuningFile()
     ctx = make_context(device)
     _require_precision(ctx, args.precision)
-    check_tuning_configs(tuning, str(args.output), model, ctx.info)
+    check_tuning_configs(tuning, str(output), model, ctx.info)
     # Saved before tuning (a folder that cannot take it is found now, not after minutes of trials) and
     # after every layer (an interrupted run keeps the layers it finished); a write error is one line.
-    tuning.save(args.output)
+    tuning.save(output)
     with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False) as bar:
         results = tune_model(model, ctx, tuning, trials=args.trials, strategy=args.strategy,
                              precision=args.precision, seed=args.seed, retune=args.retune,
-                             layers=layers, progress=bar.update, recorded=lambda: tuning.save(args.output))
-    tuning.save(args.output)
+                             layers=layers, progress=bar.update, recorded=lambda: tuning.save(output))
+    tuning.save(output)
     if as_json:
         emit_json({"device": ctx.info.to_json(), "fingerprint": ctx.info.fingerprint(),
-                   "tuning_file": str(args.output), "strategy": args.strategy,
+                   "tuning_file": str(output), "strategy": args.strategy,
                    "layers": [{**dataclasses.asdict(r), "speedup": r.speedup} for r in results]})
         return 0
     rows = [(r.layer, r.op, "-" if r.untuned_ms is None else r.untuned_ms,
@@ -257,13 +261,14 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
             for r in results]
     print(format_table(["layer", "op", "untuned ms", "tuned ms", "speedup", "trials", "failed",
                         "config / note"], rows))
-    print(f"wrote {args.output} ({ctx.info.name}, fingerprint {ctx.info.fingerprint()})")
+    print(f"wrote {output} ({ctx.info.name}, fingerprint {ctx.info.fingerprint()})")
     return 0
 
 
 def _check(args: argparse.Namespace, device, as_json: bool) -> int:
     from pipeit.gpu.check import check_model, distinct_layers
     from pipeit.gpu.device import make_context
+    from pipeit.gpu.measure import find_tuning
     from pipeit.gpu.tuner import TuningFile
     from pipeit.graph import graph_from_model
     from pipeit.modelfile import read_model
@@ -277,11 +282,12 @@ def _check(args: argparse.Namespace, device, as_json: bool) -> int:
     graph = graph_from_model(model, sha256="")
     _check_layers(model, layers, graph)
     configs = {}
-    if args.tuning is not None:
+    tuning_path = find_tuning(args.tuning)  # the file plan and run would use
+    if tuning_path is not None:
         from pipeit.gpu.configcheck import check_tuning_configs
 
-        tuning = TuningFile.load(args.tuning)
-        check_tuning_configs(tuning, str(args.tuning), model, ctx.info)  # refused whole, before any check
+        tuning = TuningFile.load(tuning_path)
+        check_tuning_configs(tuning, str(tuning_path), model, ctx.info)  # refused whole, before any check
         for i in layers:
             found = tuning.config_for(ctx.info, graph.layers[i].descriptor, args.precision)
             if found is not None:
@@ -290,6 +296,7 @@ def _check(args: argparse.Namespace, device, as_json: bool) -> int:
     bad = [r for r in results if r.error is not None and not r.ok(args.tolerance)]
     if as_json:
         emit_json({"device": ctx.info.name, "tolerance": args.tolerance,
+                   "tuning_file": None if tuning_path is None else str(tuning_path),
                    "layers": [{"layer": r.layer, "op": r.op, "config": dict(r.config),
                                "error": r.error, "unsupported": r.reason or None} for r in results],
                    "failed": [r.layer for r in bad]})
@@ -299,4 +306,5 @@ def _check(args: argparse.Namespace, device, as_json: bool) -> int:
                  r.reason or ",".join(f"{k}={v}" for k, v in r.config))
                 for r in results]
         print(format_table(["layer", "op", "rel error", "verdict", "config / reason"], rows))
+        print(f"configs: {tuning_path or 'heuristic (no tuning file)'}")
     return 1 if bad else 0
