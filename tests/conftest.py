@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Iterator, Tuple
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``$PIPEIT_STATE_DIR`` for the whole session, in the session's tmp dir, for this process and every
+    process it starts.
+
+    Without it a test that profiles, plans or serves with no state directory of its own would read the
+    developer's ``~/.local/state/pipeit`` (a cached plan, a tuning file, layer times) and write into it; a
+    test that needs its own still sets one.
+    """
+    folder = tmp_path_factory.mktemp("state")
+    before = os.environ.get("PIPEIT_STATE_DIR")
+    os.environ["PIPEIT_STATE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("PIPEIT_STATE_DIR", None)
+    else:
+        os.environ["PIPEIT_STATE_DIR"] = before
 
 
 @pytest.fixture(scope="session")
