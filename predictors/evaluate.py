@@ -131,6 +131,14 @@ def leave_one_out(
             r for r in table.rows
             if r.ok and r.model != held and not (r.kind == "layer" and r.key in held_keys)
         ]
+        if not any(r.kind == "layer" for r in train):  # the fit would fail with a message about itself
+            others = [m for m in models if m != held]
+            raise ProfileError(
+                f"holding out {held} leaves no layer rows to fit on (the profile's other models: "
+                f"{', '.join(others) or 'none'}; its layers all belong to {held}): profile more models into "
+                f"it (pipeit zoo NAME -o NAME.tflite, then pipeit profile NAME.tflite -o PROFILE.csv) or "
+                f"generated layers (pipeit profile --sweep N)"
+            )
         for kind in kinds:
             predictor: Predictor = make_predictor(kind).fit(train, catalog=catalog)
             if fitted is not None:

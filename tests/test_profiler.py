@@ -356,6 +356,17 @@ class TestCommandLine:
         assert set(ev["predictors"]) == {"flops", "pipe-it", "mech"}
         assert {m["model"] for m in ev["models"]} == {"tiny0", "tiny1"}
 
+    def test_eval_of_a_one_model_profile_says_what_is_missing(self, profiled, tmp_path, capsys):
+        _, _, out, _ = profiled
+        lines = out.read_text().splitlines(keepends=True)
+        one = tmp_path / "one.csv"
+        one.write_text(lines[0] + "".join(l for l in lines[1:] if l.split(",")[1] == "tiny0"))
+        assert main(["eval", str(one)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pipeit: error: holding out tiny0 leaves no layer rows to fit on") and \
+            err.count("\n") == 1, err
+        assert "pipeit profile" in err
+
     def test_bad_inputs_exit_2_with_one_line(self, profiled, one_core, tmp_path, capsys):
         root, paths, out, _ = profiled
         pred = tmp_path / "p.json"
