@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 
 from pipeit.errors import ModelError
-from pipeit.runtime import make_interpreter
+from pipeit.runtime import make_interpreter, native_stderr_silenced
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeit.tflite_builder import ModelBuilder, QuantParams
@@ -66,7 +66,8 @@ def activation_values(builder: "ModelBuilder", feeds: Sequence[Dict[int, np.ndar
     from pipeit.tflite_builder import pack_model
 
     data = pack_model(builder.to_model(all_outputs=True))
-    interpreter = make_interpreter(data)
+    with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" is not news in a calibration
+        interpreter = make_interpreter(data)
     by_name = {d["name"]: d["index"] for d in interpreter.get_output_details()}
     in_details = {d["name"]: d["index"] for d in interpreter.get_input_details()}
     for feed in feeds:

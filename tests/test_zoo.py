@@ -196,6 +196,15 @@ class TestCli:
         assert out.read_bytes() == zoo.build("squeezenet", int8=True, seed=3)
         assert run_probs(out, frames(1))[0].std() > 0
 
+    def test_an_int8_build_prints_nothing_on_stderr(self, tmp_path):
+        # a fresh process: the runtime prints its "INFO: Created ... delegate" line once per process, here at
+        # the calibration run, and that is no news to someone making a model file
+        out = tmp_path / "sq.tflite"
+        result = subprocess.run([sys.executable, "-m", "pipeit", "zoo", "squeezenet", "--int8", "-o", str(out)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert result.stdout.startswith(f"wrote {out}")
+
     @pytest.mark.parametrize("args", [["zoo", "vgg16", "-o", "x.tflite"], ["zoo", "squeezenet"], ["zoo"],
                                       ["zoo", "squeezenet", "-o", "x.tflite", "--int8", "--fp16-weights"]])
     def test_bad_use_exits_2_with_one_line(self, tmp_path, args):

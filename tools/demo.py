@@ -39,13 +39,14 @@ def chain_check(model: Path, split_dir: Path) -> None:
     """Chain the stage sub-models, compare with the whole model, time the whole model."""
     import numpy as np
 
-    from pipeit.runtime import make_interpreter
+    from pipeit.runtime import make_interpreter, native_stderr_silenced
     from pipeit.split import split_model, run_chain
 
     manifest = json.loads((split_dir / "manifest.json").read_text())
     cuts = [stage["layers"][0] for stage in manifest["stages"][1:]]
     stages = split_model(model, cuts)
-    whole = make_interpreter(model, num_threads=1)
+    with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" line, printed once per process
+        whole = make_interpreter(model, num_threads=1)
     detail = whole.get_input_details()[0]
     frame = np.random.default_rng(0).uniform(-1, 1, size=detail["shape"]).astype(np.float32)
     whole.set_tensor(detail["index"], frame)
