@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+from cores.filewrite import write_file
 from cores.jsonfile import JsonFileError, is_version, read_json
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PipeitError, PlanError
@@ -259,7 +260,7 @@ class LayerTimes:
             raise PlanError(f"{where}: malformed layer times ({type(err).__name__}: {err})") from err
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        write_file(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "LayerTimes":

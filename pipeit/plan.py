@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
+from cores.filewrite import write_file
 from cores.jsonfile import JsonFileError, is_version, read_json
 from cores.model import Platform
 from pipeit.errors import PlanError
@@ -297,7 +298,7 @@ class Plan:
                                     f"(1..{MAX_THREADS})")
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        write_file(path, json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def load_plan(path: Union[str, Path]) -> Plan:

@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 
 from ai_edge_litert import schema_py_generated as schema
+from cores.filewrite import write_file
 from pipeit.descriptor import TensorInfo
 from pipeit.errors import InputError, SplitError
 from pipeit.graph import LayerGraph, graph_from_model
@@ -367,14 +368,14 @@ def write_split(stages: Sequence[StageModel], out_dir: Union[str, Path]) -> Path
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for stage in stages:
-            (directory / stage.file_name).write_bytes(stage.model_bytes)
+            write_file(directory / stage.file_name, stage.model_bytes)
         listed = {stage.file_name for stage in stages}
         for entry in directory.iterdir():
             if (STAGE_FILE.fullmatch(entry.name) and entry.name not in listed
                     and entry.is_file() and not entry.is_symlink()):
                 entry.unlink()
         path = directory / MANIFEST_NAME
-        path.write_text(json.dumps(manifest(stages), indent=2) + "\n")
+        write_file(path, json.dumps(manifest(stages), indent=2) + "\n")
     except OSError as err:
         raise SplitError(f"cannot write the split into {directory}: {err.strerror or err}") from err
     return path

@@ -43,6 +43,7 @@ from typing import ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from cores.filewrite import write_file
 from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PredictorError
@@ -321,4 +322,4 @@ class Predictor:
 
     def save(self, path: Union[str, Path]) -> None:
         text = json.dumps(self.to_json(), indent=1, sort_keys=True)
-        Path(path).write_text(text + "\n", encoding="utf-8")
+        write_file(path, text + "\n")

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -355,6 +356,23 @@ class TestCommandLine:
         ev = json.loads(capsys.readouterr().out)
         assert set(ev["predictors"]) == {"flops", "pipe-it", "mech"}
         assert {m["model"] for m in ev["models"]} == {"tiny0", "tiny1"}
+
+    def test_fit_cut_short_by_a_full_disk_keeps_the_old_predictor(self, profiled, tmp_path):
+        _, _, out, _ = profiled
+        pred = tmp_path / "p.json"
+        pred.write_text("the old predictor\n")
+
+        def small_files():  # past 256 bytes a write fails with EFBIG, as on a full disk
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+
+        result = subprocess.run([sys.executable, "-m", "pipeit", "fit", str(out), "-o", str(pred), "--kind", "mech"],
+                                capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"pipeit: error: {pred}: cannot write the predictor") and \
+            result.stderr.count("\n") == 1, result.stderr
+        assert pred.read_text() == "the old predictor\n"  # not a truncated half of the new one
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
 
     def test_eval_of_a_one_model_profile_says_what_is_missing(self, profiled, tmp_path, capsys):
         _, _, out, _ = profiled

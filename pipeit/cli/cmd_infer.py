@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
+from cores.filewrite import write_file
 from pipeit.cli.output import check_output_file, emit_json
 
 __all__ = ["register", "run"]
@@ -47,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
         transport = client.transport_in_use
     if args.output:
         try:
-            # through a file object: written as named (np.savez adds ".npz" to a name, even to /dev/null
-            # or a FIFO, and the file written would not be the one reported)
-            with open(args.output, "wb") as handle:
-                np.savez(handle, **outputs)
+            # through a buffer: written as named (np.savez adds ".npz" to a name, even to /dev/null or a
+            # FIFO, and the file written would not be the one reported), and whole or not at all
+            archive = io.BytesIO()
+            np.savez(archive, **outputs)
+            write_file(args.output, archive.getvalue())
         except OSError as err:
             raise InputError(f"{args.output}: cannot write ({err.strerror or err})") from err
     summary = {

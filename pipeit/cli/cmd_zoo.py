@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cores.filewrite import write_file
 from pipeit.cli.output import check_output_file, emit_json, format_table
 from pipeit.errors import InputError
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                      sparse_weights=args.sparse_weights)
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_bytes(data)
+        write_file(args.output, data)
     except OSError as err:
         raise InputError(f"cannot write {args.output}: {err.strerror or err}") from err
     variant = "int8" if args.int8 else ("fp16-weights" if args.fp16_weights else "float32")

@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from cores.filewrite import write_file
 from cores.jsonfile import JsonFileError, is_version, read_json
 from pipeit.errors import InputError
 from pipeit.gpu.device import GpuError
@@ -426,7 +427,7 @@ def save_tables(path: Union[str, Path], stages: Mapping[Tuple[int, int], Sequenc
         "stages": [{"layers": [int(a), int(b)], "tables": [t.to_json() for t in tables]}
                    for (a, b), tables in sorted(stages.items())],
     }
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    write_file(path, json.dumps(doc, indent=1) + "\n")
 
 
 def load_tables(path: Union[str, Path], model_sha256: Optional[str] = None) -> Dict[Tuple[int, int], Tuple[Table, ...]]:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from cores.filewrite import write_file
 from cores.jsonfile import JsonFileError, is_version, read_json
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PipeitError
@@ -441,21 +442,10 @@ class TuningFile:
 
     def save(self, path: Union[str, Path]) -> None:
         p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        text = json.dumps(self.to_json(), indent=1) + "\n"
         try:
-            if p.exists() and not p.is_file():  # /dev/null, a FIFO: written as they are, never renamed over
-                with open(p, "w") as handle:
-                    handle.write(text)
-                return
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            tmp.replace(p)
+            write_file(p, json.dumps(self.to_json(), indent=1) + "\n")
         except OSError as err:
-            try:
-                tmp.unlink(missing_ok=True)  # a full disk leaves no half-written .tmp beside the file
-            except OSError:
-                pass
             raise TuningError(f"cannot write tuning file {p}: {err.strerror or err}") from err
 
     @classmethod

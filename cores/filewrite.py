@@ -1,0 +1,72 @@
+"""Write a file whole or not at all: the one writer for the files pipeit hands between its steps.
+
+A plan, a predictor, layer times or a tables file written in place is
+truncated first and filled after; a Ctrl-C, a full disk or a killed daemon in
+between leaves a half file where a good one was, and the next step (or the
+daemon's next start, which reads its cached plan) refuses it. Here the bytes
+go to a temporary file beside the target, which then replaces it in one
+``rename``: a reader sees the old file or the new one, never a part.
+
+Two cases are written as they are, not renamed over: a path that exists and
+is not a regular file (``/dev/null``, ``/dev/stdout``, a FIFO), and the
+target of a symbolic link is written rather than the link replaced.
+
+This module is in :mod:`cores`, the lowest package: it imports nothing from
+:mod:`pipeit` or :mod:`predictors`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Union
+
+__all__ = ["write_file"]
+
+
+def _default_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less the umask (read without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def write_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
+    """Put ``data`` (text is UTF-8) at ``path`` atomically; an ``OSError`` leaves the old file as it was.
+
+    The new file keeps an existing file's permission bits, else gets the
+    mode a plain ``open`` would. The caller turns ``OSError`` into its own
+    one-line error, as it did for a plain write.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    target = Path(os.path.realpath(path))  # a symlink's target is replaced, the link kept
+    try:
+        existing = os.stat(target)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        with open(target, "wb") as handle:  # a device or a FIFO: renaming over it would replace it
+            handle.write(payload)
+        return
+    mode = stat.S_IMODE(existing.st_mode) if existing is not None else _default_mode()
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())  # on the disk before the rename: a board's power cut keeps old or new
+        os.replace(temporary, target)
+    except BaseException:  # a full disk, or Ctrl-C mid-write: no temporary file left beside the target
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
