@@ -102,6 +102,41 @@ def test_sighup_while_the_daemon_profiles_is_a_reload_once_it_serves(served):
         assert daemon.stop() == 0, daemon.log()
 
 
+def test_a_connection_idle_across_a_reload_to_a_larger_input_is_served(tmp_path):
+    """The daemon took a connection's size limit when it began waiting for its next message: the first
+    frame after a reload to a larger input was refused too_large and the connection closed."""
+    os.chmod(tmp_path, 0o750)
+    model = build_model(tmp_path / "m.tflite", size=24)
+    times = write_times(model, PLATFORM, tmp_path / "times.json")
+    small = np.random.default_rng(4).standard_normal((1, 24, 24, 16)).astype(np.float32)
+    with Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times)], tmp_path / "g.sock",
+                env={"PIPEIT_STATE_DIR": str(tmp_path / "state")}) as daemon, \
+            Client(daemon.socket_path) as watcher:
+        reloads = 0
+        for transport in ("inline", "shm"):
+            build_model(model, size=24)
+            daemon.proc.send_signal(signal.SIGHUP)
+            reloads += 1
+            assert _wait_reloads(watcher, reloads), daemon.log()
+            with Client(daemon.socket_path, transport=transport) as idle:
+                assert idle.infer(small)["fc"].shape == (1, 10)
+                build_model(model, size=32)  # a larger input, the same layers
+                daemon.proc.send_signal(signal.SIGHUP)
+                reloads += 1
+                assert _wait_reloads(watcher, reloads), daemon.log()
+                frame = _frame(5)
+                np.testing.assert_array_equal(idle.infer(frame)["fc"], reference(model, frame))
+
+
+def _wait_reloads(client: Client, count: int, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len([e for e in client.status()["events"] if e["kind"] == "reload"]) >= count:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_a_reload_to_a_plan_naming_a_cluster_this_platform_lacks_fails_and_keeps_serving(served):
     """It was an uncaught PlatformError in the reload thread: no "reload failed" line, no event."""
     folder, model, times = served

@@ -42,7 +42,7 @@ import struct
 import termios
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -689,7 +689,8 @@ class Inbox:
         return bytes(self.take(n))
 
 
-def read_head(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None) -> Optional[Header]:
+def read_head(sock: socket.socket, max_body: Union[int, Callable[[], int]],
+              inbox: Optional[Inbox] = None) -> Optional[Header]:
     """The next message's prefix and header, checked; its body is left to read (None: a clean close).
 
     For a reader that puts the body where it wants it (the daemon: straight
@@ -700,6 +701,9 @@ def read_head(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None)
     the header (itself bounded by :data:`MAX_HEADER_BYTES`): the
     ``too_large`` error carries the header and its id, so the reader can
     answer which tensor made the body too large, and to which request.
+    ``max_body`` may be a callable, asked once the header is in: a daemon
+    waits here between messages, and a reload while it waits changes the
+    limit the next message must meet.
     """
     if inbox is None:
         prefix = bytearray(PREFIX_BYTES)
@@ -721,7 +725,7 @@ def read_head(sock: socket.socket, max_body: int, inbox: Optional[Inbox] = None)
             raise ProtocolError(f"connection closed after {held} of {PREFIX_BYTES} bytes", "truncated")
         head_len, body_len = _prefix_lengths(bytes(inbox.take(PREFIX_BYTES)))
         header = inbox.decode_header(inbox.read_exactly(sock, head_len), body_len)
-    _check_body(body_len, max_body, header)
+    _check_body(body_len, max_body() if callable(max_body) else max_body, header)
     return header
 
 

@@ -443,7 +443,8 @@ class _Connection:
                     break
                 try:
                     self.reader.limit_after_first_bytes(SLOW_BODY_S)  # idle between messages, not inside one
-                    header = wire.read_head(self.reader, server.max_body(), self.inbox)
+                    # the limit of the model serving when the message arrives, not when the wait began
+                    header = wire.read_head(self.reader, server.max_body, self.inbox)
                     self.reader.limit(None)
                     if header is None:
                         self._quiesce()  # a client may half-close and still read its answers
