@@ -7,9 +7,10 @@ daemon's next start, which reads its cached plan) refuses it. Here the bytes
 go to a temporary file beside the target, which then replaces it in one
 ``rename``: a reader sees the old file or the new one, never a part.
 
-Two cases are written as they are, not renamed over: a path that exists and
-is not a regular file (``/dev/null``, ``/dev/stdout``, a FIFO), and the
-target of a symbolic link is written rather than the link replaced.
+A path that exists and is not a regular file (``/dev/null``, a FIFO), and
+any name under ``/dev`` or ``/proc`` (``/dev/stdout`` redirected to a file
+or a pipe), are written as they are, never renamed over; for a symbolic
+link the target is replaced and the link kept.
 
 This module is in :mod:`cores`, the lowest package: it imports nothing from
 :mod:`pipeit` or :mod:`predictors`.
@@ -38,6 +39,13 @@ def _default_mode() -> int:
     return 0o644
 
 
+def _is_descriptor_name(path: Union[str, Path]) -> bool:
+    """``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``: an open descriptor (a pipe, a shell's ``>``
+    file), written through, as the caller's redirection expects."""
+    text = os.path.abspath(path)
+    return text.startswith("/dev/") or text.startswith("/proc/")
+
+
 def write_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
     """Put ``data`` (text is UTF-8) at ``path`` atomically; an ``OSError`` leaves the old file as it was.
 
@@ -46,15 +54,15 @@ def write_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
     one-line error, as it did for a plain write.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    target = Path(os.path.realpath(path))  # a symlink's target is replaced, the link kept
     try:
-        existing = os.stat(target)
+        existing = os.stat(path)
     except FileNotFoundError:
         existing = None
-    if existing is not None and not stat.S_ISREG(existing.st_mode):
-        with open(target, "wb") as handle:  # a device or a FIFO: renaming over it would replace it
+    if (existing is not None and not stat.S_ISREG(existing.st_mode)) or _is_descriptor_name(path):
+        with open(path, "wb") as handle:  # a device, a FIFO, /dev/stdout: renaming over it would replace it
             handle.write(payload)
         return
+    target = Path(os.path.realpath(path))  # a symlink's target is replaced, the link kept
     mode = stat.S_IMODE(existing.st_mode) if existing is not None else _default_mode()
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:

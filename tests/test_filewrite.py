@@ -78,3 +78,11 @@ def test_a_write_cut_short_leaves_the_old_file_whole_and_no_temporary(tmp_path):
     assert result.returncode == 3, result.stderr
     assert path.read_text() == "the old predictor\n"
     assert leftovers(tmp_path) == []
+
+
+def test_dev_stdout_into_a_pipe_is_written_through():
+    """/dev/stdout on a pipe resolves to no file that can be renamed over: the bytes go down the pipe."""
+    script = "from cores.filewrite import write_file\nwrite_file('/dev/stdout', b'down the pipe')\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0 and result.stdout == b"down the pipe", result.stderr
