@@ -134,6 +134,9 @@ class Client:
         self._shm_refused: Optional[str] = None  # why an "auto" client went inline
         self._ids = itertools.count(1)
         self._early: Dict[int, wire.Message] = {}
+        self._abandoned: set = set()  # ids whose caller gave up waiting (a timeout): their replies are dropped
+        self._input_name: Optional[str] = None  # the model's one input, for infer(array); read from status
+        self._input_dtype: Optional[str] = None
         self._inbox = wire.Inbox()
         self._infer = wire.Encoder("infer")  # the header is built once per input layout
         self._lock = threading.RLock()  # see _one_at_a_time
@@ -204,6 +207,11 @@ class Client:
                 buffers = self._infer.encode(request_id, tensors)
             else:
                 buffers = wire.encode_request(request_id, op, tensors)
+        except wire.ProtocolError as err:  # a tensor no message can carry, an unknown operation: refused here
+            if slot is not None:
+                self._free.append(slot)
+            raise DaemonError(str(err), "bad_request") from err
+        try:
             wire.send_message(self._conn(), buffers)
         except OSError as err:
             self._refusal_or_lost(err, request_id)
@@ -309,6 +317,7 @@ class Client:
     @_one_at_a_time
     def submit(self, slot: int) -> int:
         """Send the frame written into a :meth:`reserve`-d slot; returns its request id (pair with :meth:`receive`)."""
+        self._conn()  # closed (a lost connection drops the reservations too): say that, not "not reserved"
         if slot not in self._reserved:
             raise DaemonError(f"slot {slot} is not reserved (reserve() it, and submit it once)", "bad_request")
         request_id = next(self._ids)
@@ -378,6 +387,13 @@ class Client:
             if rid is None:  # a reply to no request: the daemon is refusing this connection
                 self.close()
                 _raise(message)
+            if rid in self._abandoned:  # late: the daemon is done with its slot, and nobody wants the outputs
+                self._abandoned.discard(rid)
+                self._orphans.discard(rid)
+                slot = self._slot_of.pop(rid, None)
+                if slot is not None:
+                    self._free.append(slot)
+                continue
             self._early[rid] = message
         message = self._early.pop(request_id)
         if request_id in self._orphans:
@@ -459,12 +475,24 @@ class Client:
         _check_out(out)  # before the frame is sent
         named = self._named(inputs)
         try:
-            return self.receive(self.send("infer", named), out).tensors
+            return self._reply(self.send("infer", named), out).tensors
         except DaemonError as err:
+            if err.code == "bad_request" and named is not inputs and self._input_renamed():
+                return self._reply(self.send("infer", self._named(inputs)), out).tensors
             if err.code != "reattach" or self.transport == "inline":
                 raise
             self._shm_refused = None
-            return self.receive(self.send("infer", named), out).tensors
+            return self._reply(self.send("infer", named), out).tensors
+
+    def _reply(self, request_id: int, out: Optional[Mapping[str, np.ndarray]] = None) -> wire.Message:
+        """:meth:`receive` for a request this client sent itself: on a timeout the request is given up,
+        and its reply, when it comes, frees its slot and is dropped (else every timed-out frame would keep a
+        slot of the frame area, and its reply the memory of its outputs, for good)."""
+        try:
+            return self.receive(request_id, out)
+        except ReplyTimeout:
+            self._abandoned.add(request_id)
+            raise
 
     def infer_many(self, frames: Iterable[Union[np.ndarray, Mapping[str, np.ndarray]]],
                    window: int = 4) -> Iterator[Dict[str, np.ndarray]]:
@@ -484,32 +512,45 @@ class Client:
         """The outputs of ``request_id``; a frame answered ``reattach`` (the daemon reloaded a model with
         other inputs or outputs) is sent again, through a new frame area, as :meth:`infer` does."""
         try:
-            return self.receive(request_id).tensors
+            return self._reply(request_id).tensors
         except DaemonError as err:
             if err.code != "reattach" or self.transport == "inline":
                 raise
             self._shm_refused = None
-            return self.receive(self.send("infer", named)).tensors
+            return self._reply(self.send("infer", named)).tensors
 
     @_one_at_a_time
     def status(self) -> Dict[str, Any]:
         """The daemon's status document (fps, latency, stages, plan, clusters, re-plans)."""
-        return dict(self.receive(self.send("status")).header.info or {})
+        return dict(self._reply(self.send("status")).header.info or {})
 
     @_one_at_a_time
     def replan(self) -> Dict[str, Any]:
         """Ask for a re-plan now; returns the event (``kind`` says whether the pipeline switched)."""
-        return dict(self.receive(self.send("replan")).header.info or {})
+        return dict(self._reply(self.send("replan")).header.info or {})
+
+    def _input_renamed(self) -> bool:
+        """After a refused ``infer(array)``: did a reload give the model's input another name? (Read again.)"""
+        before, self._input_name = self._input_name, None
+        plan_inputs = self.status().get("inputs") or []
+        return len(plan_inputs) == 1 and plan_inputs[0]["name"] != before
 
     def _named(self, inputs: Union[np.ndarray, Mapping[str, np.ndarray]]) -> Mapping[str, np.ndarray]:
         if type(inputs) is dict or isinstance(inputs, Mapping):  # a plain dict skips the ABC check (~10 us here)
             return inputs
-        if not hasattr(self, "_input_name"):
+        if self._input_name is None:
             plan_inputs = self.status().get("inputs") or []
             if len(plan_inputs) != 1:
                 raise DaemonError(f"the model has {len(plan_inputs)} inputs; pass a dict name -> array",
                                   "bad_request")
             self._input_name = plan_inputs[0]["name"]
+            self._input_dtype = plan_inputs[0].get("dtype")
+        if not isinstance(inputs, np.ndarray) and self._input_dtype:  # nested lists: the model's dtype, not float64
+            try:
+                return {self._input_name: np.asarray(inputs, dtype=self._input_dtype)}
+            except (TypeError, ValueError) as err:
+                raise DaemonError(f"cannot make a {self._input_dtype} array of the input: {err}", "bad_request") \
+                    from err
         return {self._input_name: np.asarray(inputs)}
 
 

@@ -15,11 +15,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_model(path: Path, layers: int = 6, size: int = 32, channels: int = 16, classes: int = 10) -> Path:
+def build_model(path: Path, layers: int = 6, size: int = 32, channels: int = 16, classes: int = 10,
+                input_name: str = "image") -> Path:
     from pipeit.tflite_builder import ModelBuilder
 
     b = ModelBuilder(seed=0)
-    x = b.input("image", (1, size, size, channels))
+    x = b.input(input_name, (1, size, size, channels))
     for _ in range(layers):
         x = b.conv2d(x, channels, kernel=3, activation="RELU")
     x = b.mean(x)

@@ -850,3 +850,31 @@ def test_serve_nice_reaches_the_daemon_and_its_workers(files, tmp_path):
                            "--platform", PLATFORM, "--socket", str(folder / "x.sock"), "--nice", "40"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--nice must be in -20..19" in done.stderr
+
+
+def test_what_the_client_cannot_send_is_a_daemon_error_and_the_connection_stays(daemon, files):
+    """They were ProtocolError, which `except DaemonError` missed; a nested list went as float64 and the
+    daemon closed the connection over its size."""
+    _, model, _ = files
+    frame = _frames(1, seed=31)[0]
+    with Client(daemon.socket_path) as c:
+        for bad in (np.array([object()]), np.zeros((1, 32, 32, 16), np.complex64)):
+            with pytest.raises(DaemonError) as err:
+                c.infer({"image": bad})
+            assert err.value.code == "bad_request" and "cannot be sent" in str(err.value)
+        with pytest.raises(DaemonError) as err:
+            c.send("bogus")
+        assert err.value.code == "bad_request" and "bogus" in str(err.value)
+        with pytest.raises(DaemonError) as err:
+            c.infer([["a", "b"]])
+        assert err.value.code == "bad_request" and "float32" in str(err.value)
+        np.testing.assert_array_equal(c.infer(frame.tolist())["fc"], reference(model, frame))  # as float32
+        np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))  # still connected
+
+
+def test_submit_after_a_lost_connection_says_the_client_is_closed(daemon):
+    with Client(daemon.socket_path, transport="shm") as c:
+        slot, views = c.reserve()
+        c.close()  # as a lost connection does
+        with pytest.raises(DaemonError, match="the client is closed"):
+            c.submit(slot)

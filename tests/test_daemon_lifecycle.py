@@ -128,6 +128,25 @@ def test_a_connection_idle_across_a_reload_to_a_larger_input_is_served(tmp_path)
                 np.testing.assert_array_equal(idle.infer(frame)["fc"], reference(model, frame))
 
 
+def test_a_client_sending_bare_arrays_follows_a_reload_that_renames_the_input(tmp_path):
+    """infer(array) names the array after the model's one input, read once: after a reload renamed it,
+    every frame was refused until the client was made again."""
+    os.chmod(tmp_path, 0o750)
+    model = build_model(tmp_path / "m.tflite")
+    times = write_times(model, PLATFORM, tmp_path / "times.json")
+    frame = _frame(6)
+    with Daemon(["--model", str(model), "--platform", PLATFORM, "--times", str(times)], tmp_path / "n.sock",
+                env={"PIPEIT_STATE_DIR": str(tmp_path / "state")}) as daemon, \
+            Client(daemon.socket_path, transport="inline") as c:
+        np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+        build_model(model, input_name="camera")
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert _wait_reloads(c, 1), daemon.log()
+        assert [i["name"] for i in c.status()["inputs"]] == ["camera"]
+        np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+        np.testing.assert_array_equal(c.infer(frame.tolist())["fc"], reference(model, frame))  # lists: float32
+
+
 def _wait_reloads(client: Client, count: int, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -420,3 +420,29 @@ def test_infer_many_resends_frames_a_reload_made_stale(files, tmp_path):
             np.testing.assert_array_equal(out["fc"], want)
         assert outputs[-1]["fc"].shape == (1, 12)
     assert d.proc.returncode == 0
+
+
+def test_a_timed_out_frame_gives_its_slot_back_when_its_late_reply_comes(daemon, files):
+    """A ReplyTimeout kept the request's slot and its reply for good: after three, every frame went inline
+    while transport_in_use still said shm, and detach/attach were refused forever."""
+    from pipeit.client import ReplyTimeout
+
+    _, model, _ = files
+    frames = _frames(2, seed=41)
+    with Client(daemon.socket_path, transport="shm", slots=3, timeout=1.0) as c:
+        assert c.infer(frames[0])["fc"].shape == (1, 10)
+        for _ in range(3):
+            daemon.proc.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(ReplyTimeout):
+                    c.infer(frames[1])
+            finally:
+                daemon.proc.send_signal(signal.SIGCONT)
+        c.timeout = 60.0
+        for i in range(6):  # the late replies are read (and dropped) on the way to these
+            np.testing.assert_array_equal(c.infer(frames[i % 2])["fc"], reference(model, frames[i % 2]))
+        slots = [c.reserve()[0] for _ in range(3)]  # every slot free again: none held by a late reply
+        assert sorted(slots) == [0, 1, 2]
+        for slot in slots:
+            c.receive(c.submit(slot))
+        c.detach()  # nothing in flight
