@@ -465,3 +465,57 @@ def test_stats_count_every_frame_but_keep_only_the_recent_samples(tmp_path):
     assert kept == (40, [40, 40])
     assert stats.latency_p50_ms is not None and stats.latency_p50_ms > 0
     assert all(s.measured_ms is not None and s.measured_ms > 0 for s in stats.stages)
+
+
+def test_arguments_a_pipeline_cannot_use_are_refused_and_it_stays_usable(tmp_path):
+    """A negative lead_ms left a gated frame at the door for good, and every frame after it behind it;
+    a string one failed the whole pipeline from inside the dispatcher. slots=0 was taken silently."""
+    import pickle
+
+    from tests.daemon_helpers import build_model
+
+    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
+    n = len(load_graph(model).layers)
+    plan = make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
+    frame = {"image": np.random.default_rng(1).standard_normal((1, 16, 16, 8)).astype(np.float32)}
+    for bad in ({"slots": 0}, {"slots": 2.5}, {"start_timeout_s": float("nan")}, {"start_timeout_s": -1}):
+        with pytest.raises(ExecutorError, match=next(iter(bad))):
+            Pipeline(plan, model, **bad)
+    with Pipeline(plan, model) as pipe:
+        want = pipe.run(frame, timeout=60)
+        for lead in (-5, float("nan"), float("inf"), "x", None):
+            with pytest.raises(ExecutorError, match="lead_ms"):
+                pipe.submit(frame, gated=True, lead_ms=lead)
+            with pytest.raises(ExecutorError, match="lead_ms"):
+                pipe.stream([frame] * 3, 2, gated=True, lead_ms=lead)
+        assert pipe.failed is None
+        np.testing.assert_array_equal(pipe.submit(frame, gated=True, lead_ms=0).result(60)["fc"], want["fc"])
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(pipe)
+
+
+def test_a_forked_child_neither_drives_nor_stops_the_parents_pipeline(tmp_path):
+    """The child shares the workers' sockets: its close() stopped the parent's workers, and its submit()
+    sent them a frame whose answer reached the parent ("answered frame 1 it was not given")."""
+    from tests.daemon_helpers import build_model
+
+    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
+    n = len(load_graph(model).layers)
+    plan = make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
+    frame = {"image": np.random.default_rng(2).standard_normal((1, 16, 16, 8)).astype(np.float32)}
+    with Pipeline(plan, model) as pipe:
+        want = pipe.run(frame, timeout=60)
+        pid = os.fork()
+        if pid == 0:  # the child: refused, then closes what it thinks is its pipeline, and leaves
+            code = 1
+            try:
+                pipe.submit(frame)
+            except ExecutorError as err:
+                code = 0 if "belongs to process" in str(err) else 2
+            pipe.close()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for _ in range(5):
+            np.testing.assert_array_equal(pipe.run(frame, timeout=60)["fc"], want["fc"])
+        assert pipe.failed is None and all(s.restarts == 0 for s in pipe.stats().stages)

@@ -358,6 +358,10 @@ class Pipeline:
     ):
         if int(stats_window) < 1:
             raise ExecutorError(f"stats_window must be >= 1, got {stats_window}")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ExecutorError(f"slots must be an integer >= 1, got {slots!r}")
+        if not isinstance(start_timeout_s, (int, float)) or not 0 < start_timeout_s < math.inf:
+            raise ExecutorError(f"start_timeout_s must be a finite number of seconds > 0, got {start_timeout_s!r}")
         self.stats_window = int(stats_window)
         self.plan = plan
         self.model_path = Path(model_path)
@@ -366,6 +370,7 @@ class Pipeline:
         self.backend = backend
         self.start_timeout_s = float(start_timeout_s)
         self._verify_hash = verify_hash
+        self._owner_pid: Optional[int] = None  # set by start()
         self._given_stages = stages
         self._throttle = throttle
         self._ctx = multiprocessing.get_context("spawn")
@@ -425,6 +430,7 @@ class Pipeline:
         if self._started:
             return self
         self._started = True
+        self._owner_pid = os.getpid()  # a forked child must neither drive nor stop the parent's workers
         self._exit_hook = _close_at_exit(self)
         try:
             self._start()
@@ -699,7 +705,7 @@ class Pipeline:
         cleanup is done (then delivered), so an impatient user cannot leave
         segments in /dev/shm or cgroups behind.
         """
-        if self._closed:
+        if self._closed or not self._owned():  # a forked child's exit leaves the parent's pipeline alone
             return
         self._closed = True
         if self._exit_hook is not None:
@@ -788,6 +794,8 @@ class Pipeline:
         A Future cancelled before its frame is done only drops the output.
         """
         self._check_running()
+        if gated:
+            _check_lead_ms(lead_ms)
         tensors = self._check_inputs(inputs)
         outs = self._check_outputs(out) if out is not None else None
         slot = self._take_slot0()
@@ -925,6 +933,17 @@ class Pipeline:
     def _check_running(self) -> None:
         if not self._started or self._closed:
             raise ExecutorError("the pipeline is not running (use it inside `with Pipeline(...)`)")
+        if not self._owned():
+            raise ExecutorError(f"this pipeline belongs to process {self._owner_pid}, not this forked child: "
+                                "make a Pipeline in the child")
+
+    def _owned(self) -> bool:
+        """True in the process that started the pipeline (its workers' sockets are shared with a fork)."""
+        return self._owner_pid is None or self._owner_pid == os.getpid()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Pipeline holds this process's workers and shared memory and cannot be pickled: "
+                        "send its plan and model path, and make a Pipeline where it is needed")
 
     def _take_slot0(self) -> int:
         """A free slot of edge 0, waiting for one (backpressure); raises if the pipeline failed or closed."""
@@ -1015,6 +1034,8 @@ class Pipeline:
         self._check_running()
         if int(window) < 1:
             raise ExecutorError(f"window must be >= 1, got {window}")
+        if gated:
+            _check_lead_ms(lead_ms)
         checked_by_id: Dict[int, Dict[str, np.ndarray]] = {}
         checked = []
         for frame in frames:  # a frame reused is checked once and stays one object (staging relies on it)
@@ -1656,6 +1677,13 @@ class Pipeline:
             if frame.future is not None:
                 _settle(frame.future, error=self._error)
         self._free0.close()
+
+
+def _check_lead_ms(lead_ms: Any) -> None:
+    """A gated frame's lead is a finite number of ms >= 0: a negative one moved its gate further away at
+    every wake-up, so the frame never entered and every frame after it waited behind it, silently."""
+    if isinstance(lead_ms, bool) or not isinstance(lead_ms, (int, float)) or not 0 <= lead_ms < math.inf:
+        raise ExecutorError(f"lead_ms must be a finite number of ms >= 0, got {lead_ms!r}")
 
 
 def _close_at_exit(pipeline: "Pipeline") -> Callable[[], None]:
