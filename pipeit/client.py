@@ -140,6 +140,7 @@ class Client:
         self._inbox = wire.Inbox()
         self._infer = wire.Encoder("infer")  # the header is built once per input layout
         self._lock = threading.RLock()  # see _one_at_a_time
+        self._owner_pid = os.getpid()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         wire.tune_socket(sock)  # a whole frame fits the send buffer: one copy, no ping-pong with the reader
         sock.settimeout(timeout)
@@ -165,7 +166,7 @@ class Client:
         DaemonError; the area is unmapped only once no call is using it.
         """
         sock = self._sock
-        if sock is not None:
+        if sock is not None and self._owner_pid == os.getpid():  # a fork's shutdown would cut the parent's too
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -185,6 +186,9 @@ class Client:
     def _conn(self) -> socket.socket:
         if self._sock is None:
             raise DaemonError("the client is closed")
+        if self._owner_pid != os.getpid():  # the connection and frame area are shared with the parent
+            raise DaemonError(f"this client belongs to process {self._owner_pid}, not this forked child: "
+                              "connect a Client in the child", "unavailable")
         return self._sock
 
     @_one_at_a_time

@@ -878,3 +878,25 @@ def test_submit_after_a_lost_connection_says_the_client_is_closed(daemon):
         c.close()  # as a lost connection does
         with pytest.raises(DaemonError, match="the client is closed"):
             c.submit(slot)
+
+
+def test_a_forked_child_cannot_use_its_parents_client_and_its_close_leaves_it_connected(daemon, files):
+    """The child's close() shut down the connection both share (the parent got 'lost the connection'),
+    and both writing "slot 0" of one frame area gave the parent the child's outputs."""
+    _, model, _ = files
+    frame = _frames(1, seed=33)[0]
+    with Client(daemon.socket_path, transport="shm") as c:
+        np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                c.infer(frame)
+            except DaemonError as err:
+                code = 0 if "belongs to process" in str(err) else 2
+            c.close()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for _ in range(3):
+            np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
