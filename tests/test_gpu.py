@@ -248,4 +248,45 @@ def test_tune_without_output_writes_the_file_plan_and_check_read(tmp_path, capsy
     assert checked["tuning_file"] == str(state / "tuning.json")
     assert checked["layers"][0]["config"] == entry["config"]
     assert main(["gpu", "check", str(model)]) == 0
-    assert capsys.readouterr().out.rstrip().endswith(f"configs: {state / 'tuning.json'}")
+    assert capsys.readouterr().out.rstrip().endswith(f"configs: {state / 'tuning.json'} (for every layer checked)")
+
+
+def test_a_tuning_file_from_another_device_is_named_as_unused(tmp_path, capsys):
+    """gpu check printed "configs: FILE" while it ran the heuristic configs, the file holding none for
+    this device; plan, profile and run used such a file silently."""
+    import warnings
+
+    from pipeit.gpu.device import select_device
+    from pipeit.gpu.tuner import TuningFile
+    from pipeit.tflite_builder import single_layer_model
+
+    model = tmp_path / "conv.tflite"
+    model.write_bytes(single_layer_model("conv", (1, 12, 12, 8), out_channels=16, kernel=1))
+    mine = tmp_path / "mine.json"
+    assert main(["gpu", "tune", str(model), "--trials", "2", "--strategy", "random", "-o", str(mine)]) == 0
+    capsys.readouterr()
+    assert main(["gpu", "check", str(model), "--tuning", str(mine)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"configs: {mine} (for every layer checked)")
+    doc = json.loads(mine.read_text())
+    (fp, device), = doc["devices"].items()
+    doc["devices"] = {"0123456789abcdef": dict(device, name="Mali-G52")}
+    for entry in doc["entries"]:
+        entry["device"] = "0123456789abcdef"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(doc))
+    assert main(["gpu", "check", str(model), "--tuning", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tuned_layers"] == []
+    assert main(["gpu", "check", str(model), "--tuning", str(other)]) == 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith(f"configs: heuristic ({other} has none for these layers on ")
+    here = select_device(None)
+    assert TuningFile.load(mine).not_for_device(here, str(mine)) is None
+    note = TuningFile.load(other).not_for_device(here, str(other))
+    assert note and "Mali-G52" in note and here.name in note
+    with warnings.catch_warnings(record=True) as caught:  # what plan and profile time the GPU with
+        warnings.simplefilter("always")
+        from cores.model import Cluster
+        from pipeit.gpu.measure import measure_gpu_times
+
+        measure_gpu_times(model, Cluster("gpu", here.name, (0,), kind="gpu", device=str(here.index)), other)
+    assert any("has no configs for" in str(w.message) for w in caught), [str(w.message) for w in caught]

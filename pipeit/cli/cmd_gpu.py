@@ -265,6 +265,19 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
     return 0
 
 
+def _configs_line(tuning_path, tuned: int, layers: int, device: str, precision: str) -> str:
+    """Where the checked configs came from: a tuning file holds configs per device and precision, and one
+    made on another device (or for other layers) gives none here, which the line must not hide."""
+    if tuning_path is None:
+        return "configs: heuristic (no tuning file)"
+    if tuned == 0:
+        return (f"configs: heuristic ({tuning_path} has none for these layers on {device} at {precision}; "
+                f"tune them with pipeit gpu tune)")
+    if tuned == layers:
+        return f"configs: {tuning_path} (for every layer checked)"
+    return f"configs: {tuning_path} for {tuned} of {layers} layers, heuristic for the rest"
+
+
 def _check(args: argparse.Namespace, device, as_json: bool) -> int:
     from pipeit.gpu.check import check_model, distinct_layers
     from pipeit.gpu.device import make_context
@@ -297,6 +310,7 @@ def _check(args: argparse.Namespace, device, as_json: bool) -> int:
     if as_json:
         emit_json({"device": ctx.info.name, "tolerance": args.tolerance,
                    "tuning_file": None if tuning_path is None else str(tuning_path),
+                   "tuned_layers": sorted(configs),
                    "layers": [{"layer": r.layer, "op": r.op, "config": dict(r.config),
                                "error": r.error, "unsupported": r.reason or None} for r in results],
                    "failed": [r.layer for r in bad]})
@@ -306,5 +320,5 @@ def _check(args: argparse.Namespace, device, as_json: bool) -> int:
                  r.reason or ",".join(f"{k}={v}" for k, v in r.config))
                 for r in results]
         print(format_table(["layer", "op", "rel error", "verdict", "config / reason"], rows))
-        print(f"configs: {tuning_path or 'heuristic (no tuning file)'}")
+        print(_configs_line(tuning_path, len(configs), len(layers), ctx.info.name, args.precision))
     return 1 if bad else 0

@@ -321,9 +321,24 @@ def _gpu_options(args: argparse.Namespace, plan: Any) -> Any:
     if tuning is not None:
         from pipeit.gpu.tuner import TuningFile
 
-        TuningFile.load(tuning)  # a corrupt file is refused here, whole, before any worker starts
+        table = TuningFile.load(tuning)  # a corrupt file is refused here, whole, before any worker starts
+        _warn_other_device(table, str(tuning), plan)
     return GpuOptions(tuning=str(tuning) if tuning else None, tables=tables, tolerance=args.tolerance,
                       calibrate=not args.no_calibrate)
+
+
+def _warn_other_device(table: Any, where: str, plan: Any) -> None:
+    """Say so when the tuning file holds no configs for a GPU stage's device: the stage runs untuned."""
+    import warnings
+
+    from pipeit.executor.gpu_worker import gpu_stages
+    from pipeit.gpu.device import select_device
+
+    devices = {plan.platform.cluster(w.cluster).device for k in gpu_stages(plan) for w in plan.stages[k].workers}
+    for device in sorted(devices, key=str):
+        warning = table.not_for_device(select_device(device), where)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
 
 
 def _warn_unused_tables(path: str, tables: Any, plan: Any) -> None:

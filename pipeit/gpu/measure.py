@@ -35,6 +35,7 @@ import math
 import multiprocessing as mp
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -220,7 +221,8 @@ def _child(conn, model_bytes: bytes, device: Optional[str], cpus: Tuple[int, ...
         copy = measure_copy(ctx)
         launch_ms, launches = measure_launch_overhead(model, ctx, table, times, copy, precision)
         charged = tuple(float(t) + n * launch_ms if math.isfinite(t) else float(t) for t, n in zip(times, launches))
-        conn.send(("ok", (charged, copy.to_json(), ctx.info.name, launch_ms)))
+        warning = table.not_for_device(ctx.info, str(tuning)) if table is not None else None
+        conn.send(("ok", (charged, copy.to_json(), ctx.info.name, launch_ms, warning)))
     except Exception as err:  # one clear line travels back; the parent raises it
         text = first_line(err)
         conn.send(("error", text))
@@ -262,6 +264,8 @@ def measure_gpu_times(model: Union[str, Path, bytes], cluster: Cluster, tuning: 
         parent.close()
     if kind != "ok":
         raise GpuError(f"GPU cluster {cluster.name!r} ({cluster.core_type}): {value}")
-    times, copy_doc, name, launch_ms = value
+    times, copy_doc, name, launch_ms, warning = value
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     return GpuTimes(times=tuple(times), copy=HopModel.from_json(copy_doc), device=name,
                     tuning="" if tuning is None else str(tuning), launch_ms=float(launch_ms))

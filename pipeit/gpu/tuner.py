@@ -430,6 +430,15 @@ class TuningFile:
                ) -> Optional[dict]:
         return self.entries.get((device.fingerprint(), descriptor.key_string(), precision))
 
+    def not_for_device(self, device: DeviceInfo, where: str) -> Optional[str]:
+        """A warning when this file holds no config for ``device`` (tuned on another board or driver): its
+        layers then run, and are timed, with the heuristic configs, which the user should hear of."""
+        if device.fingerprint() in self.devices:
+            return None
+        others = sorted({str(d.get("name", "?")) for d in self.devices.values()}) or ["no device"]
+        return (f"{where} has no configs for {device.name} (fingerprint {device.fingerprint()}; it was tuned on "
+                f"{', '.join(others)}): heuristic configs are used; tune with pipeit gpu tune")
+
     def config_for(self, device: DeviceInfo, descriptor: LayerDescriptor, precision: str = "fp32"
                    ) -> Optional[Config]:
         entry = self.lookup(device, descriptor, precision)
