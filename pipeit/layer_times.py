@@ -389,6 +389,7 @@ def layer_times_for(
             profile = read_profile(profile, force=True)
         times = _times_from_profile(graph, cpu_setups, profile)
         source = "profile"
+    _warn_clusters_left_out(platform, cpu_setups, times, "predictor" if predictor is not None else "profile")
     copies: Dict[str, HopModel] = {}
     for setup in gpu_setups:
         row = _gpu_row_from_profile(graph, setup, profile) if profile is not None else None
@@ -411,6 +412,19 @@ def layer_times_for(
         source=source,
         device_copy=copies,
     )
+
+
+def _warn_clusters_left_out(platform: Platform, cpu_setups: Sequence[CoreSetup],
+                            times: Mapping[CoreSetup, Any], source: str) -> None:
+    """Say which CPU clusters get no times at all: a plan then leaves their cores out, which the user
+    would otherwise only see as a lower fps than the board should give."""
+    import warnings
+
+    missing = sorted({s.cluster for s in cpu_setups} - {s.cluster for s in times})
+    if missing:
+        warnings.warn(f"the {source} has no layer times for cluster(s) {', '.join(missing)} "
+                      f"({', '.join(str(s) for s in cpu_setups if s.cluster in missing)}): plans leave those "
+                      "cores out; profile them (pipeit profile --setup CLUSTER:K) to use them", stacklevel=3)
 
 
 def _gpu_times(cluster: str, platform: Platform, model, tuning, known):

@@ -171,3 +171,24 @@ def test_a_profile_from_another_platform_is_used_but_said(pipeit, model_and_time
     assert done.returncode == 0, done.stderr
     warning, = [line for line in done.stderr.splitlines() if line.startswith("pipeit: warning:")]
     assert "measured on another platform" in warning and str(path) in warning
+
+
+def test_a_cluster_the_profile_has_no_times_for_is_said_to_be_left_out(pipeit, model_and_times, tmp_path):
+    """plan used to leave the little core out without a word: one big:1 replica on a two-core board."""
+    from pipeit.profile_table import ProfileRow, ProfileWriter
+    from pipeit.profiler import platform_fingerprint_for
+
+    model, _ = model_and_times
+    graph = load_graph(model)
+    platform = load_platform(SPEC)
+    path = tmp_path / "big-only.csv"
+    writer = ProfileWriter(path)
+    big = platform.setups()[0]
+    for key, layer in {layer.descriptor.key_string(): layer for layer in graph.layers}.items():
+        writer.write(ProfileRow("layer", model.stem, layer.index, layer.index + 1, big, key, 1.0, 0.01, 5,
+                                platform_fingerprint_for(platform), descriptor=layer.descriptor))
+    writer.close()
+    done = pipeit("plan", model, "--platform", SPEC, "--profile", path, "-o", tmp_path / "plan.json")
+    assert done.returncode == 0, done.stderr
+    warning, = [line for line in done.stderr.splitlines() if line.startswith("pipeit: warning:")]
+    assert "no layer times for cluster(s) little (little:1)" in warning and "leave those cores out" in warning
