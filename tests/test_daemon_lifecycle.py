@@ -156,6 +156,24 @@ def _wait_reloads(client: Client, count: int, timeout: float = 60.0) -> bool:
     return False
 
 
+def test_a_plan_made_for_another_platform_is_refused_at_start(served):
+    """serve --plan ran the plan's CPUs and speeds while it throttled, watched and re-planned its own
+    --platform: status showed the workers on one CPU and their cluster on the other."""
+    folder, model, times = served
+    plan_path = folder / "plan.json"
+    plan_pipeline(LayerTimes.load(times), load_platform(PLATFORM), strategy="pipe-it", model=str(model),
+                  model_sha256=file_sha256(model)).save(plan_path)
+    swapped = "emulate:big=1@1.0,little=0@1.0"
+    done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(model), "--platform", swapped,
+                           "--plan", str(plan_path), "--socket", str(folder / "x.sock")],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PIPEIT_STATE_DIR=str(folder / "state")), cwd=ROOT)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("pipeit: error:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"{plan_path} was made for another platform" in lines[0] and "CPUs 0" in lines[0], lines[0]
+    assert "Traceback" not in done.stderr
+
+
 def test_a_reload_to_a_plan_naming_a_cluster_this_platform_lacks_fails_and_keeps_serving(served):
     """It was an uncaught PlatformError in the reload thread: no "reload failed" line, no event."""
     folder, model, times = served

@@ -177,6 +177,17 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
     return times, f"profiled here, cached in {folder}"
 
 
+def _check_same_cluster(plan_path: Union[str, Path], theirs: Any, mine: Any) -> None:
+    """Refuse a plan whose cluster is not the daemon's: the pipeline runs the plan's CPUs and speeds while
+    the daemon throttles, monitors and re-plans its own, and ``status`` would contradict itself."""
+    if (theirs.cpus, theirs.speed, theirs.kind) != (mine.cpus, mine.speed, mine.kind):
+        def shown(c: Any) -> str:
+            return f"{c.kind} CPUs {','.join(map(str, c.cpus))} at speed {c.speed:g}"
+
+        raise PlanError(f"{plan_path} was made for another platform: its cluster {mine.name!r} is "
+                        f"{shown(theirs)}, this daemon's is {shown(mine)}; re-plan for this --platform")
+
+
 def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
                 stop: Optional[threading.Event] = None) -> Planned:
     """The plan to serve: the given file, or one made by the DSE from given, cached or fresh times.
@@ -204,7 +215,7 @@ def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
         for stage in plan.stages:
             for worker in stage.workers:
                 for name in worker.cluster.split("+"):
-                    platform.cluster(name)  # a cluster this platform lacks: PlatformError, one line
+                    _check_same_cluster(source.plan, plan.platform.cluster(name), platform.cluster(name))
         cached = cache_folder(platform, sha, check_state_dir()) / "times.json"
         times = None
         if cached.is_file():
