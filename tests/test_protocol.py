@@ -446,3 +446,17 @@ class TestFrameAreaMessages:
             os.fstat(fd)
         a.close()
         b.close()
+
+
+def test_a_paced_read_on_a_connection_closed_under_it_is_an_os_error():
+    """The daemon's stop closes connections while their readers wait: that was a ValueError (poll of fd -1)
+    logged as a failed task with its traceback, where a closed connection is an OSError the reader ends on."""
+    a, b = socket.socketpair()
+    try:
+        reader = wire.PacedReader(a)
+        reader.limit(5.0)
+        a.close()
+        with pytest.raises(OSError):
+            reader.recv_into(bytearray(4), 4)
+    finally:
+        b.close()

@@ -32,6 +32,7 @@ socket has room, instead of waking a writer thread.
 from __future__ import annotations
 
 import array as _array
+import errno
 import fcntl
 import json
 import math
@@ -539,8 +540,11 @@ class PacedReader:
             return
         left = self.deadline - time.monotonic()
         if left > 0:
+            fd = self.sock.fileno()
+            if fd < 0:  # closed under us (the daemon's stop closes every connection): not a malformed message
+                raise OSError(errno.EBADF, "the connection was closed")
             poller = select.poll()
-            poller.register(self.sock.fileno(), select.POLLIN | select.POLLPRI)
+            poller.register(fd, select.POLLIN | select.POLLPRI)
             if poller.poll(left * 1000.0):
                 return
         raise MessageTimeout("the rest of the message did not arrive in time", "truncated")

@@ -501,6 +501,9 @@ class _Connection:
             if header.op == "status":
                 self.reply((wire.encode_reply(rid, "status", info=server.status()), None))
             else:
+                # in flight like a frame: a client that half-closes after asking still gets the answer
+                # (_quiesce waits for every allowance before the connection closes)
+                self.take_allowance()
                 server.replan_for_client(self, rid)
             return True
         # A stream of infer requests repeats one header (the inbox hands back the same tensor specs):
@@ -1653,6 +1656,7 @@ class Server:
         if busy:
             conn.reply((wire.encode_error(rid, "unavailable", "a re-plan asked for by a client is under way; "
                                           "ask again when it is answered", "replan"), None))
+            conn.give_allowance()
             return
         threading.Thread(target=self._replan_request, args=(conn, rid), daemon=True,
                          name="pipeit-replan-request").start()
@@ -1666,6 +1670,7 @@ class Server:
         finally:
             with self._lock:
                 self._client_replan = False
+            conn.give_allowance()  # taken when the request was read
 
     def _reload(self) -> None:
         """SIGHUP: read the model and plan source again and switch to what they give."""
