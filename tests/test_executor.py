@@ -519,3 +519,30 @@ def test_a_forked_child_neither_drives_nor_stops_the_parents_pipeline(tmp_path):
         for _ in range(5):
             np.testing.assert_array_equal(pipe.run(frame, timeout=60)["fc"], want["fc"])
         assert pipe.failed is None and all(s.restarts == 0 for s in pipe.stats().stages)
+
+
+def test_an_input_area_past_the_descriptor_limit_is_an_executor_error(tmp_path):
+    """os.dup's OSError went past the daemon, which answers only PipeitError: the frame got no reply and
+    its connection hung for the drain timeout."""
+    import resource
+
+    from tests.daemon_helpers import build_model
+
+    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
+    n = len(load_graph(model).layers)
+    plan = make_plan(model, [((0, n), [("big", (TWO[0],))])])
+    with Pipeline(plan, model) as pipe:
+        stride = pipe.edges[0].slot_bytes
+        fd = os.memfd_create("area")
+        try:
+            os.ftruncate(fd, 2 * stride)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # every descriptor number is past it
+            try:
+                with pytest.raises(ExecutorError, match="cannot keep the input area: Too many open files"):
+                    pipe.add_input_area(fd, 2, stride, pipe.input_offsets())
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        finally:
+            os.close(fd)
+        assert pipe.failed is None

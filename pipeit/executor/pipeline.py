@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
 import functools
 import heapq
 import math
@@ -859,7 +860,15 @@ class Pipeline:
                 raise ExecutorError(f"an input area of {slots} slots needs {slots} sets of outputs, "
                                     f"not {len(outputs)}")
             outs = tuple(self._check_outputs(out) for out in outputs)
-        own = os.dup(fd)
+        try:
+            own = os.dup(fd)
+        except OSError as err:  # out of descriptors: the caller answers the frame, as for any refusal
+            import resource
+
+            from cores.errors import process_limit_hint
+
+            hint = process_limit_hint(resource.RLIMIT_NOFILE, "ulimit -n") if err.errno == errno.EMFILE else ""
+            raise ExecutorError(f"cannot keep the input area: {err.strerror or err}{hint}") from err
         with self._dispatch_lock:
             area_id = self._next_area
             self._next_area += 1
