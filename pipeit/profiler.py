@@ -847,7 +847,8 @@ def existing_rows(out: Path, fingerprint: str, force: bool, jobs: Sequence[Job] 
     if not rows:  # none, or a header alone: nothing done yet
         return set()
     table = table_of(rows, [out], fingerprint=fingerprint, force=force)
-    return {r.identity() for r in table.rows if r.ok or r.status == NO_GPU_KERNEL}
+    # another platform's row (kept with --force) is that platform's measurement, not this one's
+    return {r.identity() for r in table.rows if (r.ok or r.status == NO_GPU_KERNEL) and r.fingerprint == fingerprint}
 
 
 def profile_models(

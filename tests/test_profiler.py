@@ -374,6 +374,26 @@ class TestCommandLine:
         assert pred.read_text() == "the old predictor\n"  # not a truncated half of the new one
         assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
 
+    def test_force_into_another_platforms_profile_measures_this_one(self, profiled, platform, one_core, tmp_path):
+        """With --force, rows of another platform whose setup names matched counted as measured already:
+        "0 measurements", and plan then used the other platform's times."""
+        _, paths, out, rows = profiled
+        theirs = tmp_path / "theirs.csv"
+        lines = out.read_text().splitlines(keepends=True)
+        fingerprint = COLUMNS.index("fingerprint")
+        edited = [lines[0]]
+        for line in lines[1:]:
+            cells = next(csv.reader([line]))
+            cells[fingerprint] = "0" * 16
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerow(cells)
+            edited.append(buffer.getvalue())
+        theirs.write_text("".join(edited))
+        again = profile_models(paths[:1], platform, theirs, setups=[one_core], spec=QUICK, stages=2,
+                               progress=False, force=True)
+        assert again and {r.fingerprint for r in again} == {rows[0].fingerprint}
+        assert len(read_profile(theirs, force=True).rows) == len(lines) - 1 + len(again)
+
     def test_eval_of_a_one_model_profile_says_what_is_missing(self, profiled, tmp_path, capsys):
         _, _, out, _ = profiled
         lines = out.read_text().splitlines(keepends=True)
