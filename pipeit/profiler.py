@@ -714,7 +714,7 @@ def run_jobs(
         if row_identity(job.kind, job.model, job.start, job.end, job.key, setup) not in done
     ]
     rows = []
-    bar = tqdm(total=len(todo), file=sys.stderr, disable=not progress, unit="meas",
+    bar = tqdm(total=len(todo), file=sys.stderr, disable=not progress or not todo, unit="meas",
                desc="profiling", dynamic_ncols=True)
     try:
         for job, setup in todo:

@@ -394,6 +394,14 @@ class TestCommandLine:
         assert again and {r.fingerprint for r in again} == {rows[0].fingerprint}
         assert len(read_profile(theirs, force=True).rows) == len(lines) - 1 + len(again)
 
+    def test_a_resumed_profile_with_nothing_left_draws_no_progress_bar(self, profiled, one_core, tmp_path, capsys):
+        """bench and the demo printed "profiling: 0meas [00:00, ?meas/s]" for a cached profile."""
+        _, paths, out, _ = profiled
+        copy = tmp_path / "p.csv"
+        copy.write_bytes(out.read_bytes())
+        assert main(["profile", str(paths[0]), "-o", str(copy), "--setup", str(one_core), "--stages", "2"]) == 0
+        assert "profiling:" not in capsys.readouterr().err
+
     def test_eval_of_a_one_model_profile_says_what_is_missing(self, profiled, tmp_path, capsys):
         _, _, out, _ = profiled
         lines = out.read_text().splitlines(keepends=True)
