@@ -314,10 +314,13 @@ def test_interference_is_added_once_not_stretched():
 
     from cores.emulation import PaddedInvoke, SlowCore
 
-    costs = iter([0.004] * 5 + [0.008])
-    padded = PaddedInvoke(lambda: _burn(next(costs)), SlowCore("little", 0.5))
-    for _ in range(5):
-        padded()
-    w0 = time.perf_counter()
-    padded()  # 4 ms of extra work: 8 + 4 ms, not 16
-    assert 0.0115 <= time.perf_counter() - w0 <= 0.014
+    took = []
+    for _ in range(5):  # the least of five: the shared host only ever adds time (one run took 14.4 ms)
+        costs = iter([0.004] * 5 + [0.008])
+        padded = PaddedInvoke(lambda: _burn(next(costs)), SlowCore("little", 0.5))
+        for _ in range(5):
+            padded()
+        w0 = time.perf_counter()
+        padded()  # 4 ms of extra work: 8 + 4 ms, not 16
+        took.append(time.perf_counter() - w0)
+    assert 0.0115 <= min(took) <= 0.014, took
