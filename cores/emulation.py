@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Deque, Dict, Optional, Tuple
 
 from cores.errors import EmulationError
+from cores.filewrite import write_file
 from cores.jsonfile import JsonFileError, read_json
 from cores.model import Platform
 
@@ -337,9 +338,7 @@ def _store_cache(path: Path, key: str, calibration: Calibration) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = _load_cache(path)
         doc[key] = calibration.to_json()
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        write_file(path, json.dumps(doc, indent=2, sort_keys=True))
     except OSError:
         pass  # a cache we cannot write only costs a calibration next time
 

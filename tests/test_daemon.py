@@ -20,6 +20,7 @@ from pipeit.client import Client, DaemonError
 from pipeit.daemon import protocol as wire
 from tests.daemon_helpers import (ROOT, build_model, daemon_files, daemon_for_module, leftovers, reference,
                                   serving, write_times)
+from tests.fork_helpers import refused_in_a_fork
 
 PLATFORM = "emulate:big=0@1.0,little=1@1.0"  # two clusters, no throttling: no cgroups needed here
 
@@ -887,17 +888,7 @@ def test_a_forked_child_cannot_use_its_parents_client_and_its_close_leaves_it_co
     frame = _frames(1, seed=33)[0]
     with Client(daemon.socket_path, transport="shm") as c:
         np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                c.infer(frame)
-            except DaemonError as err:
-                code = 0 if "belongs to process" in str(err) else 2
-            c.close()
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert refused_in_a_fork(lambda: c.infer(frame), c.close) == 0
         for _ in range(3):
             np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
 

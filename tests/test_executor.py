@@ -28,6 +28,7 @@ from pipeit.executor.pipeline import WORKER_DEPTH
 from pipeit.graph import load_graph
 from pipeit.plan import Plan, StageSpec, WorkerSpec, file_sha256
 from pipeit.runtime import invoke_frames, make_interpreter
+from tests.fork_helpers import refused_in_a_fork
 
 CPUS = tuple(sorted(os.sched_getaffinity(0)))
 TWO = (CPUS[0], CPUS[-1])
@@ -46,6 +47,15 @@ def make_plan(model: Path, stages: Sequence[Tuple[Tuple[int, int], Sequence[Tupl
     # Not validated: a 3-stage plan on a 2-CPU host gives one CPU to two stages, which
     # plan validation refuses but the executor runs fine (the stages then share the core).
     return Plan(model.name, file_sha256(model), platform, "test", specs, 100.0, 10.0)
+
+
+def small_two_stage(tmp_path: Path) -> Tuple[Path, Plan]:
+    """A small conv model (16x16x8 input "image") split in two stages, one on each of two CPUs."""
+    from tests.daemon_helpers import build_model
+
+    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
+    n = len(load_graph(model).layers)
+    return model, make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
 
 
 def frames_for(model: Path, count: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
@@ -447,11 +457,7 @@ class TestEmulatedPlatform:
 def test_stats_count_every_frame_but_keep_only_the_recent_samples(tmp_path):
     """A run of 10**9 frames must not keep a float per frame: the percentiles come from the last
     ``stats_window`` frames, while the counts and the fps cover the whole run."""
-    from tests.daemon_helpers import build_model
-
-    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
-    n = len(load_graph(model).layers)
-    plan = make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
+    model, plan = small_two_stage(tmp_path)
     frame = np.random.default_rng(0).standard_normal((1, 16, 16, 8)).astype(np.float32)
     with pytest.raises(ExecutorError, match="stats_window"):
         Pipeline(plan, model, stats_window=0)
@@ -472,11 +478,7 @@ def test_arguments_a_pipeline_cannot_use_are_refused_and_it_stays_usable(tmp_pat
     a string one failed the whole pipeline from inside the dispatcher. slots=0 was taken silently."""
     import pickle
 
-    from tests.daemon_helpers import build_model
-
-    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
-    n = len(load_graph(model).layers)
-    plan = make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
+    model, plan = small_two_stage(tmp_path)
     frame = {"image": np.random.default_rng(1).standard_normal((1, 16, 16, 8)).astype(np.float32)}
     for bad in ({"slots": 0}, {"slots": 2.5}, {"start_timeout_s": float("nan")}, {"start_timeout_s": -1}):
         with pytest.raises(ExecutorError, match=next(iter(bad))):
@@ -497,25 +499,12 @@ def test_arguments_a_pipeline_cannot_use_are_refused_and_it_stays_usable(tmp_pat
 def test_a_forked_child_neither_drives_nor_stops_the_parents_pipeline(tmp_path):
     """The child shares the workers' sockets: its close() stopped the parent's workers, and its submit()
     sent them a frame whose answer reached the parent ("answered frame 1 it was not given")."""
-    from tests.daemon_helpers import build_model
-
-    model = build_model(tmp_path / "small.tflite", layers=2, size=16, channels=8)
-    n = len(load_graph(model).layers)
-    plan = make_plan(model, [((0, n // 2), [("big", (TWO[0],))]), ((n // 2, n), [("little", (TWO[1],))])])
+    model, plan = small_two_stage(tmp_path)
     frame = {"image": np.random.default_rng(2).standard_normal((1, 16, 16, 8)).astype(np.float32)}
     with Pipeline(plan, model) as pipe:
         want = pipe.run(frame, timeout=60)
-        pid = os.fork()
-        if pid == 0:  # the child: refused, then closes what it thinks is its pipeline, and leaves
-            code = 1
-            try:
-                pipe.submit(frame)
-            except ExecutorError as err:
-                code = 0 if "belongs to process" in str(err) else 2
-            pipe.close()
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        # the child: refused, then closes what it thinks is its pipeline, and leaves
+        assert refused_in_a_fork(lambda: pipe.submit(frame), pipe.close) == 0
         for _ in range(5):
             np.testing.assert_array_equal(pipe.run(frame, timeout=60)["fc"], want["fc"])
         assert pipe.failed is None and all(s.restarts == 0 for s in pipe.stats().stages)

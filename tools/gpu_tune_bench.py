@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cores.filewrite import write_file
 from pipeit import zoo
 from pipeit.gpu.lowering import LayerSpec, lower_layer
 from pipeit.gpu.space import config_key, default_config, heuristic_config, search_space
@@ -110,9 +111,7 @@ def record(args: argparse.Namespace) -> int:
             kernel=f"{d.kernel[0]}x{d.kernel[1]}/s{d.stride[0]}", space=len(space),
             repeats=args.repeats, untuned=_trial_json(untuned), trials=[_trial_json(t) for t in trials]))
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(doc) + "\n")
-        tmp.replace(out)
+        write_file(out, json.dumps(doc) + "\n")
         ok = [t.ms for t in trials if t.ok]
         print(f"{name}:{index} {len(trials)}/{len(space)} configs, best {min(ok):.3f} ms, "
               f"untuned {untuned.ms:.3f} ms, {time.time() - t0:.0f} s", flush=True)
