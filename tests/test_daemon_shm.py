@@ -446,3 +446,43 @@ def test_a_timed_out_frame_gives_its_slot_back_when_its_late_reply_comes(daemon,
         for slot in slots:
             c.receive(c.submit(slot))
         c.detach()  # nothing in flight
+
+
+
+def _read_with_fds(s):
+    """The next message on raw socket ``s`` and the descriptors that came with it (closed here: counted only)."""
+    inbox = wire.Inbox()
+    inbox.capture_fds = True
+    message = wire.read_message(s, 1 << 20, inbox)
+    for fd in inbox.fds:
+        os.close(fd)
+    return message.header, len(inbox.fds)
+
+
+def test_attach_after_attach_unread_piles_up_no_areas(daemon):
+    """A client that sends ``attach`` after ``attach`` and never reads: each unread reply would hold a new
+    area's descriptor in its socket, the area's memory alive after the daemon drops it. The daemon answers
+    an attach only once the earlier replies are read (else ``busy``): at most one area is ever unread."""
+    with Client(daemon.socket_path, transport="inline") as admin:
+        before = admin.status()
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(daemon.socket_path))
+        s.settimeout(15)
+        try:
+            for rid in (1, 2):
+                wire.send_message(s, wire.encode(wire.Header(id=rid, op="attach", info={"slots": 1})))
+            # the second attach waits for the first reply to be read, then gives up (counted as rejected)
+            rejected = _settle(lambda: admin.status()["requests"]["rejected"], before["requests"]["rejected"] + 1)
+            assert rejected == before["requests"]["rejected"] + 1
+            assert admin.status()["frame_areas"]["created"] == before["frame_areas"]["created"] + 1
+            header, fds = _read_with_fds(s)
+            assert (header.id, header.ok, fds) == (1, True, 1)
+            header, fds = _read_with_fds(s)
+            assert (header.id, header.error["code"], fds) == (2, "busy", 0) and "unread" in header.error["message"]
+            # a client that reads its replies attaches again at once
+            wire.send_message(s, wire.encode(wire.Header(id=3, op="attach", info={"slots": 1})))
+            header, fds = _read_with_fds(s)
+            assert (header.id, header.ok, fds) == (3, True, 1)
+        finally:
+            s.close()
+        assert _settle(lambda: admin.status()["frame_areas"]["open"], 0) == 0

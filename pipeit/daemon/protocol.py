@@ -119,7 +119,7 @@ ERROR_CODES = (
     "too_large",      # header or body over the limit; connection closed
     "truncated",      # the peer closed mid-message (never sent: the socket is gone)
     "bad_request",    # well framed, but the op or its tensors do not fit this model
-    "busy",           # the client already has its maximum of requests in flight
+    "busy",           # an attach while earlier replies (an earlier area's descriptor) are unread
     "unavailable",    # the daemon is draining or its pipeline failed
     "internal",       # a bug in the daemon (the request may be retried)
     "reattach",       # the frame area does not fit the model any more (reloaded) or is gone: attach again
@@ -787,6 +787,19 @@ def queued_bytes(sock: socket.socket) -> int:
     except (OSError, ValueError):
         return 0
 
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """What ``sock`` has sent that its peer has not read yet (``SIOCOUTQ``: on a Unix socket, the kernel's
+    accounting of those messages, at least their bytes, 0 once the peer has read them all; -1 if unknown).
+
+    The daemon checks it before it passes a descriptor: one its client has not read yet
+    holds a frame area's memory although the daemon has dropped it.
+    """
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return -1
 
 def tune_socket(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
     """Ask for ``size``-byte send and receive buffers (best effort: the kernel caps them, errors are ignored).

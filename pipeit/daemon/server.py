@@ -83,6 +83,8 @@ _log = logging.getLogger("pipeit.daemon")
 _LATENCY_KEEP = 4096
 #: a request's body that is not all in the socket when its slot is free must arrive within this (seconds)
 SLOW_BODY_S = 1.0
+#: an ``attach`` is answered once its client has read every earlier reply; else refused after this (seconds)
+ATTACH_READ_S = 5.0
 #: replies a connection may have queued and unsent before its requests stop being read: a client that
 #: sends and never reads then stalls itself (its socket fills), not the daemon's memory or descriptors
 MAX_QUEUED_REPLIES = 64
@@ -579,6 +581,11 @@ class _Connection:
             self.reply((wire.encode_error(rid, "unavailable", str(err), "attach"), None))
             return
         self._quiesce()
+        if not self._replies_read(ATTACH_READ_S):
+            server.count("rejected")
+            self.reply((wire.encode_error(rid, "busy", f"earlier replies on this connection are still unread after "
+                                          f"{ATTACH_READ_S:g} s: read them before attaching again", "attach"), None))
+            return
         self._drop_area()
         try:
             area, fd = FrameArea.create(layout)
@@ -588,6 +595,29 @@ class _Connection:
         self.area = area
         server.count("areas_created")
         self.reply((wire.WithFds(wire.encode_reply(rid, "attach", info=layout.to_json()), [fd]), None))
+
+    def _replies_read(self, timeout_s: float) -> bool:
+        """Wait until the client has read everything sent to it (False: not within ``timeout_s``, or closed).
+
+        An attach reply carries a descriptor of a new area; one the client
+        has not read yet keeps its area's memory alive after the daemon drops
+        it, and counts against the daemon user's descriptors in flight. A
+        client that sent ``attach`` after ``attach`` and never read would
+        otherwise pile up areas without bound (and, past the user's limit,
+        make every other client's attach fail). A client that reads has
+        read the previous attach reply before its next attach, so at most
+        one area per connection is ever in a socket unread.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.closed:
+            with self._reply_lock:
+                idle = not self.replies and not self._writing and not self._direct
+            if idle and wire.unsent_bytes(self.sock) <= 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return False
 
     def _detach(self, rid: int) -> None:
         """``detach``: drop the frame area once this connection's frames are answered (infers go inline)."""
