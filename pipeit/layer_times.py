@@ -188,6 +188,28 @@ class LayerTimes:
             except Exception as err:  # cores' PlatformError: restate as a planning problem
                 raise PlanError(f"layer times do not fit platform {platform.source!r}: {err}") from err
 
+    def check_model(self, graph, where: str, model: str) -> None:
+        """Refuse a table that was made for another model (one clear :class:`PlanError`).
+
+        A table from another model with as many layers plans silently with
+        the wrong times and cut sizes. The file carries no model hash on
+        purpose: times stay valid for the same network retrained or with
+        other weights. What it does carry is the model's shape -- the bytes
+        crossing each cut and each layer's weights -- so that is compared.
+        """
+        n = len(graph.layers)
+        if self.num_layers != n:
+            raise PlanError(f"{where} has times for {self.num_layers} layers, {model} has {n}: it was made for "
+                            "another model")
+        cuts = cut_bytes_of(graph)
+        for what, theirs, ours in (("the tensors crossing cut", self.cut_bytes, cuts),
+                                   ("the weights of layer", self.weight_bytes,
+                                    tuple(int(layer.descriptor.held_bytes) for layer in graph.layers))):
+            for i, (a, b) in enumerate(zip(theirs, ours)):
+                if a != b:
+                    raise PlanError(f"{where} was made for another model: {what} {i} take {a} bytes there, "
+                                    f"{b} in {model}")
+
     def with_setup(self, setup: CoreSetup, row: Sequence[float]) -> "LayerTimes":
         """A copy with one more (or a replaced) setup row -- how all-cores adds its pseudo setup."""
         return replace(self, times={**self.times, setup: tuple(row)})

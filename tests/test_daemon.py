@@ -908,3 +908,20 @@ def test_a_replan_asked_just_before_a_half_close_is_answered(daemon):
             assert reply is not None and reply.header.id == 7 and reply.header.op == "replan", (attempt, reply)
         finally:
             sock.close()
+
+
+def test_serve_refuses_layer_times_made_for_another_model(files, tmp_path):
+    """Times for a model with as many layers but other shapes once planned the daemon's pipeline silently."""
+    _, _, times = files
+    from tests.daemon_helpers import build_model
+
+    other = build_model(tmp_path / "other.tflite", classes=20)
+    folder = tmp_path / "o"
+    folder.mkdir(mode=0o750)
+    done = subprocess.run([sys.executable, "-m", "pipeit", "serve", "--model", str(other), "--times", str(times),
+                           "--platform", PLATFORM, "--socket", str(folder / "o.sock")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PIPEIT_STATE_DIR": str(folder / "state")})
+    assert done.returncode == 2, done.stderr
+    assert "was made for another model" in done.stderr and "Traceback" not in done.stderr
+    assert not (folder / "o.sock").exists()

@@ -105,6 +105,26 @@ def test_times_for_another_model_is_refused(pipeit, model_and_times, zoo_models,
     assert done.returncode == 2 and "layers" in done.stderr
 
 
+def test_times_for_a_model_of_other_shapes_but_as_many_layers_are_refused(pipeit, tmp_path):
+    """Layer count alone let a table from another model plan silently with its times and cut sizes; the file's
+    cut and weight sizes tell. The same network with other weights (a new hash) keeps its times."""
+    from tests.daemon_helpers import build_model, write_times
+
+    spec = "emulate:big=0@1.0,little=1@1.0"
+    small = build_model(tmp_path / "small.tflite", size=16)
+    times = write_times(build_model(tmp_path / "large.tflite", size=32), spec, tmp_path / "times.json")
+    done = pipeit("plan", small, "--platform", spec, "--times", times, "-o", tmp_path / "p.json")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "was made for another model: the tensors crossing cut 0 take 65536 bytes there, 16384 in" in done.stderr
+    more_classes = build_model(tmp_path / "classes.tflite", classes=20)  # the same but for its last layer
+    done = pipeit("plan", more_classes, "--platform", spec, "--times", times, "-o", tmp_path / "p.json")
+    assert done.returncode == 2 and "was made for another model: the tensors crossing cut 8 take 40 bytes there, " \
+        "80 in" in done.stderr, done.stderr
+    retrained = tmp_path / "retrained.tflite"
+    retrained.write_bytes((tmp_path / "large.tflite").read_bytes() + b"\0" * 16)  # other bytes, same network
+    assert pipeit("plan", retrained, "--platform", spec, "--times", times, "-o", tmp_path / "p.json").returncode == 0
+
+
 def _edited_times(path, tmp_path, value, setups="all"):
     """A copy of the layer-times file with layer 3's time set to ``value`` (None: cannot run) on some setups."""
     doc = json.loads(path.read_text())

@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     platform = load_platform(args.platform)
     if args.times:
         times = LayerTimes.load(args.times)
-        if times.num_layers != len(graph.layers):
-            raise PlanError(f"{args.times} has {times.num_layers} layers, {args.model} has {len(graph.layers)}")
+        times.check_model(graph, args.times, args.model)
     else:
         predictor, profile = _load_source(args)
         warn_if_measured_elsewhere(predictor, profile, args.predictor or args.profile, platform)

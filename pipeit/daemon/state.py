@@ -130,8 +130,7 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
 
     if source.times:
         times = LayerTimes.load(source.times)
-        if times.num_layers != len(graph.layers):
-            raise PlanError(f"{source.times} has {times.num_layers} layers, {model} has {len(graph.layers)}")
+        times.check_model(graph, source.times, str(model))
         return times, f"times {source.times}"
     if source.predictor:
         return layer_times_for(graph, platform, predictor=source.predictor, model=model), f"predictor {source.predictor}"
@@ -142,8 +141,7 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
     if cached.is_file():
         try:
             times = LayerTimes.load(cached)
-            if times.num_layers != len(graph.layers):  # copied in by hand, or layers counted otherwise now
-                raise PlanError(f"{cached}: times for {times.num_layers} layers, the model has {len(graph.layers)}")
+            times.check_model(graph, str(cached), str(model))  # copied in by hand, or layers counted otherwise now
             return times, f"cached times {cached}"
         except PipeitError as err:
             _log.warning("ignoring unreadable cached times (%s); profiling again", err)
