@@ -257,6 +257,16 @@ class TestRunCommand:
         result = self.run(str(gpu_plan), "--frames", "2", "--gpu-tuning", str(tuning))
         assert result.returncode == 2 and str(tuning) in result.stderr and "Traceback" not in result.stderr
 
+    def test_a_tuning_file_from_another_device_is_used_with_a_warning(self, gpu_plan, tmp_path):
+        """Its GPU stage runs with the heuristic configs, which the user hears of (it was silent)."""
+        tuning = tmp_path / "tuning.json"
+        tuning.write_text(json.dumps({"version": 1, "devices": {"0123456789abcdef": {"name": "Mali-G52"}},
+                                      "entries": []}))
+        result = self.run(str(gpu_plan), "--frames", "2", "--warmup", "0", "--gpu-tuning", str(tuning))
+        assert result.returncode == 0, result.stderr
+        assert f"{tuning} has no configs for" in result.stderr and "Mali-G52" in result.stderr
+        assert "Traceback" not in result.stderr
+
     def test_accuracy_tuning_writes_the_tables_run_uses(self, gpu_plan, tmp_path):
         """`pipeit gpu accuracy` judges the head's variants on real activations; `run --gpu-tables` runs them."""
         from pipeit.gpu.calibration import load_tables
