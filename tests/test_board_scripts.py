@@ -101,7 +101,8 @@ def test_unit_file_is_hardened_and_reloads_with_sighup():
     unit = (TOOLS / "pipeit.service").read_text()
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "RestrictAddressFamilies=AF_UNIX",
                  "ExecReload=/bin/kill -HUP $MAINPID", "KillSignal=SIGTERM", "RuntimeDirectoryMode=0750",
-                 "--socket /run/pipeit/pipeit.sock --group pipeit"):
+                 "--socket /run/pipeit/pipeit.sock --group pipeit",
+                 "CacheDirectory=pipeit", "Environment=TMPDIR=/var/cache/pipeit"):  # model copies not in RAM
         assert line in unit
 
 
