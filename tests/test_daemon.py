@@ -356,7 +356,7 @@ def test_world_writable_socket_directory_is_refused(files, tmp_path):
 
 @pytest.mark.parametrize("given, words", [
     ("garbage", "not a TFLite model"),  # was "plan from times ..." and then an error naming the private copy
-    ("other", "has 5 layers"),           # times for another layer count: planned, then refused by the pipeline
+    ("other", "times for 5 layers"),    # times for another layer count: planned, then refused by the pipeline
 ])
 def test_a_model_that_does_not_fit_is_refused_before_planning(files, tmp_path, given, words):
     _, model, times = files

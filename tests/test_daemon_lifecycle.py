@@ -102,6 +102,30 @@ def test_sighup_while_the_daemon_profiles_is_a_reload_once_it_serves(served):
         assert daemon.stop() == 0, daemon.log()
 
 
+def test_times_profiled_for_a_reload_plan_it_but_are_not_cached(served):
+    """They are measured while the old pipeline serves on the same cores (1.8x contended in one run):
+    cached, every later start would plan from them."""
+    folder, model, _times = served
+    state = folder / "state"
+    daemon = Daemon(["--model", str(model), "--platform", PLATFORM], folder / "c.sock",
+                    env={"PIPEIT_STATE_DIR": str(state)})
+    try:
+        daemon.wait_ready()
+        assert len(list(state.glob("*/*/times.json"))) == 1  # the first start's, on idle cores
+        build_model(model, layers=4)  # the next model under the same name
+        new_folder = state.glob("*").__next__() / file_sha256(model)[:16]
+        daemon.proc.send_signal(signal.SIGHUP)
+        with Client(daemon.socket_path) as c:
+            assert _events(c, "reload"), daemon.log()
+            frame = _frame(3)
+            np.testing.assert_array_equal(c.infer(frame)["fc"], reference(model, frame))
+        assert "while the old pipeline serves" in daemon.log()
+        # nothing of it stays: no times, profile or plan, no partial file
+        assert not new_folder.exists() or sorted(p.name for p in new_folder.iterdir()) == []
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
 def test_a_connection_idle_across_a_reload_to_a_larger_input_is_served(tmp_path):
     """The daemon took a connection's size limit when it began waiting for its next message: the first
     frame after a reload to a larger input was refused too_large and the connection closed."""
@@ -115,12 +139,14 @@ def test_a_connection_idle_across_a_reload_to_a_larger_input_is_served(tmp_path)
         reloads = 0
         for transport in ("inline", "shm"):
             build_model(model, size=24)
+            write_times(model, PLATFORM, times)  # the times of the model served (others are refused)
             daemon.proc.send_signal(signal.SIGHUP)
             reloads += 1
             assert _wait_reloads(watcher, reloads), daemon.log()
             with Client(daemon.socket_path, transport=transport) as idle:
                 assert idle.infer(small)["fc"].shape == (1, 10)
                 build_model(model, size=32)  # a larger input, the same layers
+                write_times(model, PLATFORM, times)
                 daemon.proc.send_signal(signal.SIGHUP)
                 reloads += 1
                 assert _wait_reloads(watcher, reloads), daemon.log()

@@ -250,6 +250,7 @@ def test_reload_with_other_inputs_makes_areas_stale_and_clients_reattach(files, 
         with Client(d.socket_path, transport="shm") as c:
             np.testing.assert_array_equal(c.infer({"image": old})["fc"], reference(model, old))
             build_model(model, size=24)  # same layers, a smaller input: the area's input part no longer fits
+            write_times(model, PLATFORM, times)  # its own times (those of another model are refused)
             d.proc.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 60
             while not [e for e in c.status()["events"] if e["kind"] in ("reload", "failed")] \
@@ -407,6 +408,7 @@ def test_infer_many_resends_frames_a_reload_made_stale(files, tmp_path):
             stream = c.infer_many((frames[i % 4] for i in range(16)), window=3)
             np.testing.assert_array_equal(next(stream)["fc"], before[0])
             build_model(model, classes=12)  # the same input, another output: the area no longer fits
+            write_times(model, PLATFORM, times)
             d.proc.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 60
             while not [e for e in watcher.status()["events"] if e["kind"] in ("reload", "failed")] \

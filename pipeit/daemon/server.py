@@ -1712,7 +1712,7 @@ class Server:
                 if self.draining:
                     _log.info("reload skipped: the daemon is stopping")
                     return
-                planned = obtain_plan(self.model_path, self.platform, self.source, stop=self._stopping)
+                planned = obtain_plan(self.model_path, self.platform, self.source, stop=self._stopping, serving=True)
                 if self.draining:  # a SIGTERM came while the plan was made: no new pipeline now
                     _log.info("reload abandoned: the daemon is stopping")
                     return

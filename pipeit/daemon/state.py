@@ -10,7 +10,10 @@ folder per platform fingerprint and model hash::
 
 so a second start on the same board with the same model plans in
 milliseconds, and a new runtime version or a different board (another
-fingerprint) profiles again instead of trusting stale numbers.
+fingerprint) profiles again instead of trusting stale numbers. Times
+profiled for a reload (SIGHUP to a new model) are measured while the old
+pipeline still serves on the same cores: they plan that reload, and are
+not cached, so the next start measures on idle cores.
 """
 
 from __future__ import annotations
@@ -125,24 +128,29 @@ def make_plan(times: LayerTimes, platform: Platform, model: Union[str, Path], mo
 
 
 def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, sha: str,
-               stop: Optional[threading.Event] = None) -> tuple:
+               stop: Optional[threading.Event] = None, serving: bool = False) -> tuple:
+    """``(times, how, contended)``; ``serving``: a pipeline runs on these cores meanwhile (a reload), so
+    times profiled now are contended (1.8x in one run): used for this plan, not cached for every later
+    start (``contended`` is then True)."""
     from pipeit.layer_times import layer_times_for
 
     if source.times:
         times = LayerTimes.load(source.times)
         times.check_model(graph, source.times, str(model))
-        return times, f"times {source.times}"
+        return times, f"times {source.times}", False
     if source.predictor:
-        return layer_times_for(graph, platform, predictor=source.predictor, model=model), f"predictor {source.predictor}"
+        return (layer_times_for(graph, platform, predictor=source.predictor, model=model),
+                f"predictor {source.predictor}", False)
     if source.profile:
-        return layer_times_for(graph, platform, profile=source.profile, model=model), f"profile {source.profile}"
+        return (layer_times_for(graph, platform, profile=source.profile, model=model),
+                f"profile {source.profile}", False)
     folder = cache_folder(platform, sha, check_state_dir())
     cached = folder / "times.json"
     if cached.is_file():
         try:
             times = LayerTimes.load(cached)
             times.check_model(graph, str(cached), str(model))  # copied in by hand, or layers counted otherwise now
-            return times, f"cached times {cached}"
+            return times, f"cached times {cached}", False
         except PipeitError as err:
             _log.warning("ignoring unreadable cached times (%s); profiling again", err)
     try:
@@ -152,8 +160,14 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
                         f"(set ${ENV_STATE_DIR})") from err
     from pipeit.profiler import TimingSpec, profile_models
 
-    csv = folder / "profile.csv"
-    _log.info("no plan, predictor or profile given: profiling %s on %s into %s", model.name, platform.source, csv)
+    csv = folder / ("profile.csv" if not serving else f".profile-serving.csv.{os.getpid()}")
+    if serving:
+        _log.info("no plan, predictor or profile given: profiling %s on %s while the old pipeline serves "
+                  "(times used for this reload only, not cached: the next start measures again)",
+                  model.name, platform.source)
+    else:
+        _log.info("no plan, predictor or profile given: profiling %s on %s into %s", model.name, platform.source,
+                  csv)
     spec = TimingSpec(max_repeats=max(source.profile_repeats, 9), max_seconds=1.0)
     # Measured into a file of this process's own, put in place whole: a profile cut short (a full disk,
     # a kill, another daemon on the same state directory) never becomes the cache every later start reads.
@@ -166,13 +180,19 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
         raise PlanError(f"cannot write the profile in the state directory {folder}: {err.strerror or err}") from err
     finally:
         partial.unlink(missing_ok=True)
-    times = layer_times_for(graph, platform, profile=str(csv), model=model)
+    try:
+        times = layer_times_for(graph, platform, profile=str(csv), model=model)
+    finally:
+        if serving:
+            csv.unlink(missing_ok=True)
+    if serving:
+        return times, "profiled here while serving (not cached)", True
     try:
         times.save(cached)
     except OSError as err:  # the cache is a convenience: serve anyway, and say why the next start profiles again
         _log.warning("cannot cache the layer times in %s (%s); the next start profiles again", cached,
                      err.strerror or err)
-    return times, f"profiled here, cached in {folder}"
+    return times, f"profiled here, cached in {folder}", False
 
 
 def _check_same_cluster(plan_path: Union[str, Path], theirs: Any, mine: Any) -> None:
@@ -187,12 +207,14 @@ def _check_same_cluster(plan_path: Union[str, Path], theirs: Any, mine: Any) -> 
 
 
 def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
-                stop: Optional[threading.Event] = None) -> Planned:
+                stop: Optional[threading.Event] = None, serving: bool = False) -> Planned:
     """The plan to serve: the given file, or one made by the DSE from given, cached or fresh times.
 
     With a plan file, layer times for later re-plans come from the state
     directory if it holds some for this platform and model (None otherwise).
     ``stop``: set, it ends a profiling run early (a ProfileError).
+    ``serving``: a pipeline serves on these cores meanwhile (a reload): times profiled now, and the plan
+    made from them, are not cached (see :func:`_times_for`).
     """
     from pipeit.graph import load_graph
     from pipeit.runtime import check_loads
@@ -222,9 +244,9 @@ def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
             except PipeitError:
                 times = None
         return Planned(plan, times, f"plan {source.plan}")
-    times, how = _times_for(model, graph, platform, source, sha, stop)
+    times, how, contended = _times_for(model, graph, platform, source, sha, stop, serving)
     plan = make_plan(times, platform, model, sha, source)
-    if not (source.predictor or source.profile or source.times):
+    if not (source.predictor or source.profile or source.times or contended):
         try:
             plan.save(cache_folder(platform, sha) / "plan.json")
         except OSError:
