@@ -132,6 +132,11 @@ def test_a_ring_larger_than_the_free_shared_memory_is_refused_before_it_exists()
     floats = free // 4 + 2**20  # one slot a little larger than all that is free
     layout = EdgeLayout.build(0, (T("x", (1, floats)),))
     before = _our_segments()
-    with pytest.raises(ExecutorError, match=r"not enough shared memory for edge 0: .* MB free \(fewer --slots"):
-        ShmRing(layout, 1)
+    with pytest.raises(ExecutorError, match=r"not enough shared memory for edge 0: .* MB free \(fewer --slots, "
+                                            r"down to 1, or a larger /dev/shm"):
+        ShmRing(layout, 3)
+    # at the fewest slots its workers need, fewer --slots cannot help (the advice was given all the same)
+    with pytest.raises(ExecutorError, match=r"MB free \(its workers need 3 slot\(s\) whatever --slots says: "
+                                            r"a larger /dev/shm"):
+        ShmRing(layout, 3, least=3)
     assert _our_segments() == before

@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--gpu-tables", metavar="FILE", help="GPU accuracy tables per layer range (pipeit.gpu.calibration)")
     parser.add_argument("--no-calibrate", action="store_true", help="GPU stages never check their output at run time")
     parser.add_argument("--warmup", type=int, default=5, metavar="W", help="frames run first and left out of the figures")
-    parser.add_argument("--slots", type=int, default=4, help="ring slots per edge (default 4)")
+    parser.add_argument("--slots", type=int, default=4,
+                        help="ring slots per edge, at least (default 4; raised to what the workers keep in flight)")
     parser.add_argument("--inflight", type=int, default=None, metavar="K",
                         help="at most K frames in flight (default: as many as the rings hold; "
                              "a K near the worker count measures latency without queueing)")

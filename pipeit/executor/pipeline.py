@@ -469,7 +469,8 @@ class Pipeline:
         counts = [len(s.workers) for s in plan.stages]
         for k, layout in enumerate(edges):
             around = (counts[k - 1] if k > 0 else 0) + (counts[k] if k < len(counts) else 0)
-            ring = ShmRing(layout, max(self.slots, WORKER_DEPTH * around + 1))
+            least = WORKER_DEPTH * around + 1  # every worker on either side keeps its frames in flight
+            ring = ShmRing(layout, max(self.slots, least), least=least)
             self._rings.append(ring)
             self._free.append(collections.deque(range(ring.slots)))
         for slot in self._free[0]:

@@ -35,13 +35,17 @@ SHM_PREFIX = "pipeit_"
 SHM_DIR = "/dev/shm"
 
 
-def _room_hint(size: int, edge: int, slots: int, free: Optional[int]) -> str:
+def _room_hint(size: int, edge: int, slots: int, free: Optional[int], least: int) -> str:
+    """The error line; fewer ``--slots`` is advised only where the ring has more than the ``least`` it needs."""
     have = f", {free / 2**20:.1f} MB free" if free is not None else ""
+    larger = f"a larger {SHM_DIR}: e.g. docker run --shm-size=1g"
+    advice = f"fewer --slots, down to {least}, or {larger}" if slots > least else \
+        f"its workers need {least} slot(s) whatever --slots says: {larger}"
     return (f"not enough shared memory for edge {edge}: its ring of {slots} slots needs {size / 2**20:.1f} MB "
-            f"in {SHM_DIR}{have} (fewer --slots, or a larger {SHM_DIR}: e.g. docker run --shm-size=1g)")
+            f"in {SHM_DIR}{have} ({advice})")
 
 
-def _check_room(size: int, edge: int, slots: int) -> None:
+def _check_room(size: int, edge: int, slots: int, least: int) -> None:
     """Refuse a ring bigger than what is free in /dev/shm, before creating it.
 
     A tmpfs hands out pages when they are first written, so a ring created
@@ -54,7 +58,7 @@ def _check_room(size: int, edge: int, slots: int) -> None:
         return  # no /dev/shm to ask (not Linux): SharedMemory says what it says
     free = stat.f_bavail * stat.f_frsize
     if size > free:
-        raise ExecutorError(_room_hint(size, edge, slots, free))
+        raise ExecutorError(_room_hint(size, edge, slots, free, least))
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY and size > limit:
         # SharedMemory would create the segment, fail to size it (EFBIG), and unregister a name it never
@@ -85,7 +89,7 @@ def _create_segment(name: str, size: int) -> shared_memory.SharedMemory:
         raise
 
 
-def _reserve(name: str, size: int, edge: int, slots: int) -> None:
+def _reserve(name: str, size: int, edge: int, slots: int, least: int) -> None:
     """Allocate the ring's pages now (``posix_fallocate``), so running out is an error here, not a SIGBUS later."""
     if not hasattr(os, "posix_fallocate") or size == 0:
         return
@@ -97,16 +101,22 @@ def _reserve(name: str, size: int, edge: int, slots: int) -> None:
         os.posix_fallocate(descriptor, 0, size)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
-            raise ExecutorError(_room_hint(size, edge, slots, None)) from None
+            raise ExecutorError(_room_hint(size, edge, slots, None, least)) from None
         # EOPNOTSUPP/EINVAL: a file system that cannot reserve; the pages come on first write as before
     finally:
         os.close(descriptor)
 
 
 class ShmRing:
-    """``slots`` slots of ``layout.slot_bytes`` bytes in one shared-memory segment."""
+    """``slots`` slots of ``layout.slot_bytes`` bytes in one shared-memory segment.
 
-    def __init__(self, layout: EdgeLayout, slots: int, name: Optional[str] = None, create: bool = True):
+    ``least``: the fewest slots its users can work with (a pipeline raises a
+    small ``--slots`` to what its workers keep in flight); a ring that does
+    not fit in /dev/shm says whether fewer ``--slots`` could help.
+    """
+
+    def __init__(self, layout: EdgeLayout, slots: int, name: Optional[str] = None, create: bool = True,
+                 least: int = 1):
         if slots < 1:
             raise ExecutorError(f"a ring needs at least one slot, got {slots}")
         self.layout = layout
@@ -117,10 +127,10 @@ class ShmRing:
         try:
             if create:
                 name = name or f"{SHM_PREFIX}{os.getpid()}_e{layout.index}_{secrets.token_hex(4)}"
-                _check_room(size, layout.index, self.slots)
+                _check_room(size, layout.index, self.slots, least)
                 self._shm = _create_segment(name, size)
                 try:
-                    _reserve(self._shm.name, size, layout.index, self.slots)
+                    _reserve(self._shm.name, size, layout.index, self.slots, least)
                 except ExecutorError:
                     self._shm.close()
                     self._shm.unlink()
