@@ -62,7 +62,8 @@ def register(subparsers) -> None:
                         "(root or CAP_SYS_NICE; the systemd unit uses -5) puts inference ahead of the "
                         "client processes on shared cores")
     parser.add_argument("--no-replan", action="store_true", help="measure and report, never re-plan")
-    parser.add_argument("--slots", type=int, default=4, metavar="N", help="ring slots per pipeline edge, at least (default 4)")
+    parser.add_argument("--slots", type=int, default=4, metavar="N",
+                        help="ring slots per pipeline edge, at least (default 4)")
     parser.add_argument("--reject-rate", type=float, default=10.0, metavar="R",
                         help="connections closed on a protocol error one client process may cause per second "
                         "once its burst is spent; its further connections wait (default 10; 0: no limit)")
