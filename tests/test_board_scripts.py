@@ -63,8 +63,20 @@ def test_profile_board_dry_run_profiles_zoo_and_user_model_into_the_state_dir(tm
     assert f"profile {tmp_path}/state/board/zoo/mobilenet_v1.tflite {tmp_path}/state/board/zoo/squeezenet.tflite " \
            f"{model} --platform board:rpi4 -o {tmp_path}/state/board/profile.csv" in out
     assert f"fit {tmp_path}/state/board/profile.csv -o {tmp_path}/state/board/predictor.json" in out
+    assert f"sudo tools/install-service.sh --model {model} --platform board:rpi4 --predictor" in out  # theirs
     missing = _run(TOOLS / "profile-board.sh", "--dry-run", "--model", tmp_path / "none.tflite")
     assert missing.returncode == 2 and "no such model file" in missing.stderr
+    # a bad --kind was found by `pipeit fit`, after the whole zoo was profiled (hours on a board)
+    bad_kind = _run(TOOLS / "profile-board.sh", "--dry-run", "--kind", "bogus", env={"PIPEIT_STATE_DIR": str(tmp_path)})
+    assert bad_kind.returncode == 2 and "unknown predictor kind 'bogus'" in bad_kind.stderr and bad_kind.stdout == ""
+    good_kind = _run(TOOLS / "profile-board.sh", "--dry-run", "--kind", "flops", "--zoo", "squeezenet",
+                     env={"PIPEIT_STATE_DIR": str(tmp_path)})
+    assert good_kind.returncode == 0 and "--kind flops" in good_kind.stdout, good_kind.stderr
+    # an emulated platform needs cgroups, which the unit keeps read-only: no install command for it
+    emulated = _run(TOOLS / "profile-board.sh", "--dry-run", "--zoo", "squeezenet", "--platform",
+                    "emulate:big=0@1.0,little=1@0.4", env={"PIPEIT_STATE_DIR": str(tmp_path)})
+    assert emulated.returncode == 0 and "install-service.sh --model" not in emulated.stdout
+    assert "not on an emulated platform" in emulated.stdout
 
 
 def test_bench_board_dry_run_and_required_model(tmp_path):
@@ -358,3 +370,43 @@ def test_profile_board_dry_run_lists_every_zoo_model_and_refuses_bad_names(tmp_p
                      ("squeezenet,squeezenet", "given twice")]:
         bad = _run(TOOLS / "profile-board.sh", "--dry-run", "--zoo", zoo, env=env)
         assert bad.returncode == 2 and bad.stdout == "" and why in bad.stderr, (zoo, bad.stderr)
+
+
+def test_install_service_runs_the_daemons_own_checks_before_changing_anything(tmp_path):
+    """A model, predictor, platform or --args the daemon refuses at start made a unit that failed and restarted
+    every 5 s for ever: `pipeit serve --check` now runs first, with the service's options."""
+    if not os.access(ROOT / ".venv" / "bin" / "pipeit", os.X_OK):
+        pytest.skip("no .venv/bin/pipeit in this checkout")
+    model = build_model(tmp_path / "m.tflite", layers=1, size=8, channels=4)
+    base = ["--dry-run", "--model", model, "--unit-dir", tmp_path]
+    good = _run(TOOLS / "install-service.sh", *base, "--platform", "board:rpi4")
+    assert good.returncode == 0 and "ok: " in good.stdout and "would run: groupadd" in good.stdout, good.stderr
+    junk = tmp_path / "junk.json"
+    junk.write_text("not json")
+    for extra, words in ((["--model", "/etc/hostname"], "not a TFLite model"),
+                         (["--predictor", junk], "not a readable predictor file"),
+                         (["--args", "--bogus"], "unrecognized arguments: --bogus"),
+                         (["--args", "--strategy nope"], "unknown strategy 'nope'"),
+                         (["--platform", "board:nope"], "unknown board 'nope'"),
+                         (["--platform", "emulate:big=0@1.0,little=1@0.4"], "keeps read-only")):
+        done = _run(TOOLS / "install-service.sh", *base, *extra)
+        assert done.returncode == 2 and words in done.stderr, (extra, done.stderr)
+        assert "would run" not in done.stdout and "would write" not in done.stdout, (extra, done.stdout)
+
+
+def test_serve_check_says_what_would_be_served_and_starts_nothing(tmp_path):
+    from tests.daemon_helpers import write_times
+
+    model = build_model(tmp_path / "m.tflite", layers=2, size=8, channels=4)
+    times = write_times(model, "emulate:big=0@1.0,little=1@1.0", tmp_path / "times.json")
+    sock = tmp_path / "none" / "s.sock"  # a folder a service manager makes at start: not checked
+    env = {"PIPEIT_STATE_DIR": str(tmp_path / "state")}
+    cmd = [sys.executable, "-m", "pipeit", "serve", "--check", "--model", str(model), "--socket", str(sock),
+           "--platform", "emulate:big=0@1.0,little=1@1.0"]
+    done = subprocess.run(cmd + ["--times", str(times)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **env))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"ok: {model} on emulate:") and "predicted" in done.stdout
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+    assert done.returncode == 0 and "the first start profiles the model" in done.stdout, done.stderr
+    assert not (tmp_path / "state").exists() and not sock.parent.exists()  # nothing profiled, cached or bound

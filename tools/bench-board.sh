@@ -11,7 +11,7 @@ Usage: tools/bench-board.sh --model FILE [--platform SPEC] [--frames N] [--outpu
   --platform SPEC  platform spec (default: auto)
   --frames N       frames per strategy in each of bench's 3 rounds, a positive integer (default: 200)
   --output FILE    the Markdown report (default: bench-<hostname>-<date>.md)
-  --pipeit CMD     the pipeit command (default: pipeit on PATH, else this checkout's .venv/bin/pipeit)
+  --pipeit CMD     the pipeit command (default: this checkout's .venv/bin/pipeit, else pipeit on PATH)
   --dry-run        print the commands instead of running them
   --help           this text
 
@@ -54,7 +54,7 @@ case "$FRAMES" in
     *) die 2 "--frames must be a positive integer (1 to 999999), not '$FRAMES'" ;;
 esac
 if [ -z "$PIPEIT" ]; then
-    if command -v pipeit >/dev/null 2>&1; then PIPEIT="pipeit"; else PIPEIT="$HERE/.venv/bin/pipeit"; fi
+    if [ -x "$HERE/.venv/bin/pipeit" ]; then PIPEIT="$HERE/.venv/bin/pipeit"; else PIPEIT="pipeit"; fi
 fi
 [ -n "$OUTPUT" ] || OUTPUT="bench-$(hostname)-$(date +%Y%m%d-%H%M).md"
 

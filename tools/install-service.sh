@@ -89,12 +89,23 @@ if [ -n "$PREDICTOR" ]; then
             die 2 "--args: give one of --plan/--predictor/--profile/--times, not one of them besides --predictor" ;;
     esac
 fi
+case "$PLATFORM" in
+    emulate:*) die 2 "--platform $PLATFORM: an emulated platform writes cgroups, which the unit keeps read-only; run pipeit serve by hand" ;;
+esac
 [ -f "$HERE/tools/pipeit.service" ] || die 1 "$HERE/tools/pipeit.service: the unit template is missing"
 # systemd refuses an executable path with quotes, backslashes or control characters.
 case "$VENV" in *[\"\'\\]*|*[[:cntrl:]]*) die 2 "$VENV: systemd cannot run a program from a path with quotes, backslashes or control characters (give --venv DIR)" ;; esac
 if [ "$DRY" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
     die 1 "run as root (or with --dry-run)"
 fi
+# What the daemon checks at start, checked now with the service's own options: the model, the
+# predictor, the platform and --args. A unit that fails at start restarts every 5 s for ever.
+CHECK=("$VENV/bin/pipeit" serve --check --model "$MODEL" --platform "$PLATFORM" --socket /run/pipeit/pipeit.sock)
+[ -z "$PREDICTOR" ] || CHECK+=(--predictor "$PREDICTOR")
+read -r -a EXTRA <<< "$ARGS"  # split at whitespace, as the unit splits $PIPEIT_ARGS
+CHECK+=("${EXTRA[@]+"${EXTRA[@]}"}")
+echo "checking: pipeit serve --check with the service's options"
+env PIPEIT_RUNTIME="$RUNTIME" "${CHECK[@]}" || die 2 "the daemon would not start with these options (above); nothing was changed"
 
 # exec_path PATH: PATH as the double-quoted first word of ExecStart= (it may hold spaces;
 # "%" doubled against specifiers; "$" stays: systemd expands no variables there).

@@ -13,7 +13,7 @@ Usage: tools/profile-board.sh [--model FILE]... [--platform SPEC] [--zoo NAMES] 
   --platform SPEC  platform spec (default: auto); serve with the same one
   --zoo NAMES      comma-separated zoo models to profile (default: all of `pipeit zoo --list`)
   --kind KIND      predictor kind for `pipeit fit` (default: pipeit's default)
-  --pipeit CMD     the pipeit command (default: pipeit on PATH, else this checkout's .venv/bin/pipeit)
+  --pipeit CMD     the pipeit command (default: this checkout's .venv/bin/pipeit, else pipeit on PATH)
   --dry-run        print each command instead of running it (the same list a real run does)
   --help           this text
 
@@ -50,8 +50,8 @@ while [ "$#" -gt 0 ]; do
     esac
 done
 
-if [ -z "$PIPEIT" ]; then
-    if command -v pipeit >/dev/null 2>&1; then PIPEIT="pipeit"; else PIPEIT="$HERE/.venv/bin/pipeit"; fi
+if [ -z "$PIPEIT" ]; then  # the venv setup-board.sh made and install-service.sh serves from, as they default
+    if [ -x "$HERE/.venv/bin/pipeit" ]; then PIPEIT="$HERE/.venv/bin/pipeit"; else PIPEIT="pipeit"; fi
 fi
 STATE="${PIPEIT_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/pipeit}/board"
 WORK="$STATE/zoo"
@@ -69,6 +69,11 @@ while read -r name _; do
     KNOWN+=("$name")
 done <<< "$LISTING"
 [ "${#KNOWN[@]}" -gt 0 ] || die 1 "'$PIPEIT zoo --list' listed no models"
+# A bad --kind would otherwise be found by `pipeit fit`, after the whole zoo is profiled (hours on a board):
+# argparse checks it before it acts on --help, so this asks and runs nothing.
+if [ -n "$KIND" ] && ! "$PIPEIT" fit --kind "$KIND" --help >/dev/null 2>&1; then
+    die 2 "--kind: unknown predictor kind '$KIND' (see $PIPEIT fit --help)"
+fi
 if [ -z "$ZOO" ]; then
     NAMES=("${KNOWN[@]}")
 else
@@ -105,6 +110,12 @@ else
 fi
 PLATFORM_OPT=""
 [ "$PLATFORM" = "auto" ] || PLATFORM_OPT=" --platform $(printf '%q' "$PLATFORM")"
+MODEL_ARG="MODEL"  # the user's own model where there is one
+[ "${#MODELS[@]}" -eq 1 ] && MODEL_ARG="$(printf '%q' "${MODELS[0]}")"
+PREDICTOR_ARG="$(printf '%q' "$STATE/predictor.json")"
 echo "done. The predictor is $STATE/predictor.json; the daemon uses it only when given it:"
-echo "  as a service: sudo tools/install-service.sh --model MODEL$PLATFORM_OPT --predictor $(printf '%q' "$STATE/predictor.json")"
-echo "  by hand:      pipeit serve --model MODEL$PLATFORM_OPT --predictor $(printf '%q' "$STATE/predictor.json") --socket ~/pipeit/pipeit.sock"
+case "$PLATFORM" in
+    emulate:*) echo "  as a service: not on an emulated platform (it needs cgroups, which the unit keeps read-only)" ;;
+    *) echo "  as a service: sudo tools/install-service.sh --model $MODEL_ARG$PLATFORM_OPT --predictor $PREDICTOR_ARG" ;;
+esac
+echo "  by hand:      pipeit serve --model $MODEL_ARG$PLATFORM_OPT --predictor $PREDICTOR_ARG --socket ~/pipeit/pipeit.sock"

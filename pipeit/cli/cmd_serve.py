@@ -70,6 +70,10 @@ def register(subparsers) -> None:
     parser.add_argument("--reject-burst", type=int, default=20, metavar="N",
                         help="such connections a client process may cause at once (default 20)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--check", action="store_true",
+                        help="check the model, the platform, the plan source and every option, say what would "
+                        "be served, and exit: no socket, no workers, no profiling (tools/install-service.sh "
+                        "runs it before it installs anything)")
     parser.set_defaults(run=run)
 
 
@@ -98,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
                          f"in [0, {limits['max_margin']:g}]")
     if not args.socket.strip():
         raise InputError("--socket needs a path, got an empty one")
+    # used only by later re-plans where a plan file is given: refused now, not at the first re-plan
+    from pipeit.dse import STRATEGIES
+    from pipeit.dse.cost import Limits
+
+    if args.strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    Limits(args.latency_ms, args.memory_mb)
+    if args.check:
+        return _check(args)
     check_socket_path(args.socket, args.group)  # a bad socket place is refused before planning and workers
     if args.nice is not None:
         set_nice(args.nice)
@@ -125,6 +138,28 @@ def run(args: argparse.Namespace) -> int:
     if reloads:
         server.request_reload()
     return server.serve_forever()
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``--check``: what the daemon would serve, found the way it finds it at start, short of profiling and
+    of the socket (whose folder a service manager makes at start). One line; errors as any command's."""
+    from cores.platform import load_platform
+    from pipeit.daemon.state import PlanSource, preview_plan
+
+    if args.nice is not None and not -20 <= args.nice <= 19:
+        set_nice(args.nice)  # refuses it (in range, it is not applied: nothing runs)
+    platform = load_platform(args.platform)
+    source = PlanSource(plan=args.plan, predictor=args.predictor, profile=args.profile, times=args.times,
+                        strategy=args.strategy, latency_ms=args.latency_ms, memory_mb=args.memory_mb)
+    planned = preview_plan(args.model, platform, source)
+    if planned is None:
+        print(f"ok: {args.model} on {platform.source}; no plan source given: the first start profiles the model "
+              "(unless its times are cached in the state directory) and plans from that")
+    else:
+        plan = planned.plan
+        print(f"ok: {args.model} on {platform.source}; plan from {planned.source}: {len(plan.stages)} stage(s), "
+              f"{plan.strategy}, predicted {plan.predicted_fps:.1f} fps")
+    return 0
 
 
 def set_nice(value: int) -> None:

@@ -31,7 +31,7 @@ from pipeit.layer_times import LayerTimes
 from pipeit.plan import Plan, file_sha256, load_plan
 
 __all__ = ["ENV_STATE_DIR", "state_dir", "check_state_dir", "cache_folder", "PlanSource", "Planned", "obtain_plan",
-           "make_plan"]
+           "preview_plan", "make_plan"]
 
 ENV_STATE_DIR = "PIPEIT_STATE_DIR"
 _log = logging.getLogger("pipeit.daemon")
@@ -204,6 +204,22 @@ def _check_same_cluster(plan_path: Union[str, Path], theirs: Any, mine: Any) -> 
 
         raise PlanError(f"{plan_path} was made for another platform: its cluster {mine.name!r} is "
                         f"{shown(theirs)}, this daemon's is {shown(mine)}; re-plan for this --platform")
+
+
+def preview_plan(model: Union[str, Path], platform: Platform, source: PlanSource) -> Optional[Planned]:
+    """What :func:`obtain_plan` would give, every file checked, where that needs no profiling; None where a
+    first start would profile (no plan source given: checked are the model and the platform only)."""
+    if source.plan or source.predictor or source.profile or source.times:
+        return obtain_plan(model, platform, source)
+    from pipeit.graph import load_graph
+    from pipeit.runtime import check_loads
+
+    model = Path(model)
+    if not model.is_file():
+        raise PlanError(f"{model}: no such model file")
+    load_graph(str(model))
+    check_loads(model)
+    return None
 
 
 def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
