@@ -176,6 +176,7 @@ def test_status_document(daemon):
     assert {c["name"] for c in doc["clusters"]} == {"big", "little"}
     assert set(doc["latency_ms"]) >= {"p50", "p95", "p99"}
     assert doc["inputs"] == [{"name": "image", "shape": [1, 32, 32, 16], "dtype": "float32"}]
+    assert doc["replanning"] == "on"  # served from layer times: it has what a re-plan needs
 
 
 def test_cli_infer_json_is_strict_json_for_a_nan_output(daemon, tmp_path):
@@ -826,6 +827,11 @@ def test_a_plan_predicting_an_infinite_rate_is_served_and_reported(files, tmp_pa
         with Client(daemon.socket_path) as c:
             status = c.status()
             assert status["plan"]["predicted"]["fps"] is None
+            # a plan file alone (no times given or cached): it never re-plans, which status now says
+            assert status["replanning"].startswith("off: no layer times to re-plan from"), status["replanning"]
+            shown = subprocess.run([sys.executable, "-m", "pipeit", "status", "--socket", str(daemon.socket_path)],
+                                   cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert "re-plans: 0 (re-planning off: no layer times" in shown.stdout, shown.stdout + shown.stderr
             frame = _frames(1, seed=15)[0]
             np.testing.assert_array_equal(c.infer({"image": frame})["fc"], reference(model, frame))
     assert_clean_exit(daemon)

@@ -47,8 +47,12 @@ def format_status(doc: dict) -> str:
     events = doc.get("events") or []
     lines.append("")
     margin = doc.get("switch_margin")
-    lines.append(f"re-plans: {doc.get('replans', 0)} (next switch in >= {doc.get('switch_cooldown_windows', 0)} "
-                 f"window(s), needs +{_num(None if margin is None else 100 * margin, '{:.0f}')} %)")
+    replanning = doc.get("replanning", "on")
+    if replanning != "on":
+        lines.append(f"re-plans: {doc.get('replans', 0)} (re-planning {replanning})")
+    else:
+        lines.append(f"re-plans: {doc.get('replans', 0)} (next switch in >= {doc.get('switch_cooldown_windows', 0)} "
+                     f"window(s), needs +{_num(None if margin is None else 100 * margin, '{:.0f}')} %)")
     for e in events[-10:]:
         lines.append(f"  {e['at_s']:.1f} s {e['kind']}: {e['reason']} (fps {_num(e['fps_before'], '{:.1f}')} -> "
                      f"{_num(e['fps_after'], '{:.1f}')})")

@@ -1363,6 +1363,7 @@ class Server:
             "max_temp_c": snap.max_temp_c if snap is not None else None,
             "online": list(snap.online) if snap is not None and snap.online is not None else None,
             "replans": self.counters["replans"],
+            "replanning": self._replanning(),
             "switch_cooldown_windows": self._policy.cooling,
             "switch_margin": self._policy.current_margin,
             "events": [e.to_json() for e in self.events[-50:]],
@@ -1370,6 +1371,17 @@ class Server:
         }
 
     # ---- re-planning ---------------------------------------------------------------------
+    def _replanning(self) -> str:
+        """``"on"``, or ``"off: why"`` (status: a daemon serving a plan file with no layer times cached for it
+        watches and reports, but has nothing to re-plan from, which its status did not say)."""
+        if not self.config.replan:
+            return "off: --no-replan"
+        planned = self._planned
+        if planned is not None and planned.times is None:
+            return ("off: no layer times to re-plan from (a plan file alone; serve with --predictor, --profile or "
+                    "--times, or start once without a plan so its times are cached)")
+        return "on"
+
     def _set_expected(self, plan: Any) -> None:
         """Expect each worker to take what the plan predicts for it (a stage: its workers' mean)."""
         self._set_expected_ms(tuple(
