@@ -5,6 +5,13 @@ emulation speed, plus the runtime backend and version; not cluster names or
 CPU ids (renumbering does not change speed) and not the current frequency
 (that is a reading, see :mod:`cores.monitor`). The hash is the first 16 hex
 digits of a SHA-256 over the canonical JSON of the readable dict.
+
+GPU clusters are left out unless asked for (``with_gpus``): a CPU layer's
+time does not depend on whether the platform spec names the board's GPU,
+and GPU.md's workflow adds ``gpu:1`` rows, measured on ``...,gpu=0``, to a
+profile of the same board's CPUs (with them in, that profile was "another
+platform"). What holds a whole platform's plan -- the daemon's cache --
+keys on them too: there a platform with a GPU must not reuse CPU-only times.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ def _runtime_text(runtime_info: Any) -> Optional[str]:
     return str(runtime_info)
 
 
-def fingerprint_dict(platform: Platform, runtime_info: Any = None) -> dict:
-    """The readable fingerprint: clusters (sorted by core type and speed) and runtime."""
+def fingerprint_dict(platform: Platform, runtime_info: Any = None, with_gpus: bool = False) -> dict:
+    """The readable fingerprint: clusters (sorted by core type and speed; GPUs only ``with_gpus``) and runtime."""
     clusters = sorted(
         (
             {
@@ -40,14 +47,15 @@ def fingerprint_dict(platform: Platform, runtime_info: Any = None) -> dict:
                 "kind": c.kind,
             }
             for c in platform.clusters
+            if with_gpus or c.kind != "gpu"
         ),
         key=lambda d: json.dumps(d, sort_keys=True),
     )
     return {"clusters": clusters, "runtime": _runtime_text(runtime_info)}
 
 
-def platform_fingerprint(platform: Platform, runtime_info: Any = None) -> str:
+def platform_fingerprint(platform: Platform, runtime_info: Any = None, with_gpus: bool = False) -> str:
     """A short, stable hash of :func:`fingerprint_dict` (16 hex digits)."""
-    doc = fingerprint_dict(platform, runtime_info)
+    doc = fingerprint_dict(platform, runtime_info, with_gpus)
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

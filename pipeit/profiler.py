@@ -622,8 +622,9 @@ class Job:
     model_bytes: bytes
 
 
-def platform_fingerprint_for(platform: Platform) -> str:
-    """The fingerprint every row carries: platform and runtime (cores.fingerprint when present)."""
+def platform_fingerprint_for(platform: Platform, with_gpus: bool = False) -> str:
+    """The fingerprint every row carries: the CPU clusters and the runtime (GPUs too ``with_gpus``: see
+    :mod:`cores.fingerprint`, cores.fingerprint when present)."""
     from pipeit.runtime import runtime_info
 
     info = runtime_info()
@@ -632,7 +633,7 @@ def platform_fingerprint_for(platform: Platform) -> str:
     except ImportError:
         doc = {"platform": platform.to_json(), "runtime": str(info)}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-    return platform_fingerprint(platform, info)
+    return platform_fingerprint(platform, info, with_gpus)
 
 
 def _stage_ranges(n_layers: int, stages: int) -> List[Tuple[int, int]]:

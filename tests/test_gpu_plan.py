@@ -329,6 +329,26 @@ class TestProfileAndPlan:
                         "--no-progress", "--json")  # resumes: nothing left to measure
         assert again.returncode == 0 and json.loads(again.stdout)["measured"] == 0
 
+    def test_gpu_rows_and_the_same_boards_cpu_rows_share_one_profile(self, gpu_profile, tmp_path):
+        """GPU.md adds gpu:1 rows, measured on `...,gpu=0`, to the board's CPU profile: the GPU cluster was in
+        the fingerprint, so that profile was "another platform" (refused without --force, warned in plan)."""
+        import shutil
+
+        model, out, _ = gpu_profile
+        both = tmp_path / "both.csv"
+        shutil.copy(out, both)
+        cpus_only = SPEC.replace(",gpu=0", "")
+        done = run_cli("profile", str(model), "--platform", cpus_only, "--setup", "big:1", "--stages", "0",
+                       "--repeats", "3", "-o", str(both), "--no-progress")
+        assert done.returncode == 0, done.stderr
+        assert {r["setup"] for r in _rows(both)} == {"gpu:1", "big:1"}
+        done = run_cli("plan", str(model), "--platform", SPEC, "--profile", str(both), "-o", str(tmp_path / "p.json"))
+        assert done.returncode == 0 and "another platform" not in done.stderr, done.stderr
+        # the daemon's cache holds a whole platform's plan: there the GPU still counts
+        from pipeit.daemon.state import cache_folder
+
+        assert cache_folder(load_platform(SPEC), "ab" * 32) != cache_folder(load_platform(cpus_only), "ab" * 32)
+
     def test_plan_places_a_gpu_stage_but_not_the_unsupported_layer(self, gpu_profile, tmp_path):
         model, out, _ = gpu_profile
         profile = _with_cpu_rows(out, tmp_path / "all.csv", cpu_ms=20.0, gpu_scale=0.01)

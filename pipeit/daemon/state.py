@@ -85,7 +85,8 @@ def cache_folder(platform: Platform, model_sha256: str, root: Optional[Path] = N
     """The folder for this platform fingerprint and model (see the module docstring)."""
     from pipeit.profiler import platform_fingerprint_for
 
-    return (root or state_dir()) / platform_fingerprint_for(platform) / model_sha256[:16]
+    # with the GPUs: a platform with one must not plan from times cached for its CPUs alone
+    return (root or state_dir()) / platform_fingerprint_for(platform, with_gpus=True) / model_sha256[:16]
 
 
 @dataclass(frozen=True)
