@@ -448,10 +448,14 @@ class TestCli:
         """``topology --json`` writes source "auto": read back, it was given this tree's offline CPUs."""
         saved = tmp_path / "board.json"
         saved.write_text(run_cli("topology", "--sysfs", str(FIXTURES / "rpi4"), "--json").stdout)
-        doc = json.loads(run_cli("topology", "--platform", str(saved), "--sysfs",
-                                 str(FIXTURES / "rk3399-cpu5-offline"), "--json").stdout)
+        doc = json.loads(run_cli("topology", "--platform", str(saved), "--json").stdout)
         assert [c["cpus"] for c in doc["clusters"]] == [[0, 1, 2, 3]]
         assert not {"offline", "smt", "arch"} & set(doc)
+        # a tree beside a file or a board, which describe their own clusters, was ignored without a word
+        for platform in (str(saved), "board:rk3588"):
+            done = run_cli("topology", "--platform", platform, "--sysfs", str(FIXTURES / "rk3399-cpu5-offline"))
+            assert done.returncode == 2 and "--sysfs is read for --platform auto or emulate" in done.stderr
+            assert len(done.stderr.splitlines()) == 1
 
     def test_table_on_host(self):
         result = run_cli("topology")

@@ -22,12 +22,19 @@ def register(subparsers) -> None:
                         help="auto | board:NAME | emulate:big=0@1.0,little=1@0.4[,gpu=0[@cpuN]] | FILE.json "
                         "(default auto; auto adds an OpenCL GPU when there is one)")
     parser.add_argument("--sysfs", default=None, metavar="ROOT",
-                        help="read ROOT/sys and ROOT/proc instead of this machine's (for fixtures)")
+                        help="read ROOT/sys and ROOT/proc instead of this machine's (for fixtures; with "
+                        "--platform auto or emulate:...)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)
 
 
 def _document(args: argparse.Namespace) -> dict:
+    spec = (args.platform or "auto").strip()
+    if args.sysfs is not None and not (spec == "auto" or spec.startswith("emulate:")):
+        from pipeit.errors import InputError
+
+        raise InputError(f"--sysfs is read for --platform auto or emulate:..., not {spec} (a board or a file "
+                         "describes its own clusters)")
     platform = load_platform(args.platform, sysfs_root=args.sysfs)
     # the facts of a detection (arch, offline CPUs, SMT) belong to a detected platform only: by what was
     # asked for, not by the source it reports ("sysfs:ROOT" with --sysfs; a saved `--json` says "auto")
