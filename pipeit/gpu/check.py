@@ -22,7 +22,7 @@ from pipeit.gpu.space import Config
 from pipeit.gpu.stage import GpuStage
 from pipeit.graph import graph_from_model
 from pipeit.modelfile import ModelSource, read_model
-from pipeit.runtime import make_interpreter
+from pipeit.runtime import make_interpreter, native_stderr_silenced
 from pipeit.split import extract_layers
 
 __all__ = ["LayerCheck", "relative_error", "reference_outputs", "random_inputs", "check_layer",
@@ -65,7 +65,8 @@ def random_inputs(tensors: Iterable[Any], seed: int = 0) -> Dict[str, np.ndarray
 
 def reference_outputs(model_bytes: bytes, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Run a (sub-)model in TFLite; outputs by tensor name."""
-    interpreter = make_interpreter(model_bytes)
+    with native_stderr_silenced():  # the runtime's "INFO: Created ... delegate" line is no news in a check
+        interpreter = make_interpreter(model_bytes)
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], inputs[detail["name"]])
     interpreter.invoke()
