@@ -223,6 +223,11 @@ def test_tune_cli_writes_and_reuses_a_tuning_file(tmp_path, capsys):
     assert main(["gpu", "check", str(model), "--tuning", str(out), "--json"]) == 0
     checked = json.loads(capsys.readouterr().out)
     assert checked["failed"] == [] and checked["layers"][0]["config"] == tuning["entries"][0]["config"]
+    # the table's trials are the search's, as --trials counts them (the JSON's also count the baseline)
+    out.unlink()
+    assert main(["gpu", "tune", str(model), "--trials", "4", "--strategy", "random", "-o", str(out)]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[:2] == ["0", "CONV_2D"] and row[5] == "4", row
     out.write_text("[]")
     assert main(["gpu", "tune", str(model), "-o", str(out)]) == 2
     assert "not a JSON object" in capsys.readouterr().err

@@ -244,7 +244,8 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
     # Saved before tuning (a folder that cannot take it is found now, not after minutes of trials) and
     # after every layer (an interrupted run keeps the layers it finished); a write error is one line.
     tuning.save(output)
-    with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False) as bar:
+    # no bar where every layer is already tuned (it drew "tuning: 0trial [00:00, ?trial/s]")
+    with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False, delay=0.5) as bar:
         results = tune_model(model, ctx, tuning, trials=args.trials, strategy=args.strategy,
                              precision=args.precision, seed=args.seed, retune=args.retune,
                              layers=layers, progress=bar.update, recorded=lambda: tuning.save(output))
@@ -254,9 +255,10 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
                    "tuning_file": str(output), "strategy": args.strategy,
                    "layers": [{**dataclasses.asdict(r), "speedup": r.speedup} for r in results]})
         return 0
+    # "trials": the search's, as --trials counts them (r.trials also counts the untuned config timed first)
     rows = [(r.layer, r.op, "-" if r.untuned_ms is None else r.untuned_ms,
              "-" if r.best_ms is None else r.best_ms,
-             "-" if r.speedup is None else f"{r.speedup:.2f}x", r.trials, r.failed,
+             "-" if r.speedup is None else f"{r.speedup:.2f}x", max(0, r.trials - 1), r.failed,
              r.skipped or ",".join(f"{k}={v}" for k, v in sorted(r.config.items())))
             for r in results]
     print(format_table(["layer", "op", "untuned ms", "tuned ms", "speedup", "trials", "failed",
