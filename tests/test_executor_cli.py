@@ -110,6 +110,20 @@ def test_run_reads_frames_from_npy_and_prints_a_table(planned, tmp_path):
     assert "outputs match the whole model" in result.stdout
     assert "measured ms" in result.stdout
     assert "INFO:" not in result.stderr  # the runtime's delegate line: no news to the user
+    assert "latency limit" not in result.stdout  # a plan made for throughput alone
+
+
+def test_run_says_whether_the_plans_latency_limit_was_met(planned, tmp_path):
+    """The table showed p99 alone: a plan made for a limit (and run gated) never said whether it kept it."""
+    plan_path, model = planned
+    doc = json.loads(plan_path.read_text())
+    for limit, verdict in ((1e6, "met"), (0.001, "MISSED")):
+        doc["limits"]["latency_ms"] = limit
+        limited = tmp_path / f"limited{limit:g}.json"
+        limited.write_text(json.dumps(doc))
+        result = pipeit("run", str(limited), "--model", str(model), "--frames", "4", "--warmup", "0")
+        assert result.returncode == 0, result.stderr
+        assert f"latency limit {limit:g} ms (the plan's; frames admitted gated): p99 {verdict}" in result.stdout
 
 
 @pytest.mark.parametrize("array", [np.zeros((1, 224, 224, 1), np.float32), np.zeros((1, 224, 224, 3), np.float64)])

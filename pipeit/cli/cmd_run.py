@@ -280,7 +280,7 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         "plan": str(plan_path), "model": str(model_path), "strategy": plan.strategy,
         "warmup": args.warmup, "slots": args.slots, "inflight": inflight, "admission": admission,
         "outputs_match": match,
-        "predicted_fps": plan.predicted_fps,
+        "predicted_fps": plan.predicted_fps, "latency_limit_ms": plan.latency_limit_ms,
         "max_relative_error": worst, "check_tolerance": (bound if args.check else None),
         "gpu_stages": gpu_stage_list,
     })
@@ -295,6 +295,10 @@ def _stream(args: argparse.Namespace, plan: Any, plan_path: Path, model_path: Pa
         lat = doc["latency_ms"]
         print(f"{stats.frames} frames, {stats.fps:.1f} fps (plan predicted {plan.predicted_fps:.1f}); "
               f"latency p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, p99 {lat['p99']:.2f} ms")
+        limit = plan.latency_limit_ms
+        if limit is not None and lat["p99"] is not None:  # a plan made for a limit: was it kept?
+            print(f"latency limit {limit:g} ms (the plan's; frames admitted {admission}): p99 "
+                  f"{'met' if lat['p99'] <= limit else 'MISSED'}")
         for s in stats.stages:
             for switch in s.switches:
                 print(f"stage {s.index} (GPU) frame {switch.get('pipeline_frame')}: {switch.get('message')}")
