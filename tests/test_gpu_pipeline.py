@@ -262,9 +262,10 @@ class TestRunCommand:
         tuning = tmp_path / "tuning.json"
         tuning.write_text(json.dumps({"version": 1, "devices": {"0123456789abcdef": {"name": "Mali-G52"}},
                                       "entries": []}))
-        result = self.run(str(gpu_plan), "--frames", "2", "--warmup", "0", "--gpu-tuning", str(tuning))
-        assert result.returncode == 0, result.stderr
-        assert f"{tuning} has no configs for" in result.stderr and "Mali-G52" in result.stderr
+        for option in ("--gpu-tuning", "--tuning"):  # --tuning: the name profile, plan and gpu check give it
+            result = self.run(str(gpu_plan), "--frames", "2", "--warmup", "0", option, str(tuning))
+            assert result.returncode == 0, result.stderr
+            assert f"{tuning} has no configs for" in result.stderr and "Mali-G52" in result.stderr
         assert "Traceback" not in result.stderr
 
     def test_accuracy_tuning_writes_the_tables_run_uses(self, gpu_plan, tmp_path):

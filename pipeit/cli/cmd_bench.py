@@ -34,7 +34,8 @@ def register(subparsers) -> None:
                        help="latency limit as F x the fastest cluster's single-thread frame time")
     parser.add_argument("--memory-mb", type=float, metavar="M", help="limit on weights held by all workers")
     parser.add_argument("--strategies", metavar="A,B", help="a subset of strategies (default: all)")
-    parser.add_argument("--cache-dir", metavar="DIR", help="where fresh profiles are kept")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where fresh profiles are kept (default: $PIPEIT_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/pipeit or ~/.cache/pipeit; a profiles/ folder inside)")
     task = parser.add_argument_group(
         "satisfaction", "score each strategy for a task: p99 latency against a deadline, accuracy against a "
         "tolerance, energy per frame from the board's power model (docs/SATISFACTION.md)")

@@ -20,7 +20,7 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "gpu",
-        help="OpenCL GPU stage: list devices, tune kernels, check them against TFLite",
+        help="OpenCL GPU stage: list devices, tune kernels, check them against TFLite, tune accuracy",
         description="OpenCL devices (--list), per-device kernel tuning (tune) and a per-layer "
                     "correctness check against TFLite (check). The device is chosen with --device "
                     "or $PIPEIT_OPENCL_DEVICE (an index or a name substring).",

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                         help=".npy (the model's one input) or .npz (one array per input name)")
     parser.add_argument("-o", "--output", metavar="out.npz",
                         help="save the outputs here, as an .npz archive under exactly this name")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply (default 120)")
     parser.add_argument("--transport", choices=("auto", "inline", "shm"), default="auto",
                         help="how the frame travels: shared memory the daemon passes over the socket (shm), "
                         "bytes in the socket (inline), or shm when offered (auto, the default)")

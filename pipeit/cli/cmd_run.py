@@ -51,10 +51,13 @@ def register(subparsers: Any) -> None:
                         help="compare every output with the whole model's (identical; within --tolerance with a GPU stage)")
     parser.add_argument("--tolerance", type=float, default=1e-4, metavar="T",
                         help="relative error a GPU stage may add (the --check bound and the calibration target; default 1e-4)")
-    parser.add_argument("--gpu-tuning", metavar="FILE", help="GPU kernel tuning file (from `pipeit gpu tune`; default: the state directory's, as `pipeit plan`)")
+    parser.add_argument("--gpu-tuning", "--tuning", dest="gpu_tuning", metavar="FILE",
+                        help="GPU kernel tuning file (from `pipeit gpu tune`; default: the state directory's, as "
+                        "`pipeit plan`; --tuning, the name profile, plan and gpu check give it, works too)")
     parser.add_argument("--gpu-tables", metavar="FILE", help="GPU accuracy tables per layer range (pipeit.gpu.calibration)")
     parser.add_argument("--no-calibrate", action="store_true", help="GPU stages never check their output at run time")
-    parser.add_argument("--warmup", type=int, default=5, metavar="W", help="frames run first and left out of the figures")
+    parser.add_argument("--warmup", type=int, default=5, metavar="W",
+                        help="frames run first and left out of the figures (default 5)")
     parser.add_argument("--slots", type=int, default=4,
                         help="ring slots per edge, at least (default 4; raised to what the workers keep in flight)")
     parser.add_argument("--inflight", type=int, default=None, metavar="K",

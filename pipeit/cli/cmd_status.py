@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         description="Ask a running `pipeit serve` daemon for its status.",
     )
     parser.add_argument("--socket", required=True, metavar="S", help="the daemon's socket")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply (default 30)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)
 
