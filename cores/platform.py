@@ -104,6 +104,9 @@ def _gpu_request(value: str) -> GpuRequest:
     if not selector:
         raise PlatformError("emulate spec: gpu= needs an OpenCL device index or name (gpu=0, gpu=Mali, gpu=0@cpu1)")
     if not at:
+        if re.fullmatch(r".+@\d+", selector):  # the host CPU without "cpu": it read as a device name
+            raise PlatformError(f"emulate spec: gpu={value}: name the host CPU as @cpuN (gpu="
+                                f"{selector.rpartition('@')[0]}@cpu{selector.rpartition('@')[2]})")
         return GpuRequest(selector)
     host = host.strip()
     if not host.isdigit():

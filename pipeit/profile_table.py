@@ -330,7 +330,7 @@ def table_of(
     table_print = rows[0].fingerprint
     if fingerprint is not None and fingerprint not in prints and not force:
         raise ProfileError(
-            f"profile was measured on another platform or runtime (fingerprint "
+            f"{', '.join(map(str, paths))} was measured on another platform or runtime (fingerprint "
             f"{table_print[:12]}, this platform {fingerprint[:12]}); use --force to use it anyway"
         )
     return ProfileTable(rows, fingerprint=fingerprint if fingerprint in prints else table_print)

@@ -127,6 +127,7 @@ class TestPlatformSpec:
         ("emulate:big=0,gpu=0,gpu=0", "appears twice"),
         ("emulate:big=0,gpu=0@cpux", "not a CPU number"),
         ("emulate:big=0,gpu=0@cpu99", "not online"),
+        ("emulate:big=0,gpu=0@1", r"name the host CPU as @cpuN \(gpu=0@cpu1\)"),  # was "no device matches '0@1'"
     ])
     def test_bad_gpu_specs(self, spec, words):
         with pytest.raises(PlatformError, match=words):
