@@ -355,8 +355,10 @@ def warn_if_measured_elsewhere(predictor: Any, profile: Any, name: str, platform
     else:
         theirs = {row.fingerprint for row in profile.rows}
     if theirs - {here}:
-        warnings.warn(f"{name} was measured on another platform or runtime (fingerprint "
-                      f"{sorted(theirs - {here})[0][:12]}, this platform {here[:12]}); its times are used anyway")
+        how = "fitted" if predictor is not None else "measured"
+        warnings.warn(f"{name} was {how} on another platform or runtime (fingerprint "
+                      f"{sorted(theirs - {here})[0][:12]}, this platform {here[:12]}); its times are used anyway, "
+                      "unscaled")
 
 
 def layer_times_for(
