@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
             rows.append([i, f"[{stage.layers[0]},{stage.layers[1]})", f"{w.cluster}:{w.threads}",
                          ",".join(map(str, w.cpus)), w.predicted_ms, stage.predicted_fps])
     print(format_table(["stage", "layers", "worker", "cpus", "ms", "stage fps"], rows))
-    print(f"\n{plan.strategy}: {plan.predicted_fps:.2f} fps, {plan.predicted_latency_ms:.2f} ms latency "
+    # "strategy pipeit:", not "pipeit:": a line that starts like the program's own error and warning lines
+    print(f"\nstrategy {plan.strategy}: {plan.predicted_fps:.2f} fps, {plan.predicted_latency_ms:.2f} ms latency "
           f"predicted -> {args.output}")
     if front is not None:
         print("\nthroughput/latency frontier (pipeit space):")
