@@ -30,8 +30,10 @@ stays untouched. A failed or noisy re-measurement never replaces a good row.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import fcntl
 import io
 import json
 import math
@@ -352,42 +354,73 @@ def supersede(rows: Sequence[ProfileRow]) -> List[ProfileRow]:
     return [r for i, r in enumerate(rows) if i in keep]
 
 
+@contextlib.contextmanager
+def _locked(handle) -> Iterator[None]:
+    """An exclusive ``flock`` on an open file for the block (best effort: a file system without locks, or
+    a device, is written as before)."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        except OSError:
+            pass
+
+
 class ProfileWriter:
     """Appends rows to a profile CSV, creating it (with its header) if needed.
 
     Each row is flushed as soon as it is written, so an interrupted run loses
-    at most the measurement in flight and re-running resumes.
+    at most the measurement in flight and re-running resumes. Several
+    processes may write one file at once (two ``profile`` runs, two
+    ``bench`` runs sharing their profile cache): the file is opened for
+    appending and each row is written under an exclusive lock, so rows never
+    interleave and the header is written once. (It was opened for writing
+    when new: two runs each wrote from offset 0 over the other's lines, and
+    the file was unreadable for good.)
     """
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
-        # a header without rows (left by an older pipeit stopped early) is started afresh, not appended to
-        new = not _has_rows(self.path)
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "w" if new else "a", newline="", encoding="utf-8")
+            self._handle = open(self.path, "a", newline="", encoding="utf-8")
         except OSError as err:
             raise ProfileError(f"{self.path}: cannot write the profile ({err.strerror or err})") from err
         self._writer = csv.writer(self._handle)
         self._failed = False
         # the header goes out with the first row: a run stopped before its first measurement leaves an
         # empty file, which the next run starts afresh, not a header-only one it would take as a profile
-        self._header_due = new
+        self._header_checked = False
 
     def write(self, row: ProfileRow) -> None:
-        if self._header_due:
-            self._header_due = False
-            self._write_cells(COLUMNS)
-        self._write_cells(row.to_csv())
-
-    def _write_cells(self, cells: Sequence[str]) -> None:
         try:
-            self._writer.writerow(cells)
-            self._flush()
+            with _locked(self._handle):
+                if not self._header_checked:
+                    self._header_checked = True
+                    self._start_if_empty()
+                self._writer.writerow(row.to_csv())
+                self._flush()
         except OSError as err:  # a full disk, say: name the file (the CLI would blame standard output)
             self._failed = True
             raise ProfileError(f"{self.path}: cannot write the profile ({err.strerror or err})") from err
+
+    def _start_if_empty(self) -> None:
+        """Under the lock, before this writer's first row: a file with no rows yet (new, or a header left
+        by an older pipeit stopped early) is started afresh with the header; one with rows is appended to."""
+        import stat
+
+        if _has_rows(self.path):
+            return
+        if stat.S_ISREG(os.fstat(self._handle.fileno()).st_mode):
+            self._handle.truncate(0)
+        self._writer.writerow(COLUMNS)
 
     def write_all(self, rows: Iterable[ProfileRow]) -> None:
         for row in rows:

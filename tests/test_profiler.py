@@ -23,7 +23,7 @@ from cores.platform import load_platform
 from pipeit.cli import main
 from pipeit.errors import ModelError, ProfileError
 from pipeit.modelfile import op_name, read_model, serialize_model
-from pipeit.profile_table import COLUMNS, ProfileRow, ProfileWriter, parse_profile_text, read_profile
+from pipeit.profile_table import COLUMNS, ProfileRow, ProfileWriter, parse_profile_text, read_profile, read_rows
 from pipeit.profiler import (
     SetupWorker, TimingSpec, WorkerPool, model_jobs, profile_models,
     time_model,
@@ -82,6 +82,24 @@ class TestProfileTable:
         assert [r.to_csv() for r in table.rows] == [r.to_csv() for r in rows]
         layer = table.layer_rows()[0]
         assert layer.descriptor is not None and layer.key == layer.descriptor.key_string()
+
+    def test_two_processes_writing_one_new_profile_leave_every_row_readable(self, profiled, tmp_path):
+        """Two `profile` runs (or two `bench` runs sharing their cache) on one new file each opened it for
+        writing at offset 0: lines merged, and the file was unreadable for good ("expected 13 columns")."""
+        import subprocess
+        import sys
+
+        _, _, source, rows = profiled
+        out = tmp_path / "shared.csv"
+        script = ("import sys; from pipeit.profile_table import ProfileWriter, read_rows\n"
+                  "rows = read_rows(sys.argv[1]) * 40\n"
+                  "with ProfileWriter(sys.argv[2]) as w:\n"
+                  "    w.write_all(rows)\n")
+        writers = [subprocess.Popen([sys.executable, "-c", script, str(source), str(out)]) for _ in range(3)]
+        assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+        written = read_rows(out)
+        assert len(written) == 3 * 40 * len(rows)
+        assert out.read_text().count(",".join(COLUMNS)) == 1
 
     def test_header_is_required(self):
         with pytest.raises(ProfileError, match="not a pipeit profile"):
