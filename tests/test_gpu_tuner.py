@@ -203,6 +203,24 @@ class TestTuningHistory:
                           len(history), spec=LAYERS[k], history=history)
         return tuning
 
+    def test_two_tuning_runs_on_one_file_keep_each_others_layers(self, tmp_path):
+        """Each `gpu tune` loaded the file once and rewrote it whole after every layer: of two runs at once,
+        the last writer's copy won and the other's layers were lost although both said "wrote"."""
+        path = tmp_path / "tuning.json"
+        TuningFile().save(path)
+        first, second = TuningFile.load(path), TuningFile.load(path)  # both started from the empty file
+        config = {"algo": "direct", "CO": 4, "VEC": 4, "WG": 0}
+        first.record(self._device(), self._desc(8), "fp32", config, 1.0, "model", 1)
+        first.save(path)
+        second.record(self._device(), self._desc(16), "fp32", config, 2.0, "model", 1)
+        second.save(path)
+        first.record(self._device(), self._desc(8), "fp32", config, 0.5, "model", 2)  # its own layer, retuned
+        first.save(path)
+        saved = TuningFile.load(path)
+        assert saved.config_for(self._device(), self._desc(16)) == config  # the second run's layer stayed
+        assert saved.lookup(self._device(), self._desc(8))["ms"] == 0.5
+        assert len(saved.entries) == 2 and len(first.entries) == 2  # the first run now sees the second's too
+
     def test_history_round_trip_and_priors(self, tables, tmp_path):
         path = tmp_path / "tuning.json"
         self._file(tables).save(path)

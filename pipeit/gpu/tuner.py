@@ -26,13 +26,16 @@ is refused whole (:class:`~pipeit.errors.PipeitError`), never half-used.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -385,6 +388,8 @@ class TuningFile:
     def __init__(self) -> None:
         self.devices: Dict[str, dict] = {}
         self.entries: Dict[Tuple[str, str, str], dict] = {}
+        #: the entries this object recorded itself: what :meth:`save` lays over the file as it is on disk
+        self._recorded: set = set()
 
     def record(self, device: DeviceInfo, descriptor: LayerDescriptor, precision: str, config: Config,
                ms: float, strategy: str, trials: int, untuned_ms: Optional[float] = None,
@@ -403,6 +408,7 @@ class TuningFile:
                 "out_shape": [int(v) for v in spec.out_shape],
                 "trials": [{"config": t.config_dict, "ms": t.ms if t.ok else None} for t in history]}
         self.entries[(fp, descriptor.key_string(), precision)] = entry
+        self._recorded.add((fp, descriptor.key_string(), precision))
 
     def priors(self, device: DeviceInfo, precision: str = "fp32", exclude: str = "",
                kind: Optional[str] = None) -> List[Tuple[LayerSpec, List[Trial]]]:
@@ -450,12 +456,40 @@ class TuningFile:
                                   key=lambda e: (e["device"], e["descriptor"], e["precision"]))}
 
     def save(self, path: Union[str, Path]) -> None:
+        """Write the file: what it holds on disk now, with the entries this object recorded laid over it.
+
+        Two ``gpu tune`` runs on one file (the state directory's, say) each
+        loaded it once and rewrote it whole after every layer: the last
+        writer's copy won and the other run's layers were lost. The read,
+        merge and write happen under a lock on the file's folder; this object
+        then holds the merged file too (its transfer priors see the other
+        run's layers).
+        """
         p = Path(path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            write_file(p, json.dumps(self.to_json(), indent=1) + "\n")
+            with _folder_locked(p.parent):
+                merged = self._merged_with(p)
+                write_file(p, json.dumps(merged.to_json(), indent=1) + "\n")
         except OSError as err:
             raise TuningError(f"cannot write tuning file {p}: {err.strerror or err}") from err
+        self.devices, self.entries = merged.devices, merged.entries
+
+    def _merged_with(self, path: Path) -> "TuningFile":
+        """The file at ``path`` as it is now (this object where there is none, or it is unreadable) with this
+        object's recorded entries, and their devices, laid over it."""
+        try:
+            disk = TuningFile.load(path) if path.is_file() else None
+        except TuningError:
+            disk = None  # not ours to repair: the whole of this object goes out, as before
+        if disk is None:
+            disk = TuningFile()
+            disk.devices, disk.entries = dict(self.devices), dict(self.entries)
+        for key in self._recorded:
+            disk.entries[key] = self.entries[key]
+            disk.devices[key[0]] = self.devices[key[0]]
+        disk._recorded = self._recorded
+        return disk
 
     @classmethod
     def from_json(cls, doc: Any, where: str = "tuning file") -> "TuningFile":
@@ -504,6 +538,25 @@ class TuningFile:
                 raise TuningError(f"{p}: not valid JSON ({err.detail})") from None
             raise TuningError(f"cannot read tuning file {p}: {err.reason}") from None
         return cls.from_json(doc, str(p))
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` for the block (best effort: where a folder cannot be locked,
+    the block runs unlocked, as before)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def _is_int(value: object) -> bool:
