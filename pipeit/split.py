@@ -362,11 +362,17 @@ def write_split(stages: Sequence[StageModel], out_dir: Union[str, Path]) -> Path
 
     Stage files of an earlier split into the same folder that the new
     manifest does not list are removed: left there, they would pass for part
-    of this split. Only files named as stage files are touched.
+    of this split. Only files named as stage files are touched. An earlier
+    manifest goes first and the new one is written last, so a split cut
+    short (Ctrl-C, a kill, a full disk) leaves a folder with no manifest,
+    not one whose manifest describes stage files that are no longer there.
     """
     directory = Path(out_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        stale = directory / MANIFEST_NAME
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
         for stage in stages:
             write_file(directory / stage.file_name, stage.model_bytes)
         listed = {stage.file_name for stage in stages}

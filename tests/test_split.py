@@ -304,6 +304,22 @@ class TestWriteSplit:
             ["stage_0.tflite", "stage_1.tflite"]
         assert STAGE_FILE.fullmatch("stage_12.tflite") and not STAGE_FILE.fullmatch("stage_01.tflite")
 
+    def test_a_split_cut_short_leaves_no_manifest_describing_other_files(self, tmp_path):
+        """The old manifest stayed while stage files were replaced one by one: a split cut short (Ctrl-C,
+        a kill, a full disk) left a manifest saying stage_0 was layers [0, 1) beside a new stage_0."""
+        data = two_branch_builder().to_bytes()
+        out = tmp_path / "out"
+        write_split(split_model(data, [1, 2, 4]), out)
+        (out / "stage_1.tflite").unlink()
+        (out / "stage_1.tflite").mkdir()  # the second file of the next split cannot be written
+        with pytest.raises(SplitError, match="cannot write"):
+            write_split(split_model(data, [3]), out)
+        assert not (out / "manifest.json").exists()
+        (out / "stage_1.tflite").rmdir()
+        write_split(split_model(data, [3]), out)  # and the next split is whole again
+        assert [s["file"] for s in json.loads((out / "manifest.json").read_text())["stages"]] == \
+            ["stage_0.tflite", "stage_1.tflite"]
+
     def test_unwritable_folder_is_a_split_error(self, tmp_path):
         blocker = tmp_path / "file"
         blocker.write_text("x")
