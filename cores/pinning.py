@@ -140,13 +140,28 @@ def _entry(cpus, cgroup_procs, func, args, kwargs, conn) -> None:
         for name in _POOL_ENVS:
             os.environ.setdefault(name, str(len(cpus)))
         result = func(*args, **kwargs)
-        conn.send(("ok", result))
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         try:
-            conn.send(("err", err, text))
-        except Exception:  # the exception itself does not pickle
-            conn.send(("err", None, text))
+            try:
+                conn.send(("err", err, text))
+            except OSError:
+                raise
+            except Exception:  # the exception itself does not pickle
+                conn.send(("err", None, text))
+        except OSError:
+            pass  # the parent is gone (killed): no one to tell
+    else:
+        try:
+            conn.send(("ok", result))
+        except OSError:
+            pass  # the parent was killed meanwhile: a chained BrokenPipeError traceback told no one anything
+        except Exception as err:  # noqa: BLE001 - a result that does not pickle: the parent hears why
+            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            try:
+                conn.send(("err", None, text))
+            except OSError:
+                pass
     finally:
         conn.close()
 

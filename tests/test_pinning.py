@@ -93,3 +93,19 @@ def test_worker_env_and_errors():
     assert info["threads_env"] == "1"
     with pytest.raises(ValueError, match="bad thing"):
         run_pinned(pinned_workers.raise_value_error, cpus=CPUS[:1], timeout=60)
+
+
+@pytest.mark.parametrize("work", ["lambda: 7", "lambda: 1 / 0"])
+def test_a_worker_whose_parent_was_killed_ends_without_a_traceback(work):
+    """The parent SIGKILLed while a pinned worker ran (an emulation calibration, say): the worker's result,
+    and then its report of the BrokenPipeError, each failed to send, and it printed a chained traceback."""
+    import subprocess
+    import sys
+
+    script = ("import multiprocessing, os\n"
+              "from cores.pinning import _entry\n"
+              "parent, child = multiprocessing.Pipe()\n"
+              "parent.close()  # what a killed parent leaves\n"
+              f"_entry(tuple(sorted(os.sched_getaffinity(0))), None, {work}, (), {{}}, child)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

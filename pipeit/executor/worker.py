@@ -229,6 +229,15 @@ def _input_area_record(mapping: bool, area: int, slots: int, stride: int, areas:
         areas[area] = MappedArea(received.pop(0), config.ring_in.layout, slots, stride)
 
 
+def _tell_or_exit(conn: Any, message: tuple) -> None:
+    """Send a start-up message to the main process; where it is gone (killed while this worker loaded),
+    exit quietly: each worker printed a BrokenPipeError traceback that told no one anything."""
+    try:
+        conn.send(message)
+    except OSError:
+        sys.exit(1)
+
+
 def worker_main(config: WorkerConfig, conn: Any) -> None:
     """Pin, then load, then serve frames until told to stop or the main process goes away."""
     # Ctrl-C and hang-up reach the whole process group; the main process decides when workers stop.
@@ -245,11 +254,11 @@ def worker_main(config: WorkerConfig, conn: Any) -> None:
         ring_out = ShmRing(config.ring_out.layout, config.ring_out.slots, config.ring_out.name, create=False)
         in_names, out_names = _check_io(runner, config)
     except Exception as err:  # reported to the main process, which names the stage
-        conn.send(("error", None, _one_line(err)))
+        _tell_or_exit(conn, ("error", None, _one_line(err)))
         conn.close()
         sys.exit(1)
     placements = spread_threads(config.cpus) if config.spread_threads else ()
-    conn.send(("ready", os.getpid(), heavy, placements))
+    _tell_or_exit(conn, ("ready", os.getpid(), heavy, placements))
 
     run = runner.run
     take_notes = runner.take_notes
