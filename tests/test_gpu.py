@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,6 +203,23 @@ def test_pocl_cache_dir_is_per_process():
 
     make_context()
     assert f"pipeit-pocl-{os.getpid()}-" in os.environ["POCL_CACHE_DIR"]
+
+
+def test_a_gpu_command_removes_the_pocl_folders_of_killed_processes(tmp_path):
+    """Only a pipeline with a GPU stage removed them: a SIGKILLed `gpu tune` left its folder for good."""
+    import subprocess
+    import sys
+    import tempfile
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    orphan = Path(tempfile.gettempdir()) / f"pipeit-pocl-{dead}-x"
+    orphan.mkdir()
+    (orphan / "kernel.bin").write_bytes(b"0" * 1024)
+    done = subprocess.run([sys.executable, "-m", "pipeit", "gpu", "--list"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not orphan.exists()
 
 
 def test_tune_cli_writes_and_reuses_a_tuning_file(tmp_path, capsys):

@@ -246,6 +246,7 @@ def _ensure_pocl_cache_dir() -> str:
     current = os.environ.get("POCL_CACHE_DIR", "")
     if current and os.path.basename(current).startswith(marker) and os.path.isdir(current):
         return current
+    remove_stale_pocl_dirs()  # those of killed processes (a gpu tune stopped with SIGKILL): as tempdirs promises
     path = tempfile.mkdtemp(prefix=marker)
     os.environ["POCL_CACHE_DIR"] = path
     atexit.register(shutil.rmtree, path, True)
