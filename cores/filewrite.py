@@ -46,6 +46,41 @@ def _is_descriptor_name(path: Union[str, Path]) -> bool:
     return text.startswith("/dev/") or text.startswith("/proc/")
 
 
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove ``.<name>.<pid>-*.tmp`` files beside ``target`` whose writer is gone.
+
+    A writer killed mid-write (SIGKILL, a power cut) cannot remove its
+    temporary: a 100 MB model's stayed beside the model for good. The next
+    write of the same file removes it. A temporary whose pid is alive (its
+    writer, or a process that took the pid since) is left alone.
+    """
+    prefix = f".{target.name}."
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            os.unlink(target.parent / name)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process (EPERM): alive
+    return True
+
+
 def write_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
     """Put ``data`` (text is UTF-8) at ``path`` atomically; an ``OSError`` leaves the old file as it was.
 
@@ -64,7 +99,8 @@ def write_file(path: Union[str, Path], data: Union[bytes, str]) -> None:
         return
     target = Path(os.path.realpath(path))  # a symlink's target is replaced, the link kept
     mode = stat.S_IMODE(existing.st_mode) if existing is not None else _default_mode()
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    _remove_stale_temporaries(target)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

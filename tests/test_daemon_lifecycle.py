@@ -107,11 +107,19 @@ def test_times_profiled_for_a_reload_plan_it_but_are_not_cached(served):
     cached, every later start would plan from them."""
     folder, model, _times = served
     state = folder / "state"
+    from pipeit.daemon.state import cache_folder
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    killed = cache_folder(load_platform(PLATFORM), file_sha256(model), state) / f".profile.csv.{dead}"
+    killed.parent.mkdir(parents=True)
+    killed.write_text("kind,model\n")  # what a daemon killed while it profiled leaves
     daemon = Daemon(["--model", str(model), "--platform", PLATFORM], folder / "c.sock",
                     env={"PIPEIT_STATE_DIR": str(state)})
     try:
         daemon.wait_ready()
         assert len(list(state.glob("*/*/times.json"))) == 1  # the first start's, on idle cores
+        assert not killed.exists()
         build_model(model, layers=4)  # the next model under the same name
         new_folder = state.glob("*").__next__() / file_sha256(model)[:16]
         daemon.proc.send_signal(signal.SIGHUP)

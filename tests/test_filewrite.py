@@ -84,3 +84,19 @@ def test_dev_stdout_into_a_pipe_is_written_through():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0 and result.stdout == b"down the pipe", result.stderr
+
+
+def test_the_temporary_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write cannot remove its temporary (a 100 MB model's stayed beside it for good)."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    path = tmp_path / "r50.tflite"
+    stale = tmp_path / f".r50.tflite.{dead}-abc123.tmp"
+    stale.write_bytes(b"half a model")
+    alive = tmp_path / f".r50.tflite.{os.getppid()}-def456.tmp"  # a writer that may still be at it
+    alive.write_bytes(b"in progress")
+    other = tmp_path / f".other.tflite.{dead}-abc123.tmp"  # another file's: its own next write removes it
+    other.write_bytes(b"x")
+    write_file(path, b"model")
+    assert path.read_bytes() == b"model"
+    assert leftovers(tmp_path) == sorted([alive.name, other.name])

@@ -173,6 +173,7 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
     # Measured into a file of this process's own, put in place whole: a profile cut short (a full disk,
     # a kill, another daemon on the same state directory) never becomes the cache every later start reads.
     partial = folder / f".profile.csv.{os.getpid()}"
+    _remove_dead_partials(folder)
     try:
         partial.unlink(missing_ok=True)
         profile_models([model], platform, partial, spec=spec, stages=0, progress=False, stop=stop)
@@ -194,6 +195,17 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
         _log.warning("cannot cache the layer times in %s (%s); the next start profiles again", cached,
                      err.strerror or err)
     return times, f"profiled here, cached in {folder}", False
+
+
+def _remove_dead_partials(folder: Path) -> None:
+    """Partial profiles (``.profile.csv.<pid>``, ``.profile-serving.csv.<pid>``) of daemons killed while they
+    profiled: no one else removes them."""
+    import psutil
+
+    for path in list(folder.glob(".profile.csv.*")) + list(folder.glob(".profile-serving.csv.*")):
+        pid = path.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            path.unlink(missing_ok=True)
 
 
 def _check_same_cluster(plan_path: Union[str, Path], theirs: Any, mine: Any) -> None:
