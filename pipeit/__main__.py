@@ -2,6 +2,6 @@
 
 import sys
 
-from pipeit.cli import main
+from pipeit.console import main
 
 sys.exit(main())

@@ -89,3 +89,21 @@ def test_a_bad_command_line_is_one_line(capsys, argv, words):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(words) and "--help)" in err, err
+
+
+def test_a_ctrl_c_while_the_cli_still_loads_is_one_line_and_exit_130():
+    """A Ctrl-C in a command's first ~0.1 s, while its modules still imported, printed a KeyboardInterrupt
+    traceback (pipeit.cli.main handles one only once it runs). Raised here at the import, deterministically."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "class Interrupt:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'cores':\n"
+              "            raise KeyboardInterrupt\n"
+              "sys.meta_path.insert(0, Interrupt())\n"
+              "from pipeit.console import main\n"
+              "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "pipeit: interrupted\n")
