@@ -12,19 +12,48 @@ any name under ``/dev`` or ``/proc`` (``/dev/stdout`` redirected to a file
 or a pipe), are written as they are, never renamed over; for a symbolic
 link the target is replaced and the link kept.
 
+Files that several processes write at once (a profile two runs append
+to, a tuning file two runs update) take :func:`exclusive_lock` around each
+change.
+
 This module is in :mod:`cores`, the lowest package: it imports nothing from
 :mod:`pipeit` or :mod:`predictors`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
-__all__ = ["write_file"]
+import psutil
+
+__all__ = ["write_file", "exclusive_lock"]
+
+
+@contextlib.contextmanager
+def exclusive_lock(fd: int) -> Iterator[None]:
+    """An exclusive ``flock`` on the open file or folder ``fd`` for the block.
+
+    Best effort: where it cannot be taken (a file system without locks, a
+    device), the block runs unlocked, as it did before there was a lock.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
 
 
 def _default_mode() -> int:
@@ -63,22 +92,12 @@ def _remove_stale_temporaries(target: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
         pid = name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
             continue
         try:
             os.unlink(target.parent / name)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's process (EPERM): alive
-    return True
 
 
 def write_file(path: Union[str, Path], data: Union[bytes, str]) -> None:

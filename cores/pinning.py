@@ -143,27 +143,26 @@ def _entry(cpus, cgroup_procs, func, args, kwargs, conn) -> None:
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         try:
-            try:
-                conn.send(("err", err, text))
-            except OSError:
-                raise
-            except Exception:  # the exception itself does not pickle
-                conn.send(("err", None, text))
-        except OSError:
-            pass  # the parent is gone (killed): no one to tell
+            _send_if_heard(conn, ("err", err, text))
+        except Exception:  # the exception itself does not pickle
+            _send_if_heard(conn, ("err", None, text))
     else:
         try:
-            conn.send(("ok", result))
-        except OSError:
-            pass  # the parent was killed meanwhile: a chained BrokenPipeError traceback told no one anything
+            _send_if_heard(conn, ("ok", result))
         except Exception as err:  # noqa: BLE001 - a result that does not pickle: the parent hears why
-            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            try:
-                conn.send(("err", None, text))
-            except OSError:
-                pass
+            _send_if_heard(conn, ("err", None, "".join(traceback.format_exception(type(err), err,
+                                                                                  err.__traceback__))))
     finally:
         conn.close()
+
+
+def _send_if_heard(conn, message) -> None:
+    """Send ``message`` to the parent; one that was killed meanwhile is no one to tell (the worker printed
+    a chained BrokenPipeError traceback that told no one anything)."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
 
 
 class PinnedProcess:

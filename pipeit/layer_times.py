@@ -55,6 +55,7 @@ __all__ = [
     "Calibration",
     "LayerTimes",
     "cut_bytes_of",
+    "weight_bytes_of",
     "layer_times_for",
     "warn_if_measured_elsewhere",
 ]
@@ -201,10 +202,8 @@ class LayerTimes:
         if self.num_layers != n:
             raise PlanError(f"{where} has times for {self.num_layers} layers, {model} has {n}: it was made for "
                             "another model")
-        cuts = cut_bytes_of(graph)
-        for what, theirs, ours in (("the tensors crossing cut", self.cut_bytes, cuts),
-                                   ("the weights of layer", self.weight_bytes,
-                                    tuple(int(layer.descriptor.held_bytes) for layer in graph.layers))):
+        for what, theirs, ours in (("the tensors crossing cut", self.cut_bytes, cut_bytes_of(graph)),
+                                   ("the weights of layer", self.weight_bytes, weight_bytes_of(graph))):
             for i, (a, b) in enumerate(zip(theirs, ours)):
                 if a != b:
                     raise PlanError(f"{where} was made for another model: {what} {i} take {a} bytes there, "
@@ -316,7 +315,7 @@ class LayerTimes:
             num_layers=n,
             times=times,
             cut_bytes=cut_bytes_of(graph),
-            weight_bytes=tuple(int(layer.descriptor.held_bytes) for layer in graph.layers),
+            weight_bytes=weight_bytes_of(graph),
             calibration=calibration or Calibration(),
             source=source,
         )
@@ -332,6 +331,11 @@ def cut_bytes_of(graph) -> Tuple[int, ...]:
     first = sum(t.nbytes for t in graph.inputs)
     last = sum(t.nbytes for t in graph.outputs)
     return (first,) + tuple(interior[i] for i in range(1, n)) + (last,)
+
+
+def weight_bytes_of(graph) -> Tuple[int, ...]:
+    """Each layer's constant bytes a worker holds (its descriptor's ``held_bytes``)."""
+    return tuple(int(layer.descriptor.held_bytes) for layer in graph.layers)
 
 
 def warn_if_measured_elsewhere(predictor: Any, profile: Any, name: str, platform: Platform) -> None:
@@ -432,7 +436,7 @@ def layer_times_for(
         num_layers=len(graph.layers),
         times=times,
         cut_bytes=cut_bytes_of(graph),
-        weight_bytes=tuple(int(layer.descriptor.held_bytes) for layer in graph.layers),
+        weight_bytes=weight_bytes_of(graph),
         source=source,
         device_copy=copies,
     )

@@ -30,10 +30,8 @@ stays untouched. A failed or noisy re-measurement never replaces a good row.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
-import fcntl
 import io
 import json
 import math
@@ -42,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
+from cores.filewrite import exclusive_lock
 from cores.jsonfile import JsonFileError, parse_json
 from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
@@ -354,24 +353,6 @@ def supersede(rows: Sequence[ProfileRow]) -> List[ProfileRow]:
     return [r for i, r in enumerate(rows) if i in keep]
 
 
-@contextlib.contextmanager
-def _locked(handle) -> Iterator[None]:
-    """An exclusive ``flock`` on an open file for the block (best effort: a file system without locks, or
-    a device, is written as before)."""
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        except OSError:
-            pass
-
-
 class ProfileWriter:
     """Appends rows to a profile CSV, creating it (with its header) if needed.
 
@@ -401,7 +382,7 @@ class ProfileWriter:
 
     def write(self, row: ProfileRow) -> None:
         try:
-            with _locked(self._handle):
+            with exclusive_lock(self._handle.fileno()):
                 if not self._header_checked:
                     self._header_checked = True
                     self._start_if_empty()

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform, platform_file
-    from pipeit.dse import STRATEGIES, pareto_front, plan_pipeline
+    from pipeit.dse import pareto_front, plan_pipeline, strategy_named
     from pipeit.dse.cost import MB
     from pipeit.errors import PlanError
     from pipeit.graph import load_graph
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.runtime import check_loads
     from pipeit.transfer import DEFAULT_HOP, load_hop_model
 
-    if args.strategy not in STRATEGIES:
-        raise PlanError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    strategy_named(args.strategy)
     inputs = (args.model, args.predictor, args.profile, args.times, args.transfer, args.tuning,
               platform_file(args.platform))
     check_output_file(args.output, "-o", inputs)

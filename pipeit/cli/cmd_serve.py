@@ -103,11 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.socket.strip():
         raise InputError("--socket needs a path, got an empty one")
     # used only by later re-plans where a plan file is given: refused now, not at the first re-plan
-    from pipeit.dse import STRATEGIES
-    from pipeit.dse.cost import Limits
+    from pipeit.dse import Limits, strategy_named
 
-    if args.strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    strategy_named(args.strategy)
     Limits(args.latency_ms, args.memory_mb)
     if args.check:
         return _check(args)
@@ -146,8 +144,8 @@ def _check(args: argparse.Namespace) -> int:
     from cores.platform import load_platform
     from pipeit.daemon.state import PlanSource, preview_plan
 
-    if args.nice is not None and not -20 <= args.nice <= 19:
-        set_nice(args.nice)  # refuses it (in range, it is not applied: nothing runs)
+    if args.nice is not None:
+        check_nice(args.nice)  # not applied: nothing runs
     platform = load_platform(args.platform)
     source = PlanSource(plan=args.plan, predictor=args.predictor, profile=args.profile, times=args.times,
                         strategy=args.strategy, latency_ms=args.latency_ms, memory_mb=args.memory_mb)
@@ -176,8 +174,7 @@ def set_nice(value: int) -> None:
     """
     from pipeit.errors import InputError
 
-    if not -20 <= value <= 19:
-        raise InputError(f"--nice must be in -20..19, got {value}")
+    check_nice(value)
     try:
         # every thread there is (this one and an imported library's idle pool); later ones inherit it
         for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
@@ -188,3 +185,11 @@ def set_nice(value: int) -> None:
     except PermissionError:
         raise InputError(f"cannot set nice {value}: permission denied (a negative value needs root or "
                          "CAP_SYS_NICE; the systemd unit sets Nice= itself)") from None
+
+
+def check_nice(value: int) -> None:
+    """Refuse a nice value outside -20..19 (one line, exit 2)."""
+    from pipeit.errors import InputError
+
+    if not -20 <= value <= 19:
+        raise InputError(f"--nice must be in -20..19, got {value}")

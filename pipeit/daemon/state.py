@@ -161,7 +161,7 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
                         f"(set ${ENV_STATE_DIR})") from err
     from pipeit.profiler import TimingSpec, profile_models
 
-    csv = folder / ("profile.csv" if not serving else f".profile-serving.csv.{os.getpid()}")
+    csv = folder / "profile.csv"
     if serving:
         _log.info("no plan, predictor or profile given: profiling %s on %s while the old pipeline serves "
                   "(times used for this reload only, not cached: the next start measures again)",
@@ -172,21 +172,21 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
     spec = TimingSpec(max_repeats=max(source.profile_repeats, 9), max_seconds=1.0)
     # Measured into a file of this process's own, put in place whole: a profile cut short (a full disk,
     # a kill, another daemon on the same state directory) never becomes the cache every later start reads.
+    # One measured while serving is read from there, and never put in place.
     partial = folder / f".profile.csv.{os.getpid()}"
     _remove_dead_partials(folder)
     try:
-        partial.unlink(missing_ok=True)
-        profile_models([model], platform, partial, spec=spec, stages=0, progress=False, stop=stop)
-        os.replace(partial, csv)
-    except OSError as err:
-        raise PlanError(f"cannot write the profile in the state directory {folder}: {err.strerror or err}") from err
+        try:
+            partial.unlink(missing_ok=True)
+            profile_models([model], platform, partial, spec=spec, stages=0, progress=False, stop=stop)
+            if not serving:
+                os.replace(partial, csv)
+        except OSError as err:
+            raise PlanError(f"cannot write the profile in the state directory {folder}: {err.strerror or err}"
+                            ) from err
+        times = layer_times_for(graph, platform, profile=str(partial if serving else csv), model=model)
     finally:
         partial.unlink(missing_ok=True)
-    try:
-        times = layer_times_for(graph, platform, profile=str(csv), model=model)
-    finally:
-        if serving:
-            csv.unlink(missing_ok=True)
     if serving:
         return times, "profiled here while serving (not cached)", True
     try:
@@ -198,11 +198,11 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
 
 
 def _remove_dead_partials(folder: Path) -> None:
-    """Partial profiles (``.profile.csv.<pid>``, ``.profile-serving.csv.<pid>``) of daemons killed while they
-    profiled: no one else removes them."""
+    """Partial profiles (``.profile.csv.<pid>``) of daemons killed while they profiled: no one else removes
+    them."""
     import psutil
 
-    for path in list(folder.glob(".profile.csv.*")) + list(folder.glob(".profile-serving.csv.*")):
+    for path in folder.glob(".profile.csv.*"):
         pid = path.name.rsplit(".", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
             path.unlink(missing_ok=True)
@@ -224,15 +224,25 @@ def preview_plan(model: Union[str, Path], platform: Platform, source: PlanSource
     first start would profile (no plan source given: checked are the model and the platform only)."""
     if source.plan or source.predictor or source.profile or source.times:
         return obtain_plan(model, platform, source)
+    _checked_model(Path(model))
+    return None
+
+
+def _checked_model(model: Path) -> Any:
+    """The model's graph, once the user's file is found to load in the runtime.
+
+    Checked before any plan is made or read: a pipeline would only load the
+    daemon's private copy, after a log line saying it planned, and name
+    that copy in its error.
+    """
     from pipeit.graph import load_graph
     from pipeit.runtime import check_loads
 
-    model = Path(model)
     if not model.is_file():
         raise PlanError(f"{model}: no such model file")
-    load_graph(str(model))
+    graph = load_graph(str(model))
     check_loads(model)
-    return None
+    return graph
 
 
 def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
@@ -245,17 +255,9 @@ def obtain_plan(model: Union[str, Path], platform: Platform, source: PlanSource,
     ``serving``: a pipeline serves on these cores meanwhile (a reload): times profiled now, and the plan
     made from them, are not cached (see :func:`_times_for`).
     """
-    from pipeit.graph import load_graph
-    from pipeit.runtime import check_loads
-
     model = Path(model)
-    if not model.is_file():
-        raise PlanError(f"{model}: no such model file")
+    graph = _checked_model(model)
     sha = file_sha256(model)
-    # the user's file, checked before any plan is made or read: a pipeline would only load the daemon's
-    # private copy, after a log line saying it planned, and name that copy in its error
-    graph = load_graph(str(model))
-    check_loads(model)
     if source.plan:
         plan = load_plan(source.plan)
         if plan.model_sha256 != sha:

@@ -41,6 +41,7 @@ from pipeit.transfer import DEFAULT_HOP, DEFAULT_OVERHEAD, ExecutorOverhead, Hop
 
 __all__ = [
     "STRATEGIES",
+    "strategy_named",
     "MB",
     "Limits",
     "StagePlan",
@@ -71,7 +72,9 @@ STRATEGIES: Dict[str, Strategy] = {
 }
 
 
-def _strategy(name: str) -> Strategy:
+def strategy_named(name: str) -> Strategy:
+    """The strategy ``--strategy`` names; an unknown name is a :class:`PlanError` listing the valid ones
+    (the commands check it before anything else is read)."""
     try:
         return STRATEGIES[name]
     except KeyError:
@@ -97,7 +100,7 @@ def best_candidate(
     default ``gated`` under a latency limit (what ``pipeit run`` and
     ``pipeit bench`` then do), else ``window``.
     """
-    entry = _strategy(strategy)
+    entry = strategy_named(strategy)
     limits = Limits(latency_ms, memory_mb)
     times.check_platform(platform)
     admission = admission_for(latency_ms) if admission is None else admission

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from cores.filewrite import write_file
+from cores.filewrite import exclusive_lock, write_file
 from cores.jsonfile import JsonFileError, is_version, read_json
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PipeitError
@@ -542,21 +541,18 @@ class TuningFile:
 
 @contextlib.contextmanager
 def _folder_locked(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder`` for the block (best effort: where a folder cannot be locked,
-    the block runs unlocked, as before)."""
+    """:func:`~cores.filewrite.exclusive_lock` on ``folder`` for the block (unlocked where it cannot be
+    opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield
+        with exclusive_lock(fd):
+            yield
     finally:
-        os.close(fd)  # closing the last descriptor releases the lock
+        os.close(fd)
 
 
 def _is_int(value: object) -> bool:
