@@ -30,8 +30,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
-import psutil
-
 __all__ = ["write_file", "exclusive_lock"]
 
 
@@ -92,6 +90,8 @@ def _remove_stale_temporaries(target: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
         pid = name[len(prefix):].split("-", 1)[0]
+        import psutil  # here, not at import: cores is imported by every command, and rarely gets this far
+
         if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
             continue
         try:
