@@ -406,7 +406,8 @@ def test_replies_never_wait_on_a_client_and_keep_their_order(files, tmp_path):
     once and hands the rest to the connection's writer, so a client that does not read stalls only
     itself, and its replies still arrive whole and in order once it reads."""
     from cores.platform import load_platform
-    from pipeit.daemon.server import Server, ServerConfig, _Connection
+    from pipeit.daemon.connection import Connection
+    from pipeit.daemon.server import Server, ServerConfig
     from pipeit.daemon.state import PlanSource
 
     _folder, model, times = files
@@ -414,7 +415,7 @@ def test_replies_never_wait_on_a_client_and_keep_their_order(files, tmp_path):
                     PlanSource(times=str(times)))
     a, b = socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-    conn = _Connection(server, a, 1)  # its reader is not started: this test plays the dispatcher
+    conn = Connection(server, a, 1)  # its reader is not started: this test plays the dispatcher
     big = np.arange(100_000, dtype=np.float32)  # 400 KB a reply: the socket takes a fraction of one
     done = threading.Event()
 
@@ -439,14 +440,15 @@ def test_replies_never_wait_on_a_client_and_keep_their_order(files, tmp_path):
 
 def test_a_reply_the_socket_takes_at_once_needs_no_writer_thread(files, tmp_path):
     from cores.platform import load_platform
-    from pipeit.daemon.server import Server, ServerConfig, _Connection
+    from pipeit.daemon.connection import Connection
+    from pipeit.daemon.server import Server, ServerConfig
     from pipeit.daemon.state import PlanSource
 
     _folder, model, times = files
     server = Server(ServerConfig(socket_path=str(tmp_path / "unused.sock")), str(model), load_platform(PLATFORM),
                     PlanSource(times=str(times)))
     a, b = socket.socketpair()
-    conn = _Connection(server, a, 2)
+    conn = Connection(server, a, 2)
     conn.reply((wire.encode_reply(1, "infer", {"y": np.ones(10, np.float32)}), None))
     conn.reply("close")
     assert conn.writer is None and conn.done.is_set()
@@ -458,9 +460,9 @@ def test_a_reply_the_socket_takes_at_once_needs_no_writer_thread(files, tmp_path
 
 
 def test_reader_threads_are_reused_and_end_when_idle():
-    from pipeit.daemon.server import _ThreadPool
+    from pipeit.daemon.connection import ThreadPool
 
-    pool = _ThreadPool("test-pool", idle_s=0.5)
+    pool = ThreadPool("test-pool", idle_s=0.5)
     seen, done = [], threading.Semaphore(0)
 
     def task():
@@ -512,7 +514,7 @@ def test_a_client_that_stalls_mid_body_is_closed_and_others_are_served(daemon, f
     """A sender that stops half-way through a body holds one slot for SLOW_BODY_S at most, then its
     connection is closed; a second stalled sender meanwhile stages its body and holds no slot; the
     others are served all along."""
-    from pipeit.daemon.server import SLOW_BODY_S
+    from pipeit.daemon.connection import SLOW_BODY_S
 
     _, model, _ = files
     frame = _frames(1, seed=12)[0]
@@ -556,9 +558,9 @@ def test_client_receives_into_the_callers_arrays(daemon, files):
 
 
 def test_the_gate_hands_turns_over_first_come_first_served():
-    from pipeit.daemon.server import _Gate
+    from pipeit.daemon.connection import Gate
 
-    gate, order = _Gate(), []
+    gate, order = Gate(), []
     gate.enter()
     threads = []
     for k in range(4):

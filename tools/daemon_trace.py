@@ -16,10 +16,10 @@ Per request, in order:
     c_sent      client: sendmsg returned (the whole frame is in the kernel)
     d_head      daemon: prefix and header read and decoded
     d_checked   daemon: the header is checked against the model, the request admitted
-    d_turn      daemon: its turn at the first ring (the gate)
-    d_slot      daemon: a ring slot is free (fill begins)
-    d_filled    daemon: the body (inline) or the area slot's copy (shm) is in the ring slot
-    d_given     daemon: the frame is handed to the stage-0 worker
+    d_turn      daemon: its turn at the first ring (the gate)             inline only
+    d_slot      daemon: a ring slot is free (fill begins)                 inline only
+    d_filled    daemon: the body is in the ring slot                      inline only
+    d_given     daemon: the frame is handed to the pipeline (shm: the area's slot itself, read in place)
     d_done      daemon: the last stage's result reached the reply callback
     d_replied   daemon: the reply was handed to the socket
     c_back      client: the reply is read and decoded
@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def _daemon(stamps_path: str, argv: List[str]) -> int:
 
     from pipeit.cli import main
     from pipeit.daemon import protocol as wire
-    from pipeit.daemon import server
+    from pipeit.daemon import connection, server
     from pipeit.executor.pipeline import Pipeline
 
     now = time.perf_counter_ns
@@ -71,13 +71,13 @@ def _daemon(stamps_path: str, argv: List[str]) -> int:
             local.rid = header.id
         return header
 
-    conn_submit = server._Connection._submit
+    conn_submit = connection.Connection._submit
 
     def traced_conn_submit(self, header, request):
         rows.get(header.id, {})["d_checked"] = now()
         return conn_submit(self, header, request)
 
-    conn_submit_slot = server._Connection._submit_slot
+    conn_submit_slot = connection.Connection._submit_slot
 
     def traced_conn_submit_slot(self, request):
         rows.get(request.request_id, {})["d_checked"] = now()
@@ -88,6 +88,14 @@ def _daemon(stamps_path: str, argv: List[str]) -> int:
     def traced_engine_submit_into(self, fill, on_done=None):
         rows.get(getattr(local, "rid", -1), {})["d_turn"] = now()
         return engine_submit_into(self, fill, on_done)
+
+    engine_submit_area = server.Engine.submit_area
+
+    def traced_engine_submit_area(self, area, slot, on_done=None):
+        future = engine_submit_area(self, area, slot, on_done)
+        if future is not None:  # handed over in place (None: the daemon copies the slot, traced as inline)
+            rows.get(getattr(local, "rid", -1), {})["d_given"] = now()
+        return future
 
     submit_into = Pipeline.submit_into
 
@@ -112,9 +120,10 @@ def _daemon(stamps_path: str, argv: List[str]) -> int:
         row["d_replied"] = now()
 
     wire.read_head = traced_read_head
-    server._Connection._submit = traced_conn_submit
-    server._Connection._submit_slot = traced_conn_submit_slot
+    connection.Connection._submit = traced_conn_submit
+    connection.Connection._submit_slot = traced_conn_submit_slot
     server.Engine.submit_into = traced_engine_submit_into
+    server.Engine.submit_area = traced_engine_submit_area
     Pipeline.submit_into = traced_submit_into
     server.Server._finish = traced_finish
 
@@ -237,11 +246,14 @@ def main() -> int:
     while not stamps_path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     daemon_rows = {int(k): v for k, v in json.loads(stamps_path.read_text()).items()}
-    steps = ["c_send", "c_sent", "d_head", "d_checked", "d_turn", "d_slot", "d_filled", "d_given", "d_done",
-             "d_replied", "c_back"]
+    inline_steps = ["c_send", "c_sent", "d_head", "d_checked", "d_turn", "d_slot", "d_filled", "d_given", "d_done",
+                    "d_replied", "c_back"]
+    # an shm frame is read in place by stage 0: no turn at the gate, no ring slot, no copy
+    shm_steps = [s for s in inline_steps if s not in ("d_turn", "d_slot", "d_filled")]
     table: Dict[str, Dict[str, List[float]]] = {}
     totals: Dict[str, List[float]] = {}
     for t in transports:
+        steps = shm_steps if t == "shm" else inline_steps
         deltas: Dict[str, List[float]] = {f"{a} -> {b}": [] for a, b in zip(steps, steps[1:])}
         totals[t] = []
         for rid, crow in client_rows[t].items():
@@ -261,8 +273,13 @@ def main() -> int:
     def cells(values: List[float]) -> str:
         return f"{np.median(values):.3f} | {np.percentile(values, 90):.3f}" if values else "n/a | n/a"
 
-    for key in table[transports[0]]:
-        print(f"| {key} | " + " | ".join(cells(table[t][key]) for t in transports) + " |")
+    def path_order(key: str) -> Tuple[int, int]:
+        a, b = key.split(" -> ")
+        return inline_steps.index(a), inline_steps.index(b)
+
+    keys = sorted({k for t in transports for k in table[t]}, key=path_order)
+    for key in keys:  # every transport's steps, in path order, once each
+        print(f"| {key} | " + " | ".join(cells(table[t].get(key, [])) for t in transports) + " |")
     print("| socket round trip (c_send -> c_back) | " + " | ".join(cells(totals[t]) for t in transports) + " |")
     print(f"| in-process Pipeline.run, same frames | {cells(inproc)} |" + " |" * (2 * len(transports) - 2))
     for t in transports:
