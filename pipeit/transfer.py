@@ -37,6 +37,7 @@ __all__ = [
     "load_hop_model",
     "ExecutorOverhead",
     "DEFAULT_OVERHEAD",
+    "frame_ms_of",
     "coordinator_rate",
     "coordinator_stage",
 ]
@@ -182,42 +183,93 @@ class ExecutorOverhead:
     the coordinating process (feeder, dispatcher, collector) spends per frame.
     On a host with no spare core that CPU is taken from the workers on the
     CPUs the coordinator runs on (:func:`coordinator_rate`).
+
+    Both grow with the model's frame time, not with its frame's bytes
+    (measured: BENCHMARKS.md, "The executor's cost and the model's size"):
+    the longer the workers run between two of the coordinator's wake-ups, the
+    colder its caches when it wakes. ``by_frame_ms`` holds them measured for a
+    few models, ``(frame ms, dispatch_ms, coordinator_ms)`` by increasing frame
+    ms (a model's single-core time); :meth:`for_frame` interpolates, and holds
+    the end values outside. Empty: the two flat figures hold for every model.
+    A cost model takes the flat figures of its model (one model, one figure:
+    the search stays exact). With one flat figure for all, every small model
+    was held to the 224x224 zoo's cost: predicted 2-10x below what the
+    executor passed.
     """
 
     dispatch_ms: float
     coordinator_ms: float
     source: str = "default"
+    by_frame_ms: Tuple[Tuple[float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("dispatch_ms", "coordinator_ms"):
-            value = getattr(self, name)
+        values = [("dispatch_ms", self.dispatch_ms), ("coordinator_ms", self.coordinator_ms)]
+        for frame_ms, dispatch, coordinator in self.by_frame_ms:
+            values += [("frame ms", frame_ms), ("dispatch_ms", dispatch), ("coordinator_ms", coordinator)]
+        for name, value in values:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise PlanError(f"executor overhead: {name} must be a finite number >= 0, got {value!r}")
+        sizes = [point[0] for point in self.by_frame_ms]
+        if sizes != sorted(set(sizes)):
+            raise PlanError(f"executor overhead: frame times must increase, got {sizes}")
+
+    def for_frame(self, frame_ms: float) -> "ExecutorOverhead":
+        """The flat figures for a model whose frame takes ``frame_ms`` on one core (:func:`frame_ms_of`)."""
+        if not self.by_frame_ms or not math.isfinite(frame_ms):
+            return self
+        points = np.asarray(self.by_frame_ms, dtype=float)
+        return ExecutorOverhead(float(np.interp(frame_ms, points[:, 0], points[:, 1])),
+                                float(np.interp(frame_ms, points[:, 0], points[:, 2])),
+                                f"{self.source}, for a {frame_ms:.3g} ms frame")
 
     def to_json(self) -> dict:
-        return {"dispatch_ms": self.dispatch_ms, "coordinator_ms": self.coordinator_ms, "source": self.source}
+        return {"dispatch_ms": self.dispatch_ms, "coordinator_ms": self.coordinator_ms, "source": self.source,
+                "by_frame_ms": [list(p) for p in self.by_frame_ms]}
 
     @classmethod
     def from_json(cls, doc: dict, where: str = "executor overhead") -> "ExecutorOverhead":
         try:
-            return cls(float(doc["dispatch_ms"]), float(doc["coordinator_ms"]), str(doc.get("source", where)))
-        except (KeyError, TypeError, ValueError) as err:
-            raise PlanError(f"{where}: needs dispatch_ms and coordinator_ms ({err})") from err
+            points = tuple((float(p[0]), float(p[1]), float(p[2])) for p in doc.get("by_frame_ms", ()))
+            return cls(float(doc["dispatch_ms"]), float(doc["coordinator_ms"]), str(doc.get("source", where)), points)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise PlanError(f"{where}: needs dispatch_ms and coordinator_ms, and by_frame_ms rows of "
+                            f"[frame ms, dispatch_ms, coordinator_ms] ({err})") from err
+
+
+def frame_ms_of(rows: Iterable[Tuple[int, Sequence[float]]]) -> float:
+    """A model's frame time for :meth:`ExecutorOverhead.for_frame`: its fastest whole-model time on one core.
+
+    ``rows``: ``(cores, per-layer ms)`` of each setup; inf where no one-core
+    setup runs every layer."""
+    sums = [math.fsum(row) for cores, row in rows if cores == 1]
+    finite = [t for t in sums if math.isfinite(t)]
+    return min(finite) if finite else math.inf
 
 
 #: The executor's cost per frame, the one place its numbers live; every plan is made with it
-#: (``pipeit.dse.cost_model_for``). Measured on the development host (2 cores, shared, 2026-11-21):
+#: (``pipeit.dse.cost_model_for``), at the model's frame time (:meth:`ExecutorOverhead.for_frame`).
+#: Measured on the development host (2 cores, shared):
 #:
-#: * coordinator_ms: psutil CPU time of the coordinating process per frame, ``tools/executor_load.py
-#:   --model M --shapes replicas,pipeline,single --frames 300 --rounds 3`` (CPU time, which a busy host
-#:   disturbs far less than wall time; 10 ms clock ticks over 150-300 frames, so +-0.03 ms): MobileNetV2
-#:   replicas 0.33, two-stage pipeline 0.47, one worker 0.33 ms (medians; rounds 0.30-0.57); SqueezeNet
-#:   0.45, 0.60, 0.40 ms. An earlier run (replicas, 400 frames) gave 0.41-0.43 ms. It grows with the
-#:   stages a frame crosses (a job and a reply each); 0.45 ms is the middle of one- and two-stage plans.
-#: * dispatch_ms: median hand-off (``StageStats.handoff_ms``: dispatcher sent -> reply read, beyond the
-#:   worker's own service) 0.25-0.29 ms on MobileNetV2 replicas; 0.1-0.2 ms per stage in the two-stage
-#:   emulated pipelines of the same day.
-DEFAULT_OVERHEAD = ExecutorOverhead(0.25, 0.45, "default (development host, tools/executor_load.py)")
+#: * the zoo's models (224x224x3 float32, 7-45 ms a frame on one core here), 2026-11-21 --
+#:   coordinator_ms 0.45: psutil CPU time of the coordinating process per frame,
+#:   ``tools/executor_load.py --model M --shapes replicas,pipeline,single --frames 300 --rounds 3``
+#:   (CPU time, which a busy host disturbs far less than wall time; 10 ms clock ticks over 150-300
+#:   frames, so +-0.03 ms): MobileNetV2 replicas 0.33, two-stage pipeline 0.47, one worker 0.33 ms
+#:   (medians; rounds 0.30-0.57); SqueezeNet 0.45, 0.60, 0.40 ms. An earlier run (replicas, 400 frames)
+#:   gave 0.41-0.43 ms. It grows with the stages a frame crosses (a job and a reply each); 0.45 ms is
+#:   the middle of one- and two-stage plans. dispatch_ms 0.25: median hand-off
+#:   (``StageStats.handoff_ms``: dispatcher sent -> reply read, beyond the worker's own service)
+#:   0.25-0.29 ms on MobileNetV2 replicas; 0.1-0.2 ms per stage in the two-stage emulated pipelines of
+#:   the same day.
+#: * eight TFLiteConverter models of 0.01-1.7 ms a frame (3 KB to 2.8 MB frames), 2026-11-23,
+#:   BENCHMARKS.md "The executor's cost and the model's size": coordinator_ms 0.04-0.05 replicas,
+#:   0.065-0.094 two stages, 0.05-0.08 one worker for frames under 0.5 ms; 0.09-0.15 ms at 0.6-1.7 ms
+#:   (the 2.4 and 2.8 MB frames among them: the bytes matter little); a lone worker's frame took
+#:   0.10-0.33 ms more than the bare interpreter's: dispatch (less two default hops) 0-0.17 ms.
+DEFAULT_OVERHEAD = ExecutorOverhead(
+    0.25, 0.45, "default (development host, tools/executor_load.py)",
+    by_frame_ms=((0.0, 0.03, 0.05), (0.5, 0.08, 0.07), (2.0, 0.12, 0.13), (7.0, 0.25, 0.45)),
+)
 
 
 def coordinator_rate(

@@ -10,7 +10,7 @@ from typing import Iterator, List, Optional, Tuple
 from cores.emulation import choose_period_us
 from cores.model import CoreSetup, Platform
 from pipeit.layer_times import LayerTimes
-from pipeit.transfer import ExecutorOverhead, HopModel
+from pipeit.transfer import ExecutorOverhead, HopModel, frame_ms_of
 
 MB = 1024 * 1024
 
@@ -114,6 +114,8 @@ def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
     the stage's own largest such ``R``.
     """
     n = times.num_layers
+    if overhead is not None:  # its flat figures for this model, as every cost model takes them
+        overhead = overhead.for_frame(frame_ms_of((setup.cores, row) for setup, row in times.times.items()))
     dispatch = overhead.dispatch_ms if overhead is not None else 0.0
     hops = [hop.hop_ms(b) + dispatch for b in times.cut_bytes]
     cal = times.calibration

@@ -114,3 +114,49 @@ class TestCostModel:
         expected = best_candidate(times, HOST, overhead=DEFAULT_OVERHEAD)
         assert with_it.predicted_fps == pytest.approx(expected.fps)
         assert math.isfinite(with_it.predicted_latency_ms)
+
+
+class TestOverheadFollowsTheModel:
+    """The executor's cost is taken at the model's frame time: a 0.05 ms model is not charged a zoo model's."""
+
+    def test_zoo_sized_models_keep_the_zoo_figures_and_tiny_ones_pay_less(self):
+        zoo = cost_model_for(_times(HOST, (4.0, 6.0, 3.0)), HOST).overhead  # 13 ms a frame, like the zoo
+        tiny = cost_model_for(_times(HOST, (0.02, 0.03, 0.01)), HOST).overhead
+        assert (zoo.dispatch_ms, zoo.coordinator_ms) == (0.25, 0.45)
+        assert tiny.dispatch_ms == pytest.approx(0.03, abs=0.01)
+        assert tiny.coordinator_ms == pytest.approx(0.05, abs=0.01)
+
+    def test_a_tiny_model_is_no_longer_capped_by_the_zoos_coordinator(self):
+        """One flat 0.45 ms held every plan under 1000 / 0.45 = 2222 fps; the executor passed 6000-25000."""
+        tiny = _times(HOST, (0.02, 0.03, 0.01))
+        found = best_candidate(tiny, HOST)
+        flat = best_candidate(tiny, HOST, overhead=ExecutorOverhead(0.25, 0.45))
+        assert flat.fps <= 1000.0 / 0.45 + 1e-6
+        assert found.fps > 3 * flat.fps
+
+    def test_interpolates_between_the_measured_models_and_holds_outside(self):
+        over = ExecutorOverhead(9.0, 9.0, by_frame_ms=((1.0, 0.1, 0.2), (3.0, 0.3, 0.6)))
+        assert over.for_frame(2.0).dispatch_ms == pytest.approx(0.2)
+        assert over.for_frame(2.0).coordinator_ms == pytest.approx(0.4)
+        assert over.for_frame(0.0).coordinator_ms == pytest.approx(0.2)
+        assert over.for_frame(50.0).coordinator_ms == pytest.approx(0.6)
+        assert ExecutorOverhead(0.1, 0.2).for_frame(5.0) == ExecutorOverhead(0.1, 0.2)  # no table: flat
+        assert over.for_frame(math.inf) is over  # no finite frame time (no one-core row): the flat figures
+        assert ExecutorOverhead.from_json(over.to_json()) == over
+
+    def test_bad_tables_are_refused(self):
+        from pipeit.errors import PlanError
+
+        with pytest.raises(PlanError, match="increase"):
+            ExecutorOverhead(0.1, 0.1, by_frame_ms=((2.0, 0.1, 0.1), (1.0, 0.1, 0.1)))
+        with pytest.raises(PlanError, match="finite"):
+            ExecutorOverhead(0.1, 0.1, by_frame_ms=((1.0, -0.1, 0.1),))
+        with pytest.raises(PlanError, match="by_frame_ms"):
+            ExecutorOverhead.from_json({"dispatch_ms": 0.1, "coordinator_ms": 0.1, "by_frame_ms": [[1.0]]})
+
+    def test_the_frame_time_is_the_fastest_one_core_setup(self):
+        from pipeit.transfer import frame_ms_of
+
+        rows = [(1, (2.0, 3.0)), (2, (0.5, 0.5)), (1, (1.0, 1.5)), (1, (0.1, math.inf))]
+        assert frame_ms_of(rows) == pytest.approx(2.5)  # not the two-core row, not the row with a gap
+        assert frame_ms_of([(2, (1.0,))]) == math.inf

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU cost of the executor itself: coordinator CPU per frame and each worker's busy share.
 
-Runs one or more plan shapes of a zoo model on this host (CPU time is robust
+Runs one or more plan shapes of a zoo model (or a .tflite file) on this host (CPU time is robust
 on a busy host where wall fps is not), each ``--rounds`` times interleaved,
 and prints one line per run (``--json``: one document)::
 
@@ -69,7 +69,7 @@ def make_plan(model: Path, shape: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mobilenet_v2", help="zoo model name")
+    parser.add_argument("--model", default="mobilenet_v2", help="zoo model name or a .tflite path")
     parser.add_argument("--shapes", default="replicas,pipeline", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
@@ -94,8 +94,11 @@ def main(argv=None) -> int:
     from pipeit.frames import random_frames
 
     folder = Path(tempfile.mkdtemp(prefix="pipeit-load-"))
-    model = folder / f"{args.model}.tflite"
-    model.write_bytes(zoo.build(args.model, seed=0))
+    model = folder / f"{Path(args.model).stem}.tflite"  # a copy either way: removed at the end
+    if args.model.endswith(".tflite"):
+        model.write_bytes(Path(args.model).read_bytes())
+    else:
+        model.write_bytes(zoo.build(args.model, seed=0))
     inputs, _ = model_io(model)
     distinct = random_frames(inputs, 8, 0)
     frames = [distinct[i % 8] for i in range(args.frames)]

@@ -50,7 +50,9 @@ from cores.emulation import choose_period_us
 from cores.model import CoreSetup, Platform
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
-from pipeit.transfer import DEFAULT_HOP, DEFAULT_OVERHEAD, ExecutorOverhead, HopModel, coordinator_stage
+from pipeit.transfer import (
+    DEFAULT_HOP, DEFAULT_OVERHEAD, ExecutorOverhead, HopModel, coordinator_stage, frame_ms_of,
+)
 
 __all__ = [
     "MB",
@@ -263,12 +265,13 @@ class CostModel:
         for name, value in self.jitter.items():
             if not (math.isfinite(value) and value >= 0):
                 raise PlanError(f"throttle jitter of cluster {name!r} must be a finite number >= 0, got {value!r}")
-        #: the executor's own per-frame cost (None: not modelled); its dispatch_ms rides on the hops
-        #: (two halves per worker), its coordinator_ms is taken from the workers on ``coordinator``
-        #: = (cluster names the coordinating process runs on, their cores, their idle core-units)
-        self.overhead = overhead
+        #: the executor's own per-frame cost at this model's frame time (None: not modelled); its dispatch_ms
+        #: rides on the hops (two halves per worker), its coordinator_ms is taken from the workers on
+        #: ``coordinator`` = (cluster names the coordinating process runs on, their cores, their idle core-units)
+        self.overhead = None if overhead is None else overhead.for_frame(
+            frame_ms_of((setup.cores, row) for setup, row in times.times.items()))
         self.coordinator = coordinator
-        dispatch = overhead.dispatch_ms if overhead is not None else 0.0
+        dispatch = self.overhead.dispatch_ms if self.overhead is not None else 0.0
         self.hops: Tuple[float, ...] = tuple(hop.hop_ms(b) + dispatch for b in times.cut_bytes)
         self.devices: Dict[str, HopModel] = dict(devices or {})
         #: per device cluster, the copy cost of each cut (n + 1 values, like ``hops``)
