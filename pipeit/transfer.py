@@ -22,11 +22,12 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Tuple, Union
+from typing import Iterable, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
 from cores.jsonfile import JsonFileError, parse_json, read_text
+from cores.model import CoreSetup
 from pipeit.errors import PlanError
 
 __all__ = [
@@ -236,12 +237,12 @@ class ExecutorOverhead:
                             f"[frame ms, dispatch_ms, coordinator_ms] ({err})") from err
 
 
-def frame_ms_of(rows: Iterable[Tuple[int, Sequence[float]]]) -> float:
+def frame_ms_of(rows: Mapping[CoreSetup, Sequence[float]]) -> float:
     """A model's frame time for :meth:`ExecutorOverhead.for_frame`: its fastest whole-model time on one core.
 
-    ``rows``: ``(cores, per-layer ms)`` of each setup; inf where no one-core
-    setup runs every layer."""
-    sums = [math.fsum(row) for cores, row in rows if cores == 1]
+    ``rows``: per-layer ms of each setup (:attr:`pipeit.layer_times.LayerTimes.times`);
+    inf where no one-core setup runs every layer."""
+    sums = [math.fsum(row) for setup, row in rows.items() if setup.cores == 1]
     finite = [t for t in sums if math.isfinite(t)]
     return min(finite) if finite else math.inf
 

@@ -115,7 +115,7 @@ def brute_force(times: LayerTimes, platform: Platform, hop: HopModel,
     """
     n = times.num_layers
     if overhead is not None:  # its flat figures for this model, as every cost model takes them
-        overhead = overhead.for_frame(frame_ms_of((setup.cores, row) for setup, row in times.times.items()))
+        overhead = overhead.for_frame(frame_ms_of(times.times))
     dispatch = overhead.dispatch_ms if overhead is not None else 0.0
     hops = [hop.hop_ms(b) + dispatch for b in times.cut_bytes]
     cal = times.calibration

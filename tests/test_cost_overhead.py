@@ -157,6 +157,7 @@ class TestOverheadFollowsTheModel:
     def test_the_frame_time_is_the_fastest_one_core_setup(self):
         from pipeit.transfer import frame_ms_of
 
-        rows = [(1, (2.0, 3.0)), (2, (0.5, 0.5)), (1, (1.0, 1.5)), (1, (0.1, math.inf))]
+        rows = {CoreSetup("big", 1): (2.0, 3.0), CoreSetup("big", 2): (0.5, 0.5),
+                CoreSetup("little", 1): (1.0, 1.5), CoreSetup("gpu", 1): (0.1, math.inf)}
         assert frame_ms_of(rows) == pytest.approx(2.5)  # not the two-core row, not the row with a gap
-        assert frame_ms_of([(2, (1.0,))]) == math.inf
+        assert frame_ms_of({CoreSetup("big", 2): (1.0,)}) == math.inf

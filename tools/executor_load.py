@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -86,19 +87,15 @@ def main(argv=None) -> int:
         print(f"executor_load: --shapes from {', '.join(SHAPES)}; --feed from {', '.join(FEEDS)}; "
               "--frames, --rounds >= 1", file=sys.stderr)
         return 2
-    from pipeit import zoo
     from pipeit.executor import Pipeline
     from pipeit.executor.bare import run_bare
     from pipeit.executor.load import measure_load, summary
     from pipeit.executor.pipeline import model_io
     from pipeit.frames import random_frames
+    from tools.daemon_bench import _model  # a zoo name or a .tflite path, as the daemon tools take it
 
     folder = Path(tempfile.mkdtemp(prefix="pipeit-load-"))
-    model = folder / f"{Path(args.model).stem}.tflite"  # a copy either way: removed at the end
-    if args.model.endswith(".tflite"):
-        model.write_bytes(Path(args.model).read_bytes())
-    else:
-        model.write_bytes(zoo.build(args.model, seed=0))
+    model = _model(args.model, folder)  # a zoo model is written into folder; a .tflite path is used where it is
     inputs, _ = model_io(model)
     distinct = random_frames(inputs, 8, 0)
     frames = [distinct[i % 8] for i in range(args.frames)]
@@ -141,8 +138,7 @@ def main(argv=None) -> int:
     finally:
         for pipe in pipes.values():
             pipe.close()
-        model.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
     doc = {}
     for shape, runs in bare_runs.items():
         doc[shape] = {

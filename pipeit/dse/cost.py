@@ -268,8 +268,7 @@ class CostModel:
         #: the executor's own per-frame cost at this model's frame time (None: not modelled); its dispatch_ms
         #: rides on the hops (two halves per worker), its coordinator_ms is taken from the workers on
         #: ``coordinator`` = (cluster names the coordinating process runs on, their cores, their idle core-units)
-        self.overhead = None if overhead is None else overhead.for_frame(
-            frame_ms_of((setup.cores, row) for setup, row in times.times.items()))
+        self.overhead = None if overhead is None else overhead.for_frame(frame_ms_of(times.times))
         self.coordinator = coordinator
         dispatch = self.overhead.dispatch_ms if self.overhead is not None else 0.0
         self.hops: Tuple[float, ...] = tuple(hop.hop_ms(b) + dispatch for b in times.cut_bytes)
