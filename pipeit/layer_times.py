@@ -491,33 +491,82 @@ def _gpu_row_from_profile(graph, setup: CoreSetup, profile) -> Optional[Tuple[fl
 
 
 def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[CoreSetup, Tuple[float, ...]]:
-    """Median ms per (descriptor key, setup) from a profile's layer rows; a setup missing any layer is dropped."""
-    measured: Dict[Tuple[str, CoreSetup], float] = {}
-    # A row marked noisy (the cores were shared while it was timed) is still a
-    # better estimate than none: used only where no clean row exists.
+    """Median ms per (descriptor key, setup) from a profile's layer rows; a setup missing any layer is dropped.
+
+    A row marked noisy (its cores were shared while it was timed) is used only
+    where no clean row exists, and held to what clean rows say, since sharing
+    only ever adds time: on a shared host one preempted thread turned a 0.01 ms
+    ``cpu:2`` layer into 1.2 ms, and a few such rows made a model's two-core
+    layers sum to 12x its whole-model time. A noisy row is held to the clean
+    row of the same layer on fewer cores of its cluster (more threads of one
+    cluster do not make a layer slower, beyond a few microseconds of thread
+    hand-off), and a setup's layers to its whole-model time even when that
+    was noisy too. Each setup that needed noisy rows is said in one warning.
+    """
+    clean: Dict[Tuple[str, CoreSetup], float] = {}
+    noisy: Dict[Tuple[str, CoreSetup], float] = {}
     for row in profile.rows:
-        usable = row.kind == "layer" and math.isfinite(row.median_ms) and row.median_ms > 0
-        if usable and (row.ok or (row.status.startswith("noisy") and (row.key, row.setup) not in measured)):
-            measured[(row.key, row.setup)] = row.median_ms
+        if row.kind != "layer" or not (math.isfinite(row.median_ms) and row.median_ms > 0):
+            continue
+        if row.ok:
+            clean[(row.key, row.setup)] = row.median_ms
+        elif row.status.startswith("noisy"):
+            noisy.setdefault((row.key, row.setup), row.median_ms)
     keys = [layer.descriptor.key_string() for layer in graph.layers]
     whole: Dict[CoreSetup, float] = {}
-    for row in profile.multi_rows():
-        if row.kind == "model" and list(row.layer_keys) == keys:
-            whole[row.setup] = row.median_ms
+    whole_noisy: Dict[CoreSetup, float] = {}
+    for row in profile.rows:
+        if row.kind == "model" and list(row.layer_keys) == keys and math.isfinite(row.median_ms) \
+                and row.median_ms > 0:
+            if row.ok:
+                whole[row.setup] = row.median_ms
+            elif row.status.startswith("noisy"):
+                whole_noisy.setdefault(row.setup, row.median_ms)
     times: Dict[CoreSetup, Tuple[float, ...]] = {}
+    said: list = []
     for setup in setups:
-        row = [measured.get((k, setup)) for k in keys]
-        if all(v is not None for v in row):
-            # Layers timed alone miss what a whole invoke pays (cold inputs, weights
-            # evicted between frames): where this very model was timed whole on the
-            # setup, each layer takes its share of the difference.
-            summed = sum(float(v) for v in row)  # type: ignore[arg-type]
-            scale = whole[setup] / summed if setup in whole and summed > 0 else 1.0
-            times[setup] = tuple(float(v) * scale for v in row)  # type: ignore[arg-type]
+        row = [_layer_ms(key, setup, clean, noisy) for key in keys]
+        if any(v is None for v in row):
+            continue
+        summed = math.fsum(row)  # type: ignore[arg-type]
+        # Layers timed alone miss what a whole invoke pays (cold inputs, weights
+        # evicted between frames): where this very model was timed whole on the
+        # setup, each layer takes its share of the difference. A noisy whole
+        # time is too long if anything, so it only ever shortens the layers.
+        if setup in whole:
+            scale = whole[setup] / summed
+        elif setup in whole_noisy:
+            scale = min(1.0, whole_noisy[setup] / summed)
+        else:
+            scale = 1.0
+        times[setup] = tuple(float(v) * scale for v in row)  # type: ignore[arg-type]
+        used = sum(1 for key in set(keys) if (key, setup) not in clean)
+        if used:
+            said.append(f"{setup} ({used} of {len(set(keys))})")
     if not times:
-        missing = sorted({k for k in keys for s in setups if (k, s) not in measured})
+        missing = sorted({k for k in keys for s in setups if (k, s) not in clean and (k, s) not in noisy})
         raise PlanError(
             f"the profile has no complete set of layer times for any setup of this platform "
             f"({len(missing)} layer kinds unmeasured); profile this model on this platform first"
         )
+    if said:
+        import warnings
+
+        warnings.warn(f"the profile's times of some layer kinds were taken on busy cores (noisy) on "
+                      f"{', '.join(said)}: each is held to its clean time on fewer cores and the setup to its "
+                      "whole-model time, where those were measured; profile again on quiet cores (pipeit profile re-measures only those rows)",
+                      stacklevel=3)
     return times
+
+
+def _layer_ms(key: str, setup: CoreSetup, clean: Mapping[Tuple[str, CoreSetup], float],
+              noisy: Mapping[Tuple[str, CoreSetup], float]) -> Optional[float]:
+    """The layer's clean time on ``setup``; else its noisy time held to its clean time on the nearest
+    smaller setup of the same cluster; None when neither was measured."""
+    if (key, setup) in clean:
+        return clean[(key, setup)]
+    if (key, setup) not in noisy:
+        return None
+    fewer = [clean[(key, CoreSetup(setup.cluster, k))] for k in range(setup.cores - 1, 0, -1)
+             if (key, CoreSetup(setup.cluster, k)) in clean]
+    return min(noisy[(key, setup)], fewer[0]) if fewer else noisy[(key, setup)]

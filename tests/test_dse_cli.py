@@ -212,3 +212,68 @@ def test_a_cluster_the_profile_has_no_times_for_is_said_to_be_left_out(pipeit, m
     assert done.returncode == 0, done.stderr
     warning, = [line for line in done.stderr.splitlines() if line.startswith("pipeit: warning:")]
     assert "no layer times for cluster(s) little (little:1)" in warning and "leave those cores out" in warning
+
+
+
+def _noisy_profile(path, model, graph, platform, inflated, one_core_for_inflated=True):
+    """A profile of ``platform``'s two setups: 0.1 ms a layer on one core, 0.06 on two, except the layer
+    kinds ``inflated``, timed noisy at 10 ms on two cores; the whole model ok on one core, noisy on two.
+    Returns the setups and the model's layer keys."""
+    from pipeit.profile_table import ProfileRow, ProfileWriter
+    from pipeit.profiler import platform_fingerprint_for
+
+    one, two = platform.setups()
+    fingerprint = platform_fingerprint_for(platform)
+    writer = ProfileWriter(path)
+    for key, layer in {layer.descriptor.key_string(): layer for layer in graph.layers}.items():
+        if one_core_for_inflated or key not in inflated:
+            writer.write(ProfileRow("layer", model.stem, layer.index, layer.index + 1, one, key, 0.1, 0.01, 5,
+                                    fingerprint, descriptor=layer.descriptor))
+        noisy = key in inflated
+        writer.write(ProfileRow("layer", model.stem, layer.index, layer.index + 1, two, key,
+                                10.0 if noisy else 0.06, 0.01, 5, fingerprint,
+                                "noisy: 0 of 3 windows had all 2 cores" if noisy else "ok",
+                                descriptor=layer.descriptor))
+    keys = tuple(layer.descriptor.key_string() for layer in graph.layers)
+    n = len(keys)
+    writer.write(ProfileRow("model", model.stem, 0, n, one, "", 0.1 * n, 0.01, 5, fingerprint, layer_keys=keys))
+    writer.write(ProfileRow("model", model.stem, 0, n, two, "", 0.09 * n, 0.01, 5, fingerprint,
+                            "noisy: 0 of 3 windows had all 2 cores", layer_keys=keys))
+    writer.close()
+    return one, two, keys
+
+
+@pytest.mark.parametrize("one_core_for_inflated", [True, False])
+def test_noisy_profile_rows_are_held_to_clean_ones_and_said(pipeit, model_and_times, tmp_path,
+                                                            one_core_for_inflated):
+    """A shared host's profile: on two cores a few layers were timed while a thread was preempted (noisy,
+    100x their one-core time), and so was the whole model. Used as they were, such rows made a model's
+    two-core layers sum to 12x its two-core whole-model time, and plan predicted all-cores 10x too slow
+    without a word. Each noisy row is held to its clean one-core time where there is one, the setup to
+    its noisy whole-model time, and the plan says which rows it doubted."""
+    model, _ = model_and_times
+    graph = load_graph(model)
+    spec = "emulate:big=0-1@1.0"
+    kinds = sorted({layer.descriptor.key_string() for layer in graph.layers})
+    inflated = kinds[:3]
+    one, two, keys = _noisy_profile(tmp_path / "noisy.csv", model, graph, load_platform(spec), inflated,
+                                    one_core_for_inflated)
+    times_path = tmp_path / "times.json"
+    done = pipeit("plan", model, "--platform", spec, "--profile", tmp_path / "noisy.csv",
+                  "-o", tmp_path / "plan.json", "--save-times", times_path)
+    assert done.returncode == 0, done.stderr
+    warning, = [line for line in done.stderr.splitlines() if line.startswith("pipeit: warning:")]
+    assert "busy cores (noisy)" in warning and f"{two} ({len(inflated)} of {len(kinds)})" in warning, warning
+    on_two = LayerTimes.load(times_path).times[two]
+    held = [i for i, key in enumerate(keys) if key in inflated]
+    if one_core_for_inflated:
+        # the clean two-core rows keep their 0.06 ms; the noisy ones fall to their clean one-core 0.1 ms
+        # (which leaves the sum under the noisy whole-model time, so nothing is scaled)
+        assert all(on_two[i] == pytest.approx(0.1) for i in held)
+        assert all(on_two[i] == pytest.approx(0.06) for i in range(len(keys)) if i not in held)
+    else:
+        # no one-core row to hold them to (and no one-core setup at all): the whole model's time bounds
+        # the setup, and the layers keep their proportions
+        assert sum(on_two) == pytest.approx(0.09 * len(keys))
+        assert on_two[held[0]] / on_two[next(i for i in range(len(keys)) if i not in held)] == pytest.approx(
+            10.0 / 0.06)

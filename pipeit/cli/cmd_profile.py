@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
                               seed=args.seed, progress=progress)
     from pipeit.profiler import NO_GPU_KERNEL
 
-    failed = [r for r in rows if not r.ok and r.status != NO_GPU_KERNEL]
+    # noisy rows were timed (on busy cores) and plans use them, held to clean ones; a later run re-measures them
+    noisy = sum(1 for r in rows if r.status.startswith("noisy"))
+    failed = [r for r in rows if not r.ok and r.status != NO_GPU_KERNEL and not r.status.startswith("noisy")]
     no_kernel = sum(1 for r in rows if r.status == NO_GPU_KERNEL)
     cpu_rows = [r for r in rows if r.setup in setups]
     summary = {
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "setups": [str(s) for s in list(setups) + list(on_gpu)],
         "measured": len(rows),
         "failed": len(failed),
+        "noisy": noisy,
         "no_gpu_kernel": no_kernel,
         "skipped_existing": len(jobs) * len(setups) - sum(1 for r in cpu_rows if r.model != "sweep"),
     }
@@ -101,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         emit_json(summary)
     else:
         extra = f", {no_kernel} layers without a GPU kernel" if no_kernel else ""
+        if noisy:
+            extra += f", {noisy} noisy: timed on busy cores, measured again by the next run"
         print(f"{len(rows)} measurements ({len(failed)} failed{extra}) on {', '.join(summary['setups'])} "
               f"-> {out}")
         for r in failed[:5]:
