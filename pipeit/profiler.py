@@ -31,7 +31,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pipeit.children import start_shielded
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
 from pipeit.profile_table import ProfileRow, ProfileWriter, read_rows, row_identity, table_of
+from pipeit.progress import Progress, say
 
 __all__ = [
     "TimingSpec",
@@ -699,15 +699,18 @@ def run_jobs(
     fingerprint: str,
     spec: TimingSpec,
     done: Optional[set] = None,
-    progress: bool = True,
+    progress: Progress = True,
     stop: Optional[threading.Event] = None,
 ) -> List[ProfileRow]:
     """Measure every (job, setup) not in ``done``; rows are written as they come.
 
+    ``progress``: True (a bar on a terminal, whole lines in a file), False, or a function that
+    takes each line (the daemon's log); :mod:`pipeit.progress`.
+
     ``stop``: checked before each measurement; once set, :class:`ProfileError`
     (a daemon stopping while a reload profiles must not wait for all of it).
     """
-    from tqdm import tqdm
+    from pipeit.progress import progress_for
 
     done = set() if done is None else done
     todo = [
@@ -715,8 +718,7 @@ def run_jobs(
         if row_identity(job.kind, job.model, job.start, job.end, job.key, setup) not in done
     ]
     rows = []
-    bar = tqdm(total=len(todo), file=sys.stderr, disable=not progress or not todo, unit="meas",
-               desc="profiling", dynamic_ncols=True)
+    bar = progress_for(progress, len(todo), "profiling", "meas")
     try:
         for job, setup in todo:
             ident = row_identity(job.kind, job.model, job.start, job.end, job.key, setup)
@@ -773,7 +775,7 @@ def profile_gpu(
     fingerprint: str,
     done: Optional[set] = None,
     tuning: Optional[Union[str, Path]] = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> List[ProfileRow]:
     """One layer row per distinct layer of each model on each GPU setup (see the module docstring).
 
@@ -805,13 +807,10 @@ def profile_gpu(
             if not todo:
                 continue
             cluster = platform.cluster(setup.cluster)
-            if progress:
-                print(f"[profile] timing {len(todo)} layers of {path.name} on {setup} ({cluster.core_type})",
-                      file=sys.stderr, flush=True)
+            say(progress, f"[profile] timing {len(todo)} layers of {path.name} on {setup} ({cluster.core_type})")
             measured = measure_gpu_times(data, cluster, table)
-            if progress:
-                print(f"[profile] {measured.device}: launch overhead {measured.launch_ms * 1e3:.1f} us per kernel "
-                      "launch, charged to each layer", file=sys.stderr, flush=True)
+            say(progress, f"[profile] {measured.device}: launch overhead {measured.launch_ms * 1e3:.1f} us per "
+                          "kernel launch, charged to each layer")
             for key, layer in todo:
                 ms = measured.times[layer.index]
                 ok = ms == ms and ms != float("inf")
@@ -860,7 +859,7 @@ def profile_models(
     spec: TimingSpec = TimingSpec(),
     stages: int = 3,
     force: bool = False,
-    progress: bool = True,
+    progress: Progress = True,
     tuning: Optional[Union[str, Path]] = None,
     stop: Optional[threading.Event] = None,
 ) -> List[ProfileRow]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,8 @@ def test_times_profiled_for_a_reload_plan_it_but_are_not_cached(served):
     try:
         daemon.wait_ready()
         assert len(list(state.glob("*/*/times.json"))) == 1  # the first start's, on idle cores
+        # its minutes of profiling are told in the log as they go, in whole lines
+        assert re.search(r"profiling: (\d+)/\1 meas \(100%\)", daemon.log()), daemon.log()
         assert not killed.exists()
         build_model(model, layers=4)  # the next model under the same name
         new_folder = state.glob("*").__next__() / file_sha256(model)[:16]

@@ -421,6 +421,15 @@ class TestCommandLine:
         assert main(["profile", str(paths[0]), "-o", str(copy), "--setup", str(one_core), "--stages", "2"]) == 0
         assert "profiling:" not in capsys.readouterr().err
 
+    def test_progress_into_a_file_is_whole_lines(self, profiled, one_core, tmp_path, capsys):
+        """Shell scripts and the daemon send stderr to a file: tqdm's redraws made one line of every update."""
+        _, paths, _, _ = profiled
+        out = tmp_path / "fresh.csv"
+        assert main(["profile", str(paths[0]), "-o", str(out), "--setup", str(one_core), "--stages", "2"]) == 0
+        err = capsys.readouterr().err
+        measured = len(read_profile(out).rows)
+        assert "\r" not in err and f"profiling: {measured}/{measured} meas (100%)" in err, err
+
     def test_eval_of_a_one_model_profile_says_what_is_missing(self, profiled, tmp_path, capsys):
         _, _, out, _ = profiled
         lines = out.read_text().splitlines(keepends=True)

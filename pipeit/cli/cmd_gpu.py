@@ -219,14 +219,13 @@ def _list(as_json: bool) -> int:
 
 
 def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
-    from tqdm import tqdm
-
     from pipeit.gpu.autotune import tune_model
     from pipeit.gpu.configcheck import check_tuning_configs
     from pipeit.gpu.device import make_context
     from pipeit.gpu.measure import default_tuning_path
     from pipeit.gpu.tuner import TuningFile
     from pipeit.modelfile import read_model
+    from pipeit.progress import progress_for
 
     output = args.output if args.output is not None else default_tuning_path()
     if args.trials < 1:
@@ -245,7 +244,7 @@ def _tune(args: argparse.Namespace, device, as_json: bool) -> int:
     # after every layer (an interrupted run keeps the layers it finished); a write error is one line.
     tuning.save(output)
     # no bar where every layer is already tuned (it drew "tuning: 0trial [00:00, ?trial/s]")
-    with tqdm(desc="tuning", unit="trial", disable=as_json, leave=False, delay=0.5) as bar:
+    with progress_for(not as_json, None, "tuning", "trials", leave=False, delay=0.5) as bar:
         results = tune_model(model, ctx, tuning, trials=args.trials, strategy=args.strategy,
                              precision=args.precision, seed=args.seed, retune=args.retune,
                              layers=layers, progress=bar.update, recorded=lambda: tuning.save(output))

@@ -178,7 +178,7 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
     try:
         try:
             partial.unlink(missing_ok=True)
-            profile_models([model], platform, partial, spec=spec, stages=0, progress=False, stop=stop)
+            profile_models([model], platform, partial, spec=spec, stages=0, progress=_log.info, stop=stop)
             if not serving:
                 os.replace(partial, csv)
         except OSError as err:

@@ -19,6 +19,7 @@ from typing import List, Sequence
 import numpy as np
 
 from pipeit.profile_table import ProfileRow
+from pipeit.progress import Progress
 
 __all__ = ["LayerConfig", "random_config", "perturb", "config_job", "run_sweep"]
 
@@ -126,7 +127,7 @@ def run_sweep(
     base_rows: Sequence[ProfileRow] = (),
     seed: int = 0,
     rounds: int = 3,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> List[ProfileRow]:
     """Measure ``n`` generated layers on every setup, in adaptive rounds."""
     from predictors.mech import MechPredictor
