@@ -41,7 +41,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from cores.filewrite import write_file
 from cores.jsonfile import JsonFileError, is_version, read_json
@@ -523,7 +523,7 @@ def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[Cor
             elif row.status.startswith("noisy"):
                 whole_noisy.setdefault(row.setup, row.median_ms)
     times: Dict[CoreSetup, Tuple[float, ...]] = {}
-    said: list = []
+    said: List[str] = []
     for setup in setups:
         row = [_layer_ms(key, setup, clean, noisy) for key in keys]
         if any(v is None for v in row):
@@ -554,8 +554,8 @@ def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[Cor
 
         warnings.warn(f"the profile's times of some layer kinds were taken on busy cores (noisy) on "
                       f"{', '.join(said)}: each is held to its clean time on fewer cores and the setup to its "
-                      "whole-model time, where those were measured; profile again on quiet cores (pipeit profile re-measures only those rows)",
-                      stacklevel=3)
+                      "whole-model time, where those were measured; profile again on quiet cores (pipeit profile "
+                      "re-measures only those rows)", stacklevel=3)
     return times
 
 

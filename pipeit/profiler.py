@@ -43,7 +43,7 @@ from pipeit.children import start_shielded
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
 from pipeit.profile_table import ProfileRow, ProfileWriter, read_rows, row_identity, table_of
-from pipeit.progress import Progress, say
+from pipeit.progress import Progress, progress_for, say
 
 __all__ = [
     "TimingSpec",
@@ -710,8 +710,6 @@ def run_jobs(
     ``stop``: checked before each measurement; once set, :class:`ProfileError`
     (a daemon stopping while a reload profiles must not wait for all of it).
     """
-    from pipeit.progress import progress_for
-
     done = set() if done is None else done
     todo = [
         (job, setup) for job in jobs for setup in setups
