@@ -429,6 +429,10 @@ class TestCommandLine:
         err = capsys.readouterr().err
         measured = len(read_profile(out).rows)
         assert "\r" not in err and f"profiling: {measured}/{measured} meas (100%)" in err, err
+        quiet = tmp_path / "quiet.csv"
+        assert main(["profile", str(paths[0]), "-o", str(quiet), "--setup", str(one_core), "--stages", "2",
+                     "--quiet"]) == 0
+        assert "profiling:" not in capsys.readouterr().err and read_profile(quiet).rows
 
     def test_eval_of_a_one_model_profile_says_what_is_missing(self, profiled, tmp_path, capsys):
         _, _, out, _ = profiled

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
                         help="GPU tuning file for gpu:1 rows (default: $PIPEIT_STATE_DIR/tuning.json if present)")
     parser.add_argument("--force", action="store_true",
                         help="append to a profile from another platform/runtime")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                        help="no progress on stderr (--quiet, as bench names it)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(run=run)
 
