@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ["write_file", "exclusive_lock"]
+__all__ = ["write_file", "exclusive_lock", "owner_gone"]
 
 
 @contextlib.contextmanager
@@ -73,6 +73,21 @@ def _is_descriptor_name(path: Union[str, Path]) -> bool:
     return text.startswith("/dev/") or text.startswith("/proc/")
 
 
+def owner_gone(pid_text: str) -> bool:
+    """Whether ``pid_text``, the pid in a leftover's name, is a number whose process has ended.
+
+    A leftover whose pid is alive is never someone else's to remove, even if
+    the pid now belongs to another program: a file too many beats one removed
+    under its writer. psutil is imported here, not with the module: cores is
+    imported by every command, and rarely finds a leftover.
+    """
+    if not pid_text.isdigit():
+        return False
+    import psutil
+
+    return not psutil.pid_exists(int(pid_text))
+
+
 def _remove_stale_temporaries(target: Path) -> None:
     """Remove ``.<name>.<pid>-*.tmp`` files beside ``target`` whose writer is gone.
 
@@ -89,10 +104,7 @@ def _remove_stale_temporaries(target: Path) -> None:
     for name in names:
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
-        pid = name[len(prefix):].split("-", 1)[0]
-        import psutil  # here, not at import: cores is imported by every command, and rarely gets this far
-
-        if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
+        if not owner_gone(name[len(prefix):].split("-", 1)[0]):
             continue
         try:
             os.unlink(target.parent / name)

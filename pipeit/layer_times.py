@@ -510,7 +510,7 @@ def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[Cor
             continue
         if row.ok:
             clean[(row.key, row.setup)] = row.median_ms
-        elif row.status.startswith("noisy"):
+        elif row.noisy:
             noisy.setdefault((row.key, row.setup), row.median_ms)
     keys = [layer.descriptor.key_string() for layer in graph.layers]
     whole: Dict[CoreSetup, float] = {}
@@ -520,7 +520,7 @@ def _times_from_profile(graph, setups: Sequence[CoreSetup], profile) -> Dict[Cor
                 and row.median_ms > 0:
             if row.ok:
                 whole[row.setup] = row.median_ms
-            elif row.status.startswith("noisy"):
+            elif row.noisy:
                 whole_noisy.setdefault(row.setup, row.median_ms)
     times: Dict[CoreSetup, Tuple[float, ...]] = {}
     said: List[str] = []

@@ -95,6 +95,11 @@ class ProfileRow:
         return self.status == "ok" and math.isfinite(self.median_ms) and self.median_ms > 0
 
     @property
+    def noisy(self) -> bool:
+        """Timed while its cores were shared: plans may use it where no clean row exists; a re-run re-times it."""
+        return self.status.startswith("noisy")
+
+    @property
     def op(self) -> str:
         return self.descriptor.op if self.descriptor is not None else ""
 

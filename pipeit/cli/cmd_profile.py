@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.profiler import NO_GPU_KERNEL
 
     # noisy rows were timed (on busy cores) and plans use them, held to clean ones; a later run re-measures them
-    noisy = sum(1 for r in rows if r.status.startswith("noisy"))
-    failed = [r for r in rows if not r.ok and r.status != NO_GPU_KERNEL and not r.status.startswith("noisy")]
+    noisy = sum(1 for r in rows if r.noisy)
+    failed = [r for r in rows if not r.ok and r.status != NO_GPU_KERNEL and not r.noisy]
     no_kernel = sum(1 for r in rows if r.status == NO_GPU_KERNEL)
     cpu_rows = [r for r in rows if r.setup in setups]
     summary = {

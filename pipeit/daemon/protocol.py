@@ -788,7 +788,6 @@ def queued_bytes(sock: socket.socket) -> int:
         return 0
 
 
-
 def unsent_bytes(sock: socket.socket) -> int:
     """What ``sock`` has sent that its peer has not read yet (``SIOCOUTQ``: on a Unix socket, the kernel's
     accounting of those messages, at least their bytes, 0 once the peer has read them all; -1 if unknown).
@@ -800,6 +799,7 @@ def unsent_bytes(sock: socket.socket) -> int:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
     except (OSError, ValueError):
         return -1
+
 
 def tune_socket(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
     """Ask for ``size``-byte send and receive buffers (best effort: the kernel caps them, errors are ignored).

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from cores.filewrite import owner_gone
 from cores.model import Platform
 from pipeit.errors import PipeitError, PlanError
 from pipeit.layer_times import LayerTimes
@@ -200,11 +201,8 @@ def _times_for(model: Path, graph: Any, platform: Platform, source: PlanSource, 
 def _remove_dead_partials(folder: Path) -> None:
     """Partial profiles (``.profile.csv.<pid>``) of daemons killed while they profiled: no one else removes
     them."""
-    import psutil
-
     for path in folder.glob(".profile.csv.*"):
-        pid = path.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+        if owner_gone(path.name.rsplit(".", 1)[-1]):
             path.unlink(missing_ok=True)
 
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -247,7 +246,7 @@ def _ensure_pocl_cache_dir() -> str:
     if current and os.path.basename(current).startswith(marker) and os.path.isdir(current):
         return current
     remove_stale_pocl_dirs()  # those of killed processes (a gpu tune stopped with SIGKILL): as tempdirs promises
-    path = tempfile.mkdtemp(prefix=marker)
+    path = str(make_private_dir(POCL_DIR_PREFIX))
     os.environ["POCL_CACHE_DIR"] = path
     atexit.register(shutil.rmtree, path, True)
     return path
