@@ -24,6 +24,10 @@ Conventions
   (one direction, :class:`~pipeit.transfer.HopModel`) measured with its layer
   times; the cost model charges it on the cut at each end of a GPU stage.
   Absent, the DSE uses :data:`pipeit.gpu.measure.DEFAULT_DEVICE_COPY`.
+* ``hop`` -- the cost of passing a cut's tensors between two stages on the
+  machine the times were measured on (:class:`~pipeit.transfer.HopModel`,
+  from the profile's hop rows or the predictor fitted on them). Absent, the
+  DSE charges :data:`pipeit.transfer.DEFAULT_HOP`, the development host's.
 
 GPU setups (``gpu:1``) never take a predictor's times (predictors are fitted
 on CPU interpreters) nor a per-setup calibration derived from CPU whole-model
@@ -127,8 +131,11 @@ class LayerTimes:
     calibration: Calibration = Calibration()
     source: str = ""
     device_copy: Mapping[str, HopModel] = field(default_factory=dict, hash=False)
+    hop: Optional[HopModel] = None
 
     def __post_init__(self) -> None:
+        if self.hop is not None and not isinstance(self.hop, HopModel):
+            raise PlanError(f"layer times: hop {self.hop!r:.40} is not a HopModel")
         copies = dict(self.device_copy or {})
         for name, model in copies.items():
             if not isinstance(model, HopModel):
@@ -243,6 +250,7 @@ class LayerTimes:
             "calibration": self.calibration.to_json(),
             "source": self.source,
             "device_copy": {name: model.to_json() for name, model in sorted(self.device_copy.items())},
+            "hop": None if self.hop is None else self.hop.to_json(),
         }
 
     @classmethod
@@ -270,10 +278,11 @@ class LayerTimes:
                 source=str(doc.get("source", "")),
                 device_copy={str(k): HopModel.from_json(v, f"{where}: device_copy {k}")
                              for k, v in dict(doc.get("device_copy") or {}).items()},
+                hop=None if doc.get("hop") is None else HopModel.from_json(doc["hop"], f"{where}: hop"),
             )
         except PlanError as err:
             text = str(err)
-            if text.startswith(f"{where}:"):  # a device copy's HopModel already named the file
+            if text.startswith(f"{where}:"):  # a device copy's or the hop's HopModel already named the file
                 raise
             text = text[len("layer times: "):] if text.startswith("layer times: ") else text
             raise PlanError(f"{where}: malformed layer times ({text})") from err
@@ -410,6 +419,7 @@ def layer_times_for(
 
         times = {s: tuple(predict_graph(predictor, graph, s, calibrated=True)) for s in usable}
         source = f"predictor:{getattr(predictor, 'name', type(predictor).__name__)}"
+        hop = getattr(predictor, "hop_", None)
     else:
         if isinstance(profile, (str, Path)):
             from pipeit.profile_table import read_profile
@@ -417,6 +427,7 @@ def layer_times_for(
             profile = read_profile(profile, force=True)
         times = _times_from_profile(graph, cpu_setups, profile)
         source = "profile"
+        hop = profile.hop_model()
     _warn_clusters_left_out(platform, cpu_setups, times, "predictor" if predictor is not None else "profile")
     copies: Dict[str, HopModel] = {}
     for setup in gpu_setups:
@@ -439,6 +450,7 @@ def layer_times_for(
         weight_bytes=weight_bytes_of(graph),
         source=source,
         device_copy=copies,
+        hop=hop,
     )
 
 

@@ -13,8 +13,14 @@ Columns (header line required, order fixed)::
     kind,model,start,end,setup,key,op,median_ms,spread,repeats,status,fingerprint,descriptor
 
 ``kind`` is ``layer`` (one layer timed alone), ``stage`` (a contiguous range
-of layers) or ``model`` (the whole model). ``start``/``end`` are a half-open
-layer range. ``spread`` is the inter-quartile range divided by the median.
+of layers), ``model`` (the whole model) or ``hop`` (one tensor passed between
+two pinned processes as the executor passes it, :mod:`pipeit.executor.hop_timing`).
+``start``/``end`` are a half-open layer range. A hop row has no model or
+layers: ``model`` is ``executor``, the range ``0,0``, ``key`` the tensor's
+bytes, ``setup`` the sending CPU's cluster and the last column
+``{"bytes": N, "cpus": [SENDER, RECEIVER]}``; plans fit their hop cost to
+these rows (:meth:`ProfileTable.hop_model`). ``spread`` is the
+inter-quartile range divided by the median.
 ``status`` is ``ok`` or ``failed: <why>`` -- a failed measurement is data,
 not an exception that aborts a long profiling run; readers skip it.
 
@@ -42,14 +48,16 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tupl
 
 from cores.filewrite import exclusive_lock
 from cores.jsonfile import JsonFileError, parse_json
-from cores.model import CoreSetup
+from cores.model import MAX_CPU, CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
 from pipeit.layer_times import MAX_LAYER_MS
+from pipeit.transfer import MAX_HOP_BYTES, HopModel
 
 __all__ = [
     "COLUMNS",
     "KINDS",
+    "HOP_MODEL",
     "ProfileRow",
     "ProfileTable",
     "read_profile",
@@ -64,7 +72,10 @@ COLUMNS = (
     "kind", "model", "start", "end", "setup", "key", "op", "median_ms", "spread",
     "repeats", "status", "fingerprint", "descriptor",
 )
-KINDS = ("layer", "stage", "model")
+KINDS = ("layer", "stage", "model", "hop")
+
+#: the ``model`` column of a hop row (a hop belongs to the machine, not to a model)
+HOP_MODEL = "executor"
 
 #: the shortest time a row may say was measured (ms: one nanosecond, below any clock's resolution here)
 MIN_MEASURED_MS = 1e-6
@@ -89,6 +100,8 @@ class ProfileRow:
     status: str = "ok"
     descriptor: Optional[LayerDescriptor] = None
     layer_keys: Tuple[str, ...] = ()
+    #: a hop row's (sending CPU, receiving CPU)
+    hop_cpus: Tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -107,10 +120,17 @@ class ProfileRow:
         """What makes two rows the same measurement (used to resume a run)."""
         return row_identity(self.kind, self.model, self.start, self.end, self.key, self.setup)
 
+    @property
+    def hop_bytes(self) -> int:
+        """A hop row's tensor size (its ``key``)."""
+        return int(self.key) if self.kind == "hop" else 0
+
     def to_csv(self) -> List[str]:
         if self.kind == "layer":
             assert self.descriptor is not None  # built by the profiler, never user input
             payload = self.descriptor.to_json()
+        elif self.kind == "hop":
+            payload = {"bytes": self.hop_bytes, "cpus": list(self.hop_cpus)}
         else:
             payload = list(self.layer_keys)
         return [
@@ -122,9 +142,9 @@ class ProfileRow:
 
 def row_identity(kind: str, model: str, start: int, end: int, key: str, setup: CoreSetup) -> tuple:
     """Identity of a measurement. Layer rows are deduplicated by descriptor key and setup only:
-    a layer shared by two models is measured once."""
-    if kind == "layer":
-        return ("layer", key, str(setup))
+    a layer shared by two models is measured once; hop rows by size and setup."""
+    if kind in ("layer", "hop"):
+        return (kind, key, str(setup))
     return (kind, model, int(start), int(end), str(setup))
 
 
@@ -150,7 +170,25 @@ class ProfileTable:
 
     def multi_rows(self) -> List[ProfileRow]:
         """Stage and whole-model rows (the calibration data)."""
-        return [r for r in self.rows if r.kind != "layer" and r.ok]
+        return [r for r in self.rows if r.kind in ("stage", "model") and r.ok]
+
+    def hop_rows(self) -> List[ProfileRow]:
+        return [r for r in self.rows if r.kind == "hop" and r.ok]
+
+    def hop_model(self) -> Optional[HopModel]:
+        """The line through the hop rows of the table's platform, or None without any.
+
+        Why here: a profile is measured where the plans will run, so its hops
+        are the ones the planner should charge, not the development host's
+        default (:data:`pipeit.transfer.DEFAULT_HOP`).
+        """
+        from pipeit.transfer import fit_hop_model
+
+        rows = [r for r in self.hop_rows() if r.fingerprint == self.fingerprint]
+        if not rows:
+            return None
+        return fit_hop_model([(r.hop_bytes, r.median_ms) for r in rows],
+                             source=f"timed by the profile on CPUs {'->'.join(map(str, rows[0].hop_cpus))}")
 
     def catalog(self) -> Dict[str, LayerDescriptor]:
         """Descriptor key -> descriptor, from every layer row (failed ones included)."""
@@ -165,7 +203,8 @@ class ProfileTable:
         return list(seen)
 
     def setups(self) -> List[CoreSetup]:
-        return sorted({r.setup for r in self.rows})
+        """The setups layers, stages or models were timed on (a hop row's sender is not one of them)."""
+        return sorted({r.setup for r in self.rows if r.kind != "hop"})
 
     def identities(self) -> Set[tuple]:
         return {r.identity() for r in self.rows}
@@ -188,8 +227,6 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
         raise ProfileError(f"{where}: malformed descriptor: {err.reason}") from None
     except ValueError as err:
         raise ProfileError(f"{where}: malformed value: {err}") from err
-    if not 0 <= start < end:  # a range of layers [start, end): the profiler never writes an empty one
-        raise ProfileError(f"{where}: layer range [{start}, {end}) is not 0 <= start < end")
     if doc["status"] == "ok" and not (math.isfinite(median_ms) and (median_ms == 0 or
                                                                      MIN_MEASURED_MS <= median_ms <= MAX_LAYER_MS)):
         # the profiler writes a failed measurement as "failed: ..." with a nan time, never as "ok"; a time
@@ -197,6 +234,10 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
         raise ProfileError(f"{where}: median_ms {doc['median_ms']!r} of a row with status ok is not a "
                            f"time in ms (0, or a number in {MIN_MEASURED_MS:g}..{MAX_LAYER_MS:g}); "
                            "fix or re-profile that row")
+    if kind == "hop":
+        return _hop_row(doc, where, median_ms, spread, repeats, payload)
+    if not 0 <= start < end:  # a range of layers [start, end): the profiler never writes an empty one
+        raise ProfileError(f"{where}: layer range [{start}, {end}) is not 0 <= start < end")
     try:
         setup = CoreSetup.parse(doc["setup"])
     except Exception as err:  # PlatformError from cores: a bad cell in a file
@@ -219,6 +260,30 @@ def _parse_row(cells: List[str], where: str) -> ProfileRow:
         median_ms=median_ms, spread=spread, repeats=repeats, fingerprint=doc["fingerprint"],
         status=doc["status"], descriptor=descriptor, layer_keys=layer_keys,
     )
+
+
+def _hop_row(doc: Dict[str, str], where: str, median_ms: float, spread: float, repeats: int,
+             payload: object) -> ProfileRow:
+    """A hop row (the module docstring's layout); refused unless every cell says the same thing."""
+    if not isinstance(payload, dict) or set(payload) != {"bytes", "cpus"}:
+        raise ProfileError(f"{where}: a hop row needs {{\"bytes\": N, \"cpus\": [SENDER, RECEIVER]}}")
+    nbytes, cpus = payload["bytes"], payload["cpus"]
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 1 <= nbytes <= MAX_HOP_BYTES \
+            or doc["key"] != str(nbytes):
+        raise ProfileError(f"{where}: a hop row's bytes must be a whole number in 1..{MAX_HOP_BYTES} and "
+                           f"its key the same number (key {doc['key']!r:.20}, bytes {nbytes!r:.20})")
+    if not isinstance(cpus, list) or len(cpus) != 2 or \
+            not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_CPU for c in cpus):
+        raise ProfileError(f"{where}: a hop row's cpus must be two CPU numbers, got {cpus!r:.40}")
+    if doc["model"] != HOP_MODEL or doc["start"] != "0" or doc["end"] != "0":
+        raise ProfileError(f"{where}: a hop row has model {HOP_MODEL!r} and range 0,0")
+    try:
+        setup = CoreSetup.parse(doc["setup"])
+    except Exception as err:  # PlatformError from cores: a bad cell in a file
+        raise ProfileError(f"{where}: {err}") from err
+    return ProfileRow(kind="hop", model=HOP_MODEL, start=0, end=0, setup=setup, key=doc["key"],
+                      median_ms=median_ms, spread=spread, repeats=repeats, fingerprint=doc["fingerprint"],
+                      status=doc["status"], hop_cpus=tuple(cpus))
 
 
 #: the longest field a profile may hold (a model row's layer keys: about 60 bytes a layer)

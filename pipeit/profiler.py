@@ -23,6 +23,11 @@ distinct layer; a layer the GPU has no kernel for is a failed row
 appended to the CSV as soon as it is measured: an interrupted run resumes
 where it stopped (layer rows are keyed by descriptor and setup, so a layer
 shared by two models is measured once).
+
+Last, the profile times the executor's hop between two of the platform's
+CPUs for a few tensor sizes (:func:`profile_hops`), once per platform: plans
+made from the profile charge this machine's hop cost at each cut instead of
+the development host's (:meth:`pipeit.profile_table.ProfileTable.hop_model`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from cores.model import CoreSetup, Platform
 from pipeit.children import start_shielded
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import ProfileError
-from pipeit.profile_table import ProfileRow, ProfileWriter, read_rows, row_identity, table_of
+from pipeit.profile_table import HOP_MODEL, ProfileRow, ProfileWriter, read_rows, row_identity, table_of
 from pipeit.progress import Progress, progress_for, say
 
 __all__ = [
@@ -62,6 +67,7 @@ __all__ = [
     "check_measurable",
     "gpu_setups",
     "profile_gpu",
+    "profile_hops",
 ]
 
 #: status of a GPU layer row whose layer the GPU backend does not run
@@ -826,6 +832,43 @@ def profile_gpu(
     return rows
 
 
+def profile_hops(platform: Platform, writer: Optional[ProfileWriter], fingerprint: str,
+                 done: Optional[set] = None, progress: Progress = True) -> List[ProfileRow]:
+    """One hop row per size of :data:`~pipeit.executor.hop_timing.HOP_SIZES`, unless ``done`` has them all.
+
+    A hop that cannot be timed (no shared memory, the receiver died) gives
+    failed rows and a line, not an error: the plans then charge the default
+    hop, as they did before profiles held hops.
+    """
+    from pipeit.errors import PipeitError
+    from pipeit.executor.hop_timing import HOP_SIZES, hop_cpus, time_hops
+
+    done = set() if done is None else done
+    cpus = hop_cpus(platform)
+    cluster = next(c for c in platform.cpu_clusters if cpus[0] in c.cpus)
+    setup = CoreSetup(cluster.name, 1)
+    todo = [n for n in HOP_SIZES if row_identity("hop", HOP_MODEL, 0, 0, str(n), setup) not in done]
+    if not todo:
+        return []
+    sizes = ", ".join(f"{n >> 20} MB" if n >= 1 << 20 else f"{n >> 10} KB" for n in todo)
+    say(progress, f"[profile] timing the executor's hop from CPU {cpus[0]} to CPU {cpus[1]} ({sizes})")
+    try:
+        timings = [Timing(t.median_ms, t.spread, t.repeats, "ok") for t in time_hops(cpus, todo)]
+    except (PipeitError, OSError) as err:
+        say(progress, f"[profile] hops not timed ({first_line(err)}): plans charge the default hop")
+        timings = [Timing(float("nan"), float("nan"), 0, f"failed: {first_line(err)}")] * len(todo)
+    rows = []
+    for nbytes, timing in zip(todo, timings):
+        row = ProfileRow(kind="hop", model=HOP_MODEL, start=0, end=0, setup=setup, key=str(nbytes),
+                         median_ms=timing.median_ms, spread=timing.spread, repeats=timing.repeats,
+                         fingerprint=fingerprint, status=timing.status, hop_cpus=tuple(cpus))
+        if writer is not None:
+            writer.write(row)
+        done.add(row.identity())
+        rows.append(row)
+    return rows
+
+
 def existing_rows(out: Path, fingerprint: str, force: bool, jobs: Sequence[Job] = ()) -> set:
     """Identities of the good rows already in ``out`` (for resuming; failed and noisy
     rows are measured again, except GPU rows marked :data:`NO_GPU_KERNEL`: the GPU
@@ -876,4 +919,6 @@ def profile_models(
     with WorkerPool(platform, chosen) as pool, ProfileWriter(out) as writer:
         rows = run_jobs(jobs, pool, chosen, writer, fingerprint, spec, done, progress, stop)
         rows += profile_gpu(models, platform, on_gpu, writer, fingerprint, done, tuning, progress)
+        if chosen:  # a run of GPU setups alone times GPU layers only
+            rows += profile_hops(platform, writer, fingerprint, done, progress)
         return rows

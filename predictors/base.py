@@ -48,6 +48,7 @@ from cores.model import CoreSetup
 from pipeit.descriptor import LayerDescriptor
 from pipeit.errors import PredictorError
 from pipeit.profile_table import ProfileRow, ProfileTable
+from pipeit.transfer import HopModel
 from predictors.fitting import robust_relative_nnls
 
 __all__ = [
@@ -177,13 +178,16 @@ class Predictor:
         prints = {r.fingerprint for r in layer_rows}
         self.fingerprint_ = sorted(prints)[0] if len(prints) == 1 else "mixed"
         self.setups_ = tuple(sorted({r.setup for r in layer_rows}))
+        # not a layer model's business, but plans made from this predictor charge the board's hop, not the
+        # development host's: the predictor is what a board hands the planner in place of its profile
+        self.hop_ = ProfileTable(rows, self.fingerprint_).hop_model()
         self._fit_layers(layer_rows)
         self.calibration_ = {}
         if self.calibrated:
             cat: Dict[str, LayerDescriptor] = {r.key: r.descriptor for r in rows if r.descriptor is not None}
             if catalog:
                 cat.update(catalog)
-            self._fit_calibration([r for r in rows if r.kind != "layer" and r.ok], cat)
+            self._fit_calibration([r for r in rows if r.kind in ("stage", "model") and r.ok], cat)
         return self
 
     def _fit_calibration(self, multi: List[ProfileRow], cat: Mapping[str, LayerDescriptor]) -> None:
@@ -301,6 +305,7 @@ class Predictor:
             "setups": [str(s) for s in self.setups_],
             "calibration": {k: list(v) for k, v in self.calibration_.items()},
             "state": self._fitted_state(),
+            "hop": None if getattr(self, "hop_", None) is None else self.hop_.to_json(),
         }
 
     @classmethod
@@ -313,6 +318,7 @@ class Predictor:
             obj.fingerprint_ = str(doc["fingerprint"])
             obj.setups_ = tuple(CoreSetup.parse(s) for s in doc["setups"])
             obj.calibration_ = {str(k): _calibration_entry(k, v) for k, v in doc.get("calibration", {}).items()}
+            obj.hop_ = None if doc.get("hop") is None else HopModel.from_json(doc["hop"], "predictor hop")
             obj._load_fitted_state(doc["state"])
         except PredictorError:
             raise

@@ -285,12 +285,32 @@ class TestProfileRun:
         n_layers = 5
         layer_jobs = [j for j in jobs0 if j.kind == "layer"]
         assert len(layer_jobs) == 4  # the two identical 1x1 convs are measured once
-        assert {r.kind for r in rows} == {"layer", "stage", "model"}
+        assert {r.kind for r in rows} == {"layer", "stage", "model", "hop"}
         assert all(r.setup == one_core and r.ok for r in rows)
         models = [r for r in rows if r.kind == "model"]
         assert sorted(r.model for r in models) == ["tiny0", "tiny1"]
         assert all(len(r.layer_keys) == n_layers and (r.start, r.end) == (0, n_layers) for r in models)
         assert len({r.fingerprint for r in rows}) == 1
+
+    def test_hops_are_timed_once_between_two_cpus_and_plans_read_them(self, profiled, platform, one_core):
+        """The executor's hop is timed where the profile is, between two of the platform's CPUs, and the
+        table's line is what plans from it charge (not the development host's default)."""
+        from pipeit.executor.hop_timing import HOP_SIZES, hop_cpus
+
+        _, _, out, rows = profiled
+        hops = [r for r in rows if r.kind == "hop"]
+        assert sorted(r.hop_bytes for r in hops) == sorted(HOP_SIZES)
+        assert all(r.hop_cpus == hop_cpus(platform) and r.repeats >= 100 for r in hops)
+        if len(os.sched_getaffinity(0)) > 1:
+            assert hops[0].hop_cpus[0] != hops[0].hop_cpus[1]
+        table = read_profile(out)
+        line = table.hop_model()
+        assert line is not None and line.source.startswith("timed by the profile on CPUs")
+        # 4 MB is copied twice: it costs more than a few microseconds anywhere
+        assert line.hop_ms(4 << 20) > 0.05
+        assert [r.identity() for r in table.hop_rows()] == [r.identity() for r in hops]
+        assert not any(r.kind == "hop" for r in table.multi_rows())
+        assert table.setups() == [one_core]  # a hop's sender is no profiled setup
 
     def test_stage_and_model_keys_resolve_to_layer_rows(self, profiled):
         _, _, out, _ = profiled
@@ -427,8 +447,9 @@ class TestCommandLine:
         out = tmp_path / "fresh.csv"
         assert main(["profile", str(paths[0]), "-o", str(out), "--setup", str(one_core), "--stages", "2"]) == 0
         err = capsys.readouterr().err
-        measured = len(read_profile(out).rows)
+        measured = sum(1 for r in read_profile(out).rows if r.kind != "hop")
         assert "\r" not in err and f"profiling: {measured}/{measured} meas (100%)" in err, err
+        assert "[profile] timing the executor's hop from CPU" in err
         quiet = tmp_path / "quiet.csv"
         assert main(["profile", str(paths[0]), "-o", str(quiet), "--setup", str(one_core), "--stages", "2",
                      "--quiet"]) == 0

@@ -25,35 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeit.descriptor import TensorInfo  # noqa: E402
-from pipeit.executor.routes import EdgeLayout  # noqa: E402
+from pipeit.executor.hop_timing import time_hops  # noqa: E402
 from pipeit.executor.worker import pin_process  # noqa: E402
 
 DEFAULT_SIZES = (4 << 10, 64 << 10, 256 << 10, 800 << 10, 1 << 20, 4 << 20)
 TARGET_BYTES, TARGET_MS = 800 << 10, 0.3
-
-
-def _layout(nbytes: int) -> EdgeLayout:
-    return EdgeLayout.build(0, [TensorInfo("t", (nbytes // 4,), "float32")])
-
-
-def _ring_consumer(name: str, nbytes: int, slots: int, cpu: int, conn) -> None:
-    pin_process((cpu,))
-    import numpy as np
-
-    from pipeit.executor.ring import ShmRing
-
-    ring = ShmRing(_layout(nbytes), slots, name, create=False)
-    private = np.empty(nbytes // 4, dtype=np.float32)
-    conn.send("ready")
-    while True:
-        message = conn.recv()
-        if message is None:
-            break
-        frame, slot = message
-        np.copyto(private, ring.views(slot)["t"])
-        conn.send((frame, slot))
-    ring.close()
 
 
 def _queue_consumer(cpu: int, q_in, q_out) -> None:
@@ -63,37 +39,6 @@ def _queue_consumer(cpu: int, q_in, q_out) -> None:
         if item is None:
             break
         q_out.put(item)
-
-
-def measure_ring(nbytes: int, iters: int, cpus) -> float:
-    import numpy as np
-
-    from pipeit.executor.ring import ShmRing
-
-    ctx = mp.get_context("spawn")
-    slots = 4
-    ring = ShmRing(_layout(nbytes), slots)
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_ring_consumer, args=(ring.name, nbytes, slots, cpus[1], child), daemon=True)
-    proc.start()
-    try:
-        parent.recv()
-        data = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
-        times = []
-        for i in range(iters + 10):
-            slot = i % slots
-            start = time.perf_counter()
-            np.copyto(ring.views(slot)["t"], data)
-            parent.send((i, slot))
-            parent.recv()
-            times.append(time.perf_counter() - start)
-        parent.send(None)
-        proc.join(5)
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        ring.close()
-    return statistics.median(times[10:]) * 1000.0
 
 
 def measure_queue(nbytes: int, iters: int, cpus) -> float:
@@ -138,11 +83,10 @@ def main(argv=None) -> int:
     cpus = (allowed[0], allowed[-1])
     pin_process((cpus[0],))
     rows = []
-    for nbytes in sizes:
-        nbytes -= nbytes % 4
-        ring_ms = measure_ring(nbytes, args.iters, cpus)
-        queue_ms = None if args.no_queue else measure_queue(nbytes, max(20, args.iters // 5), cpus)
-        rows.append({"bytes": nbytes, "hop_ms": ring_ms, "queue_round_trip_ms": queue_ms})
+    sizes = [nbytes - nbytes % 4 for nbytes in sizes]
+    for hop in time_hops(cpus, sizes, repeats=args.iters):
+        queue_ms = None if args.no_queue else measure_queue(hop.nbytes, max(20, args.iters // 5), cpus)
+        rows.append({"bytes": hop.nbytes, "hop_ms": hop.median_ms, "queue_round_trip_ms": queue_ms})
     target = min(rows, key=lambda r: abs(r["bytes"] - TARGET_BYTES))
     verdict = {
         "bytes": target["bytes"], "hop_ms": target["hop_ms"], "limit_ms": TARGET_MS,

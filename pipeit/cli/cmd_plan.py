@@ -29,7 +29,9 @@ def register(subparsers) -> None:
                         help=f"one of {', '.join(_STRATEGIES)} (default: pipeit)")
     parser.add_argument("--latency-ms", type=float, metavar="L", help="latency limit per frame")
     parser.add_argument("--memory-mb", type=float, metavar="M", help="limit on weights held by all workers (MiB)")
-    parser.add_argument("--transfer", metavar="TABLE", help="measured hop costs (JSON or CSV bytes,ms)")
+    parser.add_argument("--transfer", metavar="TABLE",
+                        help="measured hop costs (JSON or CSV bytes,ms); default: the hops the profile (or the "
+                        "profile the predictor was fitted on) timed, else the development host's")
     parser.add_argument("--tuning", metavar="FILE",
                         help="GPU tuning file for a GPU cluster's layer times when the profile lacks them "
                         "(default: $PIPEIT_STATE_DIR/tuning.json if present)")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeit.layer_times import LayerTimes, layer_times_for, warn_if_measured_elsewhere
     from pipeit.plan import file_sha256
     from pipeit.runtime import check_loads
-    from pipeit.transfer import DEFAULT_HOP, load_hop_model
+    from pipeit.transfer import load_hop_model
 
     strategy_named(args.strategy)
     inputs = (args.model, args.predictor, args.profile, args.times, args.transfer, args.tuning,
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             times.save(args.save_times)
         except OSError as err:
             raise PlanError(f"{args.save_times}: cannot write the layer times ({err.strerror or err})") from err
-    hop = load_hop_model(args.transfer) if args.transfer else DEFAULT_HOP
+    hop = load_hop_model(args.transfer) if args.transfer else None  # None: the profile's, else the default
     plan = plan_pipeline(
         times, platform, strategy=args.strategy, latency_ms=args.latency_ms, memory_mb=args.memory_mb,
         model=args.model, model_sha256=file_sha256(args.model), hop=hop,

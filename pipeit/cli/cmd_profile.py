@@ -50,10 +50,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cores.platform import load_platform, platform_file
-    from pipeit.profile_table import ProfileWriter, read_profile
+    from pipeit.profile_table import ProfileTable, ProfileWriter, read_profile
     from pipeit.profiler import (
         TimingSpec, WorkerPool, existing_rows, gpu_setups, model_jobs, platform_fingerprint_for,
-        profile_gpu, resolve_setups, run_jobs,
+        profile_gpu, profile_hops, resolve_setups, run_jobs,
     )
 
     if not args.models and args.sweep <= 0:
@@ -84,13 +84,18 @@ def run(args: argparse.Namespace) -> int:
             base = read_profile(out, fingerprint=fingerprint, force=args.force).layer_rows()
             rows += run_sweep(args.sweep, pool, setups, writer, fingerprint, spec, done, base,
                               seed=args.seed, progress=progress)
+        if setups:  # a run of GPU setups alone times GPU layers only
+            rows += profile_hops(platform, writer, fingerprint, done, progress)
     from pipeit.profiler import NO_GPU_KERNEL
 
+    hops = [r for r in rows if r.kind == "hop"]
+    rows = [r for r in rows if r.kind != "hop"]
     # noisy rows were timed (on busy cores) and plans use them, held to clean ones; a later run re-measures them
     noisy = sum(1 for r in rows if r.noisy)
     failed = [r for r in rows if not r.ok and r.status != NO_GPU_KERNEL and not r.noisy]
     no_kernel = sum(1 for r in rows if r.status == NO_GPU_KERNEL)
     cpu_rows = [r for r in rows if r.setup in setups]
+    hop_line = ProfileTable(hops, fingerprint).hop_model()  # the line of the hops timed now, if any
     summary = {
         "output": str(out),
         "fingerprint": fingerprint,
@@ -100,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         "noisy": noisy,
         "no_gpu_kernel": no_kernel,
         "skipped_existing": len(jobs) * len(setups) - sum(1 for r in cpu_rows if r.model != "sweep"),
+        "hops": {"timed": sum(1 for r in hops if r.ok), "failed": sum(1 for r in hops if not r.ok),
+                 "model": None if hop_line is None else hop_line.to_json()},
     }
     if args.json:
         emit_json(summary)
@@ -109,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
             extra += f", {noisy} noisy: timed on busy cores, measured again by the next run"
         print(f"{len(rows)} measurements ({len(failed)} failed{extra}) on {', '.join(summary['setups'])} "
               f"-> {out}")
+        if hop_line is not None:
+            print(f"hop between stages: {hop_line.fixed_ms:.3f} ms + {hop_line.ms_per_byte * 2**20:.3f} ms/MB "
+                  f"({hop_line.source}; plans from this profile charge it)")
         for r in failed[:5]:
             print(f"  not measured: {r.model} {r.kind}[{r.start}:{r.end}] on {r.setup}: {r.status}",
                   file=sys.stderr)

@@ -690,8 +690,8 @@ def scaled_times(times: LayerTimes, factors: Mapping[str, float]) -> LayerTimes:
         factor = max(float(factors.get(p, 1.0)) for p in parts)
         rows[setup] = tuple(v * factor for v in row)
     note = ",".join(f"{k}x{v:.3g}" for k, v in sorted(factors.items()) if v != 1.0)
-    return LayerTimes(times.num_layers, rows, times.cut_bytes, times.weight_bytes, times.calibration,
-                      f"{times.source} scaled({note})" if note else times.source)
+    # replace: the hop and the GPU's copy model were measured with the times and stay theirs
+    return dataclasses.replace(times, times=rows, source=f"{times.source} scaled({note})" if note else times.source)
 
 
 def shrink_platform(platform: Platform, online: Optional[Sequence[int]]) -> Platform:
@@ -728,7 +728,7 @@ def fit_times(times: LayerTimes, platform: Platform) -> LayerTimes:
         keep[setup] = row
     if not keep:
         raise PlanError("no core setup of the layer times fits the platform any more")
-    return LayerTimes(times.num_layers, keep, times.cut_bytes, times.weight_bytes, times.calibration, times.source)
+    return dataclasses.replace(times, times=keep)
 
 
 def plan_layout(plan: Plan) -> Tuple:

@@ -18,6 +18,7 @@ they all share is :class:`~pipeit.dse.cost.CostModel` (docs/DSE.md).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, List, Optional
 
 from cores.model import Platform
@@ -28,6 +29,7 @@ from pipeit.dse.cost import (
     CostModel,
     Limits,
     StagePlan,
+    charged_hop,
     cost_model_for,
     device_copies,
     throttle_jitter_ms,
@@ -37,7 +39,7 @@ from pipeit.dse.planfile import to_plan
 from pipeit.errors import PlanError
 from pipeit.layer_times import LayerTimes
 from pipeit.plan import Plan
-from pipeit.transfer import DEFAULT_HOP, DEFAULT_OVERHEAD, ExecutorOverhead, HopModel
+from pipeit.transfer import DEFAULT_OVERHEAD, ExecutorOverhead, HopModel
 
 __all__ = [
     "STRATEGIES",
@@ -87,7 +89,7 @@ def best_candidate(
     strategy: str = "pipeit",
     latency_ms: Optional[float] = None,
     memory_mb: Optional[float] = None,
-    hop: HopModel = DEFAULT_HOP,
+    hop: Optional[HopModel] = None,
     worker_bytes: int = 0,
     overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
     admission: Optional[str] = None,
@@ -126,7 +128,7 @@ def plan_pipeline(
     memory_mb: Optional[float] = None,
     model: str = "model.tflite",
     model_sha256: str = "",
-    hop: HopModel = DEFAULT_HOP,
+    hop: Optional[HopModel] = None,
     worker_bytes: int = 0,
     overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,
     admission: Optional[str] = None,
@@ -138,17 +140,22 @@ def plan_pipeline(
     """
     candidate = best_candidate(times, platform, strategy, latency_ms, memory_mb, hop, worker_bytes, overhead,
                                admission)
-    return to_plan(
+    plan = to_plan(
         candidate, platform, strategy=strategy, model=model, model_sha256=model_sha256,
         limits=Limits(latency_ms, memory_mb),
     )
+    charged = charged_hop(times, hop)
+    # which hop the prediction charged: the development host's default reads very differently on a board
+    return dataclasses.replace(plan, notes=plan.notes + (
+        f"hop between stages: {charged.fixed_ms:.3f} ms + {charged.ms_per_byte * 2**20:.3f} ms/MB "
+        f"({charged.source})",))
 
 
 def pareto_front(
     times: LayerTimes,
     platform: Platform,
     memory_mb: Optional[float] = None,
-    hop: HopModel = DEFAULT_HOP,
+    hop: Optional[HopModel] = None,
     worker_bytes: int = 0,
     max_points: int = 64,
     overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD,

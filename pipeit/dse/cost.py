@@ -66,6 +66,7 @@ __all__ = [
     "SCHED_TICK_MS",
     "device_copies",
     "queue_latency_ms",
+    "charged_hop",
     "cost_model_for",
     "ADMISSIONS",
 ]
@@ -246,7 +247,7 @@ class CostModel:
     every planning entry point uses -- turns them on.
     """
 
-    def __init__(self, times: LayerTimes, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0,
+    def __init__(self, times: LayerTimes, hop: Optional[HopModel] = None, worker_bytes: int = 0,
                  jitter: Optional[Mapping[str, float]] = None,
                  devices: Optional[Mapping[str, HopModel]] = None, *,
                  overhead: Optional[ExecutorOverhead] = None,
@@ -257,7 +258,7 @@ class CostModel:
         if admission not in ADMISSIONS:
             raise PlanError(f"unknown admission {admission!r}; choose one of {', '.join(ADMISSIONS)}")
         self.times = times
-        self.hop = hop
+        self.hop: HopModel = charged_hop(times, hop)
         self.worker_bytes = int(worker_bytes)
         #: how the stream admits frames: ``window`` (the queue term counts) or ``gated`` (path only)
         self.admission = admission
@@ -271,7 +272,7 @@ class CostModel:
         self.overhead = None if overhead is None else overhead.for_frame(frame_ms_of(times.times))
         self.coordinator = coordinator
         dispatch = self.overhead.dispatch_ms if self.overhead is not None else 0.0
-        self.hops: Tuple[float, ...] = tuple(hop.hop_ms(b) + dispatch for b in times.cut_bytes)
+        self.hops: Tuple[float, ...] = tuple(self.hop.hop_ms(b) + dispatch for b in times.cut_bytes)
         self.devices: Dict[str, HopModel] = dict(devices or {})
         #: per device cluster, the copy cost of each cut (n + 1 values, like ``hops``)
         self.copies: Dict[str, Tuple[float, ...]] = {
@@ -396,10 +397,21 @@ class CostModel:
         )
 
 
-def cost_model_for(times: LayerTimes, platform: Platform, hop: HopModel = DEFAULT_HOP, worker_bytes: int = 0,
+def charged_hop(times: LayerTimes, hop: Optional[HopModel] = None) -> HopModel:
+    """The hop a plan charges at each cut: ``hop`` when given, else the one measured with ``times``
+    (a profile's hop rows, :attr:`LayerTimes.hop`), else the development host's default."""
+    if hop is not None:
+        return hop
+    return times.hop if times.hop is not None else DEFAULT_HOP
+
+
+def cost_model_for(times: LayerTimes, platform: Platform, hop: Optional[HopModel] = None, worker_bytes: int = 0,
                    overhead: Optional[ExecutorOverhead] = DEFAULT_OVERHEAD, admission: str = "window") -> CostModel:
     """The cost model plans are made with: jitter, device copies, and the executor's own cost.
 
+    ``hop=None`` charges the hop measured with ``times`` (a profile's hop
+    rows), else :data:`~pipeit.transfer.DEFAULT_HOP`; a given one wins
+    (``pipeit plan --transfer``).
     ``overhead=None`` leaves the executor's cost out (layers and hops only).
     ``admission``: how the frames will be streamed (:data:`ADMISSIONS`).
     One place, so that ``pipeit plan``, ``bench``, the Pareto front and the
