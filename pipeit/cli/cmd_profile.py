@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         help="time each distinct layer (and stages, whole models) on each core setup",
         description="Time every distinct layer of the models as a single-layer sub-model in a "
         "worker pinned to each core setup (num_threads = core count), plus a few stages and the "
-        "whole model for calibration. Rows are appended to the CSV as measured; re-running "
+        "whole model for calibration, and the executor's hop between two CPUs for 4 KB to 4 MB "
+        "tensors (plans from the profile charge it). Rows are appended to the CSV as measured; re-running "
         "skips rows already there. --sweep N adds N generated layers sampled over the "
         "descriptor space, adaptively.",
     )
