@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(rows)} measurements ({len(failed)} failed{extra}) on {', '.join(summary['setups'])} "
               f"-> {out}")
         if hop_line is not None:
-            print(f"hop between stages: {hop_line.fixed_ms:.3f} ms + {hop_line.ms_per_byte * 2**20:.3f} ms/MB "
-                  f"({hop_line.source}; plans from this profile charge it)")
+            print(f"hop between stages: {hop_line.describe()}; plans from this profile charge it")
         for r in failed[:5]:
             print(f"  not measured: {r.model} {r.kind}[{r.start}:{r.end}] on {r.setup}: {r.status}",
                   file=sys.stderr)

@@ -144,11 +144,8 @@ def plan_pipeline(
         candidate, platform, strategy=strategy, model=model, model_sha256=model_sha256,
         limits=Limits(latency_ms, memory_mb),
     )
-    charged = charged_hop(times, hop)
     # which hop the prediction charged: the development host's default reads very differently on a board
-    return dataclasses.replace(plan, notes=plan.notes + (
-        f"hop between stages: {charged.fixed_ms:.3f} ms + {charged.ms_per_byte * 2**20:.3f} ms/MB "
-        f"({charged.source})",))
+    return dataclasses.replace(plan, notes=plan.notes + (f"hop between stages: {charged_hop(times, hop).describe()}",))
 
 
 def pareto_front(

@@ -54,16 +54,15 @@ class HopTiming:
 def hop_cpus(platform: Any) -> Tuple[int, int]:
     """The two CPUs a hop is timed between: a pipeline's first cut, from the fastest cluster to another.
 
-    The sender is the first CPU of the fastest CPU cluster (by speed
-    factor, then capacity); the receiver the first CPU of another CPU
-    cluster, else a second CPU of the same one, else the same CPU (a
-    one-core board's stages share it, and so does its hop).
+    The sender is the first CPU of the fastest CPU cluster (``Platform.fastest``,
+    as the profiler and the planner rank them); the receiver the first CPU of
+    another CPU cluster, else a second CPU of the same one, else the same CPU
+    (a one-core board's stages share it, and so does its hop).
     """
-    clusters = [c for c in platform.clusters if c.kind == "cpu" and c.cpus]
-    if not clusters:
+    if not platform.cpu_clusters:
         raise ExecutorError(f"platform {platform.source!r} has no CPU cluster to time hops on")
-    first = max(clusters, key=lambda c: (c.speed, c.capacity or 0))
-    others = [c for c in clusters if c is not first]
+    first = platform.fastest
+    others = [c for c in platform.cpu_clusters if c is not first]
     sender = first.cpus[0]
     if others:
         return sender, others[0].cpus[0]
