@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +60,19 @@ def reference(model: Path, frame: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
 
 
+def _accepts(path: Path) -> bool:
+    """Whether a daemon listens at ``path``: the file exists from the daemon's bind, a moment before its
+    listen, and a connection in between is refused (a 2-core CI host running the suite hit it)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 class Daemon:
     """``python -m pipeit serve ...`` in a subprocess, stopped (and checked gone) on exit."""
 
@@ -77,7 +91,7 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            if self.socket_path.exists():
+            if self.socket_path.exists() and _accepts(self.socket_path):
                 return self
             time.sleep(0.1)
         raise AssertionError(f"daemon not ready in {timeout} s:\n{self.log()}")
