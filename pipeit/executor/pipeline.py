@@ -523,6 +523,13 @@ class Pipeline:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.reset_stats()
+        # The dispatcher's epoll set is made here, not in its thread: out of descriptors, start() fails
+        # with one line, where a thread failing later failed the first frames of a pipeline that had started.
+        self._selector = _Poller()
+        self._selector.register(self._wake_r, ("wake", None))
+        for w in self._all_workers():
+            if w.state != "dead":
+                self._watch(w)
         thread = threading.Thread(target=self._dispatch, name="pipeit-dispatcher", daemon=True)
         # a stop signal inside Thread.start() left a thread that close() could not join (RuntimeError, a
         # traceback, exit 1 and segments left): held until the dispatcher runs and close() knows it
@@ -767,6 +774,8 @@ class Pipeline:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+        if thread is None or not thread.is_alive():
+            self._close_selector()  # made, and no dispatcher ran to close it (else its own exit does)
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -1390,18 +1399,17 @@ class Pipeline:
             self._fail(ExecutorError(f"the dispatcher stopped: {type(err).__name__}: {err}"))
 
     def _dispatch_loop(self) -> None:
-        # One long-lived epoll set (multiprocessing.connection.wait builds a new one per call,
-        # which costs more than everything else the dispatcher does for a frame).
-        self._selector = _Poller()
+        # One long-lived epoll set, made by _start (multiprocessing.connection.wait builds a new one per
+        # call, which costs more than everything else the dispatcher does for a frame).
         try:
-            self._selector.register(self._wake_r, ("wake", None))
-            for w in self._all_workers():
-                if w.state != "dead":
-                    self._watch(w)
             self._dispatch_events()
         finally:
-            self._selector.close()
-            self._selector = None
+            self._close_selector()
+
+    def _close_selector(self) -> None:
+        selector, self._selector = self._selector, None
+        if selector is not None:
+            selector.close()
 
     def _dispatch_events(self) -> None:
         poll = self._selector.poll
