@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 demo: $(STAMP)
 	$(PY) tools/demo.py --model $(DEMO_MODEL) --workdir $(DEMO_DIR)

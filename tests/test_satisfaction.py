@@ -263,6 +263,7 @@ def test_bench_scores_every_strategy_for_the_task(tiny, bench_cache):
     assert doc["task"]["name"] == "background" and doc["task"]["default"] is False
     assert doc["task"]["energy_weight"] == 0.8 and doc["task"]["deadline_ms"] == TASKS["background"].deadline_ms
     assert doc["power"]["placeholder"] is True and doc["power"]["board"] is None
+    assert "trial" not in doc  # --no-trial: the DSE's pick is streamed untried
     # one CPU per emulated cluster: the platform draws between all-idle and all-busy power
     idle = sum(c["idle_w"] for c in doc["power"]["clusters"].values())
     busy = sum(c["active_w"] for c in doc["power"]["clusters"].values())
