@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -257,6 +259,78 @@ def test_one_socket_path_belongs_to_one_daemon(tmp_path):
     second.stop(path)
     assert not path.exists()
     bind_socket(path).stop(path)  # and free again
+
+
+class _ListenSpy(socket.socket):
+    """A real listening socket that runs ``at_listen`` just before it listens (what a client racing
+    the daemon's start-up could do at that moment)."""
+
+    at_listen = staticmethod(lambda: None)
+
+    def listen(self, *args):
+        type(self).at_listen()
+        return super().listen(*args)
+
+
+def _spy_listener(monkeypatch, at_listen):
+    from pipeit.daemon import sockets
+
+    spy = type("Spy", (_ListenSpy, sockets.Listener), {"at_listen": staticmethod(at_listen)})
+    monkeypatch.setattr(sockets, "Listener", spy)
+
+
+def test_the_socket_file_appears_only_once_the_daemon_listens(tmp_path, monkeypatch):
+    """``bind`` made the file and ``listen`` came a moment later: a start-up script that waited for the
+    file and connected in between was refused ("no daemon listens"). The socket is now bound under a
+    hidden name and linked into place once it listens."""
+    os.chmod(tmp_path, 0o750)
+    path = tmp_path / "s.sock"
+    seen = []
+    _spy_listener(monkeypatch, lambda: seen.append(path.exists()))
+    listener = bind_socket(path)
+    try:
+        assert seen == [False]
+        probe = socket.socket(socket.AF_UNIX)
+        probe.connect(str(path))
+        probe.close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock", "s.sock.lock"]  # no staging name left
+    finally:
+        listener.stop(path)
+    assert not path.exists()
+
+
+def test_a_file_that_appears_while_the_socket_is_bound_is_not_replaced(tmp_path, monkeypatch):
+    os.chmod(tmp_path, 0o750)
+    path = tmp_path / "s.sock"
+    _spy_listener(monkeypatch, lambda: path.write_text("someone's file"))
+    with pytest.raises(SocketError, match="appeared while the daemon bound its socket; refusing to replace it"):
+        bind_socket(path)
+    assert path.read_text() == "someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sock", "s.sock.lock"]
+    path.unlink()
+    monkeypatch.undo()
+    bind_socket(path).stop(path)  # the lock was let go
+
+
+def test_a_socket_path_with_no_room_for_a_hidden_name_is_bound_in_place(tmp_path):
+    """At the kernel's length limit no staging name fits: the socket is bound where it goes, as before."""
+    os.chmod(tmp_path, 0o750)
+    room = 107 - len(os.fsencode(str(tmp_path / "s"))) - 1  # for one more folder and its slash
+    if room < 1:
+        pytest.skip(f"{tmp_path} is too long for this test")
+    folder = tmp_path / ("d" * room)
+    folder.mkdir(mode=0o750)
+    path = folder / "s"
+    assert len(os.fsencode(str(path))) == 107
+    listener = bind_socket(path)
+    try:
+        probe = socket.socket(socket.AF_UNIX)
+        probe.connect(str(path))
+        probe.close()
+        assert sorted(p.name for p in folder.iterdir()) == ["s", "s.lock"]
+    finally:
+        listener.stop(path)
 
 
 def test_a_daemon_still_profiling_keeps_its_socket_path(served):

@@ -213,29 +213,76 @@ def bind_socket(path: Union[str, Path], group: Optional[Union[str, int]] = None,
 def _bind_locked(path: Path, gid: int, backlog: int, lock_fd: int) -> Listener:
     if _stale_socket(path):
         path.unlink(missing_ok=True)
+    staging = _staging_path(path)
+    where = path if staging is None else staging
+    if staging is not None:
+        remove_socket(staging)  # left by a daemon killed in the moment between its bind and its link
     sock = Listener(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.lock_fd = -1  # set once listening: until then the caller releases its lock on failure
     # The umask makes the socket 0660 from the moment it exists (no window with wider access).
     old_umask = os.umask(0o117)
     try:
-        sock.bind(str(path))
+        sock.bind(str(where))
     except OSError as err:
         sock.close()
-        raise SocketError(f"cannot bind {path}: {err.strerror or err}") from err
+        raise SocketError(f"cannot bind {where}: {err.strerror or err}") from err
     finally:
         os.umask(old_umask)
     try:
-        os.chmod(path, SOCKET_MODE)
-        if gid >= 0:
-            os.chown(path, -1, gid)
-    except OSError as err:
+        try:
+            os.chmod(where, SOCKET_MODE)
+            if gid >= 0:
+                os.chown(where, -1, gid)
+        except OSError as err:
+            what = "set group of" if err.errno == errno.EPERM else "set mode of"
+            raise SocketError(f"cannot {what} {where}: {err.strerror or err}") from err
+        sock.listen(backlog)
+        if staging is not None:
+            _publish(staging, path)
+    except BaseException:
         sock.close()
-        remove_socket(path)
-        what = "set group of" if err.errno == errno.EPERM else "set mode of"
-        raise SocketError(f"cannot {what} {path}: {err.strerror or err}") from err
-    sock.listen(backlog)
+        remove_socket(where)
+        raise
     sock.lock_fd = lock_fd
     return sock
+
+
+def _staging_path(path: Path) -> Optional[Path]:
+    """Where the socket is bound before it listens: a hidden sibling, None when no name fits MAX_PATH.
+
+    ``bind`` makes the file and ``listen`` comes after it: a client that
+    saw the file appear (a start-up script waiting for it, say) and
+    connected in between was refused, and told no daemon listens there. So
+    the socket is bound under this name and linked to ``path`` once it
+    listens (:func:`_publish`): the file at ``path`` always accepts.
+    """
+    for name in (f".{path.name}.{os.getpid()}", f".{os.getpid()}"):
+        staging = path.with_name(name)
+        if len(os.fsencode(str(staging))) <= MAX_PATH:
+            return staging
+    return None
+
+
+def _publish(staging: Path, path: Path) -> None:
+    """Put the listening socket at ``staging`` in place at ``path``, never over a file that appeared there.
+
+    A hard link fails where anything exists at ``path``; a file system without
+    hard links gets a rename (the path's lock keeps other daemons out).
+    """
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        raise SocketError(f"{path} appeared while the daemon bound its socket; refusing to replace it") from None
+    except OSError:
+        try:
+            os.rename(staging, path)
+        except OSError as err:
+            raise SocketError(f"cannot put the socket at {path}: {err.strerror or err}") from err
+        return
+    try:
+        os.unlink(staging)
+    except OSError:
+        pass  # a second name for the socket this daemon removes at ``path``: harmless, and stale once it stops
 
 
 def remove_socket(path: Union[str, Path]) -> None:
