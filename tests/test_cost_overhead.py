@@ -161,3 +161,13 @@ class TestOverheadFollowsTheModel:
                 CoreSetup("little", 1): (1.0, 1.5), CoreSetup("gpu", 1): (0.1, math.inf)}
         assert frame_ms_of(rows) == pytest.approx(2.5)  # not the two-core row, not the row with a gap
         assert frame_ms_of({CoreSetup("big", 2): (1.0,)}) == math.inf
+
+    def test_a_gpu_faster_than_every_core_does_not_set_the_frame_time(self):
+        """The overhead is the CPU executor's, scaled by a CPU core's frame time: a GPU cluster's one
+        "core" (its whole device) timed the frame at a fraction of that and took the tiny model's figures."""
+        gpu = Platform((Cluster("cpu", "host", (0,)), Cluster("gpu", "gpu", (), kind="gpu", device="0:0")),
+                       source="test")
+        times = LayerTimes(2, {CoreSetup("cpu", 1): (3.0, 4.0), CoreSetup("gpu", 1): (0.1, 0.1)}, (1000,) * 3, (0, 0))
+        cost = cost_model_for(times, gpu)
+        assert cost.overhead == DEFAULT_OVERHEAD.for_frame(7.0)
+        assert cost.overhead.coordinator_ms == pytest.approx(0.45)

@@ -269,11 +269,13 @@ class CostModel:
         #: the executor's own per-frame cost at this model's frame time (None: not modelled); its dispatch_ms
         #: rides on the hops (two halves per worker), its coordinator_ms is taken from the workers on
         #: ``coordinator`` = (cluster names the coordinating process runs on, their cores, their idle core-units)
-        self.overhead = None if overhead is None else overhead.for_frame(frame_ms_of(times.times))
+        self.devices: Dict[str, HopModel] = dict(devices or {})
+        # the frame time the overhead scales with is a CPU core's: a GPU's faster frame is not the executor's
+        cpu_rows = {setup: row for setup, row in times.times.items() if setup.cluster not in self.devices}
+        self.overhead = None if overhead is None else overhead.for_frame(frame_ms_of(cpu_rows))
         self.coordinator = coordinator
         dispatch = self.overhead.dispatch_ms if self.overhead is not None else 0.0
         self.hops: Tuple[float, ...] = tuple(self.hop.hop_ms(b) + dispatch for b in times.cut_bytes)
-        self.devices: Dict[str, HopModel] = dict(devices or {})
         #: per device cluster, the copy cost of each cut (n + 1 values, like ``hops``)
         self.copies: Dict[str, Tuple[float, ...]] = {
             name: tuple(model.hop_ms(b) for b in times.cut_bytes) for name, model in self.devices.items()
